@@ -1,0 +1,80 @@
+/**
+ * The model description every part of flashlm shares: the converter fills it,
+ * the .flm header stores it, the engine runs from it.
+ */
+
+/** Weight storage types. int8 carries one f32 scale per row (per bundle part). */
+export type DType = 'f32' | 'f16' | 'int8';
+
+export type ArchType = 'opt' | 'llama';
+
+export interface ArchConfig {
+  type: ArchType;
+  /** Residual width. */
+  dModel: number;
+  nLayers: number;
+  nHeads: number;
+  /** Key/value heads (grouped-query attention); equals nHeads without GQA. */
+  nKvHeads: number;
+  headDim: number;
+  /** FFN neurons per layer (OPT ffn_dim, Llama intermediate_size). */
+  ffnDim: number;
+  vocabSize: number;
+  /** Longest context the model supports (positions). */
+  maxSeqLen: number;
+  norm: 'layernorm' | 'rmsnorm';
+  normEps: number;
+  /** 'relu': up (+bias) -> ReLU -> down. 'swiglu': down(silu(gate x) * up x). */
+  activation: 'relu' | 'swiglu';
+  /** Positions: learned table (OPT) or rotary (Llama). */
+  positions: 'learned' | 'rope';
+  /** OPT's learned positions start at row `posOffset` (2). */
+  posOffset?: number;
+  /** 'interleaved' rotates (x[2i], x[2i+1]) as llama2.c; 'half' rotates (x[i], x[i+d/2]) as HF. */
+  ropeStyle?: 'interleaved' | 'half';
+  ropeTheta?: number;
+  /** Pre-LayerNorm (true for all but OPT-350m). */
+  preNorm: boolean;
+  /** q/k/v/o projections have biases (OPT; some Llama-family models on q/k/v only). */
+  attnBias: boolean;
+  /** FFN up/down have biases (OPT). */
+  ffnBias: boolean;
+  /** lm_head shares the token embedding. */
+  tiedEmbeddings: boolean;
+  /** OPT-350m: word_embed_proj_dim differs from dModel -> project_in/project_out. */
+  embedDim: number;
+  bosId: number;
+  eosId: number;
+  /** Token ids that end generation (llama2.c models stop on BOS). */
+  stopIds: number[];
+}
+
+/** The tokenizer travels inside the .flm. */
+export type TokenizerSpec =
+  | { kind: 'hf'; /** tokenizer.json text */ json: string; /** tokenizer_config.json text, if any */ config?: string }
+  | { kind: 'llama2c'; /** the tokenizer.bin bytes */ data: Uint8Array };
+
+/**
+ * Canonical tensor names (independent of the checkpoint's own naming).
+ * Shapes are [rows, cols] row-major, PyTorch Linear layout [out, in].
+ *
+ * resident:
+ *   tok_embeddings            [vocabSize, embedDim]
+ *   pos_embeddings            [maxSeqLen + posOffset, dModel]      (learned positions)
+ *   project_in                [dModel, embedDim]                   (only when embedDim != dModel)
+ *   project_out               [embedDim, dModel]                   (only when embedDim != dModel)
+ *   layers.{i}.attn_norm.weight / .bias   [dModel]                (bias only for layernorm)
+ *   layers.{i}.wq [nHeads*headDim, dModel]   .bq [nHeads*headDim] (if attnBias)
+ *   layers.{i}.wk [nKvHeads*headDim, dModel] .bk
+ *   layers.{i}.wv [nKvHeads*headDim, dModel] .bv
+ *   layers.{i}.wo [dModel, nHeads*headDim]   .bo [dModel]         (bo if attnBias and the checkpoint has it)
+ *   layers.{i}.ffn_norm.weight / .bias    [dModel]
+ *   layers.{i}.ffn_down_bias  [dModel]                            (if ffnBias)
+ *   final_norm.weight / .bias [dModel]
+ *   lm_head                   [vocabSize, embedDim]                (absent when tiedEmbeddings)
+ * streamed (FFN, bundled per neuron by the writer):
+ *   layers.{i}.ffn_up   [ffnDim, dModel]   .ffn_up_bias [ffnDim] (if ffnBias)
+ *   layers.{i}.ffn_gate [ffnDim, dModel]                        (swiglu)
+ *   layers.{i}.ffn_down [dModel, ffnDim]
+ */
+export const FFN_TENSORS = ['ffn_up', 'ffn_gate', 'ffn_down', 'ffn_up_bias'] as const;

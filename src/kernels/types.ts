@@ -1,0 +1,80 @@
+/**
+ * The WebAssembly kernels' exports (assembly/index.ts). Every argument is a
+ * byte offset into the shared arena (`ptr`) or a count; all vectors are f32
+ * unless a name says otherwise. Kernels never allocate: the host lays out the
+ * arena. A `0` pointer for an optional input (bias, hOut) means "none".
+ *
+ * FFN neuron records (see docs/FORMAT.md): each neuron has `nParts` parts
+ * (relu: up, down; swiglu: gate, up, down). A part is `d` values of the dtype,
+ * then (int8 only) one f32 scale, then (only when the file has FFN biases) one
+ * f32 bias slot (meaningful on the up part), padded to 16 bytes: `partBytes`.
+ * Part p of neuron i lives at `partPtr_p + i * stride`. Bundled files have
+ * stride = nParts * partBytes; split files have stride = partBytes.
+ */
+export interface Kernels {
+  readonly memory: WebAssembly.Memory;
+  /** First arena byte the host may use (after the module's static data). */
+  heap_base(): number;
+
+  // ---- dense matvec: out[r] = W[r,:] . x (+ bias[r]); W row-major [rows][cols] ----
+  matvec_f32(out: number, W: number, x: number, bias: number, rows: number, cols: number): void;
+  /** W holds IEEE binary16 bits. */
+  matvec_f16(out: number, W: number, x: number, bias: number, rows: number, cols: number): void;
+  /** W int8 [rows][cols], `scales` f32 [rows]; `scratch` has matvec_i8_scratch_bytes(cols) bytes. */
+  matvec_i8(out: number, W: number, scales: number, x: number, bias: number, rows: number, cols: number, scratch: number): void;
+  matvec_i8_scratch_bytes(cols: number): number;
+
+  // ---- dequantization (bit-exact with src/kernels/quant.ts) ----
+  dequant_f16(dst: number, src: number, n: number): void;
+  /** dst[i] = fround(q[i] * scale) */
+  dequant_i8(dst: number, src: number, n: number, scale: number): void;
+
+  // ---- norms ----
+  /** out = (x - mean) / sqrt(var + eps) * weight + bias (bias may be 0) */
+  layernorm(out: number, x: number, weight: number, bias: number, n: number, eps: number): void;
+  /** out = x / sqrt(mean(x^2) + eps) * weight */
+  rmsnorm(out: number, x: number, weight: number, n: number, eps: number): void;
+
+  // ---- rotary embeddings, in place on nHeads*headDim values; cos/sin: headDim/2 f32 for this position ----
+  /** pairs (x[2i], x[2i+1]) within each head (llama2.c) */
+  rope_interleaved(vec: number, nHeads: number, headDim: number, cos: number, sin: number): void;
+  /** pairs (x[i], x[i + headDim/2]) within each head (Hugging Face rotate_half) */
+  rope_half(vec: number, nHeads: number, headDim: number, cos: number, sin: number): void;
+
+  /**
+   * Causal attention for one query position over nPos cached positions.
+   * q [nHeads*headDim]; kCache/vCache [nPos][nKvHeads*headDim]; head h uses kv head
+   * h / (nHeads/nKvHeads). scores = q.k * scale, softmax, out = sum p*v.
+   * `scratch` holds nPos f32.
+   */
+  attention(out: number, q: number, kCache: number, vCache: number, nHeads: number, nKvHeads: number, headDim: number, nPos: number, scale: number, scratch: number): void;
+
+  // ---- elementwise ----
+  softmax(x: number, n: number): void;
+  relu(x: number, n: number): void;
+  silu(x: number, n: number): void;
+  /** out = silu(gate) * up */
+  swiglu(out: number, gate: number, up: number, n: number): void;
+  /** out = a + b */
+  add(out: number, a: number, b: number, n: number): void;
+  /** x *= s */
+  scale(x: number, n: number, s: number): void;
+
+  // ---- sampling ----
+  argmax(x: number, n: number): number;
+  /** x = softmax(x * invTemp), in place */
+  softmax_temp(x: number, n: number, invTemp: number): void;
+
+  // ---- FFN over neuron records (dense: all neurons; sparse: the cache's compact slots) ----
+  /**
+   * out[d] = sum_i relu(up_i . x + b_i) * down_i over n neurons; b_i read from the
+   * up part's bias slot when hasBias. hOut (optional) receives the n activations.
+   */
+  ffn_relu_f32(out: number, x: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, hOut: number): void;
+  ffn_relu_f16(out: number, x: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, hOut: number): void;
+  ffn_relu_i8(out: number, x: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, hOut: number): void;
+  /** out[d] = sum_i silu(gate_i . x) * (up_i . x) * down_i */
+  ffn_swiglu_f32(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number): void;
+  ffn_swiglu_f16(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number): void;
+  ffn_swiglu_i8(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number): void;
+}
