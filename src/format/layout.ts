@@ -1,0 +1,105 @@
+/**
+ * The .flm layout constants and the arithmetic shared by writer, reader and
+ * engine (docs/FORMAT.md is the prose version of this file).
+ */
+import type { ArchConfig, DType, TokenizerSpec } from './types.js';
+import { DTYPE_BYTES } from '../kernels/quant.js';
+
+/** PNG-style magic: a high byte, the name, CR LF, ^Z, LF catch text-mode mangling. */
+export const MAGIC = Uint8Array.of(0x89, 0x46, 0x4c, 0x4d, 0x0d, 0x0a, 0x1a, 0x0a);
+export const FORMAT_VERSION = 1;
+export const PREAMBLE_BYTES = 32;
+/** Sections start on this boundary: page-aligned for O_DIRECT and OPFS. */
+export const SECTION_ALIGN = 4096;
+/** Tensors inside the resident section start on this boundary (SIMD-friendly). */
+export const TENSOR_ALIGN = 64;
+/** Integrity block of the resident section. */
+export const RESIDENT_BLOCK_BYTES = 65536;
+/** A header larger than this is refused before it is read. */
+export const MAX_HEADER_BYTES = 256 * 1024 * 1024;
+
+export type Layout = 'bundled' | 'split';
+export type FfnPart = 'gate' | 'up' | 'down';
+
+export interface TensorEntry {
+  name: string;
+  dtype: DType;
+  shape: number[];
+  /** Absolute file offset of the values. */
+  offset: number;
+  /** Bytes of values (product(shape) * dtype bytes). */
+  length: number;
+  /** int8 only: absolute file offset of one f32 scale per row. */
+  scalesOffset?: number;
+}
+
+export interface SectionEntry {
+  /** 'resident', 'ffn.{layer}', 'integrity' */
+  name: string;
+  offset: number;
+  length: number;
+  /** Size of one integrity block; the last block of a section may be shorter. */
+  blockBytes: number;
+  /** Index of this section's first block in the integrity table. */
+  firstBlock: number;
+  blockCount: number;
+  /** xxh64 (hex) of this section's slice of the integrity table. */
+  hash: string;
+}
+
+export interface FfnEntry {
+  layer: number;
+  /** Name of the section that holds this layer's neurons. */
+  section: string;
+  layout: Layout;
+  dtype: DType;
+  /** Neurons (ffnDim) and values per part (dModel). */
+  neurons: number;
+  d: number;
+  parts: FfnPart[];
+  /** Bytes of one part record: values, int8 scale, bias slot, padded to 16. */
+  partBytes: number;
+  /** Distance between neuron i and i+1 within a part. */
+  stride: number;
+  /** Offset, relative to the section, of part p of neuron 0. */
+  partOffsets: number[];
+  /** Byte offset inside a part of the f32 scale (int8) and of the bias (hasBias). */
+  scaleAt: number;
+  biasAt: number;
+  hasBias: boolean;
+}
+
+export interface FlmHeader {
+  format: 'flashlm';
+  version: number;
+  arch: ArchConfig;
+  tokenizer: TokenizerSpec;
+  dtype: DType;
+  layout: Layout;
+  tensors: TensorEntry[];
+  sections: SectionEntry[];
+  ffn: FfnEntry[];
+  integrity: { algorithm: 'xxh64'; offset: number; length: number; hash: string };
+  /** Free-form provenance: converter version, source format. */
+  meta: Record<string, string>;
+}
+
+export const alignUp = (n: number, a: number): number => Math.ceil(n / a) * a;
+
+export function ffnParts(arch: ArchConfig): FfnPart[] {
+  return arch.activation === 'swiglu' ? ['gate', 'up', 'down'] : ['up', 'down'];
+}
+
+/** Bytes of one FFN part record for a model and dtype (see FfnEntry). */
+export function partGeometry(d: number, dtype: DType, hasBias: boolean) {
+  const values = d * DTYPE_BYTES[dtype];
+  const scaleAt = values;
+  const biasAt = values + (dtype === 'int8' ? 4 : 0);
+  const partBytes = alignUp(biasAt + (hasBias ? 4 : 0), 16);
+  return { partBytes, scaleAt, biasAt };
+}
+
+/** Tensors that are not FFN neurons stay resident (loaded once). */
+export function isStreamedTensor(name: string): boolean {
+  return /^layers\.\d+\.ffn_(up|gate|down)$|^layers\.\d+\.ffn_up_bias$/.test(name);
+}

@@ -1,0 +1,359 @@
+/**
+ * Reads and validates a .flm file through any Source (file, HTTP range,
+ * memory). Every failure is a FormatError or IntegrityError: the header is
+ * untrusted input, so nothing in it is used before it has been checked
+ * against the file's size and the architecture.
+ */
+import { Unpackr } from 'msgpackr';
+import { FormatError, IntegrityError } from '../errors.js';
+import { DTYPE_BYTES } from '../kernels/quant.js';
+import type { Source } from '../source/types.js';
+import { getHasher, hex64, type Hasher } from './hash.js';
+import {
+  FORMAT_VERSION,
+  MAGIC,
+  MAX_HEADER_BYTES,
+  PREAMBLE_BYTES,
+  RESIDENT_BLOCK_BYTES,
+  SECTION_ALIGN,
+  ffnParts,
+  partGeometry,
+  type FfnEntry,
+  type FlmHeader,
+  type SectionEntry,
+  type TensorEntry,
+} from './layout.js';
+import type { ArchConfig, DType, TokenizerSpec } from './types.js';
+
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' });
+
+export interface Preamble {
+  version: number;
+  headerLength: number;
+  headerHash: bigint;
+}
+
+export function parsePreamble(bytes: Uint8Array, fileSize: number): Preamble {
+  if (fileSize < PREAMBLE_BYTES || bytes.byteLength < PREAMBLE_BYTES) throw new FormatError(`file too small for a .flm (${fileSize} bytes)`);
+  for (let i = 0; i < MAGIC.length; i++) if (bytes[i] !== MAGIC[i]) throw new FormatError('not a .flm file (bad magic)');
+  const v = new DataView(bytes.buffer, bytes.byteOffset, PREAMBLE_BYTES);
+  const version = v.getUint32(8, true);
+  if (version !== FORMAT_VERSION) throw new FormatError(`unsupported .flm version ${version} (this flashlm reads ${FORMAT_VERSION})`);
+  const headerLength = v.getUint32(12, true);
+  if (headerLength === 0 || headerLength > MAX_HEADER_BYTES || PREAMBLE_BYTES + headerLength > fileSize) {
+    throw new FormatError(`header length ${headerLength} does not fit a ${fileSize}-byte file`);
+  }
+  return { version, headerLength, headerHash: v.getBigUint64(16, true) };
+}
+
+/** Decodes and validates header bytes whose hash is already known to match. */
+export function decodeHeader(bytes: Uint8Array, fileSize: number): FlmHeader {
+  let raw: unknown;
+  try {
+    raw = unpackr.unpack(bytes);
+  } catch (e) {
+    throw new FormatError(`header is not valid msgpack: ${(e as Error).message}`, { cause: e });
+  }
+  try {
+    return validateHeader(raw, fileSize);
+  } catch (e) {
+    if (e instanceof FormatError) throw e;
+    throw new FormatError(`malformed header: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+// ---- schema checks: each returns the checked value or throws FormatError naming the field ----
+
+const fail = (path: string, what: string): never => {
+  throw new FormatError(`header field ${path}: ${what}`);
+};
+const obj = (v: unknown, path: string): Record<string, unknown> =>
+  v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array) ? (v as Record<string, unknown>) : fail(path, 'expected a map');
+const int = (v: unknown, path: string, min = 0, max = Number.MAX_SAFE_INTEGER): number =>
+  typeof v === 'number' && Number.isSafeInteger(v) && v >= min && v <= max ? v : fail(path, `expected an integer in [${min}, ${max}], got ${String(v)}`);
+const num = (v: unknown, path: string): number => (typeof v === 'number' && Number.isFinite(v) ? v : fail(path, 'expected a finite number'));
+const bool = (v: unknown, path: string): boolean => (typeof v === 'boolean' ? v : fail(path, 'expected a boolean'));
+const str = (v: unknown, path: string, max = 1 << 30): string => (typeof v === 'string' && v.length <= max ? v : fail(path, 'expected a string'));
+const oneOf = <T extends string>(v: unknown, path: string, options: readonly T[]): T =>
+  options.includes(v as T) ? (v as T) : fail(path, `expected one of ${options.join(', ')}`);
+const arr = (v: unknown, path: string, maxLength: number): unknown[] =>
+  Array.isArray(v) && v.length <= maxLength ? v : fail(path, `expected an array of at most ${maxLength} items`);
+const hash = (v: unknown, path: string): string => (typeof v === 'string' && /^[0-9a-f]{16}$/.test(v) ? v : fail(path, 'expected 16 hex digits'));
+const DTYPES = ['f32', 'f16', 'int8'] as const;
+
+function validateArch(v: unknown): ArchConfig {
+  const a = obj(v, 'arch');
+  const type = oneOf(a.type, 'arch.type', ['opt', 'llama'] as const);
+  const M = 1 << 20; // far above any real dimension, low enough that products stay exact
+  const nHeads = int(a.nHeads, 'arch.nHeads', 1, 4096);
+  const nKvHeads = int(a.nKvHeads, 'arch.nKvHeads', 1, nHeads);
+  if (nHeads % nKvHeads) fail('arch.nKvHeads', 'must divide nHeads');
+  const arch: ArchConfig = {
+    type,
+    dModel: int(a.dModel, 'arch.dModel', 1, M),
+    nLayers: int(a.nLayers, 'arch.nLayers', 1, 4096),
+    nHeads,
+    nKvHeads,
+    headDim: int(a.headDim, 'arch.headDim', 2, 4096),
+    ffnDim: int(a.ffnDim, 'arch.ffnDim', 1, 4 * M),
+    vocabSize: int(a.vocabSize, 'arch.vocabSize', 1, 16 * M),
+    maxSeqLen: int(a.maxSeqLen, 'arch.maxSeqLen', 1, 16 * M),
+    norm: oneOf(a.norm, 'arch.norm', ['layernorm', 'rmsnorm'] as const),
+    normEps: num(a.normEps, 'arch.normEps'),
+    activation: oneOf(a.activation, 'arch.activation', ['relu', 'swiglu'] as const),
+    positions: oneOf(a.positions, 'arch.positions', ['learned', 'rope'] as const),
+    preNorm: bool(a.preNorm, 'arch.preNorm'),
+    attnBias: bool(a.attnBias, 'arch.attnBias'),
+    ffnBias: bool(a.ffnBias, 'arch.ffnBias'),
+    tiedEmbeddings: bool(a.tiedEmbeddings, 'arch.tiedEmbeddings'),
+    embedDim: int(a.embedDim, 'arch.embedDim', 1, M),
+    bosId: int(a.bosId, 'arch.bosId'),
+    eosId: int(a.eosId, 'arch.eosId'),
+    stopIds: arr(a.stopIds, 'arch.stopIds', 64).map((x, i) => int(x, `arch.stopIds[${i}]`)),
+  };
+  if (arch.headDim % 2) fail('arch.headDim', 'must be even');
+  if (a.posOffset !== undefined) arch.posOffset = int(a.posOffset, 'arch.posOffset', 0, 1024);
+  if (a.ropeStyle !== undefined) arch.ropeStyle = oneOf(a.ropeStyle, 'arch.ropeStyle', ['interleaved', 'half'] as const);
+  if (a.ropeTheta !== undefined) arch.ropeTheta = num(a.ropeTheta, 'arch.ropeTheta');
+  if (arch.positions === 'rope' && !arch.ropeStyle) fail('arch.ropeStyle', 'required with rotary positions');
+  if (arch.positions === 'learned' && arch.posOffset === undefined) fail('arch.posOffset', 'required with learned positions');
+  return arch;
+}
+
+function validateTokenizer(v: unknown): TokenizerSpec {
+  const t = obj(v, 'tokenizer');
+  if (t.kind === 'hf') {
+    const spec: TokenizerSpec = { kind: 'hf', json: str(t.json, 'tokenizer.json') };
+    if (t.config !== undefined) spec.config = str(t.config, 'tokenizer.config');
+    return spec;
+  }
+  if (t.kind === 'llama2c') {
+    if (!(t.data instanceof Uint8Array)) fail('tokenizer.data', 'expected bytes');
+    return { kind: 'llama2c', data: t.data as Uint8Array };
+  }
+  return fail('tokenizer.kind', 'expected hf or llama2c');
+}
+
+export function validateHeader(raw: unknown, fileSize: number): FlmHeader {
+  const h = obj(raw, 'header');
+  if (h.format !== 'flashlm') fail('format', "expected 'flashlm'");
+  const version = int(h.version, 'version');
+  if (version !== FORMAT_VERSION) fail('version', `expected ${FORMAT_VERSION}`);
+  const arch = validateArch(h.arch);
+  const dtype = oneOf(h.dtype, 'dtype', DTYPES);
+  const layout = oneOf(h.layout, 'layout', ['bundled', 'split'] as const);
+  const within = (offset: number, length: number, path: string) => {
+    if (offset + length > fileSize) fail(path, `[${offset}, +${length}) runs past the end of the ${fileSize}-byte file`);
+  };
+
+  // Integrity table: 8 bytes per block, every section's blocks inside it.
+  const ig = obj(h.integrity, 'integrity');
+  oneOf(ig.algorithm, 'integrity.algorithm', ['xxh64'] as const);
+  const integrity = { algorithm: 'xxh64' as const, offset: int(ig.offset, 'integrity.offset'), length: int(ig.length, 'integrity.length'), hash: hash(ig.hash, 'integrity.hash') };
+  within(integrity.offset, integrity.length, 'integrity');
+  if (integrity.length % 8) fail('integrity.length', 'not a multiple of 8');
+  const totalBlocks = integrity.length / 8;
+
+  const sections: SectionEntry[] = arr(h.sections, 'sections', 1 << 16).map((v, i) => {
+    const p = `sections[${i}]`;
+    const s = obj(v, p);
+    const e: SectionEntry = {
+      name: str(s.name, `${p}.name`, 256),
+      offset: int(s.offset, `${p}.offset`),
+      length: int(s.length, `${p}.length`, 1),
+      blockBytes: int(s.blockBytes, `${p}.blockBytes`, 1),
+      firstBlock: int(s.firstBlock, `${p}.firstBlock`),
+      blockCount: int(s.blockCount, `${p}.blockCount`, 1),
+      hash: hash(s.hash, `${p}.hash`),
+    };
+    if (e.offset % SECTION_ALIGN) fail(`${p}.offset`, `not aligned to ${SECTION_ALIGN}`);
+    if (e.offset < PREAMBLE_BYTES) fail(`${p}.offset`, 'overlaps the preamble');
+    within(e.offset, e.length, p);
+    if (Math.ceil(e.length / e.blockBytes) !== e.blockCount) fail(`${p}.blockCount`, 'does not match length / blockBytes');
+    if (e.firstBlock + e.blockCount > totalBlocks) fail(`${p}.firstBlock`, 'outside the integrity table');
+    return e;
+  });
+  const byName = new Map(sections.map((s) => [s.name, s]));
+  if (byName.size !== sections.length) fail('sections', 'duplicate names');
+  const resident = byName.get('resident') ?? fail('sections', "no 'resident' section");
+  if (resident.blockBytes !== RESIDENT_BLOCK_BYTES) fail('sections.resident.blockBytes', `expected ${RESIDENT_BLOCK_BYTES}`);
+  const sorted = [...sections].sort((a, b) => a.offset - b.offset);
+  for (let i = 1; i < sorted.length; i++) {
+    if (sorted[i - 1]!.offset + sorted[i - 1]!.length > sorted[i]!.offset) fail('sections', `${sorted[i - 1]!.name} overlaps ${sorted[i]!.name}`);
+  }
+
+  const tensors: TensorEntry[] = arr(h.tensors, 'tensors', 1 << 20).map((v, i) => {
+    const p = `tensors[${i}]`;
+    const t = obj(v, p);
+    const e: TensorEntry = {
+      name: str(t.name, `${p}.name`, 256),
+      dtype: oneOf(t.dtype, `${p}.dtype`, DTYPES),
+      shape: arr(t.shape, `${p}.shape`, 2).map((x, j) => int(x, `${p}.shape[${j}]`, 1, 1 << 26)),
+      offset: int(t.offset, `${p}.offset`),
+      length: int(t.length, `${p}.length`),
+    };
+    if (e.shape.length === 0) fail(`${p}.shape`, 'empty');
+    const count = e.shape.reduce((a, b) => a * b, 1);
+    if (e.length !== count * DTYPE_BYTES[e.dtype]) fail(`${p}.length`, 'does not match shape and dtype');
+    const inResident = (off: number, len: number, what: string) => {
+      if (off < resident.offset || off + len > resident.offset + resident.length) fail(what, 'outside the resident section');
+    };
+    inResident(e.offset, e.length, `${p}.offset`);
+    if (e.dtype === 'int8') {
+      e.scalesOffset = int(t.scalesOffset, `${p}.scalesOffset`);
+      inResident(e.scalesOffset, e.shape[0]! * 4, `${p}.scalesOffset`);
+    }
+    return e;
+  });
+  const tensorNames = new Set(tensors.map((t) => t.name));
+  if (tensorNames.size !== tensors.length) fail('tensors', 'duplicate names');
+  const need = (name: string, shape: number[]) => {
+    const t = tensors.find((x) => x.name === name) ?? fail('tensors', `missing ${name}`);
+    if (t.shape.length !== shape.length || t.shape.some((s, i) => s !== shape[i])) fail('tensors', `${name} has shape [${t.shape}], expected [${shape}]`);
+  };
+  const { dModel, headDim, nHeads, nKvHeads, vocabSize, embedDim } = arch;
+  need('tok_embeddings', [vocabSize, embedDim]);
+  if (!arch.tiedEmbeddings) need('lm_head', [vocabSize, embedDim]);
+  if (embedDim !== dModel) {
+    need('project_in', [dModel, embedDim]);
+    need('project_out', [embedDim, dModel]);
+  }
+  if (arch.positions === 'learned') need('pos_embeddings', [arch.maxSeqLen + arch.posOffset!, dModel]);
+  for (let l = 0; l < arch.nLayers; l++) {
+    const p = `layers.${l}.`;
+    need(p + 'attn_norm.weight', [dModel]);
+    need(p + 'ffn_norm.weight', [dModel]);
+    need(p + 'wq', [nHeads * headDim, dModel]);
+    need(p + 'wk', [nKvHeads * headDim, dModel]);
+    need(p + 'wv', [nKvHeads * headDim, dModel]);
+    need(p + 'wo', [dModel, nHeads * headDim]);
+    if (arch.norm === 'layernorm') {
+      need(p + 'attn_norm.bias', [dModel]);
+      need(p + 'ffn_norm.bias', [dModel]);
+    }
+    if (arch.attnBias) {
+      need(p + 'bq', [nHeads * headDim]);
+      need(p + 'bk', [nKvHeads * headDim]);
+      need(p + 'bv', [nKvHeads * headDim]);
+    }
+    if (arch.ffnBias) need(p + 'ffn_down_bias', [dModel]);
+  }
+
+  const parts = ffnParts(arch);
+  const geo = partGeometry(dModel, dtype, arch.ffnBias);
+  const ffn: FfnEntry[] = arr(h.ffn, 'ffn', 4096).map((v, i) => {
+    const p = `ffn[${i}]`;
+    const f = obj(v, p);
+    const e: FfnEntry = {
+      layer: int(f.layer, `${p}.layer`, i, i),
+      section: str(f.section, `${p}.section`, 256),
+      layout: oneOf(f.layout, `${p}.layout`, ['bundled', 'split'] as const),
+      dtype: oneOf(f.dtype, `${p}.dtype`, DTYPES),
+      neurons: int(f.neurons, `${p}.neurons`, arch.ffnDim, arch.ffnDim),
+      d: int(f.d, `${p}.d`, dModel, dModel),
+      parts: arr(f.parts, `${p}.parts`, 3).map((x, j) => oneOf(x, `${p}.parts[${j}]`, [parts[j] ?? 'up'] as const)),
+      partBytes: int(f.partBytes, `${p}.partBytes`),
+      stride: int(f.stride, `${p}.stride`),
+      partOffsets: arr(f.partOffsets, `${p}.partOffsets`, 3).map((x, j) => int(x, `${p}.partOffsets[${j}]`)),
+      scaleAt: int(f.scaleAt, `${p}.scaleAt`),
+      biasAt: int(f.biasAt, `${p}.biasAt`),
+      hasBias: bool(f.hasBias, `${p}.hasBias`),
+    };
+    if (e.parts.length !== parts.length || e.partOffsets.length !== parts.length) fail(`${p}.parts`, `expected ${parts.join(', ')}`);
+    if (e.dtype !== dtype || e.layout !== layout) fail(p, 'dtype/layout differ from the file');
+    if (e.hasBias !== arch.ffnBias) fail(`${p}.hasBias`, 'differs from arch.ffnBias');
+    if (e.partBytes !== geo.partBytes || e.scaleAt !== geo.scaleAt || e.biasAt !== geo.biasAt) fail(`${p}.partBytes`, 'does not match the part geometry');
+    const n = e.neurons;
+    const bundled = layout === 'bundled';
+    if (e.stride !== (bundled ? parts.length * geo.partBytes : geo.partBytes)) fail(`${p}.stride`, 'does not match the layout');
+    e.partOffsets.forEach((o, j) => {
+      if (o !== (bundled ? j * geo.partBytes : j * n * geo.partBytes)) fail(`${p}.partOffsets[${j}]`, 'does not match the layout');
+    });
+    const s = byName.get(e.section) ?? fail(`${p}.section`, `no section ${e.section}`);
+    if (s.length !== n * parts.length * geo.partBytes) fail(`${p}.section`, 'section length does not match neurons × record size');
+    if (s.blockBytes !== (bundled ? e.stride : geo.partBytes)) fail(`${p}.section`, 'block size does not match the layout');
+    return e;
+  });
+  if (ffn.length !== arch.nLayers) fail('ffn', `expected ${arch.nLayers} layers`);
+
+  const meta: Record<string, string> = {};
+  if (h.meta !== undefined) for (const [k, v] of Object.entries(obj(h.meta, 'meta'))) meta[k] = str(v, `meta.${k}`, 4096);
+
+  return { format: 'flashlm', version, arch, tokenizer: validateTokenizer(h.tokenizer), dtype, layout, tensors, sections, ffn, integrity, meta };
+}
+
+/** An opened .flm: the validated header and the verified integrity table. */
+export class FlmFile {
+  private readonly tensorsByName: Map<string, TensorEntry>;
+  private readonly sectionsByName: Map<string, SectionEntry>;
+  constructor(
+    readonly source: Source,
+    readonly header: FlmHeader,
+    /** u64 xxh64 per block, little-endian, all sections in table order. */
+    readonly blockHashes: BigUint64Array,
+    private readonly hasher: Hasher,
+  ) {
+    this.tensorsByName = new Map(header.tensors.map((t) => [t.name, t]));
+    this.sectionsByName = new Map(header.sections.map((s) => [s.name, s]));
+  }
+
+  tensor(name: string): TensorEntry | undefined {
+    return this.tensorsByName.get(name);
+  }
+
+  section(name: string): SectionEntry {
+    const s = this.sectionsByName.get(name);
+    if (!s) throw new FormatError(`no section ${name}`);
+    return s;
+  }
+
+  /**
+   * Verifies bytes read from `section` starting at block `firstBlock`
+   * (`bytes` must cover whole blocks, the last one possibly the section's short tail).
+   */
+  verify(section: SectionEntry, firstBlock: number, bytes: Uint8Array): void {
+    let at = 0;
+    for (let b = firstBlock; at < bytes.byteLength; b++) {
+      const len = Math.min(section.blockBytes, section.length - b * section.blockBytes);
+      if (b >= section.blockCount || at + len > bytes.byteLength) throw new IntegrityError(`${this.source.name}: read of ${section.name} does not cover whole blocks`);
+      const got = this.hasher.u64(bytes.subarray(at, at + len));
+      const want = this.blockHashes[section.firstBlock + b]!;
+      if (got !== want) {
+        throw new IntegrityError(`${this.source.name}: ${section.name} block ${b} (file offset ${section.offset + b * section.blockBytes}) hash ${hex64(got)} != ${hex64(want)}`);
+      }
+      at += len;
+    }
+  }
+
+  /** Reads a whole section (or a block-aligned range of it) into `into`, verified. */
+  async readSection(section: SectionEntry, into: Uint8Array, firstBlock = 0): Promise<void> {
+    await this.source.read(section.offset + firstBlock * section.blockBytes, into);
+    this.verify(section, firstBlock, into);
+  }
+}
+
+/** Opens and validates a .flm through `source`: preamble, header (hash-checked), integrity table (hash-checked). */
+export async function openFlm(source: Source): Promise<FlmFile> {
+  const hasher = await getHasher();
+  const size = source.size;
+  const pre = new Uint8Array(PREAMBLE_BYTES);
+  if (size < PREAMBLE_BYTES) throw new FormatError(`${source.name}: file too small for a .flm (${size} bytes)`);
+  await source.read(0, pre);
+  const preamble = parsePreamble(pre, size);
+  const headerBytes = new Uint8Array(preamble.headerLength);
+  await source.read(PREAMBLE_BYTES, headerBytes);
+  if (hasher.u64(headerBytes) !== preamble.headerHash) throw new IntegrityError(`${source.name}: header hash mismatch (corrupt or truncated file)`);
+  const header = decodeHeader(headerBytes, size);
+  const table = new Uint8Array(header.integrity.length);
+  await source.read(header.integrity.offset, table);
+  if (hasher.hex(table) !== header.integrity.hash) throw new IntegrityError(`${source.name}: integrity table hash mismatch`);
+  for (const s of header.sections) {
+    if (hasher.hex(table.subarray(s.firstBlock * 8, (s.firstBlock + s.blockCount) * 8)) !== s.hash) {
+      throw new IntegrityError(`${source.name}: section ${s.name} hash does not match its block hashes`);
+    }
+  }
+  const hashes = new BigUint64Array(table.byteLength / 8);
+  const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
+  for (let i = 0; i < hashes.length; i++) hashes[i] = dv.getBigUint64(i * 8, true);
+  return new FlmFile(source, header, hashes, hasher);
+}
