@@ -7,7 +7,7 @@
  * `{name: {dtype, shape, data_offsets: [begin, end]}, __metadata__?: {str: str}}`,
  * then the data area; offsets are relative to the data area.
  */
-import { open, readdir, readFile, stat, type FileHandle } from 'node:fs/promises';
+import { open, readdir, readFile, type FileHandle } from 'node:fs/promises';
 import { endianness } from 'node:os';
 import path from 'node:path';
 import { ArgumentError, ConvertError } from '../errors.js';
@@ -29,7 +29,8 @@ const MAX_HEADER_BYTES = 100_000_000;
 
 /**
  * I/O tuning. `chunkBytes` bounds every scratch buffer; column reads merge adjacent
- * rows into one read when the skipped gap per row is at most max(slice, minMergeGap).
+ * rows into one read when the skipped gap per row is at most max(slice, minMergeGap)
+ * (at most 2x read amplification), else issue up to `maxParallelReads` slice reads at once.
  * Exported so tests can force each code path; results never depend on it.
  */
 export const readTuning = { chunkBytes: 8 << 20, minMergeGap: 4096, maxParallelReads: 32 };
@@ -467,11 +468,11 @@ export class MappedCheckpoint implements Checkpoint {
     return r;
   }
 
-  readRows(name: string, start: number, count: number): Promise<Float32Array> {
+  async readRows(name: string, start: number, count: number): Promise<Float32Array> {
     return readRegionRows(this.region(name), start, count);
   }
 
-  readColumns(name: string, start: number, count: number): Promise<Float32Array> {
+  async readColumns(name: string, start: number, count: number): Promise<Float32Array> {
     return readRegionColumns(this.region(name), start, count);
   }
 
@@ -559,14 +560,5 @@ export class JsonConfig {
     const list = Array.isArray(v) ? v : [v];
     if (list.length === 0 || !list.every(isCount)) this.fail(key, `must be a token id or a list of them, got ${JSON.stringify(v)}`);
     return list as number[];
-  }
-}
-
-/** Is `p` a directory? (false when it does not exist) */
-export async function isDirectory(p: string): Promise<boolean> {
-  try {
-    return (await stat(p)).isDirectory();
-  } catch {
-    return false;
   }
 }

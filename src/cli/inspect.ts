@@ -1,0 +1,38 @@
+import { FileSource } from '../source/file-node.js';
+import { openFlm } from '../format/reader.js';
+import { fmtBytes } from '../engine/arena.js';
+
+/** `flashlm inspect`: architecture, dims, dtypes, and every section with its size. */
+export async function runInspect(model: string, flags: { json?: boolean }): Promise<void> {
+  const source = await FileSource.open(model);
+  try {
+    const file = await openFlm(source);
+    const h = file.header;
+    if (flags.json) {
+      const { tokenizer, ...rest } = h;
+      const tok = tokenizer.kind === 'hf' ? { kind: 'hf', bytes: tokenizer.json.length } : { kind: 'llama2c', bytes: tokenizer.data.byteLength };
+      process.stdout.write(JSON.stringify({ ...rest, tokenizer: tok, fileBytes: source.size }, null, 2) + '\n');
+      return;
+    }
+    const a = h.arch;
+    const out: string[] = [];
+    out.push(`${model}: flashlm v${h.version}, ${fmtBytes(source.size)}`);
+    out.push(`architecture  ${a.type}  (${a.norm}, ${a.activation}, ${a.positions === 'rope' ? `rope ${a.ropeStyle} theta ${a.ropeTheta}` : `learned positions +${a.posOffset}`}, ${a.preNorm ? 'pre' : 'post'}-norm)`);
+    out.push(`dims          d_model ${a.dModel}, layers ${a.nLayers}, heads ${a.nHeads} (kv ${a.nKvHeads}) x ${a.headDim}, ffn ${a.ffnDim}, vocab ${a.vocabSize}, context ${a.maxSeqLen}`);
+    out.push(`weights       ${h.dtype}, FFN ${h.layout}, embeddings ${a.tiedEmbeddings ? 'tied' : 'untied'}, tokenizer ${h.tokenizer.kind}`);
+    out.push(`tokens        bos ${a.bosId}, eos ${a.eosId}, stop on [${a.stopIds.join(', ')}]`);
+    const f = h.ffn[0]!;
+    out.push(`ffn records   ${f.parts.join('+')}, ${f.partBytes} B per part, stride ${f.stride} B${f.hasBias ? ', up bias' : ''}`);
+    out.push('sections:');
+    for (const s of h.sections) out.push(`  ${s.name.padEnd(10)} @ ${String(s.offset).padStart(12)}  ${fmtBytes(s.length).padStart(10)}  ${s.blockCount} blocks of ${s.blockBytes} B  xxh64 ${s.hash}`);
+    out.push(`  integrity  @ ${String(h.integrity.offset).padStart(12)}  ${fmtBytes(h.integrity.length).padStart(10)}  xxh64 ${h.integrity.hash}`);
+    const resident = file.section('resident').length;
+    const ffn = h.ffn.reduce((s, e) => s + file.section(e.section).length, 0);
+    out.push(`resident ${fmtBytes(resident)} (${((100 * resident) / (resident + ffn)).toFixed(1)}%), streamable FFN ${fmtBytes(ffn)} (${((100 * ffn) / (resident + ffn)).toFixed(1)}%)`);
+    out.push(`tensors (${h.tensors.length}):`);
+    for (const t of h.tensors) out.push(`  ${t.name.padEnd(28)} ${t.dtype.padEnd(5)} [${t.shape.join(', ')}]`);
+    process.stdout.write(out.join('\n') + '\n');
+  } finally {
+    await source.close();
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * The `flashlm` command (Node). Parsing by commander (subcommands, help and
+ * validation for free); progress bars by cli-progress, only on a TTY.
+ * Generated text goes to stdout; every diagnostic goes to stderr.
+ */
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
+import { FlashlmError } from '../errors.js';
+import { runConvert } from './convert.js';
+import { runInspect } from './inspect.js';
+import { runGenerate } from './run.js';
+
+const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
+
+const int = (name: string, min: number) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`);
+  return n;
+};
+const float = (name: string, min: number, max: number) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}]`);
+  return n;
+};
+
+export function buildCli(): Command {
+  const program = new Command('flashlm')
+    .description('Run language models bigger than memory by streaming weights from flash.')
+    .version(pkg.version)
+    .showHelpAfterError();
+
+  program
+    .command('convert')
+    .description('convert a checkpoint (Hugging Face OPT/Llama folder, or llama2.c .bin) to a .flm file')
+    .argument('<input>', 'Hugging Face model folder, or llama2.c checkpoint (.bin)')
+    .requiredOption('-o, --output <file>', 'the .flm file to write')
+    .option('--tokenizer <file>', 'tokenizer file (tokenizer.json, or llama2.c tokenizer.bin)')
+    .addOption(new Option('--dtype <dtype>', 'weight storage type').choices(['f32', 'f16', 'int8']).default('f32'))
+    .addOption(new Option('--layout <layout>', 'FFN layout: row-column bundles, or split up/down matrices').choices(['bundled', 'split']).default('bundled'))
+    .action(runConvert);
+
+  program
+    .command('inspect')
+    .description('print a .flm file\'s architecture, dims, dtypes and sections')
+    .argument('<model>', '.flm file')
+    .option('--json', 'print the header as JSON')
+    .action(runInspect);
+
+  program
+    .command('run')
+    .description('generate text; the continuation streams to stdout')
+    .argument('<model>', '.flm file (path or URL)')
+    .option('-p, --prompt <text>', 'prompt', '')
+    .option('-n, --tokens <n>', 'most tokens to generate', int('tokens', 0), 256)
+    .option('--temp <t>', 'temperature; 0 = greedy', float('temp', 0, 100), 0)
+    .option('--top-p <p>', 'nucleus sampling mass', float('top-p', 0, 1), 0.9)
+    .option('--seed <s>', 'random seed', int('seed', 0))
+    .option('--memory <size>', 'arena budget, e.g. 512M, 2G (default: what the model needs)')
+    .option('--context <n>', 'context length in tokens', int('context', 1))
+    .action(runGenerate);
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await buildCli().parseAsync(argv);
+  } catch (e) {
+    if (e instanceof FlashlmError) {
+      process.stderr.write(`flashlm: ${e.message}\n`);
+      process.exitCode = 1;
+      return;
+    }
+    throw e;
+  }
+}

@@ -1,0 +1,58 @@
+/**
+ * FFN providers: where a layer's neuron records come from for one token.
+ * The dense provider keeps every FFN section resident in the arena; the
+ * streaming providers (sparse, windowed) implement the same interface.
+ */
+import type { FfnEntry, SectionEntry } from '../format/layout.js';
+import type { FlmFile } from '../format/reader.js';
+import type { Kernels } from '../kernels/types.js';
+import type { Arena } from './arena.js';
+
+export interface FfnProvider {
+  /** out[dModel] = FFN_layer(x), without the down-projection bias. */
+  run(layer: number, x: number, out: number): Promise<void> | void;
+}
+
+/**
+ * Runs the FFN kernel for `n` neuron records whose parts start at
+ * `partPtrs` (in the entry's part order) and step by `stride`.
+ * `hOut` (0 = none) receives the n activations.
+ */
+export function runFfnKernel(k: Kernels, f: FfnEntry, out: number, x: number, n: number, partPtrs: readonly number[], stride: number, hOut = 0): void {
+  if (f.parts.length === 2) {
+    const [up, down] = partPtrs as [number, number];
+    const bias = f.hasBias ? 1 : 0;
+    if (f.dtype === 'f32') k.ffn_relu_f32(out, x, f.d, n, up, down, stride, bias, hOut);
+    else if (f.dtype === 'f16') k.ffn_relu_f16(out, x, f.d, n, up, down, stride, bias, hOut);
+    else k.ffn_relu_i8(out, x, f.d, n, up, down, stride, bias, hOut);
+  } else {
+    const [gate, up, down] = partPtrs as [number, number, number];
+    if (f.dtype === 'f32') k.ffn_swiglu_f32(out, x, f.d, n, gate, up, down, stride, hOut);
+    else if (f.dtype === 'f16') k.ffn_swiglu_f16(out, x, f.d, n, gate, up, down, stride, hOut);
+    else k.ffn_swiglu_i8(out, x, f.d, n, gate, up, down, stride, hOut);
+  }
+}
+
+/** Every FFN section read once into the arena (the `dense` strategy). */
+export class ResidentFfn implements FfnProvider {
+  private constructor(
+    private readonly k: Kernels,
+    private readonly entries: FfnEntry[],
+    private readonly bases: number[],
+  ) {}
+
+  static async load(file: FlmFile, k: Kernels, arena: Arena): Promise<ResidentFfn> {
+    const entries = file.header.ffn;
+    const sections: SectionEntry[] = entries.map((f) => file.section(f.section));
+    const bases = sections.map((s) => arena.alloc(s.name, s.length));
+    // Sections are independent: read them concurrently (a file or HTTP source overlaps the reads).
+    await Promise.all(sections.map((s, i) => file.readSection(s, arena.u8(bases[i]!, s.length))));
+    return new ResidentFfn(k, entries, bases);
+  }
+
+  run(layer: number, x: number, out: number): void {
+    const f = this.entries[layer]!;
+    const base = this.bases[layer]!;
+    runFfnKernel(this.k, f, out, x, f.neurons, f.partOffsets.map((o) => base + o), f.stride);
+  }
+}

@@ -1,0 +1,15 @@
+/**
+ * flashlm, platform-neutral entry: Deno, browsers and edge runtimes import
+ * this; Node gets src/node.ts, which adds file paths on top.
+ */
+export { openModel, Model, registerSourceOpener, type OpenOptions, type GenerateOptions, type SourceOpener } from './model.js';
+export type { SamplingOptions } from './engine/sampler.js';
+export * from './errors.js';
+export type { ArchConfig, DType, TokenizerSpec } from './format/types.js';
+export type { FlmHeader, TensorEntry, SectionEntry, FfnEntry, Layout } from './format/layout.js';
+export { openFlm, FlmFile } from './format/reader.js';
+export { writeFlm, type WriteOptions } from './format/writer.js';
+export { MemorySource, MemorySink } from './source/memory.js';
+export type { Source, Sink } from './source/types.js';
+export { createTokenizer } from './tokenizer/index.js';
+export type { Tokenizer } from './tokenizer/types.js';

@@ -1,0 +1,17 @@
+/**
+ * flashlm for Node: the platform-neutral API plus local files (paths and
+ * file: URLs) as model sources, and the converters.
+ */
+import { fileURLToPath } from 'node:url';
+import { registerSourceOpener } from './model.js';
+import { FileSource } from './source/file-node.js';
+
+registerSourceOpener(async (input) => {
+  if (input instanceof URL) return input.protocol === 'file:' ? FileSource.open(fileURLToPath(input)) : undefined;
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(input)) return input.startsWith('file://') ? FileSource.open(fileURLToPath(input)) : undefined;
+  return FileSource.open(input);
+});
+
+export * from './index.js';
+export { FileSource, FileSink } from './source/file-node.js';
+export { openCheckpoint } from './convert/index.js';

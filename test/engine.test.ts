@@ -1,0 +1,157 @@
+/**
+ * End to end on real weights: the dense engine must reproduce the external
+ * references token for token (llama2.c's published stories260K output, the
+ * PyTorch greedy continuation of the OPT fixture), and quantized files must
+ * stay close to f32.
+ */
+import test from 'ava';
+import { openModel } from '../src/node.js';
+import { MemorySource } from '../src/source/memory.js';
+import { AbortedError, ArgumentError, BudgetError } from '../src/errors.js';
+import type { DType } from '../src/format/types.js';
+import { OPT_DIR, STORIES_BIN, STORIES_GOLDEN, STORIES_TOK, convertToBytes, optReference } from './helpers/models.js';
+
+const stories = (dtype: DType = 'f32', layout: 'bundled' | 'split' = 'bundled') => convertToBytes(STORIES_BIN, { tokenizer: STORIES_TOK, dtype, layout });
+const opt = (dtype: DType = 'f32', layout: 'bundled' | 'split' = 'bundled') => convertToBytes(OPT_DIR, { dtype, layout });
+
+test('stories260K: greedy from an empty prompt reproduces llama2.c, all 256 tokens', async (t) => {
+  const model = await openModel(new MemorySource(await stories()));
+  const ids: number[] = [];
+  let text = '';
+  for await (const step of model.steps('', { maxTokens: 256, temperature: 0 })) {
+    if (step.token >= 0) ids.push(step.token);
+    text += step.text;
+  }
+  await model.close();
+  t.is(text, STORIES_GOLDEN);
+  t.is(ids.length, 256);
+});
+
+test('stories260K: split layout generates the same as bundled', async (t) => {
+  const model = await openModel(new MemorySource(await stories('f32', 'split')));
+  t.is(await model.complete('', { maxTokens: 256 }), STORIES_GOLDEN);
+  await model.close();
+});
+
+test('OPT fixture: greedy continuation equals the PyTorch reference', async (t) => {
+  const { ref, lastLogits } = optReference();
+  const model = await openModel(new MemorySource(await opt()));
+  t.deepEqual(model.tokenizer.encode(ref.prompt), ref.prompt_ids);
+  // Last-prompt-position logits against PyTorch's, then the 32 greedy ids.
+  let last: Float32Array | undefined;
+  await model.forwardTokens(ref.prompt_ids, (pos, logits) => {
+    if (pos === ref.prompt_ids.length - 1) last = logits.slice();
+  });
+  let maxDiff = 0;
+  for (let i = 0; i < lastLogits.length; i++) maxDiff = Math.max(maxDiff, Math.abs(last![i]! - lastLogits[i]!));
+  t.true(maxDiff < 1e-3, `max |logit - reference| = ${maxDiff}`);
+  const top5 = [...last!.keys()].sort((a, b) => last![b]! - last![a]!).slice(0, 5);
+  t.deepEqual(top5, ref.last_logits_top5);
+  const ids: number[] = [];
+  let text = '';
+  for await (const s of model.steps(ref.prompt, { maxTokens: ref.n, temperature: 0 })) {
+    if (s.token >= 0) ids.push(s.token);
+    text += s.text;
+  }
+  t.deepEqual(ids, ref.greedy_ids);
+  t.is(text, ref.text);
+  await model.close();
+});
+
+/**
+ * Closeness metric for quantized files: teacher-forced over the f32 model's
+ * own greedy sequence, the share of positions whose argmax agrees with f32
+ * (top-1 agreement), and the mean KL(f32 || quantized) of next-token distributions.
+ */
+async function agreement(ref: Uint8Array, other: Uint8Array, prompt: string, n: number) {
+  const a = await openModel(new MemorySource(ref));
+  const ids = a.tokenizer.encode(prompt);
+  for await (const s of a.steps(prompt, { maxTokens: n })) if (s.token >= 0) ids.push(s.token);
+  const refLogits: Float32Array[] = [];
+  await a.forwardTokens(ids, (_, l) => refLogits.push(l.slice()));
+  await a.close();
+  const b = await openModel(new MemorySource(other));
+  let agree = 0;
+  let kl = 0;
+  await b.forwardTokens(ids, (pos, l) => {
+    const p = softmax(refLogits[pos]!);
+    const q = softmax(l);
+    if (argmax(refLogits[pos]!) === argmax(l)) agree++;
+    for (let i = 0; i < p.length; i++) if (p[i]! > 0) kl += p[i]! * Math.log(p[i]! / Math.max(q[i]!, 1e-30));
+  });
+  await b.close();
+  return { top1: agree / ids.length, meanKL: kl / ids.length };
+}
+
+function softmax(x: Float32Array): Float64Array {
+  let m = -Infinity;
+  for (const v of x) m = Math.max(m, v);
+  const out = new Float64Array(x.length);
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += out[i] = Math.exp(x[i]! - m);
+  for (let i = 0; i < x.length; i++) out[i]! /= s;
+  return out;
+}
+
+function argmax(x: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < x.length; i++) if (x[i]! > x[best]!) best = i;
+  return best;
+}
+
+for (const [dtype, minTop1, maxKL] of [['f16', 0.97, 0.01], ['int8', 0.9, 0.05]] as const) {
+  test(`${dtype} files stay close to f32 (top-1 agreement, mean KL)`, async (t) => {
+    const o = await agreement(await opt(), await opt(dtype), 'In the morning she', 96);
+    const s = await agreement(await stories(), await stories(dtype), 'Once upon a time', 200);
+    t.log(`OPT ${dtype}: top-1 ${(o.top1 * 100).toFixed(1)}%, mean KL ${o.meanKL.toExponential(2)}; stories ${dtype}: top-1 ${(s.top1 * 100).toFixed(1)}%, mean KL ${s.meanKL.toExponential(2)}`);
+    for (const r of [o, s]) {
+      t.true(r.top1 >= minTop1, `top-1 ${r.top1}`);
+      t.true(r.meanKL <= maxKL, `mean KL ${r.meanKL}`);
+    }
+  });
+}
+
+test('sampling is reproducible with a seed and differs across seeds', async (t) => {
+  const model = await openModel(new MemorySource(await stories()));
+  const run = (seed: number) => model.complete('Once upon a time', { maxTokens: 60, temperature: 1, topP: 0.9, seed });
+  const a = await run(42);
+  t.is(await run(42), a);
+  t.not(await run(43), a);
+  t.true(a.length > 20);
+  await model.close();
+});
+
+test('abort stops generation with AbortedError', async (t) => {
+  const model = await openModel(new MemorySource(await stories()));
+  const ctl = new AbortController();
+  let n = 0;
+  await t.throwsAsync(
+    (async () => {
+      for await (const _ of model.generate('', { signal: ctl.signal })) if (++n === 5) ctl.abort();
+    })(),
+    { instanceOf: AbortedError },
+  );
+  t.is(n, 5);
+  await model.close();
+});
+
+test('the arena is fixed at the budget, and too small a budget is a BudgetError', async (t) => {
+  const bytes = await opt();
+  const model = await openModel(new MemorySource(bytes), { contextLength: 64 });
+  const need = model.memory.usedBytes;
+  t.true(model.memory.arenaBytes >= need);
+  await model.close();
+  const roomy = await openModel(new MemorySource(bytes), { contextLength: 64, memory: 64 << 20 });
+  t.is(roomy.memory.arenaBytes, 64 << 20);
+  await roomy.close();
+  await t.throwsAsync(openModel(new MemorySource(bytes), { memory: '4M' }), { instanceOf: BudgetError, message: /memory budget of 4\.00 MiB/ });
+  await t.throwsAsync(openModel(new MemorySource(bytes), { contextLength: 100000 }), { instanceOf: ArgumentError });
+});
+
+test('generation stops at the context length', async (t) => {
+  const model = await openModel(new MemorySource(await stories()), { contextLength: 10 });
+  let n = 0;
+  for await (const s of model.steps('', { maxTokens: 100 })) if (s.token >= 0) n++;
+  t.is(n, 10); // one token from each of the 10 positions (BOS at 0)
+  await model.close();
+});
