@@ -9,9 +9,27 @@ export interface Source {
   readonly size: number;
   /** Changes when the underlying file changes (ETag, mtime+size, ...). */
   readonly identity: string;
+  /**
+   * Reads must start and end on multiples of this and land in buffers whose
+   * address is a multiple of it (O_DIRECT: 4096). 1 or absent: any.
+   * A read may run past the end of the file only when it is aligned; the
+   * bytes past the end are then left untouched.
+   */
+  readonly alignment?: number;
+  /** How the read planner should shape requests for this source (measured defaults per kind). */
+  readonly hints?: ReadHints;
   /** Fill `into` entirely with the bytes at [offset, offset + into.byteLength); throws SourceError otherwise. */
   read(offset: number, into: Uint8Array): Promise<void>;
   close(): Promise<void>;
+}
+
+export interface ReadHints {
+  /** Two wanted ranges closer than this are read as one (the gap is read and discarded). */
+  mergeGap: number;
+  /** Longer reads are split into pieces of at most this many bytes. */
+  maxRead: number;
+  /** Reads in flight at once. */
+  parallel: number;
 }
 
 /** A destination for the .flm writer: positioned writes, then the final size. */
