@@ -55,7 +55,7 @@ export function decodeHeader(bytes: Uint8Array, fileSize: number): FlmHeader {
     throw new FormatError(`header is not valid msgpack: ${(e as Error).message}`, { cause: e });
   }
   try {
-    return validateHeader(raw, fileSize);
+    return validateHeader(raw, fileSize, PREAMBLE_BYTES + bytes.byteLength);
   } catch (e) {
     if (e instanceof FormatError) throw e;
     throw new FormatError(`malformed header: ${(e as Error).message}`, { cause: e });
@@ -134,7 +134,8 @@ function validateTokenizer(v: unknown): TokenizerSpec {
   return fail('tokenizer.kind', 'expected hf or llama2c');
 }
 
-export function validateHeader(raw: unknown, fileSize: number): FlmHeader {
+/** `headerEnd`: first byte after the header; sections must start at or after it. */
+export function validateHeader(raw: unknown, fileSize: number, headerEnd = PREAMBLE_BYTES): FlmHeader {
   const h = obj(raw, 'header');
   if (h.format !== 'flashlm') fail('format', "expected 'flashlm'");
   const version = int(h.version, 'version');
@@ -151,6 +152,7 @@ export function validateHeader(raw: unknown, fileSize: number): FlmHeader {
   oneOf(ig.algorithm, 'integrity.algorithm', ['xxh64'] as const);
   const integrity = { algorithm: 'xxh64' as const, offset: int(ig.offset, 'integrity.offset'), length: int(ig.length, 'integrity.length'), hash: hash(ig.hash, 'integrity.hash') };
   within(integrity.offset, integrity.length, 'integrity');
+  if (integrity.offset < headerEnd) fail('integrity.offset', 'overlaps the header');
   if (integrity.length % 8) fail('integrity.length', 'not a multiple of 8');
   const totalBlocks = integrity.length / 8;
 
@@ -167,7 +169,7 @@ export function validateHeader(raw: unknown, fileSize: number): FlmHeader {
       hash: hash(s.hash, `${p}.hash`),
     };
     if (e.offset % SECTION_ALIGN) fail(`${p}.offset`, `not aligned to ${SECTION_ALIGN}`);
-    if (e.offset < PREAMBLE_BYTES) fail(`${p}.offset`, 'overlaps the preamble');
+    if (e.offset < headerEnd) fail(`${p}.offset`, 'overlaps the header');
     within(e.offset, e.length, p);
     if (Math.ceil(e.length / e.blockBytes) !== e.blockCount) fail(`${p}.blockCount`, 'does not match length / blockBytes');
     if (e.firstBlock + e.blockCount > totalBlocks) fail(`${p}.firstBlock`, 'outside the integrity table');
@@ -177,10 +179,19 @@ export function validateHeader(raw: unknown, fileSize: number): FlmHeader {
   if (byName.size !== sections.length) fail('sections', 'duplicate names');
   const resident = byName.get('resident') ?? fail('sections', "no 'resident' section");
   if (resident.blockBytes !== RESIDENT_BLOCK_BYTES) fail('sections.resident.blockBytes', `expected ${RESIDENT_BLOCK_BYTES}`);
-  const sorted = [...sections].sort((a, b) => a.offset - b.offset);
+  const integrityRange = { name: 'integrity', offset: integrity.offset, length: integrity.length };
+  const sorted = [...sections, integrityRange].sort((a, b) => a.offset - b.offset);
   for (let i = 1; i < sorted.length; i++) {
     if (sorted[i - 1]!.offset + sorted[i - 1]!.length > sorted[i]!.offset) fail('sections', `${sorted[i - 1]!.name} overlaps ${sorted[i]!.name}`);
   }
+  // The sections' blocks tile the integrity table exactly: no shared or orphan hashes.
+  const byBlock = [...sections].sort((a, b) => a.firstBlock - b.firstBlock);
+  let nextBlock = 0;
+  for (const s of byBlock) {
+    if (s.firstBlock !== nextBlock) fail('sections', `${s.name} blocks do not follow on from the previous section's`);
+    nextBlock += s.blockCount;
+  }
+  if (nextBlock !== totalBlocks) fail('integrity.length', 'does not match the sections\' block counts');
 
   const tensors: TensorEntry[] = arr(h.tensors, 'tensors', 1 << 20).map((v, i) => {
     const p = `tensors[${i}]`;
