@@ -1,1 +1,20 @@
-export * from "./matvec";
+// flashlm kernels: the module's exports (contract: src/kernels/types.ts).
+// Every pointer is a byte offset into the imported memory (env.memory); the
+// module allocates nothing. Its static data and scratch areas (arena.ts,
+// gemv.ts, ffn.ts) sit below heap_base().
+
+import { HEAP_BASE } from "./arena";
+
+export { matvec_f32, matvec_f16, matvec_i8, matvec_i8_scratch_bytes } from "./matvec";
+export { dequant_f16, dequant_i8 } from "./dequant";
+export { layernorm, rmsnorm } from "./norm";
+export { rope_interleaved, rope_half } from "./rope";
+export { attention } from "./attention";
+export { softmax, relu, silu, swiglu, add, scale } from "./activation";
+export { argmax, softmax_temp } from "./sample";
+export { ffn_relu_f32, ffn_relu_f16, ffn_relu_i8, ffn_swiglu_f32, ffn_swiglu_f16, ffn_swiglu_i8 } from "./ffn";
+
+/** First arena byte the host may use (after the module's static data). */
+export function heap_base(): usize {
+  return HEAP_BASE;
+}

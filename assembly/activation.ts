@@ -1,0 +1,58 @@
+// Elementwise kernels. All support in-place use (out == an input): each
+// element is read before the same element is written.
+
+import { silu4, silu1 } from "./simd";
+import { vmax, expShiftSum } from "./reduce";
+
+/** x *= s over n values. */
+export function scale(x: usize, n: i32, s: f32): void {
+  const S = f32x4.splat(s);
+  const m = <usize>n;
+  let i: usize = 0;
+  for (; i + 4 <= m; i += 4) v128.store(x + (i << 2), f32x4.mul(v128.load(x + (i << 2)), S));
+  for (; i < m; i++) store<f32>(x + (i << 2), load<f32>(x + (i << 2)) * s);
+}
+
+/** In-place stable softmax: exp(x - max) / sum. */
+export function softmax(x: usize, n: i32): void {
+  const m = <usize>n;
+  if (m == 0) return;
+  const mx = vmax(x, m);
+  const sum = expShiftSum(x, m, 1.0, mx);
+  scale(x, n, <f32>1.0 / sum);
+}
+
+/** x = max(x, 0) (NaN stays NaN, -0 becomes +0). */
+export function relu(x: usize, n: i32): void {
+  const Z = f32x4.splat(0);
+  const m = <usize>n;
+  let i: usize = 0;
+  for (; i + 4 <= m; i += 4) v128.store(x + (i << 2), f32x4.max(v128.load(x + (i << 2)), Z));
+  for (; i < m; i++) store<f32>(x + (i << 2), max<f32>(load<f32>(x + (i << 2)), 0));
+}
+
+/** x = x * sigmoid(x) = x / (1 + exp(-x)). */
+export function silu(x: usize, n: i32): void {
+  const m = <usize>n;
+  let i: usize = 0;
+  for (; i + 4 <= m; i += 4) v128.store(x + (i << 2), silu4(v128.load(x + (i << 2))));
+  for (; i < m; i++) store<f32>(x + (i << 2), silu1(load<f32>(x + (i << 2))));
+}
+
+/** out = silu(gate) * up. */
+export function swiglu(out: usize, gate: usize, up: usize, n: i32): void {
+  const m = <usize>n;
+  let i: usize = 0;
+  for (; i + 4 <= m; i += 4) {
+    v128.store(out + (i << 2), f32x4.mul(silu4(v128.load(gate + (i << 2))), v128.load(up + (i << 2))));
+  }
+  for (; i < m; i++) store<f32>(out + (i << 2), silu1(load<f32>(gate + (i << 2))) * load<f32>(up + (i << 2)));
+}
+
+/** out = a + b. */
+export function add(out: usize, a: usize, b: usize, n: i32): void {
+  const m = <usize>n;
+  let i: usize = 0;
+  for (; i + 4 <= m; i += 4) v128.store(out + (i << 2), f32x4.add(v128.load(a + (i << 2)), v128.load(b + (i << 2))));
+  for (; i < m; i++) store<f32>(out + (i << 2), load<f32>(a + (i << 2)) + load<f32>(b + (i << 2)));
+}

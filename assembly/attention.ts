@@ -1,0 +1,75 @@
+// Single-query attention over a KV cache (one decoding step).
+
+import { dots_f32 } from "./gemv";
+import { vmax, expShiftSum } from "./reduce";
+
+/**
+ * out[j] = sum_t p[t] * V_t[j] for j < n, rows V_t at V + t*stride (f32).
+ * Four rows per pass, so each out vector is loaded and stored once per 4 rows.
+ */
+function weighted_rows(out: usize, V: usize, stride: usize, p: usize, rows: usize, n: usize): void {
+  memory.fill(out, 0, n << 2);
+  let t: usize = 0;
+  for (; t + 4 <= rows; t += 4) {
+    const v0 = V + t * stride, v1 = v0 + stride, v2 = v1 + stride, v3 = v2 + stride;
+    const s0 = load<f32>(p + (t << 2)), s1 = load<f32>(p + (t << 2), 4), s2 = load<f32>(p + (t << 2), 8), s3 = load<f32>(p + (t << 2), 12);
+    const P0 = f32x4.splat(s0), P1 = f32x4.splat(s1), P2 = f32x4.splat(s2), P3 = f32x4.splat(s3);
+    let j: usize = 0;
+    for (; j + 4 <= n; j += 4) {
+      const o = j << 2;
+      const acc = f32x4.add(
+        f32x4.add(f32x4.mul(v128.load(v0 + o), P0), f32x4.mul(v128.load(v1 + o), P1)),
+        f32x4.add(f32x4.mul(v128.load(v2 + o), P2), f32x4.mul(v128.load(v3 + o), P3)));
+      v128.store(out + o, f32x4.add(v128.load(out + o), acc));
+    }
+    for (; j < n; j++) {
+      const o = j << 2;
+      store<f32>(out + o, load<f32>(out + o) + ((load<f32>(v0 + o) * s0 + load<f32>(v1 + o) * s1) + (load<f32>(v2 + o) * s2 + load<f32>(v3 + o) * s3)));
+    }
+  }
+  for (; t < rows; t++) {
+    const v0 = V + t * stride;
+    const s0 = load<f32>(p + (t << 2));
+    const P0 = f32x4.splat(s0);
+    let j: usize = 0;
+    for (; j + 4 <= n; j += 4) v128.store(out + (j << 2), f32x4.add(v128.load(out + (j << 2)), f32x4.mul(v128.load(v0 + (j << 2)), P0)));
+    for (; j < n; j++) store<f32>(out + (j << 2), load<f32>(out + (j << 2)) + load<f32>(v0 + (j << 2)) * s0);
+  }
+}
+
+/**
+ * For each head h: scores[t] = q_h . K_t[kvh] * scale over t < nPos, softmax
+ * (max-subtracted), out_h = sum_t p_t V_t[kvh], with kvh = h / (nHeads / nKvHeads).
+ * scratch: nPos f32. out may equal q (head h's query is consumed before out_h is written).
+ */
+export function attention(out: usize, q: usize, kCache: usize, vCache: usize, nHeads: i32, nKvHeads: i32, headDim: i32, nPos: i32, scale: f32, scratch: usize): void {
+  const group = nHeads / nKvHeads;
+  const hd = <usize>headDim;
+  const kvStride = <usize>nKvHeads * hd << 2;
+  const np = <usize>nPos;
+  for (let h = 0; h < nHeads; h++) {
+    const kvOff = (<usize>(h / group) * hd) << 2;
+    const qh = q + ((<usize>h * hd) << 2);
+    const oh = out + ((<usize>h * hd) << 2);
+    if (np == 0) { memory.fill(oh, 0, hd << 2); continue; }
+    // scores: rows K_t are nPos "matrix rows" of headDim values, stride one cache row
+    dots_f32(scratch, kCache + kvOff, kvStride, qh, nPos, headDim);
+    const mx = vmax(scratch, np) * scale;
+    // scale folded into the exponent argument: exp(s*scale - max*scale); scale > 0 keeps the max
+    const sum = expShiftSum(scratch, np, scale, scale >= 0 ? mx : vmin_scaled(scratch, np, scale));
+    const inv: f32 = <f32>1.0 / sum;
+    weighted_rows(oh, vCache + kvOff, kvStride, scratch, np, hd);
+    // normalize once at the end (hd multiplies instead of nPos)
+    let j: usize = 0;
+    const INV = f32x4.splat(inv);
+    for (; j + 4 <= hd; j += 4) v128.store(oh + (j << 2), f32x4.mul(v128.load(oh + (j << 2)), INV));
+    for (; j < hd; j++) store<f32>(oh + (j << 2), load<f32>(oh + (j << 2)) * inv);
+  }
+}
+
+/** max of x*s for s < 0 (= min(x) * s). */
+function vmin_scaled(x: usize, n: usize, s: f32): f32 {
+  let m: f32 = Infinity;
+  for (let i: usize = 0; i < n; i++) m = min<f32>(m, load<f32>(x + (i << 2)));
+  return m * s;
+}

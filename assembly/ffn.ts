@@ -1,0 +1,278 @@
+// FFN over neuron records (types.ts / docs/FORMAT.md): part p of neuron i at
+// partPtr_p + i*stride; a part is d values, then (int8) an f32 scale, then
+// (hasBias) an f32 bias slot. out[d] is overwritten.
+//
+// Neurons go in batches of NB: the up (and gate) dots of a batch use the same
+// 8-row blocked code as matvec (rows = neurons, row stride = record stride),
+// then each neuron with h != 0 is queued for the down pass; the down axpys
+// run 4 neurons at a time so out is loaded/stored once per 4 down rows.
+// Skipping h == 0 is what makes ReLU sparsity pay even when every neuron is given.
+
+import { hsum, silu1, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
+import { MAXD_I8, XQ } from "./arena";
+import { dots_f32, dots_f16, dots_i8, f16_xscale, f16_to_f32, quantize_x, QB } from "./gemv";
+
+const NB: usize = 64; // neurons per batch
+/** up / gate dots of the current batch (2 x NB f32). */
+const HB: usize = memory.data(<i32>(NB * 4 * 2), 16);
+
+
+// ---------------------------------------------------------------- down pass queue
+//
+// Up to 4 pending (down part pointer, coefficient) pairs; flushed as one axpy4.
+
+const QP: usize = memory.data(4 * 4, 16); // pointers
+const QA: usize = memory.data(4 * 4, 16); // coefficients
+let qn: i32 = 0;
+
+// dtype codes for the queue
+const T_F32 = 0, T_F16 = 1, T_I8 = 2;
+
+/** out[j] += sum_k a_k * down_k[j], 4 f32 rows. */
+function axpy4_f32(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: usize, a0: f32, a1: f32, a2: f32, a3: f32): void {
+  const A0 = f32x4.splat(a0), A1 = f32x4.splat(a1), A2 = f32x4.splat(a2), A3 = f32x4.splat(a3);
+  let j: usize = 0;
+  for (; j + 4 <= d; j += 4) {
+    const o = j << 2;
+    const acc = f32x4.add(
+      f32x4.add(f32x4.mul(v128.load(p0 + o), A0), f32x4.mul(v128.load(p1 + o), A1)),
+      f32x4.add(f32x4.mul(v128.load(p2 + o), A2), f32x4.mul(v128.load(p3 + o), A3)));
+    v128.store(out + o, f32x4.add(v128.load(out + o), acc));
+  }
+  for (; j < d; j++) {
+    const o = j << 2;
+    store<f32>(out + o, load<f32>(out + o) + ((load<f32>(p0 + o) * a0 + load<f32>(p1 + o) * a1) + (load<f32>(p2 + o) * a2 + load<f32>(p3 + o) * a3)));
+  }
+}
+
+/** out[j] += a * down[j], one f32 row. */
+function axpy1_f32(out: usize, d: usize, p: usize, a: f32): void {
+  const A = f32x4.splat(a);
+  let j: usize = 0;
+  for (; j + 4 <= d; j += 4) v128.store(out + (j << 2), f32x4.add(v128.load(out + (j << 2)), f32x4.mul(v128.load(p + (j << 2)), A)));
+  for (; j < d; j++) store<f32>(out + (j << 2), load<f32>(out + (j << 2)) + load<f32>(p + (j << 2)) * a);
+}
+
+// f16 down rows: exact decode (inf/NaN included) without the 2^112 rescale; the
+// coefficient carries it instead (a * 2^112, exact while |a| < 2^15), so each
+// product b * (a 2^112) equals a * w rounded once. Larger |a| use the 1-row path.
+
+/** Decoded-but-unscaled f16 lanes 0..3 / 4..7 of 8 halves at p (exact for inf/NaN). */
+// @ts-ignore: decorator
+@inline function f16raw_lo(h: v128): v128 { return f16_bits_lo(i16x8.shl(h, 13), f16_upper_exact(h)); }
+// @ts-ignore: decorator
+@inline function f16raw_hi(h: v128): v128 { return f16_bits_hi(i16x8.shl(h, 13), f16_upper_exact(h)); }
+
+function axpy4_f16(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: usize, a0: f32, a1: f32, a2: f32, a3: f32): void {
+  const A0 = f32x4.splat(a0 * F16_SCALE), A1 = f32x4.splat(a1 * F16_SCALE), A2 = f32x4.splat(a2 * F16_SCALE), A3 = f32x4.splat(a3 * F16_SCALE);
+  let j: usize = 0;
+  for (; j + 8 <= d; j += 8) {
+    const h0 = v128.load(p0 + (j << 1)), h1 = v128.load(p1 + (j << 1)), h2 = v128.load(p2 + (j << 1)), h3 = v128.load(p3 + (j << 1));
+    const o = out + (j << 2);
+    const lo = f32x4.add(
+      f32x4.add(f32x4.mul(f16raw_lo(h0), A0), f32x4.mul(f16raw_lo(h1), A1)),
+      f32x4.add(f32x4.mul(f16raw_lo(h2), A2), f32x4.mul(f16raw_lo(h3), A3)));
+    const hi = f32x4.add(
+      f32x4.add(f32x4.mul(f16raw_hi(h0), A0), f32x4.mul(f16raw_hi(h1), A1)),
+      f32x4.add(f32x4.mul(f16raw_hi(h2), A2), f32x4.mul(f16raw_hi(h3), A3)));
+    v128.store(o, f32x4.add(v128.load(o), lo));
+    v128.store(o, f32x4.add(v128.load(o, 16), hi), 16);
+  }
+  for (; j < d; j++) {
+    const o = out + (j << 2);
+    store<f32>(o, load<f32>(o) + ((f16_to_f32(load<u16>(p0 + (j << 1))) * a0 + f16_to_f32(load<u16>(p1 + (j << 1))) * a1)
+      + (f16_to_f32(load<u16>(p2 + (j << 1))) * a2 + f16_to_f32(load<u16>(p3 + (j << 1))) * a3)));
+  }
+}
+
+/** One f16 down row, exact for any coefficient (decode * 2^112, then * a). */
+function axpy1_f16(out: usize, d: usize, p: usize, a: f32): void {
+  const A = f32x4.splat(a), S = f32x4.splat(F16_SCALE);
+  let j: usize = 0;
+  for (; j + 8 <= d; j += 8) {
+    const h = v128.load(p + (j << 1));
+    const o = out + (j << 2);
+    v128.store(o, f32x4.add(v128.load(o), f32x4.mul(f32x4.mul(f16raw_lo(h), S), A)));
+    v128.store(o, f32x4.add(v128.load(o, 16), f32x4.mul(f32x4.mul(f16raw_hi(h), S), A)), 16);
+  }
+  for (; j < d; j++) store<f32>(out + (j << 2), load<f32>(out + (j << 2)) + f16_to_f32(load<u16>(p + (j << 1))) * a);
+}
+
+/** out[j] += sum_k a_k * q_k[j] for 4 int8 rows (a_k already includes the row scale). */
+function axpy4_i8(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: usize, a0: f32, a1: f32, a2: f32, a3: f32): void {
+  const A0 = f32x4.splat(a0), A1 = f32x4.splat(a1), A2 = f32x4.splat(a2), A3 = f32x4.splat(a3);
+  let j: usize = 0;
+  for (; j + 8 <= d; j += 8) {
+    const q0 = v128.load8x8_s(p0 + j), q1 = v128.load8x8_s(p1 + j), q2 = v128.load8x8_s(p2 + j), q3 = v128.load8x8_s(p3 + j);
+    const o = out + (j << 2);
+    const lo = f32x4.add(
+      f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q0)), A0), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q1)), A1)),
+      f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q2)), A2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q3)), A3)));
+    const hi = f32x4.add(
+      f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q0)), A0), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q1)), A1)),
+      f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q2)), A2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q3)), A3)));
+    v128.store(o, f32x4.add(v128.load(o), lo));
+    v128.store(o, f32x4.add(v128.load(o, 16), hi), 16);
+  }
+  for (; j < d; j++) {
+    const o = out + (j << 2);
+    store<f32>(o, load<f32>(o) + ((<f32>load<i8>(p0 + j) * a0 + <f32>load<i8>(p1 + j) * a1) + (<f32>load<i8>(p2 + j) * a2 + <f32>load<i8>(p3 + j) * a3)));
+  }
+}
+
+function axpy1_i8(out: usize, d: usize, p: usize, a: f32): void {
+  const A = f32x4.splat(a);
+  let j: usize = 0;
+  for (; j + 8 <= d; j += 8) {
+    const q = v128.load8x8_s(p + j);
+    const o = out + (j << 2);
+    v128.store(o, f32x4.add(v128.load(o), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q)), A)));
+    v128.store(o, f32x4.add(v128.load(o, 16), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q)), A)), 16);
+  }
+  for (; j < d; j++) store<f32>(out + (j << 2), load<f32>(out + (j << 2)) + <f32>load<i8>(p + j) * a);
+}
+
+/** Runs one down row now (queue leftovers and coefficients the 4-row path can't take). */
+function down1(t: i32, out: usize, d: usize, p: usize, a: f32): void {
+  if (t == T_F32) axpy1_f32(out, d, p, a);
+  else if (t == T_F16) axpy1_f16(out, d, p, a);
+  else axpy1_i8(out, d, p, a);
+}
+
+/** Queues down row p with coefficient a; every 4th call runs the 4-row axpy. */
+function push(t: i32, out: usize, d: usize, p: usize, a: f32): void {
+  // f16 folds 2^112 into the coefficient: larger |a| would overflow, run it alone (exact)
+  if (t == T_F16 && !(abs<f32>(a) < 32768.0)) { down1(t, out, d, p, a); return; }
+  store<usize>(QP + (<usize>qn << 2), p);
+  store<f32>(QA + (<usize>qn << 2), a);
+  if (++qn < 4) return;
+  qn = 0;
+  const p0 = load<usize>(QP), p1 = load<usize>(QP, 4), p2 = load<usize>(QP, 8), p3 = load<usize>(QP, 12);
+  const a0 = load<f32>(QA), a1 = load<f32>(QA, 4), a2 = load<f32>(QA, 8), a3 = load<f32>(QA, 12);
+  if (t == T_F32) axpy4_f32(out, d, p0, p1, p2, p3, a0, a1, a2, a3);
+  else if (t == T_F16) axpy4_f16(out, d, p0, p1, p2, p3, a0, a1, a2, a3);
+  else axpy4_i8(out, d, p0, p1, p2, p3, a0, a1, a2, a3);
+}
+
+/** Runs what is left in the queue. */
+function flush(t: i32, out: usize, d: usize): void {
+  for (let k = 0; k < qn; k++) down1(t, out, d, load<usize>(QP + (<usize>k << 2)), load<f32>(QA + (<usize>k << 2)));
+  qn = 0;
+}
+
+// ---------------------------------------------------------------- up / gate dots
+
+/** Per-call setup of x for the dtype: f16 scale factor, or int8 quantization. */
+let f16k: f32 = 0;
+let i8q: bool = false;
+
+function prepare_x(t: i32, x: usize, d: usize): void {
+  if (t == T_F16) f16k = f16_xscale(x, d);
+  else if (t == T_I8) {
+    i8q = d <= MAXD_I8;
+    if (i8q) quantize_x(XQ, XQ + ((d + QB - 1) / QB) * QB * 2, x, d);
+  }
+}
+
+/** int8 row dot against f32 x (exact products; used when d > MAXD_I8). */
+function i8_dot_f32(p: usize, x: usize, d: usize): f32 {
+  let a = f32x4.splat(0), b = f32x4.splat(0);
+  let j: usize = 0;
+  for (; j + 8 <= d; j += 8) {
+    const q = v128.load8x8_s(p + j);
+    a = f32x4.add(a, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q)), v128.load(x + (j << 2))));
+    b = f32x4.add(b, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q)), v128.load(x + (j << 2), 16)));
+  }
+  let s = hsum(f32x4.add(a, b));
+  for (; j < d; j++) s += <f32>load<i8>(p + j) * load<f32>(x + (j << 2));
+  return s;
+}
+
+/** dst[k] = part_k . x for m neurons starting at part pointer p (no int8 scale applied). */
+function dots(t: i32, dst: usize, p: usize, stride: usize, x: usize, m: usize, d: usize): void {
+  if (t == T_F32) dots_f32(dst, p, stride, x, <i32>m, <i32>d);
+  else if (t == T_F16) dots_f16(dst, p, stride, x, <i32>m, <i32>d, f16k);
+  else if (i8q) dots_i8(dst, p, stride, XQ, XQ + ((d + QB - 1) / QB) * QB * 2, <i32>m, <i32>d);
+  else for (let k: usize = 0; k < m; k++) store<f32>(dst + (k << 2), i8_dot_f32(p + k * stride, x, d));
+}
+
+// ---------------------------------------------------------------- drivers
+
+/** Byte offset of the f32 after the values of a part (int8 scale, or bias for f32/f16). */
+// @ts-ignore: decorator
+@inline function tailOffset(t: i32, d: usize): usize {
+  return t == T_F32 ? d << 2 : t == T_F16 ? d << 1 : d;
+}
+
+function ffn_relu(t: i32, out: usize, x: usize, d: usize, n: usize, up: usize, down: usize, stride: usize, hasBias: bool, hOut: usize): void {
+  memory.fill(out, 0, d << 2);
+  qn = 0;
+  prepare_x(t, x, d);
+  const off = tailOffset(t, d);
+  const biasOff = t == T_I8 ? off + 4 : off; // int8 parts: scale, then bias
+  for (let n0: usize = 0; n0 < n; n0 += NB) {
+    const m = min(NB, n - n0);
+    dots(t, HB, up + n0 * stride, stride, x, m, d);
+    for (let k: usize = 0; k < m; k++) {
+      const rec = n0 + k;
+      const u = up + rec * stride;
+      let h = load<f32>(HB + (k << 2));
+      if (t == T_I8) h *= load<f32>(u + off);
+      if (hasBias) h += load<f32>(u + biasOff);
+      h = max<f32>(h, 0); // NaN stays NaN (and is not skipped)
+      if (hOut) store<f32>(hOut + (rec << 2), h);
+      if (h != 0) {
+        const dp = down + rec * stride;
+        push(t, out, d, dp, t == T_I8 ? h * load<f32>(dp + off) : h);
+      }
+    }
+  }
+  flush(t, out, d);
+}
+
+function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usize, up: usize, down: usize, stride: usize, hOut: usize): void {
+  memory.fill(out, 0, d << 2);
+  qn = 0;
+  prepare_x(t, x, d);
+  const off = tailOffset(t, d);
+  const UB = HB + (NB << 2);
+  for (let n0: usize = 0; n0 < n; n0 += NB) {
+    const m = min(NB, n - n0);
+    dots(t, HB, gate + n0 * stride, stride, x, m, d);
+    dots(t, UB, up + n0 * stride, stride, x, m, d);
+    for (let k: usize = 0; k < m; k++) {
+      const rec = n0 + k;
+      let g = load<f32>(HB + (k << 2)), u = load<f32>(UB + (k << 2));
+      if (t == T_I8) {
+        g *= load<f32>(gate + rec * stride + off);
+        u *= load<f32>(up + rec * stride + off);
+      }
+      const h = silu1(g) * u;
+      if (hOut) store<f32>(hOut + (rec << 2), h);
+      if (h != 0) {
+        const dp = down + rec * stride;
+        push(t, out, d, dp, t == T_I8 ? h * load<f32>(dp + off) : h);
+      }
+    }
+  }
+  flush(t, out, d);
+}
+
+export function ffn_relu_f32(out: usize, x: usize, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, hOut: usize): void {
+  ffn_relu(T_F32, out, x, <usize>d, <usize>n, up, down, <usize>stride, hasBias != 0, hOut);
+}
+export function ffn_relu_f16(out: usize, x: usize, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, hOut: usize): void {
+  ffn_relu(T_F16, out, x, <usize>d, <usize>n, up, down, <usize>stride, hasBias != 0, hOut);
+}
+export function ffn_relu_i8(out: usize, x: usize, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, hOut: usize): void {
+  ffn_relu(T_I8, out, x, <usize>d, <usize>n, up, down, <usize>stride, hasBias != 0, hOut);
+}
+export function ffn_swiglu_f32(out: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hOut: usize): void {
+  ffn_swiglu(T_F32, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, hOut);
+}
+export function ffn_swiglu_f16(out: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hOut: usize): void {
+  ffn_swiglu(T_F16, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, hOut);
+}
+export function ffn_swiglu_i8(out: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hOut: usize): void {
+  ffn_swiglu(T_I8, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, hOut);
+}

@@ -1,0 +1,343 @@
+// Internal building blocks shared by matvec.ts and ffn.ts (not exported from
+// the module): "dots" = out[r] = W_r . x for `rows` rows at W + r*stride, so the
+// same code serves row-major matrices (stride = row bytes) and FFN neuron
+// records (stride = record stride).
+//
+// Shape (measured on V8/x64): rows go in blocks of 8 = two groups of 4. A group
+// keeps 4 accumulators + 2 x vectors in registers (more rows spill: V8 uses 16
+// xmm and hoists loads). The 8 rows advance chunk by chunk (CHUNK columns), so
+// 8 sequential weight streams are in flight, which is what DRAM bandwidth needs;
+// group accumulators live in ACC between chunks (cheap: 8 loads+stores per chunk).
+
+import { hsum, hsum_i32, f16_upper, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
+
+/** 8 accumulators (f32x4) of the current 8-row block. */
+const ACC: usize = memory.data(8 * 16, 16);
+
+// ---------------------------------------------------------------- f32
+
+const F32_CHUNK: usize = 256; // columns per chunk: 1 KiB of each row
+
+/** acc[0..4] += rows p, p+stride, p+2s, p+3s times x over ncols (multiple of 8). */
+function f32_rows4(acc: usize, p: usize, stride: usize, x: usize, ncols: usize): void {
+  let a0 = v128.load(acc), a1 = v128.load(acc, 16), a2 = v128.load(acc, 32), a3 = v128.load(acc, 48);
+  let p0 = p, p1 = p + stride, p2 = p1 + stride, p3 = p2 + stride;
+  const end = x + (ncols << 2);
+  for (let q = x; q < end; q += 32) {
+    const xa = v128.load(q), xb = v128.load(q, 16);
+    // per row: one add into the accumulator per step (sum of two products first)
+    a0 = f32x4.add(a0, f32x4.add(f32x4.mul(v128.load(p0), xa), f32x4.mul(v128.load(p0, 16), xb)));
+    a1 = f32x4.add(a1, f32x4.add(f32x4.mul(v128.load(p1), xa), f32x4.mul(v128.load(p1, 16), xb)));
+    a2 = f32x4.add(a2, f32x4.add(f32x4.mul(v128.load(p2), xa), f32x4.mul(v128.load(p2, 16), xb)));
+    a3 = f32x4.add(a3, f32x4.add(f32x4.mul(v128.load(p3), xa), f32x4.mul(v128.load(p3, 16), xb)));
+    p0 += 32; p1 += 32; p2 += 32; p3 += 32;
+  }
+  v128.store(acc, a0); v128.store(acc, a1, 16); v128.store(acc, a2, 32); v128.store(acc, a3, 48);
+}
+
+/** One row: SIMD partial sums over ncols (multiple of 8). */
+function f32_row1(p: usize, x: usize, ncols: usize): v128 {
+  let a = f32x4.splat(0), b = f32x4.splat(0);
+  const end = x + (ncols << 2);
+  for (let q = x; q < end; q += 32) {
+    a = f32x4.add(a, f32x4.mul(v128.load(p), v128.load(q)));
+    b = f32x4.add(b, f32x4.mul(v128.load(p, 16), v128.load(q, 16)));
+    p += 32;
+  }
+  return f32x4.add(a, b);
+}
+
+/** Columns [c, cols) of one f32 row (fewer than 8). */
+// @ts-ignore: decorator
+@inline function f32_tail(p: usize, x: usize, c: usize, cols: usize): f32 {
+  let s: f32 = 0;
+  if (c + 4 <= cols) {
+    s = hsum(f32x4.mul(v128.load(p + (c << 2)), v128.load(x + (c << 2))));
+    c += 4;
+  }
+  for (; c < cols; c++) s += load<f32>(p + (c << 2)) * load<f32>(x + (c << 2));
+  return s;
+}
+
+/** out[r] = W_r . x for r < rows (f32 rows at W + r*stride). */
+export function dots_f32(out: usize, W: usize, stride: usize, x: usize, rows: i32, cols: i32): void {
+  const n = <usize>cols;
+  const main = n & ~7;
+  let r = 0;
+  for (; r + 8 <= rows; r += 8) {
+    const w = W + <usize>r * stride;
+    memory.fill(ACC, 0, 128);
+    for (let c0: usize = 0; c0 < main; c0 += F32_CHUNK) {
+      const nc = min(F32_CHUNK, main - c0);
+      f32_rows4(ACC, w + (c0 << 2), stride, x + (c0 << 2), nc);
+      f32_rows4(ACC + 64, w + 4 * stride + (c0 << 2), stride, x + (c0 << 2), nc);
+    }
+    for (let i: usize = 0; i < 8; i++) {
+      store<f32>(out + ((<usize>r + i) << 2), hsum(v128.load(ACC + (i << 4))) + f32_tail(w + i * stride, x, main, n));
+    }
+  }
+  for (; r + 4 <= rows; r += 4) {
+    const w = W + <usize>r * stride;
+    memory.fill(ACC, 0, 64);
+    f32_rows4(ACC, w, stride, x, main);
+    for (let i: usize = 0; i < 4; i++) {
+      store<f32>(out + ((<usize>r + i) << 2), hsum(v128.load(ACC + (i << 4))) + f32_tail(w + i * stride, x, main, n));
+    }
+  }
+  for (; r < rows; r++) {
+    const w = W + <usize>r * stride;
+    store<f32>(out + (<usize>r << 2), hsum(f32_row1(w, x, main)) + f32_tail(w, x, main, n));
+  }
+}
+
+// ---------------------------------------------------------------- f16
+//
+// Fast path: weights decoded with f16_upper (no inf/NaN fix) against x scaled
+// by 2^k (k = 112 unless |x| is large), so the 2^112 rescale of the bit trick
+// costs nothing per weight; the result is multiplied by 2^(112-k) at the end.
+// The fast decode turns f16 inf/NaN into finite garbage, so each group also
+// tracks max(h << 1) (unsigned): >= 0xf800 means an exponent of 31 was seen and
+// the block's rows are recomputed with the exact decode (never for sane weights).
+
+const F16_CHUNK: usize = 256; // columns per chunk: 512 B of each row
+
+/** Scale for x so that |x * 2^k| < 2^127: returns 2^k (k <= 112); post-factor is 2^112 / it. */
+export function f16_xscale(x: usize, n: usize): f32 {
+  let m = f32x4.splat(0);
+  let i: usize = 0;
+  for (; i + 4 <= n; i += 4) m = f32x4.max(m, f32x4.abs(v128.load(x + (i << 2))));
+  let mx: f32 = max<f32>(max<f32>(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max<f32>(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
+  for (; i < n; i++) mx = max<f32>(mx, abs<f32>(load<f32>(x + (i << 2))));
+  // NaN or inf in x: any scale gives NaN/inf outputs, as the reference would
+  if (!(mx >= 32768.0) || mx == Infinity) return F16_SCALE;
+  const e = <i32>((reinterpret<u32>(mx) >> 23) & 0xff) - 127; // mx in [2^e, 2^(e+1)), e >= 15
+  return reinterpret<f32>(<u32>(126 - e + 127) << 23); // 2^(126-e): x' < 2^127
+}
+
+/** f16 group of 4 rows over ncols (multiple of 8); returns true if an inf/NaN weight was seen. */
+function f16_rows4(acc: usize, p: usize, stride: usize, x: usize, ncols: usize, k: f32): bool {
+  let a0 = v128.load(acc), a1 = v128.load(acc, 16), a2 = v128.load(acc, 32), a3 = v128.load(acc, 48);
+  let p0 = p, p1 = p + stride, p2 = p1 + stride, p3 = p2 + stride;
+  const K = f32x4.splat(k);
+  let det = i16x8.splat(0);
+  const end = x + (ncols << 2);
+  for (let q = x; q < end; q += 32) {
+    const xa = f32x4.mul(v128.load(q), K), xb = f32x4.mul(v128.load(q, 16), K);
+    let h = v128.load(p0), u = f16_upper(h), l = i16x8.shl(h, 13);
+    a0 = f32x4.add(a0, f32x4.add(f32x4.mul(f16_bits_lo(l, u), xa), f32x4.mul(f16_bits_hi(l, u), xb)));
+    det = i16x8.max_u(det, i16x8.shl(h, 1));
+    h = v128.load(p1); u = f16_upper(h); l = i16x8.shl(h, 13);
+    a1 = f32x4.add(a1, f32x4.add(f32x4.mul(f16_bits_lo(l, u), xa), f32x4.mul(f16_bits_hi(l, u), xb)));
+    det = i16x8.max_u(det, i16x8.shl(h, 1));
+    h = v128.load(p2); u = f16_upper(h); l = i16x8.shl(h, 13);
+    a2 = f32x4.add(a2, f32x4.add(f32x4.mul(f16_bits_lo(l, u), xa), f32x4.mul(f16_bits_hi(l, u), xb)));
+    det = i16x8.max_u(det, i16x8.shl(h, 1));
+    h = v128.load(p3); u = f16_upper(h); l = i16x8.shl(h, 13);
+    a3 = f32x4.add(a3, f32x4.add(f32x4.mul(f16_bits_lo(l, u), xa), f32x4.mul(f16_bits_hi(l, u), xb)));
+    det = i16x8.max_u(det, i16x8.shl(h, 1));
+    p0 += 16; p1 += 16; p2 += 16; p3 += 16;
+  }
+  v128.store(acc, a0); v128.store(acc, a1, 16); v128.store(acc, a2, 32); v128.store(acc, a3, 48);
+  return v128.any_true(i16x8.ge_u(det, i16x8.splat(<i16>0xf800)));
+}
+
+/** Scalar f16 bits -> f32 (exact, same construction as the vector decode). */
+// @ts-ignore: decorator
+@inline export function f16_to_f32(h: u32): f32 {
+  let bits = ((h & 0x8000) << 16) | ((h & 0x7fff) << 13);
+  if ((h & 0x7c00) == 0x7c00) bits |= 0x7f800000; // inf/NaN: exponent 255, payload kept
+  const v = reinterpret<f32>(bits);
+  return (h & 0x7c00) == 0x7c00 ? v : v * F16_SCALE;
+}
+
+/** Exact f16 row dot (inf/NaN weights decoded properly); slow path and remainders. */
+function f16_row_exact(p: usize, x: usize, ncols: usize): f32 {
+  let a = f32x4.splat(0), b = f32x4.splat(0);
+  const S = f32x4.splat(F16_SCALE);
+  let c: usize = 0;
+  for (; c + 8 <= ncols; c += 8) {
+    const h = v128.load(p + (c << 1));
+    const u = f16_upper_exact(h), l = i16x8.shl(h, 13);
+    a = f32x4.add(a, f32x4.mul(f32x4.mul(f16_bits_lo(l, u), S), v128.load(x + (c << 2))));
+    b = f32x4.add(b, f32x4.mul(f32x4.mul(f16_bits_hi(l, u), S), v128.load(x + (c << 2), 16)));
+  }
+  let s = hsum(f32x4.add(a, b));
+  for (; c < ncols; c++) s += f16_to_f32(load<u16>(p + (c << 1))) * load<f32>(x + (c << 2));
+  return s;
+}
+
+/** Columns [c, cols) of an f16 row (fewer than 8), exact. */
+// @ts-ignore: decorator
+@inline function f16_tail(p: usize, x: usize, c: usize, cols: usize): f32 {
+  let s: f32 = 0;
+  for (; c < cols; c++) s += f16_to_f32(load<u16>(p + (c << 1))) * load<f32>(x + (c << 2));
+  return s;
+}
+
+/** out[r] = W_r . x for f16 rows at W + r*stride; k = f16_xscale(x, cols). */
+export function dots_f16(out: usize, W: usize, stride: usize, x: usize, rows: i32, cols: i32, k: f32): void {
+  const n = <usize>cols;
+  const main = n & ~7;
+  const post: f32 = F16_SCALE / k; // exact power of two
+  let r = 0;
+  for (; r + 8 <= rows; r += 8) {
+    const w = W + <usize>r * stride;
+    memory.fill(ACC, 0, 128);
+    let special = false;
+    for (let c0: usize = 0; c0 < main; c0 += F16_CHUNK) {
+      const nc = min(F16_CHUNK, main - c0);
+      special |= f16_rows4(ACC, w + (c0 << 1), stride, x + (c0 << 2), nc, k);
+      special |= f16_rows4(ACC + 64, w + 4 * stride + (c0 << 1), stride, x + (c0 << 2), nc, k);
+    }
+    for (let i: usize = 0; i < 8; i++) {
+      const p = w + i * stride;
+      const s = special ? f16_row_exact(p, x, n) : hsum(v128.load(ACC + (i << 4))) * post + f16_tail(p, x, main, n);
+      store<f32>(out + ((<usize>r + i) << 2), s);
+    }
+  }
+  for (; r + 4 <= rows; r += 4) {
+    const w = W + <usize>r * stride;
+    memory.fill(ACC, 0, 64);
+    const special = f16_rows4(ACC, w, stride, x, main, k);
+    for (let i: usize = 0; i < 4; i++) {
+      const p = w + i * stride;
+      const s = special ? f16_row_exact(p, x, n) : hsum(v128.load(ACC + (i << 4))) * post + f16_tail(p, x, main, n);
+      store<f32>(out + ((<usize>r + i) << 2), s);
+    }
+  }
+  for (; r < rows; r++) {
+    store<f32>(out + (<usize>r << 2), f16_row_exact(W + <usize>r * stride, x, n));
+  }
+}
+
+// ---------------------------------------------------------------- int8
+//
+// Activation quantization (done once per call by quantize_x):
+//   x is cut in blocks of QB = 128 columns; block b gets m_b = max|x| over the
+//   block, scale_b = m_b / 32767 and q_j = roundTiesToEven(x_j * (32767 / m_b))
+//   as int16 (|q| <= 32767). Blocks with m_b < 2^-100 are all-zero (scale 0);
+//   a NaN/inf in a block makes its scale NaN (outputs NaN). The last block is
+//   zero-padded to QB.
+// Dot: sum_b scale_b * sum_{j in b} w_j q_j, the inner sum exact in int32
+//   (i32x4.dot_i16x8_s: |partial| <= 128 * 127 * 32767 < 2^31 per block), so
+//   the only error is the rounding of x to 16 bits: |x_j - q_j scale_b| <= m_b/65534.
+
+export const QB: usize = 128;
+
+/** Bytes of scratch for quantize_x with n columns: int16 values + f32 block scales. */
+// @ts-ignore: decorator
+@inline export function qx_bytes(n: usize): usize {
+  const nb = (n + QB - 1) / QB;
+  return nb * QB * 2 + nb * 4;
+}
+
+/** Quantizes x[0..n) into xq (int16, nb*QB values) and xs (f32 [nb]), as described above. */
+export function quantize_x(xq: usize, xs: usize, x: usize, n: usize): void {
+  const nb = (n + QB - 1) / QB;
+  for (let b: usize = 0; b < nb; b++) {
+    const c0 = b * QB;
+    const len = min(QB, n - c0);
+    const xb = x + (c0 << 2);
+    const qb = xq + (c0 << 1);
+    let m4 = f32x4.splat(0);
+    let i: usize = 0;
+    for (; i + 4 <= len; i += 4) m4 = f32x4.max(m4, f32x4.abs(v128.load(xb + (i << 2))));
+    let m: f32 = max<f32>(max<f32>(f32x4.extract_lane(m4, 0), f32x4.extract_lane(m4, 1)), max<f32>(f32x4.extract_lane(m4, 2), f32x4.extract_lane(m4, 3)));
+    for (; i < len; i++) m = max<f32>(m, abs<f32>(load<f32>(xb + (i << 2))));
+    let scale: f32 = 0, inv: f32 = 0;
+    if (m != m || m == Infinity) scale = NaN;
+    else if (m >= 7.888609052210118e-31) { scale = m / 32767.0; inv = 32767.0 / m; } // 2^-100
+    store<f32>(xs + (b << 2), scale);
+    const vinv = f32x4.splat(inv);
+    i = 0;
+    for (; i + 8 <= len; i += 8) {
+      const lo = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(xb + (i << 2)), vinv)));
+      const hi = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(xb + (i << 2), 16), vinv)));
+      v128.store(qb + (i << 1), i16x8.narrow_i32x4_s(lo, hi));
+    }
+    for (; i < len; i++) {
+      store<i16>(qb + (i << 1), <i16>i32x4.extract_lane(i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.splat(load<f32>(xb + (i << 2)) * inv))), 0));
+    }
+    for (; i < QB; i++) store<i16>(qb + (i << 1), 0); // pad the last block
+  }
+}
+
+const I8_CHUNK_BLOCKS: usize = 4; // blocks per chunk: 512 B of each row
+
+/** int8 group of 4 rows over nb full blocks starting at column block b0. acc holds f32 sums. */
+function i8_rows4(acc: usize, p: usize, stride: usize, xq: usize, xs: usize, nb: usize): void {
+  let f0 = v128.load(acc), f1 = v128.load(acc, 16), f2 = v128.load(acc, 32), f3 = v128.load(acc, 48);
+  let p0 = p, p1 = p + stride, p2 = p1 + stride, p3 = p2 + stride;
+  let q = xq;
+  for (let b: usize = 0; b < nb; b++) {
+    let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+    const qend = q + (QB << 1);
+    for (; q < qend; q += 32) {
+      const xa = v128.load(q), xb = v128.load(q, 16);
+      // load8x8_s sign-extends 8 weights to i16; dot_i16x8_s sums adjacent products in i32
+      a0 = i32x4.add(a0, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p0), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p0, 8), xb)));
+      a1 = i32x4.add(a1, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p1), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p1, 8), xb)));
+      a2 = i32x4.add(a2, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p2), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p2, 8), xb)));
+      a3 = i32x4.add(a3, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p3), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p3, 8), xb)));
+      p0 += 16; p1 += 16; p2 += 16; p3 += 16;
+    }
+    const s = v128.load32_splat(xs + (b << 2));
+    f0 = f32x4.add(f0, f32x4.mul(f32x4.convert_i32x4_s(a0), s));
+    f1 = f32x4.add(f1, f32x4.mul(f32x4.convert_i32x4_s(a1), s));
+    f2 = f32x4.add(f2, f32x4.mul(f32x4.convert_i32x4_s(a2), s));
+    f3 = f32x4.add(f3, f32x4.mul(f32x4.convert_i32x4_s(a3), s));
+  }
+  v128.store(acc, f0); v128.store(acc, f1, 16); v128.store(acc, f2, 32); v128.store(acc, f3, 48);
+}
+
+/** One int8 row over columns [c0, c1) of a single block (integer sum, unscaled). */
+function i8_row_part(p: usize, xq: usize, c0: usize, c1: usize): i32 {
+  let a = i32x4.splat(0);
+  let c = c0;
+  for (; c + 8 <= c1; c += 8) a = i32x4.add(a, i32x4.dot_i16x8_s(v128.load8x8_s(p + c), v128.load(xq + (c << 1))));
+  let s = hsum_i32(a);
+  for (; c < c1; c++) s += <i32>load<i8>(p + c) * <i32>load<i16>(xq + (c << 1));
+  return s;
+}
+
+/** One int8 row, all columns (row 1-3 remainders and the partial last block). */
+function i8_row(p: usize, xq: usize, xs: usize, b0: usize, n: usize): f32 {
+  let s: f32 = 0;
+  const nb = (n + QB - 1) / QB;
+  for (let b = b0; b < nb; b++) {
+    const c0 = b * QB;
+    s += <f32>i8_row_part(p, xq, c0, min(c0 + QB, n)) * load<f32>(xs + (b << 2));
+  }
+  return s;
+}
+
+/** out[r] = sum_b scale_b * (W_r . q) for int8 rows at W + r*stride (row scales not applied). */
+export function dots_i8(out: usize, W: usize, stride: usize, xq: usize, xs: usize, rows: i32, cols: i32): void {
+  const n = <usize>cols;
+  const full = n / QB; // full blocks go through the SIMD groups
+  let r = 0;
+  for (; r + 8 <= rows; r += 8) {
+    const w = W + <usize>r * stride;
+    memory.fill(ACC, 0, 128);
+    for (let b0: usize = 0; b0 < full; b0 += I8_CHUNK_BLOCKS) {
+      const nb = min(I8_CHUNK_BLOCKS, full - b0);
+      const c0 = b0 * QB;
+      i8_rows4(ACC, w + c0, stride, xq + (c0 << 1), xs + (b0 << 2), nb);
+      i8_rows4(ACC + 64, w + 4 * stride + c0, stride, xq + (c0 << 1), xs + (b0 << 2), nb);
+    }
+    for (let i: usize = 0; i < 8; i++) {
+      store<f32>(out + ((<usize>r + i) << 2), hsum(v128.load(ACC + (i << 4))) + i8_row(w + i * stride, xq, xs, full, n));
+    }
+  }
+  for (; r + 4 <= rows; r += 4) {
+    const w = W + <usize>r * stride;
+    memory.fill(ACC, 0, 64);
+    i8_rows4(ACC, w, stride, xq, xs, full);
+    for (let i: usize = 0; i < 4; i++) {
+      store<f32>(out + ((<usize>r + i) << 2), hsum(v128.load(ACC + (i << 4))) + i8_row(w + i * stride, xq, xs, full, n));
+    }
+  }
+  for (; r < rows; r++) {
+    store<f32>(out + (<usize>r << 2), i8_row(W + <usize>r * stride, xq, xs, 0, n));
+  }
+}

@@ -1,0 +1,123 @@
+/**
+ * Loads the SIMD WebAssembly kernels (wasm/flashlm.wasm) against a host-owned
+ * arena. Runtime-neutral: no static `node:` import (Node, Deno, browsers and
+ * edge runtimes load this module); `node:fs/promises` is imported dynamically
+ * only for a `file:` URL that `fetch` cannot read (Node's fetch rejects file:).
+ */
+
+import type { Kernels } from './types.js';
+
+/** Bytes per WebAssembly page. */
+export const WASM_PAGE = 65536;
+/** Largest wasm32 memory: 65536 pages = 4 GiB. */
+export const MAX_PAGES = 65536;
+
+/** Where the release build lives, relative to this file (src/kernels/ or dist/kernels/). */
+export const DEFAULT_WASM_URL = new URL('../../wasm/flashlm.wasm', import.meta.url);
+
+/** Compiled modules by URL, so many models (arenas) share one compilation. */
+const moduleCache = new Map<string, Promise<WebAssembly.Module>>();
+
+/**
+ * A fixed-size arena: initial = maximum = ceil(bytes / 64 KiB) pages (at most
+ * 4 GiB). Fixed so the ArrayBuffer never detaches under the host's typed views.
+ * Offsets above 2 GiB come back from wasm as negative i32: read returned
+ * pointers with `>>> 0`.
+ */
+export function createArena(bytes: number): WebAssembly.Memory {
+  if (!Number.isFinite(bytes) || bytes < 0) throw new RangeError(`arena size must be a non-negative number of bytes, got ${bytes}`);
+  const pages = Math.max(1, Math.ceil(bytes / WASM_PAGE));
+  if (pages > MAX_PAGES) throw new RangeError(`arena of ${bytes} bytes exceeds the 4 GiB wasm32 limit`);
+  return new WebAssembly.Memory({ initial: pages, maximum: pages });
+}
+
+function isModule(x: unknown): x is WebAssembly.Module {
+  return typeof WebAssembly.Module === 'function' && x instanceof WebAssembly.Module;
+}
+
+function isBufferSource(x: unknown): x is BufferSource {
+  return ArrayBuffer.isView(x) || x instanceof ArrayBuffer ||
+    (typeof SharedArrayBuffer !== 'undefined' && x instanceof SharedArrayBuffer);
+}
+
+/** Reads the bytes behind a URL: fetch first, node:fs for file: URLs fetch can't read. */
+async function readUrl(url: URL): Promise<ArrayBuffer | Uint8Array> {
+  if (url.protocol === 'file:') {
+    // Deno's (and browsers' extension) fetch can read file:; Node 20's throws.
+    try {
+      const res = await fetch(url);
+      if (res.ok) return await res.arrayBuffer();
+    } catch {
+      // fall through to node:fs
+    }
+    const spec = 'node:fs/promises';
+    const fs = (await import(/* @vite-ignore */ spec)) as typeof import('node:fs/promises');
+    return await fs.readFile(url);
+  }
+  const res = await fetch(url);
+  if (!res.ok) throw new Error(`cannot load kernels from ${url.href}: HTTP ${res.status}`);
+  return await res.arrayBuffer();
+}
+
+async function compileUrl(url: URL): Promise<WebAssembly.Module> {
+  if (url.protocol !== 'file:' && typeof WebAssembly.compileStreaming === 'function') {
+    try {
+      // streaming compile needs Content-Type: application/wasm; fall back if the server doesn't say so
+      return await WebAssembly.compileStreaming(fetch(url));
+    } catch {
+      // retry below with plain bytes
+    }
+  }
+  return WebAssembly.compile(await readUrl(url) as BufferSource);
+}
+
+/** The compiled module for a URL, compiled once per URL (failed compilations are not cached). */
+export function compileKernels(where: URL | string = DEFAULT_WASM_URL): Promise<WebAssembly.Module> {
+  const url = typeof where === 'string' ? new URL(where, DEFAULT_WASM_URL) : where;
+  const key = url.href;
+  let p = moduleCache.get(key);
+  if (!p) {
+    p = compileUrl(url);
+    moduleCache.set(key, p);
+    p.catch(() => moduleCache.delete(key));
+  }
+  return p;
+}
+
+const EXPORTS = [
+  'heap_base', 'matvec_f32', 'matvec_f16', 'matvec_i8', 'matvec_i8_scratch_bytes',
+  'dequant_f16', 'dequant_i8', 'layernorm', 'rmsnorm', 'rope_interleaved', 'rope_half',
+  'attention', 'softmax', 'relu', 'silu', 'swiglu', 'add', 'scale', 'argmax', 'softmax_temp',
+  'ffn_relu_f32', 'ffn_relu_f16', 'ffn_relu_i8', 'ffn_swiglu_f32', 'ffn_swiglu_f16', 'ffn_swiglu_i8',
+] as const;
+
+/**
+ * Instantiates the kernels on `memory` (the arena; see createArena).
+ * `wasm`: the module's bytes, a compiled module, or its URL (string paths are
+ * resolved against the default location); defaults to wasm/flashlm.wasm.
+ */
+export async function loadKernels(
+  memory: WebAssembly.Memory,
+  wasm?: BufferSource | WebAssembly.Module | URL | string,
+): Promise<Kernels> {
+  let mod: WebAssembly.Module;
+  if (wasm === undefined || wasm instanceof URL || typeof wasm === 'string') mod = await compileKernels(wasm);
+  else if (isModule(wasm)) mod = wasm;
+  else if (isBufferSource(wasm)) mod = await WebAssembly.compile(wasm);
+  else throw new TypeError('loadKernels: wasm must be bytes, a WebAssembly.Module, a URL or a string');
+
+  const instance = await WebAssembly.instantiate(mod, { env: { memory } });
+  const ex = instance.exports as Record<string, unknown>;
+  for (const name of EXPORTS) {
+    if (typeof ex[name] !== 'function') throw new Error(`kernels module lacks export ${name}`);
+  }
+  const heapBase = ((ex.heap_base as () => number)() >>> 0);
+  if (memory.buffer.byteLength < heapBase) {
+    throw new RangeError(`arena of ${memory.buffer.byteLength} bytes is smaller than the kernels' static area (${heapBase} bytes)`);
+  }
+  const k: Record<string, unknown> = { memory };
+  for (const name of EXPORTS) k[name] = ex[name];
+  // pointers/sizes returned by wasm are i32: unsigned view for the host
+  k.heap_base = () => heapBase;
+  return k as unknown as Kernels;
+}

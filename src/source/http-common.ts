@@ -1,0 +1,528 @@
+/**
+ * The HTTP range protocol, shared by the fetch source (http.ts) and the
+ * undici source (http-node.ts); each of those only supplies a transport that
+ * sends one GET and hands back status, headers and body chunks.
+ *
+ * What lives here: learning the size and pinning the validator at open,
+ * checking every 206 answer (Content-Range exactly as asked, the length, the
+ * validator), telling "the file changed" from "the server ignores Range",
+ * the small-file fallback, and the retry policy (backoff with jitter on
+ * network errors, truncated bodies, 5xx, 408 and 429; never on other 4xx).
+ *
+ * Platform-neutral: no `node:` import. Offsets are JS numbers (exact to
+ * 2^53); nothing here does 32-bit arithmetic on them.
+ */
+import { AbortedError, FlashlmError, SourceError } from '../errors.js';
+import type { ReadHints, Source } from './types.js';
+
+export interface HttpOptions {
+  /** Sent with every request (e.g. `authorization`). Range, If-Range and Accept-Encoding are ours. */
+  headers?: Record<string, string>;
+  /** Aborts open and every read (AbortedError). */
+  signal?: AbortSignal;
+  /** Retries after the first attempt, per open or read. Default 4. */
+  retries?: number;
+  /** First backoff; doubles each retry, with jitter (half fixed, half random). Default 200 ms. */
+  retryBaseMs?: number;
+  /** Longest single wait, also caps Retry-After. Default 5000 ms. */
+  retryMaxMs?: number;
+  /** An attempt fails (and is retried) when no headers or body bytes arrive for this long. Default 30000 ms. */
+  timeoutMs?: number;
+  /** A server that ignores Range is tolerated up to this size: the body is then kept in memory. Default 16 MiB. */
+  smallFileBytes?: number;
+  /** Overrides of the default read hints. */
+  hints?: Partial<ReadHints>;
+}
+
+/**
+ * Default read shape for HTTP (see the report in bench/sources.ts): a request
+ * costs a round trip, so reads are merged across gaps up to about a
+ * bandwidth-delay product, made large, and kept several in flight.
+ */
+export const HTTP_HINTS: Readonly<ReadHints> = Object.freeze({ mergeGap: 256 * 1024, maxRead: 4 * 1024 * 1024, parallel: 8 });
+
+/** One HTTP answer, as the protocol needs it. */
+export interface HttpAnswer {
+  readonly status: number;
+  /** A header's value by lower-case name (repeated headers joined with ", "), or undefined. */
+  header(name: string): string | undefined;
+  /** The body, chunk by chunk, in order (read once). */
+  body(): AsyncIterable<Uint8Array>;
+  /** Drop the body unread (frees or closes the connection); never throws. */
+  discard(): Promise<void>;
+}
+
+/** Sends one GET of the source's URL with these (lower-case) headers. Throws on network errors. */
+export interface HttpTransport {
+  get(headers: Record<string, string>, signal: AbortSignal): Promise<HttpAnswer>;
+  close(): Promise<void>;
+}
+
+/** What a server says a response is a version of. */
+export interface Validator {
+  etag?: string;
+  lastModified?: string;
+}
+
+// ---------------------------------------------------------------- parsing
+
+const CONTENT_RANGE = /^bytes[ \t]+(?:(\d{1,16})-(\d{1,16})|\*)\/(\d{1,16}|\*)$/i;
+
+export interface ContentRange {
+  /** First and last byte, inclusive; absent for `bytes * /size` (416 answers). */
+  start?: number;
+  end?: number;
+  /** Complete length; absent for `/*`. */
+  size?: number;
+}
+
+function safeInt(s: string): number | undefined {
+  const n = Number(s);
+  return Number.isSafeInteger(n) ? n : undefined;
+}
+
+/** Parses `bytes a-b/size`, `bytes a-b/*` or `bytes * /size` (RFC 9110 14.4); undefined when malformed or past 2^53. */
+export function parseContentRange(value: string | undefined): ContentRange | undefined {
+  if (value === undefined) return undefined;
+  const m = CONTENT_RANGE.exec(value.trim());
+  if (!m) return undefined;
+  const out: ContentRange = {};
+  if (m[3] !== '*') {
+    out.size = safeInt(m[3]!);
+    if (out.size === undefined) return undefined;
+  }
+  if (m[1] !== undefined) {
+    const start = safeInt(m[1]);
+    const end = safeInt(m[2]!);
+    if (start === undefined || end === undefined || end < start) return undefined;
+    if (out.size !== undefined && end >= out.size) return undefined;
+    out.start = start;
+    out.end = end;
+  } else if (out.size === undefined) {
+    return undefined; // "bytes */*" says nothing
+  }
+  return out;
+}
+
+/** `bytes=start-end` (inclusive), for offsets anywhere below 2^53. */
+export function formatRange(start: number, end: number): string {
+  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start) {
+    throw new SourceError(`invalid byte range ${start}-${end}`);
+  }
+  return `bytes=${start}-${end}`;
+}
+
+function contentLength(a: HttpAnswer): number | undefined {
+  const v = a.header('content-length')?.trim();
+  return v !== undefined && /^\d{1,16}$/.test(v) ? safeInt(v) : undefined;
+}
+
+export function validatorOf(a: HttpAnswer): Validator {
+  const v: Validator = {};
+  const etag = a.header('etag')?.trim();
+  const lm = a.header('last-modified')?.trim();
+  if (etag) v.etag = etag;
+  if (lm) v.lastModified = lm;
+  return v;
+}
+
+const isWeak = (etag: string) => /^W\//i.test(etag);
+const opaque = (etag: string) => etag.replace(/^W\//i, '');
+
+/**
+ * The If-Range value for a pinned validator: a strong ETag, else the
+ * Last-Modified date. A weak ETag can never match in If-Range (RFC 9110
+ * 13.1.5), so it would turn every read into a full 200 body.
+ */
+export function ifRangeOf(v: Validator): string | undefined {
+  if (v.etag && !isWeak(v.etag)) return v.etag;
+  return v.lastModified;
+}
+
+/**
+ * Whether an answer carries a validator that contradicts the pinned one:
+ * ETags are compared when both sides have one (weakly: a CDN may add W/),
+ * else Last-Modified. A missing validator proves nothing.
+ */
+export function contradicts(pinned: Validator, got: Validator): string | undefined {
+  if (pinned.etag && got.etag) {
+    return opaque(pinned.etag) === opaque(got.etag) ? undefined : `ETag ${pinned.etag} -> ${got.etag}`;
+  }
+  if (pinned.lastModified && got.lastModified && pinned.lastModified !== got.lastModified) {
+    return `Last-Modified ${pinned.lastModified} -> ${got.lastModified}`;
+  }
+  return undefined;
+}
+
+function retryAfterMs(a: HttpAnswer): number | undefined {
+  const v = a.header('retry-after')?.trim();
+  if (!v) return undefined;
+  if (/^\d+$/.test(v)) return Number(v) * 1000;
+  const t = Date.parse(v);
+  return Number.isNaN(t) ? undefined : Math.max(0, t - Date.now());
+}
+
+// ---------------------------------------------------------------- retry policy
+
+/** An attempt failed in a way worth trying again. */
+export class RetryableError extends Error {
+  constructor(
+    message: string,
+    readonly afterMs?: number,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'RetryableError';
+  }
+}
+
+/** Whether a status is retried: 5xx, 408 Request Timeout, 429 Too Many Requests. */
+export function isRetryableStatus(status: number): boolean {
+  return status >= 500 || status === 408 || status === 429;
+}
+
+/** Wait before retry number `attempt` (0 = the first retry): base·2^attempt, capped, half of it random. */
+export function backoffMs(attempt: number, baseMs: number, maxMs: number, random: () => number = Math.random): number {
+  const full = Math.min(maxMs, baseMs * 2 ** attempt);
+  return full / 2 + random() * (full / 2);
+}
+
+class TimeoutSignal extends Error {}
+
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const done = () => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal!.reason);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+// ---------------------------------------------------------------- the source
+
+interface Resolved {
+  headers: Record<string, string>;
+  signal: AbortSignal | undefined;
+  retries: number;
+  retryBaseMs: number;
+  retryMaxMs: number;
+  timeoutMs: number;
+  smallFileBytes: number;
+}
+
+function resolve(o: HttpOptions): Resolved {
+  const headers: Record<string, string> = {};
+  for (const [k, v] of Object.entries(o.headers ?? {})) headers[k.toLowerCase()] = v;
+  const r: Resolved = {
+    headers,
+    signal: o.signal,
+    retries: o.retries ?? 4,
+    retryBaseMs: o.retryBaseMs ?? 200,
+    retryMaxMs: o.retryMaxMs ?? 5000,
+    timeoutMs: o.timeoutMs ?? 30_000,
+    smallFileBytes: o.smallFileBytes ?? 16 * 1024 * 1024,
+  };
+  for (const k of ['retries', 'retryBaseMs', 'retryMaxMs', 'timeoutMs', 'smallFileBytes'] as const) {
+    if (!(r[k] >= 0) || !Number.isFinite(r[k])) throw new SourceError(`HTTP source option ${k} must be a finite number >= 0, got ${r[k]}`);
+  }
+  return r;
+}
+
+/** What open learned: size, pinned validator, and the whole body when the server ignores Range. */
+interface Opened {
+  size: number;
+  pin: Validator;
+  whole?: Uint8Array;
+}
+
+/**
+ * A Source over one URL, for any transport. Subclasses (HttpSource,
+ * NodeHttpSource) only build the transport and call `connect`.
+ */
+export class HttpRangeSource implements Source {
+  readonly alignment = 1;
+  readonly size: number;
+  readonly identity: string;
+  readonly hints: ReadHints;
+  private readonly pin: Validator;
+  private whole: Uint8Array | undefined;
+  private closed = false;
+
+  protected constructor(
+    readonly name: string,
+    private readonly transport: HttpTransport,
+    private readonly o: Resolved,
+    opened: Opened,
+    hints: ReadHints,
+  ) {
+    this.size = opened.size;
+    this.pin = opened.pin;
+    this.whole = opened.whole;
+    this.hints = hints;
+    const v = opened.pin.etag ? `etag:${opened.pin.etag}` : opened.pin.lastModified ? `last-modified:${opened.pin.lastModified}` : 'unvalidated';
+    this.identity = `http:${opened.size}:${v}`;
+  }
+
+  /** True when the server ignored Range and the whole (small) file is served from memory. */
+  get inMemory(): boolean {
+    return this.whole !== undefined;
+  }
+
+  /** Probes `name` through `transport` (closing it on failure) and returns what the constructor needs. */
+  protected static async connect(name: string, transport: HttpTransport, options: HttpOptions, defaults: ReadHints): Promise<[string, HttpTransport, Resolved, Opened, ReadHints]> {
+    let o: Resolved;
+    try {
+      o = resolve(options);
+      const opened = await probe(name, transport, o);
+      const hints = { ...defaults, ...options.hints };
+      return [name, transport, o, opened, hints];
+    } catch (e) {
+      await transport.close().catch(() => {});
+      throw e;
+    }
+  }
+
+  async read(offset: number, into: Uint8Array): Promise<void> {
+    const len = into.byteLength;
+    if (this.closed) throw new SourceError(`${this.name}: read after close`);
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset + len > this.size) {
+      throw new SourceError(`${this.name}: read [${offset}, +${len}) is outside the ${this.size}-byte file`);
+    }
+    if (len === 0) return;
+    if (this.whole) {
+      into.set(this.whole.subarray(offset, offset + len));
+      return;
+    }
+    let got = 0; // bytes already in `into`: a retry after a dropped body asks only for the rest
+    await attempt(this.name, `read [${offset}, +${len})`, this.o, async (signal, progress) => {
+      const start = offset + got;
+      const end = offset + len - 1;
+      const headers: Record<string, string> = { ...this.o.headers, range: formatRange(start, end), 'accept-encoding': 'identity' };
+      const ifRange = ifRangeOf(this.pin);
+      if (ifRange) headers['if-range'] = ifRange;
+      const a = await this.transport.get(headers, signal);
+      progress();
+      if (a.status === 206) {
+        const bad = this.check206(a, start, end);
+        if (bad) {
+          await a.discard();
+          throw bad;
+        }
+        await fill(this.name, a, into, got, end - start + 1, progress, (n) => (got += n));
+        return;
+      }
+      if (a.status === 200) {
+        this.whole = await this.wholeAfter200(a, progress);
+        into.set(this.whole.subarray(offset, offset + len));
+        return;
+      }
+      throw await statusError(this.name, a);
+    });
+  }
+
+  /** Why a 206 answer for [start, end] cannot be used, or undefined. */
+  private check206(a: HttpAnswer, start: number, end: number): Error | undefined {
+    const raw = a.header('content-range');
+    const cr = parseContentRange(raw);
+    if (raw === undefined) {
+      return new SourceError(`${this.name}: 206 answer without Content-Range (cross-origin servers must send Access-Control-Expose-Headers: Content-Range, ETag)`);
+    }
+    if (!cr || cr.start === undefined) return new SourceError(`${this.name}: malformed Content-Range ${JSON.stringify(raw)}`);
+    const changed = contradicts(this.pin, validatorOf(a)) ?? (cr.size !== undefined && cr.size !== this.size ? `size ${this.size} -> ${cr.size}` : undefined);
+    if (changed) return this.changedError(changed);
+    if (cr.start !== start || cr.end !== end) {
+      return new SourceError(`${this.name}: server sent Content-Range ${JSON.stringify(raw)} for Range: bytes=${start}-${end}`);
+    }
+    const n = contentLength(a);
+    if (n !== undefined && n !== end - start + 1) {
+      return new SourceError(`${this.name}: Content-Length ${n} does not match Content-Range ${JSON.stringify(raw)}`);
+    }
+    const enc = a.header('content-encoding')?.trim().toLowerCase();
+    if (enc && enc !== 'identity') return new SourceError(`${this.name}: server encoded a range answer (Content-Encoding: ${enc})`);
+    return undefined;
+  }
+
+  private changedError(what: string): SourceError {
+    return new SourceError(`${this.name}: file changed on the server since it was opened (${what}); reopen the model`);
+  }
+
+  /** A 200 to a ranged request: the file changed (If-Range failed), or the server ignores Range. */
+  private async wholeAfter200(a: HttpAnswer, progress: () => void): Promise<Uint8Array> {
+    const n = contentLength(a);
+    const changed = contradicts(this.pin, validatorOf(a)) ?? (n !== undefined && n !== this.size ? `size ${this.size} -> ${n}` : undefined);
+    if (changed) {
+      await a.discard();
+      throw this.changedError(changed);
+    }
+    if (this.size > this.o.smallFileBytes) {
+      await a.discard();
+      throw new SourceError(`${this.name}: server ignored the Range request (answered 200 with the whole file); ranges are required for files over ${this.o.smallFileBytes} bytes`);
+    }
+    const whole = await readWhole(this.name, a, this.o.smallFileBytes, progress);
+    if (whole.byteLength !== this.size) throw new RetryableError(`whole body is ${whole.byteLength} bytes, expected ${this.size}`);
+    return whole;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.whole = undefined;
+    await this.transport.close();
+  }
+}
+
+/**
+ * Runs `fn` with retries. `fn` gets an AbortSignal (the caller's signal, or
+ * the idle timeout) and a `progress` callback that re-arms the idle timeout.
+ * Errors: FlashlmErrors and non-retryable statuses pass through; anything
+ * else thrown (network errors, aborted bodies) or a RetryableError is retried.
+ */
+async function attempt<T>(name: string, what: string, o: Resolved, fn: (signal: AbortSignal, progress: () => void) => Promise<T>): Promise<T> {
+  for (let n = 0; ; n++) {
+    if (o.signal?.aborted) throw new AbortedError(`${name}: ${what}: aborted`, { cause: o.signal.reason });
+    const ctl = new AbortController();
+    const onAbort = () => ctl.abort(o.signal!.reason);
+    o.signal?.addEventListener('abort', onAbort, { once: true });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const progress = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => ctl.abort(new TimeoutSignal()), o.timeoutMs);
+    };
+    progress();
+    let failure: RetryableError;
+    try {
+      return await fn(ctl.signal, progress);
+    } catch (e) {
+      if (o.signal?.aborted) throw new AbortedError(`${name}: ${what}: aborted`, { cause: o.signal.reason });
+      if (e instanceof FlashlmError) throw e;
+      if (ctl.signal.aborted && ctl.signal.reason instanceof TimeoutSignal) failure = new RetryableError(`nothing received for ${o.timeoutMs} ms`);
+      else if (e instanceof RetryableError) failure = e;
+      else failure = new RetryableError(describe(e), undefined, { cause: e });
+    } finally {
+      clearTimeout(timer);
+      o.signal?.removeEventListener('abort', onAbort);
+    }
+    if (n >= o.retries) {
+      throw new SourceError(`${name}: ${what} failed after ${n + 1} attempt${n ? 's' : ''}: ${failure.message}`, { cause: failure.cause ?? failure });
+    }
+    const wait = Math.min(o.retryMaxMs, failure.afterMs ?? backoffMs(n, o.retryBaseMs, o.retryMaxMs));
+    try {
+      await sleep(wait, o.signal);
+    } catch (e) {
+      throw new AbortedError(`${name}: ${what}: aborted`, { cause: e });
+    }
+  }
+}
+
+/** A network error's message, with its cause (fetch says only "fetch failed"). */
+function describe(e: unknown): string {
+  if (!(e instanceof Error)) return String(e);
+  const c = e.cause;
+  const inner = c instanceof Error ? `${(c as { code?: string }).code ?? c.name}: ${c.message}` : '';
+  return inner && !e.message.includes(inner) ? `${e.message} (${inner})` : e.message;
+}
+
+/** The error for an answer that is neither 200 nor 206 (body discarded). */
+async function statusError(name: string, a: HttpAnswer): Promise<Error> {
+  await a.discard();
+  const s = a.status;
+  if (isRetryableStatus(s)) return new RetryableError(`HTTP ${s}`, s === 429 || s === 503 ? retryAfterMs(a) : undefined);
+  if (s === 416) return new SourceError(`${name}: HTTP 416 Range Not Satisfiable (Content-Range: ${a.header('content-range') ?? 'none'}); the file may have changed`);
+  if (s >= 300 && s < 400) return new SourceError(`${name}: HTTP ${s} redirect to ${a.header('location') ?? '(no Location)'} not followed`);
+  const hint = s === 401 || s === 403 ? ' (check the headers option: credentials or a signed URL that expired?)' : '';
+  return new SourceError(`${name}: HTTP ${s}${hint}`);
+}
+
+/** Streams a 206 body of exactly `want` bytes into `into` at `at`; `took(n)` records progress for resumption. */
+async function fill(name: string, a: HttpAnswer, into: Uint8Array, at: number, want: number, progress: () => void, took: (n: number) => void): Promise<void> {
+  let n = 0;
+  let complete = false;
+  try {
+    for await (const chunk of a.body()) {
+      if (n + chunk.byteLength > want) {
+        throw new SourceError(`${name}: body longer than the ${want} bytes of its Content-Range`);
+      }
+      into.set(chunk, at + n);
+      n += chunk.byteLength;
+      took(chunk.byteLength);
+      progress();
+    }
+    complete = true;
+  } finally {
+    if (!complete) await a.discard();
+  }
+  if (n < want) throw new RetryableError(`body ended after ${n} of ${want} bytes`);
+}
+
+/** Reads a whole 200 body (at most `limit` bytes, else an error naming the server's lack of Range support). */
+async function readWhole(name: string, a: HttpAnswer, limit: number, progress: () => void): Promise<Uint8Array> {
+  const declared = contentLength(a);
+  const tooBig = () =>
+    new SourceError(`${name}: server ignores Range requests (answered 200 with the whole file) and the file is over smallFileBytes (${limit} bytes); use a server or CDN that supports ranges`);
+  if (declared !== undefined && declared > limit) {
+    await a.discard();
+    throw tooBig();
+  }
+  let buf = new Uint8Array(declared ?? 64 * 1024);
+  let n = 0;
+  let complete = false;
+  try {
+    for await (const chunk of a.body()) {
+      if (n + chunk.byteLength > limit) throw tooBig();
+      if (n + chunk.byteLength > buf.byteLength) {
+        if (declared !== undefined) throw new SourceError(`${name}: body longer than its Content-Length ${declared}`);
+        const grown = new Uint8Array(Math.min(limit, Math.max(buf.byteLength * 2, n + chunk.byteLength)));
+        grown.set(buf.subarray(0, n));
+        buf = grown;
+      }
+      buf.set(chunk, n);
+      n += chunk.byteLength;
+      progress();
+    }
+    complete = true;
+  } finally {
+    if (!complete) await a.discard();
+  }
+  if (declared !== undefined && n < declared) throw new RetryableError(`body ended after ${n} of ${declared} bytes`);
+  return n === buf.byteLength ? buf : buf.slice(0, n);
+}
+
+/** Open: `GET Range: bytes=0-0` tells the size (Content-Range) and the validator to pin. */
+async function probe(name: string, transport: HttpTransport, o: Resolved): Promise<Opened> {
+  return attempt(name, 'open', o, async (signal, progress) => {
+    const a = await transport.get({ ...o.headers, range: 'bytes=0-0', 'accept-encoding': 'identity' }, signal);
+    progress();
+    const pin = validatorOf(a);
+    if (a.status === 206) {
+      const raw = a.header('content-range');
+      const cr = parseContentRange(raw);
+      if (raw === undefined) {
+        await a.discard();
+        throw new SourceError(`${name}: 206 answer without Content-Range (cross-origin servers must send Access-Control-Expose-Headers: Content-Range, ETag)`);
+      }
+      if (!cr || cr.start !== 0 || cr.end !== 0 || cr.size === undefined) {
+        await a.discard();
+        throw new SourceError(`${name}: cannot learn the size from Content-Range ${JSON.stringify(raw)} (asked for bytes=0-0)`);
+      }
+      await fill(name, a, new Uint8Array(1), 0, 1, progress, () => {});
+      return { size: cr.size, pin };
+    }
+    if (a.status === 200) {
+      const whole = await readWhole(name, a, o.smallFileBytes, progress);
+      return { size: whole.byteLength, pin, whole };
+    }
+    if (a.status === 416) {
+      const cr = parseContentRange(a.header('content-range'));
+      await a.discard();
+      if (cr?.size === 0) return { size: 0, pin }; // an empty file has no byte 0
+    }
+    throw await statusError(name, a);
+  });
+}

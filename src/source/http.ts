@@ -1,0 +1,99 @@
+/**
+ * HTTP range source on `fetch`: browsers, Deno, edge workers and Node alike
+ * (no `node:` import, no undici). The protocol (size and validator at open,
+ * If-Range, strict 206 checks, retries) lives in http-common.ts.
+ *
+ * Cross-origin use in browsers needs the server to allow the `Range` and
+ * `If-Range` request headers and to expose `Content-Range` and `ETag`
+ * (Access-Control-Expose-Headers), or sizes and validators cannot be read.
+ */
+import type { SourceOpener } from '../model.js';
+import { HTTP_HINTS, HttpRangeSource, type HttpAnswer, type HttpOptions, type HttpTransport } from './http-common.js';
+import type { Source } from './types.js';
+
+export { HTTP_HINTS, parseContentRange, type HttpOptions } from './http-common.js';
+
+export interface HttpSourceOptions extends HttpOptions {
+  /** The fetch to use (a wrapped or polyfilled one). Default: globalThis.fetch. */
+  fetch?: typeof globalThis.fetch;
+  /** Extra RequestInit fields (credentials, mode, cache, ...). */
+  init?: Omit<RequestInit, 'headers' | 'signal' | 'method' | 'body'>;
+}
+
+class FetchAnswer implements HttpAnswer {
+  constructor(private readonly res: Response) {}
+
+  get status(): number {
+    return this.res.status;
+  }
+
+  header(name: string): string | undefined {
+    return this.res.headers.get(name) ?? undefined;
+  }
+
+  async *body(): AsyncIterable<Uint8Array> {
+    if (!this.res.body) return;
+    const reader = this.res.body.getReader();
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) return;
+        yield value;
+      }
+    } finally {
+      reader.releaseLock();
+    }
+  }
+
+  async discard(): Promise<void> {
+    try {
+      await this.res.body?.cancel();
+    } catch {
+      // already errored or cancelled
+    }
+  }
+}
+
+class FetchTransport implements HttpTransport {
+  constructor(
+    private readonly url: string,
+    private readonly fetchImpl: typeof globalThis.fetch,
+    private readonly init: HttpSourceOptions['init'],
+  ) {}
+
+  async get(headers: Record<string, string>, signal: AbortSignal): Promise<HttpAnswer> {
+    return new FetchAnswer(await this.fetchImpl(this.url, { ...this.init, method: 'GET', headers, signal }));
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** A URL for messages: no credentials, no query string (signed URLs carry secrets there). */
+export function displayUrl(url: URL): string {
+  return `${url.protocol}//${url.host}${url.pathname}${url.search ? '?…' : ''}`;
+}
+
+export class HttpSource extends HttpRangeSource {
+  /**
+   * Opens `url` with one `GET Range: bytes=0-0`: the size comes from
+   * Content-Range, the ETag (else Last-Modified) is pinned as identity and
+   * sent as If-Range with every read. Throws SourceError (AbortedError when
+   * `signal` fires).
+   */
+  static async open(url: string | URL, options: HttpSourceOptions = {}): Promise<HttpSource> {
+    const u = new URL(url);
+    const fetchImpl = options.fetch ?? globalThis.fetch;
+    const transport = new FetchTransport(u.href, fetchImpl.bind(globalThis), options.init);
+    return new HttpSource(...(await HttpRangeSource.connect(displayUrl(u), transport, options, HTTP_HINTS)));
+  }
+}
+
+const isHttp = (input: string | URL) => (typeof input === 'string' ? /^https?:\/\//i.test(input) : input.protocol === 'http:' || input.protocol === 'https:');
+
+/** An opener for registerSourceOpener with fixed options (e.g. an authorization header). */
+export function createHttpOpener(options: HttpSourceOptions = {}): SourceOpener {
+  return async (input: string | URL): Promise<Source | undefined> => (isHttp(input) ? HttpSource.open(input, options) : undefined);
+}
+
+/** Opens `http:` and `https:` URLs (strings or URL objects) with fetch; other inputs are left to other openers. */
+export const httpOpener: SourceOpener = createHttpOpener();

@@ -1,0 +1,152 @@
+/**
+ * Starts Debian's nginx as a child process serving a directory on
+ * 127.0.0.1: generated config in a temp dir (daemon off, pid, logs and all
+ * temp paths inside it), a random free port, optional limit_rate. Missing
+ * nginx is an error, not a skip: CI installs it (apt-get install -y nginx).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { accessSync, constants } from 'node:fs';
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer, connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { delimiter, join } from 'node:path';
+
+export interface NginxOptions {
+  /** Directory served at `/`. Must be readable by nginx's worker user (nobody when run as root). */
+  root: string;
+  /** nginx `limit_rate` per connection, e.g. '20m' (bytes/s, nginx units). */
+  limitRate?: string;
+}
+
+export interface Nginx {
+  readonly port: number;
+  /** `http://127.0.0.1:port` */
+  readonly origin: string;
+  url(path: string): string;
+  /** The error log so far (for assertion messages). */
+  errorLog(): Promise<string>;
+  stop(): Promise<void>;
+}
+
+export function findNginx(): string {
+  const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/usr/local/sbin', '/usr/local/nginx/sbin'];
+  for (const d of dirs) {
+    if (!d) continue;
+    const p = join(d, 'nginx');
+    try {
+      accessSync(p, constants.X_OK);
+      return p;
+    } catch {
+      // keep looking
+    }
+  }
+  throw new Error('nginx is not installed: run `apt-get update && apt-get install -y nginx` (the HTTP source tests need it)');
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = connect(port, '127.0.0.1');
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+}
+
+function config(dir: string, port: number, o: NginxOptions): string {
+  const asRoot = process.getuid?.() === 0;
+  return `
+daemon off;
+master_process on;
+worker_processes 1;
+${asRoot ? 'user nobody nogroup;' : ''}
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 512; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/client_body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  types { }
+  default_type application/octet-stream;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_timeout 60s;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:${port};
+    root ${o.root};
+    ${o.limitRate ? `limit_rate ${o.limitRate};` : ''}
+  }
+}
+`;
+}
+
+/** Starts nginx; retries on a port race. Resolves once it accepts connections. */
+export async function startNginx(options: NginxOptions): Promise<Nginx> {
+  const bin = findNginx();
+  let lastError = '';
+  for (let tryNo = 0; tryNo < 5; tryNo++) {
+    const dir = await mkdtemp(join(tmpdir(), 'flashlm-nginx-'));
+    await chmod(dir, 0o755);
+    const port = await freePort();
+    const conf = join(dir, 'nginx.conf');
+    await writeFile(conf, config(dir, port, options));
+    // -e: error log before the config is read (else /var/log/nginx); -p: prefix for relative paths.
+    const child: ChildProcess = spawn(bin, ['-p', dir, '-e', join(dir, 'error.log'), '-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    let exited = false;
+    const exitP = new Promise<void>((resolve) => child.once('exit', () => ((exited = true), resolve())));
+    child.once('error', (e) => (stderr += String(e)));
+    const deadline = Date.now() + 5000;
+    let up = false;
+    while (!exited && Date.now() < deadline) {
+      if (await canConnect(port)) {
+        up = true;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const log = () => readFile(join(dir, 'error.log'), 'utf8').catch(() => '');
+    if (up && !exited) {
+      return {
+        port,
+        origin: `http://127.0.0.1:${port}`,
+        url: (path: string) => `http://127.0.0.1:${port}/${path.replace(/^\//, '')}`,
+        errorLog: log,
+        async stop() {
+          if (!exited) {
+            child.kill('SIGTERM'); // fast shutdown: does not wait for keep-alive connections
+            const t = setTimeout(() => child.kill('SIGKILL'), 3000);
+            await exitP;
+            clearTimeout(t);
+          }
+          await rm(dir, { recursive: true, force: true });
+        },
+      };
+    }
+    if (!exited) child.kill('SIGKILL');
+    await exitP;
+    lastError = `${stderr}\n${await log()}`;
+    await rm(dir, { recursive: true, force: true });
+    if (!/Address already in use/i.test(lastError)) break;
+  }
+  throw new Error(`nginx did not start: ${lastError.trim()}`);
+}
