@@ -27,7 +27,8 @@ export function relu(x: usize, n: i32): void {
   const Z = f32x4.splat(0);
   const m = <usize>n;
   let i: usize = 0;
-  for (; i + 4 <= m; i += 4) v128.store(x + (i << 2), f32x4.max(v128.load(x + (i << 2)), Z));
+  // pmax(x, 0) = x < 0 ? 0 : x keeps NaN; + 0 turns -0 into +0 (f32x4.max is ~8 instructions in V8)
+  for (; i + 4 <= m; i += 4) v128.store(x + (i << 2), f32x4.add(f32x4.pmax(v128.load(x + (i << 2)), Z), Z));
   for (; i < m; i++) store<f32>(x + (i << 2), max<f32>(load<f32>(x + (i << 2)), 0));
 }
 

@@ -216,8 +216,8 @@ export function dots_f16(out: usize, W: usize, stride: usize, x: usize, rows: i3
 //   x is cut in blocks of QB = 128 columns; block b gets m_b = max|x| over the
 //   block, scale_b = m_b / 32767 and q_j = roundTiesToEven(x_j * (32767 / m_b))
 //   as int16 (|q| <= 32767). Blocks with m_b < 2^-100 are all-zero (scale 0);
-//   a NaN/inf in a block makes its scale NaN (outputs NaN). The last block is
-//   zero-padded to QB.
+//   a NaN/inf in a block makes its scale NaN (outputs NaN). The last block may
+//   be partial (its columns go through the 8-wide/scalar path).
 // Dot: sum_b scale_b * sum_{j in b} w_j q_j, the inner sum exact in int32
 //   (i32x4.dot_i16x8_s: |partial| <= 128 * 127 * 32767 < 2^31 per block), so
 //   the only error is the rounding of x to 16 bits: |x_j - q_j scale_b| <= m_b/65534.
@@ -231,7 +231,7 @@ export const QB: usize = 128;
   return nb * QB * 2 + nb * 4;
 }
 
-/** Quantizes x[0..n) into xq (int16, nb*QB values) and xs (f32 [nb]), as described above. */
+/** Quantizes x[0..n) into xq (int16, n values; room for nb*QB) and xs (f32 [nb]), as described above. */
 export function quantize_x(xq: usize, xs: usize, x: usize, n: usize): void {
   const nb = (n + QB - 1) / QB;
   for (let b: usize = 0; b < nb; b++) {
@@ -258,7 +258,6 @@ export function quantize_x(xq: usize, xs: usize, x: usize, n: usize): void {
     for (; i < len; i++) {
       store<i16>(qb + (i << 1), <i16>i32x4.extract_lane(i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.splat(load<f32>(xb + (i << 2)) * inv))), 0));
     }
-    for (; i < QB; i++) store<i16>(qb + (i << 1), 0); // pad the last block
   }
 }
 

@@ -2,16 +2,19 @@
 
 import { hmax, hsum, exp4, exp1 } from "./simd";
 
-/** max of x[0..n) (NaN lanes propagate); -inf for n == 0. */
+/**
+ * max of x[0..n) ignoring NaN (-inf for n == 0 or all NaN). pmax(a, b) = a < b ? b : a
+ * keeps a when b is NaN; a NaN input still makes softmax NaN through exp and the sum.
+ */
 export function vmax(x: usize, n: usize): f32 {
-  let m: f32 = -Infinity;
+  let v = f32x4.splat(-Infinity);
   let i: usize = 0;
-  if (n >= 4) {
-    let v = v128.load(x);
-    for (i = 4; i + 4 <= n; i += 4) v = f32x4.max(v, v128.load(x + (i << 2)));
-    m = hmax(v);
+  for (; i + 4 <= n; i += 4) v = f32x4.pmax(v, v128.load(x + (i << 2)));
+  let m = hmax(v);
+  for (; i < n; i++) {
+    const y = load<f32>(x + (i << 2));
+    if (y > m) m = y;
   }
-  for (; i < n; i++) m = max<f32>(m, load<f32>(x + (i << 2)));
   return m;
 }
 

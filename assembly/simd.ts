@@ -16,10 +16,10 @@
   return i32x4.extract_lane(s, 0) + i32x4.extract_lane(s, 1);
 }
 
-/** Horizontal max of an f32x4 (NaN lanes propagate, as f32x4.max does). */
+/** Horizontal max of an f32x4 without NaNs (pmax: one maxps on x64, f32x4.max is ~8 instructions). */
 // @ts-ignore: decorator
 @inline export function hmax(v: v128): f32 {
-  const s = f32x4.max(v, v128.shuffle<f32>(v, v, 2, 3, 0, 1));
+  const s = f32x4.pmax(v, v128.shuffle<f32>(v, v, 2, 3, 0, 1));
   return max<f32>(f32x4.extract_lane(s, 0), f32x4.extract_lane(s, 1));
 }
 
@@ -90,8 +90,9 @@ export const F16_SCALE: f32 = 5.192296858534828e33;
  */
 // @ts-ignore: decorator
 @inline export function exp4(x: v128): v128 {
-  // clamp so n stays in [-150, 129]; outside, the result is 0 or inf anyway (NaN passes: min/max propagate it)
-  x = f32x4.min(f32x4.max(x, f32x4.splat(-104.0)), f32x4.splat(89.0));
+  // clamp so n stays in [-150, 129]; outside, the result is 0 or inf anyway.
+  // pmax(x, lo) = x < lo ? lo : x and pmin(x, hi) = hi < x ? hi : x keep NaN (and are single instructions)
+  x = f32x4.pmin(f32x4.pmax(x, f32x4.splat(-104.0)), f32x4.splat(89.0));
   const n = f32x4.nearest(f32x4.mul(x, f32x4.splat(1.44269504088896341)));
   // Cody-Waite: ln2 = C1 + C2 with C1 exact in few bits so n*C1 is exact
   let r = f32x4.sub(x, f32x4.mul(n, f32x4.splat(0.693359375)));

@@ -13,7 +13,7 @@ import type { Kernels } from './kernels/types.js';
 import { Arena, MAX_ARENA_BYTES, WASM_PAGE, fmtBytes, parseBytes } from './engine/arena.js';
 import { ResidentFfn } from './engine/ffn.js';
 import { Sampler, type SamplingOptions } from './engine/sampler.js';
-import { Transformer } from './engine/transformer.js';
+import { Transformer, residentSections } from './engine/transformer.js';
 import type { Source } from './source/types.js';
 import { createTokenizer } from './tokenizer/index.js';
 import type { Tokenizer } from './tokenizer/types.js';
@@ -96,7 +96,7 @@ export class Model {
       const maxCols = Math.max(...file.header.tensors.map((t) => t.shape[t.shape.length - 1]!));
       const need =
         probe.heap_base() +
-        file.section('resident').length +
+        residentSections(file).reduce((sum, s) => sum + s.length, 0) +
         file.header.ffn.reduce((s, f) => s + file.section(f.section).length, 0) +
         Transformer.workingBytes(a, contextLength, maxCols, probe) +
         64 * 64; // alignment slack for each region

@@ -152,6 +152,11 @@ test('direct: unaligned buffers fall back to the bounce buffer (wasm view at +10
     await s.read(2 * A, a);
     same(t, a, 2 * A, 'wasm view at byteOffset 100');
     t.is(s.stats.bounced, 1);
+    // An aligned view of the same memory still goes direct.
+    const b = new Uint8Array(a.buffer, 2 * A, A);
+    await s.read(0, b);
+    same(t, b, 0, 'aligned view of the same memory');
+    t.is(s.stats.direct, 1);
     // byteOffset 0 but a malloc'ed base: the kernel says EINVAL, the source bounces and remembers the buffer.
     const plain = new Uint8Array(2 * 1024 * 1024 + A);
     await s.read(A, plain);
@@ -204,13 +209,13 @@ test('direct: unaligned offsets and lengths are served correctly, concurrently w
   }
 });
 
-test('direct: offsets past 4 GiB (sparse 6 GiB file), direct and bounced', async (t) => {
+test('direct: offsets past 4 GiB (sparse 7 GiB file), direct and bounced', async (t) => {
   const big = join(dir, 'sparse.bin');
   const fh = await open(big, 'w');
-  const at = 5 * 2 ** 30 + 3 * A; // 5 GiB + 12 KiB
+  const at = 6.5 * 2 ** 30 + 3 * A; // past 2^32, and past 2^31 mod 2^32 (negative under `| 0`)
   const mark = randomBytes(3 * A);
   try {
-    await fh.truncate(6 * 2 ** 30);
+    await fh.truncate(7 * 2 ** 30);
     await fh.write(mark, 0, mark.length, at);
   } finally {
     await fh.close();
@@ -218,7 +223,7 @@ test('direct: offsets past 4 GiB (sparse 6 GiB file), direct and bounced', async
   try {
     const s = await FileSource.open(big, { direct: true });
     try {
-      t.is(s.size, 6 * 2 ** 30);
+      t.is(s.size, 7 * 2 ** 30);
       const into = wasmView(0, 4 * A);
       await s.read(at - A, into);
       t.true(into.subarray(0, A).every((b) => b === 0), 'the hole before reads as zeros');

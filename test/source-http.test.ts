@@ -159,7 +159,7 @@ for (const { kind, open } of kinds) {
     });
   });
 
-  test(`${kind} + nginx: empty file (416 bytes */0 at open), missing file (404, not retried)`, async (t) => {
+  test(`${kind} + nginx: empty file, missing file (404, not retried)`, async (t) => {
     const { nginx: ng } = await nginx();
     await withSource(await open(ng.url('empty.bin')), async (s) => {
       t.is(s.size, 0);
@@ -382,15 +382,49 @@ for (const { kind, open } of kinds) {
     });
   });
 
-  test(`${kind}: a stalled answer times out and is retried`, async (t) => {
+  test(`${kind}: a stalled answer times out and is retried; a slow but steady one does not`, async (t) => {
     await withScripted({ size: SIZE, etag: '"v"', fault: (n) => (n === 2 ? { stallMs: 5000 } : undefined) }, async (srv) => {
-      await withSource(await open(srv.url, { ...FAST, timeoutMs: 150 }), async (s) => {
+      await withSource(await open(srv.url, { ...FAST, timeoutMs: 300 }), async (s) => {
         const started = Date.now();
         const into = new Uint8Array(5000);
         await s.read(123, into);
         eq(t, into, want(123, 5000), 'bytes');
         t.true(Date.now() - started < 2000);
         t.is(srv.requests.length, 3);
+      });
+    });
+    // 8 pieces 100 ms apart: 700 ms in all, never 300 ms without bytes.
+    await withScripted({ size: SIZE, etag: '"v"', fault: (n) => (n === 2 ? { trickleMs: 100 } : undefined) }, async (srv) => {
+      await withSource(await open(srv.url, { ...FAST, timeoutMs: 300 }), async (s) => {
+        const into = new Uint8Array(80_000);
+        await s.read(1000, into);
+        eq(t, into, want(1000, 80_000), 'bytes');
+        t.is(srv.requests.length, 2, 'the idle timer restarts with every chunk');
+      });
+    });
+  });
+
+  test(`${kind}: a body that ends early but cleanly is retried for the rest`, async (t) => {
+    await withScripted({ size: SIZE, etag: '"v"', fault: (n) => (n === 2 ? { short: 4000 } : undefined) }, async (srv) => {
+      await withSource(await open(srv.url, FAST), async (s) => {
+        const into = new Uint8Array(10_000);
+        await s.read(20_000, into);
+        eq(t, into, want(20_000, 10_000), 'bytes');
+        t.deepEqual(
+          srv.requests.slice(1).map((r) => r.range),
+          ['bytes=20000-29999', 'bytes=24000-29999'],
+        );
+      });
+    });
+  });
+
+  test(`${kind}: an empty file (416 bytes */0 at open)`, async (t) => {
+    await withScripted({ size: 0, etag: '"e"' }, async (srv) => {
+      await withSource(await open(srv.url), async (s) => {
+        t.is(s.size, 0);
+        t.false(s.inMemory);
+        await s.read(0, new Uint8Array(0));
+        await t.throwsAsync(s.read(0, new Uint8Array(1)), { instanceOf: SourceError });
       });
     });
   });

@@ -4,23 +4,17 @@
  * pointers; this file only sequences calls (as llama2.c's forward()).
  */
 import { FormatError } from '../errors.js';
-import type { TensorEntry } from '../format/layout.js';
+import type { SectionEntry } from '../format/layout.js';
 import type { FlmFile } from '../format/reader.js';
-import type { ArchConfig, DType } from '../format/types.js';
+import type { ArchConfig } from '../format/types.js';
 import type { Kernels } from '../kernels/types.js';
 import type { Arena } from './arena.js';
 import type { FfnProvider } from './ffn.js';
+import { matvec, placeTensor, type Tensor } from './tensor.js';
 
-/** A resident tensor placed in the arena. */
-interface Tensor {
-  name: string;
-  dtype: DType;
-  rows: number;
-  cols: number;
-  ptr: number;
-  /** int8: pointer to and view of the per-row scales. */
-  scales: number;
-  scaleView?: Float32Array;
+/** The sections read once at open: everything but the FFN neurons. */
+export function residentSections(file: FlmFile): SectionEntry[] {
+  return file.header.sections.filter((s) => s.name === 'resident' || s.name === 'predictor');
 }
 
 export class Transformer {
@@ -51,7 +45,8 @@ export class Transformer {
     readonly file: FlmFile,
     private readonly k: Kernels,
     readonly arena: Arena,
-    residentPtr: number,
+    /** Arena address of each loaded non-FFN section ('resident', 'predictor'). */
+    readonly sectionPtrs: ReadonlyMap<string, number>,
     contextLength: number,
     private readonly ffn: FfnProvider,
   ) {
@@ -59,8 +54,7 @@ export class Transformer {
     this.arch = a;
     this.contextLength = contextLength;
     this.mem = new Uint8Array(arena.memory.buffer);
-    const resident = file.section('resident');
-    for (const e of file.header.tensors) this.t.set(e.name, this.place(e, residentPtr - resident.offset));
+    for (const e of file.header.tensors) this.t.set(e.name, placeTensor(file, arena, sectionPtrs, e));
     const qDim = a.nHeads * a.headDim;
     this.kvDim = a.nKvHeads * a.headDim;
     const wide = Math.max(a.dModel, a.embedDim, qDim);
@@ -92,16 +86,21 @@ export class Transformer {
   }
 
   /**
-   * Reads the resident section into the arena and lays out activations and
-   * the KV cache. The FFN provider is made by the caller with what is left.
+   * Reads the resident (and predictor) sections into the arena and lays out
+   * activations and the KV cache; the FFN provider is made by the caller
+   * from what is left.
    */
-  static async load(file: FlmFile, k: Kernels, arena: Arena, contextLength: number, makeFfn: () => Promise<FfnProvider>): Promise<Transformer> {
-    const resident = file.section('resident');
-    const ptr = arena.alloc('resident weights', resident.length);
-    await file.readSection(resident, arena.u8(ptr, resident.length));
-    const ffn = await makeFfn();
-    return new Transformer(file, k, arena, ptr, contextLength, ffn);
+  static async load(file: FlmFile, k: Kernels, arena: Arena, contextLength: number, makeFfn: (sections: ReadonlyMap<string, number>) => Promise<FfnProvider>): Promise<Transformer> {
+    const sectionPtrs = new Map<string, number>();
+    for (const s of residentSections(file)) {
+      const ptr = arena.alloc(`${s.name} weights`, s.length);
+      await file.readSection(s, arena.u8(ptr, s.length));
+      sectionPtrs.set(s.name, ptr);
+    }
+    const ffn = await makeFfn(sectionPtrs);
+    return new Transformer(file, k, arena, sectionPtrs, contextLength, ffn);
   }
+
 
   /** Arena bytes needed for activations and the KV cache at a context length. */
   static workingBytes(a: ArchConfig, contextLength: number, maxCols: number, k: Kernels): number {
@@ -109,17 +108,6 @@ export class Transformer {
     const floats = 5 * wide + a.nHeads * a.headDim + contextLength + a.headDim + a.vocabSize;
     const kv = 2 * a.nLayers * contextLength * a.nKvHeads * a.headDim * 4;
     return floats * 4 + kv + k.matvec_i8_scratch_bytes(maxCols) + 16 * 64;
-  }
-
-  private place(e: TensorEntry, delta: number): Tensor {
-    const rows = e.shape.length === 2 ? e.shape[0]! : 1;
-    const cols = e.shape.length === 2 ? e.shape[1]! : e.shape[0]!;
-    const t: Tensor = { name: e.name, dtype: e.dtype, rows, cols, ptr: e.offset + delta, scales: 0 };
-    if (e.dtype === 'int8') {
-      t.scales = e.scalesOffset! + delta;
-      t.scaleView = this.arena.f32(t.scales, rows);
-    }
-    return t;
   }
 
   private tensor(name: string): Tensor {
@@ -132,12 +120,8 @@ export class Transformer {
     return this.t.get(name);
   }
 
-  /** out = W x (+ bias) in W's dtype. */
   private mv(out: number, w: Tensor, x: number, bias?: Tensor): void {
-    const b = bias ? bias.ptr : 0;
-    if (w.dtype === 'f32') this.k.matvec_f32(out, w.ptr, x, b, w.rows, w.cols);
-    else if (w.dtype === 'f16') this.k.matvec_f16(out, w.ptr, x, b, w.rows, w.cols);
-    else this.k.matvec_i8(out, w.ptr, w.scales, x, b, w.rows, w.cols, this.i8scratch);
+    matvec(this.k, out, w, x, bias ? bias.ptr : 0, this.i8scratch);
   }
 
   /** dst[cols] = row r of an embedding table, as f32. */

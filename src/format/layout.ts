@@ -31,10 +31,28 @@ export interface TensorEntry {
   length: number;
   /** int8 only: absolute file offset of one f32 scale per row. */
   scalesOffset?: number;
+  /** The section holding the tensor: 'resident' when absent, or 'predictor'. */
+  section?: string;
+}
+
+/**
+ * A layer's neuron-activity predictor (PAPER.md "Low-rank predictor"):
+ * neuron j is predicted active when (B·(A·x))_j + bias_j > threshold,
+ * x being the FFN input (after the FFN norm).
+ */
+export interface PredictorEntry {
+  layer: number;
+  rank: number;
+  /** Decision threshold on the logit (0 = probability 0.5). */
+  threshold: number;
+  /** Tensor names: A [rank, dModel], B [ffnDim, rank], bias [ffnDim]. */
+  a: string;
+  b: string;
+  bias: string;
 }
 
 export interface SectionEntry {
-  /** 'resident', 'ffn.{layer}', 'integrity' */
+  /** 'resident', 'predictor', 'ffn.{layer}' */
   name: string;
   offset: number;
   length: number;
@@ -80,6 +98,8 @@ export interface FlmHeader {
   sections: SectionEntry[];
   ffn: FfnEntry[];
   integrity: { algorithm: 'xxh64'; offset: number; length: number; hash: string };
+  /** Per-layer predictors, in section 'predictor' (absent until `flashlm calibrate`). */
+  predictors?: PredictorEntry[];
   /** Free-form provenance: converter version, source format. */
   meta: Record<string, string>;
 }

@@ -20,6 +20,7 @@ import {
   partGeometry,
   type FfnEntry,
   type FlmHeader,
+  type PredictorEntry,
   type SectionEntry,
   type TensorEntry,
 } from './layout.js';
@@ -179,6 +180,8 @@ export function validateHeader(raw: unknown, fileSize: number, headerEnd = PREAM
   if (byName.size !== sections.length) fail('sections', 'duplicate names');
   const resident = byName.get('resident') ?? fail('sections', "no 'resident' section");
   if (resident.blockBytes !== RESIDENT_BLOCK_BYTES) fail('sections.resident.blockBytes', `expected ${RESIDENT_BLOCK_BYTES}`);
+  const predictorSection = byName.get('predictor');
+  if (predictorSection && predictorSection.blockBytes !== RESIDENT_BLOCK_BYTES) fail('sections.predictor.blockBytes', `expected ${RESIDENT_BLOCK_BYTES}`);
   const integrityRange = { name: 'integrity', offset: integrity.offset, length: integrity.length };
   const sorted = [...sections, integrityRange].sort((a, b) => a.offset - b.offset);
   for (let i = 1; i < sorted.length; i++) {
@@ -206,20 +209,25 @@ export function validateHeader(raw: unknown, fileSize: number, headerEnd = PREAM
     if (e.shape.length === 0) fail(`${p}.shape`, 'empty');
     const count = e.shape.reduce((a, b) => a * b, 1);
     if (e.length !== count * DTYPE_BYTES[e.dtype]) fail(`${p}.length`, 'does not match shape and dtype');
-    const inResident = (off: number, len: number, what: string) => {
-      if (off < resident.offset || off + len > resident.offset + resident.length) fail(what, 'outside the resident section');
+    if (t.section !== undefined) e.section = str(t.section, `${p}.section`, 256);
+    const home = byName.get(e.section ?? 'resident');
+    if (!home || home.name.startsWith('ffn.')) fail(`${p}.section`, 'not a resident or predictor section');
+    const inSection = (off: number, len: number, what: string) => {
+      if (off < home!.offset || off + len > home!.offset + home!.length) fail(what, `outside section ${home!.name}`);
     };
-    inResident(e.offset, e.length, `${p}.offset`);
+    inSection(e.offset, e.length, `${p}.offset`);
     if (e.dtype === 'int8') {
       e.scalesOffset = int(t.scalesOffset, `${p}.scalesOffset`);
-      inResident(e.scalesOffset, e.shape[0]! * 4, `${p}.scalesOffset`);
+      inSection(e.scalesOffset, e.shape[0]! * 4, `${p}.scalesOffset`);
     }
     return e;
   });
   const tensorNames = new Set(tensors.map((t) => t.name));
   if (tensorNames.size !== tensors.length) fail('tensors', 'duplicate names');
-  const need = (name: string, shape: number[]) => {
-    const t = tensors.find((x) => x.name === name) ?? fail('tensors', `missing ${name}`);
+  const tensorByName = new Map(tensors.map((t) => [t.name, t]));
+  const need = (name: string, shape: number[], section = 'resident') => {
+    const t = tensorByName.get(name) ?? fail('tensors', `missing ${name}`);
+    if ((t.section ?? 'resident') !== section) fail('tensors', `${name} must be in section ${section}`);
     if (t.shape.length !== shape.length || t.shape.some((s, i) => s !== shape[i])) fail('tensors', `${name} has shape [${t.shape}], expected [${shape}]`);
   };
   const { dModel, headDim, nHeads, nKvHeads, vocabSize, embedDim } = arch;
@@ -287,10 +295,34 @@ export function validateHeader(raw: unknown, fileSize: number, headerEnd = PREAM
   });
   if (ffn.length !== arch.nLayers) fail('ffn', `expected ${arch.nLayers} layers`);
 
+  let predictors: PredictorEntry[] | undefined;
+  if (h.predictors !== undefined) {
+    if (!byName.has('predictor')) fail('predictors', "no 'predictor' section");
+    predictors = arr(h.predictors, 'predictors', 4096).map((v, i) => {
+      const p = `predictors[${i}]`;
+      const e = obj(v, p);
+      const entry: PredictorEntry = {
+        layer: int(e.layer, `${p}.layer`, i, i),
+        rank: int(e.rank, `${p}.rank`, 1, 1 << 16),
+        threshold: num(e.threshold, `${p}.threshold`),
+        a: str(e.a, `${p}.a`, 256),
+        b: str(e.b, `${p}.b`, 256),
+        bias: str(e.bias, `${p}.bias`, 256),
+      };
+      need(entry.a, [entry.rank, dModel], 'predictor');
+      need(entry.b, [arch.ffnDim, entry.rank], 'predictor');
+      need(entry.bias, [arch.ffnDim], 'predictor');
+      return entry;
+    });
+    if (predictors.length !== arch.nLayers) fail('predictors', `expected ${arch.nLayers} layers`);
+  }
+
   const meta: Record<string, string> = {};
   if (h.meta !== undefined) for (const [k, v] of Object.entries(obj(h.meta, 'meta'))) meta[k] = str(v, `meta.${k}`, 4096);
 
-  return { format: 'flashlm', version, arch, tokenizer: validateTokenizer(h.tokenizer), dtype, layout, tensors, sections, ffn, integrity, meta };
+  const header: FlmHeader = { format: 'flashlm', version, arch, tokenizer: validateTokenizer(h.tokenizer), dtype, layout, tensors, sections, ffn, integrity, meta };
+  if (predictors) header.predictors = predictors;
+  return header;
 }
 
 /** An opened .flm: the validated header and the verified integrity table. */

@@ -65,7 +65,6 @@ interface Plan {
   /** Header bytes length as encoded with placeholder hashes (final encoding must match). */
   headerLength: number;
   fileSize: number;
-  totalBlocks: number;
 }
 
 function planFile(ckpt: Checkpoint, opts: WriteOptions): Plan {
@@ -98,7 +97,7 @@ function planFile(ckpt: Checkpoint, opts: WriteOptions): Plan {
   const hasBias = arch.ffnBias;
   const geo = partGeometry(arch.dModel, opts.dtype, hasBias);
   const ffn: FfnEntry[] = [];
-  const sectionSizes: { name: string; length: number; blockBytes: number; blockCount: number }[] = [
+  const sectionSizes: SectionSize[] = [
     { name: 'resident', length: residentLength, blockBytes: RESIDENT_BLOCK_BYTES, blockCount: Math.ceil(residentLength / RESIDENT_BLOCK_BYTES) },
   ];
   for (let layer = 0; layer < arch.nLayers; layer++) {
@@ -111,8 +110,6 @@ function planFile(ckpt: Checkpoint, opts: WriteOptions): Plan {
     const length = n * parts.length * geo.partBytes;
     sectionSizes.push({ name: section, length, blockBytes: bundled ? stride : geo.partBytes, blockCount: bundled ? n : n * parts.length });
   }
-  const totalBlocks = sectionSizes.reduce((a, s) => a + s.blockCount, 0);
-
   const header: FlmHeader = {
     format: 'flashlm',
     version: FORMAT_VERSION,
@@ -123,32 +120,68 @@ function planFile(ckpt: Checkpoint, opts: WriteOptions): Plan {
     tensors,
     sections: [],
     ffn,
-    integrity: { algorithm: 'xxh64', offset: 0, length: totalBlocks * 8, hash: ZERO_HASH },
+    integrity: { algorithm: 'xxh64', offset: 0, length: 0, hash: ZERO_HASH }, // placed below
     meta: { writer: 'flashlm', ...opts.meta },
   };
-  // The header's size depends on the offsets it holds: place sections after it until stable.
+  const { headerLength, fileSize } = placeSections(header, sectionSizes, tensors);
+  return { header, headerLength, fileSize };
+}
+
+export interface SectionSize {
+  name: string;
+  length: number;
+  blockBytes: number;
+  blockCount: number;
+}
+
+/**
+ * Places `sizes` one after another behind the header, page-aligned, then the
+ * integrity table; fills header.sections, header.integrity.offset and the
+ * absolute offsets of `relTensors` (given relative to their section). The
+ * header's size depends on the offsets it holds, so this repeats until stable.
+ */
+export function placeSections(header: FlmHeader, sizes: readonly SectionSize[], relTensors: readonly TensorEntry[]): { headerLength: number; fileSize: number } {
   let dataStart = SECTION_ALIGN;
   for (;;) {
     let at = dataStart;
     let firstBlock = 0;
-    header.sections = sectionSizes.map((s) => {
+    header.sections = sizes.map((s) => {
       const entry: SectionEntry = { name: s.name, offset: at, length: s.length, blockBytes: s.blockBytes, firstBlock, blockCount: s.blockCount, hash: ZERO_HASH };
       at = alignUp(at + s.length, SECTION_ALIGN);
       firstBlock += s.blockCount;
       return entry;
     });
-    header.integrity.offset = at;
-    const fileSize = at + header.integrity.length;
-    const residentAt = header.sections[0]!.offset;
-    const placed = { ...header, tensors: tensors.map((t) => withBase(t, residentAt)) };
-    const headerLength = headerPackr.pack(placed).byteLength;
+    header.integrity = { algorithm: 'xxh64', offset: at, length: firstBlock * 8, hash: ZERO_HASH };
+    const base = new Map(header.sections.map((s) => [s.name, s.offset]));
+    header.tensors = relTensors.map((t) => withBase(t, base.get(t.section ?? 'resident')!));
+    const headerLength = headerPackr.pack(header).byteLength;
     const need = alignUp(PREAMBLE_BYTES + headerLength, SECTION_ALIGN);
-    if (need <= dataStart) {
-      header.tensors = placed.tensors;
-      return { header, headerLength, fileSize, totalBlocks };
-    }
+    if (need <= dataStart) return { headerLength, fileSize: at + header.integrity.length };
     dataStart = need;
   }
+}
+
+/** Fills section and table hashes from the block hashes, then writes the table, the preamble and the header. */
+export async function finishFile(sink: Sink, header: FlmHeader, headerLength: number, blockHashes: readonly string[], hasher: Hasher): Promise<number> {
+  const total = header.integrity.length / 8;
+  if (blockHashes.length !== total) throw new Error(`internal: ${blockHashes.length} block hashes for ${total} blocks`);
+  const table = new Uint8Array(total * 8);
+  const tv = new DataView(table.buffer);
+  blockHashes.forEach((h, i) => tv.setBigUint64(i * 8, BigInt('0x' + h), true));
+  for (const s of header.sections) s.hash = hasher.hex(table.subarray(s.firstBlock * 8, (s.firstBlock + s.blockCount) * 8));
+  header.integrity.hash = hasher.hex(table);
+  await sink.write(header.integrity.offset, table);
+  const headerBytes = headerPackr.pack(header);
+  if (headerBytes.byteLength !== headerLength) throw new Error(`internal: header size changed from ${headerLength} to ${headerBytes.byteLength}`);
+  const preamble = new Uint8Array(PREAMBLE_BYTES);
+  const pv = new DataView(preamble.buffer);
+  preamble.set(MAGIC, 0);
+  pv.setUint32(8, FORMAT_VERSION, true);
+  pv.setUint32(12, headerBytes.byteLength, true);
+  pv.setBigUint64(16, hasher.u64(headerBytes), true);
+  await sink.write(0, preamble);
+  await sink.write(PREAMBLE_BYTES, headerBytes);
+  return PREAMBLE_BYTES + headerBytes.byteLength + table.byteLength;
 }
 
 function withBase(t: TensorEntry, base: number): TensorEntry {
@@ -174,7 +207,7 @@ function encodeRows(values: Float32Array, rows: number, cols: number, dtype: DTy
  * Sequential writer for the resident section: pads, cuts the stream into
  * integrity blocks, hashes each block and writes in large pieces.
  */
-class BlockStream {
+export class BlockStream {
   private pos = 0;
   private block: Uint8Array;
   private fill = 0;
@@ -241,7 +274,7 @@ class BlockStream {
  */
 export async function writeFlm(ckpt: Checkpoint, sink: Sink, opts: WriteOptions): Promise<FlmHeader> {
   const hasher = await getHasher();
-  const { header, headerLength, fileSize, totalBlocks } = planFile(ckpt, opts);
+  const { header, headerLength, fileSize } = planFile(ckpt, opts);
   const { arch } = ckpt;
   let done = 0;
   const progress = (n: number) => {
@@ -332,25 +365,7 @@ export async function writeFlm(ckpt: Checkpoint, sink: Sink, opts: WriteOptions)
   }
 
   // Integrity table, section hashes over their slices of it, and the final header.
-  if (blockHashes.length !== totalBlocks) throw new Error(`internal: ${blockHashes.length} block hashes for ${totalBlocks} blocks`);
-  const table = new Uint8Array(totalBlocks * 8);
-  const tv = new DataView(table.buffer);
-  blockHashes.forEach((h, i) => tv.setBigUint64(i * 8, BigInt('0x' + h), true));
-  for (const s of header.sections) s.hash = hasher.hex(table.subarray(s.firstBlock * 8, (s.firstBlock + s.blockCount) * 8));
-  header.integrity.hash = hasher.hex(table);
-  await sink.write(header.integrity.offset, table);
-
-  const headerBytes = headerPackr.pack(header);
-  if (headerBytes.byteLength !== headerLength) throw new Error(`internal: header size changed from ${headerLength} to ${headerBytes.byteLength}`);
-  const preamble = new Uint8Array(PREAMBLE_BYTES);
-  const pv = new DataView(preamble.buffer);
-  preamble.set(MAGIC, 0);
-  pv.setUint32(8, FORMAT_VERSION, true);
-  pv.setUint32(12, headerBytes.byteLength, true);
-  pv.setBigUint64(16, hasher.u64(headerBytes), true);
-  await sink.write(0, preamble);
-  await sink.write(PREAMBLE_BYTES, headerBytes);
-  progress(PREAMBLE_BYTES + headerBytes.byteLength + table.byteLength);
+  progress(await finishFile(sink, header, headerLength, blockHashes, hasher));
   await sink.finish(fileSize);
   return header;
 }

@@ -77,4 +77,52 @@ export interface Kernels {
   ffn_swiglu_f32(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number): void;
   ffn_swiglu_f16(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number): void;
   ffn_swiglu_i8(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number): void;
+
+  // ---- FFN over scattered records (sparse path: cache slots or staging) ----
+  /**
+   * As ffn_relu_*, for n neurons whose part pointers are listed: `ptrs` holds
+   * u32 [n][2] = (up, down) part addresses per neuron. hOut[j] gets neuron j's activation.
+   */
+  ffn_relu_f32_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hasBias: number, hOut: number): void;
+  ffn_relu_f16_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hasBias: number, hOut: number): void;
+  ffn_relu_i8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hasBias: number, hOut: number): void;
+  /** As ffn_swiglu_*, `ptrs` u32 [n][3] = (gate, up, down) per neuron. */
+  ffn_swiglu_f32_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number): void;
+  ffn_swiglu_f16_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number): void;
+  ffn_swiglu_i8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number): void;
+
+  // ---- sliding-window neuron cache (PAPER.md "Windowing" + "DRAM management"), one per layer ----
+  /** Bytes of the per-layer state block (header fields + counters) the host reserves. */
+  cache_state_bytes(): number;
+  /**
+   * Initialises a layer's cache: `capacity` slots of `recordBytes` (nParts parts of
+   * partBytes each, bundled order) at `slots`; slotNeuron i32[capacity],
+   * neuronSlot i32[neurons] (set to -1), mask u32[capacity]; `window` = k tokens (0 = no reuse).
+   */
+  cache_init(state: number, capacity: number, neurons: number, window: number, nParts: number, partBytes: number, slots: number, slotNeuron: number, neuronSlot: number, mask: number): void;
+  /**
+   * One token: `active` i32[nActive] (ascending neuron ids) is this token's set.
+   * Ages every slot's activity mask by one token; active cached neurons are hits;
+   * slots no longer active within the last `window` tokens are evicted by moving the
+   * last used slot into the hole; new neurons get the slots at the end. When they
+   * do not fit, least-recently-used non-current slots are evicted first; what still
+   * does not fit is "overflow" (not cached this token).
+   * Writes `newOut` i32: the placed new neurons (ascending), then the overflow ones;
+   * `ptrsOut` u32[nActive][nParts]: part addresses of each active neuron's slot
+   * (0 for overflow neurons: the host points them at staging).
+   * Returns the number of placed new neurons; cache_overflow(state) gives the overflow count.
+   */
+  cache_step(state: number, active: number, nActive: number, newOut: number, ptrsOut: number): number;
+  /** Copies `count` new records into slots [first, first+count): `src` u32[count][nParts] = staging address of each part. */
+  cache_install(state: number, first: number, count: number, src: number): void;
+  /** First slot given to this token's placed new neurons (valid after cache_step). */
+  cache_first_new(state: number): number;
+  cache_overflow(state: number): number;
+  cache_used(state: number): number;
+  /** Cumulative counters since init: hits, placed new neurons, window evictions, LRU evictions, overflow neurons. */
+  cache_hits(state: number): number;
+  cache_misses(state: number): number;
+  cache_evictions(state: number): number;
+  cache_lru_evictions(state: number): number;
+  cache_overflows(state: number): number;
 }

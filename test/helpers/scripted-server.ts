@@ -30,7 +30,11 @@ export type Fault =
   /** Send the headers, then nothing for this long, then cut the connection. */
   | { stallMs: number }
   /** A 206 without Content-Length (chunked) whose body has one byte more than its Content-Range says. */
-  | { extraByte: true };
+  | { extraByte: true }
+  /** A 206 without Content-Length (chunked) that ends cleanly after this many bytes. */
+  | { short: number }
+  /** A correct 206 sent in 8 pieces with this pause between them. */
+  | { trickleMs: number };
 
 export interface Recorded {
   range: string | undefined;
@@ -131,6 +135,25 @@ export async function startScripted(o: ScriptedOptions): Promise<ScriptedServer>
       return;
     }
     const cr = fault && 'contentRange' in fault ? fault.contentRange : `bytes ${start}-${end}/${o.size}`;
+    if (fault && 'short' in fault) {
+      res.writeHead(206, { ...validators, 'content-range': cr });
+      res.end(content(start, Math.min(fault.short, end - start + 1)));
+      return;
+    }
+    if (fault && 'trickleMs' in fault) {
+      res.writeHead(206, { ...validators, 'content-range': cr, 'content-length': end - start + 1 });
+      const piece = Math.ceil((end - start + 1) / 8);
+      let at = start;
+      const next = () => {
+        const n = Math.min(piece, end + 1 - at);
+        res.write(content(at, n));
+        at += n;
+        if (at > end) res.end();
+        else setTimeout(next, fault.trickleMs);
+      };
+      next();
+      return;
+    }
     if (fault && 'stallMs' in fault) {
       res.writeHead(206, { ...validators, 'content-range': cr, 'content-length': end - start + 1 });
       res.flushHeaders();

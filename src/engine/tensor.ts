@@ -1,0 +1,38 @@
+/** Resident tensors as the kernels see them: arena pointers, dtype, shape. */
+import type { TensorEntry } from '../format/layout.js';
+import type { FlmFile } from '../format/reader.js';
+import type { DType } from '../format/types.js';
+import type { Kernels } from '../kernels/types.js';
+import type { Arena } from './arena.js';
+
+export interface Tensor {
+  name: string;
+  dtype: DType;
+  rows: number;
+  cols: number;
+  ptr: number;
+  /** int8: pointer to and view of the per-row scales (0 otherwise). */
+  scales: number;
+  scaleView?: Float32Array;
+}
+
+/** Where a tensor of `file` sits once its section was read to `sectionPtrs[section]`. */
+export function placeTensor(file: FlmFile, arena: Arena, sectionPtrs: ReadonlyMap<string, number>, e: TensorEntry): Tensor {
+  const section = file.section(e.section ?? 'resident');
+  const delta = sectionPtrs.get(section.name)! - section.offset;
+  const rows = e.shape.length === 2 ? e.shape[0]! : 1;
+  const cols = e.shape.length === 2 ? e.shape[1]! : e.shape[0]!;
+  const t: Tensor = { name: e.name, dtype: e.dtype, rows, cols, ptr: e.offset + delta, scales: 0 };
+  if (e.dtype === 'int8') {
+    t.scales = e.scalesOffset! + delta;
+    t.scaleView = arena.f32(t.scales, rows);
+  }
+  return t;
+}
+
+/** out = W x (+ bias) in W's dtype; `i8scratch` has matvec_i8_scratch_bytes(W.cols) bytes. */
+export function matvec(k: Kernels, out: number, w: Tensor, x: number, bias: number, i8scratch: number): void {
+  if (w.dtype === 'f32') k.matvec_f32(out, w.ptr, x, bias, w.rows, w.cols);
+  else if (w.dtype === 'f16') k.matvec_f16(out, w.ptr, x, bias, w.rows, w.cols);
+  else k.matvec_i8(out, w.ptr, w.scales, x, bias, w.rows, w.cols, i8scratch);
+}
