@@ -1,6 +1,7 @@
 // FFN over neuron records (types.ts / docs/FORMAT.md): part p of neuron i at
-// partPtr_p + i*stride; a part is d values, then (int8) an f32 scale, then
-// (hasBias) an f32 bias slot. out[d] is overwritten.
+// partPtr_p + i*stride (or listed in a u32 pointer table: the *_ptrs kernels);
+// a part is d values, then (int8) an f32 scale, then (hasBias) an f32 bias
+// slot. out[d] is overwritten.
 //
 // Neurons go in batches of NB: the up (and gate) dots of a batch use the same
 // 8-row blocked code as matvec (rows = neurons, row stride = record stride),
@@ -188,12 +189,20 @@ function i8_dot_f32(p: usize, x: usize, d: usize): f32 {
   return s;
 }
 
-/** dst[k] = part_k . x for m neurons starting at part pointer p (no int8 scale applied). */
-function dots(t: i32, dst: usize, p: usize, stride: usize, x: usize, m: usize, d: usize): void {
-  if (t == T_F32) dots_f32(dst, p, stride, x, <i32>m, <i32>d);
-  else if (t == T_F16) dots_f16(dst, p, stride, x, <i32>m, <i32>d, f16k);
-  else if (i8q) dots_i8(dst, p, stride, XQ, XQ + ((d + QB - 1) / QB) * QB * 2, <i32>m, <i32>d);
-  else for (let k: usize = 0; k < m; k++) store<f32>(dst + (k << 2), i8_dot_f32(p + k * stride, x, d));
+/**
+ * dst[k] = part_k . x for m neurons (no int8 scale applied). Part k is at
+ * p + k*stride, or at the u32 ptrs[k * pstep bytes] when ptrs != 0.
+ */
+function dots(t: i32, dst: usize, p: usize, stride: usize, ptrs: usize, pstep: usize, x: usize, m: usize, d: usize): void {
+  if (t == T_F32) dots_f32(dst, p, stride, ptrs, pstep, x, <i32>m, <i32>d);
+  else if (t == T_F16) dots_f16(dst, p, stride, ptrs, pstep, x, <i32>m, <i32>d, f16k);
+  else if (i8q) dots_i8(dst, p, stride, ptrs, pstep, XQ, XQ + ((d + QB - 1) / QB) * QB * 2, <i32>m, <i32>d);
+  else {
+    for (let k: usize = 0; k < m; k++) {
+      const pk = ptrs ? <usize>load<u32>(ptrs + k * pstep) : p + k * stride;
+      store<f32>(dst + (k << 2), i8_dot_f32(pk, x, d));
+    }
+  }
 }
 
 // ---------------------------------------------------------------- drivers
@@ -204,7 +213,13 @@ function dots(t: i32, dst: usize, p: usize, stride: usize, x: usize, m: usize, d
   return t == T_F32 ? d << 2 : t == T_F16 ? d << 1 : d;
 }
 
-function ffn_relu(t: i32, out: usize, x: usize, d: usize, n: usize, up: usize, down: usize, stride: usize, hasBias: bool, hOut: usize): void {
+// Neuron i's part p: partPtr_p + i*stride (records), or ptrs[i*nParts + p] (u32 table).
+// @ts-ignore: decorator
+@inline function partAt(base: usize, stride: usize, ptrs: usize, nParts: usize, p: usize, i: usize): usize {
+  return ptrs ? <usize>load<u32>(ptrs + ((i * nParts + p) << 2)) : base + i * stride;
+}
+
+function ffn_relu(t: i32, out: usize, x: usize, d: usize, n: usize, up: usize, down: usize, stride: usize, ptrs: usize, hasBias: bool, hOut: usize): void {
   memory.fill(out, 0, d << 2);
   qn = 0;
   prepare_x(t, x, d);
@@ -212,17 +227,18 @@ function ffn_relu(t: i32, out: usize, x: usize, d: usize, n: usize, up: usize, d
   const biasOff = t == T_I8 ? off + 4 : off; // int8 parts: scale, then bias
   for (let n0: usize = 0; n0 < n; n0 += NB) {
     const m = min(NB, n - n0);
-    dots(t, HB, up + n0 * stride, stride, x, m, d);
+    if (ptrs) dots(t, HB, 0, 0, ptrs + ((n0 * 2) << 2), 8, x, m, d);
+    else dots(t, HB, up + n0 * stride, stride, 0, 0, x, m, d);
     for (let k: usize = 0; k < m; k++) {
-      const rec = n0 + k;
-      const u = up + rec * stride;
+      const i = n0 + k;
+      const u = partAt(up, stride, ptrs, 2, 0, i);
       let h = load<f32>(HB + (k << 2));
       if (t == T_I8) h *= load<f32>(u + off);
       if (hasBias) h += load<f32>(u + biasOff);
       h = max<f32>(h, 0); // NaN stays NaN (and is not skipped)
-      if (hOut) store<f32>(hOut + (rec << 2), h);
+      if (hOut) store<f32>(hOut + (i << 2), h);
       if (h != 0) {
-        const dp = down + rec * stride;
+        const dp = partAt(down, stride, ptrs, 2, 1, i);
         push(t, out, d, dp, t == T_I8 ? h * load<f32>(dp + off) : h);
       }
     }
@@ -230,7 +246,7 @@ function ffn_relu(t: i32, out: usize, x: usize, d: usize, n: usize, up: usize, d
   flush(t, out, d);
 }
 
-function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usize, up: usize, down: usize, stride: usize, hOut: usize): void {
+function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usize, up: usize, down: usize, stride: usize, ptrs: usize, hOut: usize): void {
   memory.fill(out, 0, d << 2);
   qn = 0;
   prepare_x(t, x, d);
@@ -238,19 +254,24 @@ function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usiz
   const UB = HB + (NB << 2);
   for (let n0: usize = 0; n0 < n; n0 += NB) {
     const m = min(NB, n - n0);
-    dots(t, HB, gate + n0 * stride, stride, x, m, d);
-    dots(t, UB, up + n0 * stride, stride, x, m, d);
+    if (ptrs) {
+      dots(t, HB, 0, 0, ptrs + ((n0 * 3) << 2), 12, x, m, d);
+      dots(t, UB, 0, 0, ptrs + ((n0 * 3 + 1) << 2), 12, x, m, d);
+    } else {
+      dots(t, HB, gate + n0 * stride, stride, 0, 0, x, m, d);
+      dots(t, UB, up + n0 * stride, stride, 0, 0, x, m, d);
+    }
     for (let k: usize = 0; k < m; k++) {
-      const rec = n0 + k;
+      const i = n0 + k;
       let g = load<f32>(HB + (k << 2)), u = load<f32>(UB + (k << 2));
       if (t == T_I8) {
-        g *= load<f32>(gate + rec * stride + off);
-        u *= load<f32>(up + rec * stride + off);
+        g *= load<f32>(partAt(gate, stride, ptrs, 3, 0, i) + off);
+        u *= load<f32>(partAt(up, stride, ptrs, 3, 1, i) + off);
       }
       const h = silu1(g) * u;
-      if (hOut) store<f32>(hOut + (rec << 2), h);
+      if (hOut) store<f32>(hOut + (i << 2), h);
       if (h != 0) {
-        const dp = down + rec * stride;
+        const dp = partAt(down, stride, ptrs, 3, 2, i);
         push(t, out, d, dp, t == T_I8 ? h * load<f32>(dp + off) : h);
       }
     }
@@ -259,20 +280,43 @@ function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usiz
 }
 
 export function ffn_relu_f32(out: usize, x: usize, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, hOut: usize): void {
-  ffn_relu(T_F32, out, x, <usize>d, <usize>n, up, down, <usize>stride, hasBias != 0, hOut);
+  ffn_relu(T_F32, out, x, <usize>d, <usize>n, up, down, <usize>stride, 0, hasBias != 0, hOut);
 }
 export function ffn_relu_f16(out: usize, x: usize, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, hOut: usize): void {
-  ffn_relu(T_F16, out, x, <usize>d, <usize>n, up, down, <usize>stride, hasBias != 0, hOut);
+  ffn_relu(T_F16, out, x, <usize>d, <usize>n, up, down, <usize>stride, 0, hasBias != 0, hOut);
 }
 export function ffn_relu_i8(out: usize, x: usize, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, hOut: usize): void {
-  ffn_relu(T_I8, out, x, <usize>d, <usize>n, up, down, <usize>stride, hasBias != 0, hOut);
+  ffn_relu(T_I8, out, x, <usize>d, <usize>n, up, down, <usize>stride, 0, hasBias != 0, hOut);
 }
 export function ffn_swiglu_f32(out: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hOut: usize): void {
-  ffn_swiglu(T_F32, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, hOut);
+  ffn_swiglu(T_F32, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, 0, hOut);
 }
 export function ffn_swiglu_f16(out: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hOut: usize): void {
-  ffn_swiglu(T_F16, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, hOut);
+  ffn_swiglu(T_F16, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, 0, hOut);
 }
 export function ffn_swiglu_i8(out: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hOut: usize): void {
-  ffn_swiglu(T_I8, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, hOut);
+  ffn_swiglu(T_I8, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, 0, hOut);
+}
+
+// Scattered records (sparse path): `ptrs` is u32 [n][2] = (up, down) for relu,
+// [n][3] = (gate, up, down) for swiglu; hOut[j] is neuron j's activation.
+// A 0 ptrs table with n > 0 is a host bug; n == 0 just zeroes out.
+
+export function ffn_relu_f32_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hasBias: i32, hOut: usize): void {
+  ffn_relu(T_F32, out, x, <usize>d, <usize>n, 0, 0, 0, ptrs, hasBias != 0, hOut);
+}
+export function ffn_relu_f16_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hasBias: i32, hOut: usize): void {
+  ffn_relu(T_F16, out, x, <usize>d, <usize>n, 0, 0, 0, ptrs, hasBias != 0, hOut);
+}
+export function ffn_relu_i8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hasBias: i32, hOut: usize): void {
+  ffn_relu(T_I8, out, x, <usize>d, <usize>n, 0, 0, 0, ptrs, hasBias != 0, hOut);
+}
+export function ffn_swiglu_f32_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hOut: usize): void {
+  ffn_swiglu(T_F32, out, x, <usize>d, <usize>n, 0, 0, 0, 0, ptrs, hOut);
+}
+export function ffn_swiglu_f16_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hOut: usize): void {
+  ffn_swiglu(T_F16, out, x, <usize>d, <usize>n, 0, 0, 0, 0, ptrs, hOut);
+}
+export function ffn_swiglu_i8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hOut: usize): void {
+  ffn_swiglu(T_I8, out, x, <usize>d, <usize>n, 0, 0, 0, 0, ptrs, hOut);
 }

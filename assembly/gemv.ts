@@ -1,7 +1,8 @@
-// Internal building blocks shared by matvec.ts and ffn.ts (not exported from
-// the module): "dots" = out[r] = W_r . x for `rows` rows at W + r*stride, so the
-// same code serves row-major matrices (stride = row bytes) and FFN neuron
-// records (stride = record stride).
+// Internal building blocks shared by matvec.ts, attention.ts and ffn.ts (not
+// exported from the module): "dots" = out[r] = W_r . x for `rows` rows, row r at
+// W + r*stride, or, when `ptrs` is not 0, at the u32 address ptrs[r*pstep bytes].
+// So the same code serves row-major matrices (stride = row bytes), FFN neuron
+// records (stride = record stride) and gathered records (pointer tables).
 //
 // Shape (measured on V8/x64): rows go in blocks of 8 = two groups of 4. A group
 // keeps 4 accumulators + 2 x vectors in registers (more rows spill: V8 uses 16
@@ -14,14 +15,19 @@ import { hsum, hsum_i32, f16_upper, f16_upper_exact, f16_bits_lo, f16_bits_hi, F
 /** 8 accumulators (f32x4) of the current 8-row block. */
 const ACC: usize = memory.data(8 * 16, 16);
 
+/** Address of row r: W + r*stride, or the u32 at ptrs + r*pstep when a pointer table is given. */
+// @ts-ignore: decorator
+@inline function rowp(W: usize, stride: usize, ptrs: usize, pstep: usize, r: usize): usize {
+  return ptrs ? <usize>load<u32>(ptrs + r * pstep) : W + r * stride;
+}
+
 // ---------------------------------------------------------------- f32
 
 const F32_CHUNK: usize = 256; // columns per chunk: 1 KiB of each row
 
-/** acc[0..4] += rows p, p+stride, p+2s, p+3s times x over ncols (multiple of 8). */
-function f32_rows4(acc: usize, p: usize, stride: usize, x: usize, ncols: usize): void {
+/** acc[0..4] += rows p0..p3 times x over ncols (multiple of 8). */
+function f32_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, ncols: usize): void {
   let a0 = v128.load(acc), a1 = v128.load(acc, 16), a2 = v128.load(acc, 32), a3 = v128.load(acc, 48);
-  let p0 = p, p1 = p + stride, p2 = p1 + stride, p3 = p2 + stride;
   const end = x + (ncols << 2);
   for (let q = x; q < end; q += 32) {
     const xa = v128.load(q), xb = v128.load(q, 16);
@@ -59,34 +65,39 @@ function f32_row1(p: usize, x: usize, ncols: usize): v128 {
   return s;
 }
 
-/** out[r] = W_r . x for r < rows (f32 rows at W + r*stride). */
-export function dots_f32(out: usize, W: usize, stride: usize, x: usize, rows: i32, cols: i32): void {
-  const n = <usize>cols;
+/** out[r] = W_r . x for r < rows (f32 rows; see rowp). */
+export function dots_f32(out: usize, W: usize, stride: usize, ptrs: usize, pstep: usize, x: usize, rows: i32, cols: i32): void {
+  const n = <usize>cols, m = <usize>rows;
   const main = n & ~7;
-  let r = 0;
-  for (; r + 8 <= rows; r += 8) {
-    const w = W + <usize>r * stride;
+  let r: usize = 0;
+  for (; r + 8 <= m; r += 8) {
+    const p0 = rowp(W, stride, ptrs, pstep, r), p1 = rowp(W, stride, ptrs, pstep, r + 1);
+    const p2 = rowp(W, stride, ptrs, pstep, r + 2), p3 = rowp(W, stride, ptrs, pstep, r + 3);
+    const p4 = rowp(W, stride, ptrs, pstep, r + 4), p5 = rowp(W, stride, ptrs, pstep, r + 5);
+    const p6 = rowp(W, stride, ptrs, pstep, r + 6), p7 = rowp(W, stride, ptrs, pstep, r + 7);
     memory.fill(ACC, 0, 128);
     for (let c0: usize = 0; c0 < main; c0 += F32_CHUNK) {
-      const nc = min(F32_CHUNK, main - c0);
-      f32_rows4(ACC, w + (c0 << 2), stride, x + (c0 << 2), nc);
-      f32_rows4(ACC + 64, w + 4 * stride + (c0 << 2), stride, x + (c0 << 2), nc);
+      const nc = min(F32_CHUNK, main - c0), o = c0 << 2;
+      f32_rows4(ACC, p0 + o, p1 + o, p2 + o, p3 + o, x + o, nc);
+      f32_rows4(ACC + 64, p4 + o, p5 + o, p6 + o, p7 + o, x + o, nc);
     }
     for (let i: usize = 0; i < 8; i++) {
-      store<f32>(out + ((<usize>r + i) << 2), hsum(v128.load(ACC + (i << 4))) + f32_tail(w + i * stride, x, main, n));
+      const p = rowp(W, stride, ptrs, pstep, r + i);
+      store<f32>(out + ((r + i) << 2), hsum(v128.load(ACC + (i << 4))) + f32_tail(p, x, main, n));
     }
   }
-  for (; r + 4 <= rows; r += 4) {
-    const w = W + <usize>r * stride;
+  for (; r + 4 <= m; r += 4) {
     memory.fill(ACC, 0, 64);
-    f32_rows4(ACC, w, stride, x, main);
+    f32_rows4(ACC, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + 1),
+      rowp(W, stride, ptrs, pstep, r + 2), rowp(W, stride, ptrs, pstep, r + 3), x, main);
     for (let i: usize = 0; i < 4; i++) {
-      store<f32>(out + ((<usize>r + i) << 2), hsum(v128.load(ACC + (i << 4))) + f32_tail(w + i * stride, x, main, n));
+      const p = rowp(W, stride, ptrs, pstep, r + i);
+      store<f32>(out + ((r + i) << 2), hsum(v128.load(ACC + (i << 4))) + f32_tail(p, x, main, n));
     }
   }
-  for (; r < rows; r++) {
-    const w = W + <usize>r * stride;
-    store<f32>(out + (<usize>r << 2), hsum(f32_row1(w, x, main)) + f32_tail(w, x, main, n));
+  for (; r < m; r++) {
+    const p = rowp(W, stride, ptrs, pstep, r);
+    store<f32>(out + (r << 2), hsum(f32_row1(p, x, main)) + f32_tail(p, x, main, n));
   }
 }
 
@@ -114,10 +125,9 @@ export function f16_xscale(x: usize, n: usize): f32 {
   return reinterpret<f32>(<u32>(126 - e + 127) << 23); // 2^(126-e): x' < 2^127
 }
 
-/** f16 group of 4 rows over ncols (multiple of 8); returns true if an inf/NaN weight was seen. */
-function f16_rows4(acc: usize, p: usize, stride: usize, x: usize, ncols: usize, k: f32): bool {
+/** f16 group of rows p0..p3 over ncols (multiple of 8); returns true if an inf/NaN weight was seen. */
+function f16_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, ncols: usize, k: f32): bool {
   let a0 = v128.load(acc), a1 = v128.load(acc, 16), a2 = v128.load(acc, 32), a3 = v128.load(acc, 48);
-  let p0 = p, p1 = p + stride, p2 = p1 + stride, p3 = p2 + stride;
   const K = f32x4.splat(k);
   let det = i16x8.splat(0);
   const end = x + (ncols << 2);
@@ -174,39 +184,42 @@ function f16_row_exact(p: usize, x: usize, ncols: usize): f32 {
   return s;
 }
 
-/** out[r] = W_r . x for f16 rows at W + r*stride; k = f16_xscale(x, cols). */
-export function dots_f16(out: usize, W: usize, stride: usize, x: usize, rows: i32, cols: i32, k: f32): void {
-  const n = <usize>cols;
+/** out[r] = W_r . x for f16 rows (see rowp); k = f16_xscale(x, cols). */
+export function dots_f16(out: usize, W: usize, stride: usize, ptrs: usize, pstep: usize, x: usize, rows: i32, cols: i32, k: f32): void {
+  const n = <usize>cols, m = <usize>rows;
   const main = n & ~7;
   const post: f32 = F16_SCALE / k; // exact power of two
-  let r = 0;
-  for (; r + 8 <= rows; r += 8) {
-    const w = W + <usize>r * stride;
+  let r: usize = 0;
+  for (; r + 8 <= m; r += 8) {
+    const p0 = rowp(W, stride, ptrs, pstep, r), p1 = rowp(W, stride, ptrs, pstep, r + 1);
+    const p2 = rowp(W, stride, ptrs, pstep, r + 2), p3 = rowp(W, stride, ptrs, pstep, r + 3);
+    const p4 = rowp(W, stride, ptrs, pstep, r + 4), p5 = rowp(W, stride, ptrs, pstep, r + 5);
+    const p6 = rowp(W, stride, ptrs, pstep, r + 6), p7 = rowp(W, stride, ptrs, pstep, r + 7);
     memory.fill(ACC, 0, 128);
     let special = false;
     for (let c0: usize = 0; c0 < main; c0 += F16_CHUNK) {
-      const nc = min(F16_CHUNK, main - c0);
-      special |= f16_rows4(ACC, w + (c0 << 1), stride, x + (c0 << 2), nc, k);
-      special |= f16_rows4(ACC + 64, w + 4 * stride + (c0 << 1), stride, x + (c0 << 2), nc, k);
+      const nc = min(F16_CHUNK, main - c0), o = c0 << 1;
+      special |= f16_rows4(ACC, p0 + o, p1 + o, p2 + o, p3 + o, x + (c0 << 2), nc, k);
+      special |= f16_rows4(ACC + 64, p4 + o, p5 + o, p6 + o, p7 + o, x + (c0 << 2), nc, k);
     }
     for (let i: usize = 0; i < 8; i++) {
-      const p = w + i * stride;
+      const p = rowp(W, stride, ptrs, pstep, r + i);
       const s = special ? f16_row_exact(p, x, n) : hsum(v128.load(ACC + (i << 4))) * post + f16_tail(p, x, main, n);
-      store<f32>(out + ((<usize>r + i) << 2), s);
+      store<f32>(out + ((r + i) << 2), s);
     }
   }
-  for (; r + 4 <= rows; r += 4) {
-    const w = W + <usize>r * stride;
+  for (; r + 4 <= m; r += 4) {
     memory.fill(ACC, 0, 64);
-    const special = f16_rows4(ACC, w, stride, x, main, k);
+    const special = f16_rows4(ACC, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + 1),
+      rowp(W, stride, ptrs, pstep, r + 2), rowp(W, stride, ptrs, pstep, r + 3), x, main, k);
     for (let i: usize = 0; i < 4; i++) {
-      const p = w + i * stride;
+      const p = rowp(W, stride, ptrs, pstep, r + i);
       const s = special ? f16_row_exact(p, x, n) : hsum(v128.load(ACC + (i << 4))) * post + f16_tail(p, x, main, n);
-      store<f32>(out + ((<usize>r + i) << 2), s);
+      store<f32>(out + ((r + i) << 2), s);
     }
   }
-  for (; r < rows; r++) {
-    store<f32>(out + (<usize>r << 2), f16_row_exact(W + <usize>r * stride, x, n));
+  for (; r < m; r++) {
+    store<f32>(out + (r << 2), f16_row_exact(rowp(W, stride, ptrs, pstep, r), x, n));
   }
 }
 
@@ -263,10 +276,9 @@ export function quantize_x(xq: usize, xs: usize, x: usize, n: usize): void {
 
 const I8_CHUNK_BLOCKS: usize = 4; // blocks per chunk: 512 B of each row
 
-/** int8 group of 4 rows over nb full blocks starting at column block b0. acc holds f32 sums. */
-function i8_rows4(acc: usize, p: usize, stride: usize, xq: usize, xs: usize, nb: usize): void {
+/** int8 group of rows p0..p3 over nb full blocks (xq, xs at the first of them). acc holds f32 sums. */
+function i8_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, xq: usize, xs: usize, nb: usize): void {
   let f0 = v128.load(acc), f1 = v128.load(acc, 16), f2 = v128.load(acc, 32), f3 = v128.load(acc, 48);
-  let p0 = p, p1 = p + stride, p2 = p1 + stride, p3 = p2 + stride;
   let q = xq;
   for (let b: usize = 0; b < nb; b++) {
     let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
@@ -310,33 +322,38 @@ function i8_row(p: usize, xq: usize, xs: usize, b0: usize, n: usize): f32 {
   return s;
 }
 
-/** out[r] = sum_b scale_b * (W_r . q) for int8 rows at W + r*stride (row scales not applied). */
-export function dots_i8(out: usize, W: usize, stride: usize, xq: usize, xs: usize, rows: i32, cols: i32): void {
-  const n = <usize>cols;
+/** out[r] = sum_b scale_b * (W_r . q) for int8 rows (see rowp; row scales not applied). */
+export function dots_i8(out: usize, W: usize, stride: usize, ptrs: usize, pstep: usize, xq: usize, xs: usize, rows: i32, cols: i32): void {
+  const n = <usize>cols, m = <usize>rows;
   const full = n / QB; // full blocks go through the SIMD groups
-  let r = 0;
-  for (; r + 8 <= rows; r += 8) {
-    const w = W + <usize>r * stride;
+  let r: usize = 0;
+  for (; r + 8 <= m; r += 8) {
+    const p0 = rowp(W, stride, ptrs, pstep, r), p1 = rowp(W, stride, ptrs, pstep, r + 1);
+    const p2 = rowp(W, stride, ptrs, pstep, r + 2), p3 = rowp(W, stride, ptrs, pstep, r + 3);
+    const p4 = rowp(W, stride, ptrs, pstep, r + 4), p5 = rowp(W, stride, ptrs, pstep, r + 5);
+    const p6 = rowp(W, stride, ptrs, pstep, r + 6), p7 = rowp(W, stride, ptrs, pstep, r + 7);
     memory.fill(ACC, 0, 128);
     for (let b0: usize = 0; b0 < full; b0 += I8_CHUNK_BLOCKS) {
       const nb = min(I8_CHUNK_BLOCKS, full - b0);
       const c0 = b0 * QB;
-      i8_rows4(ACC, w + c0, stride, xq + (c0 << 1), xs + (b0 << 2), nb);
-      i8_rows4(ACC + 64, w + 4 * stride + c0, stride, xq + (c0 << 1), xs + (b0 << 2), nb);
+      i8_rows4(ACC, p0 + c0, p1 + c0, p2 + c0, p3 + c0, xq + (c0 << 1), xs + (b0 << 2), nb);
+      i8_rows4(ACC + 64, p4 + c0, p5 + c0, p6 + c0, p7 + c0, xq + (c0 << 1), xs + (b0 << 2), nb);
     }
     for (let i: usize = 0; i < 8; i++) {
-      store<f32>(out + ((<usize>r + i) << 2), hsum(v128.load(ACC + (i << 4))) + i8_row(w + i * stride, xq, xs, full, n));
+      const p = rowp(W, stride, ptrs, pstep, r + i);
+      store<f32>(out + ((r + i) << 2), hsum(v128.load(ACC + (i << 4))) + i8_row(p, xq, xs, full, n));
     }
   }
-  for (; r + 4 <= rows; r += 4) {
-    const w = W + <usize>r * stride;
+  for (; r + 4 <= m; r += 4) {
     memory.fill(ACC, 0, 64);
-    i8_rows4(ACC, w, stride, xq, xs, full);
+    i8_rows4(ACC, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + 1),
+      rowp(W, stride, ptrs, pstep, r + 2), rowp(W, stride, ptrs, pstep, r + 3), xq, xs, full);
     for (let i: usize = 0; i < 4; i++) {
-      store<f32>(out + ((<usize>r + i) << 2), hsum(v128.load(ACC + (i << 4))) + i8_row(w + i * stride, xq, xs, full, n));
+      const p = rowp(W, stride, ptrs, pstep, r + i);
+      store<f32>(out + ((r + i) << 2), hsum(v128.load(ACC + (i << 4))) + i8_row(p, xq, xs, full, n));
     }
   }
-  for (; r < rows; r++) {
-    store<f32>(out + (<usize>r << 2), i8_row(W + <usize>r * stride, xq, xs, 0, n));
+  for (; r < m; r++) {
+    store<f32>(out + (r << 2), i8_row(rowp(W, stride, ptrs, pstep, r), xq, xs, 0, n));
   }
 }

@@ -2,7 +2,10 @@
  * flashlm, platform-neutral entry: Deno, browsers and edge runtimes import
  * this; Node gets src/node.ts, which adds file paths on top.
  */
-export { openModel, Model, registerSourceOpener, type OpenOptions, type GenerateOptions, type SourceOpener } from './model.js';
+export { openModel, Model, registerSourceOpener, STRATEGIES, type Strategy, type MemoryPlan, type OpenOptions, type GenerateOptions, type SourceOpener } from './model.js';
+export type { Sparsity } from './flash/streaming.js';
+export type { RunStats, StatsSummary, TokenStats } from './flash/stats.js';
+export { writeWithPredictors, type LayerPredictor } from './format/rewrite.js';
 export type { SamplingOptions } from './engine/sampler.js';
 export * from './errors.js';
 export type { ArchConfig, DType, TokenizerSpec } from './format/types.js';

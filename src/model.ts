@@ -10,8 +10,14 @@ import { openFlm, type FlmFile } from './format/reader.js';
 import type { ArchConfig } from './format/types.js';
 import { createArena, loadKernels } from './kernels/load.js';
 import type { Kernels } from './kernels/types.js';
-import { Arena, MAX_ARENA_BYTES, WASM_PAGE, fmtBytes, parseBytes } from './engine/arena.js';
+import { Arena, WASM_PAGE } from './engine/arena.js';
 import { ResidentFfn } from './engine/ffn.js';
+import { planMemory, type MemoryPlan, type Strategy } from './engine/plan.js';
+export { STRATEGIES, type Strategy, type MemoryPlan } from './engine/plan.js';
+import { Oracle } from './flash/oracle.js';
+import { DEFAULT_HINTS } from './flash/planner.js';
+import { RunStats, type TokenStats } from './flash/stats.js';
+import { StreamingFfn, type Sparsity } from './flash/streaming.js';
 import { Sampler, type SamplingOptions } from './engine/sampler.js';
 import { Transformer, residentSections } from './engine/transformer.js';
 import type { Source } from './source/types.js';
@@ -19,8 +25,20 @@ import { createTokenizer } from './tokenizer/index.js';
 import type { Tokenizer } from './tokenizer/types.js';
 
 export interface OpenOptions {
-  /** Arena budget in bytes (or '512M', '2G'). Default: what the model needs. */
+  /** Arena budget in bytes (or '512M', '2G'). Default: what the strategy needs (window: a full cache). */
   memory?: number | string;
+  /** Default 'dense'. */
+  strategy?: Strategy;
+  /** How predictor/window choose neurons. Default: 'predictor' when the file has predictors, else 'oracle'. */
+  sparsity?: Sparsity;
+  /** Window length in tokens for the window strategy. Default 4. */
+  window?: number;
+  /** Staging area for reads, bytes. Default: up to 16 MiB. */
+  stagingBytes?: number;
+  /** Measure predictor recall/precision against the true active set (loads an oracle outside the budget). */
+  measurePredictor?: boolean;
+  /** File sources: bypass the page cache (O_DIRECT). */
+  direct?: boolean;
   /** Longest prompt + generation, in tokens. Default min(model max, 2048). */
   contextLength?: number;
   /** The kernel module, for bundlers that move the .wasm (bytes, a compiled Module, or its URL). */
@@ -34,7 +52,7 @@ export interface GenerateOptions extends SamplingOptions {
 }
 
 /** Turns a path or URL into a Source; returns undefined when it does not handle the input. */
-export type SourceOpener = (input: string | URL) => Promise<Source | undefined>;
+export type SourceOpener = (input: string | URL, options: OpenOptions) => Promise<Source | undefined>;
 
 const openers: SourceOpener[] = [];
 
@@ -43,10 +61,10 @@ export function registerSourceOpener(opener: SourceOpener): void {
   openers.unshift(opener);
 }
 
-async function resolveSource(input: string | URL | Source): Promise<Source> {
+async function resolveSource(input: string | URL | Source, options: OpenOptions): Promise<Source> {
   if (typeof input === 'object' && !(input instanceof URL)) return input;
   for (const open of openers) {
-    const s = await open(input);
+    const s = await open(input, options);
     if (s) return s;
   }
   throw new ArgumentError(`no source can open ${String(input)} on this platform`);
@@ -56,11 +74,17 @@ export class Model {
   private busy = false;
   private closed = false;
 
+  private lastTokenStats: TokenStats | undefined;
+
   private constructor(
     readonly file: FlmFile,
     readonly tokenizer: Tokenizer,
     private readonly kernels: Kernels,
     private readonly transformer: Transformer,
+    /** How the arena was divided (strategy, cache capacity, staging). */
+    readonly plan: MemoryPlan,
+    /** Per-token statistics of every forward pass since open. */
+    readonly stats: RunStats,
   ) {}
 
   get arch(): ArchConfig {
@@ -82,7 +106,7 @@ export class Model {
   }
 
   static async open(input: string | URL | Source, options: OpenOptions = {}): Promise<Model> {
-    const source = await resolveSource(input);
+    const source = await resolveSource(input, options);
     try {
       const file = await openFlm(source);
       const a = file.header.arch;
@@ -91,26 +115,61 @@ export class Model {
         throw new ArgumentError(`contextLength must be an integer in [1, ${a.maxSeqLen}]`);
       }
       const tokenizer = await createTokenizer(file.header.tokenizer);
-      // Size the arena: a probe instance tells the kernels' static size and scratch needs.
+      // A probe instance tells the kernels' static size and scratch needs before the arena exists.
       const probe = await loadKernels(createArena(WASM_PAGE * 2), options.wasm);
-      const maxCols = Math.max(...file.header.tensors.map((t) => t.shape[t.shape.length - 1]!));
-      const need =
-        probe.heap_base() +
-        residentSections(file).reduce((sum, s) => sum + s.length, 0) +
-        file.header.ffn.reduce((s, f) => s + file.section(f.section).length, 0) +
-        Transformer.workingBytes(a, contextLength, maxCols, probe) +
-        64 * 64; // alignment slack for each region
-      const budget = options.memory === undefined ? need : typeof options.memory === 'string' ? parseBytes(options.memory) : options.memory;
-      if (!(budget > 0) || budget > MAX_ARENA_BYTES) throw new ArgumentError(`memory budget must be in (0, 4 GiB], got ${fmtBytes(budget)}`);
-      const memory = createArena(budget);
+      const plan = planMemory(file, probe, options, contextLength);
+      const memory = createArena(plan.arenaBytes);
       const kernels = await loadKernels(memory, options.wasm);
       const arena = new Arena(memory, kernels.heap_base());
-      const transformer = await Transformer.load(file, kernels, arena, contextLength, () => ResidentFfn.load(file, kernels, arena));
-      return new Model(file, tokenizer, kernels, transformer);
+      const strategy = plan.strategy;
+      const stats = new RunStats({
+        residentBytes: plan.residentBytes,
+        arenaBytes: plan.arenaBytes,
+        ffnBytesTotal: plan.ffnBytes,
+        strategy,
+        sparsity: plan.sparsity,
+        window: plan.window,
+        layout: file.header.layout,
+        dtype: file.header.dtype,
+      });
+      const oracle = plan.sparsity === 'oracle' || options.measurePredictor ? await Oracle.create(file, options.wasm) : undefined;
+      const transformer = await Transformer.load(file, kernels, arena, contextLength, async (sectionPtrs) =>
+        strategy === 'dense'
+          ? ResidentFfn.load(file, kernels, arena)
+          : new StreamingFfn(file, kernels, arena, sectionPtrs, {
+              selection: plan.sparsity,
+              window: plan.window,
+              capacity: plan.capacity,
+              stagingBytes: plan.stagingBytes,
+              hints: source.hints ?? DEFAULT_HINTS,
+              alignment: source.alignment ?? 1,
+              oracle,
+              stats,
+            }),
+      );
+      return new Model(file, tokenizer, kernels, transformer, plan, stats);
     } catch (e) {
       await source.close().catch(() => {});
       throw e;
     }
+  }
+
+  /** Runs one position, with the strategy's per-token work and stats around it. */
+  private async forward(token: number, pos: number): Promise<number> {
+    this.stats.beginToken();
+    if (this.plan.strategy === 'naive') {
+      // Nothing stays resident: the attention/embedding weights are read again every token.
+      const t0 = performance.now();
+      let bytes = 0;
+      for (const s of residentSections(this.file)) {
+        await this.file.readSection(s, this.transformer.arena.u8(this.transformer.sectionPtrs.get(s.name)!, s.length));
+        bytes += s.length;
+      }
+      this.stats.io(bytes, residentSections(this.file).length, performance.now() - t0, false);
+    }
+    const logits = await this.transformer.forward(token, pos);
+    this.lastTokenStats = this.stats.endToken();
+    return logits;
   }
 
   /**
@@ -122,8 +181,8 @@ export class Model {
     for await (const step of this.steps(prompt, options)) if (step.text) yield step.text;
   }
 
-  /** Like generate(), token by token: the id and the text it completes. */
-  async *steps(prompt: string, options: GenerateOptions = {}): AsyncGenerator<{ token: number; text: string }, void, undefined> {
+  /** Like generate(), token by token: the id, the text it completes, and the stats of the forward pass that produced it. */
+  async *steps(prompt: string, options: GenerateOptions = {}): AsyncGenerator<{ token: number; text: string; stats?: TokenStats }, void, undefined> {
     if (this.closed) throw new ArgumentError('model is closed');
     if (this.busy) throw new ArgumentError('model is already generating; one generation at a time');
     const maxTokens = options.maxTokens ?? 256;
@@ -143,16 +202,16 @@ export class Model {
       let logits = 0;
       for (let pos = 0; pos < ids.length; pos++) {
         check();
-        logits = await this.transformer.forward(ids[pos]!, pos);
+        logits = await this.forward(ids[pos]!, pos);
       }
       let pos = ids.length;
       for (let n = 0; n < maxTokens; n++) {
         check();
         const next = sampler.sample(logits, this.transformer.logitsView);
         if (stop.has(next)) break;
-        yield { token: next, text: decoder.push(next) };
+        yield { token: next, text: decoder.push(next), stats: this.lastTokenStats };
         if (pos >= this.contextLength || n + 1 === maxTokens) break;
-        logits = await this.transformer.forward(next, pos++);
+        logits = await this.forward(next, pos++);
       }
       const rest = decoder.flush();
       if (rest) yield { token: -1, text: rest };
@@ -174,7 +233,7 @@ export class Model {
     try {
       for (let pos = 0; pos < ids.length; pos++) {
         if (signal?.aborted) throw new AbortedError('aborted', { cause: signal.reason });
-        await this.transformer.forward(ids[pos]!, pos);
+        await this.forward(ids[pos]!, pos);
         onLogits(pos, this.transformer.logitsView);
       }
     } finally {

@@ -6,10 +6,11 @@ import { fileURLToPath } from 'node:url';
 import { registerSourceOpener } from './model.js';
 import { FileSource } from './source/file-node.js';
 
-registerSourceOpener(async (input) => {
-  if (input instanceof URL) return input.protocol === 'file:' ? FileSource.open(fileURLToPath(input)) : undefined;
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(input)) return input.startsWith('file://') ? FileSource.open(fileURLToPath(input)) : undefined;
-  return FileSource.open(input);
+registerSourceOpener(async (input, options) => {
+  const open = (path: string) => FileSource.open(path, { direct: options.direct });
+  if (input instanceof URL) return input.protocol === 'file:' ? open(fileURLToPath(input)) : undefined;
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(input)) return input.startsWith('file://') ? open(fileURLToPath(input)) : undefined;
+  return open(input);
 });
 
 export * from './index.js';

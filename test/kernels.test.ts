@@ -440,6 +440,46 @@ for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
   });
 }
 
+for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
+  test(`ffn_*_${dtype === 'int8' ? 'i8' : dtype}_ptrs: gathered neurons in any order (pointer tables)`, (t) => {
+    let seed = 300;
+    for (const kind of ['relu', 'swiglu'] as const) {
+      for (const [d, total, n] of [[8, 6, 5], [13, 20, 9], [129, 90, 41], [260, 40, 40]] as const) {
+        for (const bundled of [true, false]) {
+          A.reset();
+          const r = rng(seed++);
+          const hasBias = kind === 'relu' && bundled;
+          const L: FfnLayout = { dtype, kind, d, n: total, hasBias, bundled };
+          const nParts = kind === 'relu' ? 2 : 3;
+          const parts = Array.from({ length: nParts }, () => normalish(r, total * d, 0.3));
+          const bias = hasBias ? uniform(r, total, -0.5, 0.2) : null;
+          const R = buildRecords(L, parts, bias, r);
+          const base = A.putBytes(R.bytes, 0);
+          // n distinct neurons in a shuffled order
+          const order = Array.from({ length: total }, (_, i) => i);
+          for (let i = total - 1; i > 0; i--) { const j = Math.floor(r() * (i + 1)); [order[i], order[j]] = [order[j]!, order[i]!]; }
+          const sel = order.slice(0, n);
+          const table = new Uint32Array(n * nParts);
+          sel.forEach((nid, j) => { for (let p = 0; p < nParts; p++) table[j * nParts + p] = base + R.partOff[p]! + nid * R.stride; });
+          const P = A.putBytes(table, 0);
+          const x = normalish(r, d);
+          const X = A.putF32(x, 1), O = A.out(d, 2), H = A.out(n, 3);
+          const sfx = dtype === 'int8' ? 'i8' : dtype;
+          if (kind === 'relu') k[`ffn_relu_${sfx}_ptrs`](O, X, d, P, n, hasBias ? 1 : 0, H);
+          else k[`ffn_swiglu_${sfx}_ptrs`](O, X, d, P, n, H);
+          // reference on the gathered neurons
+          const gather = (a: Float32Array) => { const g = new Float32Array(n * d); sel.forEach((nid, j) => g.set(a.subarray(nid * d, (nid + 1) * d), j * d)); return g; };
+          const R2 = { ...R, deq: R.deq.map(gather), bias: bias ? Float32Array.from(sel, (nid) => bias[nid]!) : null };
+          const ref = ffnRef({ ...L, n }, R2, x);
+          const what = `${kind} ${dtype} d=${d} n=${n}/${total} ${bundled ? 'bundled' : 'split'}`;
+          t.is(firstMismatch(A.f32(H, n), ref.h, ref.hTol), null, `${what} hOut`);
+          t.is(firstMismatch(A.f32(O, d), ref.out, ref.outTol), null, `${what} out`);
+        }
+      }
+    }
+  });
+}
+
 test('ffn: n = 0 zeroes out; a larger dense layer (d=1024, n=700) for every dtype', (t) => {
   A.reset();
   const O = A.out(10);

@@ -441,6 +441,49 @@ for (const { kind, open } of kinds) {
         await t.throwsAsync(s.read(0, new Uint8Array(10)), { instanceOf: AbortedError });
       });
     });
+    // ... and one waiting for a body that does not come.
+    await withScripted({ size: SIZE, etag: '"v"', fault: (n) => (n >= 2 ? { stallMs: 5000 } : undefined) }, async (srv) => {
+      const ctl = new AbortController();
+      await withSource(await open(srv.url, { signal: ctl.signal }), async (s) => {
+        setTimeout(() => ctl.abort(), 100);
+        const started = Date.now();
+        await t.throwsAsync(s.read(0, new Uint8Array(10)), { instanceOf: AbortedError });
+        t.true(Date.now() - started < 2000);
+      });
+    });
+  });
+
+  test(`${kind}: many reads in flight share the caller's signal without piling listeners on it`, async (t) => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
+    process.on('warning', onWarning);
+    try {
+      await withScripted({ size: SIZE, etag: '"v"', fault: (n) => (n >= 2 && n <= 31 ? { status: 503 } : undefined) }, async (srv) => {
+        const ctl = new AbortController();
+        await withSource(await open(srv.url, { ...FAST, signal: ctl.signal }), async (s) => {
+          const outs = Array.from({ length: 30 }, () => new Uint8Array(1000));
+          await Promise.all(outs.map((o, i) => s.read(i * 10_000, o)));
+          outs.forEach((o, i) => eq(t, o, want(i * 10_000, 1000), `read ${i}`));
+        });
+      });
+      await new Promise((r) => setTimeout(r, 50));
+      t.deepEqual(warnings.filter((w) => /listener/i.test(w)), []);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
+  test(`${kind}: invalid options and URLs are SourceErrors before any request`, async (t) => {
+    await withScripted({ size: SIZE, etag: '"v"' }, async (srv) => {
+      await t.throwsAsync(open(srv.url, { hints: { parallel: 0 } }), { instanceOf: SourceError, message: /hints.parallel/ });
+      await t.throwsAsync(open(srv.url, { retries: -1 }), { instanceOf: SourceError, message: /retries/ });
+      await t.throwsAsync(open('not a url'), { instanceOf: SourceError, message: /not a valid URL/ });
+      await t.throwsAsync(open('ftp://127.0.0.1/x'), { instanceOf: SourceError, message: /not an http\(s\) URL/ });
+      t.is(srv.requests.length, 0);
+      await withSource(await open(srv.url, { hints: { mergeGap: 0 } }), async (s) => {
+        t.deepEqual(s.hints, { ...s.hints, mergeGap: 0 });
+      });
+    });
   });
 
   test(`${kind}: offsets past 4 GiB on a server claiming 6 GiB`, async (t) => {
@@ -474,6 +517,31 @@ for (const { kind, open } of kinds) {
         const into = new Uint8Array(100);
         await s.read(50, into);
         eq(t, into, want(50, 100), 'bytes');
+      });
+    });
+  });
+  test(`${kind}: a redirect target is pinned for the next reads, without the Authorization header; when it expires the URL is asked again`, async (t) => {
+    let sig = 1;
+    await withScripted({ size: SIZE, etag: '"v"', fault: (_n, r) => (r.url === `/signed/model.flm?sig=${sig}` ? undefined : { status: 403 }) }, async (cdn) => {
+      const cdnBase = new URL(cdn.url).origin;
+      await withScripted({ size: SIZE, etag: '"v"', fault: () => ({ status: 302, headers: { location: `${cdnBase}/signed/model.flm?sig=${sig}` } }) }, async (origin) => {
+        await withSource(await open(origin.url, { ...FAST, headers: { authorization: 'Bearer secret' } }), async (s) => {
+          const into = new Uint8Array(1000);
+          await s.read(3000, into);
+          eq(t, into, want(3000, 1000), 'bytes via the redirect target');
+          t.is(origin.requests.length, 1, 'the second request went straight to the target');
+          t.is(cdn.requests.length, 2);
+          t.is(origin.requests[0]!.headers.authorization, 'Bearer secret');
+          t.true(cdn.requests.every((r) => r.headers.authorization === undefined), 'no credentials to another origin');
+          sig = 2; // the signature expires: the target answers 403
+          await s.read(5000, into);
+          eq(t, into, want(5000, 1000), 'bytes via the new target');
+          t.is(origin.requests.length, 2);
+          t.deepEqual(
+            cdn.requests.map((r) => r.url),
+            ['/signed/model.flm?sig=1', '/signed/model.flm?sig=1', '/signed/model.flm?sig=1', '/signed/model.flm?sig=2'],
+          );
+        });
       });
     });
   });

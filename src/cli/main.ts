@@ -7,6 +7,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { fileURLToPath } from 'node:url';
 import { readFileSync } from 'node:fs';
 import { FlashlmError } from '../errors.js';
+import { STRATEGIES } from '../engine/plan.js';
 import { runConvert } from './convert.js';
 import { runInspect } from './inspect.js';
 import { runGenerate } from './run.js';
@@ -56,8 +57,14 @@ export function buildCli(): Command {
     .option('--temp <t>', 'temperature; 0 = greedy', float('temp', 0, 100), 0)
     .option('--top-p <p>', 'nucleus sampling mass', float('top-p', 0, 1), 0.9)
     .option('--seed <s>', 'random seed', int('seed', 0))
-    .option('--memory <size>', 'arena budget, e.g. 512M, 2G (default: what the model needs)')
+    .option('--memory <size>', 'arena budget, e.g. 512M, 2G (default: what the strategy needs)')
     .option('--context <n>', 'context length in tokens', int('context', 1))
+    .addOption(new Option('--strategy <s>', 'what stays resident and what is streamed').choices([...STRATEGIES]).default('dense'))
+    .addOption(new Option('--sparsity <s>', 'how predictor/window choose neurons (default: predictor if the file has one, else oracle)').choices(['predictor', 'oracle', 'off']))
+    .option('--window <k>', 'window strategy: keep neurons used in the last k tokens', int('window', 1), 4)
+    .option('--direct', 'read local files with O_DIRECT (bypass the page cache)')
+    .option('--measure-predictor', 'also compute the true active sets to report predictor recall/precision')
+    .addOption(new Option('--stats <format>', 'per-token statistics to stderr').choices(['table', 'json']))
     .action(runGenerate);
 
   return program;

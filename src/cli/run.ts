@@ -1,5 +1,7 @@
-import { openModel } from '../node.js';
+import { openModel, type Strategy } from '../node.js';
 import { fmtBytes } from '../engine/arena.js';
+import type { Sparsity } from '../flash/streaming.js';
+import type { StatsSummary } from '../flash/stats.js';
 
 export interface RunFlags {
   prompt: string;
@@ -9,12 +11,34 @@ export interface RunFlags {
   seed?: number;
   memory?: string;
   context?: number;
+  strategy: Strategy;
+  sparsity?: Sparsity;
+  window: number;
+  direct?: boolean;
+  measurePredictor?: boolean;
+  stats?: 'table' | 'json';
 }
 
 /** `flashlm run`: streams the continuation to stdout; Ctrl-C stops generation cleanly. */
 export async function runGenerate(modelPath: string, flags: RunFlags): Promise<void> {
   const t0 = performance.now();
-  const model = await openModel(modelPath, { memory: flags.memory, contextLength: flags.context });
+  const model = await openModel(modelPath, {
+    memory: flags.memory,
+    contextLength: flags.context,
+    strategy: flags.strategy,
+    sparsity: flags.sparsity,
+    window: flags.window,
+    direct: flags.direct,
+    measurePredictor: flags.measurePredictor,
+  });
+  const p = model.plan;
+  const residency =
+    p.strategy === 'dense'
+      ? `dense: ${fmtBytes(p.residentBytes + p.ffnBytes)} of weights resident`
+      : `${p.strategy}${p.window ? ` (window ${p.window})` : ''}, sparsity ${p.sparsity}: resident ${fmtBytes(p.residentBytes)}, FFN ${fmtBytes(p.ffnBytes)} streamed` +
+        (p.window ? `, cache ${fmtBytes(p.cacheBytes)} (${p.capacity}/${p.neurons} neurons per layer)` : '') +
+        `, staging ${fmtBytes(p.stagingBytes)}`;
+  process.stderr.write(`${residency}; arena ${fmtBytes(p.arenaBytes)}\n`);
   const abort = new AbortController();
   const onSigint = () => abort.abort(new Error('interrupted'));
   process.once('SIGINT', onSigint);
@@ -31,6 +55,29 @@ export async function runGenerate(modelPath: string, flags: RunFlags): Promise<v
     await model.close();
   }
   const dt = (performance.now() - tLoad) / 1000;
-  const mem = model.memory;
-  process.stderr.write(`loaded in ${((tLoad - t0) / 1000).toFixed(2)} s; ${n} pieces in ${dt.toFixed(2)} s; arena ${fmtBytes(mem.arenaBytes)}\n`);
+  process.stderr.write(`loaded in ${((tLoad - t0) / 1000).toFixed(2)} s; ${n} pieces in ${dt.toFixed(2)} s\n`);
+  if (flags.stats === 'table') process.stderr.write(formatStats(model.stats.summary()));
+  if (flags.stats === 'json') process.stderr.write(JSON.stringify(model.stats.summary()) + '\n');
+}
+
+export function formatStats(s: StatsSummary): string {
+  const pct = (v: number | null) => (v === null ? 'n/a' : `${(100 * v).toFixed(1)}%`);
+  const rows: [string, string][] = [
+    ['tokens (forward passes)', String(s.tokens)],
+    ['bytes read / token', fmtBytes(Math.round(s.bytesPerToken))],
+    ['read requests / token', s.requestsPerToken.toFixed(1)],
+    ['mean request size', fmtBytes(Math.round(s.meanRequestBytes))],
+    ['I/O ms / token', s.ioMsPerToken.toFixed(2)],
+    ['unpack ms / token', s.unpackMsPerToken.toFixed(2)],
+    ['compute ms / token', s.computeMsPerToken.toFixed(2)],
+    ['total ms / token', s.msPerToken.toFixed(2)],
+    ['cache hit rate', pct(s.cacheHitRate)],
+    ['FFN read / token (of all FFN)', pct(s.ffnFractionPerToken)],
+    ['resident bytes', fmtBytes(s.residentBytes)],
+    ['arena bytes', fmtBytes(s.arenaBytes)],
+    ['predictor recall', pct(s.predictorRecall)],
+    ['predictor precision', pct(s.predictorPrecision)],
+  ];
+  const w = Math.max(...rows.map((r) => r[0].length));
+  return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n') + '\n';
 }

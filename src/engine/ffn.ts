@@ -33,6 +33,18 @@ export function runFfnKernel(k: Kernels, f: FfnEntry, out: number, x: number, n:
   }
 }
 
+/** As runFfnKernel, for neurons whose part addresses are listed at `ptrs` (u32 [n][nParts]). */
+export function runFfnPtrs(k: Kernels, f: FfnEntry, out: number, x: number, ptrs: number, n: number, hOut = 0): void {
+  if (f.parts.length === 2) {
+    const bias = f.hasBias ? 1 : 0;
+    if (f.dtype === 'f32') k.ffn_relu_f32_ptrs(out, x, f.d, ptrs, n, bias, hOut);
+    else if (f.dtype === 'f16') k.ffn_relu_f16_ptrs(out, x, f.d, ptrs, n, bias, hOut);
+    else k.ffn_relu_i8_ptrs(out, x, f.d, ptrs, n, bias, hOut);
+  } else if (f.dtype === 'f32') k.ffn_swiglu_f32_ptrs(out, x, f.d, ptrs, n, hOut);
+  else if (f.dtype === 'f16') k.ffn_swiglu_f16_ptrs(out, x, f.d, ptrs, n, hOut);
+  else k.ffn_swiglu_i8_ptrs(out, x, f.d, ptrs, n, hOut);
+}
+
 /** Every FFN section read once into the arena (the `dense` strategy). */
 export class ResidentFfn implements FfnProvider {
   private constructor(
@@ -50,9 +62,9 @@ export class ResidentFfn implements FfnProvider {
     return new ResidentFfn(k, entries, bases);
   }
 
-  run(layer: number, x: number, out: number): void {
+  run(layer: number, x: number, out: number, hOut = 0): void {
     const f = this.entries[layer]!;
     const base = this.bases[layer]!;
-    runFfnKernel(this.k, f, out, x, f.neurons, f.partOffsets.map((o) => base + o), f.stride);
+    runFfnKernel(this.k, f, out, x, f.neurons, f.partOffsets.map((o) => base + o), f.stride, hOut);
   }
 }

@@ -89,6 +89,7 @@ const EXPORTS = [
   'dequant_f16', 'dequant_i8', 'layernorm', 'rmsnorm', 'rope_interleaved', 'rope_half',
   'attention', 'softmax', 'relu', 'silu', 'swiglu', 'add', 'scale', 'argmax', 'softmax_temp',
   'ffn_relu_f32', 'ffn_relu_f16', 'ffn_relu_i8', 'ffn_swiglu_f32', 'ffn_swiglu_f16', 'ffn_swiglu_i8',
+  'ffn_relu_f32_ptrs', 'ffn_relu_f16_ptrs', 'ffn_relu_i8_ptrs', 'ffn_swiglu_f32_ptrs', 'ffn_swiglu_f16_ptrs', 'ffn_swiglu_i8_ptrs',
 ] as const;
 
 /**

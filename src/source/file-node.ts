@@ -2,6 +2,7 @@
 import { constants as fsConstants } from 'node:fs';
 import { open, rename, rm, statfs, type FileHandle } from 'node:fs/promises';
 import { SourceError } from '../errors.js';
+import { mergeHints } from './http-common.js';
 import type { ReadHints, Sink, Source } from './types.js';
 
 export interface FileSourceOptions {
@@ -44,7 +45,6 @@ export interface DirectReadStats {
 
 export class FileSource implements Source {
   readonly alignment?: number;
-  readonly hints: ReadHints;
   /** Counts by path taken (direct mode only); lets tests and benchmarks see the fallback. */
   readonly stats: DirectReadStats = { direct: 0, bounced: 0 };
   /** Buffers known to sit at an unaligned address (byteOffset aligned, pread said EINVAL). */
@@ -59,10 +59,9 @@ export class FileSource implements Source {
     readonly identity: string,
     /** Page-aligned (WebAssembly.Memory) when direct; undefined otherwise. */
     private readonly bounce: Uint8Array | undefined,
-    hints: Partial<ReadHints> | undefined,
+    readonly hints: ReadHints,
   ) {
     if (bounce) this.alignment = DIRECT_ALIGNMENT;
-    this.hints = { ...FILE_HINTS, ...hints };
   }
 
   get direct(): boolean {
@@ -70,7 +69,8 @@ export class FileSource implements Source {
   }
 
   static async open(path: string, options: FileSourceOptions = {}): Promise<FileSource> {
-    if (options.direct) return FileSource.openDirect(path, options);
+    const hints = mergeHints(FILE_HINTS, options.hints);
+    if (options.direct) return FileSource.openDirect(path, hints);
     let fh: FileHandle;
     try {
       fh = await open(path, 'r');
@@ -78,10 +78,10 @@ export class FileSource implements Source {
       throw new SourceError(`${path}: cannot open: ${(e as Error).message}`, { cause: e });
     }
     const st = await fh.stat();
-    return new FileSource(path, fh, st.size, `file:${st.size}:${st.mtimeMs}`, undefined, options.hints);
+    return new FileSource(path, fh, st.size, `file:${st.size}:${st.mtimeMs}`, undefined, hints);
   }
 
-  private static async openDirect(path: string, options: FileSourceOptions): Promise<FileSource> {
+  private static async openDirect(path: string, hints: ReadHints): Promise<FileSource> {
     const O_DIRECT = (fsConstants as { O_DIRECT?: number }).O_DIRECT;
     if (!O_DIRECT) {
       throw new SourceError(`${path}: direct I/O (O_DIRECT) is not available on ${process.platform}; open without { direct: true }`);
@@ -115,7 +115,7 @@ export class FileSource implements Source {
           throw new SourceError(`${path}: ${why}`, { cause: e });
         }
       }
-      return new FileSource(path, fh, st.size, `file:${st.size}:${st.mtimeMs}`, bounce, options.hints);
+      return new FileSource(path, fh, st.size, `file:${st.size}:${st.mtimeMs}`, bounce, hints);
     } catch (e) {
       await fh.close().catch(() => {});
       throw e;

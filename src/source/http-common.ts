@@ -49,6 +49,19 @@ export interface HttpOptions {
  */
 export const HTTP_HINTS: Readonly<ReadHints> = Object.freeze({ mergeGap: 256 * 1024, maxRead: 4 * 1024 * 1024, parallel: 8 });
 
+/** Defaults overridden by the caller's defined values. */
+export function mergeHints(defaults: Readonly<ReadHints>, over: Partial<ReadHints> | undefined): ReadHints {
+  const out = { ...defaults };
+  for (const k of ['mergeGap', 'maxRead', 'parallel'] as const) {
+    const v = over?.[k];
+    if (v !== undefined) {
+      if (!Number.isSafeInteger(v) || v < (k === 'mergeGap' ? 0 : 1)) throw new SourceError(`hints.${k} must be an integer >= ${k === 'mergeGap' ? 0 : 1}, got ${v}`);
+      out[k] = v;
+    }
+  }
+  return out;
+}
+
 /** One HTTP answer, as the protocol needs it. */
 export interface HttpAnswer {
   readonly status: number;
@@ -60,7 +73,13 @@ export interface HttpAnswer {
   discard(): Promise<void>;
 }
 
-/** Sends one GET of the source's URL with these (lower-case) headers. Throws on network errors. */
+/**
+ * Sends one GET of the source's URL with these (lower-case) headers; throws
+ * on network errors. Redirects are followed, and the final URL is used for
+ * the next requests (saving a round trip per read); should it answer 401,
+ * 403, 404 or 410 (an expired signed URL), the transport goes back to the
+ * original URL once, for a fresh redirect.
+ */
 export interface HttpTransport {
   get(headers: Record<string, string>, signal: AbortSignal): Promise<HttpAnswer>;
   close(): Promise<void>;
@@ -184,6 +203,18 @@ export class RetryableError extends Error {
   }
 }
 
+/** The headers to send to `target`: without Authorization once a redirect has left the URL's origin (as fetch does). */
+export function headersFor(headers: Record<string, string>, original: URL, target: URL): Record<string, string> {
+  if (headers.authorization === undefined || target.origin === original.origin) return headers;
+  const { authorization: _, ...rest } = headers;
+  return rest;
+}
+
+/** Statuses after which a transport that pinned a redirect target goes back to the original URL. */
+export function isStaleRedirectStatus(status: number): boolean {
+  return status === 401 || status === 403 || status === 404 || status === 410;
+}
+
 /** Whether a status is retried: 5xx, 408 Request Timeout, 429 Too Many Requests. */
 export function isRetryableStatus(status: number): boolean {
   return status >= 500 || status === 408 || status === 429;
@@ -197,19 +228,19 @@ export function backoffMs(attempt: number, baseMs: number, maxMs: number, random
 
 class TimeoutSignal extends Error {}
 
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
+    if (signal.aborted) return reject(signal.reason);
     const done = () => {
-      signal?.removeEventListener('abort', onAbort);
+      signal.removeEventListener('abort', onAbort);
       resolve();
     };
     const t = setTimeout(done, ms);
     const onAbort = () => {
       clearTimeout(t);
-      reject(signal!.reason);
+      reject(signal.reason);
     };
-    signal?.addEventListener('abort', onAbort, { once: true });
+    signal.addEventListener('abort', onAbort, { once: true });
   });
 }
 
@@ -218,6 +249,14 @@ function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
 interface Resolved {
   headers: Record<string, string>;
   signal: AbortSignal | undefined;
+  /**
+   * A controller linked to the caller's signal. One listener per source on
+   * the caller's signal, however many reads are in flight (Node warns past
+   * 10 listeners on one AbortSignal).
+   */
+  link(): { signal: AbortSignal; abort(reason: unknown): void; done(): void };
+  /** Drops the listener on the caller's signal. */
+  dispose(): void;
   retries: number;
   retryBaseMs: number;
   retryMaxMs: number;
@@ -228,9 +267,25 @@ interface Resolved {
 function resolve(o: HttpOptions): Resolved {
   const headers: Record<string, string> = {};
   for (const [k, v] of Object.entries(o.headers ?? {})) headers[k.toLowerCase()] = v;
+  const live = new Set<AbortController>();
+  const user = o.signal;
+  const onAbort = () => {
+    for (const c of live) c.abort(user!.reason);
+  };
+  user?.addEventListener('abort', onAbort, { once: true });
   const r: Resolved = {
     headers,
-    signal: o.signal,
+    signal: user,
+    link() {
+      const c = new AbortController();
+      if (user?.aborted) c.abort(user.reason);
+      else live.add(c);
+      return { signal: c.signal, abort: (reason) => c.abort(reason), done: () => live.delete(c) };
+    },
+    dispose() {
+      user?.removeEventListener('abort', onAbort);
+      live.clear();
+    },
     retries: o.retries ?? 4,
     retryBaseMs: o.retryBaseMs ?? 200,
     retryMaxMs: o.retryMaxMs ?? 5000,
@@ -238,7 +293,10 @@ function resolve(o: HttpOptions): Resolved {
     smallFileBytes: o.smallFileBytes ?? 16 * 1024 * 1024,
   };
   for (const k of ['retries', 'retryBaseMs', 'retryMaxMs', 'timeoutMs', 'smallFileBytes'] as const) {
-    if (!(r[k] >= 0) || !Number.isFinite(r[k])) throw new SourceError(`HTTP source option ${k} must be a finite number >= 0, got ${r[k]}`);
+    if (!(r[k] >= 0) || !Number.isFinite(r[k])) {
+      r.dispose();
+      throw new SourceError(`HTTP source option ${k} must be a finite number >= 0, got ${r[k]}`);
+    }
   }
   return r;
 }
@@ -285,13 +343,13 @@ export class HttpRangeSource implements Source {
 
   /** Probes `name` through `transport` (closing it on failure) and returns what the constructor needs. */
   protected static async connect(name: string, transport: HttpTransport, options: HttpOptions, defaults: ReadHints): Promise<[string, HttpTransport, Resolved, Opened, ReadHints]> {
-    let o: Resolved;
+    let o: Resolved | undefined;
     try {
       o = resolve(options);
       const opened = await probe(name, transport, o);
-      const hints = { ...defaults, ...options.hints };
-      return [name, transport, o, opened, hints];
+      return [name, transport, o, opened, mergeHints(defaults, options.hints)];
     } catch (e) {
+      o?.dispose();
       await transport.close().catch(() => {});
       throw e;
     }
@@ -330,6 +388,11 @@ export class HttpRangeSource implements Source {
         this.whole = await this.wholeAfter200(a, progress);
         into.set(this.whole.subarray(offset, offset + len));
         return;
+      }
+      const now = a.status === 416 ? parseContentRange(a.header('content-range'))?.size : undefined;
+      if (now !== undefined && now !== this.size) {
+        await a.discard();
+        throw this.changedError(`size ${this.size} -> ${now}`);
       }
       throw await statusError(this.name, a);
     });
@@ -382,6 +445,7 @@ export class HttpRangeSource implements Source {
     if (this.closed) return;
     this.closed = true;
     this.whole = undefined;
+    this.o.dispose();
     await this.transport.close();
   }
 }
@@ -393,11 +457,10 @@ export class HttpRangeSource implements Source {
  * else thrown (network errors, aborted bodies) or a RetryableError is retried.
  */
 async function attempt<T>(name: string, what: string, o: Resolved, fn: (signal: AbortSignal, progress: () => void) => Promise<T>): Promise<T> {
+  const aborted = (cause?: unknown) => new AbortedError(`${name}: ${what}: aborted`, { cause: cause ?? o.signal?.reason });
   for (let n = 0; ; n++) {
-    if (o.signal?.aborted) throw new AbortedError(`${name}: ${what}: aborted`, { cause: o.signal.reason });
-    const ctl = new AbortController();
-    const onAbort = () => ctl.abort(o.signal!.reason);
-    o.signal?.addEventListener('abort', onAbort, { once: true });
+    if (o.signal?.aborted) throw aborted();
+    const ctl = o.link();
     let timer: ReturnType<typeof setTimeout> | undefined;
     const progress = () => {
       clearTimeout(timer);
@@ -408,23 +471,26 @@ async function attempt<T>(name: string, what: string, o: Resolved, fn: (signal: 
     try {
       return await fn(ctl.signal, progress);
     } catch (e) {
-      if (o.signal?.aborted) throw new AbortedError(`${name}: ${what}: aborted`, { cause: o.signal.reason });
+      if (o.signal?.aborted) throw aborted();
       if (e instanceof FlashlmError) throw e;
       if (ctl.signal.aborted && ctl.signal.reason instanceof TimeoutSignal) failure = new RetryableError(`nothing received for ${o.timeoutMs} ms`);
       else if (e instanceof RetryableError) failure = e;
       else failure = new RetryableError(describe(e), undefined, { cause: e });
     } finally {
       clearTimeout(timer);
-      o.signal?.removeEventListener('abort', onAbort);
+      ctl.done();
     }
     if (n >= o.retries) {
       throw new SourceError(`${name}: ${what} failed after ${n + 1} attempt${n ? 's' : ''}: ${failure.message}`, { cause: failure.cause ?? failure });
     }
     const wait = Math.min(o.retryMaxMs, failure.afterMs ?? backoffMs(n, o.retryBaseMs, o.retryMaxMs));
+    const pause = o.link();
     try {
-      await sleep(wait, o.signal);
+      await sleep(wait, pause.signal);
     } catch (e) {
-      throw new AbortedError(`${name}: ${what}: aborted`, { cause: e });
+      throw aborted(e);
+    } finally {
+      pause.done();
     }
   }
 }

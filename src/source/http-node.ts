@@ -7,8 +7,8 @@
 import { Pool } from 'undici';
 import type { SourceOpener } from '../model.js';
 import { SourceError } from '../errors.js';
-import { HTTP_HINTS, HttpRangeSource, type HttpAnswer, type HttpOptions, type HttpTransport } from './http-common.js';
-import { displayUrl } from './http.js';
+import { HTTP_HINTS, HttpRangeSource, headersFor, isStaleRedirectStatus, type HttpAnswer, type HttpOptions, type HttpTransport } from './http-common.js';
+import { displayUrl, parseUrl } from './http.js';
 import type { Source } from './types.js';
 
 export interface NodeHttpSourceOptions extends HttpOptions {
@@ -48,13 +48,14 @@ class UndiciAnswer implements HttpAnswer {
 
 class PoolTransport implements HttpTransport {
   private pool: Pool;
-  private url: URL;
+  /** Where requests go: the URL, or the target it last redirected to. */
+  private current: URL;
 
   constructor(
-    url: URL,
+    private readonly url: URL,
     private readonly connections: number,
   ) {
-    this.url = url;
+    this.current = url;
     this.pool = this.newPool(url);
   }
 
@@ -62,25 +63,32 @@ class PoolTransport implements HttpTransport {
     return new Pool(url.origin, { connections: this.connections, pipelining: 1 });
   }
 
-  /** Follows redirects (the first answer after open usually settles where the file lives) and stays there. */
+  private retarget(next: URL): void {
+    if (next.origin !== this.current.origin) {
+      const old = this.pool;
+      this.pool = this.newPool(next);
+      void old.close().catch(() => {});
+    }
+    this.current = next;
+  }
+
   async get(headers: Record<string, string>, signal: AbortSignal): Promise<HttpAnswer> {
+    let wentBack = false;
     for (let hop = 0; ; hop++) {
-      const res = await this.pool.request({ method: 'GET', path: this.url.pathname + this.url.search, headers, signal });
+      const target = this.current;
+      const res = await this.pool.request({ method: 'GET', path: target.pathname + target.search, headers: headersFor(headers, this.url, target), signal });
       const location = res.headers.location;
       if (res.statusCode >= 300 && res.statusCode < 400 && res.statusCode !== 304 && typeof location === 'string' && hop < MAX_REDIRECTS) {
         await new UndiciAnswer(res).discard();
-        const next = new URL(location, this.url);
-        if (next.protocol !== 'http:' && next.protocol !== 'https:') throw new SourceError(`${displayUrl(this.url)}: redirect to unsupported ${next.protocol} URL`);
-        if (next.origin !== this.url.origin) {
-          const old = this.pool;
-          this.pool = this.newPool(next);
-          void old.close().catch(() => {});
-          if (headers.authorization !== undefined) {
-            headers = { ...headers };
-            delete headers.authorization; // as fetch does: credentials do not follow a cross-origin redirect
-          }
-        }
-        this.url = next;
+        const next = new URL(location, target);
+        if (next.protocol !== 'http:' && next.protocol !== 'https:') throw new SourceError(`${displayUrl(target)}: redirect to unsupported ${next.protocol} URL`);
+        this.retarget(next);
+        continue;
+      }
+      if (target.href !== this.url.href && isStaleRedirectStatus(res.statusCode) && !wentBack) {
+        await new UndiciAnswer(res).discard();
+        wentBack = true;
+        this.retarget(this.url);
         continue;
       }
       return new UndiciAnswer(res);
@@ -98,8 +106,7 @@ export class NodeHttpSource extends HttpRangeSource {
    * ETag or Last-Modified pinned and sent as If-Range with every read).
    */
   static async open(url: string | URL, options: NodeHttpSourceOptions = {}): Promise<NodeHttpSource> {
-    const u = new URL(url);
-    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new SourceError(`${displayUrl(u)}: not an http(s) URL`);
+    const u = parseUrl(url);
     const connections = options.connections ?? 8;
     if (!Number.isInteger(connections) || connections < 1) throw new SourceError(`connections must be an integer >= 1, got ${connections}`);
     const transport = new PoolTransport(u, connections);

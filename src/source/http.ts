@@ -8,7 +8,8 @@
  * (Access-Control-Expose-Headers), or sizes and validators cannot be read.
  */
 import type { SourceOpener } from '../model.js';
-import { HTTP_HINTS, HttpRangeSource, type HttpAnswer, type HttpOptions, type HttpTransport } from './http-common.js';
+import { SourceError } from '../errors.js';
+import { HTTP_HINTS, HttpRangeSource, headersFor, isStaleRedirectStatus, type HttpAnswer, type HttpOptions, type HttpTransport } from './http-common.js';
 import type { Source } from './types.js';
 
 export { HTTP_HINTS, parseContentRange, type HttpOptions } from './http-common.js';
@@ -55,17 +56,42 @@ class FetchAnswer implements HttpAnswer {
 }
 
 class FetchTransport implements HttpTransport {
+  /** Where requests go: the URL, or the target it last redirected to. */
+  private current: URL;
+
   constructor(
-    private readonly url: string,
+    private readonly url: URL,
     private readonly fetchImpl: typeof globalThis.fetch,
     private readonly init: HttpSourceOptions['init'],
-  ) {}
+  ) {
+    this.current = url;
+  }
 
   async get(headers: Record<string, string>, signal: AbortSignal): Promise<HttpAnswer> {
-    return new FetchAnswer(await this.fetchImpl(this.url, { ...this.init, method: 'GET', headers, signal }));
+    const target = this.current;
+    const res = await this.fetchImpl(target.href, { ...this.init, method: 'GET', headers: headersFor(headers, this.url, target), signal });
+    if (target !== this.url && isStaleRedirectStatus(res.status)) {
+      await new FetchAnswer(res).discard();
+      this.current = this.url;
+      return this.get(headers, signal);
+    }
+    if (res.redirected && /^https?:/i.test(res.url)) this.current = new URL(res.url);
+    return new FetchAnswer(res);
   }
 
   async close(): Promise<void> {}
+}
+
+/** An http(s) URL, or a SourceError. */
+export function parseUrl(url: string | URL): URL {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch (e) {
+    throw new SourceError(`not a valid URL: ${String(url)}`, { cause: e });
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new SourceError(`${displayUrl(u)}: not an http(s) URL`);
+  return u;
 }
 
 /** A URL for messages: no credentials, no query string (signed URLs carry secrets there). */
@@ -81,9 +107,9 @@ export class HttpSource extends HttpRangeSource {
    * `signal` fires).
    */
   static async open(url: string | URL, options: HttpSourceOptions = {}): Promise<HttpSource> {
-    const u = new URL(url);
+    const u = parseUrl(url);
     const fetchImpl = options.fetch ?? globalThis.fetch;
-    const transport = new FetchTransport(u.href, fetchImpl.bind(globalThis), options.init);
+    const transport = new FetchTransport(u, fetchImpl.bind(globalThis), options.init);
     return new HttpSource(...(await HttpRangeSource.connect(displayUrl(u), transport, options, HTTP_HINTS)));
   }
 }

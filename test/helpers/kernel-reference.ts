@@ -61,7 +61,7 @@ export class Arena {
     if (this.cur > this.k.memory.buffer.byteLength) throw new RangeError('test arena exhausted');
     return p;
   }
-  putBytes(src: Uint8Array | Int8Array | Uint16Array | Float32Array, misalign = 0): number {
+  putBytes(src: ArrayBufferView, misalign = 0): number {
     const bytes = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
     const p = this.alloc(bytes.length, misalign);
     this.u8.set(bytes, p);

@@ -37,6 +37,8 @@ export type Fault =
   | { trickleMs: number };
 
 export interface Recorded {
+  /** Path and query. */
+  url: string;
   range: string | undefined;
   ifRange: string | undefined;
   headers: IncomingHttpHeaders;
@@ -80,7 +82,7 @@ export async function startScripted(o: ScriptedOptions): Promise<ScriptedServer>
   };
 
   const server: Server = createServer((req, res) => {
-    const rec: Recorded = { range: req.headers.range, ifRange: req.headers['if-range'] as string | undefined, headers: req.headers };
+    const rec: Recorded = { url: req.url ?? '', range: req.headers.range, ifRange: req.headers['if-range'] as string | undefined, headers: req.headers };
     state.requests.push(rec);
     const n = state.requests.length;
     if (n > max) {

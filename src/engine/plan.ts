@@ -1,0 +1,105 @@
+/**
+ * Divides the memory budget (PAPER.md "Hybrid residency", "DRAM management"):
+ * what must stay resident, the working set, the read staging area, and what
+ * is left becomes the neuron cache. Refuses when the resident part alone does
+ * not fit; never plans past the budget.
+ */
+import { ArgumentError, BudgetError } from '../errors.js';
+import type { FlmFile } from '../format/reader.js';
+import type { Kernels } from '../kernels/types.js';
+import type { OpenOptions } from '../model.js';
+import { slotBytes, streamingFixedBytes, type Sparsity } from '../flash/streaming.js';
+import { MAX_ARENA_BYTES, fmtBytes, parseBytes } from './arena.js';
+import { Transformer, residentSections } from './transformer.js';
+
+/**
+ * The paper's ablation as presets. dense: everything resident (the
+ * reference). naive: nothing resident, every weight read every token.
+ * hybrid: attention resident, the whole FFN read every token. predictor:
+ * only the selected neurons read, no reuse. window: selected neurons plus a
+ * sliding-window neuron cache of `window` tokens.
+ */
+export type Strategy = 'dense' | 'naive' | 'hybrid' | 'predictor' | 'window';
+export const STRATEGIES: readonly Strategy[] = ['dense', 'naive', 'hybrid', 'predictor', 'window'];
+
+export interface MemoryPlan {
+  strategy: Strategy;
+  sparsity: Sparsity;
+  /** Window length (window strategy), else null. */
+  window: number | null;
+  arenaBytes: number;
+  /** Weights read once: resident + predictor sections. */
+  residentBytes: number;
+  /** All FFN bytes of the file. */
+  ffnBytes: number;
+  /** Activations, KV cache, lists, scratch. */
+  workingBytes: number;
+  stagingBytes: number;
+  /** Cache slots per layer (window), neurons per layer, and the bytes all slots take. */
+  capacity: number;
+  neurons: number;
+  cacheBytes: number;
+}
+
+const DEFAULT_STAGING = 16 << 20;
+/** Room for per-region 64-byte alignment of the bump allocator. */
+const SLACK = 1 << 16;
+
+export function planMemory(file: FlmFile, k: Kernels, options: OpenOptions, contextLength: number): MemoryPlan {
+  const h = file.header;
+  const a = h.arch;
+  const strategy = options.strategy ?? 'dense';
+  if (!STRATEGIES.includes(strategy)) throw new ArgumentError(`unknown strategy ${String(strategy)}`);
+  const streamed = strategy === 'predictor' || strategy === 'window';
+  const sparsity: Sparsity = streamed ? (options.sparsity ?? (h.predictors ? 'predictor' : 'oracle')) : 'off';
+  if (!['predictor', 'oracle', 'off'].includes(sparsity)) throw new ArgumentError(`unknown sparsity ${String(sparsity)}`);
+  if (sparsity === 'predictor' && !h.predictors) throw new ArgumentError('this .flm has no predictors: run `flashlm calibrate`, or choose --sparsity oracle|off');
+  const window = strategy === 'window' ? (options.window ?? 4) : null;
+  if (window !== null && (!Number.isInteger(window) || window < 1 || window > 32)) throw new ArgumentError('window must be an integer in [1, 32]');
+
+  const residentBytes = residentSections(file).reduce((s, x) => s + x.length, 0);
+  const ffnSections = h.ffn.map((f) => file.section(f.section));
+  const ffnBytes = ffnSections.reduce((s, x) => s + x.length, 0);
+  const maxCols = Math.max(...h.tensors.map((t) => t.shape[t.shape.length - 1]!));
+  let workingBytes = k.heap_base() + Transformer.workingBytes(a, contextLength, maxCols, k) + SLACK;
+  const budget = options.memory === undefined ? undefined : typeof options.memory === 'string' ? parseBytes(options.memory) : options.memory;
+  if (budget !== undefined && (!(budget > 0) || budget > MAX_ARENA_BYTES)) throw new ArgumentError(`memory budget must be in (0, 4 GiB], got ${fmtBytes(budget)}`);
+  const base = { strategy, sparsity, window, residentBytes, ffnBytes, neurons: a.ffnDim };
+
+  if (strategy === 'dense') {
+    const need = residentBytes + ffnBytes + workingBytes;
+    if (budget !== undefined && need > budget) throw new BudgetError(`the dense strategy keeps the whole model resident: it needs ${fmtBytes(need)}, the budget is ${fmtBytes(budget)}; use a streaming strategy (hybrid, predictor, window)`);
+    return { ...base, arenaBytes: budget ?? need, workingBytes, stagingBytes: 0, capacity: 0, cacheBytes: 0 };
+  }
+
+  workingBytes += streamingFixedBytes(file, k, window);
+  const f = h.ffn[0]!;
+  const align = Math.max(64, file.source.alignment ?? 1);
+  const record = f.parts.length * f.partBytes;
+  // One record with alignment slack on both ends of every part: the smallest useful staging area.
+  const minStaging = Math.ceil((record + 2 * align * f.parts.length) / align) * align;
+  const largestLayer = Math.max(...ffnSections.map((s) => s.length)) + 2 * align * f.parts.length;
+  let staging = options.stagingBytes ?? Math.max(minStaging, Math.min(DEFAULT_STAGING, largestLayer));
+  if (staging < minStaging) throw new ArgumentError(`stagingBytes must be at least ${minStaging} (one neuron record with alignment)`);
+  const fixed = residentBytes + workingBytes;
+  if (budget !== undefined && fixed + minStaging > budget) {
+    throw new BudgetError(
+      `the resident part alone does not fit: weights ${fmtBytes(residentBytes)} + working memory ${fmtBytes(workingBytes)} (context ${contextLength}) + staging ${fmtBytes(minStaging)} > budget ${fmtBytes(budget)}`,
+    );
+  }
+  if (budget !== undefined && options.stagingBytes === undefined) {
+    // Streaming without a cache may use the whole rest for staging; with a cache, staging gets at most a quarter.
+    const rest = budget - fixed;
+    staging = Math.max(minStaging, Math.min(staging, window === null ? rest : Math.floor(rest / 4)));
+  }
+  let capacity = 0;
+  if (window !== null) {
+    const perSlot = slotBytes(file);
+    capacity = budget === undefined ? a.ffnDim : Math.min(a.ffnDim, Math.floor((budget - fixed - staging) / (perSlot * a.nLayers)));
+    if (capacity < 1) throw new BudgetError(`the budget ${fmtBytes(budget!)} leaves no room for the neuron cache after ${fmtBytes(fixed + staging)} of resident weights, working memory and staging`);
+  }
+  const cacheBytes = capacity * slotBytes(file) * a.nLayers;
+  const arenaBytes = budget ?? fixed + staging + cacheBytes;
+  if (fixed + staging + cacheBytes > arenaBytes) throw new BudgetError(`internal: plan exceeds the budget`);
+  return { ...base, arenaBytes, workingBytes, stagingBytes: staging, capacity, cacheBytes };
+}
