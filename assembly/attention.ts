@@ -53,7 +53,7 @@ export function attention(out: usize, q: usize, kCache: usize, vCache: usize, nH
     const oh = out + ((<usize>h * hd) << 2);
     if (np == 0) { memory.fill(oh, 0, hd << 2); continue; }
     // scores: rows K_t are nPos "matrix rows" of headDim values, stride one cache row
-    dots_f32(scratch, kCache + kvOff, kvStride, 0, 0, qh, nPos, headDim);
+    dots_f32(scratch, kCache + kvOff, kvStride, qh, nPos, headDim);
     const mx = vmax(scratch, np) * scale;
     // scale folded into the exponent argument: exp(s*scale - max*scale); scale > 0 keeps the max
     const sum = expShiftSum(scratch, np, scale, scale >= 0 ? mx : vmin_scaled(scratch, np, scale));

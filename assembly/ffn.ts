@@ -11,7 +11,7 @@
 
 import { hsum, silu1, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
 import { MAXD_I8, XQ } from "./arena";
-import { dots_f32, dots_f16, dots_i8, f16_xscale, f16_to_f32, quantize_x, QB } from "./gemv";
+import { dots_f32_p, dots_f16_p, dots_i8_p, f16_xscale, f16_to_f32, quantize_x, QB } from "./gemv";
 
 const NB: usize = 64; // neurons per batch
 /** up / gate dots of the current batch (2 x NB f32). */
@@ -194,9 +194,9 @@ function i8_dot_f32(p: usize, x: usize, d: usize): f32 {
  * p + k*stride, or at the u32 ptrs[k * pstep bytes] when ptrs != 0.
  */
 function dots(t: i32, dst: usize, p: usize, stride: usize, ptrs: usize, pstep: usize, x: usize, m: usize, d: usize): void {
-  if (t == T_F32) dots_f32(dst, p, stride, ptrs, pstep, x, <i32>m, <i32>d);
-  else if (t == T_F16) dots_f16(dst, p, stride, ptrs, pstep, x, <i32>m, <i32>d, f16k);
-  else if (i8q) dots_i8(dst, p, stride, ptrs, pstep, XQ, XQ + ((d + QB - 1) / QB) * QB * 2, <i32>m, <i32>d);
+  if (t == T_F32) dots_f32_p(dst, p, stride, ptrs, pstep, x, <i32>m, <i32>d);
+  else if (t == T_F16) dots_f16_p(dst, p, stride, ptrs, pstep, x, <i32>m, <i32>d, f16k);
+  else if (i8q) dots_i8_p(dst, p, stride, ptrs, pstep, XQ, XQ + ((d + QB - 1) / QB) * QB * 2, <i32>m, <i32>d);
   else {
     for (let k: usize = 0; k < m; k++) {
       const pk = ptrs ? <usize>load<u32>(ptrs + k * pstep) : p + k * stride;

@@ -65,8 +65,13 @@ function f32_row1(p: usize, x: usize, ncols: usize): v128 {
   return s;
 }
 
-/** out[r] = W_r . x for r < rows (f32 rows; see rowp). */
-export function dots_f32(out: usize, W: usize, stride: usize, ptrs: usize, pstep: usize, x: usize, rows: i32, cols: i32): void {
+/** out[r] = W_r . x for r < rows, f32 rows at W + r*stride. */
+export function dots_f32(out: usize, W: usize, stride: usize, x: usize, rows: i32, cols: i32): void {
+  dots_f32_p(out, W, stride, 0, 0, x, rows, cols);
+}
+
+/** As dots_f32, rows from a pointer table when ptrs != 0 (see rowp). */
+export function dots_f32_p(out: usize, W: usize, stride: usize, ptrs: usize, pstep: usize, x: usize, rows: i32, cols: i32): void {
   const n = <usize>cols, m = <usize>rows;
   const main = n & ~7;
   let r: usize = 0;
@@ -184,8 +189,13 @@ function f16_row_exact(p: usize, x: usize, ncols: usize): f32 {
   return s;
 }
 
-/** out[r] = W_r . x for f16 rows (see rowp); k = f16_xscale(x, cols). */
-export function dots_f16(out: usize, W: usize, stride: usize, ptrs: usize, pstep: usize, x: usize, rows: i32, cols: i32, k: f32): void {
+/** out[r] = W_r . x for f16 rows at W + r*stride; k = f16_xscale(x, cols). */
+export function dots_f16(out: usize, W: usize, stride: usize, x: usize, rows: i32, cols: i32, k: f32): void {
+  dots_f16_p(out, W, stride, 0, 0, x, rows, cols, k);
+}
+
+/** As dots_f16, rows from a pointer table when ptrs != 0 (see rowp). */
+export function dots_f16_p(out: usize, W: usize, stride: usize, ptrs: usize, pstep: usize, x: usize, rows: i32, cols: i32, k: f32): void {
   const n = <usize>cols, m = <usize>rows;
   const main = n & ~7;
   const post: f32 = F16_SCALE / k; // exact power of two
@@ -322,8 +332,13 @@ function i8_row(p: usize, xq: usize, xs: usize, b0: usize, n: usize): f32 {
   return s;
 }
 
-/** out[r] = sum_b scale_b * (W_r . q) for int8 rows (see rowp; row scales not applied). */
-export function dots_i8(out: usize, W: usize, stride: usize, ptrs: usize, pstep: usize, xq: usize, xs: usize, rows: i32, cols: i32): void {
+/** out[r] = sum_b scale_b * (W_r . q) for int8 rows at W + r*stride (row scales not applied). */
+export function dots_i8(out: usize, W: usize, stride: usize, xq: usize, xs: usize, rows: i32, cols: i32): void {
+  dots_i8_p(out, W, stride, 0, 0, xq, xs, rows, cols);
+}
+
+/** As dots_i8, rows from a pointer table when ptrs != 0 (see rowp). */
+export function dots_i8_p(out: usize, W: usize, stride: usize, ptrs: usize, pstep: usize, xq: usize, xs: usize, rows: i32, cols: i32): void {
   const n = <usize>cols, m = <usize>rows;
   const full = n / QB; // full blocks go through the SIMD groups
   let r: usize = 0;

@@ -13,7 +13,6 @@ export { attention } from "./attention";
 export { softmax, relu, silu, swiglu, add, scale } from "./activation";
 export { argmax, softmax_temp } from "./sample";
 export { ffn_relu_f32, ffn_relu_f16, ffn_relu_i8, ffn_swiglu_f32, ffn_swiglu_f16, ffn_swiglu_i8 } from "./ffn";
-export { ffn_relu_f32_ptrs, ffn_relu_f16_ptrs, ffn_relu_i8_ptrs, ffn_swiglu_f32_ptrs, ffn_swiglu_f16_ptrs, ffn_swiglu_i8_ptrs } from "./ffn-ptrs";
 export { cache_state_bytes, cache_init, cache_step, cache_install, cache_first_new, cache_overflow, cache_used, cache_hits, cache_misses, cache_evictions, cache_lru_evictions, cache_overflows } from "./cache";
 export { ffn_relu_f32_ptrs, ffn_relu_f16_ptrs, ffn_relu_i8_ptrs, ffn_swiglu_f32_ptrs, ffn_swiglu_f16_ptrs, ffn_swiglu_i8_ptrs } from "./ffn";
 

@@ -14,12 +14,12 @@ import { dots_f32, dots_f16, dots_i8, f16_xscale, quantize_x, qx_bytes, QB } fro
 }
 
 export function matvec_f32(out: usize, W: usize, x: usize, bias: usize, rows: i32, cols: i32): void {
-  dots_f32(out, W, <usize>cols << 2, 0, 0, x, rows, cols);
+  dots_f32(out, W, <usize>cols << 2, x, rows, cols);
   addBias(out, bias, rows);
 }
 
 export function matvec_f16(out: usize, W: usize, x: usize, bias: usize, rows: i32, cols: i32): void {
-  dots_f16(out, W, <usize>cols << 1, 0, 0, x, rows, cols, f16_xscale(x, <usize>cols));
+  dots_f16(out, W, <usize>cols << 1, x, rows, cols, f16_xscale(x, <usize>cols));
   addBias(out, bias, rows);
 }
 
@@ -33,7 +33,7 @@ export function matvec_i8(out: usize, W: usize, scales: usize, x: usize, bias: u
   const xq = scratch;
   const xs = scratch + ((n + QB - 1) / QB) * QB * 2;
   quantize_x(xq, xs, x, n);
-  dots_i8(out, W, n, 0, 0, xq, xs, rows, cols);
+  dots_i8(out, W, n, xq, xs, rows, cols);
   // row scales (and bias) applied once per row, after the integer/block sums
   const m = <usize>rows;
   let i: usize = 0;

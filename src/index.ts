@@ -2,6 +2,11 @@
  * flashlm, platform-neutral entry: Deno, browsers and edge runtimes import
  * this; Node gets src/node.ts, which adds file paths on top.
  */
+import { registerSourceOpener } from './model.js';
+import { httpOpener } from './source/http.js';
+
+registerSourceOpener(httpOpener);
+
 export { openModel, Model, registerSourceOpener, STRATEGIES, type Strategy, type MemoryPlan, type OpenOptions, type GenerateOptions, type SourceOpener } from './model.js';
 export type { Sparsity } from './flash/streaming.js';
 export type { RunStats, StatsSummary, TokenStats } from './flash/stats.js';
@@ -13,6 +18,7 @@ export type { FlmHeader, TensorEntry, SectionEntry, FfnEntry, Layout } from './f
 export { openFlm, FlmFile } from './format/reader.js';
 export { writeFlm, type WriteOptions } from './format/writer.js';
 export { MemorySource, MemorySink } from './source/memory.js';
-export type { Source, Sink } from './source/types.js';
+export type { Source, Sink, ReadHints } from './source/types.js';
+export { HttpSource, httpOpener, createHttpOpener, HTTP_HINTS, type HttpSourceOptions } from './source/http.js';
 export { createTokenizer } from './tokenizer/index.js';
 export type { Tokenizer } from './tokenizer/types.js';

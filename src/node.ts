@@ -3,8 +3,10 @@
  * file: URLs) as model sources, and the converters.
  */
 import { fileURLToPath } from 'node:url';
+import './index.js'; // registers the portable openers first
 import { registerSourceOpener } from './model.js';
 import { FileSource } from './source/file-node.js';
+import { nodeHttpOpener } from './source/http-node.js';
 
 registerSourceOpener(async (input, options) => {
   const open = (path: string) => FileSource.open(path, { direct: options.direct });
@@ -13,6 +15,10 @@ registerSourceOpener(async (input, options) => {
   return open(input);
 });
 
+// Openers are tried newest first: undici's pool wins over fetch for http(s) in Node.
+registerSourceOpener(nodeHttpOpener);
+
 export * from './index.js';
-export { FileSource, FileSink } from './source/file-node.js';
+export { NodeHttpSource, nodeHttpOpener, createNodeHttpOpener, type NodeHttpSourceOptions } from './source/http-node.js';
+export { FileSource, FileSink, FILE_HINTS, type FileSourceOptions } from './source/file-node.js';
 export { openCheckpoint } from './convert/index.js';

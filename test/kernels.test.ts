@@ -480,6 +480,37 @@ for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
   });
 }
 
+test('ffn_*_ptrs over all neurons in order equals the strided kernels bit for bit', (t) => {
+  let seed = 400;
+  for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
+    for (const kind of ['relu', 'swiglu'] as const) {
+      for (const [d, n] of [[13, 7], [64, 70], [260, 131]] as const) {
+        A.reset();
+        const r = rng(seed++);
+        const L: FfnLayout = { dtype, kind, d, n, hasBias: kind === 'relu', bundled: seed % 2 === 0 };
+        const nParts = kind === 'relu' ? 2 : 3;
+        const R = buildRecords(L, Array.from({ length: nParts }, () => normalish(r, n * d, 0.3)), uniform(r, n, -0.5, 0.2), r);
+        const base = A.putBytes(R.bytes);
+        const parts = R.partOff.map((o) => base + o);
+        const table = new Uint32Array(n * nParts);
+        for (let i = 0; i < n; i++) for (let p = 0; p < nParts; p++) table[i * nParts + p] = parts[p]! + i * R.stride;
+        const P = A.putBytes(table), X = A.putF32(normalish(r, d));
+        const O1 = A.out(d), H1 = A.out(n), O2 = A.out(d), H2 = A.out(n);
+        const sfx = dtype === 'int8' ? 'i8' : dtype;
+        if (kind === 'relu') {
+          k[`ffn_relu_${sfx}`](O1, X, d, n, parts[0]!, parts[1]!, R.stride, 1, H1);
+          k[`ffn_relu_${sfx}_ptrs`](O2, X, d, P, n, 1, H2);
+        } else {
+          k[`ffn_swiglu_${sfx}`](O1, X, d, n, parts[0]!, parts[1]!, parts[2]!, R.stride, H1);
+          k[`ffn_swiglu_${sfx}_ptrs`](O2, X, d, P, n, H2);
+        }
+        t.is(firstBitMismatch(A.f32(O2, d), A.f32(O1, d)), null, `${kind} ${dtype} d=${d} n=${n} out`);
+        t.is(firstBitMismatch(A.f32(H2, n), A.f32(H1, n)), null, `${kind} ${dtype} d=${d} n=${n} hOut`);
+      }
+    }
+  }
+});
+
 test('ffn: n = 0 zeroes out; a larger dense layer (d=1024, n=700) for every dtype', (t) => {
   A.reset();
   const O = A.out(10);
@@ -488,6 +519,26 @@ test('ffn: n = 0 zeroes out; a larger dense layer (d=1024, n=700) for every dtyp
   for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
     runFfn({ dtype, kind: 'relu', d: 1024, n: 700, hasBias: true, bundled: true }, 7, t, { dense: true });
     runFfn({ dtype, kind: 'swiglu', d: 1024, n: 300, hasBias: false, bundled: false }, 8, t, { dense: true });
+  }
+});
+
+test('int8 FFNs with d > 32768 (no room to quantize x) use exact f32 products', (t) => {
+  for (const kind of ['relu', 'swiglu'] as const) {
+    A.reset();
+    const r = rng(kind.length);
+    const d = 33001, n = 9;
+    const L: FfnLayout = { dtype: 'int8', kind, d, n, hasBias: kind === 'relu', bundled: false };
+    const nParts = kind === 'relu' ? 2 : 3;
+    const R = buildRecords(L, Array.from({ length: nParts }, () => normalish(r, n * d, 0.05)), uniform(r, n, -0.1, 0.1), r);
+    const base = A.putBytes(R.bytes);
+    const p = R.partOff.map((o) => base + o);
+    const x = normalish(r, d);
+    const X = A.putF32(x), O = A.out(d), H = A.out(n);
+    if (kind === 'relu') k.ffn_relu_i8(O, X, d, n, p[0]!, p[1]!, R.stride, 1, H);
+    else k.ffn_swiglu_i8(O, X, d, n, p[0]!, p[1]!, p[2]!, R.stride, H);
+    const ref = ffnRef({ ...L, dtype: 'f32' }, R, x); // f32 tolerances: no activation quantization here
+    t.is(firstMismatch(A.f32(H, n), ref.h, ref.hTol), null, `${kind} hOut`);
+    t.is(firstMismatch(A.f32(O, d), ref.out, ref.outTol), null, `${kind} out`);
   }
 });
 

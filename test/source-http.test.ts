@@ -573,14 +573,14 @@ test('undici source: connections bound the parallelism hint', async (t) => {
 });
 
 test('openers: http(s) strings and URLs only', async (t) => {
-  t.is(await httpOpener('ftp://example.com/x'), undefined);
-  t.is(await httpOpener('model.flm'), undefined);
-  t.is(await nodeHttpOpener(new URL('file:///tmp/x')), undefined);
+  t.is(await httpOpener('ftp://example.com/x', {}), undefined);
+  t.is(await httpOpener('model.flm', {}), undefined);
+  t.is(await nodeHttpOpener(new URL('file:///tmp/x'), {}), undefined);
   await withScripted({ size: SIZE, etag: '"v"' }, async (srv) => {
-    const a = await httpOpener(srv.url);
+    const a = await httpOpener(srv.url, {});
     t.true(a instanceof HttpSource);
     await a!.close();
-    const b = await nodeHttpOpener(new URL(srv.url));
+    const b = await nodeHttpOpener(new URL(srv.url), {});
     t.true(b instanceof NodeHttpSource);
     await b!.close();
   });

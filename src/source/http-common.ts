@@ -345,9 +345,10 @@ export class HttpRangeSource implements Source {
   protected static async connect(name: string, transport: HttpTransport, options: HttpOptions, defaults: ReadHints): Promise<[string, HttpTransport, Resolved, Opened, ReadHints]> {
     let o: Resolved | undefined;
     try {
+      const hints = mergeHints(defaults, options.hints);
       o = resolve(options);
       const opened = await probe(name, transport, o);
-      return [name, transport, o, opened, mergeHints(defaults, options.hints)];
+      return [name, transport, o, opened, hints];
     } catch (e) {
       o?.dispose();
       await transport.close().catch(() => {});

@@ -65,6 +65,9 @@ function canConnect(port: number): Promise<boolean> {
   });
 }
 
+/** A path as an nginx string (quoted: paths may hold spaces or semicolons). */
+const q = (path: string) => `"${path.replace(/["\\$]/g, (c) => `\\${c}`)}"`;
+
 function config(dir: string, port: number, o: NginxOptions): string {
   const asRoot = process.getuid?.() === 0;
   return `
@@ -72,16 +75,16 @@ daemon off;
 master_process on;
 worker_processes 1;
 ${asRoot ? 'user nobody nogroup;' : ''}
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log warn;
+pid ${q(join(dir, 'nginx.pid'))};
+error_log ${q(join(dir, 'error.log'))} warn;
 events { worker_connections 512; }
 http {
   access_log off;
-  client_body_temp_path ${dir}/client_body;
-  proxy_temp_path ${dir}/proxy;
-  fastcgi_temp_path ${dir}/fastcgi;
-  uwsgi_temp_path ${dir}/uwsgi;
-  scgi_temp_path ${dir}/scgi;
+  client_body_temp_path ${q(join(dir, 'client_body'))};
+  proxy_temp_path ${q(join(dir, 'proxy'))};
+  fastcgi_temp_path ${q(join(dir, 'fastcgi'))};
+  uwsgi_temp_path ${q(join(dir, 'uwsgi'))};
+  scgi_temp_path ${q(join(dir, 'scgi'))};
   types { }
   default_type application/octet-stream;
   sendfile on;
@@ -91,7 +94,7 @@ http {
   keepalive_requests 1000000;
   server {
     listen 127.0.0.1:${port};
-    root ${o.root};
+    root ${q(o.root)};
     ${o.limitRate ? `limit_rate ${o.limitRate};` : ''}
   }
 }
