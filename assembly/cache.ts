@@ -7,10 +7,10 @@
 //   mask        u32 [capacity]  activity of each slot over the last `window` tokens
 //                               (bit t = active t tokens ago; bit 0 = this token)
 // Used slots are always compact: [0, used). Per token cache_step costs
-// O(nActive + used) plus the record copies of evictions (moving the last used
-// slot into each hole); nothing here scans all `neurons` except cache_init.
+// O(nActive + used), plus one record copy per hole that no new neuron fills
+// (step 6); nothing here scans all `neurons` except cache_init.
 //
-// Eviction order (test/helpers/window-model.ts is the executable spec):
+// Per token (test/helpers/window-model.ts is the executable spec):
 //   1. age: mask = (mask << 1) & (2^window - 1); window 0 = no reuse: every
 //      used slot is evicted before anything else (so there are no hits).
 //   2. hits: active cached neurons get mask |= 1; the rest are new (ascending).
@@ -19,11 +19,17 @@
 //      (not active this token): largest ctz(mask) first (oldest most recent
 //      activity), ties by lowest slot index, as many as needed (or available).
 //      Victims are chosen on the slot positions before step 5.
-//   5. compaction, one pass for steps 3 and 4: slot s ascending; a dead slot s
-//      gets the record of the highest-index live slot above it (dead slots at
-//      the end are dropped), so each live record moves at most once.
-//   6. placement: the first min(new, capacity - used) new neurons (smallest ids)
-//      get slots [used, used + placed) with mask 1; the rest are overflow.
+//   5. placement: the first min(new, capacity - kept) new neurons (smallest ids)
+//      take the evicted slots in ascending slot order, then slots appended at
+//      the end (mask 1); the rest are overflow.
+//   6. holes left over (more evictions than placed neurons): slot s ascending,
+//      a hole gets the record of the last used slot (dead slots at the end are
+//      dropped). PAPER.md compacts with such copies on every eviction; filling
+//      holes with the new neurons first means records only move when the cache
+//      shrinks, so in steady state (evictions ~ new neurons) almost nothing is
+//      copied besides the new records themselves.
+// Placed neurons' slots are therefore not contiguous: cache_install finds each
+// one through newOut (which the host keeps until its installs are done).
 
 // ---- state block layout (byte offsets) ----
 const S_CAPACITY = 0;
@@ -37,7 +43,7 @@ const S_SLOTNEURON = 28;
 const S_NEURONSLOT = 32;
 const S_MASK = 36;
 const S_USED = 40;
-const S_FIRSTNEW = 44;
+const S_NEWOUT = 44; // newOut of the last cache_step (cache_install reads the placed ids there)
 const S_OVERFLOW = 48;
 const S_WMASK = 52;
 // cumulative u64 counters
@@ -158,9 +164,35 @@ export function cache_step(state: usize, active: usize, nActive: i32, newOut: us
     }
   }
 
-  // 5. compaction: fill each dead slot with the last live one
-  if (used != live - lruEvicted) {
-    let s: u32 = 0;
+  // 5. placement: new neurons (ascending) fill the holes (ascending slots), the rest are appended
+  const keep = live - lruEvicted; // slots that stay
+  const placed = min(nNew, capacity - keep);
+  let j: u32 = 0;
+  let s: u32 = 0;
+  if (used != keep) {
+    for (; s < used && j < placed; s++) {
+      const ms = mask + (<usize>s << 2);
+      if (load<u32>(ms) != 0) continue;
+      store<i32>(neuronSlot + (<usize>load<i32>(slotNeuron + (<usize>s << 2)) << 2), -1);
+      const id = load<i32>(newOut + (<usize>j << 2));
+      store<i32>(slotNeuron + (<usize>s << 2), id);
+      store<i32>(neuronSlot + (<usize>id << 2), <i32>s);
+      store<u32>(ms, 1);
+      j++;
+    }
+  }
+  for (; j < placed; j++) {
+    const id = load<i32>(newOut + (<usize>j << 2));
+    store<i32>(slotNeuron + (<usize>used << 2), id);
+    store<i32>(neuronSlot + (<usize>id << 2), <i32>used);
+    store<u32>(mask + (<usize>used << 2), 1);
+    used++;
+  }
+
+  // 6. holes left over (more evicted than placed): move the last used slot into each.
+  // Slots below s are all in use, and every new neuron sits below s, so only
+  // records that are already in place move.
+  if (used != keep + placed) {
     while (s < used) {
       const ms = mask + (<usize>s << 2);
       if (load<u32>(ms) != 0) { s++; continue; }
@@ -176,28 +208,13 @@ export function cache_step(state: usize, active: usize, nActive: i32, newOut: us
         store<i32>(slotNeuron + (<usize>s << 2), id);
         store<i32>(neuronSlot + (<usize>id << 2), <i32>s);
         store<u32>(ms, load<u32>(mask + (<usize>last << 2)));
-        store<i32>(slotNeuron + (<usize>last << 2), -1);
-        store<u32>(mask + (<usize>last << 2), 0);
         used = last;
         s++;
       } else {
-        store<i32>(slotNeuron + (<usize>s << 2), -1);
         used = s;
       }
     }
   }
-
-  // 6. placement
-  const placed = min(nNew, capacity - used);
-  const firstNew = used;
-  for (let j: u32 = 0; j < placed; j++) {
-    const id = load<i32>(newOut + (<usize>j << 2));
-    const s = used + j;
-    store<i32>(slotNeuron + (<usize>s << 2), id);
-    store<i32>(neuronSlot + (<usize>id << 2), <i32>s);
-    store<u32>(mask + (<usize>s << 2), 1);
-  }
-  used += placed;
   const overflow = nNew - placed;
 
   // part pointers of every active neuron (0 for overflow)
@@ -213,7 +230,7 @@ export function cache_step(state: usize, active: usize, nActive: i32, newOut: us
   }
 
   store<u32>(state, used, S_USED);
-  store<u32>(state, firstNew, S_FIRSTNEW);
+  store<u32>(state, <u32>newOut, S_NEWOUT);
   store<u32>(state, overflow, S_OVERFLOW);
   bump(state, S_HITS, hits);
   bump(state, S_MISSES, placed);
@@ -223,27 +240,41 @@ export function cache_step(state: usize, active: usize, nActive: i32, newOut: us
   return <i32>placed;
 }
 
+/**
+ * Copies the records of placed new neurons newOut[first .. first+count) (newOut of
+ * the last cache_step) into their slots; src u32[count][nParts] = each part's
+ * staging address. Parts that are consecutive both in staging and in the slots
+ * (bundled staging: a whole record; neighbouring slots) go in one memory.copy.
+ * Entries that are not placed (overflow) are skipped.
+ */
 export function cache_install(state: usize, first: i32, count: i32, src: usize): void {
   const np = <usize>load<u32>(state, S_NPARTS);
   const partBytes = <usize>load<u32>(state, S_PARTBYTES);
-  let dst = <usize>load<u32>(state, S_SLOTS) + <usize>first * <usize>load<u32>(state, S_RECBYTES);
-  // destination parts are consecutive; merge runs whose sources are consecutive too
+  const rec = <usize>load<u32>(state, S_RECBYTES);
+  const slots = <usize>load<u32>(state, S_SLOTS);
+  const neuronSlot = <usize>load<u32>(state, S_NEURONSLOT);
+  const ids = <usize>load<u32>(state, S_NEWOUT) + (<usize>max(first, 0) << 2);
   let runSrc: usize = 0, runDst: usize = 0, runLen: usize = 0;
-  const total = <usize>max(count, 0) * np;
-  for (let i: usize = 0; i < total; i++) {
-    const s = <usize>load<u32>(src + (i << 2));
-    if (runLen != 0 && s == runSrc + runLen) runLen += partBytes;
-    else {
-      if (runLen != 0) memory.copy(runDst, runSrc, runLen);
-      runSrc = s; runDst = dst; runLen = partBytes;
+  for (let j: usize = 0, n = <usize>max(count, 0); j < n; j++) {
+    const slot = load<i32>(neuronSlot + (<usize>load<i32>(ids + (j << 2)) << 2));
+    if (slot < 0) continue;
+    let dst = slots + <usize>slot * rec;
+    for (let p: usize = 0; p < np; p++) {
+      const s = <usize>load<u32>(src + ((j * np + p) << 2));
+      if (runLen != 0 && s == runSrc + runLen && dst == runDst + runLen) runLen += partBytes;
+      else {
+        if (runLen != 0) memory.copy(runDst, runSrc, runLen);
+        runSrc = s; runDst = dst; runLen = partBytes;
+      }
+      dst += partBytes;
     }
-    dst += partBytes;
   }
   if (runLen != 0) memory.copy(runDst, runSrc, runLen);
 }
 
+/** Index in newOut of the first placed new neuron: always 0 (placed ones come first). */
 export function cache_first_new(state: usize): i32 {
-  return load<i32>(state, S_FIRSTNEW);
+  return 0;
 }
 export function cache_overflow(state: usize): i32 {
   return load<i32>(state, S_OVERFLOW);

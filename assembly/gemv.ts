@@ -117,7 +117,11 @@ export function dots_f32_p(out: usize, W: usize, stride: usize, ptrs: usize, pst
 
 const F16_CHUNK: usize = 256; // columns per chunk: 512 B of each row
 
-/** Scale for x so that |x * 2^k| < 2^127: returns 2^k (k <= 112); post-factor is 2^112 / it. */
+/**
+ * Scale for x so that |x * 2^k| < 2^127: returns 2^k (k <= 112); post-factor is 2^112 / it.
+ * k = 112 (exact products) unless max|x| >= 2^15; then products smaller than
+ * 2^-126 * 2^(112-k) lose bits, which is negligible next to the large terms.
+ */
 export function f16_xscale(x: usize, n: usize): f32 {
   let m = f32x4.splat(0);
   let i: usize = 0;

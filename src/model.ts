@@ -85,7 +85,13 @@ export class Model {
     readonly plan: MemoryPlan,
     /** Per-token statistics of every forward pass since open. */
     readonly stats: RunStats,
+    private readonly streaming: StreamingFfn | undefined,
   ) {}
+
+  /** Cumulative window-cache counters over all layers (window strategy only). */
+  cacheCounters(): ReturnType<StreamingFfn['cacheCounters']> {
+    return this.streaming?.cacheCounters();
+  }
 
   get arch(): ArchConfig {
     return this.file.header.arch;
@@ -133,10 +139,11 @@ export class Model {
         dtype: file.header.dtype,
       });
       const oracle = plan.sparsity === 'oracle' || options.measurePredictor ? await Oracle.create(file, options.wasm) : undefined;
+      let streaming: StreamingFfn | undefined;
       const transformer = await Transformer.load(file, kernels, arena, contextLength, async (sectionPtrs) =>
         strategy === 'dense'
           ? ResidentFfn.load(file, kernels, arena)
-          : new StreamingFfn(file, kernels, arena, sectionPtrs, {
+          : (streaming = new StreamingFfn(file, kernels, arena, sectionPtrs, {
               selection: plan.sparsity,
               window: plan.window,
               capacity: plan.capacity,
@@ -145,9 +152,9 @@ export class Model {
               alignment: source.alignment ?? 1,
               oracle,
               stats,
-            }),
+            })),
       );
-      return new Model(file, tokenizer, kernels, transformer, plan, stats);
+      return new Model(file, tokenizer, kernels, transformer, plan, stats, streaming);
     } catch (e) {
       await source.close().catch(() => {});
       throw e;

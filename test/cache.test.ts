@@ -170,22 +170,24 @@ class CacheRun {
 
     check(placed === want.placed, () => `${what()}: placed ${placed}, model ${want.placed}`);
     check(k.cache_overflow(this.state) === want.overflow, () => `${what()}: overflow ${k.cache_overflow(this.state)}, model ${want.overflow}`);
-    check(k.cache_first_new(this.state) === want.firstNew, () => `${what()}: firstNew ${k.cache_first_new(this.state)}, model ${want.firstNew}`);
+    check(k.cache_first_new(this.state) === 0, () => `${what()}: cache_first_new ${k.cache_first_new(this.state)}, want 0 (an index into newOut)`);
     const nNew = want.newList.length;
     const newOut = Array.from(new Int32Array(k.memory.buffer, this.newOut, this.cfg.neurons));
     check(newOut.slice(0, nNew).join() === want.newList.join(), () => `${what()}: newOut [${newOut.slice(0, nNew)}], model [${want.newList}]`);
     check(newOut.slice(nNew).every((v) => v >>> 0 === SENTINEL), () => `${what()}: newOut written past the new neurons`);
 
-    // stage and install the placed records, in random chunks (the engine installs batch by batch)
-    const firstNew = want.firstNew;
+    // stage and install the placed records, in random chunks (the engine installs batch by batch);
+    // `first` counts in newOut
     const srcView = new Uint32Array(k.memory.buffer, this.src, this.cfg.neurons * P);
-    for (let j = 0; j < placed; j++) for (let p = 0; p < P; p++) srcView[j * P + p] = this.partAddr(want.newList[j]!, p);
+    for (let j = 0; j < nNew; j++) for (let p = 0; p < P; p++) srcView[j * P + p] = this.partAddr(want.newList[j]!, p);
     for (let done = 0; done < placed; ) {
       const len = Math.min(placed - done, 1 + Math.floor(r() * 6));
-      k.cache_install(this.state, firstNew + done, len, this.src + done * P * 4);
+      k.cache_install(this.state, done, len, this.src + done * P * 4);
       done += len;
     }
-    if (r() < 0.2) k.cache_install(this.state, firstNew, 0, this.src); // count 0 is a no-op
+    if (r() < 0.2) k.cache_install(this.state, 0, 0, this.src); // count 0 is a no-op
+    // overflow entries are not cached: installing them must write nothing
+    if (want.overflow > 0 && r() < 0.5) k.cache_install(this.state, placed, want.overflow, this.src + placed * P * 4);
 
     // window-semantics bookkeeping (independent of the model)
     const overflowIds = new Set(want.newList.slice(placed));
@@ -345,23 +347,23 @@ test('cache: worked example of the eviction order (independent of the model)', (
   run.step([4], r);
   t.deepEqual(slots(), [1, 2, 3, 4]);
   t.deepEqual(masks(), [0b100, 0b100, 0b010, 0b001]);
-  // 1 and 2 fall out of the window (3 tokens): 4 moves into slot 0, 3 stays; 5, 6 appended
+  // 1 and 2 fall out of the window (3 tokens); 5 and 6 take their slots (no record moves)
   run.step([5, 6], r);
-  t.deepEqual(slots(), [4, 3, 5, 6]);
+  t.deepEqual(slots(), [5, 6, 3, 4]);
   t.is(k.cache_evictions(run.state), 2);
-  // 3 falls out: 6 moves into its slot; 4 is a hit
+  // 3 falls out, 7 takes its slot; 4 is a hit
   run.step([4, 7], r);
-  t.deepEqual(slots(), [4, 6, 5, 7]);
-  t.deepEqual(masks(), [0b101, 0b010, 0b010, 0b001]);
-  // full: 8 and 9 need 2 slots. Candidates (not active now): 4 (ctz 1), 6 (ctz 2), 5 (ctz 2), 7 (ctz 1):
-  // the oldest, 6 and 5, go (LRU); their holes are filled from the end
+  t.deepEqual(slots(), [5, 6, 7, 4]);
+  t.deepEqual(masks(), [0b010, 0b010, 0b001, 0b101]);
+  // full: 8 and 9 need 2 slots. Candidates (none active now): 5, 6 (last active 2 tokens ago, ctz 2),
+  // 7, 4 (1 token ago, ctz 1): the oldest, 5 and 6, are the LRU victims
   run.step([8, 9], r);
-  t.deepEqual(slots(), [4, 7, 8, 9]);
+  t.deepEqual(slots(), [8, 9, 7, 4]);
   t.is(k.cache_lru_evictions(run.state), 2);
-  // [8, 9, 10, 11, 12]: 8, 9 are hits; 3 new need room: only 4 and 7 (not active now) can go (LRU),
-  // 9 and 8 fill their holes, 10 and 11 are placed, 12 overflows
+  // [8, 9, 10, 11, 12]: 8, 9 are hits; 3 new need room: only 7 and 4 (not active now) can go,
+  // 10 and 11 take their slots, 12 overflows
   run.step([8, 9, 10, 11, 12], r);
-  t.deepEqual(slots(), [9, 8, 10, 11]);
+  t.deepEqual(slots(), [8, 9, 10, 11]);
   t.is(k.cache_overflow(run.state), 1);
   t.deepEqual(Array.from(new Int32Array(k.memory.buffer, run.newOut, 3)), [10, 11, 12]);
   t.is(new Uint32Array(k.memory.buffer, run.ptrsOut, 10)[8], 0, 'overflow neuron 12 gets null part pointers');
@@ -369,6 +371,14 @@ test('cache: worked example of the eviction order (independent of the model)', (
   t.is(k.cache_misses(run.state), 11);
   t.is(k.cache_overflows(run.state), 1);
   t.is(typeof k.cache_hits(run.state), 'number');
+  // shrinking: 10 stays active, then two empty tokens; 8, 9, 11 fall out and 10 moves into slot 0
+  run.step([10], r);
+  run.step([], r);
+  t.deepEqual(slots(), [8, 9, 10, 11]);
+  run.step([], r);
+  t.deepEqual(slots(), [10]);
+  t.deepEqual(masks(), [0b100]);
+  t.is(k.cache_evictions(run.state), 6);
 });
 
 test('cache: window 0 means no reuse; window 1 reuses only the previous token', (t) => {

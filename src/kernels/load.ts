@@ -84,12 +84,12 @@ export function compileKernels(where: URL | string = DEFAULT_WASM_URL): Promise<
   return p;
 }
 
-const EXPORTS = [
+/** Exports every caller relies on; a module without them is rejected. Other exports are passed through. */
+const REQUIRED = [
   'heap_base', 'matvec_f32', 'matvec_f16', 'matvec_i8', 'matvec_i8_scratch_bytes',
   'dequant_f16', 'dequant_i8', 'layernorm', 'rmsnorm', 'rope_interleaved', 'rope_half',
   'attention', 'softmax', 'relu', 'silu', 'swiglu', 'add', 'scale', 'argmax', 'softmax_temp',
   'ffn_relu_f32', 'ffn_relu_f16', 'ffn_relu_i8', 'ffn_swiglu_f32', 'ffn_swiglu_f16', 'ffn_swiglu_i8',
-  'ffn_relu_f32_ptrs', 'ffn_relu_f16_ptrs', 'ffn_relu_i8_ptrs', 'ffn_swiglu_f32_ptrs', 'ffn_swiglu_f16_ptrs', 'ffn_swiglu_i8_ptrs',
 ] as const;
 
 /**
@@ -109,7 +109,7 @@ export async function loadKernels(
 
   const instance = await WebAssembly.instantiate(mod, { env: { memory } });
   const ex = instance.exports as Record<string, unknown>;
-  for (const name of EXPORTS) {
+  for (const name of REQUIRED) {
     if (typeof ex[name] !== 'function') throw new Error(`kernels module lacks export ${name}`);
   }
   const heapBase = ((ex.heap_base as () => number)() >>> 0);
@@ -117,7 +117,7 @@ export async function loadKernels(
     throw new RangeError(`arena of ${memory.buffer.byteLength} bytes is smaller than the kernels' static area (${heapBase} bytes)`);
   }
   const k: Record<string, unknown> = { memory };
-  for (const name of EXPORTS) k[name] = ex[name];
+  for (const [name, value] of Object.entries(ex)) if (typeof value === 'function') k[name] = value;
   // pointers/sizes returned by wasm are i32: unsigned view for the host
   k.heap_base = () => heapBase;
   return k as unknown as Kernels;

@@ -92,34 +92,60 @@ export interface Kernels {
   ffn_swiglu_i8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number): void;
 
   // ---- sliding-window neuron cache (PAPER.md "Windowing" + "DRAM management"), one per layer ----
-  /** Bytes of the per-layer state block (header fields + counters) the host reserves. */
+  /** Bytes of the per-layer state block (header fields + counters) the host reserves (128). */
   cache_state_bytes(): number;
   /**
    * Initialises a layer's cache: `capacity` slots of `recordBytes` (nParts parts of
    * partBytes each, bundled order) at `slots`; slotNeuron i32[capacity],
-   * neuronSlot i32[neurons] (set to -1), mask u32[capacity]; `window` = k tokens (0 = no reuse).
+   * neuronSlot i32[neurons] (set to -1), mask u32[capacity]; `window` = k tokens
+   * (clamped to 0..32). Window k keeps a neuron for the k tokens ending with its
+   * latest activity (k = 1: reuse from the previous token only); 0 = no reuse:
+   * everything is evicted before each token, so every active neuron is new.
+   * Calling it again on the same state resets the cache and its counters.
    */
   cache_init(state: number, capacity: number, neurons: number, window: number, nParts: number, partBytes: number, slots: number, slotNeuron: number, neuronSlot: number, mask: number): void;
   /**
-   * One token: `active` i32[nActive] (ascending neuron ids) is this token's set.
-   * Ages every slot's activity mask by one token; active cached neurons are hits;
-   * slots no longer active within the last `window` tokens are evicted by moving the
-   * last used slot into the hole; new neurons get the slots at the end. When they
-   * do not fit, least-recently-used non-current slots are evicted first; what still
-   * does not fit is "overflow" (not cached this token).
+   * One token: `active` i32[nActive] (ascending distinct neuron ids) is this token's set.
+   * 1. Ages every used slot's activity mask: (mask << 1) & (2^window - 1).
+   * 2. Active cached neurons are hits (mask |= 1); the others are new.
+   * 3. Slots whose mask became 0 (no activity within the window) are evicted.
+   * 4. If the kept + new neurons exceed capacity, least-recently-used slots among
+   *    those not active this token are evicted too: the largest count of trailing
+   *    zeros of the mask (oldest latest activity) first, ties by lowest slot index.
+   * 5. The first new neurons (smallest ids) that fit are placed: into the evicted
+   *    slots (ascending), then appended at the end; the rest are "overflow" (not cached
+   *    this token; cache_overflow(state) gives their count).
+   * 6. Evicted slots no new neuron took are filled by moving the last used slot's
+   *    record into them (PAPER.md), so used slots stay compact [0, used). Filling
+   *    holes with new neurons first means records only move when the cache shrinks.
    * Writes `newOut` i32: the placed new neurons (ascending), then the overflow ones;
-   * `ptrsOut` u32[nActive][nParts]: part addresses of each active neuron's slot
-   * (0 for overflow neurons: the host points them at staging).
-   * Returns the number of placed new neurons; cache_overflow(state) gives the overflow count.
+   * `ptrsOut` u32[nActive][nParts]: part addresses of each active neuron's slot, in
+   * the order of `active` (0 for overflow neurons: the host points them at staging).
+   * The placed neurons' slots are not contiguous: the host copies their records in
+   * with cache_install (which reads newOut: keep it unchanged until then).
+   * Returns the number of placed new neurons. Test spec: test/helpers/window-model.ts.
    */
   cache_step(state: number, active: number, nActive: number, newOut: number, ptrsOut: number): number;
-  /** Copies `count` new records into slots [first, first+count): `src` u32[count][nParts] = staging address of each part. */
+  /**
+   * Copies the records of the placed new neurons newOut[first .. first+count) of the
+   * last cache_step into their slots: `src` u32[count][nParts] = staging address of
+   * each part (split files: scattered parts; bundled: consecutive parts, merged into
+   * one copy). Entries past the placed ones (overflow) are ignored.
+   */
   cache_install(state: number, first: number, count: number, src: number): void;
-  /** First slot given to this token's placed new neurons (valid after cache_step). */
+  /**
+   * Index in newOut of this token's first placed neuron: always 0 (placed neurons
+   * come first in newOut), so `cache_install(state, cache_first_new(state) + j, ...)` works.
+   */
   cache_first_new(state: number): number;
   cache_overflow(state: number): number;
   cache_used(state: number): number;
-  /** Cumulative counters since init: hits, placed new neurons, window evictions, LRU evictions, overflow neurons. */
+  /**
+   * Cumulative counters since init (plain numbers, exact to 2^53): hits, placed new
+   * neurons (misses = placed; hits + misses + overflows = all active), window
+   * evictions (step 3, and everything for window 0), LRU evictions (step 4),
+   * overflow neurons.
+   */
   cache_hits(state: number): number;
   cache_misses(state: number): number;
   cache_evictions(state: number): number;

@@ -13,10 +13,11 @@
  *      clear: largest count of trailing zeros first, ties by lowest slot index
  *      (slot positions as they are before any eviction of this token), until
  *      the new ones fit or no candidate is left.
- *   5. evict: for s ascending, while slot s is dead, move the last used slot
- *      into s (record, neuron, mask) and shrink `used` by one.
- *   6. place the first min(new, capacity - used) new neurons at the end
- *      (mask 1); the rest overflow.
+ *   5. place the first min(new, capacity - kept) new neurons: into the dead
+ *      slots in ascending slot order, then appended at the end (mask 1); the
+ *      rest overflow.
+ *   6. dead slots left over: for s ascending, while slot s is dead, move the
+ *      last used slot into s (record, neuron, mask) and shrink `used` by one.
  */
 
 export interface ModelStep {
@@ -24,7 +25,6 @@ export interface ModelStep {
   newList: number[];
   placed: number;
   overflow: number;
-  firstNew: number;
   hits: number;
   windowEvictions: number;
   lruEvictions: number;
@@ -112,7 +112,24 @@ export class WindowModel {
       }
     }
 
-    // 5. evict dead slots: the last used slot moves into each hole
+    // 5. place: new neurons (ascending) fill the dead slots (ascending), then go at the end
+    const placed = Math.min(fresh.length, this.capacity - (this.used - dead.filter((x) => x).length));
+    let j = 0;
+    for (let s = 0; s < this.used && j < placed; s++) {
+      if (dead[s]) {
+        this.slotNeuron[s] = fresh[j++]!;
+        this.mask[s] = 1;
+        dead[s] = false;
+      }
+    }
+    while (j < placed) {
+      this.slotNeuron.push(fresh[j++]!);
+      this.mask.push(1);
+      dead.push(false);
+    }
+    const overflow = fresh.length - placed;
+
+    // 6. dead slots left: the last used slot moves into each
     for (let s = 0; s < this.slotNeuron.length; s++) {
       while (s < this.slotNeuron.length && dead[s]) {
         const last = this.slotNeuron.length - 1;
@@ -125,21 +142,12 @@ export class WindowModel {
       }
     }
 
-    // 6. place
-    const firstNew = this.used;
-    const placed = Math.min(fresh.length, this.capacity - this.used);
-    for (let j = 0; j < placed; j++) {
-      this.slotNeuron.push(fresh[j]!);
-      this.mask.push(1);
-    }
-    const overflow = fresh.length - placed;
-
     this.counters.hits += hits;
     this.counters.misses += placed;
     this.counters.evictions += windowEvictions;
     this.counters.lruEvictions += lruEvictions;
     this.counters.overflows += overflow;
-    return { newList: fresh, placed, overflow, firstNew, hits, windowEvictions, lruEvictions };
+    return { newList: fresh, placed, overflow, hits, windowEvictions, lruEvictions };
   }
 }
 
