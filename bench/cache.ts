@@ -3,7 +3,8 @@
  * for one OPT-6.7B-sized FFN layer: 16384 neurons, 16 KiB records (f16,
  * 2 parts x 8 KiB), window 4, ~3% active per token, capacity 20% of the layer.
  *
- *   node --import=tsx bench/cache.ts [--tokens 3000] [--active 0.03] [--keep 0.6] [--window 4] [--capacity 0.2]
+ *   node --import=tsx bench/cache.ts [--tokens 3000] [--active 0.03] [--keep 0.6] [--window 4] [--capacity 0.2] [--part 8192]
+ *   FLASHLM_WASM=path/to/other.wasm node --import=tsx bench/cache.ts   (compare builds)
  *
  * Active sets: each token keeps each of the previous token's neurons with
  * probability `keep` and draws the rest from a skewed (Zipf-like) popularity,
@@ -16,7 +17,7 @@
  * throughput with row-column bundling).
  */
 
-import { createArena, loadKernels, compileKernels } from '../src/kernels/load.js';
+import { createArena, loadKernels } from '../src/kernels/load.js';
 import type { Kernels } from '../src/kernels/types.js';
 
 function arg(name: string, def: number): number {
@@ -40,13 +41,7 @@ const bytes = capacity * rec + nActive * rec + N * 4 * 8 + (4 << 20);
 const memory = createArena(bytes);
 // FLASHLM_WASM=<path> benchmarks another build (e.g. to compare cache variants)
 const wasm = process.env.FLASHLM_WASM ? new URL(process.env.FLASHLM_WASM, `file://${process.cwd()}/`) : undefined;
-const base = await loadKernels(memory, wasm) as unknown as Record<string, unknown>;
-if (typeof base.cache_step !== 'function') {
-  // the loader's export list may not pass the cache functions through yet: take them from a second instance
-  const inst = await WebAssembly.instantiate(await compileKernels(wasm), { env: { memory } });
-  for (const [name, f] of Object.entries(inst.exports)) if (name.startsWith('cache_') && !(name in base)) base[name] = f;
-}
-const k = base as unknown as Kernels;
+const k: Kernels = await loadKernels(memory, wasm);
 
 let cur = align(k.heap_base());
 const reserve = (n: number) => { const p = cur; cur = align(p + n); return p; };

@@ -10,7 +10,7 @@
 
 import test from 'ava';
 import fc from 'fast-check';
-import { createArena, loadKernels, compileKernels } from '../src/kernels/load.js';
+import { createArena, loadKernels } from '../src/kernels/load.js';
 import type { Kernels } from '../src/kernels/types.js';
 import {
   Arena, rng, normalish, uniform, buildRecords, firstBitMismatch, type Dtype, type FfnLayout, type FfnRecords,
@@ -25,18 +25,12 @@ const EXTRA = [
   'ffn_relu_f32_ptrs', 'ffn_relu_f16_ptrs', 'ffn_relu_i8_ptrs', 'ffn_swiglu_f32_ptrs', 'ffn_swiglu_f16_ptrs', 'ffn_swiglu_i8_ptrs',
 ] as const;
 
-/** loadKernels, plus any of this file's exports the loader does not pass through yet (same module, same memory). */
+/** loadKernels (it passes every export through); fails early if this file's kernels are missing. */
 async function kernels(memory: WebAssembly.Memory): Promise<Kernels> {
-  const k = await loadKernels(memory, WASM) as unknown as Record<string, unknown>;
-  const missing = EXTRA.filter((n) => typeof k[n] !== 'function');
-  if (missing.length) {
-    const inst = await WebAssembly.instantiate(await compileKernels(WASM), { env: { memory } });
-    for (const n of missing) {
-      if (typeof inst.exports[n] !== 'function') throw new Error(`kernels module lacks export ${n}`);
-      k[n] = inst.exports[n];
-    }
-  }
-  return k as unknown as Kernels;
+  const k = await loadKernels(memory, WASM);
+  const missing = EXTRA.filter((n) => typeof (k as unknown as Record<string, unknown>)[n] !== 'function');
+  if (missing.length) throw new Error(`kernels module lacks ${missing.join(', ')}`);
+  return k;
 }
 
 let k: Kernels;

@@ -144,7 +144,7 @@ test('the arena is fixed at the budget, and too small a budget is a BudgetError'
   const roomy = await openModel(new MemorySource(bytes), { contextLength: 64, memory: 64 << 20 });
   t.is(roomy.memory.arenaBytes, 64 << 20);
   await roomy.close();
-  await t.throwsAsync(openModel(new MemorySource(bytes), { memory: '4M' }), { instanceOf: BudgetError, message: /memory budget of 4\.00 MiB/ });
+  await t.throwsAsync(openModel(new MemorySource(bytes), { memory: '4M' }), { instanceOf: BudgetError, message: /needs 28\.9 MiB, the budget is 4\.00 MiB/ });
   await t.throwsAsync(openModel(new MemorySource(bytes), { contextLength: 100000 }), { instanceOf: ArgumentError });
 });
 
