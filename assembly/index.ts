@@ -20,4 +20,3 @@ export { ffn_relu_f32_ptrs, ffn_relu_f16_ptrs, ffn_relu_i8_ptrs, ffn_swiglu_f32_
 export function heap_base(): usize {
   return HEAP_BASE;
 }
-export { mm_nt, transpose, bce_grad, colsum, adam_step, logit_histogram } from "./train";
