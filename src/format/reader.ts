@@ -207,6 +207,8 @@ export function validateHeader(raw: unknown, fileSize: number, headerEnd = PREAM
       length: int(t.length, `${p}.length`),
     };
     if (e.shape.length === 0) fail(`${p}.shape`, 'empty');
+    // The kernels read vectors (norms, biases) as f32, and int8 scales are per row.
+    if (e.shape.length === 1 && e.dtype !== 'f32') fail(`${p}.dtype`, 'vectors must be f32');
     const count = e.shape.reduce((a, b) => a * b, 1);
     if (e.length !== count * DTYPE_BYTES[e.dtype]) fail(`${p}.length`, 'does not match shape and dtype');
     if (t.section !== undefined) e.section = str(t.section, `${p}.section`, 256);
