@@ -5,11 +5,11 @@
  * separate classifier follows the two (unused) RoPE tables. See
  * /work/shared/models/stories260K/README.md.
  */
-import { open, readFile, readdir, type FileHandle } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { ConvertError } from '../errors.js';
 import type { ArchConfig, TokenizerSpec } from '../format/types.js';
-import { MappedCheckpoint, type TensorRegion } from './safetensors.js';
+import { MappedCheckpoint, openInputFile, type TensorRegion } from './safetensors.js';
 import type { Checkpoint } from './types.js';
 
 const HEADER_BYTES = 28;
@@ -169,12 +169,7 @@ export async function loadLlama2cTokenizer(file: string, vocabSize: number): Pro
 
 /** Open a llama2.c checkpoint; the file's size must be exactly what the header implies. */
 export async function openLlama2c(file: string, options: { tokenizer?: string } = {}): Promise<Checkpoint> {
-  let fh: FileHandle;
-  try {
-    fh = await open(file, 'r');
-  } catch (e) {
-    throw new ConvertError(file, undefined, `cannot open: ${(e as Error).message}`, { cause: e });
-  }
+  const fh = await openInputFile(file);
   try {
     const size = (await fh.stat()).size;
     const head = new Uint8Array(Math.min(size, HEADER_BYTES));

@@ -237,13 +237,17 @@ export class SafetensorsStore {
   }
 }
 
-async function openShard(file: string): Promise<{ fh: FileHandle; header: SafetensorsHeader }> {
-  let fh: FileHandle;
+/** Opens a checkpoint file for reading; failure is a ConvertError naming it. */
+export async function openInputFile(file: string): Promise<FileHandle> {
   try {
-    fh = await open(file, 'r');
+    return await open(file, 'r');
   } catch (e) {
     throw new ConvertError(file, undefined, `cannot open: ${(e as Error).message}`, { cause: e });
   }
+}
+
+async function openShard(file: string): Promise<{ fh: FileHandle; header: SafetensorsHeader }> {
+  const fh = await openInputFile(file);
   try {
     return { fh, header: await readSafetensorsHeader(fh, file) };
   } catch (e) {
