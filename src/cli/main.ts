@@ -11,6 +11,7 @@ import { STRATEGIES } from '../engine/plan.js';
 import { runConvert } from './convert.js';
 import { runInspect } from './inspect.js';
 import { runGenerate } from './run.js';
+import { runServe } from './serve.js';
 
 const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
 
@@ -66,6 +67,15 @@ export function buildCli(): Command {
     .option('--measure-predictor', 'also compute the true active sets to report predictor recall/precision')
     .addOption(new Option('--stats <format>', 'per-token statistics to stderr').choices(['table', 'json']))
     .action(runGenerate);
+
+  program
+    .command('serve')
+    .description('serve a folder for local development: HTTP Range/206, ETag, and COOP/COEP for cross-origin isolation')
+    .argument('<dir>', 'folder to serve (models, the browser example, dist/, wasm/)')
+    .option('--port <p>', 'port (0: any free port)', int('port', 0), 8080)
+    .option('--host <h>', 'address to listen on', '127.0.0.1')
+    .option('--log', 'log each request to stderr')
+    .action(runServe);
 
   return program;
 }
