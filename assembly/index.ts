@@ -20,3 +20,5 @@ export { ffn_relu_f32_ptrs, ffn_relu_f16_ptrs, ffn_relu_i8_ptrs, ffn_swiglu_f32_
 export function heap_base(): usize {
   return HEAP_BASE;
 }
+export { mm_nt, transpose, bce_grad, colsum, adam_step, logit_histogram } from "./train";
+export { gate_act_f32, gate_act_f16, gate_act_i8, ffn_gated_f32_ptrs, ffn_gated_f16_ptrs, ffn_gated_i8_ptrs, gated_i8_max_d } from "./gated";

@@ -44,24 +44,19 @@ export function brownDocument(id: string): string {
       });
     if (!words.length) continue;
     let out = '';
-    let openQuote = false;
+    let glueNext = true; // no space at the start, after an opening quote or bracket
     for (const w of words) {
       let word = w;
-      let glue = NO_SPACE_BEFORE.has(w) || /^'/.test(w) && w.length > 1 && /^'(s|ll|re|ve|d|m|t)$/i.test(w);
+      let glue = glueNext || NO_SPACE_BEFORE.has(w) || /^'(s|ll|re|ve|d|m|t)$/i.test(w);
+      glueNext = false;
       if (w === '``') {
         word = '"';
-        openQuote = true;
-        glue = false;
+        glueNext = true;
       } else if (w === "''") {
         word = '"';
         glue = true;
-      } else if (w === '(' || w === '[') glue = false;
-      if (out && !glue && !/[("]$/.test(out.slice(-1)) || (out && !glue && out.endsWith('"') && !openQuote)) out += ' ';
-      else if (out && !glue && out.endsWith('"') && openQuote) {
-        // right after an opening quote: no space
-      }
-      if (w !== '``') openQuote = false;
-      out += word;
+      } else if (w === '(' || w === '[') glueNext = true;
+      out += (glue ? '' : ' ') + word;
     }
     paragraphs.push(out);
   }

@@ -22,3 +22,7 @@ export type { Source, Sink, ReadHints } from './source/types.js';
 export { HttpSource, httpOpener, createHttpOpener, HTTP_HINTS, type HttpSourceOptions } from './source/http.js';
 export { createTokenizer } from './tokenizer/index.js';
 export type { Tokenizer } from './tokenizer/types.js';
+export { calibrate, defaultRank, type CalibrateOptions, type CalibrationResult, type LayerReport } from './calibrate/calibrate.js';
+export { calibrateGates, type GateCalibrateOptions, type GateCalibration, type GateLayerReport } from './calibrate/gates.js';
+export { evaluate, type EvalOptions, type EvalResult } from './calibrate/evaluate.js';
+export type { GateSparsity, PredictorEntry } from './format/layout.js';

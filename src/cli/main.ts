@@ -11,6 +11,8 @@ import { STRATEGIES } from '../engine/plan.js';
 import { runConvert } from './convert.js';
 import { runInspect } from './inspect.js';
 import { runGenerate } from './run.js';
+import { runCalibrate } from './calibrate.js';
+import { runEval } from './eval.js';
 import { runServe } from './serve.js';
 
 const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
@@ -61,7 +63,7 @@ export function buildCli(): Command {
     .option('--memory <size>', 'arena budget, e.g. 512M, 2G (default: what the strategy needs)')
     .option('--context <n>', 'context length in tokens', int('context', 1))
     .addOption(new Option('--strategy <s>', 'what stays resident and what is streamed').choices([...STRATEGIES]).default('dense'))
-    .addOption(new Option('--sparsity <s>', 'how predictor/window choose neurons (default: predictor if the file has one, else oracle)').choices(['predictor', 'oracle', 'off']))
+    .addOption(new Option('--sparsity <s>', 'how predictor/window choose neurons (default: the file\'s predictors or gate thresholds, else oracle)').choices(['predictor', 'oracle', 'off', 'gate']))
     .option('--window <k>', 'window strategy: keep neurons used in the last k tokens', int('window', 1), 4)
     .option('--direct', 'read local files with O_DIRECT (bypass the page cache)')
     .option('--measure-predictor', 'also compute the true active sets to report predictor recall/precision')
@@ -76,6 +78,41 @@ export function buildCli(): Command {
     .option('--host <h>', 'address to listen on', '127.0.0.1')
     .option('--log', 'log each request to stderr')
     .action(runServe);
+
+  program
+    .command('calibrate')
+    .description('train the per-layer neuron predictors (ReLU models) or gate thresholds (gated models) on calibration text and write a copy of the model with them')
+    .argument('<model>', '.flm file')
+    .requiredOption('--text <files...>', 'calibration text files (plain text)')
+    .requiredOption('-o, --output <file>', 'the .flm file to write (FFN sections copied byte for byte)')
+    .option('--rank <r>', 'predictor rank for every layer (default dModel/8 within [16, 128])', int('rank', 1))
+    .option('--rank-per-layer <list>', 'comma-separated rank per layer', (v: string) => v.split(',').map((x) => int('rank', 1)(x.trim())))
+    .option('--tokens <n>', 'calibration tokens (fitting + threshold tuning + held out)', int('tokens', 64), 32768)
+    .option('--recall <r>', 'recall target of the per-layer thresholds', float('recall', 0.01, 1), 0.95)
+    .option('--margin <m>', 'tune thresholds for recall + margin on the tuning tokens, so held-out text keeps the target', float('margin', 0, 0.5), 0.01)
+    .option('--holdout <f>', 'share of the windows held out for the report (as many again tune the thresholds)', float('holdout', 0.01, 0.33), 0.1)
+    .option('--epochs <n>', 'training passes over the fitting tokens', int('epochs', 1), 4)
+    .option('--context <n>', 'tokens per calibration window', int('context', 2), 256)
+    .addOption(new Option('--init <method>', 'initial predictor: data-weighted low-rank of the up projection, its plain truncated SVD, or random').choices(['data', 'svd', 'random']).default('data'))
+    .option('--seed <s>', 'random seed', int('seed', 0), 1)
+    .option('--gate-sparsity <s>', 'gated (SwiGLU) models: share of neurons the per-layer |silu(gate·x)| thresholds skip', float('gate-sparsity', 0, 0.99), 0.7)
+    .option('--json', 'print the per-layer report as JSON')
+    .action(runCalibrate);
+
+  program
+    .command('eval')
+    .description('perplexity over a text with a strategy, and top-1 agreement and mean KL against dense')
+    .argument('<model>', '.flm file (path or URL)')
+    .requiredOption('--text <files...>', 'text files to score')
+    .addOption(new Option('--strategy <s>', 'what stays resident and what is streamed').choices([...STRATEGIES]).default('dense'))
+    .addOption(new Option('--sparsity <s>', 'how predictor/window choose neurons (default: the file\'s predictors or gate thresholds, else oracle)').choices(['predictor', 'oracle', 'off', 'gate']))
+    .option('--window <k>', 'window strategy: keep neurons used in the last k tokens', int('window', 1), 4)
+    .option('--memory <size>', 'arena budget, e.g. 512M, 2G (default: what the strategy needs)')
+    .option('--context <n>', 'tokens per scoring window', int('context', 2), 256)
+    .option('--tokens <n>', 'score about this many tokens (evenly spaced windows); default all', int('tokens', 1))
+    .option('--direct', 'read local files with O_DIRECT (bypass the page cache)')
+    .addOption(new Option('--stats <format>', 'run statistics to stderr (json: the last line is one JSON object)').choices(['table', 'json']))
+    .action(runEval);
 
   return program;
 }

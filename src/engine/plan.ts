@@ -51,8 +51,9 @@ export function planMemory(file: FlmFile, k: Kernels, options: OpenOptions, cont
   const strategy = options.strategy ?? 'dense';
   if (!STRATEGIES.includes(strategy)) throw new ArgumentError(`unknown strategy ${String(strategy)}`);
   const streamed = strategy === 'predictor' || strategy === 'window';
-  const sparsity: Sparsity = streamed ? (options.sparsity ?? (h.predictors ? 'predictor' : 'oracle')) : 'off';
-  if (!['predictor', 'oracle', 'off'].includes(sparsity)) throw new ArgumentError(`unknown sparsity ${String(sparsity)}`);
+  const sparsity: Sparsity = streamed ? (options.sparsity ?? (h.predictors ? 'predictor' : h.gate ? 'gate' : 'oracle')) : 'off';
+  if (!['predictor', 'oracle', 'off', 'gate'].includes(sparsity)) throw new ArgumentError(`unknown sparsity ${String(sparsity)}`);
+  if (sparsity === 'gate' && !h.gate) throw new ArgumentError('this .flm has no gate thresholds: run `flashlm calibrate` on a gated model, or choose --sparsity oracle|off');
   if (sparsity === 'predictor' && !h.predictors) throw new ArgumentError('this .flm has no predictors: run `flashlm calibrate`, or choose --sparsity oracle|off');
   const window = strategy === 'window' ? (options.window ?? 4) : null;
   if (window !== null && (!Number.isInteger(window) || window < 1 || window > 32)) throw new ArgumentError('window must be an integer in [1, 32]');
@@ -72,9 +73,11 @@ export function planMemory(file: FlmFile, k: Kernels, options: OpenOptions, cont
     return { ...base, arenaBytes: budget ?? need, workingBytes, stagingBytes: 0, capacity: 0, cacheBytes: 0 };
   }
 
-  workingBytes += streamingFixedBytes(file, k, window);
+  // Gate sparsity: the resident gate rows are counted here (arena bytes outside the cache).
+  workingBytes += streamingFixedBytes(file, k, window, sparsity);
   const f = h.ffn[0]!;
   const align = Math.max(64, file.source.alignment ?? 1);
+  // A whole record even in gate mode (whose first use reads whole records to load the gate rows).
   const record = f.parts.length * f.partBytes;
   // One record with alignment slack on both ends of every part: the smallest useful staging area.
   const minStaging = Math.ceil((record + 2 * align * f.parts.length) / align) * align;
@@ -94,11 +97,11 @@ export function planMemory(file: FlmFile, k: Kernels, options: OpenOptions, cont
   }
   let capacity = 0;
   if (window !== null) {
-    const perSlot = slotBytes(file);
+    const perSlot = slotBytes(file, sparsity);
     capacity = budget === undefined ? a.ffnDim : Math.min(a.ffnDim, Math.floor((budget - fixed - staging) / (perSlot * a.nLayers)));
     if (capacity < 1) throw new BudgetError(`the budget ${fmtBytes(budget!)} leaves no room for the neuron cache after ${fmtBytes(fixed + staging)} of resident weights, working memory and staging`);
   }
-  const cacheBytes = capacity * slotBytes(file) * a.nLayers;
+  const cacheBytes = capacity * slotBytes(file, sparsity) * a.nLayers;
   const arenaBytes = budget ?? fixed + staging + cacheBytes;
   if (fixed + staging + cacheBytes > arenaBytes) throw new BudgetError(`internal: plan exceeds the budget`);
   return { ...base, arenaBytes, workingBytes, stagingBytes: staging, capacity, cacheBytes };

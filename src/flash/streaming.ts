@@ -4,7 +4,8 @@
  * cache in the arena, read only the missing bundles from the source in large
  * coalesced reads, verify them, and run the FFN kernel over the neurons' records.
  */
-import { BudgetError } from '../errors.js';
+import xxhash from 'xxhash-wasm';
+import { BudgetError, IntegrityError } from '../errors.js';
 import type { FfnEntry, SectionEntry } from '../format/layout.js';
 import type { FlmFile } from '../format/reader.js';
 import type { Kernels } from '../kernels/types.js';
@@ -16,8 +17,12 @@ import { planReads, runBounded, type RecordRegion } from './planner.js';
 import type { Oracle } from './oracle.js';
 import type { RunStats } from './stats.js';
 
-/** Which neurons a token needs: the trained predictor, the true set (oracle), or all of them. */
-export type Sparsity = 'predictor' | 'oracle' | 'off';
+/**
+ * Which neurons a token needs: the trained predictor, the true set (oracle),
+ * all of them, or (gated FFNs) those whose |silu(gate·x)| passes the file's
+ * per-layer gate threshold, with the gate rows resident.
+ */
+export type Sparsity = 'predictor' | 'oracle' | 'off' | 'gate';
 
 export interface StreamingConfig {
   selection: Sparsity;
@@ -40,24 +45,36 @@ interface Layer {
   /** window mode */
   state: number;
   pred?: { a: Tensor; b: Tensor; bias: Tensor; threshold: number; rank: number };
+  /** gate mode: the layer's gate parts, resident (loaded on first use), and its threshold */
+  gate?: { ptr: number; loaded: boolean; threshold: number };
 }
 
 const CACHE_MAP_BYTES_PER_SLOT = 8; // slotNeuron i32 + mask u32
 
-/** Arena bytes the streaming FFN needs besides staging and cache slots. */
-export function streamingFixedBytes(file: FlmFile, k: Kernels, window: number | null): number {
+/**
+ * Arena bytes the streaming FFN needs besides staging and cache slots
+ * (gate sparsity: including every layer's resident gate parts).
+ */
+export function streamingFixedBytes(file: FlmFile, k: Kernels, window: number | null, sparsity?: Sparsity): number {
   const { ffnDim: n, dModel: d, nLayers } = file.header.arch;
-  const nParts = file.header.ffn[0]!.parts.length;
+  const f = file.header.ffn[0]!;
+  const nParts = f.parts.length;
   const maxRank = Math.max(0, ...(file.header.predictors ?? []).map((p) => p.rank));
   const lists = n * 4 * 2 + n * nParts * 4 * 2 + n * 4 + d * 4 + maxRank * 4 + n * 4;
   const cache = window === null ? 0 : nLayers * (k.cache_state_bytes() + n * 4 + 64 * 4);
-  return lists + cache + 16 * 64 + k.matvec_i8_scratch_bytes(Math.max(d, maxRank));
+  const gate = sparsity === 'gate' ? nLayers * (n * f.partBytes + 64) + 2 * n * 4 + 2 * 64 : 0;
+  return lists + cache + gate + 16 * 64 + k.matvec_i8_scratch_bytes(Math.max(d, maxRank));
+}
+
+/** Parts a neuron's streamed record has: all of them, or up and down when the gate rows are resident. */
+export function streamedParts(file: FlmFile, sparsity?: Sparsity): number {
+  return sparsity === 'gate' ? 2 : file.header.ffn[0]!.parts.length;
 }
 
 /** Bytes of one cache slot (record plus its map entries). */
-export function slotBytes(file: FlmFile): number {
+export function slotBytes(file: FlmFile, sparsity?: Sparsity): number {
   const f = file.header.ffn[0]!;
-  return f.parts.length * f.partBytes + CACHE_MAP_BYTES_PER_SLOT;
+  return streamedParts(file, sparsity) * f.partBytes + CACHE_MAP_BYTES_PER_SLOT;
 }
 
 export class StreamingFfn implements FfnProvider {
@@ -81,6 +98,13 @@ export class StreamingFfn implements FfnProvider {
   private readonly i8scratch: number;
   private readonly staging: number;
   private readonly stagingBytes: number;
+  /** Parts per streamed/cached record (gate mode: up and down only). */
+  private readonly cacheParts: number;
+  private readonly gated: boolean;
+  /** gate mode: the gate activations of the selected neurons, in list order (two lists for the degraded path). */
+  private readonly actList: number;
+  private readonly actList2: number;
+  private hash64?: Awaited<ReturnType<typeof xxhash>>['create64'];
 
   constructor(
     private readonly file: FlmFile,
@@ -94,6 +118,11 @@ export class StreamingFfn implements FfnProvider {
     this.n = n;
     this.d = d;
     this.nParts = h.ffn[0]!.parts.length;
+    this.gated = cfg.selection === 'gate';
+    this.cacheParts = this.gated ? 2 : this.nParts;
+    if (this.gated && (h.arch.activation !== 'swiglu' || !h.gate)) {
+      throw new BudgetError('gate sparsity needs a gated (SwiGLU) model with gate thresholds: run `flashlm calibrate` on it first');
+    }
     if (cfg.selection === 'predictor' && !h.predictors) {
       throw new BudgetError('this .flm has no predictors: run `flashlm calibrate` first, or use --sparsity oracle|off');
     }
@@ -113,6 +142,8 @@ export class StreamingFfn implements FfnProvider {
     this.logits = arena.alloc('predictor logits', n * 4);
     this.logitsView = arena.f32(this.logits, n);
     this.i8scratch = arena.alloc('int8 scratch', Math.max(16, k.matvec_i8_scratch_bytes(Math.max(d, maxRank))));
+    this.actList = this.gated ? arena.alloc('gate activations', n * 4) : 0;
+    this.actList2 = this.gated ? arena.alloc('gate activations 2', n * 4) : 0;
     // Page-aligned staging: O_DIRECT reads land straight in the arena.
     this.stagingBytes = cfg.stagingBytes;
     this.staging = arena.alloc('staging', cfg.stagingBytes, Math.max(64, cfg.alignment));
@@ -121,22 +152,25 @@ export class StreamingFfn implements FfnProvider {
     const place = (name: string) => placeTensor(file, arena, sectionPtrs, tensors.get(name)!);
     this.layers = h.ffn.map((f) => {
       const section = file.section(f.section);
+      // Gate mode reads only the up and down parts: part 0 (gate) is resident.
+      const first = this.gated ? 1 : 0;
       const regions: RecordRegion[] =
         f.layout === 'bundled'
-          ? [{ offset: section.offset, stride: f.stride, bytes: f.stride }]
-          : f.partOffsets.map((o) => ({ offset: section.offset + o, stride: f.partBytes, bytes: f.partBytes }));
+          ? [{ offset: section.offset + first * f.partBytes, stride: f.stride, bytes: f.stride - first * f.partBytes }]
+          : f.partOffsets.slice(first).map((o) => ({ offset: section.offset + o, stride: f.partBytes, bytes: f.partBytes }));
       const layer: Layer = { f, section, regions, state: 0 };
+      if (this.gated) layer.gate = { ptr: arena.alloc(`gate rows ${f.layer}`, n * f.partBytes), loaded: false, threshold: h.gate!.thresholds[f.layer]! };
       const p = h.predictors?.[f.layer];
       if (p) layer.pred = { a: place(p.a), b: place(p.b), bias: place(p.bias), threshold: p.threshold, rank: p.rank };
       if (cfg.window !== null) {
         const cap = cfg.capacity;
-        const recordBytes = this.nParts * f.partBytes;
+        const recordBytes = this.cacheParts * f.partBytes;
         layer.state = arena.alloc(`cache ${f.layer} state`, k.cache_state_bytes());
         const slots = arena.alloc(`cache ${f.layer} slots`, cap * recordBytes);
         const slotNeuron = arena.alloc(`cache ${f.layer} slot map`, cap * 4);
         const neuronSlot = arena.alloc(`cache ${f.layer} neuron map`, n * 4);
         const mask = arena.alloc(`cache ${f.layer} masks`, cap * 4);
-        k.cache_init(layer.state, cap, n, cfg.window, this.nParts, f.partBytes, slots, slotNeuron, neuronSlot, mask);
+        k.cache_init(layer.state, cap, n, cfg.window, this.cacheParts, f.partBytes, slots, slotNeuron, neuronSlot, mask);
       }
       return layer;
     });
@@ -149,6 +183,21 @@ export class StreamingFfn implements FfnProvider {
     if (this.cfg.selection === 'off') {
       for (let j = 0; j < this.n; j++) av[j] = j;
       count = this.n;
+    } else if (this.gated) {
+      // Gate activations of every neuron from the resident gate rows; keep those over the threshold.
+      const f = layer.f;
+      const g = layer.gate!;
+      const act = f.dtype === 'f32' ? this.k.gate_act_f32 : f.dtype === 'f16' ? this.k.gate_act_f16 : this.k.gate_act_i8;
+      act(this.logits, x, this.d, this.n, g.ptr, f.partBytes);
+      const lv = this.logitsView;
+      const list = this.arena.f32(this.actList, this.n);
+      for (let j = 0; j < this.n; j++) {
+        const v = lv[j]!;
+        if (Math.abs(v) > g.threshold) {
+          list[count] = v;
+          av[count++] = j;
+        }
+      }
     } else if (this.cfg.selection === 'oracle') {
       const h = this.cfg.oracle!.activations(layer.f.layer, this.arena.f32(x, this.d));
       for (let j = 0; j < this.n; j++) if (h[j] !== 0) av[count++] = j;
@@ -183,6 +232,8 @@ export class StreamingFfn implements FfnProvider {
     const src = this.file.source;
     const stats = this.cfg.stats;
     const bundled = f.layout === 'bundled';
+    const parts = this.cacheParts;
+    const first = this.nParts - parts; // 1 in gate mode: part 0 (gate) is resident
     for (let done = 0; done < count; ) {
       const list = ids.subarray(done, count);
       const plan = planReads(list, count - done, regions, this.cfg.hints, this.cfg.alignment, this.stagingBytes);
@@ -198,13 +249,14 @@ export class StreamingFfn implements FfnProvider {
         const neuron = list[j]!;
         if (bundled) {
           const rec = this.staging + plan.recordAt[j]!;
-          this.file.verify(section, neuron, this.arena.u8(rec, f.stride));
-          for (let p = 0; p < this.nParts; p++) ptrs[j * this.nParts + p] = rec + p * f.partBytes;
+          if (first) this.verifyWithGate(layer, neuron, this.arena.u8(rec, parts * f.partBytes));
+          else this.file.verify(section, neuron, this.arena.u8(rec, f.stride));
+          for (let p = 0; p < parts; p++) ptrs[j * parts + p] = rec + p * f.partBytes;
         } else {
-          for (let p = 0; p < this.nParts; p++) {
-            const at = this.staging + plan.recordAt[j * this.nParts + p]!;
-            this.file.verify(section, p * f.neurons + neuron, this.arena.u8(at, f.partBytes));
-            ptrs[j * this.nParts + p] = at;
+          for (let p = 0; p < parts; p++) {
+            const at = this.staging + plan.recordAt[j * parts + p]!;
+            this.file.verify(section, (p + first) * f.neurons + neuron, this.arena.u8(at, f.partBytes));
+            ptrs[j * parts + p] = at;
           }
         }
       }
@@ -216,19 +268,25 @@ export class StreamingFfn implements FfnProvider {
 
   async run(layerIndex: number, x: number, out: number): Promise<void> {
     const layer = this.layers[layerIndex]!;
+    if (layer.gate && !layer.gate.loaded) await this.loadGate(layer);
     const count = this.select(layer, x);
     const stats = this.cfg.stats;
     let wrote = false;
-    const compute = (ptrs: number, n: number, hOut: number) => {
+    const f = layer.f;
+    const gatedFfn = f.dtype === 'f32' ? this.k.ffn_gated_f32_ptrs : f.dtype === 'f16' ? this.k.ffn_gated_f16_ptrs : this.k.ffn_gated_i8_ptrs;
+    /** `acts`: gate mode, the gate activations of the n listed neurons. */
+    const compute = (ptrs: number, n: number, hOut: number, acts = 0) => {
       if (!n) return;
-      runFfnPtrs(this.k, layer.f, wrote ? this.tmpOut : out, x, ptrs, n, hOut);
+      const dst = wrote ? this.tmpOut : out;
+      if (this.gated) gatedFfn(dst, x, this.d, ptrs, n, acts, hOut);
+      else runFfnPtrs(this.k, f, dst, x, ptrs, n, hOut);
       if (wrote) this.k.add(out, out, this.tmpOut, this.d);
       wrote = true;
     };
 
     if (this.cfg.window === null) {
       // No reuse: every selected neuron is read this token, computed from staging.
-      await this.stream(layer, this.activeView, count, (first, len) => compute(this.src, len, this.h + first * 4));
+      await this.stream(layer, this.activeView, count, (first, len) => compute(this.src, len, this.h + first * 4, this.actList + first * 4));
     } else {
       const k = this.k;
       const t0 = performance.now();
@@ -242,22 +300,70 @@ export class StreamingFfn implements FfnProvider {
         k.cache_install(layer.state, firstNew + first, len, this.src);
         stats?.unpack(performance.now() - t);
       });
-      if (!overflow) compute(this.ptrs, count, this.h);
+      if (!overflow) compute(this.ptrs, count, this.h, this.actList);
       else {
         // Degraded token: the active set outgrew the cache. Compute the cached ones, then stream the rest.
         const pv = this.ptrView;
+        const parts = this.cacheParts;
+        const acts = this.gated ? this.arena.f32(this.actList, count) : undefined;
         let m = 0;
         for (let i = 0; i < count; i++) {
-          if (pv[i * this.nParts] === 0) continue;
-          for (let p = 0; p < this.nParts; p++) pv[m * this.nParts + p] = pv[i * this.nParts + p]!;
+          if (pv[i * parts] === 0) continue;
+          for (let p = 0; p < parts; p++) pv[m * parts + p] = pv[i * parts + p]!;
+          if (acts) acts[m] = acts[i]!;
           m++;
         }
-        compute(this.ptrs, m, this.h);
+        compute(this.ptrs, m, this.h, this.actList);
         const rest = this.newView.subarray(placed, placed + overflow);
-        await this.stream(layer, rest, overflow, (_first, len) => compute(this.src, len, 0));
+        if (this.gated) {
+          const all = this.logitsView;
+          const acts2 = this.arena.f32(this.actList2, overflow);
+          for (let i = 0; i < overflow; i++) acts2[i] = all[rest[i]!]!;
+        }
+        await this.stream(layer, rest, overflow, (first, len) => compute(this.src, len, 0, this.actList2 + first * 4));
       }
     }
     if (!wrote) this.arena.f32(out, this.d).fill(0);
+  }
+
+  /**
+   * Gate mode, first use of a layer: reads its gate parts into the arena
+   * (bundled files: whole records through staging, as the block hashes cover
+   * records; split files: the gate region only), verified.
+   */
+  private async loadGate(layer: Layer): Promise<void> {
+    const { f, section } = layer;
+    const g = layer.gate!;
+    const t0 = performance.now();
+    this.hash64 ??= (await xxhash()).create64;
+    const block = section.blockBytes;
+    const bundled = f.layout === 'bundled';
+    const blocks = f.neurons; // bundled: one block per record; split: the gate region's blocks come first
+    const perRead = Math.max(1, Math.floor(this.stagingBytes / block));
+    let bytes = 0;
+    let requests = 0;
+    for (let b = 0; b < blocks; b += perRead) {
+      const count = Math.min(perRead, blocks - b);
+      const buf = this.arena.u8(this.staging, count * block);
+      await this.file.readSection(section, buf, b);
+      bytes += buf.byteLength;
+      requests++;
+      for (let i = 0; i < count; i++) {
+        const src = this.staging + i * block + (bundled ? f.partOffsets[0]! : 0);
+        this.arena.u8(g.ptr + (b + i) * f.partBytes, f.partBytes).set(this.arena.u8(src, f.partBytes));
+      }
+    }
+    g.loaded = true;
+    this.cfg.stats?.io(bytes, requests, performance.now() - t0, false);
+  }
+
+  /** Gate mode, bundled files: a record's block hash over its resident gate part and the up/down bytes read. */
+  private verifyWithGate(layer: Layer, neuron: number, upDown: Uint8Array): void {
+    const { f, section } = layer;
+    const gate = this.arena.u8(layer.gate!.ptr + neuron * f.partBytes, f.partBytes);
+    const got = this.hash64!().update(gate).update(upDown).digest();
+    const want = this.file.blockHashes[section.firstBlock + neuron]!;
+    if (got !== want) throw new IntegrityError(`${this.file.source.name}: ${section.name} record ${neuron}: hash does not match (gate resident, up/down read)`);
   }
 
   /** Cumulative cache counters over all layers (window mode). */

@@ -51,6 +51,18 @@ export interface PredictorEntry {
   bias: string;
 }
 
+/**
+ * Thresholded activation sparsity of a gated (SwiGLU) FFN: neuron j of layer l
+ * is computed only when |silu(gate_j · x)| > thresholds[l]; its gate row stays
+ * resident, its up and down parts are read only then.
+ */
+export interface GateSparsity {
+  /** Share of neurons the thresholds were calibrated to skip (on calibration text). */
+  sparsity: number;
+  /** One threshold per layer (>= 0). */
+  thresholds: number[];
+}
+
 export interface SectionEntry {
   /** 'resident', 'predictor', 'ffn.{layer}' */
   name: string;
@@ -100,6 +112,8 @@ export interface FlmHeader {
   integrity: { algorithm: 'xxh64'; offset: number; length: number; hash: string };
   /** Per-layer predictors, in section 'predictor' (absent until `flashlm calibrate`). */
   predictors?: PredictorEntry[];
+  /** Gate thresholds of a gated FFN (absent until `flashlm calibrate` on a gated model). */
+  gate?: GateSparsity;
   /** Free-form provenance: converter version, source format. */
   meta: Record<string, string>;
 }

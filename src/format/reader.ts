@@ -20,6 +20,7 @@ import {
   partGeometry,
   type FfnEntry,
   type FlmHeader,
+  type GateSparsity,
   type PredictorEntry,
   type SectionEntry,
   type TensorEntry,
@@ -319,11 +320,26 @@ export function validateHeader(raw: unknown, fileSize: number, headerEnd = PREAM
     if (predictors.length !== arch.nLayers) fail('predictors', `expected ${arch.nLayers} layers`);
   }
 
+  let gate: GateSparsity | undefined;
+  if (h.gate !== undefined) {
+    if (arch.activation !== 'swiglu') fail('gate', 'gate thresholds need a gated (swiglu) FFN');
+    const g = obj(h.gate, 'gate');
+    const sparsity = num(g.sparsity, 'gate.sparsity');
+    if (sparsity < 0 || sparsity > 1) fail('gate.sparsity', 'expected a number in [0, 1]');
+    const thresholds = arr(g.thresholds, 'gate.thresholds', 4096).map((v, i) => {
+      const t = num(v, `gate.thresholds[${i}]`);
+      return t >= 0 ? t : fail(`gate.thresholds[${i}]`, 'expected a number >= 0');
+    });
+    if (thresholds.length !== arch.nLayers) fail('gate.thresholds', `expected ${arch.nLayers} layers`);
+    gate = { sparsity, thresholds };
+  }
+
   const meta: Record<string, string> = {};
   if (h.meta !== undefined) for (const [k, v] of Object.entries(obj(h.meta, 'meta'))) meta[k] = str(v, `meta.${k}`, 4096);
 
   const header: FlmHeader = { format: 'flashlm', version, arch, tokenizer: validateTokenizer(h.tokenizer), dtype, layout, tensors, sections, ffn, integrity, meta };
   if (predictors) header.predictors = predictors;
+  if (gate) header.gate = gate;
   return header;
 }
 

@@ -6,7 +6,7 @@
 import { AbortedError, ArgumentError } from '../errors.js';
 import type { Sink } from '../source/types.js';
 import { getHasher } from './hash.js';
-import { RESIDENT_BLOCK_BYTES, TENSOR_ALIGN, alignUp, type FlmHeader, type PredictorEntry, type SectionEntry, type TensorEntry } from './layout.js';
+import { RESIDENT_BLOCK_BYTES, TENSOR_ALIGN, alignUp, type FlmHeader, type GateSparsity, type PredictorEntry, type SectionEntry, type TensorEntry } from './layout.js';
 import type { FlmFile } from './reader.js';
 import { BlockStream, finishFile, placeSections, type SectionSize } from './writer.js';
 
@@ -21,6 +21,8 @@ export interface LayerPredictor {
 }
 
 export interface RewriteOptions {
+  /** Gate thresholds to store (gated models); the file's own are kept when absent. */
+  gate?: GateSparsity;
   meta?: Record<string, string>;
   onProgress?: (done: number, total: number) => void;
   signal?: AbortSignal;
@@ -32,7 +34,8 @@ const COPY_CHUNK = 16 << 20;
 export async function writeWithPredictors(file: FlmFile, predictors: readonly LayerPredictor[], sink: Sink, opts: RewriteOptions = {}): Promise<FlmHeader> {
   const old = file.header;
   const { dModel, ffnDim, nLayers } = old.arch;
-  if (predictors.length !== nLayers) throw new ArgumentError(`expected ${nLayers} layer predictors, got ${predictors.length}`);
+  // No predictors: the copy has none (a gated model's gate thresholds need no section).
+  if (predictors.length !== nLayers && predictors.length !== 0) throw new ArgumentError(`expected ${nLayers} layer predictors (or none), got ${predictors.length}`);
   predictors.forEach((p, l) => {
     if (p.a.length !== p.rank * dModel || p.b.length !== ffnDim * p.rank || p.bias.length !== ffnDim) throw new ArgumentError(`predictor ${l}: shapes do not match rank ${p.rank}`);
   });
@@ -67,8 +70,10 @@ export async function writeWithPredictors(file: FlmFile, predictors: readonly La
 
   const copied = old.sections.filter((s) => s.name !== 'predictor');
   const sizes: SectionSize[] = copied.map((s) => ({ name: s.name, length: s.length, blockBytes: s.blockBytes, blockCount: s.blockCount }));
-  sizes.splice(1, 0, { name: 'predictor', length: predictorLength, blockBytes: RESIDENT_BLOCK_BYTES, blockCount: Math.ceil(predictorLength / RESIDENT_BLOCK_BYTES) });
+  if (entries.length) sizes.splice(1, 0, { name: 'predictor', length: predictorLength, blockBytes: RESIDENT_BLOCK_BYTES, blockCount: Math.ceil(predictorLength / RESIDENT_BLOCK_BYTES) });
   const header: FlmHeader = { ...old, tensors: [], sections: [], predictors: entries, meta: { ...old.meta, ...opts.meta } };
+  if (!entries.length) delete header.predictors;
+  if (opts.gate) header.gate = opts.gate;
   const { headerLength, fileSize } = placeSections(header, sizes, rel);
 
   let done = 0;

@@ -151,4 +151,44 @@ export interface Kernels {
   cache_evictions(state: number): number;
   cache_lru_evictions(state: number): number;
   cache_overflows(state: number): number;
+
+  // ---- predictor training (assembly/train.ts; `flashlm calibrate`), f32 row-major ----
+  /** C[M,N] = A[M,K] · B[N,K]ᵀ, plus the old C when accumulate != 0. */
+  mm_nt(C: number, A: number, B: number, M: number, N: number, K: number, accumulate: number): void;
+  /** out[cols,rows] = src[rows,cols]ᵀ (no overlap). */
+  transpose(out: number, src: number, rows: number, cols: number): void;
+  /**
+   * Class-weighted logistic loss, in place: z = L[t,j] + bias[j] (bias may be 0),
+   * y = labels[t,j] (u8 0/1); loss = posWeight·y·softplus(-z) + (1-y)·softplus(z);
+   * L becomes dloss/dz · scale. Returns the summed unscaled loss.
+   */
+  bce_grad(L: number, labels: number, bias: number, T: number, N: number, posWeight: number, scale: number): number;
+  /** out[j] = Σ_t X[t,j] over X [T,N] (added to out when accumulate != 0). */
+  colsum(out: number, X: number, T: number, N: number, accumulate: number): void;
+  /** Adam over n parameters; bc1 = 1 - b1^t, bc2 = 1 - b2^t. Updates w, m, v in place. */
+  adam_step(w: number, g: number, m: number, v: number, n: number, lr: number, b1: number, b2: number, eps: number, bc1: number, bc2: number): void;
+  /**
+   * Adds the logits z = L[t,j] + bias[j] of positives (labels[t,j] = 1) and negatives
+   * to f64 histograms of `bins` bins: bin = clamp(floor((z - lo) · invW), 0, bins-1).
+   */
+  logit_histogram(L: number, labels: number, bias: number, T: number, N: number, lo: number, invW: number, bins: number, posHist: number, negHist: number): void;
+
+  // ---- thresholded gate sparsity for gated FFNs (assembly/gated.ts) ----
+  /**
+   * out[i] = silu(gate_i · x) for n neurons whose gate parts sit at gate + i·stride
+   * (part records: int8 values are followed by their f32 scale; d <= 32768 for int8).
+   */
+  gate_act_f32(out: number, x: number, d: number, n: number, gate: number, stride: number): void;
+  gate_act_f16(out: number, x: number, d: number, n: number, gate: number, stride: number): void;
+  gate_act_i8(out: number, x: number, d: number, n: number, gate: number, stride: number): void;
+  /**
+   * out[d] = Σ_j act[j] · (up_j · x) · down_j for n neurons whose (up, down) part
+   * addresses are listed at ptrs (u32 [n][2]); act[j] = silu(gate_j · x) of listed
+   * neuron j. hOut (0 = none) receives the n activations.
+   */
+  ffn_gated_f32_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number): void;
+  ffn_gated_f16_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number): void;
+  ffn_gated_i8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number): void;
+  /** Largest d the int8 gated kernels take (32768). */
+  gated_i8_max_d(): number;
 }

@@ -1,0 +1,41 @@
+/** Reads FFN weights back out of a .flm as f32 matrices (for initialisation and gate thresholds). */
+import type { FfnPart } from '../format/layout.js';
+import type { FlmFile } from '../format/reader.js';
+import { f16BitsToF32 } from '../kernels/quant.js';
+
+/** Part `part` of every neuron of `layer` as f32 [ffnDim, dModel] (verified as it is read). */
+export async function readFfnPart(file: FlmFile, layer: number, part: FfnPart): Promise<Float32Array> {
+  const f = file.header.ffn[layer]!;
+  const p = f.parts.indexOf(part);
+  if (p < 0) throw new Error(`layer ${layer} has no ${part} part`);
+  const s = file.section(f.section);
+  const bytes = new Uint8Array(s.length);
+  await file.readSection(s, bytes);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out = new Float32Array(f.neurons * f.d);
+  for (let i = 0; i < f.neurons; i++) {
+    const at = f.partOffsets[p]! + i * f.stride;
+    const row = out.subarray(i * f.d, (i + 1) * f.d);
+    if (f.dtype === 'f32') for (let c = 0; c < f.d; c++) row[c] = dv.getFloat32(at + 4 * c, true);
+    else if (f.dtype === 'f16') for (let c = 0; c < f.d; c++) row[c] = f16BitsToF32(dv.getUint16(at + 2 * c, true));
+    else {
+      const scale = dv.getFloat32(at + f.scaleAt, true);
+      for (let c = 0; c < f.d; c++) row[c] = Math.fround(dv.getInt8(at + c) * scale);
+    }
+  }
+  return out;
+}
+
+/** The up part's bias of every neuron of `layer` (zeros when the file has no FFN biases). */
+export async function readUpBias(file: FlmFile, layer: number): Promise<Float32Array> {
+  const f = file.header.ffn[layer]!;
+  const out = new Float32Array(f.neurons);
+  if (!f.hasBias) return out;
+  const p = f.parts.indexOf('up');
+  const s = file.section(f.section);
+  const bytes = new Uint8Array(s.length);
+  await file.readSection(s, bytes);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let i = 0; i < f.neurons; i++) out[i] = dv.getFloat32(f.partOffsets[p]! + i * f.stride + f.biasAt, true);
+  return out;
+}

@@ -1,0 +1,161 @@
+import cliProgress from 'cli-progress';
+import { readFile } from 'node:fs/promises';
+import { ArgumentError } from '../errors.js';
+import { openFlm } from '../format/reader.js';
+import { writeWithPredictors } from '../format/rewrite.js';
+import { FileSink, FileSource } from '../source/file-node.js';
+import { calibrate, type CalibrationResult } from '../calibrate/calibrate.js';
+import { calibrateGates, type GateCalibration } from '../calibrate/gates.js';
+import type { InitMethod } from '../calibrate/train.js';
+import { fmtBytes } from '../engine/arena.js';
+
+export interface CalibrateFlags {
+  text: string[];
+  output: string;
+  rank?: number;
+  rankPerLayer?: number[];
+  tokens: number;
+  recall: number;
+  margin: number;
+  holdout: number;
+  epochs: number;
+  context: number;
+  init: InitMethod;
+  seed: number;
+  gateSparsity: number;
+  json?: boolean;
+}
+
+/**
+ * `flashlm calibrate`: trains the predictors and writes a copy of the model
+ * with them (temp name + rename: Ctrl-C or an error leaves no file behind).
+ */
+export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Promise<void> {
+  if (flags.rank !== undefined && flags.rankPerLayer) throw new ArgumentError('give --rank or --rank-per-layer, not both');
+  const texts = await Promise.all(flags.text.map((f) => readFile(f, 'utf8')));
+  const source = await FileSource.open(modelPath);
+  const abort = new AbortController();
+  const onSigint = () => abort.abort(new Error('interrupted'));
+  process.once('SIGINT', onSigint);
+  const tty = process.stderr.isTTY;
+  const bar = tty
+    ? new cliProgress.SingleBar({ stream: process.stderr, format: '{phase} [{bar}] {percentage}% {value}/{total} eta {eta_formatted}', hideCursor: true }, cliProgress.Presets.shades_classic)
+    : undefined;
+  let phase = '';
+  const progress = (p: string, done: number, total: number) => {
+    if (!bar) return;
+    if (p !== phase) {
+      if (bar.isActive) bar.stop();
+      phase = p;
+      bar.start(total, 0, { phase: p.padEnd(9) });
+    }
+    bar.update(done);
+  };
+  let sink: FileSink | undefined;
+  const t0 = performance.now();
+  try {
+    const file = await openFlm(source);
+    if (file.header.arch.activation === 'swiglu') {
+      // Gated model: no exact zeros, so per-layer thresholds on |silu(gate·x)| instead of predictors.
+      if (!tty) process.stderr.write(`calibrating gate thresholds of ${modelPath} for ${(100 * flags.gateSparsity).toFixed(0)}% sparsity over ${flags.tokens} tokens\n`);
+      const g = await calibrateGates(file, texts, {
+        sparsity: flags.gateSparsity,
+        tokens: flags.tokens,
+        holdout: flags.holdout,
+        context: flags.context,
+        signal: abort.signal,
+        onProgress: (_p, done, total) => progress('tokens', done, total),
+      });
+      sink = await FileSink.create(flags.output);
+      const header = await writeWithPredictors(file, [], sink, {
+        signal: abort.signal,
+        gate: g.gate,
+        meta: { calibration: `gate thresholds for ${g.gate.sparsity} sparsity on ${g.trainTokens} tokens` },
+        onProgress: (done, total) => progress('writing', done, total),
+      });
+      sink = undefined;
+      bar?.stop();
+      if (flags.json) process.stdout.write(JSON.stringify({ ...g, seconds: (performance.now() - t0) / 1000, output: flags.output }) + '\n');
+      else process.stdout.write(formatGates(g));
+      process.stderr.write(`wrote ${flags.output}: ${fmtBytes(header.integrity.offset + header.integrity.length)}; ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
+      return;
+    }
+    if (!tty) process.stderr.write(`calibrating ${modelPath}: running the dense model over ${flags.tokens} tokens, then training ${file.header.arch.nLayers} predictors\n`);
+    const result = await calibrate(file, texts, {
+      rank: flags.rankPerLayer ?? flags.rank,
+      tokens: flags.tokens,
+      recall: Math.min(1, flags.recall + flags.margin),
+      holdout: flags.holdout,
+      epochs: flags.epochs,
+      context: flags.context,
+      init: flags.init,
+      seed: flags.seed,
+      signal: abort.signal,
+      onProgress: (p, done, total) => progress(p === 'collect' ? 'tokens' : 'training', done, total),
+    });
+    sink = await FileSink.create(flags.output);
+    const header = await writeWithPredictors(file, result.predictors, sink, {
+      signal: abort.signal,
+      meta: { calibration: `${result.trainTokens} train / ${result.tuneTokens} tune / ${result.heldOutTokens} held-out tokens, recall target ${flags.recall}, init ${flags.init}` },
+      onProgress: (done, total) => progress('writing', done, total),
+    });
+    sink = undefined;
+    bar?.stop();
+    const seconds = (performance.now() - t0) / 1000;
+    const size = header.integrity.offset + header.integrity.length;
+    const predictorBytes = header.sections.find((s) => s.name === 'predictor')!.length;
+    if (flags.json) process.stdout.write(JSON.stringify({ ...summary(result), seconds, output: flags.output }) + '\n');
+    else process.stdout.write(formatCalibration(result, flags.recall));
+    process.stderr.write(
+      `wrote ${flags.output}: ${fmtBytes(size)}, predictors ${fmtBytes(predictorBytes)}; ${seconds.toFixed(1)} s (dense model ${result.collectSeconds.toFixed(1)} s, training ${result.trainSeconds.toFixed(1)} s)\n`,
+    );
+  } catch (e) {
+    bar?.stop();
+    await sink?.abort();
+    throw e;
+  } finally {
+    process.off('SIGINT', onSigint);
+    await source.close();
+  }
+}
+
+function summary(r: CalibrationResult) {
+  const { predictors: _p, ...rest } = r;
+  return rest;
+}
+
+/** Gate thresholds per layer with the held-out sparsity they give. */
+export function formatGates(g: GateCalibration): string {
+  const pct = (v: number) => `${(100 * v).toFixed(1)}%`;
+  const rows = [['layer', 'threshold |silu(g)|', 'held-out sparsity', 'skipped gate mass']];
+  for (const l of g.layers) rows.push([String(l.layer), l.threshold.toPrecision(4), pct(l.heldOutSparsity), pct(l.heldOutSkippedMass)]);
+  const w = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
+  const lines = rows.map((row) => row.map((v, c) => (c === 0 ? v.padEnd(w[c]!) : v.padStart(w[c]!))).join('  '));
+  return `gate sparsity target ${pct(g.gate.sparsity)}; held-out: ${g.heldOutTokens} tokens (thresholds from ${g.trainTokens})\n` + lines.join('\n') + '\n';
+}
+
+/** The per-layer table: held-out recall, precision, predicted and true active fractions. */
+export function formatCalibration(r: CalibrationResult, target: number): string {
+  const pct = (v: number) => `${(100 * v).toFixed(1)}%`;
+  const rows = [['layer', 'rank', 'threshold', 'recall', 'precision', 'predicted', 'true active', 'pred/true', 'loss before→after']];
+  for (const l of r.layers) {
+    rows.push([
+      String(l.layer),
+      String(l.rank),
+      l.threshold.toFixed(2),
+      pct(l.recall),
+      pct(l.precision),
+      pct(l.predictedFraction),
+      pct(l.trueFraction),
+      (l.predictedFraction / Math.max(1e-12, l.trueFraction)).toFixed(2),
+      `${l.heldOutLossBefore.toFixed(1)}→${l.heldOutLossAfter.toFixed(1)}`,
+    ]);
+  }
+  const mean = (f: (l: (typeof r.layers)[number]) => number) => r.layers.reduce((s, l) => s + f(l), 0) / r.layers.length;
+  rows.push(['mean', '', '', pct(mean((l) => l.recall)), pct(mean((l) => l.precision)), pct(mean((l) => l.predictedFraction)), pct(mean((l) => l.trueFraction)), '', '']);
+  const w = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
+  const lines = rows.map((row) => row.map((v, c) => (c === 0 ? v.padEnd(w[c]!) : v.padStart(w[c]!))).join('  '));
+  return (
+    `held-out: ${r.heldOutTokens} tokens (fitted on ${r.trainTokens}, thresholds tuned on ${r.tuneTokens}); recall target ${pct(target)}\n` + lines.join('\n') + '\n'
+  );
+}
