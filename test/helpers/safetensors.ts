@@ -49,17 +49,9 @@ export function bytesOf(a: Float32Array | Uint16Array | Float64Array | BigInt64A
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 }
 
-/** Deterministic PRNG (mulberry32). */
-export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
+import { rng } from '../../src/util/random.js';
+
+export { rng };
 
 /** Random binary16 bit patterns, every class but inf/NaN (zeros, subnormals, normals, both signs). */
 export function randomF16Bits(n: number, rand: () => number): Uint16Array {

@@ -5,17 +5,9 @@
 import type { Checkpoint } from '../../src/convert/types.js';
 import type { ArchConfig, TokenizerSpec } from '../../src/format/types.js';
 
-export function rng(seed: number): () => number {
-  // mulberry32: small, seedable, good enough for test data
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { rng } from '../../src/util/random.js';
+
+export { rng };
 
 export function syntheticArch(type: 'opt' | 'llama', over: Partial<ArchConfig> = {}): ArchConfig {
   const base: ArchConfig =
