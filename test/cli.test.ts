@@ -54,6 +54,23 @@ test.serial('convert OPT to f16 split and run the reference prompt', async (t) =
   t.is(r.stdout, ref.text + '\n');
 });
 
+test.serial('run --stats json ends stderr with one JSON object holding the documented keys', async (t) => {
+  const { ref } = optReference();
+  const out = join(dir, 'opt-f16-split.flm');
+  const r = await flashlm('run', out, '-p', ref.prompt, '-n', '16', '--strategy', 'window', '--sparsity', 'oracle', '--memory', '64M', '--stats', 'json');
+  t.is(r.code, 0, r.stderr);
+  t.is(r.stdout, ref.text.slice(0, r.stdout.length - 1) + '\n', 'same text as dense');
+  const lines = r.stderr.trim().split('\n');
+  const stats = JSON.parse(lines[lines.length - 1]!);
+  for (const key of ['tokens', 'bytesPerToken', 'requestsPerToken', 'meanRequestBytes', 'ioMsPerToken', 'unpackMsPerToken', 'computeMsPerToken', 'msPerToken', 'cacheHitRate', 'ffnFractionPerToken', 'residentBytes', 'arenaBytes', 'predictorRecall', 'predictorPrecision']) {
+    t.true(key in stats, key);
+  }
+  t.is(stats.arenaBytes, 64 << 20);
+  t.true(stats.bytesPerToken > 0 && stats.ffnFractionPerToken > 0 && stats.ffnFractionPerToken < 1);
+  t.is(stats.predictorRecall, null);
+  t.regex(r.stderr, /window \(window 4\), sparsity oracle: resident .* cache .* neurons per layer/);
+});
+
 test('bad input stops with an error naming the file and tensor, and leaves nothing behind', async (t) => {
   const bad = join(dir, 'bad-opt');
   mkdirSync(bad);

@@ -82,6 +82,7 @@ test('window: reads well under 10% of the FFN per token on the OPT fixture, with
   await model.close();
   t.log(`window 4: FFN read ${(100 * s.ffnFractionPerToken).toFixed(2)}% per token, hit rate ${(100 * s.cacheHitRate!).toFixed(1)}%, ${s.requestsPerToken.toFixed(1)} requests/token`);
   t.true(s.ffnFractionPerToken < 0.1);
+  t.is(s.cacheLruEvictionsPerToken, 0, 'a full-size cache never evicts early');
   t.true(s.cacheHitRate! > 0.3);
   const hybrid = await greedy(new MemorySource(bytes), { strategy: 'hybrid' }, ref.prompt, 8);
   t.true(hybrid.summary.ffnFractionPerToken > 0.99, 'hybrid reads the whole FFN');
@@ -112,6 +113,9 @@ test('window under a tight budget degrades (LRU, overflow) but stays exact, and 
   const c = model.cacheCounters()!;
   t.log(`capacity ${model.plan.capacity}/${model.plan.neurons}: ${c.lruEvictions} LRU evictions, ${c.overflows} overflow neurons`);
   t.true(c.lruEvictions > 0 && c.overflows > 0, 'the degraded paths ran');
+  // ...and the run stats say so
+  const sum = model.stats.summary();
+  t.true(sum.cacheLruEvictionsPerToken! > 0 && sum.cacheOverflowPerToken! > 0);
   t.true(c.used.every((u) => u <= model.plan.capacity));
   await model.close();
 });

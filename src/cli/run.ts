@@ -72,6 +72,8 @@ export function formatStats(s: StatsSummary): string {
     ['compute ms / token', s.computeMsPerToken.toFixed(2)],
     ['total ms / token', s.msPerToken.toFixed(2)],
     ['cache hit rate', pct(s.cacheHitRate)],
+    ['cache LRU evictions / token', s.cacheLruEvictionsPerToken === null ? 'n/a' : s.cacheLruEvictionsPerToken.toFixed(1)],
+    ['uncached (overflow) neurons / token', s.cacheOverflowPerToken === null ? 'n/a' : s.cacheOverflowPerToken.toFixed(1)],
     ['FFN read / token (of all FFN)', pct(s.ffnFractionPerToken)],
     ['resident bytes', fmtBytes(s.residentBytes)],
     ['arena bytes', fmtBytes(s.arenaBytes)],

@@ -15,6 +15,9 @@ export interface TokenStats {
   ffnFraction: number;
   cacheHits: number;
   cacheLookups: number;
+  /** Degraded cache: neurons evicted before their window ended (LRU), and active neurons the cache could not hold. */
+  cacheLruEvictions: number;
+  cacheOverflow: number;
   /** Predictor confusion counts against the true active set, when known. */
   truePositives: number;
   falsePositives: number;
@@ -32,6 +35,9 @@ export interface StatsSummary {
   computeMsPerToken: number;
   msPerToken: number;
   cacheHitRate: number | null;
+  /** Window cache under pressure: LRU evictions and uncached (overflow) neurons per token; null without a cache. */
+  cacheLruEvictionsPerToken: number | null;
+  cacheOverflowPerToken: number | null;
   ffnFractionPerToken: number;
   residentBytes: number;
   arenaBytes: number;
@@ -44,7 +50,7 @@ export interface StatsSummary {
   dtype: string;
 }
 
-const blank = (): TokenStats => ({ bytesRead: 0, requests: 0, ioMs: 0, unpackMs: 0, computeMs: 0, ms: 0, ffnFraction: 0, cacheHits: 0, cacheLookups: 0, truePositives: 0, falsePositives: 0, falseNegatives: 0, predictorKnown: false });
+const blank = (): TokenStats => ({ bytesRead: 0, requests: 0, ioMs: 0, unpackMs: 0, computeMs: 0, ms: 0, ffnFraction: 0, cacheHits: 0, cacheLookups: 0, cacheLruEvictions: 0, cacheOverflow: 0, truePositives: 0, falsePositives: 0, falseNegatives: 0, predictorKnown: false });
 
 export class RunStats {
   readonly tokens: TokenStats[] = [];
@@ -83,9 +89,11 @@ export class RunStats {
     this.cur.unpackMs += ms;
   }
 
-  cache(hits: number, lookups: number): void {
+  cache(hits: number, lookups: number, lruEvictions = 0, overflow = 0): void {
     this.cur.cacheHits += hits;
     this.cur.cacheLookups += lookups;
+    this.cur.cacheLruEvictions += lruEvictions;
+    this.cur.cacheOverflow += overflow;
   }
 
   predictor(tp: number, fp: number, fn: number): void {
@@ -117,6 +125,8 @@ export class RunStats {
       computeMsPerToken: avg((t) => t.computeMs),
       msPerToken: avg((t) => t.ms),
       cacheHitRate: lookups ? sum((t) => t.cacheHits) / lookups : null,
+      cacheLruEvictionsPerToken: window === null ? null : avg((t) => t.cacheLruEvictions),
+      cacheOverflowPerToken: window === null ? null : avg((t) => t.cacheOverflow),
       ffnFractionPerToken: avg((t) => t.ffnFraction),
       residentBytes,
       arenaBytes,

@@ -290,11 +290,12 @@ export class StreamingFfn implements FfnProvider {
     } else {
       const k = this.k;
       const t0 = performance.now();
+      const lruBefore = k.cache_lru_evictions(layer.state);
       const placed = k.cache_step(layer.state, this.active, count, this.newList, this.ptrs);
       const overflow = k.cache_overflow(layer.state);
       const firstNew = k.cache_first_new(layer.state);
       stats?.unpack(performance.now() - t0);
-      stats?.cache(count - placed - overflow, count);
+      stats?.cache(count - placed - overflow, count, k.cache_lru_evictions(layer.state) - lruBefore, overflow);
       await this.stream(layer, this.newView, placed, (first, len) => {
         const t = performance.now();
         k.cache_install(layer.state, firstNew + first, len, this.src);
