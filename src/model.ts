@@ -25,7 +25,7 @@ import { createTokenizer } from './tokenizer/index.js';
 import type { Tokenizer } from './tokenizer/types.js';
 
 export interface OpenOptions {
-  /** Arena budget in bytes (or '512M', '2G'). Default: what the strategy needs (window: a full cache). */
+  /** Arena budget in bytes (or '512M', '2G'). Default: what the strategy needs (window: a cache for a quarter of each layer's neurons). */
   memory?: number | string;
   /** Default 'dense'. */
   strategy?: Strategy;
@@ -168,11 +168,13 @@ export class Model {
       // Nothing stays resident: the attention/embedding weights are read again every token.
       const t0 = performance.now();
       let bytes = 0;
+      const hints = this.file.source.hints ?? DEFAULT_HINTS;
+      let requests = 0;
       for (const s of residentSections(this.file)) {
-        await this.file.readSection(s, this.transformer.arena.u8(this.transformer.sectionPtrs.get(s.name)!, s.length));
+        requests += await this.file.readSection(s, this.transformer.arena.u8(this.transformer.sectionPtrs.get(s.name)!, s.length), 0, hints);
         bytes += s.length;
       }
-      this.stats.io(bytes, residentSections(this.file).length, performance.now() - t0, false);
+      this.stats.io(bytes, requests, performance.now() - t0, false);
     }
     const logits = await this.transformer.forward(token, pos);
     this.lastTokenStats = this.stats.endToken();

@@ -44,6 +44,16 @@ test('long runs are split into reads of at most maxRead, contiguous in staging',
   p.reads.forEach((r, i) => i > 0 && t.is(r.staging, p.reads[i - 1]!.staging + p.reads[i - 1]!.length));
 });
 
+test('few long ranges are cut so that about `parallel` reads are in flight, never below 64 KiB', (t) => {
+  const big: RecordRegion[] = [{ offset: 0, stride: 2048, bytes: 2048 }];
+  const all = Array.from({ length: 1024 }, (_, i) => i); // one 2 MiB range
+  const p = planReads(all, all.length, big, hints(0, 4 << 20, 8), 4096, 8 << 20);
+  t.is(p.reads.length, 8);
+  t.true(p.reads.every((r) => r.length === 256 << 10));
+  const small = planReads(all.slice(0, 100), 100, big, hints(0, 4 << 20, 8), 1, 8 << 20); // 200 KiB
+  t.deepEqual(small.reads.map((r) => r.length), [65536, 65536, 65536, 8192]);
+});
+
 test('split layouts plan each part region separately', (t) => {
   const regions: RecordRegion[] = [
     { offset: 4096, stride: 64, bytes: 64 },

@@ -58,7 +58,7 @@ export class ResidentFfn implements FfnProvider {
     const sections: SectionEntry[] = entries.map((f) => file.section(f.section));
     const bases = sections.map((s) => arena.alloc(s.name, s.length));
     // Sections are independent: read them concurrently (a file or HTTP source overlaps the reads).
-    await Promise.all(sections.map((s, i) => file.readSection(s, arena.u8(bases[i]!, s.length))));
+    await Promise.all(sections.map((s, i) => file.readSection(s, arena.u8(bases[i]!, s.length), 0, file.source.hints)));
     return new ResidentFfn(k, entries, bases);
   }
 

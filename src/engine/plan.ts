@@ -42,6 +42,8 @@ export interface MemoryPlan {
 }
 
 const DEFAULT_STAGING = 16 << 20;
+/** Default window cache: 1/4 of each layer's neurons. */
+const DEFAULT_CACHE_SHARE = 4;
 /** Room for per-region 64-byte alignment of the bump allocator. */
 const SLACK = 1 << 16;
 
@@ -98,7 +100,8 @@ export function planMemory(file: FlmFile, k: Kernels, options: OpenOptions, cont
   let capacity = 0;
   if (window !== null) {
     const perSlot = slotBytes(file, sparsity);
-    capacity = budget === undefined ? a.ffnDim : Math.min(a.ffnDim, Math.floor((budget - fixed - staging) / (perSlot * a.nLayers)));
+    // Without a budget, a quarter of each layer's neurons: well above a window's working set (PAPER.md: ~2-16%).
+    capacity = budget === undefined ? Math.ceil(a.ffnDim / DEFAULT_CACHE_SHARE) : Math.min(a.ffnDim, Math.floor((budget - fixed - staging) / (perSlot * a.nLayers)));
     if (capacity < 1) throw new BudgetError(`the budget ${fmtBytes(budget!)} leaves no room for the neuron cache after ${fmtBytes(fixed + staging)} of resident weights, working memory and staging`);
   }
   const cacheBytes = capacity * slotBytes(file, sparsity) * a.nLayers;

@@ -93,8 +93,9 @@ export class Transformer {
   static async load(file: FlmFile, k: Kernels, arena: Arena, contextLength: number, makeFfn: (sections: ReadonlyMap<string, number>) => Promise<FfnProvider>): Promise<Transformer> {
     const sectionPtrs = new Map<string, number>();
     for (const s of residentSections(file)) {
-      const ptr = arena.alloc(`${s.name} weights`, s.length);
-      await file.readSection(s, arena.u8(ptr, s.length));
+      // Page-aligned, so O_DIRECT sources read straight into the arena.
+      const ptr = arena.alloc(`${s.name} weights`, s.length, 4096);
+      await file.readSection(s, arena.u8(ptr, s.length), 0, file.source.hints);
       sectionPtrs.set(s.name, ptr);
     }
     const ffn = await makeFfn(sectionPtrs);

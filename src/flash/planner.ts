@@ -65,7 +65,7 @@ export function planReads(
 ): ReadPlan {
   const align = Math.max(1, alignment);
   const maxRead = Math.max(align, floorTo(hints.maxRead, align));
-  const plan = (count: number) => planPrefix(ids, count, regions, hints.mergeGap, align, maxRead);
+  const plan = (count: number) => planPrefix(ids, count, regions, hints.mergeGap, align, maxRead, hints.parallel);
   const all = plan(n);
   if (all.stagingBytes <= stagingBytes) return all;
   // Staging use grows with the prefix length: binary-search the longest prefix that fits.
@@ -80,39 +80,25 @@ export function planReads(
   return plan(lo);
 }
 
-function planPrefix(ids: ArrayLike<number>, n: number, regions: readonly RecordRegion[], mergeGap: number, align: number, maxRead: number): ReadPlan {
+/** Reads are not split below this to fill the parallel slots: smaller requests cost more than they overlap. */
+export const MIN_SPLIT_READ = 64 << 10;
+
+function planPrefix(ids: ArrayLike<number>, n: number, regions: readonly RecordRegion[], mergeGap: number, align: number, maxRead: number, parallel: number): ReadPlan {
   const reads: ReadOp[] = [];
+  const ranges = regions.map((region) => mergedRanges(ids, n, region, mergeGap, align));
+  // A few long ranges would leave connections idle: cut pieces so that about `parallel` reads are in flight.
+  const total = ranges.reduce((sum, rs) => sum + rs.reduce((a, r) => a + r.end - r.start, 0), 0);
+  const piece = Math.max(align, Math.min(maxRead, Math.max(ceilTo(MIN_SPLIT_READ, align), ceilTo(Math.ceil(total / Math.max(1, parallel)), align))));
   const recordAt = new Float64Array(n * regions.length);
   let staging = 0;
   let readBytes = 0;
   regions.forEach((region, r) => {
-    // 1. one range per record, merged while the gap is small enough
-    const ranges: Range[] = [];
-    for (let j = 0; j < n; j++) {
-      const start = region.offset + ids[j]! * region.stride;
-      const end = start + region.bytes;
-      const cur = ranges[ranges.length - 1];
-      if (cur && start - cur.end <= mergeGap) {
-        cur.end = end;
-        cur.last = j + 1;
-      } else ranges.push({ start, end, first: j, last: j + 1 });
-    }
-    // 2. align outward; ranges that now touch or overlap become one
-    const aligned: Range[] = [];
-    for (const rg of ranges) {
-      const start = floorTo(rg.start, align);
-      const end = ceilTo(rg.end, align);
-      const cur = aligned[aligned.length - 1];
-      if (cur && start <= cur.end) {
-        cur.end = Math.max(cur.end, end);
-        cur.last = rg.last;
-      } else aligned.push({ start, end, first: rg.first, last: rg.last });
-    }
-    // 3. each range occupies contiguous staging; split into reads of at most maxRead
+    const aligned = ranges[r]!;
+    // each range occupies contiguous staging; split into reads of at most `piece`
     for (const rg of aligned) {
       staging = ceilTo(staging, align);
-      for (let at = rg.start; at < rg.end; at += maxRead) {
-        const length = Math.min(maxRead, rg.end - at);
+      for (let at = rg.start; at < rg.end; at += piece) {
+        const length = Math.min(piece, rg.end - at);
         reads.push({ offset: at, length, staging: staging + (at - rg.start) });
       }
       for (let j = rg.first; j < rg.last; j++) {
@@ -125,11 +111,29 @@ function planPrefix(ids: ArrayLike<number>, n: number, regions: readonly RecordR
   return { reads, stagingBytes: staging, readBytes, recordAt, count: n };
 }
 
-/** Runs `tasks` with at most `parallel` in flight; rejects with the first failure. */
-export async function runBounded(tasks: readonly (() => Promise<void>)[], parallel: number): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < tasks.length) await tasks[next++]!();
-  };
-  await Promise.all(Array.from({ length: Math.min(Math.max(1, parallel), tasks.length) }, worker));
+/** One region's wanted records as ranges: merged across gaps up to mergeGap, then aligned outward (touching ranges joined). */
+function mergedRanges(ids: ArrayLike<number>, n: number, region: RecordRegion, mergeGap: number, align: number): Range[] {
+  const ranges: Range[] = [];
+  for (let j = 0; j < n; j++) {
+    const start = region.offset + ids[j]! * region.stride;
+    const end = start + region.bytes;
+    const cur = ranges[ranges.length - 1];
+    if (cur && start - cur.end <= mergeGap) {
+      cur.end = end;
+      cur.last = j + 1;
+    } else ranges.push({ start, end, first: j, last: j + 1 });
+  }
+  const aligned: Range[] = [];
+  for (const rg of ranges) {
+    const start = floorTo(rg.start, align);
+    const end = ceilTo(rg.end, align);
+    const cur = aligned[aligned.length - 1];
+    if (cur && start <= cur.end) {
+      cur.end = Math.max(cur.end, end);
+      cur.last = rg.last;
+    } else aligned.push({ start, end, first: rg.first, last: rg.last });
+  }
+  return aligned;
 }
+
+export { runBounded } from '../util/bounded.js';

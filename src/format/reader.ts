@@ -7,7 +7,8 @@
 import { Unpackr } from 'msgpackr';
 import { FormatError, IntegrityError } from '../errors.js';
 import { DTYPE_BYTES } from '../kernels/quant.js';
-import type { Source } from '../source/types.js';
+import type { ReadHints, Source } from '../source/types.js';
+import { runBounded } from '../util/bounded.js';
 import { getHasher, hex64, type Hasher } from './hash.js';
 import {
   FORMAT_VERSION,
@@ -386,10 +387,25 @@ export class FlmFile {
     }
   }
 
-  /** Reads a whole section (or a block-aligned range of it) into `into`, verified. */
-  async readSection(section: SectionEntry, into: Uint8Array, firstBlock = 0): Promise<void> {
-    await this.source.read(section.offset + firstBlock * section.blockBytes, into);
+  /**
+   * Reads a whole section (or a block-aligned range of it) into `into`,
+   * verified. With `hints`, long reads go out as `hints.parallel` pieces at
+   * once (aligned for the source), so a section does not wait on one connection.
+   * Returns the number of reads issued.
+   */
+  async readSection(section: SectionEntry, into: Uint8Array, firstBlock = 0, hints?: ReadHints): Promise<number> {
+    const start = section.offset + firstBlock * section.blockBytes;
+    const align = Math.max(1, this.source.alignment ?? 1);
+    const parallel = hints?.parallel ?? 1;
+    const piece = Math.max(align, Math.ceil(Math.min(hints?.maxRead ?? Infinity, Math.max(1 << 16, into.byteLength / parallel)) / align) * align);
+    const tasks: (() => Promise<void>)[] = [];
+    for (let at = 0; at < into.byteLength; at += parallel > 1 ? piece : into.byteLength) {
+      const len = Math.min(parallel > 1 ? piece : into.byteLength, into.byteLength - at);
+      tasks.push(() => this.source.read(start + at, into.subarray(at, at + len)));
+    }
+    await runBounded(tasks, parallel);
     this.verify(section, firstBlock, into);
+    return tasks.length;
   }
 }
 
