@@ -11,7 +11,7 @@
 
 import { hsum, silu1, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
 import { MAXD_I8, XQ } from "./arena";
-import { dots_f32_p, dots_f16_p, dots_i8_p, f16_xscale, f16_to_f32, quantize_x, QB } from "./gemv";
+import { dots_f32_p, dots_f16_p, dots_i8_p, f16_prepare, f16_to_f32, quantize_x, QB } from "./gemv";
 
 const NB: usize = 64; // neurons per batch
 /** up / gate dots of the current batch (2 x NB f32). */
@@ -168,7 +168,7 @@ let f16k: f32 = 0;
 let i8q: bool = false;
 
 function prepare_x(t: i32, x: usize, d: usize): void {
-  if (t == T_F16) f16k = f16_xscale(x, d);
+  if (t == T_F16) f16k = f16_prepare(x, d);
   else if (t == T_I8) {
     i8q = d <= MAXD_I8;
     if (i8q) quantize_x(XQ, XQ + ((d + QB - 1) / QB) * QB * 2, x, d);

@@ -5,7 +5,7 @@
 // resident gate parts, and the FFN over (up, down) parts with the gate
 // activations given.
 
-import { dots_f32, dots_f16, dots_f32_p, dots_f16_p, dots_i8_p, f16_xscale, quantize_x, QB } from "./gemv";
+import { dots_f32, dots_f16, dots_f32_p, dots_f16_p, dots_i8_p, f16_prepare, quantize_x, QB } from "./gemv";
 import { silu } from "./activation";
 import { XQ, MAXD_I8 } from "./arena";
 import { f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
@@ -29,7 +29,7 @@ const UPS: usize = memory.data(<i32>GB * 4, 16);
 
 function gate_act(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usize, stride: usize): void {
   if (t == T_F32) dots_f32(out, gate, stride, x, <i32>n, <i32>d);
-  else if (t == T_F16) dots_f16(out, gate, stride, x, <i32>n, <i32>d, f16_xscale(x, d));
+  else if (t == T_F16) dots_f16(out, gate, stride, x, <i32>n, <i32>d, f16_prepare(x, d));
   else {
     quantize_x(XQ, xs_of(d), x, d);
     dots_i8_p(out, gate, stride, 0, 0, XQ, xs_of(d), <i32>n, <i32>d);
@@ -91,7 +91,7 @@ function axpy_i8(out: usize, d: usize, p: usize, a: f32): void {
 function ffn_gated(t: i32, out: usize, x: usize, d: usize, ptrs: usize, n: usize, act: usize, hOut: usize): void {
   memory.fill(out, 0, d << 2);
   let k16: f32 = 0;
-  if (t == T_F16) k16 = f16_xscale(x, d);
+  if (t == T_F16) k16 = f16_prepare(x, d);
   else if (t == T_I8) quantize_x(XQ, xs_of(d), x, d);
   const vb = valuesBytes(t, d);
   for (let n0: usize = 0; n0 < n; n0 += GB) {

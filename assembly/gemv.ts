@@ -10,7 +10,8 @@
 // 8 sequential weight streams are in flight, which is what DRAM bandwidth needs;
 // group accumulators live in ACC between chunks (cheap: 8 loads+stores per chunk).
 
-import { hsum, hsum_i32, f16_upper, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
+import { hsum, hsum_i32, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
+import { XQ, XQ_BYTES } from "./arena";
 
 /** 8 accumulators (f32x4) of the current 8-row block. */
 const ACC: usize = memory.data(8 * 16, 16);
@@ -111,11 +112,25 @@ export function dots_f32_p(out: usize, W: usize, stride: usize, ptrs: usize, pst
 // Fast path: weights decoded with f16_upper (no inf/NaN fix) against x scaled
 // by 2^k (k = 112 unless |x| is large), so the 2^112 rescale of the bit trick
 // costs nothing per weight; the result is multiplied by 2^(112-k) at the end.
+// f16_prepare writes the scaled x once per call (to XQ, the int8 FFNs' x area,
+// unused by the f16 paths) so the inner loop does not rescale it per row group;
+// for cols > MAXD_F16X it is scaled chunk by chunk into XK instead.
 // The fast decode turns f16 inf/NaN into finite garbage, so each group also
 // tracks max(h << 1) (unsigned): >= 0xf800 means an exponent of 31 was seen and
 // the block's rows are recomputed with the exact decode (never for sane weights).
+// Per 8 weights and row: 5 decode ops, 2 detection ops, 2 mul + 2 add.
+// V8 rematerializes v128 constants inside loops (3 instructions each), so the
+// loop constants are loaded from F16C once per call instead.
 
 const F16_CHUNK: usize = 256; // columns per chunk: 512 B of each row
+
+/** Largest cols whose scaled x fits XQ (f16_prepare). */
+export const MAXD_F16X: usize = XQ_BYTES >> 2;
+/** Scaled x of one chunk when cols > MAXD_F16X. */
+const XK: usize = memory.data(<i32>(F16_CHUNK * 4), 16);
+/** Loop constants: 8 x 0x8fff (f16_upper mask), 8 x 0xf800 (inf/NaN threshold of h << 1). */
+const F16C: usize = memory.data<u16>([0x8fff, 0x8fff, 0x8fff, 0x8fff, 0x8fff, 0x8fff, 0x8fff, 0x8fff,
+  0xf800, 0xf800, 0xf800, 0xf800, 0xf800, 0xf800, 0xf800, 0xf800], 16);
 
 /**
  * Scale for x so that |x * 2^k| < 2^127: returns 2^k (k <= 112); post-factor is 2^112 / it.
@@ -134,30 +149,47 @@ export function f16_xscale(x: usize, n: usize): f32 {
   return reinterpret<f32>(<u32>(126 - e + 127) << 23); // 2^(126-e): x' < 2^127
 }
 
-/** f16 group of rows p0..p3 over ncols (multiple of 8); returns true if an inf/NaN weight was seen. */
-function f16_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, ncols: usize, k: f32): bool {
-  let a0 = v128.load(acc), a1 = v128.load(acc, 16), a2 = v128.load(acc, 32), a3 = v128.load(acc, 48);
+/** xk[0..n) = x[0..n) * k (n rounded up to 4: buffers have room). */
+function f16_scale_x(xk: usize, x: usize, n: usize, k: f32): void {
   const K = f32x4.splat(k);
+  for (let i: usize = 0; i < n; i += 4) v128.store(xk + (i << 2), f32x4.mul(v128.load(x + (i << 2)), K));
+}
+
+/**
+ * Per-call setup of x for dots_f16(_p): returns k = f16_xscale(x, n) and, when
+ * n <= MAXD_F16X, writes x * k to XQ. Call it before the dots of a call (and
+ * again after anything else wrote XQ).
+ */
+export function f16_prepare(x: usize, n: usize): f32 {
+  const k = f16_xscale(x, n);
+  if (n <= MAXD_F16X) f16_scale_x(XQ, x, n & ~7, k);
+  return k;
+}
+
+/** f16 group of rows p0..p3 over ncols (multiple of 8) against scaled x; returns true if an inf/NaN weight was seen. */
+function f16_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, ncols: usize): bool {
+  let a0 = v128.load(acc), a1 = v128.load(acc, 16), a2 = v128.load(acc, 32), a3 = v128.load(acc, 48);
+  const M = v128.load(F16C);
   let det = i16x8.splat(0);
   const end = x + (ncols << 2);
   for (let q = x; q < end; q += 32) {
-    const xa = f32x4.mul(v128.load(q), K), xb = f32x4.mul(v128.load(q, 16), K);
-    let h = v128.load(p0), u = f16_upper(h), l = i16x8.shl(h, 13);
+    const xa = v128.load(q), xb = v128.load(q, 16);
+    let h = v128.load(p0), u = v128.and(i16x8.shr_s(h, 3), M), l = i16x8.shl(h, 13);
     a0 = f32x4.add(a0, f32x4.add(f32x4.mul(f16_bits_lo(l, u), xa), f32x4.mul(f16_bits_hi(l, u), xb)));
     det = i16x8.max_u(det, i16x8.shl(h, 1));
-    h = v128.load(p1); u = f16_upper(h); l = i16x8.shl(h, 13);
+    h = v128.load(p1); u = v128.and(i16x8.shr_s(h, 3), M); l = i16x8.shl(h, 13);
     a1 = f32x4.add(a1, f32x4.add(f32x4.mul(f16_bits_lo(l, u), xa), f32x4.mul(f16_bits_hi(l, u), xb)));
     det = i16x8.max_u(det, i16x8.shl(h, 1));
-    h = v128.load(p2); u = f16_upper(h); l = i16x8.shl(h, 13);
+    h = v128.load(p2); u = v128.and(i16x8.shr_s(h, 3), M); l = i16x8.shl(h, 13);
     a2 = f32x4.add(a2, f32x4.add(f32x4.mul(f16_bits_lo(l, u), xa), f32x4.mul(f16_bits_hi(l, u), xb)));
     det = i16x8.max_u(det, i16x8.shl(h, 1));
-    h = v128.load(p3); u = f16_upper(h); l = i16x8.shl(h, 13);
+    h = v128.load(p3); u = v128.and(i16x8.shr_s(h, 3), M); l = i16x8.shl(h, 13);
     a3 = f32x4.add(a3, f32x4.add(f32x4.mul(f16_bits_lo(l, u), xa), f32x4.mul(f16_bits_hi(l, u), xb)));
     det = i16x8.max_u(det, i16x8.shl(h, 1));
     p0 += 16; p1 += 16; p2 += 16; p3 += 16;
   }
   v128.store(acc, a0); v128.store(acc, a1, 16); v128.store(acc, a2, 32); v128.store(acc, a3, 48);
-  return v128.any_true(i16x8.ge_u(det, i16x8.splat(<i16>0xf800)));
+  return v128.any_true(i16x8.ge_u(det, v128.load(F16C, 16)));
 }
 
 /** Scalar f16 bits -> f32 (exact, same construction as the vector decode). */
@@ -193,7 +225,7 @@ function f16_row_exact(p: usize, x: usize, ncols: usize): f32 {
   return s;
 }
 
-/** out[r] = W_r . x for f16 rows at W + r*stride; k = f16_xscale(x, cols). */
+/** out[r] = W_r . x for f16 rows at W + r*stride; k = f16_prepare(x, cols) (see there). */
 export function dots_f16(out: usize, W: usize, stride: usize, x: usize, rows: i32, cols: i32, k: f32): void {
   dots_f16_p(out, W, stride, 0, 0, x, rows, cols, k);
 }
@@ -203,34 +235,34 @@ export function dots_f16_p(out: usize, W: usize, stride: usize, ptrs: usize, pst
   const n = <usize>cols, m = <usize>rows;
   const main = n & ~7;
   const post: f32 = F16_SCALE / k; // exact power of two
+  const pre = n <= MAXD_F16X; // x * k is in XQ (f16_prepare)
   let r: usize = 0;
-  for (; r + 8 <= m; r += 8) {
+  // rows in blocks of 8 (two groups of 4), then one block of 4; chunk by chunk
+  while (r + 4 <= m) {
+    const g2 = r + 8 <= m;
     const p0 = rowp(W, stride, ptrs, pstep, r), p1 = rowp(W, stride, ptrs, pstep, r + 1);
     const p2 = rowp(W, stride, ptrs, pstep, r + 2), p3 = rowp(W, stride, ptrs, pstep, r + 3);
-    const p4 = rowp(W, stride, ptrs, pstep, r + 4), p5 = rowp(W, stride, ptrs, pstep, r + 5);
-    const p6 = rowp(W, stride, ptrs, pstep, r + 6), p7 = rowp(W, stride, ptrs, pstep, r + 7);
+    let p4: usize = 0, p5: usize = 0, p6: usize = 0, p7: usize = 0;
+    if (g2) {
+      p4 = rowp(W, stride, ptrs, pstep, r + 4); p5 = rowp(W, stride, ptrs, pstep, r + 5);
+      p6 = rowp(W, stride, ptrs, pstep, r + 6); p7 = rowp(W, stride, ptrs, pstep, r + 7);
+    }
     memory.fill(ACC, 0, 128);
     let special = false;
     for (let c0: usize = 0; c0 < main; c0 += F16_CHUNK) {
       const nc = min(F16_CHUNK, main - c0), o = c0 << 1;
-      special |= f16_rows4(ACC, p0 + o, p1 + o, p2 + o, p3 + o, x + (c0 << 2), nc, k);
-      special |= f16_rows4(ACC + 64, p4 + o, p5 + o, p6 + o, p7 + o, x + (c0 << 2), nc, k);
+      let xk = XQ + (c0 << 2);
+      if (!pre) { f16_scale_x(XK, x + (c0 << 2), nc, k); xk = XK; }
+      special |= f16_rows4(ACC, p0 + o, p1 + o, p2 + o, p3 + o, xk, nc);
+      if (g2) special |= f16_rows4(ACC + 64, p4 + o, p5 + o, p6 + o, p7 + o, xk, nc);
     }
-    for (let i: usize = 0; i < 8; i++) {
+    const nr: usize = g2 ? 8 : 4;
+    for (let i: usize = 0; i < nr; i++) {
       const p = rowp(W, stride, ptrs, pstep, r + i);
       const s = special ? f16_row_exact(p, x, n) : hsum(v128.load(ACC + (i << 4))) * post + f16_tail(p, x, main, n);
       store<f32>(out + ((r + i) << 2), s);
     }
-  }
-  for (; r + 4 <= m; r += 4) {
-    memory.fill(ACC, 0, 64);
-    const special = f16_rows4(ACC, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + 1),
-      rowp(W, stride, ptrs, pstep, r + 2), rowp(W, stride, ptrs, pstep, r + 3), x, main, k);
-    for (let i: usize = 0; i < 4; i++) {
-      const p = rowp(W, stride, ptrs, pstep, r + i);
-      const s = special ? f16_row_exact(p, x, n) : hsum(v128.load(ACC + (i << 4))) * post + f16_tail(p, x, main, n);
-      store<f32>(out + ((r + i) << 2), s);
-    }
+    r += nr;
   }
   for (; r < m; r++) {
     store<f32>(out + (r << 2), f16_row_exact(rowp(W, stride, ptrs, pstep, r), x, n));

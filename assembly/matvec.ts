@@ -1,7 +1,7 @@
 // Dense matrix-vector products: out[r] = W[r,:] . x (+ bias[r]), W row-major
 // [rows][cols]. The blocked loops live in gemv.ts (shared with the FFN kernels).
 
-import { dots_f32, dots_f16, dots_i8, f16_xscale, quantize_x, qx_bytes, QB } from "./gemv";
+import { dots_f32, dots_f16, dots_i8, f16_prepare, quantize_x, qx_bytes, QB } from "./gemv";
 
 /** out[r] += bias[r] (no-op when bias is 0). */
 // @ts-ignore: decorator
@@ -19,7 +19,7 @@ export function matvec_f32(out: usize, W: usize, x: usize, bias: usize, rows: i3
 }
 
 export function matvec_f16(out: usize, W: usize, x: usize, bias: usize, rows: i32, cols: i32): void {
-  dots_f16(out, W, <usize>cols << 1, x, rows, cols, f16_xscale(x, <usize>cols));
+  dots_f16(out, W, <usize>cols << 1, x, rows, cols, f16_prepare(x, <usize>cols));
   addBias(out, bias, rows);
 }
 

@@ -204,6 +204,37 @@ test('matvec_f16: large |x| (adaptive x scaling), subnormal weights, inf/NaN wei
   t.is(firstMismatch(got, ref.want, ref.tol), null);
 });
 
+test('matvec_f16: cols beyond the scaled-x area (chunk-wise x scaling) and 4-row remainders', (t) => {
+  A.reset();
+  const r = rng(31);
+  // 16640 = largest cols whose scaled x fits the module's x area; 13 rows = 8 + 4 + 1
+  for (const [rows, cols] of [[13, 16640], [13, 16645], [6, 16700]] as const) {
+    const w = normalish(r, rows * cols, 0.5);
+    const m = quantizeMatrix(w, rows, cols, 'f16');
+    for (const big of [1, 1e6]) {
+      const x = normalish(r, cols);
+      x[cols - 3] = big;
+      const O = A.out(rows);
+      k.matvec_f16(O, A.putBytes(m.bytes, 2), A.putF32(x, 1), 0, rows, cols);
+      const ref = matvecRef(m, x);
+      t.is(firstMismatch(A.f32(O, rows), ref.want, ref.tol), null, `${rows}x${cols} |x| up to ${big}`);
+    }
+    // an inf weight in the last chunk of row 9 (the 4-row group)
+    const h = new Uint16Array(m.bytes.buffer.slice(0));
+    if (rows > 9) {
+      h[9 * cols + cols - 20] = 0x7c00;
+      const x = uniform(r, cols, 0.5, 1);
+      const O = A.out(rows);
+      k.matvec_f16(O, A.putBytes(h, 1), A.putF32(x), 0, rows, cols);
+      const deq = Float32Array.from(h, (v) => f16BitsToF32(v));
+      const got = A.f32(O, rows);
+      t.is(got[9], Infinity);
+      t.is(firstMismatch(got, matvecRef({ ...m, deq }, x).want, matvecRef({ ...m, deq }, x).tol), null);
+    }
+    A.reset();
+  }
+});
+
 test('matvec_i8: x with outliers and zero blocks stays within the quantization bound', (t) => {
   A.reset();
   const r = rng(5);

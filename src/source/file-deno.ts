@@ -24,7 +24,7 @@ export function denoApi(): DenoApi | undefined {
 }
 
 /** Local flash read shape: the same measured defaults as Node's FileSource (FILE_HINTS in file-node.ts). */
-export const DENO_FILE_HINTS: Readonly<ReadHints> = Object.freeze({ mergeGap: 64 * 1024, maxRead: 1024 * 1024, parallel: 8 });
+export const DENO_FILE_HINTS: Readonly<ReadHints> = Object.freeze({ mergeGap: 16 * 1024, maxRead: 1024 * 1024, parallel: 8 });
 
 const SEEK_START = 0;
 

@@ -21,13 +21,15 @@ export interface FileSourceOptions {
  * Default read shape for local flash, measured by bench/sources.ts (O_DIRECT,
  * 512 MiB file, virtio SSD): a read costs ~0.13 ms + bytes at ~1.1 GB/s one
  * at a time, ~0.04 ms amortized with 8 in flight, so reading through a gap
- * beats a separate read up to ~46-63 KiB (mergeGap 64 KiB); throughput
+ * beats a separate read up to ~46-63 KiB. bench:flash on the OPT fixture
+ * (window k=4, O_DIRECT) ran as fast with a 16 KiB gap as with 64 KiB while
+ * reading 3x fewer bytes (5.8% vs 16% of the FFN), so mergeGap is 16 KiB; throughput
  * plateaus (~1-1.3 GB/s) from 256 KiB-1 MiB reads with 4+ in flight
  * (maxRead 1 MiB, so long ranges still spread over the queue); 8 in flight
  * beat 4 by 20-50% and 16 added little (parallel 8; libuv runs 4 at a time
  * unless UV_THREADPOOL_SIZE is raised).
  */
-export const FILE_HINTS: Readonly<ReadHints> = Object.freeze({ mergeGap: 64 * 1024, maxRead: 1024 * 1024, parallel: 8 });
+export const FILE_HINTS: Readonly<ReadHints> = Object.freeze({ mergeGap: 16 * 1024, maxRead: 1024 * 1024, parallel: 8 });
 
 /** O_DIRECT granularity used for offsets, lengths and buffer addresses. */
 export const DIRECT_ALIGNMENT = 4096;
