@@ -1,6 +1,6 @@
 import test from 'ava';
 import fc from 'fast-check';
-import { FlashlmError, FormatError, IntegrityError } from '../src/errors.js';
+import { ConvertError, FlashlmError, FormatError, IntegrityError } from '../src/errors.js';
 import { PREAMBLE_BYTES, type FlmHeader } from '../src/format/layout.js';
 import { decodeHeader, openFlm, validateHeader } from '../src/format/reader.js';
 import { headerPackr, writeFlm } from '../src/format/writer.js';
@@ -84,6 +84,15 @@ for (const type of ['opt', 'llama'] as const) {
     }
   }
 }
+
+test('non-finite weights stop the writer with an error naming the tensor', async (t) => {
+  const ckpt = syntheticCheckpoint(syntheticArch('opt'), 3);
+  ckpt.values.get('layers.1.ffn_down')![77] = Number.NaN;
+  await t.throwsAsync(writeFlm(ckpt, new MemorySink(), { dtype: 'f16', layout: 'bundled' }), { instanceOf: ConvertError, message: /layers\.1\.ffn_down.*finite/ });
+  const inf = syntheticCheckpoint(syntheticArch('llama'), 3);
+  inf.values.get('tok_embeddings')![5] = -Infinity;
+  await t.throwsAsync(writeFlm(inf, new MemorySink(), { dtype: 'f32', layout: 'split' }), { instanceOf: ConvertError, message: /tok_embeddings/ });
+});
 
 test('the writer is deterministic', async (t) => {
   const a = await build('opt', 'f16', 'bundled', 7);

@@ -370,7 +370,11 @@ export async function writeFlm(ckpt: Checkpoint, sink: Sink, opts: WriteOptions)
   return header;
 }
 
+/** Checks a chunk's length, and that every weight is finite (inf/NaN means a corrupt or broken checkpoint). */
 function expectLength(ckpt: Checkpoint, name: string, v: Float32Array, n: number): void {
   if (v.length !== n) throw new ConvertError(ckpt.path, name, `expected ${n} values, got ${v.length}`);
+  for (let i = 0; i < v.length; i++) {
+    if (!Number.isFinite(v[i]!)) throw new ConvertError(ckpt.path, name, `value ${v[i]} at index ${i} of the chunk: weights must be finite`);
+  }
 }
 
