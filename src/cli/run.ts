@@ -39,6 +39,9 @@ export async function runGenerate(modelPath: string, flags: RunFlags): Promise<v
         (p.window ? `, cache ${fmtBytes(p.cacheBytes)} (${p.capacity}/${p.neurons} neurons per layer)` : '') +
         `, staging ${fmtBytes(p.stagingBytes)}`;
   process.stderr.write(`${residency}; arena ${fmtBytes(p.arenaBytes)}\n`);
+  if (p.sparsity === 'oracle') {
+    process.stderr.write(`note: the oracle keeps a dense copy of the FFN (${fmtBytes(p.ffnBytes)}) outside the arena to know the true active neurons: it measures the streaming machinery; run \`flashlm calibrate\` for a predictor that saves memory and I/O\n`);
+  }
   const abort = new AbortController();
   const onSigint = () => abort.abort(new Error('interrupted'));
   process.once('SIGINT', onSigint);
