@@ -502,3 +502,48 @@ test('the reader checks gate thresholds strictly', async (t) => {
   const optRaw = { ...opt.header, gate: { sparsity: 0.5, thresholds: [0, 0, 0, 0, 0, 0] } };
   t.throws(() => validateHeader(optRaw, opt.source.size), { instanceOf: FormatError, message: /gated/ });
 });
+
+test('gated model, predicted gates: predictors of the thresholded set round-trip with the thresholds; every neuron predicted = dense; the window strategy reads less than hybrid', async (t) => {
+  const bytes = await convertToBytes(STORIES_BIN, { tokenizer: STORIES_TOK });
+  const file = await openFlm(new MemorySource(bytes));
+  const r = await calibrate(file, [calibText], { gateSparsity: 0.7, tokens: 2048, context: 128, holdout: 0.2, epochs: 1, rank: 16 });
+  const { nLayers, ffnDim } = file.header.arch;
+  t.is(r.predictors.length, nLayers);
+  t.is(r.gate!.thresholds.length, nLayers);
+  t.is(r.gate!.sparsity, 0.7);
+  for (const l of r.layers) {
+    t.true(Math.abs(l.trueFraction - 0.3) < 0.1, `layer ${l.layer}: labels over the threshold ${l.trueFraction}`);
+    t.true(l.recall > 0.85 && l.predictedFraction < 0.95, `layer ${l.layer}: recall ${l.recall}, predicted ${l.predictedFraction}`);
+  }
+  const sink = new MemorySink();
+  await writeWithPredictors(file, r.predictors, sink, { gate: r.gate });
+  const withPred = sink.bytes();
+  const after = await openFlm(new MemorySource(withPred));
+  t.deepEqual(after.header.gate, r.gate);
+  t.is(after.header.predictors!.length, nLayers);
+  t.is(after.header.predictors![2]!.threshold, r.predictors[2]!.threshold);
+  for (const f of file.header.ffn) {
+    const s0 = file.section(f.section);
+    const s1 = after.section(f.section);
+    t.deepEqual(withPred.subarray(s1.offset, s1.offset + s1.length), bytes.subarray(s0.offset, s0.offset + s0.length));
+  }
+
+  // Every neuron predicted: whole records read, SwiGLU over all of them: exactly dense.
+  const all = new MemorySink();
+  await writeWithPredictors(file, r.predictors.map((p) => ({ ...p, threshold: -1e30 })), all);
+  const dense = await greedyIds(bytes, { strategy: 'dense' });
+  const everything = await greedyIds(all.bytes(), { strategy: 'window' });
+  t.is(everything.stats.sparsity, 'predictor');
+  t.deepEqual(everything.ids, dense.ids);
+
+  // The calibrated predictors: fewer FFN bytes than hybrid, recall measured against the stored thresholds.
+  const model = await openModel(new MemorySource(withPred), { strategy: 'window', measurePredictor: true, contextLength: 96 });
+  t.is(model.plan.sparsity, 'predictor');
+  await model.complete('Once upon a time', { maxTokens: 40 });
+  const s = model.stats.summary();
+  await model.close();
+  const hybrid = await greedyIds(bytes, { strategy: 'hybrid' });
+  t.log(`predicted gates: recall ${s.predictorRecall!.toFixed(3)}, precision ${s.predictorPrecision!.toFixed(3)}, FFN read ${(100 * s.ffnFractionPerToken).toFixed(1)}% (hybrid ${(100 * hybrid.stats.ffnFractionPerToken).toFixed(1)}%), ${ffnDim} neurons`);
+  t.true(s.predictorRecall! > 0.8 && s.predictorPrecision! > 0.2);
+  t.true(s.ffnFractionPerToken < 0.8 * hybrid.stats.ffnFractionPerToken);
+});

@@ -3,12 +3,19 @@
  * text, train one low-rank predictor per layer on its FFN inputs and true
  * active sets, tune each layer's threshold for a recall target, and measure
  * recall/precision on held-out windows of the same text.
+ *
+ * Gated (SwiGLU) models have no exact zeros: their "active" set is the
+ * neurons whose |silu(gate·x)| passes a per-layer threshold calibrated for a
+ * target sparsity (as for the resident-gate mode, calibrateGates), and the
+ * predictor learns that set, so that no gate row needs to stay resident.
  */
 import { ArgumentError } from '../errors.js';
 import type { FlmFile } from '../format/reader.js';
+import type { GateSparsity } from '../format/layout.js';
 import type { LayerPredictor } from '../format/rewrite.js';
 import { createTokenizer } from '../tokenizer/index.js';
-import { collectActivations, type Activations } from './collect.js';
+import { bitsetBytes, collectActivations, type Activations } from './collect.js';
+import { quantile } from './gates.js';
 import { confusionAtBin, metrics, thresholdForRecall, type PredictorMetrics } from './metrics.js';
 import { sampleWindows } from './text.js';
 import { PredictorTrainer, rng, type InitMethod } from './train.js';
@@ -31,6 +38,12 @@ export interface CalibrateOptions {
   batch?: number;
   init?: InitMethod;
   seed?: number;
+  /**
+   * Gated (SwiGLU) models: the share of neurons to skip. Each layer's
+   * threshold on |silu(gate·x)| is the fitting tokens' quantile; the
+   * predictor is trained on "over the threshold". Default 0.7.
+   */
+  gateSparsity?: number;
   signal?: AbortSignal;
   /** Progress: phase, units done, units total. */
   onProgress?: (phase: 'collect' | 'train', done: number, total: number) => void;
@@ -61,6 +74,8 @@ export interface CalibrationResult {
   /** Seconds spent running the dense model, and training. */
   collectSeconds: number;
   trainSeconds: number;
+  /** Gated models: the per-layer |silu(gate·x)| thresholds that defined the labels (stored with the predictors). */
+  gate?: GateSparsity;
 }
 
 /** dModel/8 within [16, 128] (the paper's 128 for dModel 4096), at most min(dModel, ffnDim). */
@@ -73,7 +88,9 @@ const HIST = { lo: -40, hi: 40, bins: 8192 };
 
 export async function calibrate(file: FlmFile, texts: readonly string[], opts: CalibrateOptions = {}): Promise<CalibrationResult> {
   const a = file.header.arch;
-  if (a.activation !== 'relu') throw new ArgumentError('predictor calibration needs a ReLU model; gated (SwiGLU) models use gate thresholds (calibrateGates)');
+  const gated = a.activation === 'swiglu';
+  const gateSparsity = opts.gateSparsity ?? 0.7;
+  if (gated && !(gateSparsity >= 0 && gateSparsity < 1)) throw new ArgumentError('gate sparsity must be in [0, 1)');
   const tokens = opts.tokens ?? 32768;
   const holdout = opts.holdout ?? 0.1;
   const target = opts.recall ?? 0.95;
@@ -108,6 +125,7 @@ export async function calibrate(file: FlmFile, texts: readonly string[], opts: C
   const trainCount = train.reduce((s, w) => s + w.length, 0);
   const tuneCount = tune.reduce((s, w) => s + w.length, 0);
   const heldCount = acts.tokens - trainCount - tuneCount;
+  const gate = gated ? gateLabels(acts, trainCount, gateSparsity) : undefined;
 
   const t1 = performance.now();
   const predictors: LayerPredictor[] = [];
@@ -121,12 +139,50 @@ export async function calibrate(file: FlmFile, texts: readonly string[], opts: C
       epochs,
       batch,
       target,
+      gateThresholds: gate?.thresholds,
       onStep: (s) => opts.onProgress?.('train', l * stepsPerLayer + s, a.nLayers * stepsPerLayer),
     });
     predictors.push(predictor);
     layers.push(report);
   }
-  return { predictors, layers, trainTokens: trainCount, tuneTokens: tuneCount, heldOutTokens: heldCount, collectSeconds, trainSeconds: (performance.now() - t1) / 1000 };
+  const result: CalibrationResult = { predictors, layers, trainTokens: trainCount, tuneTokens: tuneCount, heldOutTokens: heldCount, collectSeconds, trainSeconds: (performance.now() - t1) / 1000 };
+  if (gate) result.gate = gate;
+  return result;
+}
+
+/**
+ * Gated models: per layer, the |silu(gate·x)| threshold under which a share
+ * `sparsity` of the first `trainCount` tokens' neurons lies, and the labels
+ * "over the threshold" as the layer's active bitsets (the gate values are
+ * dropped afterwards).
+ */
+export function gateLabels(acts: Activations, trainCount: number, sparsity: number): GateSparsity {
+  const n = acts.ffnDim;
+  const bs = bitsetBytes(n);
+  const thresholds = acts.layers.map((L) => {
+    const threshold = quantile(L.gate.subarray(0, trainCount * n), sparsity);
+    const active = new Uint8Array(acts.tokens * bs);
+    for (let t = 0; t < acts.tokens; t++) {
+      const row = t * n;
+      for (let j = 0; j < n; j++) if (L.gate[row + j]! > threshold) active[t * bs + (j >> 3)]! |= 1 << (j & 7);
+    }
+    L.active = active;
+    L.gate = new Float32Array(0);
+    return threshold;
+  });
+  return { sparsity, thresholds };
+}
+
+/** The s > 0 with silu(s) = t (t >= 0), by bisection: where the gate pre-activation crosses a threshold. */
+export function siluInverse(t: number): number {
+  let lo = 0;
+  let hi = Math.max(1, 2 * t + 2);
+  for (let i = 0; i < 60; i++) {
+    const mid = (lo + hi) / 2;
+    if (mid / (1 + Math.exp(-mid)) < t) lo = mid;
+    else hi = mid;
+  }
+  return (lo + hi) / 2;
 }
 
 /**
@@ -140,7 +196,7 @@ export async function trainLayer(
   rank: number,
   trainCount: number,
   tuneCount: number,
-  opts: CalibrateOptions & { target: number; epochs: number; batch: number; onStep?: (step: number) => void },
+  opts: CalibrateOptions & { target: number; epochs: number; batch: number; onStep?: (step: number) => void; gateThresholds?: readonly number[] },
 ): Promise<{ predictor: LayerPredictor; report: LayerReport }> {
   const { dModel: d, ffnDim: n } = acts;
   const L = acts.layers[l]!;
@@ -156,7 +212,11 @@ export async function trainLayer(
   trainer.load(L.x, L.active, order);
   const init = opts.init ?? 'data';
   if (init === 'random') trainer.initRandom(opts.seed ?? 1);
-  else trainer.initFromUp(await readFfnPart(file, l, 'up'), await readUpBias(file, l), init, opts.seed ?? 1);
+  else if (acts.gated) {
+    // Gated: the label is |silu(gate·x)| > t, mostly gate·x > silu⁻¹(t): start from the gate rows' low-rank subspace, biased by -silu⁻¹(t).
+    const t = opts.gateThresholds?.[l] ?? 0;
+    trainer.initFromUp(await readFfnPart(file, l, 'gate'), new Float32Array(n).fill(-siluInverse(t)), init, opts.seed ?? 1);
+  } else trainer.initFromUp(await readFfnPart(file, l, 'up'), await readUpBias(file, l), init, opts.seed ?? 1);
   let positives = 0;
   {
     // positives among the training tokens only

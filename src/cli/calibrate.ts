@@ -23,12 +23,16 @@ export interface CalibrateFlags {
   init: InitMethod;
   seed: number;
   gateSparsity: number;
+  /** Gated models: keep the gate rows resident (thresholds only) or train predictors of the thresholded set. */
+  gateMode?: 'resident' | 'predicted';
   json?: boolean;
 }
 
 /**
  * `flashlm calibrate`: trains the predictors and writes a copy of the model
  * with them (temp name + rename: Ctrl-C or an error leaves no file behind).
+ * Gated models: gate thresholds only (`--gate-mode resident`, the default),
+ * or thresholds plus predictors of the set over them (`--gate-mode predicted`).
  */
 export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Promise<void> {
   if (flags.rank !== undefined && flags.rankPerLayer) throw new ArgumentError('give --rank or --rank-per-layer, not both');
@@ -55,7 +59,8 @@ export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Pr
   const t0 = performance.now();
   try {
     const file = await openFlm(source);
-    if (file.header.arch.activation === 'swiglu') {
+    const gated = file.header.arch.activation === 'swiglu';
+    if (gated && flags.gateMode !== 'predicted') {
       // Gated model: no exact zeros, so per-layer thresholds on |silu(gate·x)| instead of predictors.
       if (!tty) process.stderr.write(`calibrating gate thresholds of ${modelPath} for ${(100 * flags.gateSparsity).toFixed(0)}% sparsity over ${flags.tokens} tokens\n`);
       const g = await calibrateGates(file, texts, {
@@ -80,7 +85,10 @@ export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Pr
       process.stderr.write(`wrote ${flags.output}: ${fmtBytes(header.integrity.offset + header.integrity.length)}; ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
       return;
     }
-    if (!tty) process.stderr.write(`calibrating ${modelPath}: running the dense model over ${flags.tokens} tokens, then training ${file.header.arch.nLayers} predictors\n`);
+    if (!tty) {
+      const what = gated ? ` of |silu(gate·x)| over the ${(100 * flags.gateSparsity).toFixed(0)}%-sparsity thresholds` : '';
+      process.stderr.write(`calibrating ${modelPath}: running the dense model over ${flags.tokens} tokens, then training ${file.header.arch.nLayers} predictors${what}\n`);
+    }
     const result = await calibrate(file, texts, {
       rank: flags.rankPerLayer ?? flags.rank,
       tokens: flags.tokens,
@@ -90,13 +98,17 @@ export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Pr
       context: flags.context,
       init: flags.init,
       seed: flags.seed,
+      gateSparsity: flags.gateSparsity,
       signal: abort.signal,
       onProgress: (p, done, total) => progress(p === 'collect' ? 'tokens' : 'training', done, total),
     });
     sink = await FileSink.create(flags.output);
+    const labels = result.gate ? `, predicted gates for ${result.gate.sparsity} sparsity` : '';
     const header = await writeWithPredictors(file, result.predictors, sink, {
       signal: abort.signal,
-      meta: { calibration: `${result.trainTokens} train / ${result.tuneTokens} tune / ${result.heldOutTokens} held-out tokens, recall target ${flags.recall}, init ${flags.init}` },
+      // Gated: the thresholds the labels came from are stored too (recall is measured against them; --sparsity gate stays available).
+      gate: result.gate,
+      meta: { calibration: `${result.trainTokens} train / ${result.tuneTokens} tune / ${result.heldOutTokens} held-out tokens, recall target ${flags.recall}, init ${flags.init}${labels}` },
       onProgress: (done, total) => progress('writing', done, total),
     });
     sink = undefined;
@@ -105,7 +117,7 @@ export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Pr
     const size = header.integrity.offset + header.integrity.length;
     const predictorBytes = header.sections.find((s) => s.name === 'predictor')!.length;
     if (flags.json) process.stdout.write(JSON.stringify({ ...summary(result), seconds, output: flags.output }) + '\n');
-    else process.stdout.write(formatCalibration(result, flags.recall));
+    else process.stdout.write((result.gate ? `labels: |silu(gate·x)| over per-layer thresholds for ${(100 * result.gate.sparsity).toFixed(0)}% sparsity\n` : '') + formatCalibration(result, flags.recall));
     process.stderr.write(
       `wrote ${flags.output}: ${fmtBytes(size)}, predictors ${fmtBytes(predictorBytes)}; ${seconds.toFixed(1)} s (dense model ${result.collectSeconds.toFixed(1)} s, training ${result.trainSeconds.toFixed(1)} s)\n`,
     );

@@ -81,7 +81,7 @@ export function buildCli(): Command {
 
   program
     .command('calibrate')
-    .description('train the per-layer neuron predictors (ReLU models) or gate thresholds (gated models) on calibration text and write a copy of the model with them')
+    .description('train the per-layer neuron predictors (ReLU models) or gate thresholds (gated models; with predictors: --gate-mode predicted) on calibration text and write a copy of the model with them')
     .argument('<model>', '.flm file')
     .requiredOption('--text <files...>', 'calibration text files (plain text)')
     .requiredOption('-o, --output <file>', 'the .flm file to write (FFN sections copied byte for byte)')
@@ -96,6 +96,11 @@ export function buildCli(): Command {
     .addOption(new Option('--init <method>', 'initial predictor: data-weighted low-rank of the up projection, its plain truncated SVD, or random').choices(['data', 'svd', 'random']).default('data'))
     .option('--seed <s>', 'random seed', int('seed', 0), 1)
     .option('--gate-sparsity <s>', 'gated (SwiGLU) models: share of neurons the per-layer |silu(gate·x)| thresholds skip', float('gate-sparsity', 0, 0.99), 0.7)
+    .addOption(
+      new Option('--gate-mode <mode>', 'gated models: keep the gate rows resident and read up/down of neurons over the thresholds, or train predictors of those neurons and read whole bundles')
+        .choices(['resident', 'predicted'])
+        .default('resident'),
+    )
     .option('--json', 'print the per-layer report as JSON')
     .action(runCalibrate);
 

@@ -67,4 +67,12 @@ export class ResidentFfn implements FfnProvider {
     const base = this.bases[layer]!;
     runFfnKernel(this.k, f, out, x, f.neurons, f.partOffsets.map((o) => base + o), f.stride, hOut);
   }
+
+  /** Gated FFNs: out[n] = silu(gate_j · x) of every neuron of `layer`. */
+  gateActivations(layer: number, x: number, out: number): void {
+    const f = this.entries[layer]!;
+    const gate = this.bases[layer]! + f.partOffsets[f.parts.indexOf('gate')]!;
+    const act = f.dtype === 'f32' ? this.k.gate_act_f32 : f.dtype === 'f16' ? this.k.gate_act_f16 : this.k.gate_act_i8;
+    act(out, x, f.d, f.neurons, gate, f.stride);
+  }
 }

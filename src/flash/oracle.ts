@@ -1,7 +1,8 @@
 /**
  * The oracle: the true FFN activations of a token, from a dense copy of the
  * FFN in a memory of its own (outside the budget). It measures the streaming
- * machinery and the predictor; it is not a way to save I/O.
+ * machinery and the predictor; it is not a way to save I/O. (Gated FFNs have
+ * no exact zeros: their true set is |silu(gate·x)| over the file's gate threshold.)
  */
 import type { FlmFile } from '../format/reader.js';
 import { createArena, loadKernels } from '../kernels/load.js';
@@ -36,6 +37,13 @@ export class Oracle {
   activations(layer: number, x: Float32Array): Float32Array {
     this.arena.f32(this.x, this.d).set(x);
     this.ffn.run(layer, this.x, this.out, this.h);
+    return this.view;
+  }
+
+  /** Gated FFNs: silu(gate_j · x) of the layer's n neurons (a view, valid until the next call). */
+  gateActivations(layer: number, x: Float32Array): Float32Array {
+    this.arena.f32(this.x, this.d).set(x);
+    this.ffn.gateActivations(layer, this.x, this.h);
     return this.view;
   }
 }

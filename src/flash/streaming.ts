@@ -20,7 +20,10 @@ import type { RunStats } from './stats.js';
 /**
  * Which neurons a token needs: the trained predictor, the true set (oracle),
  * all of them, or (gated FFNs) those whose |silu(gate·x)| passes the file's
- * per-layer gate threshold, with the gate rows resident.
+ * per-layer gate threshold, with the gate rows resident. On a gated FFN the
+ * predictor predicts that set instead ("predicted gates"): whole records
+ * (gate, up, down) are read for the predicted neurons only, the others'
+ * contributions are dropped.
  */
 export type Sparsity = 'predictor' | 'oracle' | 'off' | 'gate';
 
@@ -212,14 +215,31 @@ export class StreamingFfn implements FfnProvider {
     return count;
   }
 
-  /** Predictor confusion counts against the oracle's true active set. */
+  /**
+   * Predictor confusion counts against the oracle's true active set (gated
+   * FFNs: the neurons whose |silu(gate·x)| passes the file's gate threshold,
+   * what a predicted-gate predictor was trained on; not measured without one).
+   */
   private measurePredictor(layer: Layer, x: number, count: number): void {
-    const h = this.cfg.oracle!.activations(layer.f.layer, this.arena.f32(x, this.d));
+    const oracle = this.cfg.oracle!;
+    const xs = this.arena.f32(x, this.d);
+    let on: (v: number) => boolean;
+    let h: Float32Array;
+    if (this.file.header.arch.activation === 'swiglu') {
+      const gate = this.file.header.gate;
+      if (!gate) return;
+      const t = gate.thresholds[layer.f.layer]!;
+      h = oracle.gateActivations(layer.f.layer, xs);
+      on = (v) => Math.abs(v) > t;
+    } else {
+      h = oracle.activations(layer.f.layer, xs);
+      on = (v) => v !== 0;
+    }
     const av = this.activeView;
     let tp = 0;
     let truth = 0;
-    for (let j = 0; j < this.n; j++) if (h[j] !== 0) truth++;
-    for (let i = 0; i < count; i++) if (h[av[i]!] !== 0) tp++;
+    for (let j = 0; j < this.n; j++) if (on(h[j]!)) truth++;
+    for (let i = 0; i < count; i++) if (on(h[av[i]!]!)) tp++;
     this.cfg.stats!.predictor(tp, count - tp, truth - tp);
   }
 
