@@ -22,3 +22,4 @@ export function heap_base(): usize {
 }
 export { mm_nt, transpose, bce_grad, colsum, adam_step, logit_histogram } from "./train";
 export { gate_act_f32, gate_act_f16, gate_act_i8, ffn_gated_f32_ptrs, ffn_gated_f16_ptrs, ffn_gated_i8_ptrs, gated_i8_max_d } from "./gated";
+export { xxh64, xxh64_slot } from "./xxh64";

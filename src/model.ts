@@ -126,6 +126,8 @@ export class Model {
       const plan = planMemory(file, probe, options, contextLength);
       const memory = createArena(plan.arenaBytes);
       const kernels = await loadKernels(memory, options.wasm);
+      // Everything read into the arena (resident sections, streamed FFN chunks) is hashed in place.
+      file.useKernelHasher(kernels);
       const arena = new Arena(memory, kernels.heap_base());
       const strategy = plan.strategy;
       const stats = new RunStats({

@@ -9,7 +9,7 @@ import { FormatError, IntegrityError } from '../errors.js';
 import { DTYPE_BYTES } from '../kernels/quant.js';
 import type { ReadHints, Source } from '../source/types.js';
 import { runBounded } from '../util/bounded.js';
-import { getHasher, hex64, type Hasher } from './hash.js';
+import { ArenaHasher, getHasher, hex64, type Hasher, type XxhKernels } from './hash.js';
 import {
   FORMAT_VERSION,
   MAGIC,
@@ -27,6 +27,9 @@ import {
   type TensorEntry,
 } from './layout.js';
 import type { ArchConfig, DType, TokenizerSpec } from './types.js';
+
+/** Typed arrays use the platform's byte order; a BigUint64Array seen as u32 pairs is [lo, hi] only on little-endian ones. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' });
 
@@ -348,6 +351,10 @@ export function validateHeader(raw: unknown, fileSize: number, headerEnd = PREAM
 export class FlmFile {
   private readonly tensorsByName: Map<string, TensorEntry>;
   private readonly sectionsByName: Map<string, SectionEntry>;
+  /** Kernel hashers, one per arena (useKernelHasher); usually one. */
+  private arenaHashers: ArenaHasher[] = [];
+  /** blockHashes as u32 halves [lo0, hi0, lo1, hi1, ...], for ArenaHasher.matches (made on first useKernelHasher). */
+  private hashWords?: Uint32Array;
   constructor(
     readonly source: Source,
     readonly header: FlmHeader,
@@ -370,21 +377,63 @@ export class FlmFile {
   }
 
   /**
+   * From now on, verify() hashes views of `kernels.memory` (an arena) in place
+   * with the kernels' xxh64 instead of copying them into xxhash-wasm's memory.
+   * Other bytes still go through xxhash-wasm. Call once per arena (a second
+   * call for the same memory is ignored). Returns false, changing nothing, when
+   * the module has no xxh64 export (an older kernels build).
+   */
+  useKernelHasher(kernels: Partial<XxhKernels> & Pick<XxhKernels, 'memory'>): boolean {
+    if (typeof kernels.xxh64 !== 'function' || typeof kernels.xxh64_slot !== 'function') return false;
+    if (this.arenaHashers.some((h) => h.kernels.memory === kernels.memory)) return true;
+    if (!this.hashWords) {
+      const h = this.blockHashes;
+      if (LITTLE_ENDIAN) this.hashWords = new Uint32Array(h.buffer, h.byteOffset, h.length * 2); // the same bytes, no copy
+      else {
+        const w = new Uint32Array(h.length * 2);
+        for (let i = 0; i < h.length; i++) {
+          w[2 * i] = Number(h[i]! & 0xffffffffn);
+          w[2 * i + 1] = Number(h[i]! >> 32n);
+        }
+        this.hashWords = w;
+      }
+    }
+    this.arenaHashers.push(new ArenaHasher(kernels as XxhKernels, this.hasher));
+    return true;
+  }
+
+  /**
    * Verifies bytes read from `section` starting at block `firstBlock`
    * (`bytes` must cover whole blocks, the last one possibly the section's short tail).
+   * Views of an arena registered with useKernelHasher are hashed in place.
    */
   verify(section: SectionEntry, firstBlock: number, bytes: Uint8Array): void {
+    let kernel: ArenaHasher | undefined;
+    for (const h of this.arenaHashers) {
+      if (h.owns(bytes)) {
+        kernel = h;
+        break;
+      }
+    }
+    const words = this.hashWords; // set whenever a kernel hasher exists
     let at = 0;
     for (let b = firstBlock; at < bytes.byteLength; b++) {
       const len = Math.min(section.blockBytes, section.length - b * section.blockBytes);
       if (b >= section.blockCount || at + len > bytes.byteLength) throw new IntegrityError(`${this.source.name}: read of ${section.name} does not cover whole blocks`);
-      const got = this.hasher.u64(bytes.subarray(at, at + len));
-      const want = this.blockHashes[section.firstBlock + b]!;
-      if (got !== want) {
-        throw new IntegrityError(`${this.source.name}: ${section.name} block ${b} (file offset ${section.offset + b * section.blockBytes}) hash ${hex64(got)} != ${hex64(want)}`);
+      const i = section.firstBlock + b;
+      if (kernel) {
+        if (!kernel.matches(bytes.byteOffset + at, len, words![2 * i]!, words![2 * i + 1]!)) this.mismatch(section, b, kernel.hash(bytes.byteOffset + at, len));
+      } else {
+        const got = this.hasher.u64(bytes.subarray(at, at + len));
+        if (got !== this.blockHashes[i]!) this.mismatch(section, b, got);
       }
       at += len;
     }
+  }
+
+  private mismatch(section: SectionEntry, b: number, got: bigint): never {
+    const want = this.blockHashes[section.firstBlock + b]!;
+    throw new IntegrityError(`${this.source.name}: ${section.name} block ${b} (file offset ${section.offset + b * section.blockBytes}) hash ${hex64(got)} != ${hex64(want)}`);
   }
 
   /**

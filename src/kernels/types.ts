@@ -191,4 +191,16 @@ export interface Kernels {
   ffn_gated_i8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number): void;
   /** Largest d the int8 gated kernels take (32768). */
   gated_i8_max_d(): number;
+
+  // ---- integrity hashing in place (assembly/xxh64.ts; see src/format/hash.ts ArenaHasher) ----
+  /**
+   * XXH64 (the reference algorithm, as xxhash-wasm's h64Raw) of the `len` bytes
+   * at `ptr`, any alignment, with the u64 seed `seedHi·2^32 + seedLo` (the .flm
+   * integrity hash is seed 0). The result is written as a u64 little-endian to
+   * `out` (any alignment; may overlap the input): a u64 return would cross to
+   * JS as a BigInt, so the host reads two u32 halves instead and allocates nothing.
+   */
+  xxh64(ptr: number, len: number, seedLo: number, seedHi: number, out: number): void;
+  /** An 8-byte slot in the module's static area (below heap_base), for xxh64's `out`. */
+  xxh64_slot(): number;
 }
