@@ -26,6 +26,7 @@ export class Oracle {
     const memory = createArena(ffnBytes + (2 * d + n) * 4 + (1 << 20));
     const k = await loadKernels(memory, wasm);
     const arena = new Arena(memory, k.heap_base());
+    file.useKernelHasher(k); // the dense copy is verified in place too
     const ffn = await ResidentFfn.load(file, k, arena);
     const x = arena.alloc('oracle x', d * 4);
     const out = arena.alloc('oracle out', d * 4);
