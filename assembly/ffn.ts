@@ -47,7 +47,7 @@ function axpy4_f32(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: us
 }
 
 /** out[j] += a * down[j], one f32 row. */
-function axpy1_f32(out: usize, d: usize, p: usize, a: f32): void {
+export function axpy1_f32(out: usize, d: usize, p: usize, a: f32): void {
   const A = f32x4.splat(a);
   let j: usize = 0;
   for (; j + 4 <= d; j += 4) v128.store(out + (j << 2), f32x4.add(v128.load(out + (j << 2)), f32x4.mul(v128.load(p + (j << 2)), A)));
@@ -87,7 +87,7 @@ function axpy4_f16(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: us
 }
 
 /** One f16 down row, exact for any coefficient (decode * 2^112, then * a). */
-function axpy1_f16(out: usize, d: usize, p: usize, a: f32): void {
+export function axpy1_f16(out: usize, d: usize, p: usize, a: f32): void {
   const A = f32x4.splat(a), S = f32x4.splat(F16_SCALE);
   let j: usize = 0;
   for (; j + 8 <= d; j += 8) {
@@ -121,7 +121,7 @@ function axpy4_i8(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: usi
   }
 }
 
-function axpy1_i8(out: usize, d: usize, p: usize, a: f32): void {
+export function axpy1_i8(out: usize, d: usize, p: usize, a: f32): void {
   const A = f32x4.splat(a);
   let j: usize = 0;
   for (; j + 8 <= d; j += 8) {

@@ -7,8 +7,8 @@
 
 import { dots_f32, dots_f16, dots_f32_p, dots_f16_p, dots_i8_p, f16_prepare, quantize_x, QB } from "./gemv";
 import { silu } from "./activation";
+import { axpy1_f32, axpy1_f16, axpy1_i8 } from "./ffn";
 import { XQ, MAXD_I8 } from "./arena";
-import { f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
 
 const T_F32 = 0, T_F16 = 1, T_I8 = 2;
 /** Neurons per block of up dots. */
@@ -50,44 +50,6 @@ export function gate_act_i8(out: usize, x: usize, d: i32, n: i32, gate: usize, s
   gate_act(T_I8, out, x, <usize>d, <usize>n, gate, <usize>stride);
 }
 
-function axpy_f32(out: usize, d: usize, p: usize, a: f32): void {
-  const A = f32x4.splat(a);
-  let j: usize = 0;
-  for (; j + 4 <= d; j += 4) v128.store(out + (j << 2), f32x4.add(v128.load(out + (j << 2)), f32x4.mul(v128.load(p + (j << 2)), A)));
-  for (; j < d; j++) store<f32>(out + (j << 2), load<f32>(out + (j << 2)) + load<f32>(p + (j << 2)) * a);
-}
-
-function axpy_f16(out: usize, d: usize, p: usize, a: f32): void {
-  const A = f32x4.splat(a), S = f32x4.splat(F16_SCALE);
-  let j: usize = 0;
-  for (; j + 8 <= d; j += 8) {
-    const h = v128.load(p + (j << 1));
-    const u = f16_upper_exact(h), l = i16x8.shl(h, 13);
-    const o = out + (j << 2);
-    v128.store(o, f32x4.add(v128.load(o), f32x4.mul(f32x4.mul(f16_bits_lo(l, u), S), A)));
-    v128.store(o, f32x4.add(v128.load(o, 16), f32x4.mul(f32x4.mul(f16_bits_hi(l, u), S), A)), 16);
-  }
-  for (; j < d; j++) {
-    const h = <u32>load<u16>(p + (j << 1));
-    let bits = ((h & 0x8000) << 16) | ((h & 0x7fff) << 13);
-    if ((h & 0x7c00) == 0x7c00) bits |= 0x7f800000;
-    const v = (h & 0x7c00) == 0x7c00 ? reinterpret<f32>(bits) : reinterpret<f32>(bits) * F16_SCALE;
-    store<f32>(out + (j << 2), load<f32>(out + (j << 2)) + v * a);
-  }
-}
-
-function axpy_i8(out: usize, d: usize, p: usize, a: f32): void {
-  const A = f32x4.splat(a);
-  let j: usize = 0;
-  for (; j + 8 <= d; j += 8) {
-    const q = v128.load8x8_s(p + j);
-    const o = out + (j << 2);
-    v128.store(o, f32x4.add(v128.load(o), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q)), A)));
-    v128.store(o, f32x4.add(v128.load(o, 16), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q)), A)), 16);
-  }
-  for (; j < d; j++) store<f32>(out + (j << 2), load<f32>(out + (j << 2)) + <f32>load<i8>(p + j) * a);
-}
-
 function ffn_gated(t: i32, out: usize, x: usize, d: usize, ptrs: usize, n: usize, act: usize, hOut: usize): void {
   memory.fill(out, 0, d << 2);
   let k16: f32 = 0;
@@ -109,9 +71,9 @@ function ffn_gated(t: i32, out: usize, x: usize, d: usize, ptrs: usize, n: usize
       const h = load<f32>(act + (i << 2)) * u;
       if (hOut) store<f32>(hOut + (i << 2), h);
       if (h == 0) continue;
-      if (t == T_F32) axpy_f32(out, d, down, h);
-      else if (t == T_F16) axpy_f16(out, d, down, h);
-      else axpy_i8(out, d, down, h * load<f32>(down + vb));
+      if (t == T_F32) axpy1_f32(out, d, down, h);
+      else if (t == T_F16) axpy1_f16(out, d, down, h);
+      else axpy1_i8(out, d, down, h * load<f32>(down + vb));
     }
   }
 }

@@ -10,17 +10,7 @@ import type { Kernels } from '../../src/kernels/types.js';
 
 // ---------------------------------------------------------------- PRNG
 
-/** mulberry32: small, seedable, good enough for test data. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng } from '../../src/util/random.js';
 
 /** n uniform values in [lo, hi) as f32. */
 export function uniform(r: () => number, n: number, lo = -1, hi = 1): Float32Array {
