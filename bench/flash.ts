@@ -26,7 +26,7 @@
  * many tokens each cell averaged.
  *
  * Memory: every strategy gets the engine's default budget (what it needs;
- * window: a cache with room for every neuron). The 'arena' column is that
+ * window: the default cache, a quarter of each layer's neurons). The 'arena' column is that
  * budget (the paper's DRAM column) and 'cache' the most slots any layer used
  * out of its capacity; --window-capacity N plans the window's budget for N
  * slots per layer instead (LRU eviction and overflow then show up).
@@ -488,7 +488,7 @@ async function main(): Promise<void> {
     `# model: opt-relu-6m f32, d=${arch.dModel}, ffn=${arch.ffnDim}, ${arch.nLayers} layers; file ${(bytes[LAYOUTS[0]!].byteLength / MiB).toFixed(1)} MiB = resident ${(residentSection / MiB).toFixed(1)} MiB + FFN ${(ffnBytes / MiB).toFixed(1)} MiB; neuron record ${modelInfo.recordBytes} B (bundled: 1 read unit; split: 2 x ${ffn0.partBytes} B)`,
   );
   console.log(`# run: prompt ${JSON.stringify(ref.prompt)} (${ref.prompt_ids.length} tokens, their forward passes discarded) + ${TOKENS} greedy tokens averaged per cell (naive and hybrid, whose reads do not depend on the token: ${STATIONARY})`);
-  console.log(`# memory: each strategy's default budget ('arena' MiB; window: ${WINDOW_CAPACITY === undefined ? 'room for every neuron' : `${WINDOW_CAPACITY} cache slots per layer`}); the oracle's dense FFN copy (${(ffnBytes / MiB).toFixed(1)} MiB) lives outside it`);
+  console.log(`# memory: each strategy's default budget ('arena' MiB; window: ${WINDOW_CAPACITY === undefined ? 'the default cache, a quarter of each layer\'s neurons' : `${WINDOW_CAPACITY} cache slots per layer`}); the oracle's dense FFN copy (${(ffnBytes / MiB).toFixed(1)} MiB) lives outside it`);
   console.log(
     `# predictor and window use sparsity 'oracle': the fixture ships no trained predictor yet. The oracle (a dense FFN copy outside the budget) runs inside the compute phase; its time is the 'oracle' column, '-oracle' is ms/tok without it.`,
   );
@@ -563,7 +563,7 @@ async function main(): Promise<void> {
     }
     notes.push(
       `The oracle runs the whole dense FFN per layer (outside the memory budget); the engine books that time as compute (computeMs = ms - ioMs - unpackMs). 'oracle' (oracleMsPerToken) is measured by wrapping Oracle.activations; '-oracle' is ms/token without it. A trained low-rank predictor would replace it with two small matvecs.`,
-      `ioMs covers the reads only; unpackMs is xxh64 verification of the records plus (window) cache bookkeeping and installs. For naive, the per-token re-read of the resident section is one Source.read (not planned: one request, no parallelism) timed as I/O including its hash verification (Model.forward).`,
+      `ioMs covers the reads only; unpackMs is xxh64 verification of the records plus (window) cache bookkeeping and installs. For naive, the per-token re-read of the resident section goes out as parallel pieces (FlmFile.readSection with the source's hints) and is timed as I/O including its hash verification (Model.forward).`,
       `need% = FFN records that had to come from the source (predictor: the true active set; window: neurons not in the cache; naive/hybrid: all); FFN read% exceeds it by the gaps the planner reads through (mergeGap) and the 4 KiB O_DIRECT alignment.`,
       `naive and hybrid read the same bytes every token, so they average ${STATIONARY} generated tokens; dense, predictor and window average ${TOKENS}.`,
       `The greedy continuation of this weak fixture is repetitive (see greedyIds): a 3-token cycle (" to the way") from about token 11 to 31, then a 10-token cycle. Within a 3-token cycle every active set was seen 3 tokens earlier, so the window (k=${WINDOW}) reads almost nothing on those tokens; on held-out text the fixture README reports new@4 = 2.6% of the FFN per token. Per-token values are in cells[].perToken.`,
