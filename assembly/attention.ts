@@ -2,6 +2,7 @@
 
 import { dots_f32 } from "./gemv";
 import { vmax, expShiftSum } from "./reduce";
+import { axpy4_f32, axpy1_f32 } from "./ffn";
 
 /**
  * out[j] = sum_t p[t] * V_t[j] for j < n, rows V_t at V + t*stride (f32).
@@ -11,30 +12,10 @@ function weighted_rows(out: usize, V: usize, stride: usize, p: usize, rows: usiz
   memory.fill(out, 0, n << 2);
   let t: usize = 0;
   for (; t + 4 <= rows; t += 4) {
-    const v0 = V + t * stride, v1 = v0 + stride, v2 = v1 + stride, v3 = v2 + stride;
-    const s0 = load<f32>(p + (t << 2)), s1 = load<f32>(p + (t << 2), 4), s2 = load<f32>(p + (t << 2), 8), s3 = load<f32>(p + (t << 2), 12);
-    const P0 = f32x4.splat(s0), P1 = f32x4.splat(s1), P2 = f32x4.splat(s2), P3 = f32x4.splat(s3);
-    let j: usize = 0;
-    for (; j + 4 <= n; j += 4) {
-      const o = j << 2;
-      const acc = f32x4.add(
-        f32x4.add(f32x4.mul(v128.load(v0 + o), P0), f32x4.mul(v128.load(v1 + o), P1)),
-        f32x4.add(f32x4.mul(v128.load(v2 + o), P2), f32x4.mul(v128.load(v3 + o), P3)));
-      v128.store(out + o, f32x4.add(v128.load(out + o), acc));
-    }
-    for (; j < n; j++) {
-      const o = j << 2;
-      store<f32>(out + o, load<f32>(out + o) + ((load<f32>(v0 + o) * s0 + load<f32>(v1 + o) * s1) + (load<f32>(v2 + o) * s2 + load<f32>(v3 + o) * s3)));
-    }
-  }
-  for (; t < rows; t++) {
     const v0 = V + t * stride;
-    const s0 = load<f32>(p + (t << 2));
-    const P0 = f32x4.splat(s0);
-    let j: usize = 0;
-    for (; j + 4 <= n; j += 4) v128.store(out + (j << 2), f32x4.add(v128.load(out + (j << 2)), f32x4.mul(v128.load(v0 + (j << 2)), P0)));
-    for (; j < n; j++) store<f32>(out + (j << 2), load<f32>(out + (j << 2)) + load<f32>(v0 + (j << 2)) * s0);
+    axpy4_f32(out, n, v0, v0 + stride, v0 + 2 * stride, v0 + 3 * stride, load<f32>(p + (t << 2)), load<f32>(p + (t << 2), 4), load<f32>(p + (t << 2), 8), load<f32>(p + (t << 2), 12));
   }
+  for (; t < rows; t++) axpy1_f32(out, n, V + t * stride, load<f32>(p + (t << 2)));
 }
 
 /**

@@ -30,7 +30,7 @@ let qn: i32 = 0;
 const T_F32 = 0, T_F16 = 1, T_I8 = 2;
 
 /** out[j] += sum_k a_k * down_k[j], 4 f32 rows. */
-function axpy4_f32(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: usize, a0: f32, a1: f32, a2: f32, a3: f32): void {
+export function axpy4_f32(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: usize, a0: f32, a1: f32, a2: f32, a3: f32): void {
   const A0 = f32x4.splat(a0), A1 = f32x4.splat(a1), A2 = f32x4.splat(a2), A3 = f32x4.splat(a3);
   let j: usize = 0;
   for (; j + 4 <= d; j += 4) {
