@@ -5,7 +5,7 @@
  * coalesced reads, verify them, and run the FFN kernel over the neurons' records.
  */
 import xxhash from 'xxhash-wasm';
-import { BudgetError, IntegrityError } from '../errors.js';
+import { ArgumentError, IntegrityError } from '../errors.js';
 import type { FfnEntry, SectionEntry } from '../format/layout.js';
 import type { FlmFile } from '../format/reader.js';
 import type { Kernels } from '../kernels/types.js';
@@ -124,10 +124,10 @@ export class StreamingFfn implements FfnProvider {
     this.gated = cfg.selection === 'gate';
     this.cacheParts = this.gated ? 2 : this.nParts;
     if (this.gated && (h.arch.activation !== 'swiglu' || !h.gate)) {
-      throw new BudgetError('gate sparsity needs a gated (SwiGLU) model with gate thresholds: run `flashlm calibrate` on it first');
+      throw new ArgumentError('gate sparsity needs a gated (SwiGLU) model with gate thresholds: run `flashlm calibrate` on it first');
     }
     if (cfg.selection === 'predictor' && !h.predictors) {
-      throw new BudgetError('this .flm has no predictors: run `flashlm calibrate` first, or use --sparsity oracle|off');
+      throw new ArgumentError('this .flm has no predictors: run `flashlm calibrate` first, or use --sparsity oracle|off');
     }
     if (cfg.selection === 'oracle' && !cfg.oracle) throw new Error('internal: oracle selection without an oracle');
     const maxRank = Math.max(0, ...(h.predictors ?? []).map((p) => p.rank));
