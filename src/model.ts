@@ -61,7 +61,8 @@ export function registerSourceOpener(opener: SourceOpener): void {
   openers.unshift(opener);
 }
 
-async function resolveSource(input: string | URL | Source, options: OpenOptions): Promise<Source> {
+/** Opens a path or URL through the registered openers (a Source passes through). */
+export async function resolveSource(input: string | URL | Source, options: OpenOptions = {}): Promise<Source> {
   if (typeof input === 'object' && !(input instanceof URL)) return input;
   for (const open of openers) {
     const s = await open(input, options);

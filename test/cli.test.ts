@@ -1,7 +1,8 @@
 /** The `flashlm` command as a user runs it: the compiled bin, real files, real processes. */
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync, copyFileSync, mkdirSync, readFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, rmSync, writeFileSync, copyFileSync, mkdirSync, readFileSync } from 'node:fs';
+import { startNginx } from './helpers/nginx.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -69,6 +70,24 @@ test.serial('run --stats json ends stderr with one JSON object holding the docum
   t.true(stats.bytesPerToken > 0 && stats.ffnFractionPerToken > 0 && stats.ffnFractionPerToken < 1);
   t.is(stats.predictorRecall, null);
   t.regex(r.stderr, /window \(window 4\), sparsity oracle: resident .* cache .* neurons per layer/);
+});
+
+test.serial('inspect and run read a model over HTTP (nginx on loopback)', async (t) => {
+  const { ref } = optReference();
+  chmodSync(dir, 0o755);
+  chmodSync(join(dir, 'opt-f16-split.flm'), 0o644);
+  const nginx = await startNginx({ root: dir });
+  try {
+    const url = nginx.url('/opt-f16-split.flm');
+    const i = await flashlm('inspect', url);
+    t.is(i.code, 0, i.stderr);
+    t.regex(i.stdout, /architecture\s+opt/);
+    const r = await flashlm('run', url, '-p', ref.prompt, '-n', '8', '--strategy', 'hybrid');
+    t.is(r.code, 0, r.stderr);
+    t.is(r.stdout, ref.text.slice(0, r.stdout.length - 1) + '\n');
+  } finally {
+    await nginx.stop();
+  }
 });
 
 test('bad input stops with an error naming the file and tensor, and leaves nothing behind', async (t) => {

@@ -1,10 +1,10 @@
-import { FileSource } from '../source/file-node.js';
+import { resolveSource } from '../node.js';
 import { openFlm } from '../format/reader.js';
 import { fmtBytes } from '../engine/arena.js';
 
-/** `flashlm inspect`: architecture, dims, dtypes, and every section with its size. */
+/** `flashlm inspect`: architecture, dims, dtypes, and every section with its size (a path or an http(s) URL). */
 export async function runInspect(model: string, flags: { json?: boolean }): Promise<void> {
-  const source = await FileSource.open(model);
+  const source = await resolveSource(model);
   try {
     const file = await openFlm(source);
     const h = file.header;

@@ -47,7 +47,7 @@ export function buildCli(): Command {
   program
     .command('inspect')
     .description('print a .flm file\'s architecture, dims, dtypes and sections')
-    .argument('<model>', '.flm file')
+    .argument('<model>', '.flm file (path or URL)')
     .option('--json', 'print the header as JSON')
     .action(runInspect);
 
