@@ -1,4 +1,3 @@
-import cliProgress from 'cli-progress';
 import { readFile } from 'node:fs/promises';
 import { ArgumentError } from '../errors.js';
 import { openFlm } from '../format/reader.js';
@@ -8,6 +7,7 @@ import { calibrate, type CalibrationResult } from '../calibrate/calibrate.js';
 import { calibrateGates, type GateCalibration } from '../calibrate/gates.js';
 import type { InitMethod } from '../calibrate/train.js';
 import { fmtBytes } from '../engine/arena.js';
+import { interruptSignal, progressBar } from './terminal.js';
 
 export interface CalibrateFlags {
   text: string[];
@@ -38,13 +38,8 @@ export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Pr
   if (flags.rank !== undefined && flags.rankPerLayer) throw new ArgumentError('give --rank or --rank-per-layer, not both');
   const texts = await Promise.all(flags.text.map((f) => readFile(f, 'utf8')));
   const source = await FileSource.open(modelPath);
-  const abort = new AbortController();
-  const onSigint = () => abort.abort(new Error('interrupted'));
-  process.once('SIGINT', onSigint);
-  const tty = process.stderr.isTTY;
-  const bar = tty
-    ? new cliProgress.SingleBar({ stream: process.stderr, format: '{phase} [{bar}] {percentage}% {value}/{total} eta {eta_formatted}', hideCursor: true }, cliProgress.Presets.shades_classic)
-    : undefined;
+  const interrupt = interruptSignal();
+  const bar = progressBar('{phase} [{bar}] {percentage}% {value}/{total} eta {eta_formatted}');
   let phase = '';
   const progress = (p: string, done: number, total: number) => {
     if (!bar) return;
@@ -62,18 +57,18 @@ export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Pr
     const gated = file.header.arch.activation === 'swiglu';
     if (gated && flags.gateMode !== 'predicted') {
       // Gated model: no exact zeros, so per-layer thresholds on |silu(gate·x)| instead of predictors.
-      if (!tty) process.stderr.write(`calibrating gate thresholds of ${modelPath} for ${(100 * flags.gateSparsity).toFixed(0)}% sparsity over ${flags.tokens} tokens\n`);
+      if (!bar) process.stderr.write(`calibrating gate thresholds of ${modelPath} for ${(100 * flags.gateSparsity).toFixed(0)}% sparsity over ${flags.tokens} tokens\n`);
       const g = await calibrateGates(file, texts, {
         sparsity: flags.gateSparsity,
         tokens: flags.tokens,
         holdout: flags.holdout,
         context: flags.context,
-        signal: abort.signal,
+        signal: interrupt.signal,
         onProgress: (_p, done, total) => progress('tokens', done, total),
       });
       sink = await FileSink.create(flags.output);
       const header = await writeWithPredictors(file, [], sink, {
-        signal: abort.signal,
+        signal: interrupt.signal,
         gate: g.gate,
         meta: { calibration: `gate thresholds for ${g.gate.sparsity} sparsity on ${g.trainTokens} tokens` },
         onProgress: (done, total) => progress('writing', done, total),
@@ -85,7 +80,7 @@ export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Pr
       process.stderr.write(`wrote ${flags.output}: ${fmtBytes(header.integrity.offset + header.integrity.length)}; ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
       return;
     }
-    if (!tty) {
+    if (!bar) {
       const what = gated ? ` of |silu(gate·x)| over the ${(100 * flags.gateSparsity).toFixed(0)}%-sparsity thresholds` : '';
       process.stderr.write(`calibrating ${modelPath}: running the dense model over ${flags.tokens} tokens, then training ${file.header.arch.nLayers} predictors${what}\n`);
     }
@@ -99,13 +94,13 @@ export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Pr
       init: flags.init,
       seed: flags.seed,
       gateSparsity: flags.gateSparsity,
-      signal: abort.signal,
+      signal: interrupt.signal,
       onProgress: (p, done, total) => progress(p === 'collect' ? 'tokens' : 'training', done, total),
     });
     sink = await FileSink.create(flags.output);
     const labels = result.gate ? `, predicted gates for ${result.gate.sparsity} sparsity` : '';
     const header = await writeWithPredictors(file, result.predictors, sink, {
-      signal: abort.signal,
+      signal: interrupt.signal,
       // Gated: the thresholds the labels came from are stored too (recall is measured against them; --sparsity gate stays available).
       gate: result.gate,
       meta: { calibration: `${result.trainTokens} train / ${result.tuneTokens} tune / ${result.heldOutTokens} held-out tokens, recall target ${flags.recall}, init ${flags.init}${labels}` },
@@ -126,7 +121,7 @@ export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Pr
     await sink?.abort();
     throw e;
   } finally {
-    process.off('SIGINT', onSigint);
+    interrupt.release();
     await source.close();
   }
 }

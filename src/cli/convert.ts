@@ -1,10 +1,10 @@
-import cliProgress from 'cli-progress';
 import { openCheckpoint } from '../convert/index.js';
 import type { Layout } from '../format/layout.js';
 import type { DType } from '../format/types.js';
 import { writeFlm } from '../format/writer.js';
 import { FileSink } from '../source/file-node.js';
 import { fmtBytes } from '../engine/arena.js';
+import { interruptSignal, progressBar } from './terminal.js';
 
 export interface ConvertFlags {
   output: string;
@@ -17,19 +17,15 @@ export interface ConvertFlags {
 export async function runConvert(input: string, flags: ConvertFlags): Promise<void> {
   const ckpt = await openCheckpoint(input, { tokenizer: flags.tokenizer });
   const sink = await FileSink.create(flags.output);
-  const abort = new AbortController();
-  const onSigint = () => abort.abort(new Error('interrupted'));
-  process.once('SIGINT', onSigint);
-  const bar = process.stderr.isTTY
-    ? new cliProgress.SingleBar({ stream: process.stderr, format: 'converting [{bar}] {percentage}% {written} / {size} eta {eta_formatted}', hideCursor: true }, cliProgress.Presets.shades_classic)
-    : undefined;
+  const interrupt = interruptSignal();
+  const bar = progressBar('converting [{bar}] {percentage}% {written} / {size} eta {eta_formatted}');
   const t0 = performance.now();
   try {
     const header = await writeFlm(ckpt, sink, {
       dtype: flags.dtype,
       layout: flags.layout,
       meta: { source: input },
-      signal: abort.signal,
+      signal: interrupt.signal,
       onProgress: (done, total) => {
         if (!bar) return;
         if (!bar.isActive) bar.start(total, 0, { size: fmtBytes(total), written: '0 B' });
@@ -44,7 +40,7 @@ export async function runConvert(input: string, flags: ConvertFlags): Promise<vo
     await sink.abort();
     throw e;
   } finally {
-    process.off('SIGINT', onSigint);
+    interrupt.release();
     await ckpt.close();
   }
 }

@@ -1,10 +1,10 @@
-import cliProgress from 'cli-progress';
 import { readFile } from 'node:fs/promises';
 import '../node.js'; // file and HTTP openers
 import type { Strategy } from '../engine/plan.js';
 import type { Sparsity } from '../flash/streaming.js';
 import { evaluate } from '../calibrate/evaluate.js';
 import { formatStats } from './run.js';
+import { interruptSignal, progressBar } from './terminal.js';
 
 export interface EvalFlags {
   text: string[];
@@ -21,12 +21,8 @@ export interface EvalFlags {
 /** `flashlm eval`: perplexity with a strategy, and its agreement with dense. */
 export async function runEval(modelPath: string, flags: EvalFlags): Promise<void> {
   const text = (await Promise.all(flags.text.map((f) => readFile(f, 'utf8')))).join('\n');
-  const abort = new AbortController();
-  const onSigint = () => abort.abort(new Error('interrupted'));
-  process.once('SIGINT', onSigint);
-  const bar = process.stderr.isTTY
-    ? new cliProgress.SingleBar({ stream: process.stderr, format: 'scoring [{bar}] {percentage}% {value}/{total} tokens eta {eta_formatted}', hideCursor: true }, cliProgress.Presets.shades_classic)
-    : undefined;
+  const interrupt = interruptSignal();
+  const bar = progressBar('scoring [{bar}] {percentage}% {value}/{total} tokens eta {eta_formatted}');
   const t0 = performance.now();
   try {
     const r = await evaluate(modelPath, text, {
@@ -37,7 +33,7 @@ export async function runEval(modelPath: string, flags: EvalFlags): Promise<void
       direct: flags.direct,
       context: flags.context,
       maxTokens: flags.tokens,
-      signal: abort.signal,
+      signal: interrupt.signal,
       onProgress: (done, total) => {
         if (!bar) return;
         if (!bar.isActive) bar.start(total, 0);
@@ -69,6 +65,6 @@ export async function runEval(modelPath: string, flags: EvalFlags): Promise<void
     bar?.stop();
     throw e;
   } finally {
-    process.off('SIGINT', onSigint);
+    interrupt.release();
   }
 }

@@ -1,5 +1,6 @@
 import { openModel, type Strategy } from '../node.js';
 import { fmtBytes } from '../engine/arena.js';
+import { interruptSignal } from './terminal.js';
 import type { Sparsity } from '../flash/streaming.js';
 import type { StatsSummary } from '../flash/stats.js';
 
@@ -42,19 +43,17 @@ export async function runGenerate(modelPath: string, flags: RunFlags): Promise<v
   if (p.sparsity === 'oracle') {
     process.stderr.write(`note: the oracle keeps a dense copy of the FFN (${fmtBytes(p.ffnBytes)}) outside the arena to know the true active neurons: it measures the streaming machinery; run \`flashlm calibrate\` for a predictor that saves memory and I/O\n`);
   }
-  const abort = new AbortController();
-  const onSigint = () => abort.abort(new Error('interrupted'));
-  process.once('SIGINT', onSigint);
+  const interrupt = interruptSignal();
   const tLoad = performance.now();
   let n = 0;
   try {
-    for await (const text of model.generate(flags.prompt, { maxTokens: flags.tokens, temperature: flags.temp, topP: flags.topP, seed: flags.seed, signal: abort.signal })) {
+    for await (const text of model.generate(flags.prompt, { maxTokens: flags.tokens, temperature: flags.temp, topP: flags.topP, seed: flags.seed, signal: interrupt.signal })) {
       process.stdout.write(text);
       n++;
     }
     process.stdout.write('\n');
   } finally {
-    process.off('SIGINT', onSigint);
+    interrupt.release();
     await model.close();
   }
   const dt = (performance.now() - tLoad) / 1000;
