@@ -24,11 +24,20 @@ function weighted_rows(out: usize, V: usize, stride: usize, p: usize, rows: usiz
  * scratch: nPos f32. out may equal q (head h's query is consumed before out_h is written).
  */
 export function attention(out: usize, q: usize, kCache: usize, vCache: usize, nHeads: i32, nKvHeads: i32, headDim: i32, nPos: i32, scale: f32, scratch: usize): void {
+  attention_heads(out, q, kCache, vCache, nHeads, nKvHeads, headDim, nPos, scale, scratch, 0, nHeads);
+}
+
+/**
+ * attention() for heads [h0, h1) only (the threads build splits heads over
+ * threads; each head's arithmetic is independent of the others). The KV row
+ * stride stays nKvHeads*headDim; scratch: nPos f32 (one per thread).
+ */
+export function attention_heads(out: usize, q: usize, kCache: usize, vCache: usize, nHeads: i32, nKvHeads: i32, headDim: i32, nPos: i32, scale: f32, scratch: usize, h0: i32, h1: i32): void {
   const group = nHeads / nKvHeads;
   const hd = <usize>headDim;
   const kvStride = <usize>nKvHeads * hd << 2;
   const np = <usize>nPos;
-  for (let h = 0; h < nHeads; h++) {
+  for (let h = h0; h < h1; h++) {
     const kvOff = (<usize>(h / group) * hd) << 2;
     const qh = q + ((<usize>h * hd) << 2);
     const oh = out + ((<usize>h * hd) << 2);

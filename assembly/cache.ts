@@ -32,6 +32,8 @@
 // one through newOut (which the host keeps until its installs are done).
 
 // ---- state block layout (byte offsets) ----
+import { HIST } from "./arena";
+
 const S_CAPACITY = 0;
 const S_NEURONS = 4;
 const S_WINDOW = 8;
@@ -54,8 +56,8 @@ const S_LRU = 88;
 const S_OVERFLOWS = 96;
 const STATE_BYTES = 128;
 
-/** Histogram of ctz(mask) over the LRU candidates (window <= 32, so ctz <= 31). */
-const HIST: usize = memory.data(32 * 4, 16);
+// HIST (arena.ts, this instance's scratch): histogram of ctz(mask) over the LRU
+// candidates (window <= 32, so ctz <= 31).
 
 export function cache_state_bytes(): i32 {
   return STATE_BYTES;

@@ -10,21 +10,19 @@
 // Skipping h == 0 is what makes ReLU sparsity pay even when every neuron is given.
 
 import { hsum, silu1, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
-import { MAXD_I8, XQ } from "./arena";
+import { MAXD_I8, XQ, HB, QP, QA, FFN_NB } from "./arena";
 import { dots_f32_p, dots_f16_p, dots_i8_p, f16_prepare, f16_to_f32, quantize_x, QB } from "./gemv";
 
-const NB: usize = 64; // neurons per batch
-/** up / gate dots of the current batch (2 x NB f32). */
-const HB: usize = memory.data(<i32>(NB * 4 * 2), 16);
+const NB: usize = FFN_NB; // neurons per batch (64)
+// HB (up / gate dots of the current batch, 2 x NB f32), QP / QA (the down-pass
+// queue) and XQ are this instance's scratch areas (arena.ts).
 
 
 // ---------------------------------------------------------------- down pass queue
 //
 // Up to 4 pending (down part pointer, coefficient) pairs; flushed as one axpy4.
 
-const QP: usize = memory.data(4 * 4, 16); // pointers
-const QA: usize = memory.data(4 * 4, 16); // coefficients
-let qn: i32 = 0;
+let qn: i32 = 0; // pending pairs in QP (pointers) / QA (coefficients)
 
 // dtype codes for the queue
 const T_F32 = 0, T_F16 = 1, T_I8 = 2;
@@ -64,7 +62,7 @@ export function axpy1_f32(out: usize, d: usize, p: usize, a: f32): void {
 // @ts-ignore: decorator
 @inline function f16raw_hi(h: v128): v128 { return f16_bits_hi(i16x8.shl(h, 13), f16_upper_exact(h)); }
 
-function axpy4_f16(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: usize, a0: f32, a1: f32, a2: f32, a3: f32): void {
+export function axpy4_f16(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: usize, a0: f32, a1: f32, a2: f32, a3: f32): void {
   const A0 = f32x4.splat(a0 * F16_SCALE), A1 = f32x4.splat(a1 * F16_SCALE), A2 = f32x4.splat(a2 * F16_SCALE), A3 = f32x4.splat(a3 * F16_SCALE);
   let j: usize = 0;
   for (; j + 8 <= d; j += 8) {
@@ -100,7 +98,7 @@ export function axpy1_f16(out: usize, d: usize, p: usize, a: f32): void {
 }
 
 /** out[j] += sum_k a_k * q_k[j] for 4 int8 rows (a_k already includes the row scale). */
-function axpy4_i8(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: usize, a0: f32, a1: f32, a2: f32, a3: f32): void {
+export function axpy4_i8(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: usize, a0: f32, a1: f32, a2: f32, a3: f32): void {
   const A0 = f32x4.splat(a0), A1 = f32x4.splat(a1), A2 = f32x4.splat(a2), A3 = f32x4.splat(a3);
   let j: usize = 0;
   for (; j + 8 <= d; j += 8) {
@@ -319,4 +317,86 @@ export function ffn_swiglu_f16_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n
 }
 export function ffn_swiglu_i8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hOut: usize): void {
   ffn_swiglu(T_I8, out, x, <usize>d, <usize>n, 0, 0, 0, 0, ptrs, hOut);
+}
+
+// ---------------------------------------------------------------- split kernels (threads build)
+//
+// One FFN call split over threads in two phases (src/kernels/pool.ts), together
+// bit-identical to ffn_relu_* / ffn_swiglu_* (and their _ptrs forms) for any split:
+//  1. ffn_relu_h / ffn_swiglu_h: the activations of neurons [n0, n1) into h
+//     (n0 a multiple of NB = 64, n1 too unless n1 = n), so each batch — and every
+//     row's dot arithmetic — is the one the whole call makes. h may be hOut.
+//  2. ffn_down_cols: out[j0, j1) from all n activations (j0 a multiple of 8, j1
+//     too unless j1 = d). Every thread walks the same h sequence with the same
+//     4-row queue (same h == 0 skips, same f16 large-coefficient rule) over its
+//     columns only; the axpys' arithmetic for a column does not depend on the
+//     others (their 8-wide SIMD blocks start at multiples of 8), so each out[j]
+//     is exactly the single call's sum.
+// t: 0 = f32, 1 = f16, 2 = int8. ptrs != 0: the u32 pointer table of the _ptrs
+// forms (up/gate/down arguments ignored).
+
+export function ffn_relu_h(t: i32, x: usize, d: i32, n: i32, up: usize, stride: i32, ptrs: usize, hasBias: i32, h: usize, n0: i32, n1: i32): void {
+  const dd = <usize>d, st = <usize>stride, e = <usize>n1;
+  prepare_x(t, x, dd);
+  const off = tailOffset(t, dd);
+  const biasOff = t == T_I8 ? off + 4 : off;
+  for (let b = <usize>n0; b < e; b += NB) {
+    const m = min(NB, e - b);
+    if (ptrs) dots(t, HB, 0, 0, ptrs + ((b * 2) << 2), 8, x, m, dd);
+    else dots(t, HB, up + b * st, st, 0, 0, x, m, dd);
+    for (let k: usize = 0; k < m; k++) {
+      const i = b + k;
+      const u = partAt(up, st, ptrs, 2, 0, i);
+      let hv = load<f32>(HB + (k << 2));
+      if (t == T_I8) hv *= load<f32>(u + off);
+      if (hasBias) hv += load<f32>(u + biasOff);
+      store<f32>(h + (i << 2), max<f32>(hv, 0));
+    }
+  }
+}
+
+export function ffn_swiglu_h(t: i32, x: usize, d: i32, n: i32, gate: usize, up: usize, stride: i32, ptrs: usize, h: usize, n0: i32, n1: i32): void {
+  const dd = <usize>d, st = <usize>stride, e = <usize>n1;
+  prepare_x(t, x, dd);
+  const off = tailOffset(t, dd);
+  const UB = HB + (NB << 2);
+  for (let b = <usize>n0; b < e; b += NB) {
+    const m = min(NB, e - b);
+    if (ptrs) {
+      dots(t, HB, 0, 0, ptrs + ((b * 3) << 2), 12, x, m, dd);
+      dots(t, UB, 0, 0, ptrs + ((b * 3 + 1) << 2), 12, x, m, dd);
+    } else {
+      dots(t, HB, gate + b * st, st, 0, 0, x, m, dd);
+      dots(t, UB, up + b * st, st, 0, 0, x, m, dd);
+    }
+    for (let k: usize = 0; k < m; k++) {
+      const i = b + k;
+      let g = load<f32>(HB + (k << 2)), u = load<f32>(UB + (k << 2));
+      if (t == T_I8) {
+        g *= load<f32>(partAt(gate, st, ptrs, 3, 0, i) + off);
+        u *= load<f32>(partAt(up, st, ptrs, 3, 1, i) + off);
+      }
+      store<f32>(h + (i << 2), silu1(g) * u);
+    }
+  }
+}
+
+/** nParts: 2 (relu: down is part 1) or 3 (swiglu: part 2). */
+export function ffn_down_cols(t: i32, out: usize, d: i32, n: i32, down: usize, stride: i32, ptrs: usize, nParts: i32, h: usize, j0: i32, j1: i32): void {
+  const dd = <usize>d, st = <usize>stride, np = <usize>nParts;
+  const w = <usize>(j1 - j0);
+  const o = out + (<usize>j0 << 2);
+  memory.fill(o, 0, w << 2);
+  qn = 0;
+  const off = tailOffset(t, dd);
+  const co: usize = t == T_F32 ? <usize>j0 << 2 : t == T_F16 ? <usize>j0 << 1 : <usize>j0;
+  const m = <usize>n;
+  for (let i: usize = 0; i < m; i++) {
+    const hv = load<f32>(h + (i << 2));
+    if (hv != 0) {
+      const dp = partAt(down, st, ptrs, np, np - 1, i);
+      push(t, o, w, dp + co, t == T_I8 ? hv * load<f32>(dp + off) : hv);
+    }
+  }
+  flush(t, o, w);
 }

@@ -8,12 +8,11 @@
 import { dots_f32, dots_f16, dots_f32_p, dots_f16_p, dots_i8_p, f16_prepare, quantize_x, QB } from "./gemv";
 import { silu } from "./activation";
 import { axpy1_f32, axpy1_f16, axpy1_i8 } from "./ffn";
-import { XQ, MAXD_I8 } from "./arena";
+import { XQ, MAXD_I8, UPS, GATED_GB } from "./arena";
 
 const T_F32 = 0, T_F16 = 1, T_I8 = 2;
 /** Neurons per block of up dots. */
-const GB: usize = 64;
-const UPS: usize = memory.data(<i32>GB * 4, 16);
+const GB: usize = GATED_GB; // (64) UPS, this instance's scratch (arena.ts), holds a batch's up dots
 
 /** Bytes of the values of a part: where the int8 scale sits. */
 // @ts-ignore: decorator
@@ -97,4 +96,65 @@ export function ffn_gated_i8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: 
 /** Largest d the int8 gated kernels take. */
 export function gated_i8_max_d(): i32 {
   return <i32>MAXD_I8;
+}
+
+// ---------------------------------------------------------------- split kernels (threads build)
+//
+// src/kernels/pool.ts splits these over threads, bit-identical to the whole calls:
+// gate_act_rows: gate_act over neurons [r0, r1) (r0 a multiple of 8, r1 too unless
+// r1 = n: the dots' 8-row blocks stay the same); ffn_gated in two phases as the
+// FFN kernels (ffn.ts): gated_h, the activations act[i]·(up_i·x) of neurons
+// [n0, n1) (n0 a multiple of GB = 64) into h, then gated_down, columns [j0, j1)
+// of out (multiples of 8) from all of h, one axpy1 per nonzero h as ffn_gated.
+// t: 0 = f32, 1 = f16, 2 = int8.
+
+export function gate_act_rows(t: i32, out: usize, x: usize, d: i32, n: i32, gate: usize, stride: i32, r0: i32, r1: i32): void {
+  const dd = <usize>d, st = <usize>stride, m = r1 - r0;
+  const o = out + (<usize>r0 << 2), g = gate + <usize>r0 * st;
+  if (t == T_F32) dots_f32(o, g, st, x, m, d);
+  else if (t == T_F16) dots_f16(o, g, st, x, m, d, f16_prepare(x, dd));
+  else {
+    quantize_x(XQ, xs_of(dd), x, dd);
+    dots_i8_p(o, g, st, 0, 0, XQ, xs_of(dd), m, d);
+    for (let i: usize = 0; i < <usize>m; i++) store<f32>(o + (i << 2), load<f32>(o + (i << 2)) * load<f32>(g + i * st + dd));
+  }
+  silu(o, m);
+}
+
+export function gated_h(t: i32, x: usize, d: i32, ptrs: usize, n: i32, act: usize, h: usize, n0: i32, n1: i32): void {
+  const dd = <usize>d, e = <usize>n1;
+  let k16: f32 = 0;
+  if (t == T_F16) k16 = f16_prepare(x, dd);
+  else if (t == T_I8) quantize_x(XQ, xs_of(dd), x, dd);
+  const vb = valuesBytes(t, dd);
+  for (let b = <usize>n0; b < e; b += GB) {
+    const m = min(GB, e - b);
+    const p0 = ptrs + ((b * 2) << 2);
+    if (t == T_F32) dots_f32_p(UPS, 0, 0, p0, 8, x, <i32>m, d);
+    else if (t == T_F16) dots_f16_p(UPS, 0, 0, p0, 8, x, <i32>m, d, k16);
+    else dots_i8_p(UPS, 0, 0, p0, 8, XQ, xs_of(dd), <i32>m, d);
+    for (let k: usize = 0; k < m; k++) {
+      const i = b + k;
+      let u = load<f32>(UPS + (k << 2));
+      if (t == T_I8) u *= load<f32>(<usize>load<u32>(ptrs + ((i * 2) << 2)) + vb);
+      store<f32>(h + (i << 2), load<f32>(act + (i << 2)) * u);
+    }
+  }
+}
+
+export function gated_down(t: i32, out: usize, d: i32, ptrs: usize, n: i32, h: usize, j0: i32, j1: i32): void {
+  const dd = <usize>d;
+  const w = <usize>(j1 - j0);
+  const o = out + (<usize>j0 << 2);
+  memory.fill(o, 0, w << 2);
+  const vb = valuesBytes(t, dd);
+  const co: usize = t == T_F32 ? <usize>j0 << 2 : t == T_F16 ? <usize>j0 << 1 : <usize>j0;
+  for (let i: usize = 0; i < <usize>n; i++) {
+    const hv = load<f32>(h + (i << 2));
+    if (hv == 0) continue;
+    const down = <usize>load<u32>(ptrs + ((i * 2 + 1) << 2));
+    if (t == T_F32) axpy1_f32(o, w, down + co, hv);
+    else if (t == T_F16) axpy1_f16(o, w, down + co, hv);
+    else axpy1_i8(o, w, down + co, hv * load<f32>(down + vb));
+  }
 }

@@ -11,10 +11,10 @@
 // group accumulators live in ACC between chunks (cheap: 8 loads+stores per chunk).
 
 import { hsum, hsum_i32, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
-import { XQ, XQ_BYTES } from "./arena";
+import { XQ, XQ_BYTES, ACC, XK, XK_FLOATS } from "./arena";
 
-/** 8 accumulators (f32x4) of the current 8-row block. */
-const ACC: usize = memory.data(8 * 16, 16);
+// ACC (8 accumulators, f32x4, of the current 8-row block), XK and XQ are this
+// instance's scratch areas (arena.ts); each dots call reads their addresses once.
 
 /** Address of row r: W + r*stride, or the u32 at ptrs + r*pstep when a pointer table is given. */
 // @ts-ignore: decorator
@@ -43,7 +43,7 @@ function f32_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: us
 }
 
 /** One row: SIMD partial sums over ncols (multiple of 8). */
-function f32_row1(p: usize, x: usize, ncols: usize): v128 {
+export function f32_row1(p: usize, x: usize, ncols: usize): v128 {
   let a = f32x4.splat(0), b = f32x4.splat(0);
   const end = x + (ncols << 2);
   for (let q = x; q < end; q += 32) {
@@ -56,7 +56,7 @@ function f32_row1(p: usize, x: usize, ncols: usize): v128 {
 
 /** Columns [c, cols) of one f32 row (fewer than 8). */
 // @ts-ignore: decorator
-@inline function f32_tail(p: usize, x: usize, c: usize, cols: usize): f32 {
+@inline export function f32_tail(p: usize, x: usize, c: usize, cols: usize): f32 {
   let s: f32 = 0;
   if (c + 4 <= cols) {
     s = hsum(f32x4.mul(v128.load(p + (c << 2)), v128.load(x + (c << 2))));
@@ -75,30 +75,31 @@ export function dots_f32(out: usize, W: usize, stride: usize, x: usize, rows: i3
 export function dots_f32_p(out: usize, W: usize, stride: usize, ptrs: usize, pstep: usize, x: usize, rows: i32, cols: i32): void {
   const n = <usize>cols, m = <usize>rows;
   const main = n & ~7;
+  const acc = ACC;
   let r: usize = 0;
   for (; r + 8 <= m; r += 8) {
     const p0 = rowp(W, stride, ptrs, pstep, r), p1 = rowp(W, stride, ptrs, pstep, r + 1);
     const p2 = rowp(W, stride, ptrs, pstep, r + 2), p3 = rowp(W, stride, ptrs, pstep, r + 3);
     const p4 = rowp(W, stride, ptrs, pstep, r + 4), p5 = rowp(W, stride, ptrs, pstep, r + 5);
     const p6 = rowp(W, stride, ptrs, pstep, r + 6), p7 = rowp(W, stride, ptrs, pstep, r + 7);
-    memory.fill(ACC, 0, 128);
+    memory.fill(acc, 0, 128);
     for (let c0: usize = 0; c0 < main; c0 += F32_CHUNK) {
       const nc = min(F32_CHUNK, main - c0), o = c0 << 2;
-      f32_rows4(ACC, p0 + o, p1 + o, p2 + o, p3 + o, x + o, nc);
-      f32_rows4(ACC + 64, p4 + o, p5 + o, p6 + o, p7 + o, x + o, nc);
+      f32_rows4(acc, p0 + o, p1 + o, p2 + o, p3 + o, x + o, nc);
+      f32_rows4(acc + 64, p4 + o, p5 + o, p6 + o, p7 + o, x + o, nc);
     }
     for (let i: usize = 0; i < 8; i++) {
       const p = rowp(W, stride, ptrs, pstep, r + i);
-      store<f32>(out + ((r + i) << 2), hsum(v128.load(ACC + (i << 4))) + f32_tail(p, x, main, n));
+      store<f32>(out + ((r + i) << 2), hsum(v128.load(acc + (i << 4))) + f32_tail(p, x, main, n));
     }
   }
   for (; r + 4 <= m; r += 4) {
-    memory.fill(ACC, 0, 64);
-    f32_rows4(ACC, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + 1),
+    memory.fill(acc, 0, 64);
+    f32_rows4(acc, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + 1),
       rowp(W, stride, ptrs, pstep, r + 2), rowp(W, stride, ptrs, pstep, r + 3), x, main);
     for (let i: usize = 0; i < 4; i++) {
       const p = rowp(W, stride, ptrs, pstep, r + i);
-      store<f32>(out + ((r + i) << 2), hsum(v128.load(ACC + (i << 4))) + f32_tail(p, x, main, n));
+      store<f32>(out + ((r + i) << 2), hsum(v128.load(acc + (i << 4))) + f32_tail(p, x, main, n));
     }
   }
   for (; r < m; r++) {
@@ -122,12 +123,10 @@ export function dots_f32_p(out: usize, W: usize, stride: usize, ptrs: usize, pst
 // V8 rematerializes v128 constants inside loops (3 instructions each), so the
 // loop constants are loaded from F16C once per call instead.
 
-const F16_CHUNK: usize = 256; // columns per chunk: 512 B of each row
+const F16_CHUNK: usize = XK_FLOATS; // columns per chunk: 512 B of each row (256)
 
 /** Largest cols whose scaled x fits XQ (f16_prepare). */
 export const MAXD_F16X: usize = XQ_BYTES >> 2;
-/** Scaled x of one chunk when cols > MAXD_F16X. */
-const XK: usize = memory.data(<i32>(F16_CHUNK * 4), 16);
 /** Loop constants: 8 x 0x8fff (f16_upper mask), 8 x 0xf800 (inf/NaN threshold of h << 1). */
 const F16C: usize = memory.data<u16>([0x8fff, 0x8fff, 0x8fff, 0x8fff, 0x8fff, 0x8fff, 0x8fff, 0x8fff,
   0xf800, 0xf800, 0xf800, 0xf800, 0xf800, 0xf800, 0xf800, 0xf800], 16);
@@ -202,7 +201,7 @@ function f16_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: us
 }
 
 /** Exact f16 row dot (inf/NaN weights decoded properly); slow path and remainders. */
-function f16_row_exact(p: usize, x: usize, ncols: usize): f32 {
+export function f16_row_exact(p: usize, x: usize, ncols: usize): f32 {
   let a = f32x4.splat(0), b = f32x4.splat(0);
   const S = f32x4.splat(F16_SCALE);
   let c: usize = 0;
@@ -219,7 +218,7 @@ function f16_row_exact(p: usize, x: usize, ncols: usize): f32 {
 
 /** Columns [c, cols) of an f16 row (fewer than 8), exact. */
 // @ts-ignore: decorator
-@inline function f16_tail(p: usize, x: usize, c: usize, cols: usize): f32 {
+@inline export function f16_tail(p: usize, x: usize, c: usize, cols: usize): f32 {
   let s: f32 = 0;
   for (; c < cols; c++) s += f16_to_f32(load<u16>(p + (c << 1))) * load<f32>(x + (c << 2));
   return s;
@@ -236,6 +235,7 @@ export function dots_f16_p(out: usize, W: usize, stride: usize, ptrs: usize, pst
   const main = n & ~7;
   const post: f32 = F16_SCALE / k; // exact power of two
   const pre = n <= MAXD_F16X; // x * k is in XQ (f16_prepare)
+  const acc = ACC, xq = XQ, xkb = XK;
   let r: usize = 0;
   // rows in blocks of 8 (two groups of 4), then one block of 4; chunk by chunk
   while (r + 4 <= m) {
@@ -247,19 +247,19 @@ export function dots_f16_p(out: usize, W: usize, stride: usize, ptrs: usize, pst
       p4 = rowp(W, stride, ptrs, pstep, r + 4); p5 = rowp(W, stride, ptrs, pstep, r + 5);
       p6 = rowp(W, stride, ptrs, pstep, r + 6); p7 = rowp(W, stride, ptrs, pstep, r + 7);
     }
-    memory.fill(ACC, 0, 128);
+    memory.fill(acc, 0, 128);
     let special = false;
     for (let c0: usize = 0; c0 < main; c0 += F16_CHUNK) {
       const nc = min(F16_CHUNK, main - c0), o = c0 << 1;
-      let xk = XQ + (c0 << 2);
-      if (!pre) { f16_scale_x(XK, x + (c0 << 2), nc, k); xk = XK; }
-      special |= f16_rows4(ACC, p0 + o, p1 + o, p2 + o, p3 + o, xk, nc);
-      if (g2) special |= f16_rows4(ACC + 64, p4 + o, p5 + o, p6 + o, p7 + o, xk, nc);
+      let xk = xq + (c0 << 2);
+      if (!pre) { f16_scale_x(xkb, x + (c0 << 2), nc, k); xk = xkb; }
+      special |= f16_rows4(acc, p0 + o, p1 + o, p2 + o, p3 + o, xk, nc);
+      if (g2) special |= f16_rows4(acc + 64, p4 + o, p5 + o, p6 + o, p7 + o, xk, nc);
     }
     const nr: usize = g2 ? 8 : 4;
     for (let i: usize = 0; i < nr; i++) {
       const p = rowp(W, stride, ptrs, pstep, r + i);
-      const s = special ? f16_row_exact(p, x, n) : hsum(v128.load(ACC + (i << 4))) * post + f16_tail(p, x, main, n);
+      const s = special ? f16_row_exact(p, x, n) : hsum(v128.load(acc + (i << 4))) * post + f16_tail(p, x, main, n);
       store<f32>(out + ((r + i) << 2), s);
     }
     r += nr;
@@ -358,7 +358,7 @@ function i8_row_part(p: usize, xq: usize, c0: usize, c1: usize): i32 {
 }
 
 /** One int8 row, all columns (row 1-3 remainders and the partial last block). */
-function i8_row(p: usize, xq: usize, xs: usize, b0: usize, n: usize): f32 {
+export function i8_row(p: usize, xq: usize, xs: usize, b0: usize, n: usize): f32 {
   let s: f32 = 0;
   const nb = (n + QB - 1) / QB;
   for (let b = b0; b < nb; b++) {
@@ -377,31 +377,32 @@ export function dots_i8(out: usize, W: usize, stride: usize, xq: usize, xs: usiz
 export function dots_i8_p(out: usize, W: usize, stride: usize, ptrs: usize, pstep: usize, xq: usize, xs: usize, rows: i32, cols: i32): void {
   const n = <usize>cols, m = <usize>rows;
   const full = n / QB; // full blocks go through the SIMD groups
+  const acc = ACC;
   let r: usize = 0;
   for (; r + 8 <= m; r += 8) {
     const p0 = rowp(W, stride, ptrs, pstep, r), p1 = rowp(W, stride, ptrs, pstep, r + 1);
     const p2 = rowp(W, stride, ptrs, pstep, r + 2), p3 = rowp(W, stride, ptrs, pstep, r + 3);
     const p4 = rowp(W, stride, ptrs, pstep, r + 4), p5 = rowp(W, stride, ptrs, pstep, r + 5);
     const p6 = rowp(W, stride, ptrs, pstep, r + 6), p7 = rowp(W, stride, ptrs, pstep, r + 7);
-    memory.fill(ACC, 0, 128);
+    memory.fill(acc, 0, 128);
     for (let b0: usize = 0; b0 < full; b0 += I8_CHUNK_BLOCKS) {
       const nb = min(I8_CHUNK_BLOCKS, full - b0);
       const c0 = b0 * QB;
-      i8_rows4(ACC, p0 + c0, p1 + c0, p2 + c0, p3 + c0, xq + (c0 << 1), xs + (b0 << 2), nb);
-      i8_rows4(ACC + 64, p4 + c0, p5 + c0, p6 + c0, p7 + c0, xq + (c0 << 1), xs + (b0 << 2), nb);
+      i8_rows4(acc, p0 + c0, p1 + c0, p2 + c0, p3 + c0, xq + (c0 << 1), xs + (b0 << 2), nb);
+      i8_rows4(acc + 64, p4 + c0, p5 + c0, p6 + c0, p7 + c0, xq + (c0 << 1), xs + (b0 << 2), nb);
     }
     for (let i: usize = 0; i < 8; i++) {
       const p = rowp(W, stride, ptrs, pstep, r + i);
-      store<f32>(out + ((r + i) << 2), hsum(v128.load(ACC + (i << 4))) + i8_row(p, xq, xs, full, n));
+      store<f32>(out + ((r + i) << 2), hsum(v128.load(acc + (i << 4))) + i8_row(p, xq, xs, full, n));
     }
   }
   for (; r + 4 <= m; r += 4) {
-    memory.fill(ACC, 0, 64);
-    i8_rows4(ACC, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + 1),
+    memory.fill(acc, 0, 64);
+    i8_rows4(acc, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + 1),
       rowp(W, stride, ptrs, pstep, r + 2), rowp(W, stride, ptrs, pstep, r + 3), xq, xs, full);
     for (let i: usize = 0; i < 4; i++) {
       const p = rowp(W, stride, ptrs, pstep, r + i);
-      store<f32>(out + ((r + i) << 2), hsum(v128.load(ACC + (i << 4))) + i8_row(p, xq, xs, full, n));
+      store<f32>(out + ((r + i) << 2), hsum(v128.load(acc + (i << 4))) + i8_row(p, xq, xs, full, n));
     }
   }
   for (; r < m; r++) {

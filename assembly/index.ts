@@ -23,3 +23,5 @@ export function heap_base(): usize {
 export { mm_nt, transpose, bce_grad, colsum, adam_step, logit_histogram } from "./train";
 export { gate_act_f32, gate_act_f16, gate_act_i8, ffn_gated_f32_ptrs, ffn_gated_f16_ptrs, ffn_gated_i8_ptrs, gated_i8_max_d } from "./gated";
 export { xxh64, xxh64_slot } from "./xxh64";
+export { thread_init, thread_scratch_bytes, thread_scratch } from "./arena";
+export { batch_scratch_bytes, matmul_f32, matmul_f16, matmul_i8, ffn_relu_f32_batch, ffn_relu_f16_batch, ffn_relu_i8_batch, ffn_swiglu_f32_batch, ffn_swiglu_f16_batch, ffn_swiglu_i8_batch } from "./batch";

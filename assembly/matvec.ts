@@ -35,7 +35,12 @@ export function matvec_i8(out: usize, W: usize, scales: usize, x: usize, bias: u
   quantize_x(xq, xs, x, n);
   dots_i8(out, W, n, xq, xs, rows, cols);
   // row scales (and bias) applied once per row, after the integer/block sums
-  const m = <usize>rows;
+  scaleBias(out, scales, bias, <usize>rows);
+}
+
+/** out[i] = out[i] * scales[i] (+ bias[i]) for i < m. */
+// @ts-ignore: decorator
+@inline function scaleBias(out: usize, scales: usize, bias: usize, m: usize): void {
   let i: usize = 0;
   if (bias) {
     for (; i + 4 <= m; i += 4) {
@@ -46,4 +51,39 @@ export function matvec_i8(out: usize, W: usize, scales: usize, x: usize, bias: u
     for (; i + 4 <= m; i += 4) v128.store(out + (i << 2), f32x4.mul(v128.load(out + (i << 2)), v128.load(scales + (i << 2))));
     for (; i < m; i++) store<f32>(out + (i << 2), load<f32>(out + (i << 2)) * load<f32>(scales + (i << 2)));
   }
+}
+
+// ---------------------------------------------------------------- row ranges (threads build)
+//
+// matvec over rows [r0, r1) only, for src/kernels/pool.ts. Bit-identical to the
+// whole call when r0 is a multiple of 8 and r1 is a multiple of 8 or rows: the
+// dots take rows in blocks of 8, then 4, then singles, with different
+// summation orders, so such a split keeps every row's block and arithmetic.
+
+export function matvec_f32_rows(out: usize, W: usize, x: usize, bias: usize, rows: i32, cols: i32, r0: i32, r1: i32): void {
+  const o = <usize>r0 << 2;
+  dots_f32(out + o, W + <usize>r0 * (<usize>cols << 2), <usize>cols << 2, x, r1 - r0, cols);
+  addBias(out + o, bias ? bias + o : 0, r1 - r0);
+}
+
+export function matvec_f16_rows(out: usize, W: usize, x: usize, bias: usize, rows: i32, cols: i32, r0: i32, r1: i32): void {
+  const o = <usize>r0 << 2;
+  // every thread scales x into its own XQ (arena.ts thread scratch)
+  dots_f16(out + o, W + <usize>r0 * (<usize>cols << 1), <usize>cols << 1, x, r1 - r0, cols, f16_prepare(x, <usize>cols));
+  addBias(out + o, bias ? bias + o : 0, r1 - r0);
+}
+
+/** matvec_i8's quantization of x into `scratch` (once per call, before the row ranges). */
+export function matvec_i8_prepare(x: usize, cols: i32, scratch: usize): void {
+  const n = <usize>cols;
+  quantize_x(scratch, scratch + ((n + QB - 1) / QB) * QB * 2, x, n);
+}
+
+/** matvec_i8 rows [r0, r1), x already quantized in `scratch` by matvec_i8_prepare (read only here). */
+export function matvec_i8_rows(out: usize, W: usize, scales: usize, bias: usize, rows: i32, cols: i32, scratch: usize, r0: i32, r1: i32): void {
+  const n = <usize>cols;
+  const xs = scratch + ((n + QB - 1) / QB) * QB * 2;
+  const o = <usize>r0 << 2;
+  dots_i8(out + o, W + <usize>r0 * n, n, scratch, xs, r1 - r0, cols);
+  scaleBias(out + o, scales + o, bias ? bias + o : 0, <usize>(r1 - r0));
 }

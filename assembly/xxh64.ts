@@ -5,6 +5,8 @@
 // tails and the avalanche. Loads are little-endian and may be unaligned (wasm
 // loads are both). The host checks it against xxhash-wasm (test/xxh64.test.ts).
 
+import { SLOT } from "./arena";
+
 // @ts-ignore: decorator
 @inline const P1: u64 = 0x9E3779B185EBCA87;
 // @ts-ignore: decorator
@@ -16,8 +18,8 @@
 // @ts-ignore: decorator
 @inline const P5: u64 = 0x27D4EB2F165667C5;
 
-/** 8-byte slot for callers that have no arena space of their own (xxh64_slot()). */
-const SLOT: usize = memory.data(8, 8);
+// SLOT (arena.ts, this instance's scratch): 8 bytes for callers that have no
+// arena space of their own (xxh64_slot()).
 
 // @ts-ignore: decorator
 @inline function round(acc: u64, input: u64): u64 {

@@ -145,7 +145,7 @@ Oracle.prototype.activations = function (this: Oracle, layer: number, x: Float32
   const h = activations.call(this, layer, x);
   const dt = performance.now() - t0;
   if (probe) {
-    const i = probe.stats.tokens.length;
+    const i = probe.stats.count;
     let nz = 0;
     for (let j = 0; j < h.length; j++) if (h[j] !== 0) nz++;
     probe.ms[i] = (probe.ms[i] ?? 0) + dt;
@@ -273,7 +273,7 @@ async function runCell(fx: Fixture, input: () => Promise<string | Source>, sourc
   }
   const wallMs = performance.now() - t0;
   const P = fx.promptIds.length;
-  const measured = model.stats.tokens.slice(P);
+  const measured = model.stats.tokens.slice(Math.max(0, P - model.stats.firstRetained));
   const s = model.stats.summary(measured);
   const n = measured.length;
   const oracleMs = n ? rec.ms.slice(P).reduce((a, b) => a + (b ?? 0), 0) / n : 0;

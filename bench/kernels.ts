@@ -3,6 +3,13 @@
  * plain JS Float32Array loop, at 4096x4096 by default.
  *
  *   node --import=tsx bench/kernels.ts [--rows 4096] [--cols 4096] [--reps 15]
+ *     [--mt-rows 4096] [--mt-cols 11008] [--threads N] [--no-threads]
+ *
+ * Threads (src/kernels/pool.ts): matvec_f32/f16/i8 at mt-rows x mt-cols with the
+ * threads build on one shared arena, for 1 … N threads (N: --threads, default
+ * os.availableParallelism()), round-robin like above; prints each thread count's
+ * median and its speed-up over one thread (target: 2 threads >= 1.7x), and checks
+ * that every thread count's output is byte-identical to one thread's.
  *
  * Each kernel gets its own weight matrix (so none is served from another's
  * cache), is warmed up, then all kernels run round-robin `reps` times (so
@@ -12,7 +19,9 @@
  * line of JSON.
  */
 
-import { createArena, loadKernels } from '../src/kernels/load.js';
+import { availableParallelism } from 'node:os';
+import { createArena, loadKernels, DEFAULT_MT_WASM_URL } from '../src/kernels/load.js';
+import { createPool, poolBytes, threadsUnavailableReason, type KernelPool } from '../src/kernels/pool.js';
 import { encodeF16, encodeI8Row } from '../src/kernels/quant.js';
 
 function arg(name: string, def: number): number {
@@ -138,10 +147,101 @@ const targets = {
   i8_gbs_ge_f32: ratio('matvec_i8') >= 1,
 };
 console.log(`targets: ${Object.entries(targets).map(([k, v]) => `${k} ${v ? 'met' : 'NOT met'}`).join(', ')}`);
+const threadResults = process.argv.includes('--no-threads') ? null : await benchThreads();
 console.log(JSON.stringify({
   bench: 'kernels', rows, cols, reps, node: process.version,
   results,
   ratios: { f16_f32_gbs: ratio('matvec_f16'), f16ftz_f32_gbs: ratio('matvec_f16_ftz'), i8_f32_gbs: ratio('matvec_i8'), wasm_js_f32: +(by.matvec_f32!.gflops / by.js_f32_loop!.gflops).toFixed(2) },
   f16Subnormals: subnormals,
   targets,
+  ...(threadResults ? { threads: threadResults } : {}),
 }));
+
+/** matvec_f32/f16/i8 over 1 … N threads on one shared arena (threads build). */
+async function benchThreads() {
+  const mtRows = arg('mt-rows', 4096), mtCols = arg('mt-cols', 11008);
+  const maxThreads = arg('threads', availableParallelism());
+  const reason = await threadsUnavailableReason();
+  if (reason) {
+    console.log(`\nthreads: unavailable here (${reason})`);
+    return { unavailable: reason };
+  }
+  const nn = mtRows * mtCols;
+  const limits = { maxPositions: 1, maxNeurons: 1 };
+  const probe = await loadKernels(createArena(2 * 65536, { shared: true }), DEFAULT_MT_WASM_URL);
+  const counts = Array.from({ length: maxThreads }, (_, i) => i + 1);
+  const poolTotal = counts.reduce((s, t) => s + align(poolBytes(probe, t, limits)), 0);
+  const mem = createArena(probe.heap_base() + poolTotal + nn * (4 + 2 + 1) + mtRows * 4 * 4 + mtCols * 16 + (1 << 20), { shared: true });
+  const mk = await loadKernels(mem, DEFAULT_MT_WASM_URL);
+  let at = align(mk.heap_base());
+  const pools: KernelPool[] = [];
+  for (const t of counts) {
+    pools.push(await createPool(mk, { threads: t, region: at, ...limits }));
+    at = align(at + poolBytes(mk, t, limits));
+  }
+  const bytesU8 = () => new Uint8Array(mem.buffer);
+  const place = (src: ArrayBufferView) => {
+    const p = at;
+    bytesU8().set(new Uint8Array(src.buffer, src.byteOffset, src.byteLength), p);
+    at = align(p + src.byteLength);
+    return p;
+  };
+  // weights: the same deterministic normal-ish values in f32, f16 (subnormals flushed) and int8
+  const wm = new Float32Array(nn);
+  seed = 777;
+  for (let i = 0; i < nn; i++) wm[i] = (rand() + rand() + rand() - 1.5) * 0.05;
+  const M32 = place(wm);
+  const M16 = place(encodeF16(wm).map((h) => ((h & 0x7c00) === 0 ? h & 0x8000 : h)));
+  const qm = new Int8Array(nn);
+  const sm = new Float32Array(mtRows);
+  for (let r = 0; r < mtRows; r++) sm[r] = encodeI8Row(wm.subarray(r * mtCols, (r + 1) * mtCols), qm.subarray(r * mtCols, (r + 1) * mtCols));
+  const M8 = place(qm), S8m = place(sm);
+  const xm = new Float32Array(mtCols);
+  for (let i = 0; i < mtCols; i++) xm[i] = rand() * 2 - 1;
+  const XM = place(xm);
+  const OM = at; at = align(at + mtRows * 4);
+  const SCM = at; at = align(at + mk.matvec_i8_scratch_bytes(mtCols));
+
+  const kinds = [
+    { name: 'matvec_f32', bpw: 4, run: (k: typeof mk) => k.matvec_f32(OM, M32, XM, 0, mtRows, mtCols) },
+    { name: 'matvec_f16', bpw: 2, run: (k: typeof mk) => k.matvec_f16(OM, M16, XM, 0, mtRows, mtCols) },
+    { name: 'matvec_i8', bpw: 1, run: (k: typeof mk) => k.matvec_i8(OM, M8, S8m, XM, 0, mtRows, mtCols, SCM) },
+  ];
+  const cells = kinds.flatMap((kd) => pools.map((p) => ({ kind: kd, pool: p, times: [] as number[] })));
+  // identical outputs for every thread count (the pool's contract), then warm-up
+  for (const kd of kinds) {
+    let ref: Uint8Array | null = null;
+    for (const p of pools) {
+      kd.run(p.kernels);
+      const got = bytesU8().slice(OM, OM + mtRows * 4);
+      if (ref && !got.every((v, i) => v === ref![i])) throw new Error(`${kd.name} with ${p.threads} threads differs from 1 thread`);
+      ref ??= got;
+    }
+  }
+  for (const c of cells) for (let i = 0; i < 3; i++) c.kind.run(c.pool.kernels);
+  for (let i = 0; i < reps; i++) {
+    for (const c of cells) {
+      const t0 = performance.now();
+      c.kind.run(c.pool.kernels);
+      c.times.push(performance.now() - t0);
+    }
+  }
+  for (const p of pools) await p.close();
+
+  console.log(`\nthreads: matvec ${mtRows}x${mtCols} (threads build, one shared arena), median of ${reps} (best in brackets)`);
+  console.log(`${'kernel'.padEnd(12)} ${pad('threads', 7)} ${pad('ms', 16)} ${pad('GB/s', 8)} ${pad('speed-up', 9)}`);
+  const out = kinds.map((kd) => {
+    const mine = cells.filter((c) => c.kind === kd);
+    const one = median(mine[0]!.times);
+    const rowsOut = mine.map((c) => {
+      const ms = median(c.times), best = Math.min(...c.times);
+      const r = { threads: c.pool.threads, ms: +ms.toFixed(3), bestMs: +best.toFixed(3), gbs: +((nn * kd.bpw) / ms / 1e6).toFixed(2), speedup: +(one / ms).toFixed(2) };
+      console.log(`${kd.name.padEnd(12)} ${pad(r.threads, 7)} ${pad(`${ms.toFixed(2)} [${best.toFixed(2)}]`, 16)} ${pad(r.gbs.toFixed(2), 8)} ${pad(`${r.speedup.toFixed(2)}x`, 9)}`);
+      return r;
+    });
+    return { name: kd.name, rows: mtRows, cols: mtCols, byThreads: rowsOut };
+  });
+  const two = out.map((o) => o.byThreads.find((r) => r.threads === 2)?.speedup).filter((v): v is number => v !== undefined);
+  if (two.length) console.log(`target 2 threads >= 1.7x: ${two.every((v) => v >= 1.7) ? 'met' : 'NOT met'} (${out.map((o, i) => `${o.name} ${two[i]}x`).join(', ')})`);
+  return { rows: mtRows, cols: mtCols, results: out };
+}

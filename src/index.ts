@@ -7,7 +7,7 @@ import { httpOpener } from './source/http.js';
 
 registerSourceOpener(httpOpener);
 
-export { openModel, Model, registerSourceOpener, resolveSource, STRATEGIES, type Strategy, type MemoryPlan, type OpenOptions, type GenerateOptions, type SourceOpener } from './model.js';
+export { openModel, Model, registerSourceOpener, resolveSource, STRATEGIES, type Strategy, type MemoryPlan, type OpenOptions, type GenerateOptions, type SourceOpener, type Timings } from './model.js';
 export type { Sparsity } from './flash/streaming.js';
 export type { RunStats, StatsSummary, TokenStats } from './flash/stats.js';
 export { writeWithPredictors, type LayerPredictor } from './format/rewrite.js';

@@ -9,11 +9,12 @@ import type { FlmHeader } from './format/layout.js';
 import { openFlm, type FlmFile } from './format/reader.js';
 import type { ArchConfig } from './format/types.js';
 import { createArena, loadKernels } from './kernels/load.js';
+import { createPool, planThreads, type KernelPool } from './kernels/pool.js';
 import type { Kernels } from './kernels/types.js';
 import { Arena, WASM_PAGE } from './engine/arena.js';
 import { ResidentFfn } from './engine/ffn.js';
-import { planMemory, type MemoryPlan, type Strategy } from './engine/plan.js';
-export { STRATEGIES, type Strategy, type MemoryPlan } from './engine/plan.js';
+import { planMemory, type MemoryPlan, type PlanOptions, type Strategy } from './plan.js';
+export { STRATEGIES, type Strategy, type MemoryPlan } from './plan.js';
 import { Oracle } from './flash/oracle.js';
 import { DEFAULT_HINTS } from './flash/planner.js';
 import { RunStats, type TokenStats } from './flash/stats.js';
@@ -24,7 +25,7 @@ import type { Source } from './source/types.js';
 import { createTokenizer } from './tokenizer/index.js';
 import type { Tokenizer } from './tokenizer/types.js';
 
-export interface OpenOptions {
+export interface OpenOptions extends PlanOptions {
   /** Arena budget in bytes (or '512M', '2G'). Default: what the strategy needs (window: a cache for a quarter of each layer's neurons). */
   memory?: number | string;
   /** Default 'dense'. */
@@ -39,10 +40,35 @@ export interface OpenOptions {
   measurePredictor?: boolean;
   /** File sources: bypass the page cache (O_DIRECT). */
   direct?: boolean;
+  /**
+   * Prompt tokens per forward pass (dense strategy): each weight is read once
+   * per block instead of once per token; 1 runs the prompt token by token (the
+   * output is the same either way). Default 32.
+   */
+  batchSize?: number;
   /** Longest prompt + generation, in tokens. Default min(model max, 2048). */
   contextLength?: number;
+  /**
+   * Threads the kernels run on, the caller's included. Default: the hardware
+   * threads (os.availableParallelism(), navigator.hardwareConcurrency). Where
+   * threads cannot run (no SharedArrayBuffer: a page without COOP/COEP, an edge
+   * isolate; a browser's main thread) the model runs on one and says why in
+   * `model.threading.fallbackReason`. Results are identical for any count.
+   */
+  threads?: number;
   /** The kernel module, for bundlers that move the .wasm (bytes, a compiled Module, or its URL). */
   wasm?: BufferSource | WebAssembly.Module | URL | string;
+  /** The threads build of the kernels (wasm/flashlm.mt.wasm), when `wasm` is given and threads are wanted. */
+  wasmThreads?: BufferSource | WebAssembly.Module | URL | string;
+}
+
+export interface Timings {
+  promptTokens: number;
+  promptMs: number;
+  /** Tokens generated (yielded). */
+  tokens: number;
+  /** Forward passes of generated tokens: tokens - 1 of them (the first comes from the prompt's pass). */
+  decodeMs: number;
 }
 
 export interface GenerateOptions extends SamplingOptions {
@@ -76,6 +102,16 @@ export class Model {
   private closed = false;
 
   private lastTokenStats: TokenStats | undefined;
+  private lastTimings: Timings | undefined;
+
+  /**
+   * Timing of the latest generation (live while it runs): prompt tokens and the
+   * time to process them (prefill), generated tokens and the time spent
+   * computing them after the first (sampling and the caller's time excluded).
+   */
+  get timings(): Timings | undefined {
+    return this.lastTimings && { ...this.lastTimings };
+  }
 
   private constructor(
     readonly file: FlmFile,
@@ -87,6 +123,9 @@ export class Model {
     /** Per-token statistics of every forward pass since open. */
     readonly stats: RunStats,
     private readonly streaming: StreamingFfn | undefined,
+    private readonly pool: KernelPool,
+    /** Kernel threads in use, and why fewer than asked for (null when none were refused). */
+    readonly threading: { threads: number; fallbackReason: string | null },
   ) {}
 
   /** Cumulative window-cache counters over all layers (window strategy only). */
@@ -114,6 +153,7 @@ export class Model {
 
   static async open(input: string | URL | Source, options: OpenOptions = {}): Promise<Model> {
     const source = await resolveSource(input, options);
+    let pool: KernelPool | undefined;
     try {
       const file = await openFlm(source);
       const a = file.header.arch;
@@ -122,14 +162,36 @@ export class Model {
         throw new ArgumentError(`contextLength must be an integer in [1, ${a.maxSeqLen}]`);
       }
       const tokenizer = await createTokenizer(file.header.tokenizer);
+      // Threads need a shared arena and the threads build; decided before the arena exists.
+      const tp = await planThreads(options.threads);
+      let fallbackReason = tp.fallbackReason;
+      let wasm = options.wasm ?? tp.wasm;
+      if (tp.shared && options.wasm !== undefined) {
+        if (options.wasmThreads !== undefined) wasm = options.wasmThreads;
+        else {
+          tp.threads = 1;
+          tp.shared = false;
+          fallbackReason = 'a kernels module was given (wasm) without its threads build (wasmThreads)';
+        }
+      }
       // A probe instance tells the kernels' static size and scratch needs before the arena exists.
-      const probe = await loadKernels(createArena(WASM_PAGE * 2), options.wasm);
-      const plan = planMemory(file, probe, options, contextLength);
-      const memory = createArena(plan.arenaBytes);
-      const kernels = await loadKernels(memory, options.wasm);
+      const probe = await loadKernels(createArena(WASM_PAGE * 2, { shared: tp.shared }), wasm);
+      const plan = planMemory(file, probe, { ...options, threads: tp.threads }, contextLength);
+      const memory = createArena(plan.arenaBytes, { shared: tp.shared });
+      const kernels = await loadKernels(memory, wasm);
       // Everything read into the arena (resident sections, streamed FFN chunks) is hashed in place.
       file.useKernelHasher(kernels);
       const arena = new Arena(memory, kernels.heap_base());
+      pool = await createPool(kernels, {
+        threads: plan.threads,
+        region: plan.poolBytes ? arena.alloc('threads', plan.poolBytes) : 0,
+        maxPositions: contextLength,
+        maxNeurons: a.ffnDim,
+        batchScratchBytes: plan.batchScratchBytes,
+      });
+      fallbackReason ??= pool.fallbackReason;
+      const threading = { threads: pool.threads, fallbackReason };
+      const k = pool.kernels;
       const strategy = plan.strategy;
       const stats = new RunStats({
         residentBytes: plan.residentBytes,
@@ -143,10 +205,10 @@ export class Model {
       });
       const oracle = plan.sparsity === 'oracle' || options.measurePredictor ? await Oracle.create(file, options.wasm) : undefined;
       let streaming: StreamingFfn | undefined;
-      const transformer = await Transformer.load(file, kernels, arena, contextLength, async (sectionPtrs) =>
+      const transformer = await Transformer.load(file, k, arena, contextLength, async (sectionPtrs) =>
         strategy === 'dense'
-          ? ResidentFfn.load(file, kernels, arena)
-          : (streaming = new StreamingFfn(file, kernels, arena, sectionPtrs, {
+          ? ResidentFfn.load(file, k, arena)
+          : (streaming = new StreamingFfn(file, k, arena, sectionPtrs, {
               selection: plan.sparsity,
               window: plan.window,
               capacity: plan.capacity,
@@ -156,9 +218,11 @@ export class Model {
               oracle,
               stats,
             })),
+        plan.batch,
       );
-      return new Model(file, tokenizer, kernels, transformer, plan, stats, streaming);
+      return new Model(file, tokenizer, k, transformer, plan, stats, streaming, pool, threading);
     } catch (e) {
+      await pool?.close().catch(() => {});
       await source.close().catch(() => {});
       throw e;
     }
@@ -181,6 +245,29 @@ export class Model {
     }
     const logits = await this.transformer.forward(token, pos);
     this.lastTokenStats = this.stats.endToken();
+    return logits;
+  }
+
+  /**
+   * Runs the prompt from position 0 and returns the last position's logits:
+   * in blocks of `plan.batch` tokens when the engine batches (dense), else
+   * token by token with per-token stats.
+   */
+  private async prefill(ids: readonly number[], check: () => void): Promise<number> {
+    const B = this.transformer.batch;
+    let logits = 0;
+    if (B === 1) {
+      for (let pos = 0; pos < ids.length; pos++) {
+        check();
+        logits = await this.forward(ids[pos]!, pos);
+      }
+      return logits;
+    }
+    this.lastTokenStats = undefined;
+    for (let pos = 0; pos < ids.length; pos += B) {
+      check();
+      logits = await this.transformer.forwardBlock(ids, pos, pos, Math.min(B, ids.length - pos));
+    }
     return logits;
   }
 
@@ -211,19 +298,22 @@ export class Model {
       const check = () => {
         if (options.signal?.aborted) throw new AbortedError('generation aborted', { cause: options.signal.reason });
       };
-      let logits = 0;
-      for (let pos = 0; pos < ids.length; pos++) {
-        check();
-        logits = await this.forward(ids[pos]!, pos);
-      }
+      const timings = { promptTokens: ids.length, promptMs: 0, tokens: 0, decodeMs: 0 };
+      this.lastTimings = timings;
+      const t0 = performance.now();
+      let logits = await this.prefill(ids, check);
+      timings.promptMs = performance.now() - t0;
       let pos = ids.length;
       for (let n = 0; n < maxTokens; n++) {
         check();
         const next = sampler.sample(logits, this.transformer.logitsView);
         if (stop.has(next)) break;
+        timings.tokens++;
         yield { token: next, text: decoder.push(next), stats: this.lastTokenStats };
         if (pos >= this.contextLength || n + 1 === maxTokens) break;
+        const t1 = performance.now();
         logits = await this.forward(next, pos++);
+        timings.decodeMs += performance.now() - t1;
       }
       const rest = decoder.flush();
       if (rest) yield { token: -1, text: rest };
@@ -263,6 +353,7 @@ export class Model {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.pool.close();
     await this.file.source.close();
   }
 }

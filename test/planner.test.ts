@@ -1,6 +1,6 @@
 import test from 'ava';
 import fc from 'fast-check';
-import { planReads, runBounded, type RecordRegion } from '../src/flash/planner.js';
+import { MIN_SPLIT_READ, ReadPlanner, planReads, runBounded, type ReadPlan, type RecordRegion } from '../src/flash/planner.js';
 
 const hints = (mergeGap: number, maxRead = 1 << 20, parallel = 4) => ({ mergeGap, maxRead, parallel });
 const bundled: RecordRegion[] = [{ offset: 8192, stride: 100, bytes: 100 }];
@@ -129,6 +129,134 @@ test('property: every wanted record is read intact to where the plan says', (t) 
     { numRuns: 400 },
   );
   t.pass();
+});
+
+/** The planner as it was before ReadPlanner (objects per range, read and plan): the reference for its outputs. */
+function referencePlan(ids: ArrayLike<number>, n: number, regions: readonly RecordRegion[], hints: { mergeGap: number; maxRead: number; parallel: number }, alignment: number, stagingBytes: number): ReadPlan {
+  const floorTo = (v: number, a: number) => Math.floor(v / a) * a;
+  const ceilTo = (v: number, a: number) => Math.ceil(v / a) * a;
+  interface Range { start: number; end: number; first: number; last: number }
+  const mergedRanges = (count: number, region: RecordRegion, mergeGap: number, align: number): Range[] => {
+    const ranges: Range[] = [];
+    for (let j = 0; j < count; j++) {
+      const start = region.offset + ids[j]! * region.stride;
+      const end = start + region.bytes;
+      const cur = ranges[ranges.length - 1];
+      if (cur && start - cur.end <= mergeGap) {
+        cur.end = end;
+        cur.last = j + 1;
+      } else ranges.push({ start, end, first: j, last: j + 1 });
+    }
+    const aligned: Range[] = [];
+    for (const rg of ranges) {
+      const start = floorTo(rg.start, align);
+      const end = ceilTo(rg.end, align);
+      const cur = aligned[aligned.length - 1];
+      if (cur && start <= cur.end) {
+        cur.end = Math.max(cur.end, end);
+        cur.last = rg.last;
+      } else aligned.push({ start, end, first: rg.first, last: rg.last });
+    }
+    return aligned;
+  };
+  const align = Math.max(1, alignment);
+  const maxRead = Math.max(align, floorTo(hints.maxRead, align));
+  const plan = (count: number): ReadPlan => {
+    const reads: ReadPlan['reads'] = [];
+    const ranges = regions.map((region) => mergedRanges(count, region, hints.mergeGap, align));
+    const total = ranges.reduce((sum, rs) => sum + rs.reduce((a, r) => a + r.end - r.start, 0), 0);
+    const piece = Math.max(align, Math.min(maxRead, Math.max(ceilTo(MIN_SPLIT_READ, align), ceilTo(Math.ceil(total / Math.max(1, hints.parallel)), align))));
+    const recordAt = new Float64Array(count * regions.length);
+    let staging = 0;
+    let readBytes = 0;
+    regions.forEach((region, r) => {
+      for (const rg of ranges[r]!) {
+        staging = ceilTo(staging, align);
+        for (let at = rg.start; at < rg.end; at += piece) reads.push({ offset: at, length: Math.min(piece, rg.end - at), staging: staging + (at - rg.start) });
+        for (let j = rg.first; j < rg.last; j++) recordAt[j * regions.length + r] = staging + (region.offset + ids[j]! * region.stride - rg.start);
+        staging += rg.end - rg.start;
+        readBytes += rg.end - rg.start;
+      }
+    });
+    return { reads, stagingBytes: staging, readBytes, recordAt, count };
+  };
+  const all = plan(n);
+  if (all.stagingBytes <= stagingBytes) return all;
+  let lo = 1;
+  let hi = n - 1;
+  if (plan(1).stagingBytes > stagingBytes) throw new RangeError(`staging area of ${stagingBytes} bytes cannot hold one record (${plan(1).stagingBytes} bytes needed)`);
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (plan(mid).stagingBytes <= stagingBytes) lo = mid;
+    else hi = mid - 1;
+  }
+  return plan(lo);
+}
+
+test('property: one reused ReadPlanner plans exactly what the object-per-range planner did, for any slice of the list', (t) => {
+  const cases = fc.record({
+    idList: fc.uniqueArray(fc.nat(3000), { minLength: 1, maxLength: 120 }),
+    nRegions: fc.integer({ min: 1, max: 3 }),
+    recBytes: fc.integer({ min: 1, max: 5000 }),
+    split: fc.boolean(),
+    align: fc.constantFrom(1, 16, 512, 4096),
+    gap: fc.oneof(fc.constant(0), fc.nat(20000)),
+    maxRead: fc.integer({ min: 1, max: 1 << 21 }),
+    parallel: fc.integer({ min: 1, max: 16 }),
+    stagingLimit: fc.integer({ min: 1000, max: 4 << 20 }),
+    from: fc.nat(),
+    far: fc.boolean(),
+  });
+  // One planner per geometry, reused across every case (as StreamingFfn does): buffers from earlier plans must not leak in.
+  const planners = new Map<string, ReadPlanner>();
+  fc.assert(
+    fc.property(cases, (c) => {
+      const ids = Int32Array.from(c.idList.sort((a, b) => a - b));
+      const base = c.far ? 5 * 2 ** 32 + 4096 : 4096;
+      const regions: RecordRegion[] = Array.from({ length: c.nRegions }, (_, r) =>
+        c.split ? { offset: base + r * 3001 * c.recBytes, stride: c.recBytes, bytes: c.recBytes } : { offset: base + r * c.recBytes, stride: c.recBytes * c.nRegions, bytes: c.recBytes },
+      );
+      const hints = { mergeGap: c.gap, maxRead: c.maxRead, parallel: c.parallel };
+      const start = c.from % ids.length;
+      const key = JSON.stringify([hints, c.align, c.stagingLimit]);
+      let planner = planners.get(key);
+      if (!planner) planners.set(key, (planner = new ReadPlanner(hints, c.align, c.stagingLimit, 3000, 3)));
+      const list = ids.subarray(start);
+      let want: ReadPlan | RangeError;
+      try {
+        want = referencePlan(list, list.length, regions, hints, c.align, c.stagingLimit);
+      } catch (e) {
+        want = e as RangeError;
+      }
+      if (want instanceof RangeError) {
+        t.throws(() => planner.plan(ids, start, ids.length, regions), { instanceOf: RangeError, message: want.message });
+        t.throws(() => planReads(list, list.length, regions, hints, c.align, c.stagingLimit), { instanceOf: RangeError, message: want.message });
+        return;
+      }
+      const p = planner.plan(ids, start, ids.length, regions);
+      const reads = Array.from({ length: p.readCount }, (_, i) => ({ offset: p.readOffset[i]!, length: p.readLength[i]!, staging: p.readStaging[i]! }));
+      t.deepEqual(
+        { reads, stagingBytes: p.stagingBytes, readBytes: p.readBytes, count: p.count, recordAt: [...p.recordAt.subarray(0, p.count * c.nRegions)] },
+        { reads: want.reads, stagingBytes: want.stagingBytes, readBytes: want.readBytes, count: want.count, recordAt: [...want.recordAt] },
+      );
+      const fresh = planReads(list, list.length, regions, hints, c.align, c.stagingLimit);
+      t.deepEqual({ ...fresh, recordAt: [...fresh.recordAt] }, { ...want, recordAt: [...want.recordAt] });
+    }),
+    { numRuns: 500 },
+  );
+});
+
+test('ReadPlanner: buffers sized at construction are never replaced by plans that fit', (t) => {
+  const regions: RecordRegion[] = [{ offset: 0, stride: 3 * 700, bytes: 700 }, { offset: 700, stride: 3 * 700, bytes: 700 }];
+  const planner = new ReadPlanner({ mergeGap: 0, maxRead: 4096, parallel: 8 }, 1, 64 << 10, 1000, 2);
+  const buffers = [planner.readOffset, planner.readLength, planner.readStaging, planner.recordAt];
+  let seed = 12345;
+  const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  for (let round = 0; round < 300; round++) {
+    const ids = Int32Array.from(Array.from({ length: 1000 }, (_, i) => i).filter(() => rand() < 0.05 + 0.9 * (round % 2)));
+    for (let done = 0; done < ids.length; done += planner.count) planner.plan(ids, done, ids.length, regions);
+  }
+  t.true(buffers.every((b, i) => b === [planner.readOffset, planner.readLength, planner.readStaging, planner.recordAt][i]));
 });
 
 test('runBounded keeps at most `parallel` tasks in flight and propagates failures', async (t) => {

@@ -9,12 +9,15 @@ import test from 'ava';
 import { mkdtempSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
 import { openModel, type OpenOptions, type Strategy } from '../src/node.js';
 import { openCheckpoint } from '../src/convert/index.js';
 import { openFlm } from '../src/format/reader.js';
 import { writeWithPredictors, type LayerPredictor } from '../src/format/rewrite.js';
 import { MemorySink, MemorySource } from '../src/source/memory.js';
-import { BudgetError } from '../src/errors.js';
+import { BudgetError, IntegrityError, SourceError } from '../src/errors.js';
+import type { Source } from '../src/source/types.js';
+import type { TokenStats } from '../src/flash/stats.js';
 import { startNginx, type Nginx } from './helpers/nginx.js';
 import { OPT_DIR, STORIES_BIN, STORIES_TOK, convertToBytes, optReference } from './helpers/models.js';
 
@@ -170,3 +173,92 @@ test('predictor and window strategies use the file\'s predictor; recall/precisio
   t.is(plain.summary.predictorRecall, null);
   await t.throwsAsync(openModel(new MemorySource(bytes), { strategy: 'predictor', sparsity: 'predictor' }), { message: /no predictors/ });
 });
+
+test('a long window generation keeps RunStats bounded: running averages over every token, only the recent ones kept', async (t) => {
+  const bytes = await fixtures.stories.bytes();
+  const model = await openModel(new MemorySource(bytes), { strategy: 'window', contextLength: 512 });
+  const yielded: TokenStats[] = [];
+  let seed = 1;
+  while (model.stats.count < 2600) {
+    for await (const s of model.steps('', { maxTokens: 500, temperature: 1, seed: seed++ })) if (s.stats) yielded.push(s.stats);
+  }
+  const stats = model.stats;
+  const cap = stats.capacity;
+  t.true(stats.count > 2 * cap, `${stats.count} tokens`);
+  t.is(stats.retained, cap, 'retained token count stays at the ring size');
+  const recent = stats.tokens;
+  t.is(recent.length, cap);
+  t.is(stats.summary().tokens, stats.count, 'the averages cover every token');
+  // the per-step items are the tokens' own numbers (each a separate object), and the ring holds the same numbers
+  // (the last forward pass of a generation is not yielded: its token hit a stop or maxTokens)
+  const last = yielded[yielded.length - 1]!;
+  t.true(recent.slice(-3).some((r) => isDeepStrictEqual(r, last)));
+  t.is(new Set(yielded).size, yielded.length);
+  const tail = yielded.slice(-200);
+  t.true(tail.every((s) => s.cacheLookups > 0 && s.ms > 0));
+  await model.close();
+});
+
+/** A source over `bytes` whose reads after `arm()` can fail or be corrupted; with or without readInto. */
+function faultySource(bytes: Uint8Array, withReadInto: boolean, fault: (n: number, offset: number, into: Uint8Array, at: number, length: number) => void) {
+  const inner = new MemorySource(bytes);
+  let armed = false;
+  let n = 0;
+  const src = {
+    name: 'faulty',
+    size: inner.size,
+    identity: inner.identity,
+    arm: () => (armed = true),
+    async read(offset: number, into: Uint8Array) {
+      await inner.read(offset, into);
+      if (armed) fault(n++, offset, into, 0, into.byteLength);
+    },
+    async close() {},
+  } as Source & { arm(): boolean };
+  if (withReadInto) {
+    src.readInto = async (offset: number, into: Uint8Array, at: number, length: number) => {
+      await inner.readInto(offset, into, at, length);
+      if (armed) fault(n++, offset, into, at, length);
+    };
+  }
+  return src;
+}
+
+for (const layout of ['bundled', 'split'] as const) {
+  for (const withReadInto of [true, false]) {
+    test(`window (${layout}, ${withReadInto ? 'readInto' : 'read'}): a failed read or a corrupted record stops generation with that error`, async (t) => {
+      const bytes = await fixtures.stories.bytes(layout);
+      const unhandled: unknown[] = [];
+      const onUnhandled = (e: unknown) => unhandled.push(e);
+      process.on('unhandledRejection', onUnhandled);
+      try {
+        // A read rejects (the 3rd after arming) while others are in flight.
+        const failing = faultySource(bytes, withReadInto, (n) => {
+          if (n === 2) throw new SourceError('injected read failure');
+        });
+        const a = await openModel(failing, { strategy: 'window', contextLength: 128, stagingBytes: 16384 });
+        failing.arm();
+        await t.throwsAsync(a.complete('Once upon a time', { maxTokens: 20 }), { instanceOf: SourceError, message: /injected/ });
+        await a.close();
+        // A byte of a streamed FFN record flips.
+        const file = await openFlm(new MemorySource(bytes));
+        const ffn = file.header.ffn.map((f) => file.section(f.section));
+        const corrupt = faultySource(bytes, withReadInto, (n, offset, into, at, length) => {
+          for (const s of ffn) {
+            const lo = Math.max(offset, s.offset);
+            const hi = Math.min(offset + length, s.offset + s.length);
+            if (lo < hi) into[at + (lo - offset) + Math.floor((hi - lo) / 2)]! ^= 0x10;
+          }
+        });
+        const b = await openModel(corrupt, { strategy: 'window', contextLength: 128 });
+        corrupt.arm();
+        await t.throwsAsync(b.complete('Once upon a time', { maxTokens: 20 }), { instanceOf: IntegrityError, message: /hash/ });
+        await b.close();
+        await new Promise((r) => setTimeout(r, 20));
+        t.deepEqual(unhandled, []);
+      } finally {
+        process.off('unhandledRejection', onUnhandled);
+      }
+    });
+  }
+}

@@ -10,7 +10,7 @@ import { createArena, loadKernels } from '../kernels/load.js';
 import type { Kernels } from '../kernels/types.js';
 import { Arena, WASM_PAGE } from '../engine/arena.js';
 import { ResidentFfn, type FfnProvider } from '../engine/ffn.js';
-import { planMemory } from '../engine/plan.js';
+import { planMemory } from '../plan.js';
 import { Transformer } from '../engine/transformer.js';
 import { readFfnPart } from './weights.js';
 

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import '../node.js'; // file and HTTP openers
-import type { Strategy } from '../engine/plan.js';
+import type { Strategy } from '../plan.js';
 import type { Sparsity } from '../flash/streaming.js';
 import { evaluate } from '../calibrate/evaluate.js';
 import { formatStats } from './run.js';

@@ -7,7 +7,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { fileURLToPath } from 'node:url';
 import { readFileSync } from 'node:fs';
 import { FlashlmError } from '../errors.js';
-import { STRATEGIES } from '../engine/plan.js';
+import { STRATEGIES } from '../plan.js';
 import { runConvert } from './convert.js';
 import { runInspect } from './inspect.js';
 import { runGenerate } from './run.js';
@@ -62,6 +62,7 @@ export function buildCli(): Command {
     .option('--seed <s>', 'random seed', int('seed', 0))
     .option('--memory <size>', 'arena budget, e.g. 512M, 2G (default: what the strategy needs)')
     .option('--context <n>', 'context length in tokens', int('context', 1))
+    .option('-b, --batch-size <n>', 'prompt tokens per forward pass (dense strategy; 1 = token by token, same output)', int('batch-size', 1))
     .addOption(new Option('--strategy <s>', 'what stays resident and what is streamed').choices([...STRATEGIES]).default('dense'))
     .addOption(new Option('--sparsity <s>', 'how predictor/window choose neurons (default: the file\'s predictors or gate thresholds, else oracle)').choices(['predictor', 'oracle', 'off', 'gate']))
     .option('--window <k>', 'window strategy: keep neurons used in the last k tokens', int('window', 1), 4)

@@ -12,6 +12,7 @@ export interface RunFlags {
   seed?: number;
   memory?: string;
   context?: number;
+  batchSize?: number;
   strategy: Strategy;
   sparsity?: Sparsity;
   window: number;
@@ -26,6 +27,7 @@ export async function runGenerate(modelPath: string, flags: RunFlags): Promise<v
   const model = await openModel(modelPath, {
     memory: flags.memory,
     contextLength: flags.context,
+    batchSize: flags.batchSize,
     strategy: flags.strategy,
     sparsity: flags.sparsity,
     window: flags.window,
@@ -56,8 +58,11 @@ export async function runGenerate(modelPath: string, flags: RunFlags): Promise<v
     interrupt.release();
     await model.close();
   }
-  const dt = (performance.now() - tLoad) / 1000;
-  process.stderr.write(`loaded in ${((tLoad - t0) / 1000).toFixed(2)} s; ${n} pieces in ${dt.toFixed(2)} s\n`);
+  // As llama.cpp reports them: prompt processing and decoding rates apart (the first token comes from the prompt's pass).
+  const tm = model.timings;
+  const rate = (tokens: number, ms: number) => (ms > 0 && tokens > 0 ? `${((1000 * tokens) / ms).toFixed(1)} tokens/s` : 'n/a');
+  process.stderr.write(`loaded in ${((tLoad - t0) / 1000).toFixed(2)} s` +
+    (tm ? `; prompt: ${tm.promptTokens} tokens, ${rate(tm.promptTokens, tm.promptMs)}; generated: ${tm.tokens} tokens, ${rate(tm.tokens - 1, tm.decodeMs)}` : `; ${n} pieces`) + '\n');
   if (flags.stats === 'table') process.stderr.write(formatStats(model.stats.summary()));
   if (flags.stats === 'json') process.stderr.write(JSON.stringify(model.stats.summary()) + '\n');
 }

@@ -9,7 +9,25 @@ export const WASM_PAGE = 65536;
 /** wasm32 addresses 4 GiB at most. */
 export const MAX_ARENA_BYTES = 65536 * WASM_PAGE;
 
-export class Arena {
+/** Anything that hands out arena regions: the arena itself, or a counter that sizes a layout before the arena exists. */
+export interface Allocator {
+  alloc(name: string, bytes: number, align?: number): number;
+}
+
+/**
+ * Runs a layout without memory: the same allocation code that places regions
+ * in the arena, so the planner's size and the real layout cannot disagree.
+ */
+export class CountingAllocator implements Allocator {
+  bytes = 0;
+  alloc(_name: string, bytes: number, align = 64): number {
+    const ptr = alignUp(this.bytes, align);
+    this.bytes = ptr + bytes;
+    return ptr;
+  }
+}
+
+export class Arena implements Allocator {
   private top: number;
   /** Named regions, for stats and error messages. */
   readonly regions: { name: string; ptr: number; bytes: number }[] = [];

@@ -11,6 +11,13 @@ import type { Arena } from './arena.js';
 export interface FfnProvider {
   /** out[dModel] = FFN_layer(x), without the down-projection bias. */
   run(layer: number, x: number, out: number): Promise<void> | void;
+  /**
+   * Optional: out[t] = FFN_layer(x[t]) for T tokens at once (rows ldx / ldo
+   * bytes apart), each bit-identical to run(); `h` has T x ffnDim f32 for the
+   * activations, `scratch` batch_scratch_bytes(T, dModel) bytes. Providers
+   * without it get one token at a time.
+   */
+  runBlock?(layer: number, x: number, ldx: number, T: number, out: number, ldo: number, h: number, scratch: number): void;
 }
 
 /**
@@ -51,6 +58,8 @@ export class ResidentFfn implements FfnProvider {
     private readonly k: Kernels,
     private readonly entries: FfnEntry[],
     private readonly bases: number[],
+    /** Arena address of each layer's parts (in the entry's part order), computed once. */
+    private readonly partPtrs: number[][],
   ) {}
 
   static async load(file: FlmFile, k: Kernels, arena: Arena): Promise<ResidentFfn> {
@@ -59,13 +68,26 @@ export class ResidentFfn implements FfnProvider {
     const bases = sections.map((s) => arena.alloc(s.name, s.length));
     // Sections are independent: read them concurrently (a file or HTTP source overlaps the reads).
     await Promise.all(sections.map((s, i) => file.readSection(s, arena.u8(bases[i]!, s.length), 0, file.source.hints)));
-    return new ResidentFfn(k, entries, bases);
+    return new ResidentFfn(k, entries, bases, entries.map((f, l) => f.partOffsets.map((o) => bases[l]! + o)));
   }
 
   run(layer: number, x: number, out: number, hOut = 0): void {
     const f = this.entries[layer]!;
-    const base = this.bases[layer]!;
-    runFfnKernel(this.k, f, out, x, f.neurons, f.partOffsets.map((o) => base + o), f.stride, hOut);
+    runFfnKernel(this.k, f, out, x, f.neurons, this.partPtrs[layer]!, f.stride, hOut);
+  }
+
+  runBlock(layer: number, x: number, ldx: number, T: number, out: number, ldo: number, h: number, scratch: number): void {
+    const f = this.entries[layer]!;
+    const k = this.k;
+    const p = this.partPtrs[layer]!;
+    if (f.parts.length === 2) {
+      const bias = f.hasBias ? 1 : 0;
+      const run = f.dtype === 'f32' ? k.ffn_relu_f32_batch : f.dtype === 'f16' ? k.ffn_relu_f16_batch : k.ffn_relu_i8_batch;
+      run(out, ldo, x, ldx, T, f.d, f.neurons, p[0]!, p[1]!, f.stride, bias, h, scratch);
+    } else {
+      const run = f.dtype === 'f32' ? k.ffn_swiglu_f32_batch : f.dtype === 'f16' ? k.ffn_swiglu_f16_batch : k.ffn_swiglu_i8_batch;
+      run(out, ldo, x, ldx, T, f.d, f.neurons, p[0]!, p[1]!, p[2]!, f.stride, h, scratch);
+    }
   }
 
   /** Gated FFNs: out[n] = silu(gate_j · x) of every neuron of `layer`. */

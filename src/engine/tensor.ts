@@ -36,3 +36,10 @@ export function matvec(k: Kernels, out: number, w: Tensor, x: number, bias: numb
   else if (w.dtype === 'f16') k.matvec_f16(out, w.ptr, x, bias, w.rows, w.cols);
   else k.matvec_i8(out, w.ptr, w.scales, x, bias, w.rows, w.cols, i8scratch);
 }
+
+/** out[t] = W x[t] (+ bias) for T tokens (rows ldx / ldo bytes apart), each bit-identical to matvec; `scratch` has batch_scratch_bytes(T, W.cols, 0) bytes or more. */
+export function matmul(k: Kernels, out: number, ldo: number, w: Tensor, x: number, ldx: number, bias: number, T: number, scratch: number): void {
+  if (w.dtype === 'f32') k.matmul_f32(out, ldo, w.ptr, x, ldx, bias, T, w.rows, w.cols, scratch);
+  else if (w.dtype === 'f16') k.matmul_f16(out, ldo, w.ptr, x, ldx, bias, T, w.rows, w.cols, scratch);
+  else k.matmul_i8(out, ldo, w.ptr, w.scales, x, ldx, bias, T, w.rows, w.cols, scratch);
+}

@@ -1,42 +1,102 @@
 /**
- * The transformer forward pass for OPT and Llama-family models, one token at
- * a time over a KV cache. All math runs in the WebAssembly kernels on arena
- * pointers; this file only sequences calls (as llama2.c's forward()).
+ * The transformer forward pass for OPT and Llama-family models over a KV
+ * cache: one token at a time (decoding), or a block of prompt tokens at once
+ * (prefill), where every weight matrix is applied to the whole block in one
+ * batched kernel call. Both give bit-identical results. All math runs in the
+ * WebAssembly kernels on arena pointers; this file only sequences calls (as
+ * llama2.c's forward()).
  */
 import { FormatError } from '../errors.js';
 import type { SectionEntry } from '../format/layout.js';
 import type { FlmFile } from '../format/reader.js';
 import type { ArchConfig } from '../format/types.js';
 import type { Kernels } from '../kernels/types.js';
-import type { Arena } from './arena.js';
+import { CountingAllocator, type Allocator, type Arena } from './arena.js';
 import type { FfnProvider } from './ffn.js';
-import { matvec, placeTensor, type Tensor } from './tensor.js';
+import { matmul, matvec, placeTensor, type Tensor } from './tensor.js';
 
 /** The sections read once at open: everything but the FFN neurons. */
 export function residentSections(file: FlmFile): SectionEntry[] {
   return file.header.sections.filter((s) => s.name === 'resident' || s.name === 'predictor');
 }
 
+/** Prompt tokens per batched forward pass, unless the caller says otherwise. */
+export const DEFAULT_BATCH = 32;
+
+/** Widest input any kernel call gets: a tensor's columns or the model width. */
+export function maxColumns(file: FlmFile): number {
+  const a = file.header.arch;
+  return Math.max(a.dModel, a.embedDim, ...file.header.tensors.map((t) => t.shape[t.shape.length - 1]!));
+}
+
+/**
+ * The working memory: activations for a block of `batch` tokens (row t of a
+ * buffer at ptr + t * its row bytes), scratch, and the KV cache. The planner
+ * sizes it with a CountingAllocator and the engine places it with the arena,
+ * through this one function.
+ */
+export function layoutWorking(al: Allocator, a: ArchConfig, contextLength: number, maxCols: number, batch: number, k: Kernels) {
+  const qDim = a.nHeads * a.headDim;
+  const kvDim = a.nKvHeads * a.headDim;
+  const wide = Math.max(a.dModel, a.embedDim, qDim);
+  const rows = (name: string, n: number) => al.alloc(name, batch * n * 4);
+  return {
+    batch,
+    /** Row bytes of x, xb, xb2, tmp, emb; q's rows are qDim floats. */
+    ld: wide * 4,
+    x: rows('x', wide),
+    xb: rows('xb', wide),
+    xb2: rows('xb2', wide),
+    q: rows('q', qDim),
+    tmp: rows('tmp', wide),
+    emb: rows('emb', wide),
+    att: al.alloc('attention scores', contextLength * 4),
+    cos: rows('rope cos', a.headDim / 2),
+    sin: rows('rope sin', a.headDim / 2),
+    logits: al.alloc('logits', a.vocabSize * 4),
+    i8scratch: al.alloc('int8 scratch', Math.max(16, k.matvec_i8_scratch_bytes(maxCols))),
+    batchScratch: batch > 1 ? al.alloc('batch scratch', k.batch_scratch_bytes(batch, maxCols)) : 0,
+    ffnActs: batch > 1 ? rows('ffn activations', a.ffnDim) : 0,
+    kv: al.alloc('kv cache', 2 * a.nLayers * contextLength * kvDim * 4),
+  };
+}
+type Working = ReturnType<typeof layoutWorking>;
+
+/** One layer's tensors, looked up once at load. */
+interface LayerTensors {
+  attnNorm: Tensor;
+  attnNormBias?: Tensor;
+  wq: Tensor;
+  wk: Tensor;
+  wv: Tensor;
+  wo: Tensor;
+  bq?: Tensor;
+  bk?: Tensor;
+  bv?: Tensor;
+  bo?: Tensor;
+  ffnNorm: Tensor;
+  ffnNormBias?: Tensor;
+  downBias?: Tensor;
+}
+
 export class Transformer {
   readonly arch: ArchConfig;
   readonly contextLength: number;
-  private readonly t = new Map<string, Tensor>();
-  private readonly mem: Uint8Array;
-  // activations
-  private readonly x: number;
-  private readonly xb: number;
-  private readonly xb2: number;
-  private readonly q: number;
-  private readonly tmp: number;
-  private readonly emb: number;
-  private readonly att: number;
-  private readonly cos: number;
-  private readonly sin: number;
-  private readonly i8scratch: number;
+  /** Most tokens one forwardBlock call takes. */
+  readonly batch: number;
   readonly logits: number;
   readonly logitsView: Float32Array;
-  private readonly kv: number;
+  private readonly mem: Uint8Array;
+  private readonly w: Working;
   private readonly kvDim: number;
+  private readonly layers: LayerTensors[];
+  private readonly embed: Tensor;
+  private readonly posEmbed?: Tensor;
+  private readonly projIn?: Tensor;
+  private readonly projOut?: Tensor;
+  private readonly finalNorm?: Tensor;
+  private readonly finalNormBias?: Tensor;
+  private readonly head: Tensor;
   private readonly ropeFreqs: Float32Array | undefined;
   private readonly cosView: Float32Array | undefined;
   private readonly sinView: Float32Array | undefined;
@@ -48,31 +108,44 @@ export class Transformer {
     /** Arena address of each loaded non-FFN section ('resident', 'predictor'). */
     readonly sectionPtrs: ReadonlyMap<string, number>,
     contextLength: number,
+    batch: number,
     private readonly ffn: FfnProvider,
   ) {
     const a = file.header.arch;
     this.arch = a;
     this.contextLength = contextLength;
     this.mem = new Uint8Array(arena.memory.buffer);
-    for (const e of file.header.tensors) this.t.set(e.name, placeTensor(file, arena, sectionPtrs, e));
-    const qDim = a.nHeads * a.headDim;
+    const t = new Map<string, Tensor>();
+    for (const e of file.header.tensors) t.set(e.name, placeTensor(file, arena, sectionPtrs, e));
+    const need = (name: string): Tensor => {
+      const x = t.get(name);
+      if (!x) throw new FormatError(`model has no tensor ${name}`);
+      return x;
+    };
+    this.layers = Array.from({ length: a.nLayers }, (_, l) => {
+      const p = `layers.${l}.`;
+      return {
+        attnNorm: need(p + 'attn_norm.weight'),
+        attnNormBias: t.get(p + 'attn_norm.bias'),
+        wq: need(p + 'wq'), wk: need(p + 'wk'), wv: need(p + 'wv'), wo: need(p + 'wo'),
+        bq: t.get(p + 'bq'), bk: t.get(p + 'bk'), bv: t.get(p + 'bv'), bo: t.get(p + 'bo'),
+        ffnNorm: need(p + 'ffn_norm.weight'),
+        ffnNormBias: t.get(p + 'ffn_norm.bias'),
+        downBias: t.get(p + 'ffn_down_bias'),
+      };
+    });
+    this.embed = need('tok_embeddings');
+    this.posEmbed = a.positions === 'learned' ? need('pos_embeddings') : undefined;
+    this.projIn = t.get('project_in');
+    this.projOut = t.get('project_out');
+    this.finalNorm = t.get('final_norm.weight');
+    this.finalNormBias = t.get('final_norm.bias');
+    this.head = t.get('lm_head') ?? this.embed;
     this.kvDim = a.nKvHeads * a.headDim;
-    const wide = Math.max(a.dModel, a.embedDim, qDim);
-    const f32 = (name: string, n: number) => arena.alloc(name, n * 4);
-    this.x = f32('x', wide);
-    this.xb = f32('xb', wide);
-    this.xb2 = f32('xb2', wide);
-    this.q = f32('q', qDim);
-    this.tmp = f32('tmp', wide);
-    this.emb = f32('emb', wide);
-    this.att = f32('attention scores', contextLength);
-    this.cos = f32('rope cos', a.headDim / 2);
-    this.sin = f32('rope sin', a.headDim / 2);
-    this.logits = f32('logits', a.vocabSize);
+    this.batch = ffn.runBlock ? batch : 1;
+    this.w = layoutWorking(arena, a, contextLength, maxColumns(file), this.batch, k);
+    this.logits = this.w.logits;
     this.logitsView = arena.f32(this.logits, a.vocabSize);
-    const maxCols = Math.max(...[...this.t.values()].map((x) => x.cols));
-    this.i8scratch = arena.alloc('int8 scratch', Math.max(16, k.matvec_i8_scratch_bytes(maxCols)));
-    this.kv = arena.alloc('kv cache', 2 * a.nLayers * contextLength * this.kvDim * 4);
     if (a.positions === 'rope') {
       // f32 arithmetic throughout, as llama2.c and PyTorch compute the tables
       const theta = a.ropeTheta ?? 10000;
@@ -80,17 +153,18 @@ export class Transformer {
       for (let i = 0; i < a.headDim / 2; i++) {
         this.ropeFreqs[i] = Math.fround(1 / Math.fround(Math.pow(theta, Math.fround((2 * i) / a.headDim))));
       }
-      this.cosView = arena.f32(this.cos, a.headDim / 2);
-      this.sinView = arena.f32(this.sin, a.headDim / 2);
+      this.cosView = arena.f32(this.w.cos, this.batch * (a.headDim / 2));
+      this.sinView = arena.f32(this.w.sin, this.batch * (a.headDim / 2));
     }
   }
 
   /**
    * Reads the resident (and predictor) sections into the arena and lays out
    * activations and the KV cache; the FFN provider is made by the caller
-   * from what is left.
+   * from what is left. `batch` > 1 enables block prefill when the provider
+   * can run a block (dense only).
    */
-  static async load(file: FlmFile, k: Kernels, arena: Arena, contextLength: number, makeFfn: (sections: ReadonlyMap<string, number>) => Promise<FfnProvider>): Promise<Transformer> {
+  static async load(file: FlmFile, k: Kernels, arena: Arena, contextLength: number, makeFfn: (sections: ReadonlyMap<string, number>) => Promise<FfnProvider>, batch = 1): Promise<Transformer> {
     const sectionPtrs = new Map<string, number>();
     for (const s of residentSections(file)) {
       // Page-aligned, so O_DIRECT sources read straight into the arena.
@@ -99,30 +173,20 @@ export class Transformer {
       sectionPtrs.set(s.name, ptr);
     }
     const ffn = await makeFfn(sectionPtrs);
-    return new Transformer(file, k, arena, sectionPtrs, contextLength, ffn);
+    return new Transformer(file, k, arena, sectionPtrs, contextLength, batch, ffn);
   }
 
-
-  /** Arena bytes needed for activations and the KV cache at a context length. */
-  static workingBytes(a: ArchConfig, contextLength: number, maxCols: number, k: Kernels): number {
-    const wide = Math.max(a.dModel, a.embedDim, a.nHeads * a.headDim);
-    const floats = 5 * wide + a.nHeads * a.headDim + contextLength + a.headDim + a.vocabSize;
-    const kv = 2 * a.nLayers * contextLength * a.nKvHeads * a.headDim * 4;
-    return floats * 4 + kv + k.matvec_i8_scratch_bytes(maxCols) + 16 * 64;
+  /** Arena bytes of the working memory (layoutWorking) at a context length and batch. */
+  static workingBytes(file: FlmFile, contextLength: number, batch: number, k: Kernels): number {
+    const c = new CountingAllocator();
+    layoutWorking(c, file.header.arch, contextLength, maxColumns(file), batch, k);
+    return c.bytes;
   }
 
-  private tensor(name: string): Tensor {
-    const t = this.t.get(name);
-    if (!t) throw new FormatError(`model has no tensor ${name}`);
-    return t;
-  }
-
-  private opt(name: string): Tensor | undefined {
-    return this.t.get(name);
-  }
-
-  private mv(out: number, w: Tensor, x: number, bias?: Tensor): void {
-    matvec(this.k, out, w, x, bias ? bias.ptr : 0, this.i8scratch);
+  /** out[t] = W x[t] (+ bias) for T tokens; one token takes the matvec kernels. */
+  private mm(out: number, ldo: number, w: Tensor, x: number, ldx: number, T: number, bias?: Tensor): void {
+    if (T === 1) matvec(this.k, out, w, x, bias ? bias.ptr : 0, this.w.i8scratch);
+    else matmul(this.k, out, ldo, w, x, ldx, bias ? bias.ptr : 0, T, this.w.batchScratch);
   }
 
   /** dst[cols] = row r of an embedding table, as f32. */
@@ -132,91 +196,150 @@ export class Transformer {
     else this.k.dequant_i8(dst, w.ptr + r * w.cols, w.cols, w.scaleView![r]!);
   }
 
-  private norm(out: number, x: number, prefix: string): void {
+  /** Norm of T rows (ld bytes apart), in place allowed. */
+  private norm(out: number, x: number, T: number, w: Tensor, bias: Tensor | undefined): void {
     const a = this.arch;
-    const w = this.tensor(prefix + '.weight');
-    if (a.norm === 'layernorm') this.k.layernorm(out, x, w.ptr, this.opt(prefix + '.bias')?.ptr ?? 0, a.dModel, a.normEps);
-    else this.k.rmsnorm(out, x, w.ptr, a.dModel, a.normEps);
+    const ld = this.w.ld;
+    for (let t = 0; t < T; t++) {
+      if (a.norm === 'layernorm') this.k.layernorm(out + t * ld, x + t * ld, w.ptr, bias?.ptr ?? 0, a.dModel, a.normEps);
+      else this.k.rmsnorm(out + t * ld, x + t * ld, w.ptr, a.dModel, a.normEps);
+    }
   }
 
-  private rope(vec: number, heads: number): void {
-    if (this.arch.ropeStyle === 'half') this.k.rope_half(vec, heads, this.arch.headDim, this.cos, this.sin);
-    else this.k.rope_interleaved(vec, heads, this.arch.headDim, this.cos, this.sin);
+  /** x[t] += y[t] over T rows of dModel. */
+  private addRows(x: number, y: number, T: number): void {
+    const ld = this.w.ld;
+    for (let t = 0; t < T; t++) this.k.add(x + t * ld, x + t * ld, y + t * ld, this.arch.dModel);
   }
 
   /** Runs one token at `pos` (0-based, < contextLength); returns the logits pointer. */
-  async forward(token: number, pos: number): Promise<number> {
+  forward(token: number, pos: number): Promise<number> | number {
+    return this.forwardBlock([token], pos, 0, 1);
+  }
+
+  /**
+   * Runs tokens[from .. from+T) at positions pos .. pos+T-1 (T <= batch) and
+   * returns the logits pointer of the last one. Synchronous unless the FFN
+   * provider reads from a source (streaming strategies).
+   */
+  forwardBlock(tokens: ArrayLike<number>, pos: number, from = 0, T = tokens.length - from): Promise<number> | number {
+    const a = this.arch;
+    if (!(T >= 1 && T <= this.batch)) throw new RangeError(`a block holds 1..${this.batch} tokens, got ${T}`);
+    if (pos + T > this.contextLength) throw new RangeError(`position ${pos + T - 1} is past the context length ${this.contextLength}`);
+    for (let t = 0; t < T; t++) {
+      const token = tokens[from + t]!;
+      if (!(token >= 0 && token < a.vocabSize)) throw new RangeError(`token ${token} outside the vocabulary`);
+    }
+    const w = this.w;
+    const ld = w.ld;
+    // Embedding (+ projection for OPT-350m) and learned positions, or the rope tables.
+    for (let t = 0; t < T; t++) this.row(this.embed, tokens[from + t]!, (this.projIn ? w.emb : w.x) + t * ld);
+    if (this.projIn) this.mm(w.x, ld, this.projIn, w.emb, ld, T);
+    if (this.posEmbed) {
+      for (let t = 0; t < T; t++) {
+        this.row(this.posEmbed, pos + t + (a.posOffset ?? 0), w.tmp);
+        this.k.add(w.x + t * ld, w.x + t * ld, w.tmp, a.dModel);
+      }
+    } else {
+      const half = a.headDim / 2;
+      for (let t = 0; t < T; t++) {
+        for (let i = 0; i < half; i++) {
+          const v = Math.fround((pos + t) * this.ropeFreqs![i]!);
+          this.cosView![t * half + i] = Math.cos(v);
+          this.sinView![t * half + i] = Math.sin(v);
+        }
+      }
+    }
+    return this.layersFrom(0, pos, T);
+  }
+
+  /** Layers l.. of the current block; awaits only when the FFN provider returns a promise. */
+  private layersFrom(l0: number, pos: number, T: number): Promise<number> | number {
     const a = this.arch;
     const k = this.k;
-    const d = a.dModel;
-    if (pos >= this.contextLength) throw new RangeError(`position ${pos} is past the context length ${this.contextLength}`);
-    if (!(token >= 0 && token < a.vocabSize)) throw new RangeError(`token ${token} outside the vocabulary`);
-
-    // Embedding (+ projection for OPT-350m) and learned positions.
-    const projIn = this.opt('project_in');
-    this.row(this.tensor('tok_embeddings'), token, projIn ? this.emb : this.x);
-    if (projIn) this.mv(this.x, projIn, this.emb);
-    if (a.positions === 'learned') {
-      this.row(this.tensor('pos_embeddings'), pos + (a.posOffset ?? 0), this.tmp);
-      k.add(this.x, this.x, this.tmp, d);
-    } else {
-      for (let i = 0; i < this.ropeFreqs!.length; i++) {
-        const v = Math.fround(pos * this.ropeFreqs![i]!);
-        this.cosView![i] = Math.cos(v);
-        this.sinView![i] = Math.sin(v);
-      }
-    }
-
+    const w = this.w;
+    const ld = w.ld;
+    const qDim = a.nHeads * a.headDim;
+    const kvBytes = this.kvDim * 4;
     const scale = Math.fround(1 / Math.sqrt(a.headDim));
-    const layerKv = this.contextLength * this.kvDim * 4;
-    for (let l = 0; l < a.nLayers; l++) {
-      const p = `layers.${l}.`;
+    const layerKv = this.contextLength * kvBytes;
+    const ropeBytes = (a.headDim / 2) * 4;
+    for (let l = l0; l < a.nLayers; l++) {
+      const L = this.layers[l]!;
       // Attention block.
-      let xin = this.x;
+      let xin = w.x;
       if (a.preNorm) {
-        this.norm(this.xb, this.x, p + 'attn_norm');
-        xin = this.xb;
+        this.norm(w.xb, w.x, T, L.attnNorm, L.attnNormBias);
+        xin = w.xb;
       }
-      const kBase = this.kv + 2 * l * layerKv;
+      const kBase = w.kv + 2 * l * layerKv;
       const vBase = kBase + layerKv;
-      const kRow = kBase + pos * this.kvDim * 4;
-      const vRow = vBase + pos * this.kvDim * 4;
-      this.mv(this.q, this.tensor(p + 'wq'), xin, this.opt(p + 'bq'));
-      this.mv(kRow, this.tensor(p + 'wk'), xin, this.opt(p + 'bk'));
-      this.mv(vRow, this.tensor(p + 'wv'), xin, this.opt(p + 'bv'));
-      if (a.positions === 'rope') {
-        this.rope(this.q, a.nHeads);
-        this.rope(kRow, a.nKvHeads);
+      // K and V rows of the block go straight to their cache positions.
+      this.mm(w.q, qDim * 4, L.wq, xin, ld, T, L.bq);
+      this.mm(kBase + pos * kvBytes, kvBytes, L.wk, xin, ld, T, L.bk);
+      this.mm(vBase + pos * kvBytes, kvBytes, L.wv, xin, ld, T, L.bv);
+      for (let t = 0; t < T; t++) {
+        const q = w.q + t * qDim * 4;
+        if (a.positions === 'rope') {
+          const kRow = kBase + (pos + t) * kvBytes;
+          const cos = w.cos + t * ropeBytes, sin = w.sin + t * ropeBytes;
+          if (a.ropeStyle === 'half') {
+            k.rope_half(q, a.nHeads, a.headDim, cos, sin);
+            k.rope_half(kRow, a.nKvHeads, a.headDim, cos, sin);
+          } else {
+            k.rope_interleaved(q, a.nHeads, a.headDim, cos, sin);
+            k.rope_interleaved(kRow, a.nKvHeads, a.headDim, cos, sin);
+          }
+        }
+        // Causal: token t sees positions 0 .. pos+t (the block's later rows are not read).
+        k.attention(w.xb2 + t * ld, q, kBase, vBase, a.nHeads, a.nKvHeads, a.headDim, pos + t + 1, scale, w.att);
       }
-      k.attention(this.xb2, this.q, kBase, vBase, a.nHeads, a.nKvHeads, a.headDim, pos + 1, scale, this.att);
-      this.mv(this.tmp, this.tensor(p + 'wo'), this.xb2, this.opt(p + 'bo'));
-      k.add(this.x, this.x, this.tmp, d);
-      if (!a.preNorm) this.norm(this.x, this.x, p + 'attn_norm');
+      this.mm(w.tmp, ld, L.wo, w.xb2, ld, T, L.bo);
+      this.addRows(w.x, w.tmp, T);
+      if (!a.preNorm) this.norm(w.x, w.x, T, L.attnNorm, L.attnNormBias);
 
       // FFN block.
-      xin = this.x;
+      xin = w.x;
       if (a.preNorm) {
-        this.norm(this.xb, this.x, p + 'ffn_norm');
-        xin = this.xb;
+        this.norm(w.xb, w.x, T, L.ffnNorm, L.ffnNormBias);
+        xin = w.xb;
       }
-      await this.ffn.run(l, xin, this.tmp);
-      const downBias = this.opt(p + 'ffn_down_bias');
-      if (downBias) k.add(this.tmp, this.tmp, downBias.ptr, d);
-      k.add(this.x, this.x, this.tmp, d);
-      if (!a.preNorm) this.norm(this.x, this.x, p + 'ffn_norm');
+      let pending: Promise<void> | void = undefined;
+      if (T === 1) pending = this.ffn.run(l, xin, w.tmp);
+      else this.ffn.runBlock!(l, xin, ld, T, w.tmp, ld, w.ffnActs, w.batchScratch);
+      if (pending) return pending.then(() => this.afterFfn(l, pos, T));
+      this.afterFfn(l, pos, T, true);
     }
+    return this.finish(T);
+  }
 
-    let head = this.x;
-    if (this.opt('final_norm.weight')) {
-      this.norm(this.xb, this.x, 'final_norm');
-      head = this.xb;
+  /** The FFN block's residual (and post-norm) for layer l; continues with the next layer unless `inline`. */
+  private afterFfn(l: number, pos: number, T: number, inline: true): void;
+  private afterFfn(l: number, pos: number, T: number): Promise<number> | number;
+  private afterFfn(l: number, pos: number, T: number, inline = false): Promise<number> | number | void {
+    const a = this.arch;
+    const w = this.w;
+    const L = this.layers[l]!;
+    if (L.downBias) for (let t = 0; t < T; t++) this.k.add(w.tmp + t * w.ld, w.tmp + t * w.ld, L.downBias.ptr, a.dModel);
+    this.addRows(w.x, w.tmp, T);
+    if (!a.preNorm) this.norm(w.x, w.x, T, L.ffnNorm, L.ffnNormBias);
+    if (!inline) return this.layersFrom(l + 1, pos, T);
+  }
+
+  /** Logits of the block's last token. */
+  private finish(T: number): number {
+    const w = this.w;
+    const last = (T - 1) * w.ld;
+    let head = w.x + last;
+    if (this.finalNorm) {
+      this.norm(w.xb + last, head, 1, this.finalNorm, this.finalNormBias);
+      head = w.xb + last;
     }
-    const projOut = this.opt('project_out');
-    if (projOut) {
-      this.mv(this.emb, projOut, head);
-      head = this.emb;
+    if (this.projOut) {
+      this.mm(w.emb, w.ld, this.projOut, head, w.ld, 1);
+      head = w.emb;
     }
-    this.mv(this.logits, this.opt('lm_head') ?? this.tensor('tok_embeddings'), head);
+    this.mm(this.logits, 0, this.head, head, w.ld, 1);
     return this.logits;
   }
 }

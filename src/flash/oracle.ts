@@ -11,13 +11,13 @@ import { ResidentFfn } from '../engine/ffn.js';
 
 export class Oracle {
   private constructor(
-    private readonly arena: Arena,
     private readonly ffn: ResidentFfn,
     private readonly x: number,
     private readonly out: number,
     private readonly h: number,
-    private readonly d: number,
     private readonly view: Float32Array,
+    /** The FFN input slot, as a view made once. */
+    private readonly xView: Float32Array,
   ) {}
 
   static async create(file: FlmFile, wasm?: BufferSource | WebAssembly.Module | URL | string): Promise<Oracle> {
@@ -31,19 +31,19 @@ export class Oracle {
     const x = arena.alloc('oracle x', d * 4);
     const out = arena.alloc('oracle out', d * 4);
     const h = arena.alloc('oracle h', n * 4);
-    return new Oracle(arena, ffn, x, out, h, d, arena.f32(h, n));
+    return new Oracle(ffn, x, out, h, arena.f32(h, n), arena.f32(x, d));
   }
 
   /** The layer's n activations for FFN input `x` (a view, valid until the next call). */
   activations(layer: number, x: Float32Array): Float32Array {
-    this.arena.f32(this.x, this.d).set(x);
+    this.xView.set(x);
     this.ffn.run(layer, this.x, this.out, this.h);
     return this.view;
   }
 
   /** Gated FFNs: silu(gate_j · x) of the layer's n neurons (a view, valid until the next call). */
   gateActivations(layer: number, x: Float32Array): Float32Array {
-    this.arena.f32(this.x, this.d).set(x);
+    this.xView.set(x);
     this.ffn.gateActivations(layer, this.x, this.h);
     return this.view;
   }

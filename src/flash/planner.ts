@@ -3,6 +3,10 @@
  * aligned reads (PAPER.md "Reading": larger chunks and merged near reads beat
  * many small ones), laid out in a staging area, and tells where each wanted
  * record landed.
+ *
+ * ReadPlanner is the hot-path form: its plan lives in typed arrays sized at
+ * construction and reused by every call, so planning a token allocates
+ * nothing. planReads() is the same algorithm returning plain objects.
  */
 import type { ReadHints } from '../source/types.js';
 
@@ -38,22 +42,184 @@ export interface ReadPlan {
 
 export const DEFAULT_HINTS: ReadHints = { mergeGap: 0, maxRead: 1 << 20, parallel: 8 };
 
+/** Reads are not split below this to fill the parallel slots: smaller requests cost more than they overlap. */
+export const MIN_SPLIT_READ = 64 << 10;
+
 const floorTo = (n: number, a: number) => Math.floor(n / a) * a;
 const ceilTo = (n: number, a: number) => Math.ceil(n / a) * a;
 
-interface Range {
-  start: number;
-  end: number;
-  /** index of the first and one-past-last wanted record inside */
-  first: number;
-  last: number;
+/**
+ * Plans reads for records, reusing its buffers: after `plan()`, the reads are
+ * `readOffset/readLength/readStaging[0..readCount)` and record j's staging
+ * offset in region r is `recordAt[j * regions.length + r]` (valid until the
+ * next call). Sized for `maxRecords` records of at most `maxRegions` regions
+ * and a staging area of `stagingBytes`; a larger request grows the buffers.
+ */
+export class ReadPlanner {
+  readOffset: Float64Array;
+  readLength: Float64Array;
+  readStaging: Float64Array;
+  recordAt: Float64Array;
+  readCount = 0;
+  /** Staging bytes the plan uses. */
+  stagingBytes = 0;
+  /** Bytes read from the source (>= wanted bytes: gaps and alignment). */
+  readBytes = 0;
+  /** Number of wanted records covered by the plan (a prefix of those asked for). */
+  count = 0;
+
+  private readonly align: number;
+  private readonly maxRead: number;
+  private readonly mergeGap: number;
+  private readonly parallel: number;
+  /** Range bytes of the last measured prefix. */
+  private total = 0;
+
+  constructor(
+    hints: ReadHints,
+    alignment: number,
+    private readonly stagingLimit: number,
+    maxRecords: number,
+    maxRegions: number,
+  ) {
+    this.align = Math.max(1, alignment);
+    this.maxRead = Math.max(this.align, floorTo(hints.maxRead, this.align));
+    this.mergeGap = hints.mergeGap;
+    this.parallel = hints.parallel;
+    this.recordAt = new Float64Array(Math.max(1, maxRecords * maxRegions));
+    // A plan that fits has at most one range per record and region, each cut into pieces of at least minPiece
+    // over at most stagingLimit bytes in all: that many reads never need more room.
+    const minPiece = Math.max(this.align, Math.min(this.maxRead, ceilTo(MIN_SPLIT_READ, this.align)));
+    const reads = maxRecords * maxRegions + Math.floor(Math.min(stagingLimit, 2 ** 40) / minPiece) + 1;
+    this.readOffset = new Float64Array(reads);
+    this.readLength = new Float64Array(reads);
+    this.readStaging = new Float64Array(reads);
+  }
+
+  /**
+   * Plans reads for the records `ids[start..end)` (ascending, distinct) in
+   * every region, so that everything fits the staging area; when it does not,
+   * the plan covers the longest prefix that fits (`count`) and the caller
+   * plans the rest after consuming it.
+   */
+  plan(ids: ArrayLike<number>, start: number, end: number, regions: readonly RecordRegion[]): this {
+    const n = end - start;
+    if (n * regions.length > this.recordAt.length) this.recordAt = new Float64Array(n * regions.length);
+    let count = n;
+    if (this.measure(ids, start, n, regions) > this.stagingLimit) {
+      // Staging use grows with the prefix length: binary-search the longest prefix that fits.
+      const one = this.measure(ids, start, 1, regions);
+      if (one > this.stagingLimit) throw new RangeError(`staging area of ${this.stagingLimit} bytes cannot hold one record (${one} bytes needed)`);
+      let lo = 1;
+      let hi = n - 1;
+      while (lo < hi) {
+        const mid = Math.ceil((lo + hi) / 2);
+        if (this.measure(ids, start, mid, regions) <= this.stagingLimit) lo = mid;
+        else hi = mid - 1;
+      }
+      count = lo;
+      this.measure(ids, start, count, regions);
+    }
+    // A few long ranges would leave connections idle: cut pieces so that about `parallel` reads are in flight.
+    const align = this.align;
+    const piece = Math.max(align, Math.min(this.maxRead, Math.max(ceilTo(MIN_SPLIT_READ, align), ceilTo(Math.ceil(this.total / Math.max(1, this.parallel)), align))));
+    this.stagingBytes = this.walk(ids, start, count, regions, piece);
+    this.readBytes = this.total;
+    this.count = count;
+    return this;
+  }
+
+  /** Staging bytes the records `ids[start..start+m)` need (and `total`, their range bytes). */
+  private measure(ids: ArrayLike<number>, start: number, m: number, regions: readonly RecordRegion[]): number {
+    return this.walk(ids, start, m, regions, 0);
+  }
+
+  /**
+   * One pass over the records per region: merges them across gaps up to
+   * mergeGap, aligns the merged ranges outward (ranges that then touch are
+   * joined) and lays them out in staging. With `piece` > 0 it also writes the
+   * reads (each range cut into pieces) and the records' staging offsets.
+   */
+  private walk(ids: ArrayLike<number>, start: number, m: number, regions: readonly RecordRegion[], piece: number): number {
+    const align = this.align;
+    const gap = this.mergeGap;
+    const nRegions = regions.length;
+    let staging = 0;
+    let total = 0;
+    this.readCount = 0;
+    for (let r = 0; r < nRegions; r++) {
+      const region = regions[r]!;
+      const offset = region.offset;
+      const stride = region.stride;
+      const bytes = region.bytes;
+      let open = false;
+      let mergedEnd = 0; // end of the current merged (unaligned) range
+      let rangeStart = 0; // the current aligned range
+      let rangeEnd = 0;
+      let base = 0; // its staging offset
+      for (let j = 0; j < m; j++) {
+        const s = offset + ids[start + j]! * stride;
+        const e = s + bytes;
+        // Same merged range when the gap is small enough to read through; else a new merged range,
+        // which still joins the current aligned range when the aligned ranges touch.
+        if (!(open && s - mergedEnd <= gap)) {
+          const alignedStart = floorTo(s, align);
+          if (!open || alignedStart > rangeEnd) {
+            if (open) {
+              if (piece) this.cut(rangeStart, rangeEnd, base, piece);
+              staging = base + (rangeEnd - rangeStart);
+              total += rangeEnd - rangeStart;
+            }
+            base = ceilTo(staging, align);
+            rangeStart = alignedStart;
+            rangeEnd = alignedStart;
+            open = true;
+          }
+        }
+        mergedEnd = e;
+        const alignedEnd = ceilTo(e, align);
+        if (alignedEnd > rangeEnd) rangeEnd = alignedEnd;
+        if (piece) this.recordAt[j * nRegions + r] = base + (s - rangeStart);
+      }
+      if (open) {
+        if (piece) this.cut(rangeStart, rangeEnd, base, piece);
+        staging = base + (rangeEnd - rangeStart);
+        total += rangeEnd - rangeStart;
+      }
+    }
+    this.total = total;
+    return staging;
+  }
+
+  /** Appends the reads of range [start, end) placed at staging `base`, at most `piece` bytes each. */
+  private cut(start: number, end: number, base: number, piece: number): void {
+    for (let at = start; at < end; at += piece) {
+      const i = this.readCount;
+      if (i === this.readOffset.length) this.growReads();
+      this.readOffset[i] = at;
+      this.readLength[i] = Math.min(piece, end - at);
+      this.readStaging[i] = base + (at - start);
+      this.readCount = i + 1;
+    }
+  }
+
+  private growReads(): void {
+    const grow = (a: Float64Array) => {
+      const b = new Float64Array(2 * a.length);
+      b.set(a);
+      return b;
+    };
+    this.readOffset = grow(this.readOffset);
+    this.readLength = grow(this.readLength);
+    this.readStaging = grow(this.readStaging);
+  }
 }
 
 /**
  * Plans reads for the records `ids[0..n)` (ascending, distinct) in every
  * region, so that everything fits `stagingBytes`; when it does not, the plan
  * covers the longest prefix of `ids` that fits (`count`) and the caller plans
- * the rest after consuming it.
+ * the rest after consuming it. (A fresh ReadPlanner's plan, as objects.)
  */
 export function planReads(
   ids: ArrayLike<number>,
@@ -63,77 +229,10 @@ export function planReads(
   alignment: number,
   stagingBytes: number,
 ): ReadPlan {
-  const align = Math.max(1, alignment);
-  const maxRead = Math.max(align, floorTo(hints.maxRead, align));
-  const plan = (count: number) => planPrefix(ids, count, regions, hints.mergeGap, align, maxRead, hints.parallel);
-  const all = plan(n);
-  if (all.stagingBytes <= stagingBytes) return all;
-  // Staging use grows with the prefix length: binary-search the longest prefix that fits.
-  let lo = 1;
-  let hi = n - 1;
-  if (plan(1).stagingBytes > stagingBytes) throw new RangeError(`staging area of ${stagingBytes} bytes cannot hold one record (${plan(1).stagingBytes} bytes needed)`);
-  while (lo < hi) {
-    const mid = Math.ceil((lo + hi) / 2);
-    if (plan(mid).stagingBytes <= stagingBytes) lo = mid;
-    else hi = mid - 1;
-  }
-  return plan(lo);
-}
-
-/** Reads are not split below this to fill the parallel slots: smaller requests cost more than they overlap. */
-export const MIN_SPLIT_READ = 64 << 10;
-
-function planPrefix(ids: ArrayLike<number>, n: number, regions: readonly RecordRegion[], mergeGap: number, align: number, maxRead: number, parallel: number): ReadPlan {
+  const p = new ReadPlanner(hints, alignment, stagingBytes, n, regions.length).plan(ids, 0, n, regions);
   const reads: ReadOp[] = [];
-  const ranges = regions.map((region) => mergedRanges(ids, n, region, mergeGap, align));
-  // A few long ranges would leave connections idle: cut pieces so that about `parallel` reads are in flight.
-  const total = ranges.reduce((sum, rs) => sum + rs.reduce((a, r) => a + r.end - r.start, 0), 0);
-  const piece = Math.max(align, Math.min(maxRead, Math.max(ceilTo(MIN_SPLIT_READ, align), ceilTo(Math.ceil(total / Math.max(1, parallel)), align))));
-  const recordAt = new Float64Array(n * regions.length);
-  let staging = 0;
-  let readBytes = 0;
-  regions.forEach((region, r) => {
-    const aligned = ranges[r]!;
-    // each range occupies contiguous staging; split into reads of at most `piece`
-    for (const rg of aligned) {
-      staging = ceilTo(staging, align);
-      for (let at = rg.start; at < rg.end; at += piece) {
-        const length = Math.min(piece, rg.end - at);
-        reads.push({ offset: at, length, staging: staging + (at - rg.start) });
-      }
-      for (let j = rg.first; j < rg.last; j++) {
-        recordAt[j * regions.length + r] = staging + (region.offset + ids[j]! * region.stride - rg.start);
-      }
-      staging += rg.end - rg.start;
-      readBytes += rg.end - rg.start;
-    }
-  });
-  return { reads, stagingBytes: staging, readBytes, recordAt, count: n };
-}
-
-/** One region's wanted records as ranges: merged across gaps up to mergeGap, then aligned outward (touching ranges joined). */
-function mergedRanges(ids: ArrayLike<number>, n: number, region: RecordRegion, mergeGap: number, align: number): Range[] {
-  const ranges: Range[] = [];
-  for (let j = 0; j < n; j++) {
-    const start = region.offset + ids[j]! * region.stride;
-    const end = start + region.bytes;
-    const cur = ranges[ranges.length - 1];
-    if (cur && start - cur.end <= mergeGap) {
-      cur.end = end;
-      cur.last = j + 1;
-    } else ranges.push({ start, end, first: j, last: j + 1 });
-  }
-  const aligned: Range[] = [];
-  for (const rg of ranges) {
-    const start = floorTo(rg.start, align);
-    const end = ceilTo(rg.end, align);
-    const cur = aligned[aligned.length - 1];
-    if (cur && start <= cur.end) {
-      cur.end = Math.max(cur.end, end);
-      cur.last = rg.last;
-    } else aligned.push({ start, end, first: rg.first, last: rg.last });
-  }
-  return aligned;
+  for (let i = 0; i < p.readCount; i++) reads.push({ offset: p.readOffset[i]!, length: p.readLength[i]!, staging: p.readStaging[i]! });
+  return { reads, stagingBytes: p.stagingBytes, readBytes: p.readBytes, recordAt: p.recordAt.slice(0, p.count * regions.length), count: p.count };
 }
 
 export { runBounded } from '../util/bounded.js';

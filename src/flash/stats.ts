@@ -2,6 +2,10 @@
  * Run statistics: what was read, how long each phase took, how well the cache
  * and the predictor did. Per token and averaged; the JSON keys are an
  * interface other tools read (see `toJSON`).
+ *
+ * Memory stays bounded however long the run: the averages come from running
+ * sums over every token since open, and only the most recent `capacity`
+ * tokens are kept one by one, in a ring of numbers (no object per token).
  */
 
 export interface TokenStats {
@@ -50,88 +54,222 @@ export interface StatsSummary {
   dtype: string;
 }
 
-const blank = (): TokenStats => ({ bytesRead: 0, requests: 0, ioMs: 0, unpackMs: 0, computeMs: 0, ms: 0, ffnFraction: 0, cacheHits: 0, cacheLookups: 0, cacheLruEvictions: 0, cacheOverflow: 0, truePositives: 0, falsePositives: 0, falseNegatives: 0, predictorKnown: false });
+export interface RunStatsInfo {
+  residentBytes: number;
+  arenaBytes: number;
+  ffnBytesTotal: number;
+  strategy: string;
+  sparsity: string;
+  window: number | null;
+  layout: string;
+  dtype: string;
+}
+
+/** Recent tokens kept one by one (`RunStats.tokens`) unless the constructor says otherwise. */
+export const DEFAULT_RECENT_TOKENS = 1024;
+
+// Field slots of one token in the ring and in the running sums.
+const BYTES = 0;
+const REQUESTS = 1;
+const IO_MS = 2;
+const UNPACK_MS = 3;
+const COMPUTE_MS = 4;
+const MS = 5;
+const FFN_FRACTION = 6;
+const HITS = 7;
+const LOOKUPS = 8;
+const LRU = 9;
+const OVERFLOW = 10;
+const TP = 11;
+const FP = 12;
+const FN = 13;
+const KNOWN = 14;
+const FIELDS = 15;
+
+function fromSlots(a: Float64Array, at: number): TokenStats {
+  return {
+    bytesRead: a[at + BYTES]!,
+    requests: a[at + REQUESTS]!,
+    ioMs: a[at + IO_MS]!,
+    unpackMs: a[at + UNPACK_MS]!,
+    computeMs: a[at + COMPUTE_MS]!,
+    ms: a[at + MS]!,
+    ffnFraction: a[at + FFN_FRACTION]!,
+    cacheHits: a[at + HITS]!,
+    cacheLookups: a[at + LOOKUPS]!,
+    cacheLruEvictions: a[at + LRU]!,
+    cacheOverflow: a[at + OVERFLOW]!,
+    truePositives: a[at + TP]!,
+    falsePositives: a[at + FP]!,
+    falseNegatives: a[at + FN]!,
+    predictorKnown: a[at + KNOWN] === 1,
+  };
+}
 
 export class RunStats {
-  readonly tokens: TokenStats[] = [];
-  private cur: TokenStats = blank();
+  /** How many recent tokens `tokens` keeps. */
+  readonly capacity: number;
+  /** The current token's counters (slots as in the ring). */
+  private readonly cur = new Float64Array(FIELDS);
+  /** Sums over every closed token, added in token order (so averages equal a sum over the tokens). */
+  private readonly totals = new Float64Array(FIELDS);
+  /** The most recent `capacity` tokens, FIELDS numbers each (token t at slot t % capacity). */
+  private readonly ring: Float64Array;
+  private closed = 0;
   private ffnBytesThisToken = 0;
   private tokenStart = 0;
 
   constructor(
-    readonly info: { residentBytes: number; arenaBytes: number; ffnBytesTotal: number; strategy: string; sparsity: string; window: number | null; layout: string; dtype: string },
-  ) {}
+    readonly info: RunStatsInfo,
+    options: { recent?: number } = {},
+  ) {
+    const recent = options.recent ?? DEFAULT_RECENT_TOKENS;
+    if (!Number.isInteger(recent) || recent < 1) throw new RangeError(`recent must be a positive integer, got ${recent}`);
+    this.capacity = recent;
+    this.ring = new Float64Array(recent * FIELDS);
+  }
+
+  /** Tokens closed since open (all of them count in `summary()`). */
+  get count(): number {
+    return this.closed;
+  }
+
+  /** Index (in `count` terms) of the oldest token `tokens` still holds. */
+  get firstRetained(): number {
+    return Math.max(0, this.closed - this.capacity);
+  }
+
+  /** Tokens held one by one: at most `capacity` (bounded memory in long runs). */
+  get retained(): number {
+    return Math.min(this.closed, this.capacity);
+  }
+
+  /**
+   * The most recent tokens (at most `capacity`; all of them in runs up to
+   * that length), oldest first, as fresh objects: token `firstRetained + i`
+   * is at index i.
+   */
+  get tokens(): TokenStats[] {
+    const n = this.retained;
+    const out: TokenStats[] = new Array(n);
+    for (let i = 0; i < n; i++) out[i] = fromSlots(this.ring, this.slot(this.closed - n + i));
+    return out;
+  }
+
+  /** Ring offset of token index `t` (which must be retained). */
+  private slot(t: number): number {
+    return (t % this.capacity) * FIELDS;
+  }
 
   beginToken(): void {
-    this.cur = blank();
+    this.cur.fill(0);
     this.ffnBytesThisToken = 0;
     this.tokenStart = performance.now();
   }
 
-  /** Closes the token: compute time is what I/O and unpacking did not take. */
+  /**
+   * Closes the token: compute time is what I/O and unpacking did not take.
+   * Returns the token's numbers as a new object the caller owns (RunStats
+   * keeps no reference to it).
+   */
   endToken(): TokenStats {
-    const t = this.cur;
-    t.ms = performance.now() - this.tokenStart;
-    t.computeMs = Math.max(0, t.ms - t.ioMs - t.unpackMs);
-    t.ffnFraction = this.info.ffnBytesTotal ? this.ffnBytesThisToken / this.info.ffnBytesTotal : 0;
-    this.tokens.push(t);
-    return t;
+    const c = this.cur;
+    c[MS] = performance.now() - this.tokenStart;
+    c[COMPUTE_MS] = Math.max(0, c[MS]! - c[IO_MS]! - c[UNPACK_MS]!);
+    c[FFN_FRACTION] = this.info.ffnBytesTotal ? this.ffnBytesThisToken / this.info.ffnBytesTotal : 0;
+    const t = this.closed;
+    this.ring.set(c, this.slot(t));
+    const s = this.totals;
+    for (let f = 0; f < FIELDS; f++) s[f]! += c[f]!;
+    this.closed = t + 1;
+    return fromSlots(c, 0);
   }
 
   io(bytes: number, requests: number, ms: number, ffn: boolean): void {
-    this.cur.bytesRead += bytes;
-    this.cur.requests += requests;
-    this.cur.ioMs += ms;
+    const c = this.cur;
+    c[BYTES]! += bytes;
+    c[REQUESTS]! += requests;
+    c[IO_MS]! += ms;
     if (ffn) this.ffnBytesThisToken += bytes;
   }
 
   unpack(ms: number): void {
-    this.cur.unpackMs += ms;
+    this.cur[UNPACK_MS]! += ms;
   }
 
   cache(hits: number, lookups: number, lruEvictions = 0, overflow = 0): void {
-    this.cur.cacheHits += hits;
-    this.cur.cacheLookups += lookups;
-    this.cur.cacheLruEvictions += lruEvictions;
-    this.cur.cacheOverflow += overflow;
+    const c = this.cur;
+    c[HITS]! += hits;
+    c[LOOKUPS]! += lookups;
+    c[LRU]! += lruEvictions;
+    c[OVERFLOW]! += overflow;
   }
 
   predictor(tp: number, fp: number, fn: number): void {
-    this.cur.truePositives += tp;
-    this.cur.falsePositives += fp;
-    this.cur.falseNegatives += fn;
-    this.cur.predictorKnown = true;
+    const c = this.cur;
+    c[TP]! += tp;
+    c[FP]! += fp;
+    c[FN]! += fn;
+    c[KNOWN] = 1;
   }
 
-  /** Per-token averages over the tokens so far (or a subset, e.g. without prompt warm-up). */
-  summary(tokens: readonly TokenStats[] = this.tokens): StatsSummary {
-    const n = tokens.length;
-    const sum = (f: (t: TokenStats) => number) => tokens.reduce((a, t) => a + f(t), 0);
-    const avg = (f: (t: TokenStats) => number) => (n ? sum(f) / n : 0);
-    const requests = sum((t) => t.requests);
-    const lookups = sum((t) => t.cacheLookups);
-    const known = tokens.filter((t) => t.predictorKnown);
-    const tp = known.reduce((a, t) => a + t.truePositives, 0);
-    const fp = known.reduce((a, t) => a + t.falsePositives, 0);
-    const fn = known.reduce((a, t) => a + t.falseNegatives, 0);
+  /**
+   * Per-token averages over every token since open, or over a subset
+   * (e.g. `stats.tokens.slice(k)`: without the prompt's warm-up).
+   */
+  summary(tokens?: readonly TokenStats[]): StatsSummary {
+    let s = this.totals;
+    let n = this.closed;
+    if (tokens) {
+      // The same sums over the given tokens, in their order.
+      s = new Float64Array(FIELDS);
+      n = tokens.length;
+      for (const t of tokens) {
+        s[BYTES]! += t.bytesRead;
+        s[REQUESTS]! += t.requests;
+        s[IO_MS]! += t.ioMs;
+        s[UNPACK_MS]! += t.unpackMs;
+        s[COMPUTE_MS]! += t.computeMs;
+        s[MS]! += t.ms;
+        s[FFN_FRACTION]! += t.ffnFraction;
+        s[HITS]! += t.cacheHits;
+        s[LOOKUPS]! += t.cacheLookups;
+        s[LRU]! += t.cacheLruEvictions;
+        s[OVERFLOW]! += t.cacheOverflow;
+        if (t.predictorKnown) {
+          s[TP]! += t.truePositives;
+          s[FP]! += t.falsePositives;
+          s[FN]! += t.falseNegatives;
+          s[KNOWN]! += 1;
+        }
+      }
+    }
+    const avg = (f: number) => (n ? s[f]! / n : 0);
+    const requests = s[REQUESTS]!;
+    const lookups = s[LOOKUPS]!;
+    const known = s[KNOWN]!;
+    // Tokens without predictor counts add zeros to these sums.
+    const tp = s[TP]!;
+    const fp = s[FP]!;
+    const fn = s[FN]!;
     const { residentBytes, arenaBytes, strategy, sparsity, window, layout, dtype } = this.info;
     return {
       tokens: n,
-      bytesPerToken: avg((t) => t.bytesRead),
-      requestsPerToken: avg((t) => t.requests),
-      meanRequestBytes: requests ? sum((t) => t.bytesRead) / requests : 0,
-      ioMsPerToken: avg((t) => t.ioMs),
-      unpackMsPerToken: avg((t) => t.unpackMs),
-      computeMsPerToken: avg((t) => t.computeMs),
-      msPerToken: avg((t) => t.ms),
-      cacheHitRate: lookups ? sum((t) => t.cacheHits) / lookups : null,
-      cacheLruEvictionsPerToken: window === null ? null : avg((t) => t.cacheLruEvictions),
-      cacheOverflowPerToken: window === null ? null : avg((t) => t.cacheOverflow),
-      ffnFractionPerToken: avg((t) => t.ffnFraction),
+      bytesPerToken: avg(BYTES),
+      requestsPerToken: avg(REQUESTS),
+      meanRequestBytes: requests ? s[BYTES]! / requests : 0,
+      ioMsPerToken: avg(IO_MS),
+      unpackMsPerToken: avg(UNPACK_MS),
+      computeMsPerToken: avg(COMPUTE_MS),
+      msPerToken: avg(MS),
+      cacheHitRate: lookups ? s[HITS]! / lookups : null,
+      cacheLruEvictionsPerToken: window === null ? null : avg(LRU),
+      cacheOverflowPerToken: window === null ? null : avg(OVERFLOW),
+      ffnFractionPerToken: avg(FFN_FRACTION),
       residentBytes,
       arenaBytes,
-      predictorRecall: known.length && tp + fn ? tp / (tp + fn) : null,
-      predictorPrecision: known.length && tp + fp ? tp / (tp + fp) : null,
+      predictorRecall: known && tp + fn ? tp / (tp + fn) : null,
+      predictorPrecision: known && tp + fp ? tp / (tp + fp) : null,
       strategy,
       sparsity,
       window,

@@ -13,7 +13,7 @@ import type { ReadHints } from '../source/types.js';
 import type { Arena } from '../engine/arena.js';
 import { runFfnPtrs, type FfnProvider } from '../engine/ffn.js';
 import { matvec, placeTensor, type Tensor } from '../engine/tensor.js';
-import { planReads, runBounded, type RecordRegion } from './planner.js';
+import { ReadPlanner, type RecordRegion } from './planner.js';
 import type { Oracle } from './oracle.js';
 import type { RunStats } from './stats.js';
 
@@ -53,6 +53,16 @@ interface Layer {
 }
 
 const CACHE_MAP_BYTES_PER_SLOT = 8; // slotNeuron i32 + mask u32
+
+/** What stream() does with each batch of records it read (a constant instead of a callback: no closure per call). */
+const enum Use {
+  /** No cache: run the FFN over the batch straight from staging. */
+  Compute,
+  /** Window: install the batch into the cache's new slots. */
+  Install,
+  /** Window, degraded token: run the FFN over the uncached rest from staging. */
+  ComputeRest,
+}
 
 /**
  * Arena bytes the streaming FFN needs besides staging and cache slots
@@ -108,6 +118,46 @@ export class StreamingFfn implements FfnProvider {
   private readonly actList: number;
   private readonly actList2: number;
   private hash64?: Awaited<ReturnType<typeof xxhash>>['create64'];
+  /** Views and planner made once (the hot path allocates none). */
+  private readonly actListView: Float32Array;
+  private readonly actList2View: Float32Array;
+  /** The whole arena as bytes: reads land in it at staging offsets, without a view per read. */
+  private mem: Uint8Array;
+  private readonly planner: ReadPlanner;
+  /** The FFN input of the current layer as a view, made once per input slot. */
+  private xPtr = -1;
+  private xView: Float32Array;
+  // State of the layer being run (one run at a time: the model runs one token, one layer at a time).
+  private curLayer!: Layer;
+  private curX = 0;
+  private curOut = 0;
+  private wrote = false;
+  private firstNew = 0;
+  // Reads of the current plan (readPlanned), at most `parallel` in flight.
+  private readonly parallel: number;
+  private nextRead = 0;
+  private inFlight = 0;
+  private readFailed = false;
+  private readError: unknown;
+  private resolveBatch?: () => void;
+  private rejectBatch?: (e: unknown) => void;
+  private readonly batchExecutor = (resolve: () => void, reject: (e: unknown) => void): void => {
+    this.resolveBatch = resolve;
+    this.rejectBatch = reject;
+  };
+  private readonly readDone = (): void => {
+    this.inFlight--;
+    this.pump();
+  };
+  private readonly readFail = (e: unknown): void => {
+    this.inFlight--;
+    this.fail(e);
+    this.pump();
+  };
+  // Window run state shared by run() and its async tail.
+  private placed = 0;
+  private overflow = 0;
+  private count = 0;
 
   constructor(
     private readonly file: FlmFile,
@@ -147,6 +197,11 @@ export class StreamingFfn implements FfnProvider {
     this.i8scratch = arena.alloc('int8 scratch', Math.max(16, k.matvec_i8_scratch_bytes(Math.max(d, maxRank))));
     this.actList = this.gated ? arena.alloc('gate activations', n * 4) : 0;
     this.actList2 = this.gated ? arena.alloc('gate activations 2', n * 4) : 0;
+    this.actListView = this.gated ? arena.f32(this.actList, n) : new Float32Array(0);
+    this.actList2View = this.gated ? arena.f32(this.actList2, n) : new Float32Array(0);
+    this.mem = new Uint8Array(arena.memory.buffer);
+    this.xView = new Float32Array(0);
+    this.parallel = Math.max(1, cfg.hints.parallel);
     // Page-aligned staging: O_DIRECT reads land straight in the arena.
     this.stagingBytes = cfg.stagingBytes;
     this.staging = arena.alloc('staging', cfg.stagingBytes, Math.max(64, cfg.alignment));
@@ -177,6 +232,16 @@ export class StreamingFfn implements FfnProvider {
       }
       return layer;
     });
+    this.planner = new ReadPlanner(cfg.hints, cfg.alignment, cfg.stagingBytes, n, Math.max(1, ...this.layers.map((l) => l.regions.length)));
+  }
+
+  /** The `d` floats at arena offset `x` (a view made once per input slot; the transformer uses one or two). */
+  private xFloats(x: number): Float32Array {
+    if (x !== this.xPtr || this.xView.buffer !== this.arena.memory.buffer) {
+      this.xView = this.arena.f32(x, this.d);
+      this.xPtr = x;
+    }
+    return this.xView;
   }
 
   /** Fills the active list for a layer; returns its length. */
@@ -193,7 +258,7 @@ export class StreamingFfn implements FfnProvider {
       const act = f.dtype === 'f32' ? this.k.gate_act_f32 : f.dtype === 'f16' ? this.k.gate_act_f16 : this.k.gate_act_i8;
       act(this.logits, x, this.d, this.n, g.ptr, f.partBytes);
       const lv = this.logitsView;
-      const list = this.arena.f32(this.actList, this.n);
+      const list = this.actListView;
       for (let j = 0; j < this.n; j++) {
         const v = lv[j]!;
         if (Math.abs(v) > g.threshold) {
@@ -202,7 +267,7 @@ export class StreamingFfn implements FfnProvider {
         }
       }
     } else if (this.cfg.selection === 'oracle') {
-      const h = this.cfg.oracle!.activations(layer.f.layer, this.arena.f32(x, this.d));
+      const h = this.cfg.oracle!.activations(layer.f.layer, this.xFloats(x));
       for (let j = 0; j < this.n; j++) if (h[j] !== 0) av[count++] = j;
     } else {
       const p = layer.pred!;
@@ -222,129 +287,221 @@ export class StreamingFfn implements FfnProvider {
    */
   private measurePredictor(layer: Layer, x: number, count: number): void {
     const oracle = this.cfg.oracle!;
-    const xs = this.arena.f32(x, this.d);
-    let on: (v: number) => boolean;
-    let h: Float32Array;
-    if (this.file.header.arch.activation === 'swiglu') {
-      const gate = this.file.header.gate;
-      if (!gate) return;
-      const t = gate.thresholds[layer.f.layer]!;
-      h = oracle.gateActivations(layer.f.layer, xs);
-      on = (v) => Math.abs(v) > t;
-    } else {
-      h = oracle.activations(layer.f.layer, xs);
-      on = (v) => v !== 0;
-    }
+    const xs = this.xFloats(x);
     const av = this.activeView;
     let tp = 0;
     let truth = 0;
-    for (let j = 0; j < this.n; j++) if (on(h[j]!)) truth++;
-    for (let i = 0; i < count; i++) if (on(h[av[i]!]!)) tp++;
+    if (this.file.header.arch.activation === 'swiglu') {
+      // active: |silu(gate·x)| over the layer's gate threshold
+      const gate = this.file.header.gate;
+      if (!gate) return;
+      const t = gate.thresholds[layer.f.layer]!;
+      const h = oracle.gateActivations(layer.f.layer, xs);
+      for (let j = 0; j < this.n; j++) if (Math.abs(h[j]!) > t) truth++;
+      for (let i = 0; i < count; i++) if (Math.abs(h[av[i]!]!) > t) tp++;
+    } else {
+      // active: a nonzero ReLU output
+      const h = oracle.activations(layer.f.layer, xs);
+      for (let j = 0; j < this.n; j++) if (h[j] !== 0) truth++;
+      for (let i = 0; i < count; i++) if (h[av[i]!] !== 0) tp++;
+    }
     this.cfg.stats!.predictor(tp, count - tp, truth - tp);
   }
 
   /**
-   * Reads the records of `ids[0..count)` into staging, batch by batch, verifies
-   * them and hands each batch (ids offset, length, part-pointer list) to `use`.
+   * Reads the records of `ids[start..end)` into staging, batch by batch (as
+   * many as the staging area holds), verifies them and hands each batch to
+   * `use` (the batch's first index relative to `start`, its length, and the
+   * part pointers of its records in `this.src`).
    */
-  private async stream(layer: Layer, ids: Int32Array, count: number, use: (first: number, len: number, ptrs: Uint32Array) => void): Promise<void> {
+  private async stream(layer: Layer, ids: Int32Array, start: number, end: number, use: Use): Promise<void> {
     const { f, section, regions } = layer;
-    const src = this.file.source;
     const stats = this.cfg.stats;
     const bundled = f.layout === 'bundled';
     const parts = this.cacheParts;
     const first = this.nParts - parts; // 1 in gate mode: part 0 (gate) is resident
-    for (let done = 0; done < count; ) {
-      const list = ids.subarray(done, count);
-      const plan = planReads(list, count - done, regions, this.cfg.hints, this.cfg.alignment, this.stagingBytes);
+    const memory = this.arena.memory;
+    const plan = this.planner;
+    for (let done = start; done < end; ) {
+      plan.plan(ids, done, end, regions);
       const t0 = performance.now();
-      await runBounded(
-        plan.reads.map((r) => () => src.read(r.offset, this.arena.u8(this.staging + r.staging, r.length))),
-        this.cfg.hints.parallel,
-      );
+      await this.readPlanned();
       const t1 = performance.now();
-      stats?.io(plan.readBytes, plan.reads.length, t1 - t0, true);
+      stats?.io(plan.readBytes, plan.readCount, t1 - t0, true);
       const ptrs = this.srcView;
+      const recordAt = plan.recordAt;
       for (let j = 0; j < plan.count; j++) {
-        const neuron = list[j]!;
+        const neuron = ids[done + j]!;
         if (bundled) {
-          const rec = this.staging + plan.recordAt[j]!;
-          if (first) this.verifyWithGate(layer, neuron, this.arena.u8(rec, parts * f.partBytes));
-          else this.file.verify(section, neuron, this.arena.u8(rec, f.stride));
+          const rec = this.staging + recordAt[j]!;
+          if (first) this.verifyWithGate(layer, neuron, rec);
+          else this.file.verifyArena(memory, section, neuron, rec, f.stride);
           for (let p = 0; p < parts; p++) ptrs[j * parts + p] = rec + p * f.partBytes;
         } else {
           for (let p = 0; p < parts; p++) {
-            const at = this.staging + plan.recordAt[j * parts + p]!;
-            this.file.verify(section, (p + first) * f.neurons + neuron, this.arena.u8(at, f.partBytes));
+            const at = this.staging + recordAt[j * parts + p]!;
+            this.file.verifyArena(memory, section, (p + first) * f.neurons + neuron, at, f.partBytes);
             ptrs[j * parts + p] = at;
           }
         }
       }
       stats?.unpack(performance.now() - t1);
-      use(done, plan.count, ptrs);
-      done += plan.count;
+      const at = done - start;
+      const len = plan.count;
+      if (use === Use.Compute) this.compute(this.src, len, this.h + at * 4, this.actList + at * 4);
+      else if (use === Use.ComputeRest) this.compute(this.src, len, 0, this.actList2 + at * 4);
+      else {
+        const t = performance.now();
+        this.k.cache_install(layer.state, this.firstNew + at, len, this.src);
+        stats?.unpack(performance.now() - t);
+      }
+      done += len;
     }
   }
 
-  async run(layerIndex: number, x: number, out: number): Promise<void> {
-    const layer = this.layers[layerIndex]!;
-    if (layer.gate && !layer.gate.loaded) await this.loadGate(layer);
-    const count = this.select(layer, x);
-    const stats = this.cfg.stats;
-    let wrote = false;
-    const f = layer.f;
-    const gatedFfn = f.dtype === 'f32' ? this.k.ffn_gated_f32_ptrs : f.dtype === 'f16' ? this.k.ffn_gated_f16_ptrs : this.k.ffn_gated_i8_ptrs;
-    /** `acts`: gate mode, the gate activations of the n listed neurons. */
-    const compute = (ptrs: number, n: number, hOut: number, acts = 0) => {
-      if (!n) return;
-      const dst = wrote ? this.tmpOut : out;
-      if (this.gated) gatedFfn(dst, x, this.d, ptrs, n, acts, hOut);
-      else runFfnPtrs(this.k, f, dst, x, ptrs, n, hOut);
-      if (wrote) this.k.add(out, out, this.tmpOut, this.d);
-      wrote = true;
-    };
+  /**
+   * Issues the planner's reads into staging, at most `parallel` in flight,
+   * driven by two callbacks made once (no closure or async frame per read:
+   * a read costs the source's promise and its `then`). Rejects with the first
+   * failure once the reads in flight have settled, so none lands in staging
+   * after the caller moved on.
+   */
+  private readPlanned(): Promise<void> | undefined {
+    if (this.planner.readCount === 0) return undefined;
+    this.arenaBytes();
+    this.nextRead = 0;
+    this.inFlight = 0;
+    this.readFailed = false;
+    this.readError = undefined;
+    const batch = new Promise<void>(this.batchExecutor);
+    this.pump();
+    return batch;
+  }
 
-    if (this.cfg.window === null) {
-      // No reuse: every selected neuron is read this token, computed from staging.
-      await this.stream(layer, this.activeView, count, (first, len) => compute(this.src, len, this.h + first * 4, this.actList + first * 4));
-    } else {
-      const k = this.k;
-      const t0 = performance.now();
-      const lruBefore = k.cache_lru_evictions(layer.state);
-      const placed = k.cache_step(layer.state, this.active, count, this.newList, this.ptrs);
-      const overflow = k.cache_overflow(layer.state);
-      const firstNew = k.cache_first_new(layer.state);
-      stats?.unpack(performance.now() - t0);
-      stats?.cache(count - placed - overflow, count, k.cache_lru_evictions(layer.state) - lruBefore, overflow);
-      await this.stream(layer, this.newView, placed, (first, len) => {
-        const t = performance.now();
-        k.cache_install(layer.state, firstNew + first, len, this.src);
-        stats?.unpack(performance.now() - t);
-      });
-      if (!overflow) compute(this.ptrs, count, this.h, this.actList);
-      else {
-        // Degraded token: the active set outgrew the cache. Compute the cached ones, then stream the rest.
-        const pv = this.ptrView;
-        const parts = this.cacheParts;
-        const acts = this.gated ? this.arena.f32(this.actList, count) : undefined;
-        let m = 0;
-        for (let i = 0; i < count; i++) {
-          if (pv[i * parts] === 0) continue;
-          for (let p = 0; p < parts; p++) pv[m * parts + p] = pv[i * parts + p]!;
-          if (acts) acts[m] = acts[i]!;
-          m++;
-        }
-        compute(this.ptrs, m, this.h, this.actList);
-        const rest = this.newView.subarray(placed, placed + overflow);
-        if (this.gated) {
-          const all = this.logitsView;
-          const acts2 = this.arena.f32(this.actList2, overflow);
-          for (let i = 0; i < overflow; i++) acts2[i] = all[rest[i]!]!;
-        }
-        await this.stream(layer, rest, overflow, (first, len) => compute(this.src, len, 0, this.actList2 + first * 4));
+  /** Starts reads up to the parallel limit; settles the batch when all are done. */
+  private pump(): void {
+    const plan = this.planner;
+    const src = this.file.source;
+    while (!this.readFailed && this.inFlight < this.parallel && this.nextRead < plan.readCount) {
+      const i = this.nextRead++;
+      const at = this.staging + plan.readStaging[i]!;
+      const len = plan.readLength[i]!;
+      this.inFlight++;
+      try {
+        const read = src.readInto ? src.readInto(plan.readOffset[i]!, this.mem, at, len) : src.read(plan.readOffset[i]!, this.arena.u8(at, len));
+        read.then(this.readDone, this.readFail);
+      } catch (e) {
+        // a source that throws instead of rejecting
+        this.inFlight--;
+        this.fail(e);
       }
     }
-    if (!wrote) this.arena.f32(out, this.d).fill(0);
+    if (this.inFlight === 0 && (this.readFailed || this.nextRead >= plan.readCount)) {
+      const resolve = this.resolveBatch;
+      const reject = this.rejectBatch;
+      this.resolveBatch = this.rejectBatch = undefined;
+      if (this.readFailed) {
+        const e = this.readError;
+        this.readError = undefined;
+        reject?.(e);
+      } else resolve?.();
+    }
+  }
+
+  private fail(e: unknown): void {
+    if (this.readFailed) return;
+    this.readFailed = true;
+    this.readError = e;
+  }
+
+  /** Runs the FFN over `n` records listed at `ptrs` into the current layer's output (adding to what is there). `acts`: gate mode, their gate activations. */
+  private compute(ptrs: number, n: number, hOut: number, acts: number): void {
+    if (!n) return;
+    const f = this.curLayer.f;
+    const out = this.curOut;
+    const dst = this.wrote ? this.tmpOut : out;
+    if (this.gated) {
+      const gatedFfn = f.dtype === 'f32' ? this.k.ffn_gated_f32_ptrs : f.dtype === 'f16' ? this.k.ffn_gated_f16_ptrs : this.k.ffn_gated_i8_ptrs;
+      gatedFfn(dst, this.curX, this.d, ptrs, n, acts, hOut);
+    } else runFfnPtrs(this.k, f, dst, this.curX, ptrs, n, hOut);
+    if (this.wrote) this.k.add(out, out, this.tmpOut, this.d);
+    this.wrote = true;
+  }
+
+  /**
+   * Runs the layer's FFN; synchronous (no promise) when every selected
+   * neuron is already in the cache, a promise when it reads.
+   */
+  run(layerIndex: number, x: number, out: number): Promise<void> | void {
+    const layer = this.layers[layerIndex]!;
+    if (layer.gate && !layer.gate.loaded) return this.loadGate(layer).then(() => this.run(layerIndex, x, out));
+    const count = this.select(layer, x);
+    this.curLayer = layer;
+    this.curX = x;
+    this.curOut = out;
+    this.wrote = false;
+
+    if (this.cfg.window === null) {
+      // No reuse: every selected neuron is read this token, computed from staging (count > 0 writes `out`).
+      if (count) return this.stream(layer, this.activeView, 0, count, Use.Compute);
+      this.finish();
+      return;
+    }
+    const k = this.k;
+    const stats = this.cfg.stats;
+    const t0 = performance.now();
+    const lruBefore = k.cache_lru_evictions(layer.state);
+    const placed = k.cache_step(layer.state, this.active, count, this.newList, this.ptrs);
+    const overflow = k.cache_overflow(layer.state);
+    this.firstNew = k.cache_first_new(layer.state);
+    stats?.unpack(performance.now() - t0);
+    stats?.cache(count - placed - overflow, count, k.cache_lru_evictions(layer.state) - lruBefore, overflow);
+    this.count = count;
+    this.placed = placed;
+    this.overflow = overflow;
+    if (placed || overflow) return this.runWindowReads(layer);
+    this.compute(this.ptrs, count, this.h, this.actList);
+    this.finish();
+  }
+
+  /** Window mode, the rest of run() when neurons must be read: install the new ones, compute, and stream what the cache cannot hold. */
+  private async runWindowReads(layer: Layer): Promise<void> {
+    const { count, placed, overflow } = this;
+    if (placed) await this.stream(layer, this.newView, 0, placed, Use.Install);
+    if (!overflow) this.compute(this.ptrs, count, this.h, this.actList);
+    else {
+      // Degraded token: the active set outgrew the cache. Compute the cached ones, then stream the rest.
+      const pv = this.ptrView;
+      const parts = this.cacheParts;
+      const acts = this.gated ? this.actListView : undefined;
+      let m = 0;
+      for (let i = 0; i < count; i++) {
+        if (pv[i * parts] === 0) continue;
+        for (let p = 0; p < parts; p++) pv[m * parts + p] = pv[i * parts + p]!;
+        if (acts) acts[m] = acts[i]!;
+        m++;
+      }
+      this.compute(this.ptrs, m, this.h, this.actList);
+      const rest = this.newView; // the uncached neurons: rest[placed, placed + overflow)
+      if (this.gated) {
+        const all = this.logitsView;
+        const acts2 = this.actList2View;
+        for (let i = 0; i < overflow; i++) acts2[i] = all[rest[placed + i]!]!;
+      }
+      await this.stream(layer, rest, placed, placed + overflow, Use.ComputeRest);
+    }
+    this.finish();
+  }
+
+  /** A layer that computed nothing (no neuron selected) outputs zeros. */
+  private finish(): void {
+    if (!this.wrote) this.arenaBytes().fill(0, this.curOut, this.curOut + this.d * 4);
+  }
+
+  /** `mem`, made again if the memory grew since (its old buffer is then detached; fixed arenas never grow). */
+  private arenaBytes(): Uint8Array {
+    if (this.mem.byteLength === 0) this.mem = new Uint8Array(this.arena.memory.buffer);
+    return this.mem;
   }
 
   /**
@@ -378,10 +535,11 @@ export class StreamingFfn implements FfnProvider {
     this.cfg.stats?.io(bytes, requests, performance.now() - t0, false);
   }
 
-  /** Gate mode, bundled files: a record's block hash over its resident gate part and the up/down bytes read. */
-  private verifyWithGate(layer: Layer, neuron: number, upDown: Uint8Array): void {
+  /** Gate mode, bundled files: a record's block hash over its resident gate part and the up/down bytes read (at `rec`). */
+  private verifyWithGate(layer: Layer, neuron: number, rec: number): void {
     const { f, section } = layer;
     const gate = this.arena.u8(layer.gate!.ptr + neuron * f.partBytes, f.partBytes);
+    const upDown = this.arena.u8(rec, this.cacheParts * f.partBytes);
     const got = this.hash64!().update(gate).update(upDown).digest();
     const want = this.file.blockHashes[section.firstBlock + neuron]!;
     if (got !== want) throw new IntegrityError(`${this.file.source.name}: ${section.name} record ${neuron}: hash does not match (gate resident, up/down read)`);

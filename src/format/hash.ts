@@ -87,12 +87,19 @@ export class ArenaHasher {
   /** xxh64 of `len` bytes at arena offset `ptr`, seed 0, equals `hi·2^32 + lo`? */
   matches(ptr: number, len: number, lo: number, hi: number): boolean {
     this.kernels.xxh64(ptr, len, 0, 0, this.slot);
+    if (this.buffer.byteLength === 0) this.refresh(); // detached: the memory grew since (fixed arenas never do)
     return this.view.getUint32(this.slot, true) === lo && this.view.getUint32(this.slot + 4, true) === hi;
+  }
+
+  private refresh(): void {
+    this.buffer = this.kernels.memory.buffer;
+    this.view = new DataView(this.buffer);
   }
 
   /** xxh64 of `len` bytes at arena offset `ptr` (the seed is a u64). */
   hash(ptr: number, len: number, seed = 0n): bigint {
     this.kernels.xxh64(ptr, len, Number(seed & MASK32), Number((seed >> 32n) & MASK32), this.slot);
+    if (this.buffer.byteLength === 0) this.refresh();
     return this.view.getBigUint64(this.slot, true);
   }
 

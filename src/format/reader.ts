@@ -415,18 +415,43 @@ export class FlmFile {
         break;
       }
     }
-    const words = this.hashWords; // set whenever a kernel hasher exists
-    let at = 0;
-    for (let b = firstBlock; at < bytes.byteLength; b++) {
-      const len = Math.min(section.blockBytes, section.length - b * section.blockBytes);
-      if (b >= section.blockCount || at + len > bytes.byteLength) throw new IntegrityError(`${this.source.name}: read of ${section.name} does not cover whole blocks`);
-      const i = section.firstBlock + b;
-      if (kernel) {
-        if (!kernel.matches(bytes.byteOffset + at, len, words![2 * i]!, words![2 * i + 1]!)) this.mismatch(section, b, kernel.hash(bytes.byteOffset + at, len));
-      } else {
+    if (kernel) this.verifyInPlace(kernel, section, firstBlock, bytes.byteOffset, bytes.byteLength);
+    else {
+      let at = 0;
+      for (let b = firstBlock; at < bytes.byteLength; b++) {
+        const len = this.blockLength(section, b, at, bytes.byteLength);
         const got = this.hasher.u64(bytes.subarray(at, at + len));
-        if (got !== this.blockHashes[i]!) this.mismatch(section, b, got);
+        if (got !== this.blockHashes[section.firstBlock + b]!) this.mismatch(section, b, got);
+        at += len;
       }
+    }
+  }
+
+  /**
+   * As verify(), for the `length` bytes at offset `ptr` of `memory` (an arena),
+   * without a view of them: the hot path verifies every streamed record this way.
+   */
+  verifyArena(memory: WebAssembly.Memory, section: SectionEntry, firstBlock: number, ptr: number, length: number): void {
+    for (const h of this.arenaHashers) {
+      if (h.kernels.memory === memory) return this.verifyInPlace(h, section, firstBlock, ptr, length);
+    }
+    this.verify(section, firstBlock, new Uint8Array(memory.buffer, ptr, length));
+  }
+
+  /** Length of block b of `section`, read at `at` of a `total`-byte read; throws when the read does not cover whole blocks. */
+  private blockLength(section: SectionEntry, b: number, at: number, total: number): number {
+    const len = Math.min(section.blockBytes, section.length - b * section.blockBytes);
+    if (b >= section.blockCount || at + len > total) throw new IntegrityError(`${this.source.name}: read of ${section.name} does not cover whole blocks`);
+    return len;
+  }
+
+  private verifyInPlace(kernel: ArenaHasher, section: SectionEntry, firstBlock: number, ptr: number, length: number): void {
+    const words = this.hashWords!; // set whenever a kernel hasher exists
+    let at = 0;
+    for (let b = firstBlock; at < length; b++) {
+      const len = this.blockLength(section, b, at, length);
+      const i = section.firstBlock + b;
+      if (!kernel.matches(ptr + at, len, words[2 * i]!, words[2 * i + 1]!)) this.mismatch(section, b, kernel.hash(ptr + at, len));
       at += len;
     }
   }

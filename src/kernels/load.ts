@@ -15,6 +15,12 @@ export const MAX_PAGES = 65536;
 /** Where the release build lives, relative to this file (src/kernels/ or dist/kernels/). */
 export const DEFAULT_WASM_URL = new URL('../../wasm/flashlm.wasm', import.meta.url);
 
+/**
+ * The threads build (assembly/index.mt.ts: same kernels on a shared memory,
+ * plus the split kernels src/kernels/pool.ts runs on its workers).
+ */
+export const DEFAULT_MT_WASM_URL = new URL('../../wasm/flashlm.mt.wasm', import.meta.url);
+
 /** Compiled modules by URL, so many models (arenas) share one compilation. */
 const moduleCache = new Map<string, Promise<WebAssembly.Module>>();
 
@@ -24,11 +30,27 @@ const moduleCache = new Map<string, Promise<WebAssembly.Module>>();
  * Offsets above 2 GiB come back from wasm as negative i32: read returned
  * pointers with `>>> 0`.
  */
-export function createArena(bytes: number): WebAssembly.Memory {
+export function createArena(bytes: number, options: { shared?: boolean } = {}): WebAssembly.Memory {
   if (!Number.isFinite(bytes) || bytes < 0) throw new RangeError(`arena size must be a non-negative number of bytes, got ${bytes}`);
   const pages = Math.max(1, Math.ceil(bytes / WASM_PAGE));
   if (pages > MAX_PAGES) throw new RangeError(`arena of ${bytes} bytes exceeds the 4 GiB wasm32 limit`);
+  // shared: a SharedArrayBuffer-backed memory for the threads build (wasm/flashlm.mt.wasm), which
+  // declares a shared memory of up to 4 GiB, so any fixed arena of at most 4 GiB can be imported
+  if (options.shared) return new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true } as WebAssembly.MemoryDescriptor);
   return new WebAssembly.Memory({ initial: pages, maximum: pages });
+}
+
+/** True when `memory` is backed by a SharedArrayBuffer (createArena(bytes, { shared: true })). */
+export function isSharedMemory(memory: WebAssembly.Memory): boolean {
+  return typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
+}
+
+/** The compiled module behind each loadKernels result (the pool instantiates it on its workers). */
+const modules = new WeakMap<object, WebAssembly.Module>();
+
+/** The WebAssembly.Module a Kernels object was instantiated from (undefined for hand-made objects). */
+export function kernelsModule(k: Kernels): WebAssembly.Module | undefined {
+  return modules.get(k);
 }
 
 function isModule(x: unknown): x is WebAssembly.Module {
@@ -107,7 +129,17 @@ export async function loadKernels(
   else if (isBufferSource(wasm)) mod = await WebAssembly.compile(wasm);
   else throw new TypeError('loadKernels: wasm must be bytes, a WebAssembly.Module, a URL or a string');
 
-  const instance = await WebAssembly.instantiate(mod, { env: { memory } });
+  let instance: WebAssembly.Instance;
+  try {
+    instance = await WebAssembly.instantiate(mod, { env: { memory } });
+  } catch (e) {
+    const memShared = isSharedMemory(memory);
+    const modShared = WebAssembly.Module.imports(mod).some((i) => i.kind === 'memory') && isSharedModule(mod);
+    if (e instanceof WebAssembly.LinkError && memShared !== modShared) {
+      throw new WebAssembly.LinkError(`${(e as Error).message}: the ${modShared ? 'threads build (flashlm.mt.wasm) needs a shared arena: createArena(bytes, { shared: true })' : 'single-threaded build (flashlm.wasm) needs an unshared arena'}`);
+    }
+    throw e;
+  }
   const ex = instance.exports as Record<string, unknown>;
   for (const name of REQUIRED) {
     if (typeof ex[name] !== 'function') throw new Error(`kernels module lacks export ${name}`);
@@ -120,5 +152,11 @@ export async function loadKernels(
   for (const [name, value] of Object.entries(ex)) if (typeof value === 'function') k[name] = value;
   // pointers/sizes returned by wasm are i32: unsigned view for the host
   k.heap_base = () => heapBase;
+  modules.set(k, mod);
   return k as unknown as Kernels;
+}
+
+/** Whether a kernels module imports a shared memory (the threads build exports the split kernels). */
+function isSharedModule(mod: WebAssembly.Module): boolean {
+  return WebAssembly.Module.exports(mod).some((e) => e.name === 'matvec_f32_rows');
 }

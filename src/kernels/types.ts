@@ -78,6 +78,31 @@ export interface Kernels {
   ffn_swiglu_f16(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number): void;
   ffn_swiglu_i8(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number): void;
 
+  // ---- threads (src/kernels/pool.ts): where this instance keeps its mutable scratch ----
+  /** Moves this instance's scratch to `base` (thread_scratch_bytes() bytes, 0 = the default region below heap_base). */
+  thread_init(base: number): void;
+  thread_scratch_bytes(): number;
+  /** Address of this instance's scratch region. */
+  thread_scratch(): number;
+
+  // ---- batched prompt processing (assembly/batch.ts): T tokens through the same weights ----
+  // Token t's input row is at x + t*ldx, its output row at out + t*ldo (bytes);
+  // each token's result is bit-identical to the one-token kernel's.
+  /** Scratch bytes for any batched call with up to T tokens and up to `cols` columns (FFN: d). */
+  batch_scratch_bytes(T: number, cols: number): number;
+  /** out[t] = W x_t (+ bias) for T tokens: matvec_f32 of each. */
+  matmul_f32(out: number, ldo: number, W: number, x: number, ldx: number, bias: number, T: number, rows: number, cols: number, scratch: number): void;
+  matmul_f16(out: number, ldo: number, W: number, x: number, ldx: number, bias: number, T: number, rows: number, cols: number, scratch: number): void;
+  matmul_i8(out: number, ldo: number, W: number, scales: number, x: number, ldx: number, bias: number, T: number, rows: number, cols: number, scratch: number): void;
+  /** ffn_relu_* for T tokens over resident records; `H` holds T x n f32 (the activations). */
+  ffn_relu_f32_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number): void;
+  ffn_relu_f16_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number): void;
+  ffn_relu_i8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number): void;
+  /** ffn_swiglu_* for T tokens over resident records; `H` holds T x n f32. */
+  ffn_swiglu_f32_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number): void;
+  ffn_swiglu_f16_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number): void;
+  ffn_swiglu_i8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number): void;
+
   // ---- FFN over scattered records (sparse path: cache slots or staging) ----
   /**
    * As ffn_relu_*, for n neurons whose part pointers are listed: `ptrs` holds

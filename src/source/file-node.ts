@@ -125,13 +125,19 @@ export class FileSource implements Source {
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {
+    return this.readInto(offset, into, 0, into.byteLength);
+  }
+
+  /** read() into `into[at, at + length)`: pread fills the caller's buffer at that offset, no view needed. */
+  async readInto(offset: number, into: Uint8Array, at: number, length: number): Promise<void> {
     if (!Number.isSafeInteger(offset) || offset < 0) throw new SourceError(`${this.name}: invalid read offset ${offset}`);
-    if (this.bounce) return this.readDirect(offset, into);
+    if (!(at >= 0 && length >= 0 && at + length <= into.byteLength)) throw new RangeError(`readInto: [${at}, +${length}) is outside the ${into.byteLength}-byte buffer`);
+    if (this.bounce) return this.readDirect(offset, at === 0 && length === into.byteLength ? into : into.subarray(at, at + length));
     let done = 0;
-    while (done < into.byteLength) {
-      const { bytesRead } = await this.fh.read(into, done, into.byteLength - done, offset + done);
+    while (done < length) {
+      const { bytesRead } = await this.fh.read(into, at + done, length - done, offset + done);
       if (bytesRead === 0) {
-        throw new SourceError(`${this.name}: unexpected end of file at ${offset + done} (wanted [${offset}, +${into.byteLength}) of ${this.size})`);
+        throw new SourceError(`${this.name}: unexpected end of file at ${offset + done} (wanted [${offset}, +${length}) of ${this.size})`);
       }
       done += bytesRead;
     }

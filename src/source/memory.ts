@@ -19,6 +19,13 @@ export class MemorySource implements Source {
     }
     into.set(this.bytes.subarray(offset, offset + into.byteLength));
   }
+  async readInto(offset: number, into: Uint8Array, at: number, length: number): Promise<void> {
+    if (!(offset >= 0) || offset + length > this.bytes.byteLength) {
+      throw new SourceError(`${this.name}: read [${offset}, +${length}) is outside the ${this.bytes.byteLength}-byte source`);
+    }
+    if (!(at >= 0 && length >= 0 && at + length <= into.byteLength)) throw new RangeError(`readInto: [${at}, +${length}) is outside the ${into.byteLength}-byte buffer`);
+    into.set(this.bytes.subarray(offset, offset + length), at);
+  }
   async close(): Promise<void> {}
 }
 

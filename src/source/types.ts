@@ -20,6 +20,13 @@ export interface Source {
   readonly hints?: ReadHints;
   /** Fill `into` entirely with the bytes at [offset, offset + into.byteLength); throws SourceError otherwise. */
   read(offset: number, into: Uint8Array): Promise<void>;
+  /**
+   * Optional: the same as `read(offset, into.subarray(at, at + length))`
+   * without making that view (the streaming hot path uses it when present,
+   * `read` otherwise). A wrapper or subclass that changes `read` must change
+   * or drop this too.
+   */
+  readInto?(offset: number, into: Uint8Array, at: number, length: number): Promise<void>;
   close(): Promise<void>;
 }
 

@@ -4,13 +4,13 @@
  * is left becomes the neuron cache. Refuses when the resident part alone does
  * not fit; never plans past the budget.
  */
-import { ArgumentError, BudgetError } from '../errors.js';
-import type { FlmFile } from '../format/reader.js';
-import type { Kernels } from '../kernels/types.js';
-import type { OpenOptions } from '../model.js';
-import { slotBytes, streamingFixedBytes, type Sparsity } from '../flash/streaming.js';
-import { MAX_ARENA_BYTES, fmtBytes, parseBytes } from './arena.js';
-import { Transformer, residentSections } from './transformer.js';
+import { ArgumentError, BudgetError } from './errors.js';
+import type { FlmFile } from './format/reader.js';
+import type { Kernels } from './kernels/types.js';
+import { slotBytes, streamingFixedBytes, type Sparsity } from './flash/streaming.js';
+import { MAX_ARENA_BYTES, fmtBytes, parseBytes } from './engine/arena.js';
+import { DEFAULT_BATCH, Transformer, maxColumns, residentSections } from './engine/transformer.js';
+import { poolBytes } from './kernels/pool.js';
 
 /**
  * The paper's ablation as presets. dense: everything resident (the
@@ -21,6 +21,18 @@ import { Transformer, residentSections } from './transformer.js';
  */
 export type Strategy = 'dense' | 'naive' | 'hybrid' | 'predictor' | 'window';
 export const STRATEGIES: readonly Strategy[] = ['dense', 'naive', 'hybrid', 'predictor', 'window'];
+
+/** The options that shape the arena (a subset of openModel's; see OpenOptions for each). */
+export interface PlanOptions {
+  memory?: number | string;
+  strategy?: Strategy;
+  sparsity?: Sparsity;
+  window?: number;
+  stagingBytes?: number;
+  batchSize?: number;
+  /** Threads the kernels run on (resolved: planThreads), each with its own arena scratch. Default 1. */
+  threads?: number;
+}
 
 export interface MemoryPlan {
   strategy: Strategy;
@@ -34,6 +46,13 @@ export interface MemoryPlan {
   ffnBytes: number;
   /** Activations, KV cache, lists, scratch. */
   workingBytes: number;
+  /** Prompt tokens per forward pass (1: token by token). */
+  batch: number;
+  /** Kernel threads, and the arena bytes their pool takes (part of workingBytes). */
+  threads: number;
+  poolBytes: number;
+  /** Scratch of one thread's batched kernels (the pool's workers each get this much). */
+  batchScratchBytes: number;
   stagingBytes: number;
   /** Cache slots per layer (window), neurons per layer, and the bytes all slots take. */
   capacity: number;
@@ -47,7 +66,7 @@ const DEFAULT_CACHE_SHARE = 4;
 /** Room for per-region 64-byte alignment of the bump allocator. */
 const SLACK = 1 << 16;
 
-export function planMemory(file: FlmFile, k: Kernels, options: OpenOptions, contextLength: number): MemoryPlan {
+export function planMemory(file: FlmFile, k: Kernels, options: PlanOptions, contextLength: number): MemoryPlan {
   const h = file.header;
   const a = h.arch;
   const strategy = options.strategy ?? 'dense';
@@ -63,11 +82,16 @@ export function planMemory(file: FlmFile, k: Kernels, options: OpenOptions, cont
   const residentBytes = residentSections(file).reduce((s, x) => s + x.length, 0);
   const ffnSections = h.ffn.map((f) => file.section(f.section));
   const ffnBytes = ffnSections.reduce((s, x) => s + x.length, 0);
-  const maxCols = Math.max(...h.tensors.map((t) => t.shape[t.shape.length - 1]!));
-  let workingBytes = k.heap_base() + Transformer.workingBytes(a, contextLength, maxCols, k) + SLACK;
+  // Batched prefill needs the whole FFN resident (dense); streaming strategies go token by token.
+  const batch = strategy === 'dense' ? (options.batchSize ?? DEFAULT_BATCH) : 1;
+  if (!Number.isInteger(batch) || batch < 1 || batch > 1024) throw new ArgumentError(`batchSize must be an integer in [1, 1024], got ${String(options.batchSize)}`);
+  const threads = options.threads ?? 1;
+  const batchScratchBytes = batch > 1 ? k.batch_scratch_bytes(batch, maxColumns(file)) : 0;
+  const pool = poolBytes(k, threads, { maxPositions: contextLength, maxNeurons: a.ffnDim, batchScratchBytes });
+  let workingBytes = k.heap_base() + Transformer.workingBytes(file, contextLength, batch, k) + pool + SLACK;
   const budget = options.memory === undefined ? undefined : typeof options.memory === 'string' ? parseBytes(options.memory) : options.memory;
   if (budget !== undefined && (!(budget > 0) || budget > MAX_ARENA_BYTES)) throw new ArgumentError(`memory budget must be in (0, 4 GiB], got ${fmtBytes(budget)}`);
-  const base = { strategy, sparsity, window, residentBytes, ffnBytes, neurons: a.ffnDim };
+  const base = { strategy, sparsity, window, residentBytes, ffnBytes, neurons: a.ffnDim, batch, threads, poolBytes: pool, batchScratchBytes };
 
   if (strategy === 'dense') {
     const need = residentBytes + ffnBytes + workingBytes;

@@ -1,0 +1,519 @@
+// Batched kernels for prompt processing: T tokens through the same weights,
+// so each weight row is loaded from memory once per block instead of once per
+// token (rows go in pairs against tokens in pairs: a 2x2 register tile).
+//
+// Every (row, token) result is bit-identical to the one-token kernel's
+// (matvec.ts, ffn.ts) for that token: each accumulator follows the same
+// summation order as gemv.ts — rows [0, rows & ~3) the 4-row groups' order
+// ("A": per 8 columns, acc += w[0:4]x[0:4] + w[4:8]x[4:8]), the last rows & 3
+// rows the single-row order ("B") — so a prompt prefilled in blocks yields the
+// same logits as token-by-token decoding.
+//
+// X rows are `ldx` bytes apart, out rows `ldo` bytes apart (out[t][r]). All
+// scratch comes from the host (batch_scratch_bytes): nothing static, so any
+// number of instances may share the memory. The *_rows / ffn_batch_act /
+// ffn_batch_down range kernels let the threads build split one call (rows at
+// multiples of 8, neurons at multiples of NB, output columns at multiples of
+// 8), each thread with its own scratch, with the same bits for any split.
+
+import { hsum, silu1, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
+import { f32_tail, f32_row1, f16_row_exact, f16_tail, f16_xscale, i8_row, quantize_x, qx_bytes, QB } from "./gemv";
+import { axpy4_f32, axpy1_f32, ffn_relu_i8, ffn_swiglu_i8 } from "./ffn";
+import { dequant_f16, dequant_i8 } from "./dequant";
+import { MAXD_I8 } from "./arena";
+
+const T_F32 = 0, T_F16 = 1, T_I8 = 2;
+/** Neurons per FFN batch: as ffn.ts, so each up/gate row keeps its place in the 4-row groups. */
+const NB: usize = 64;
+/** Per-token down queue: 4 u32 pointers, 4 f32 coefficients, a count. */
+const QSTRIDE: usize = 48;
+
+// ---------------------------------------------------------------- scratch layout
+//
+// PX   T x ldp      prepared x per token (f16: x * k_t; int8: quantized blocks)
+// KS   T f32        f16 scale k_t per token
+// DEC  8 rows       f16 rows of one row block, decoded to f32 patterns
+// ACC  64 B         a tile's four accumulators
+// UB   T x NB f32   up dots of one neuron batch (gated)
+// DD   NB rows      one batch of down rows decoded to f32 (f16, int8)
+// PEND T x 3 rows   down rows a token's queue still holds when DD is refilled
+// Q    T x 48 B     per-token down queues
+// RG   T u32        tokens of a batch whose down groups are regular
+
+// @ts-ignore: decorator
+@inline function colsR(cols: usize): usize { return (cols + 7) & ~7; }
+/** Bytes per token of prepared x (f16: x * k; int8: quantized blocks + scales). */
+// @ts-ignore: decorator
+@inline function ldp(cols: usize): usize { return max<usize>(colsR(cols) << 2, (qx_bytes(cols) + 15) & ~15); }
+// @ts-ignore: decorator
+@inline function offKS(T: usize, cols: usize): usize { return T * ldp(cols); }
+// @ts-ignore: decorator
+@inline function offDEC(T: usize, cols: usize): usize { return (offKS(T, cols) + (T << 2) + 15) & ~15; }
+// @ts-ignore: decorator
+@inline function offACC(T: usize, cols: usize): usize { return offDEC(T, cols) + (colsR(cols) << 5); }
+// @ts-ignore: decorator
+@inline function offUB(T: usize, cols: usize): usize { return offACC(T, cols) + 64; }
+// @ts-ignore: decorator
+@inline function offDD(T: usize, cols: usize): usize { return offUB(T, cols) + T * (NB << 2); }
+// @ts-ignore: decorator
+@inline function offPEND(T: usize, cols: usize): usize { return offDD(T, cols) + NB * (colsR(cols) << 2); }
+// @ts-ignore: decorator
+@inline function offQ(T: usize, cols: usize): usize { return offPEND(T, cols) + T * 3 * (colsR(cols) << 2); }
+// @ts-ignore: decorator
+@inline function offRG(T: usize, cols: usize): usize { return offQ(T, cols) + T * QSTRIDE; }
+
+/** Scratch bytes for any batched kernel call (or range of one) with up to T tokens and up to `cols` columns (FFN: d). */
+export function batch_scratch_bytes(T: i32, cols: i32): i32 {
+  return <i32>(offRG(<usize>T, <usize>cols) + (<usize>T << 2));
+}
+
+// ---------------------------------------------------------------- tiles
+
+/** Order-A accumulators of rows p0, p1 against x0, x1 over ncols (multiple of 8), stored at acc as r0x0, r0x1, r1x0, r1x1. */
+function tile_f32(acc: usize, p0: usize, p1: usize, x0: usize, x1: usize, ncols: usize): void {
+  let a00 = f32x4.splat(0), a01 = f32x4.splat(0), a10 = f32x4.splat(0), a11 = f32x4.splat(0);
+  const end = ncols << 2;
+  for (let c: usize = 0; c < end; c += 32) {
+    const w0a = v128.load(p0 + c), w0b = v128.load(p0 + c, 16);
+    const w1a = v128.load(p1 + c), w1b = v128.load(p1 + c, 16);
+    const xa = v128.load(x0 + c), xb = v128.load(x0 + c, 16);
+    a00 = f32x4.add(a00, f32x4.add(f32x4.mul(w0a, xa), f32x4.mul(w0b, xb)));
+    a10 = f32x4.add(a10, f32x4.add(f32x4.mul(w1a, xa), f32x4.mul(w1b, xb)));
+    const ya = v128.load(x1 + c), yb = v128.load(x1 + c, 16);
+    a01 = f32x4.add(a01, f32x4.add(f32x4.mul(w0a, ya), f32x4.mul(w0b, yb)));
+    a11 = f32x4.add(a11, f32x4.add(f32x4.mul(w1a, ya), f32x4.mul(w1b, yb)));
+  }
+  v128.store(acc, a00); v128.store(acc, a01, 16); v128.store(acc, a10, 32); v128.store(acc, a11, 48);
+}
+
+/** As tile_f32 for int8 rows against quantized tokens (q, s: int16 blocks and block scales), nb full blocks (gemv.ts i8_rows4 order). */
+function tile_i8(acc: usize, p0: usize, p1: usize, q0: usize, s0: usize, q1: usize, s1: usize, nb: usize): void {
+  let f00 = f32x4.splat(0), f01 = f32x4.splat(0), f10 = f32x4.splat(0), f11 = f32x4.splat(0);
+  for (let b: usize = 0; b < nb; b++) {
+    let a00 = i32x4.splat(0), a01 = i32x4.splat(0), a10 = i32x4.splat(0), a11 = i32x4.splat(0);
+    const c0 = b * QB;
+    for (let c = c0; c < c0 + QB; c += 16) {
+      const w0a = v128.load8x8_s(p0 + c), w0b = v128.load8x8_s(p0 + c, 8);
+      const w1a = v128.load8x8_s(p1 + c), w1b = v128.load8x8_s(p1 + c, 8);
+      const xa = v128.load(q0 + (c << 1)), xb = v128.load(q0 + (c << 1), 16);
+      a00 = i32x4.add(a00, i32x4.add(i32x4.dot_i16x8_s(w0a, xa), i32x4.dot_i16x8_s(w0b, xb)));
+      a10 = i32x4.add(a10, i32x4.add(i32x4.dot_i16x8_s(w1a, xa), i32x4.dot_i16x8_s(w1b, xb)));
+      const ya = v128.load(q1 + (c << 1)), yb = v128.load(q1 + (c << 1), 16);
+      a01 = i32x4.add(a01, i32x4.add(i32x4.dot_i16x8_s(w0a, ya), i32x4.dot_i16x8_s(w0b, yb)));
+      a11 = i32x4.add(a11, i32x4.add(i32x4.dot_i16x8_s(w1a, ya), i32x4.dot_i16x8_s(w1b, yb)));
+    }
+    const sx = v128.load32_splat(s0 + (b << 2)), sy = v128.load32_splat(s1 + (b << 2));
+    f00 = f32x4.add(f00, f32x4.mul(f32x4.convert_i32x4_s(a00), sx));
+    f10 = f32x4.add(f10, f32x4.mul(f32x4.convert_i32x4_s(a10), sx));
+    f01 = f32x4.add(f01, f32x4.mul(f32x4.convert_i32x4_s(a01), sy));
+    f11 = f32x4.add(f11, f32x4.mul(f32x4.convert_i32x4_s(a11), sy));
+  }
+  v128.store(acc, f00); v128.store(acc, f01, 16); v128.store(acc, f10, 32); v128.store(acc, f11, 48);
+}
+
+// ---------------------------------------------------------------- cores (no bias, no int8 row scale)
+
+/**
+ * out[t][r] = W_r . x_t as dots_f32 computes it, for rows [r0, r1) of an
+ * m-row matrix (r0 a multiple of 8, or 0); rows at W + r*stride.
+ */
+function core_f32(out: usize, ldo: usize, W: usize, stride: usize, X: usize, ldx: usize, T: usize, m: usize, n: usize, S: usize, r0: usize, r1: usize): void {
+  const main = n & ~7, mA = min(m & ~3, r1);
+  const acc = S + offACC(T, n);
+  let r = r0;
+  for (; r < mA; r += 2) {
+    const p0 = W + r * stride, p1 = p0 + stride;
+    for (let t: usize = 0; t < T; t += 2) {
+      const two = t + 1 < T;
+      const x0 = X + t * ldx, x1 = two ? x0 + ldx : x0;
+      tile_f32(acc, p0, p1, x0, x1, main);
+      const o = out + t * ldo + (r << 2);
+      store<f32>(o, hsum(v128.load(acc)) + f32_tail(p0, x0, main, n));
+      store<f32>(o, hsum(v128.load(acc, 32)) + f32_tail(p1, x0, main, n), 4);
+      if (two) {
+        store<f32>(o + ldo, hsum(v128.load(acc, 16)) + f32_tail(p0, x1, main, n));
+        store<f32>(o + ldo, hsum(v128.load(acc, 48)) + f32_tail(p1, x1, main, n), 4);
+      }
+    }
+  }
+  for (; r < r1; r++) {
+    const p = W + r * stride;
+    for (let t: usize = 0; t < T; t++) {
+      const x = X + t * ldx;
+      store<f32>(out + t * ldo + (r << 2), hsum(f32_row1(p, x, main)) + f32_tail(p, x, main, n));
+    }
+  }
+}
+
+/** f16: per token k_t = f16_xscale(x_t) and x_t * k_t over the main columns (gemv.ts f16_prepare). */
+function prepare_f16(X: usize, ldx: usize, T: usize, n: usize, S: usize): void {
+  const main = n & ~7, lp = ldp(n), ks = S + offKS(T, n);
+  for (let t: usize = 0; t < T; t++) {
+    const x = X + t * ldx, px = S + t * lp;
+    const k = f16_xscale(x, n);
+    store<f32>(ks + (t << 2), k);
+    const K = f32x4.splat(k);
+    for (let c: usize = 0; c < main; c += 4) v128.store(px + (c << 2), f32x4.mul(v128.load(x + (c << 2)), K));
+  }
+}
+
+/** Writes the f32 patterns of f16 row p (finite halves; main columns) to dst; returns true if an inf/NaN half was seen. */
+function decode_f16(dst: usize, p: usize, main: usize): bool {
+  const M = i16x8.splat(<i16>0x8fff);
+  let det = i16x8.splat(0);
+  for (let c: usize = 0; c < main; c += 8) {
+    const h = v128.load(p + (c << 1));
+    const u = v128.and(i16x8.shr_s(h, 3), M), l = i16x8.shl(h, 13);
+    v128.store(dst + (c << 2), f16_bits_lo(l, u));
+    v128.store(dst + (c << 2), f16_bits_hi(l, u), 16);
+    det = i16x8.max_u(det, i16x8.shl(h, 1));
+  }
+  return v128.any_true(i16x8.ge_u(det, i16x8.splat(<i16>0xf800)));
+}
+
+/**
+ * out[t][r] = W_r . x_t as dots_f16 computes it (prepare_f16 first), rows
+ * [r0, r1) (r0 a multiple of 8). Rows go in dots_f16's blocks (8s, then a 4),
+ * each decoded once for all tokens; a block with an inf/NaN weight is computed
+ * with the exact decode, as there.
+ */
+function core_f16(out: usize, ldo: usize, W: usize, stride: usize, X: usize, ldx: usize, T: usize, m: usize, n: usize, S: usize, r0: usize, r1: usize): void {
+  const main = n & ~7, lp = ldp(n), ks = S + offKS(T, n), rowBytes = colsR(n) << 2;
+  const dec = S + offDEC(T, n), acc = S + offACC(T, n);
+  let r = r0;
+  while (r + 4 <= m && r < r1) {
+    const nr: usize = r + 8 <= m ? 8 : 4;
+    let special = false;
+    for (let i: usize = 0; i < nr; i++) special |= decode_f16(dec + i * rowBytes, W + (r + i) * stride, main);
+    for (let i: usize = 0; i < nr; i += 2) {
+      const p0 = W + (r + i) * stride, p1 = p0 + stride;
+      if (special) {
+        for (let t: usize = 0; t < T; t++) {
+          const x = X + t * ldx, o = out + t * ldo + ((r + i) << 2);
+          store<f32>(o, f16_row_exact(p0, x, n));
+          store<f32>(o, f16_row_exact(p1, x, n), 4);
+        }
+        continue;
+      }
+      const d0 = dec + i * rowBytes, d1 = d0 + rowBytes;
+      for (let t: usize = 0; t < T; t += 2) {
+        const two = t + 1 < T;
+        const t1 = two ? t + 1 : t;
+        const x0 = X + t * ldx, x1 = X + t1 * ldx;
+        tile_f32(acc, d0, d1, S + t * lp, S + t1 * lp, main);
+        const post0: f32 = F16_SCALE / load<f32>(ks + (t << 2)), post1: f32 = F16_SCALE / load<f32>(ks + (t1 << 2));
+        const o = out + t * ldo + ((r + i) << 2);
+        store<f32>(o, hsum(v128.load(acc)) * post0 + f16_tail(p0, x0, main, n));
+        store<f32>(o, hsum(v128.load(acc, 32)) * post0 + f16_tail(p1, x0, main, n), 4);
+        if (two) {
+          store<f32>(o + ldo, hsum(v128.load(acc, 16)) * post1 + f16_tail(p0, x1, main, n));
+          store<f32>(o + ldo, hsum(v128.load(acc, 48)) * post1 + f16_tail(p1, x1, main, n), 4);
+        }
+      }
+    }
+    r += nr;
+  }
+  for (; r < r1; r++) {
+    const p = W + r * stride;
+    for (let t: usize = 0; t < T; t++) store<f32>(out + t * ldo + (r << 2), f16_row_exact(p, X + t * ldx, n));
+  }
+}
+
+/** int8: each token's x quantized as quantize_x does (gemv.ts). */
+function prepare_i8(X: usize, ldx: usize, T: usize, n: usize, S: usize): void {
+  const lp = ldp(n), nb = (n + QB - 1) / QB;
+  for (let t: usize = 0; t < T; t++) {
+    const q = S + t * lp;
+    quantize_x(q, q + nb * QB * 2, X + t * ldx, n);
+  }
+}
+
+/** out[t][r] = sum_b scale_b(x_t) * (W_r . q_t) as dots_i8 computes it, rows [r0, r1) (prepare_i8 first; row scales not applied). */
+function core_i8(out: usize, ldo: usize, W: usize, stride: usize, T: usize, m: usize, n: usize, S: usize, r0: usize, r1: usize): void {
+  const lp = ldp(n), nb = (n + QB - 1) / QB, full = n / QB, mA = min(m & ~3, r1);
+  const acc = S + offACC(T, n);
+  let r = r0;
+  for (; r < mA; r += 2) {
+    const p0 = W + r * stride, p1 = p0 + stride;
+    for (let t: usize = 0; t < T; t += 2) {
+      const two = t + 1 < T;
+      const q0 = S + t * lp, q1 = two ? q0 + lp : q0;
+      const s0 = q0 + nb * QB * 2, s1 = q1 + nb * QB * 2;
+      tile_i8(acc, p0, p1, q0, s0, q1, s1, full);
+      const o = out + t * ldo + (r << 2);
+      store<f32>(o, hsum(v128.load(acc)) + i8_row(p0, q0, s0, full, n));
+      store<f32>(o, hsum(v128.load(acc, 32)) + i8_row(p1, q0, s0, full, n), 4);
+      if (two) {
+        store<f32>(o + ldo, hsum(v128.load(acc, 16)) + i8_row(p0, q1, s1, full, n));
+        store<f32>(o + ldo, hsum(v128.load(acc, 48)) + i8_row(p1, q1, s1, full, n), 4);
+      }
+    }
+  }
+  for (; r < r1; r++) {
+    const p = W + r * stride;
+    for (let t: usize = 0; t < T; t++) {
+      const q = S + t * lp;
+      store<f32>(out + t * ldo + (r << 2), i8_row(p, q, q + nb * QB * 2, 0, n));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- matmul (dense layers)
+
+/**
+ * out[t][r] = W_r . x_t (+ bias[r]) for rows [r0, r1) of every token, each
+ * equal to matvec_* (t: 0 f32, 1 f16, 2 int8 with per-row `scales`). The
+ * bias (and int8 row scale) are applied as matvec.ts does: one rounding each.
+ */
+export function matmul_rows(t: i32, out: usize, ldo: i32, W: usize, scales: usize, x: usize, ldx: i32, bias: usize, T: i32, rows: i32, cols: i32, scratch: usize, r0: i32, r1: i32): void {
+  const lo = <usize>ldo, lx = <usize>ldx, nT = <usize>T, m = <usize>rows, n = <usize>cols, a = <usize>r0, b = <usize>r1;
+  if (t == T_F32) core_f32(out, lo, W, n << 2, x, lx, nT, m, n, scratch, a, b);
+  else if (t == T_F16) {
+    prepare_f16(x, lx, nT, n, scratch);
+    core_f16(out, lo, W, n << 1, x, lx, nT, m, n, scratch, a, b);
+  } else {
+    prepare_i8(x, lx, nT, n, scratch);
+    core_i8(out, lo, W, n, nT, m, n, scratch, a, b);
+  }
+  if (t != T_I8 && !bias) return;
+  for (let k: usize = 0; k < nT; k++) {
+    const o = out + k * lo;
+    for (let r = a; r < b; r++) {
+      let v = load<f32>(o + (r << 2));
+      if (t == T_I8) v *= load<f32>(scales + (r << 2));
+      if (bias) v += load<f32>(bias + (r << 2));
+      store<f32>(o + (r << 2), v);
+    }
+  }
+}
+
+/** out[t] = W x_t (+ bias) for T tokens, each equal to matvec_f32(out_t, W, x_t, bias, rows, cols). */
+export function matmul_f32(out: usize, ldo: i32, W: usize, x: usize, ldx: i32, bias: usize, T: i32, rows: i32, cols: i32, scratch: usize): void {
+  matmul_rows(T_F32, out, ldo, W, 0, x, ldx, bias, T, rows, cols, scratch, 0, rows);
+}
+
+/** As matmul_f32 for f16 W (each token equal to matvec_f16). */
+export function matmul_f16(out: usize, ldo: i32, W: usize, x: usize, ldx: i32, bias: usize, T: i32, rows: i32, cols: i32, scratch: usize): void {
+  matmul_rows(T_F16, out, ldo, W, 0, x, ldx, bias, T, rows, cols, scratch, 0, rows);
+}
+
+/** As matmul_f32 for int8 W with per-row `scales` (each token equal to matvec_i8). */
+export function matmul_i8(out: usize, ldo: i32, W: usize, scales: usize, x: usize, ldx: i32, bias: usize, T: i32, rows: i32, cols: i32, scratch: usize): void {
+  matmul_rows(T_I8, out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch, 0, rows);
+}
+
+// ---------------------------------------------------------------- FFN over resident records
+//
+// Two phases, each splittable over threads: activations h[t][i] for a range
+// of neurons, then the down pass for a range of output columns. The down pass
+// decodes each batch of NB down rows to f32 once for all tokens (f16, int8)
+// and runs every token's own queue over them with the f32 axpys. That is the
+// one-token kernel's arithmetic: its f16 axpy multiplies the raw pattern
+// (value * 2^-112) by a * 2^112 and its int8 axpy the exact integer by a, the
+// same real products as value * a, so every product rounds the same.
+
+/** Runs one down row now (ffn.ts down1, on a decoded row). */
+// @ts-ignore: decorator
+@inline function down1(out: usize, d: usize, p: usize, a: f32): void {
+  axpy1_f32(out, d, p, a);
+}
+
+/**
+ * Queues down row p (decoded f32) with coefficient a in queue q: ffn.ts push's
+ * grouping, including its rule that f16 coefficients >= 2^15 run alone.
+ */
+function qpush(q: usize, t: i32, out: usize, d: usize, p: usize, a: f32): void {
+  if (t == T_F16 && !(abs<f32>(a) < 32768.0)) { down1(out, d, p, a); return; }
+  const n = load<u32>(q, 32);
+  store<u32>(q + (<usize>n << 2), <u32>p);
+  store<f32>(q + (<usize>n << 2), a, 16);
+  if (n < 3) { store<u32>(q, n + 1, 32); return; }
+  store<u32>(q, 0, 32);
+  axpy4_f32(out, d, <usize>load<u32>(q), <usize>load<u32>(q, 4), <usize>load<u32>(q, 8), <usize>load<u32>(q, 12),
+    load<f32>(q, 16), load<f32>(q, 20), load<f32>(q, 24), load<f32>(q, 28));
+}
+
+function qflush(q: usize, out: usize, d: usize): void {
+  const n = <usize>load<u32>(q, 32);
+  for (let k: usize = 0; k < n; k++) down1(out, d, <usize>load<u32>(q + (k << 2)), load<f32>(q + (k << 2), 16));
+  store<u32>(q, 0, 32);
+}
+
+/** Up/gate dots of one batch of m neurons for every token: dst[t][k], rows ldh bytes apart. */
+function batch_dots(t: i32, dst: usize, ldh: usize, p: usize, stride: usize, X: usize, ldx: usize, T: usize, m: usize, d: usize, S: usize): void {
+  if (t == T_F32) core_f32(dst, ldh, p, stride, X, ldx, T, m, d, S, 0, m);
+  else if (t == T_F16) core_f16(dst, ldh, p, stride, X, ldx, T, m, d, S, 0, m);
+  else core_i8(dst, ldh, p, stride, T, m, d, S, 0, m);
+}
+
+/** Byte offset of the f32 after a part's values (int8 scale, or f32/f16 bias). */
+// @ts-ignore: decorator
+@inline function tailOffset(t: i32, d: usize): usize {
+  return t == T_F32 ? d << 2 : t == T_F16 ? d << 1 : d;
+}
+
+/**
+ * Phase 1: h[t][i] (T rows of n f32 at H) for neurons [n0, n1) (n0 a multiple
+ * of NB) of every token: the one-token kernel's dots and activation, with the
+ * int8 row scales folded in as there. code = dtype | gated << 2 | hasBias << 3.
+ * int8 needs d <= 32768 (the one-token kernel's quantized path).
+ */
+export function ffn_batch_act(code: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, stride: i32, H: usize, scratch: usize, n0: i32, n1: i32): void {
+  const t = code & 3, gated = (code & 4) != 0, hasBias = (code & 8) != 0;
+  const lx = <usize>ldx, nT = <usize>T, dd = <usize>d, st = <usize>stride, S = scratch, ldh = <usize>n << 2;
+  if (t == T_F16) prepare_f16(x, lx, nT, dd, S);
+  else if (t == T_I8) prepare_i8(x, lx, nT, dd, S);
+  const off = tailOffset(t, dd);
+  const biasOff = t == T_I8 ? off + 4 : off; // int8 parts: scale, then bias
+  for (let b = <usize>n0; b < <usize>n1; b += NB) {
+    const m = min(NB, <usize>n1 - b);
+    const hb = H + (b << 2);
+    if (gated) {
+      // gate dots go to h, up dots to UB
+      const ub = S + offUB(nT, dd);
+      batch_dots(t, hb, ldh, gate + b * st, st, x, lx, nT, m, dd, S);
+      batch_dots(t, ub, NB << 2, up + b * st, st, x, lx, nT, m, dd, S);
+      for (let k: usize = 0; k < nT; k++) {
+        for (let j: usize = 0; j < m; j++) {
+          const i = b + j;
+          const hp = hb + k * ldh + (j << 2);
+          let g = load<f32>(hp), u = load<f32>(ub + k * (NB << 2) + (j << 2));
+          if (t == T_I8) {
+            g *= load<f32>(gate + i * st + off);
+            u *= load<f32>(up + i * st + off);
+          }
+          store<f32>(hp, silu1(g) * u);
+        }
+      }
+    } else {
+      batch_dots(t, hb, ldh, up + b * st, st, x, lx, nT, m, dd, S);
+      for (let k: usize = 0; k < nT; k++) {
+        for (let j: usize = 0; j < m; j++) {
+          const u = up + (b + j) * st;
+          const hp = hb + k * ldh + (j << 2);
+          let h = load<f32>(hp);
+          if (t == T_I8) h *= load<f32>(u + off);
+          if (hasBias) h += load<f32>(u + biasOff);
+          store<f32>(hp, max<f32>(h, 0)); // NaN stays NaN (and is not skipped)
+        }
+      }
+    }
+  }
+}
+
+/**
+ * Phase 2: out[t][j0, j1) = sum over all n neurons of h[t][i] * down_i, with
+ * each token's own queue (j0 a multiple of 8, j1 too unless j1 = d).
+ */
+export function ffn_batch_down(t: i32, out: usize, ldo: i32, T: i32, d: i32, n: i32, down: usize, stride: i32, H: usize, scratch: usize, j0: i32, j1: i32): void {
+  const lo = <usize>ldo, nT = <usize>T, dd = <usize>d, nn = <usize>n, st = <usize>stride, S = scratch;
+  const ldh = nn << 2, Q = S + offQ(nT, dd), RG = S + offRG(nT, dd);
+  const DD = S + offDD(nT, dd), PEND = S + offPEND(nT, dd), rowBytes = colsR(dd) << 2;
+  const c0 = <usize>j0, w = <usize>j1 - c0;
+  const off = tailOffset(t, dd);
+  for (let k: usize = 0; k < nT; k++) {
+    memory.fill(out + k * lo + (c0 << 2), 0, w << 2);
+    store<u32>(Q + k * QSTRIDE, 0, 32);
+  }
+  for (let b: usize = 0; b < nn; b += NB) {
+    const m = min(NB, nn - b);
+    // this batch's down rows as f32 (columns c0.. at the row start); f32 rows are used in place
+    if (t != T_F32) {
+      for (let j: usize = 0; j < m; j++) {
+        const dp = down + (b + j) * st, dst = DD + j * rowBytes;
+        if (t == T_F16) dequant_f16(dst, dp + (c0 << 1), <i32>w);
+        else dequant_i8(dst, dp + c0, <i32>w, 1.0);
+      }
+    }
+    // Tokens whose queue is empty here and that queue every neuron of the batch
+    // (no zero h, no f16 coefficient run alone) flush exactly the groups
+    // [b + 4g, b + 4g + 4): run those group by group for all of them, so the
+    // four rows stay in L1 while every such token's out takes them.
+    let nreg: usize = 0;
+    if ((m & 3) == 0) {
+      for (let k: usize = 0; k < nT; k++) {
+        if (load<u32>(Q + k * QSTRIDE, 32) != 0) continue;
+        const hb = H + k * ldh + (b << 2);
+        let ok = true;
+        for (let j: usize = 0; j < m && ok; j++) {
+          const h = load<f32>(hb + (j << 2));
+          ok = h != 0 && (t != T_F16 || abs<f32>(h) < 32768.0);
+        }
+        if (ok) store<u32>(RG + (nreg++ << 2), <u32>k);
+      }
+      for (let g: usize = 0; g < m; g += 4) {
+        let p0 = down + (b + g) * st + (c0 << 2), p1 = p0 + st, p2 = p1 + st, p3 = p2 + st;
+        if (t != T_F32) { p0 = DD + g * rowBytes; p1 = p0 + rowBytes; p2 = p1 + rowBytes; p3 = p2 + rowBytes; }
+        let s0: f32 = 1, s1: f32 = 1, s2: f32 = 1, s3: f32 = 1;
+        if (t == T_I8) {
+          const r0 = down + (b + g) * st + off;
+          s0 = load<f32>(r0); s1 = load<f32>(r0 + st); s2 = load<f32>(r0 + 2 * st); s3 = load<f32>(r0 + 3 * st);
+        }
+        for (let e: usize = 0; e < nreg; e++) {
+          const k = <usize>load<u32>(RG + (e << 2));
+          const hp = H + k * ldh + ((b + g) << 2);
+          let a0 = load<f32>(hp), a1 = load<f32>(hp, 4), a2 = load<f32>(hp, 8), a3 = load<f32>(hp, 12);
+          if (t == T_I8) { a0 *= s0; a1 *= s1; a2 *= s2; a3 *= s3; }
+          axpy4_f32(out + k * lo + (c0 << 2), w, p0, p1, p2, p3, a0, a1, a2, a3);
+        }
+      }
+    }
+    let ri: usize = 0;
+    for (let k: usize = 0; k < nT; k++) {
+      if (ri < nreg && <usize>load<u32>(RG + (ri << 2)) == k) { ri++; continue; }
+      const o = out + k * lo + (c0 << 2), q = Q + k * QSTRIDE, hb = H + k * ldh + (b << 2);
+      for (let j: usize = 0; j < m; j++) {
+        const h = load<f32>(hb + (j << 2));
+        if (h == 0) continue;
+        const dp = down + (b + j) * st;
+        qpush(q, t, o, w, t == T_F32 ? dp + (c0 << 2) : DD + j * rowBytes, t == T_I8 ? h * load<f32>(dp + off) : h);
+      }
+      // rows still queued must outlive DD's refill: move them to the token's own slots
+      const pn = <usize>load<u32>(q, 32);
+      for (let e: usize = 0; e < pn; e++) {
+        const src = <usize>load<u32>(q + (e << 2));
+        if (src >= DD && src < DD + NB * rowBytes) {
+          const dst = PEND + (k * 3 + e) * rowBytes;
+          memory.copy(dst, src, w << 2);
+          store<u32>(q + (e << 2), <u32>dst);
+        }
+      }
+    }
+  }
+  for (let k: usize = 0; k < nT; k++) qflush(Q + k * QSTRIDE, out + k * lo + (c0 << 2), w);
+}
+
+function ffn_batch(t: i32, gated: bool, out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hasBias: bool, H: usize, S: usize): void {
+  ffn_batch_act(t | (gated ? 4 : 0) | (hasBias ? 8 : 0), x, ldx, T, d, n, gate, up, stride, H, S, 0, n);
+  ffn_batch_down(t, out, ldo, T, d, n, down, stride, H, S, 0, d);
+}
+
+// out[t] = FFN(x_t) for T tokens over n resident records (ffn.ts layout): each
+// equal to the one-token kernel. H: T x n f32 for the activations.
+
+export function ffn_relu_f32_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, H: usize, scratch: usize): void {
+  ffn_batch(T_F32, false, out, ldo, x, ldx, T, d, n, 0, up, down, stride, hasBias != 0, H, scratch);
+}
+export function ffn_relu_f16_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, H: usize, scratch: usize): void {
+  ffn_batch(T_F16, false, out, ldo, x, ldx, T, d, n, 0, up, down, stride, hasBias != 0, H, scratch);
+}
+export function ffn_relu_i8_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, H: usize, scratch: usize): void {
+  if (<usize>d > MAXD_I8) { // the one-token kernel's exact f32 path
+    for (let k: i32 = 0; k < T; k++) ffn_relu_i8(out + <usize>k * <usize>ldo, x + <usize>k * <usize>ldx, d, n, up, down, stride, hasBias, 0);
+    return;
+  }
+  ffn_batch(T_I8, false, out, ldo, x, ldx, T, d, n, 0, up, down, stride, hasBias != 0, H, scratch);
+}
+export function ffn_swiglu_f32_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, H: usize, scratch: usize): void {
+  ffn_batch(T_F32, true, out, ldo, x, ldx, T, d, n, gate, up, down, stride, false, H, scratch);
+}
+export function ffn_swiglu_f16_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, H: usize, scratch: usize): void {
+  ffn_batch(T_F16, true, out, ldo, x, ldx, T, d, n, gate, up, down, stride, false, H, scratch);
+}
+export function ffn_swiglu_i8_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, H: usize, scratch: usize): void {
+  if (<usize>d > MAXD_I8) {
+    for (let k: i32 = 0; k < T; k++) ffn_swiglu_i8(out + <usize>k * <usize>ldo, x + <usize>k * <usize>ldx, d, n, gate, up, down, stride, 0);
+    return;
+  }
+  ffn_batch(T_I8, true, out, ldo, x, ldx, T, d, n, gate, up, down, stride, false, H, scratch);
+}

@@ -1,0 +1,11 @@
+// flashlm kernels, threads build (wasm/flashlm.mt.wasm: --enable simd,threads
+// --sharedMemory): the same exports as index.ts on a shared memory, plus the
+// split kernels src/kernels/pool.ts runs on its threads (each instance working
+// in its own scratch region: arena.ts thread_init).
+
+export * from "./index";
+export { matvec_f32_rows, matvec_f16_rows, matvec_i8_prepare, matvec_i8_rows } from "./matvec";
+export { attention_heads } from "./attention";
+export { ffn_relu_h, ffn_swiglu_h, ffn_down_cols } from "./ffn";
+export { gate_act_rows, gated_h, gated_down } from "./gated";
+export { matmul_rows, ffn_batch_act, ffn_batch_down } from "./batch";

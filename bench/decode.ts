@@ -1,0 +1,375 @@
+/**
+ * End-to-end prompt processing and decode speed of a Llama-shaped model of
+ * realistic size (issue #8): dim 768, 12 layers, 12 heads (12 kv heads),
+ * hidden 2048, vocab 512, seq_len 1024 — about 85M parameters, 340 MB at f32.
+ *
+ *   npm run bench:decode -- [--dtypes f32,f16,int8] [--threads 1,2]
+ *        [--prompt-tokens 186] [--decode-tokens 64] [--rounds 3]
+ *
+ * The model is a random llama2.c checkpoint (run.c's format, shared
+ * classifier), made once from a seeded PRNG (normal * 0.02, norms = 1) with
+ * the stories260K tokenizer and cached in bench/.cache/ (git-ignored), then
+ * converted there to .flm at each dtype (redone when the checkpoint is newer).
+ * Token 1 (BOS, llama2.c's stop token) gets a tiny embedding row, so that its
+ * logit is never the greedy argmax and decoding never stops early. (Greedy
+ * decoding of a random model with a tied classifier repeats one token; the
+ * dense engine does the same work whatever the token, so that does not matter.)
+ *
+ * For each dtype × thread count it opens the .flm with
+ * `openModel(path, { contextLength: 1024 })` (the dense strategy: all weights
+ * resident), warms up once, then runs `rounds` rounds of:
+ *   - prompt: `model.steps(prompt, { maxTokens: 1, temperature: 0 })` on a
+ *     fixed English paragraph trimmed to --prompt-tokens tokens (BOS included);
+ *     prompt tok/s = prompt tokens / time from the call to its first yielded step.
+ *   - decode: `model.steps('Once upon a time', { maxTokens: N, temperature: 0 })`;
+ *     decode tok/s = (tokens - 1) / time between the first and last yielded token.
+ * and reports medians. Prints a table, then one line of JSON.
+ *
+ * Threads: openModel has no `threads` option yet. For n > 1 the benchmark
+ * passes `{ threads: n }` and believes it only if the model reports a numeric
+ * `model.threads`; otherwise those rows are skipped with a note.
+ */
+import { open, mkdir, rename, rm, stat } from 'node:fs/promises';
+import os from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { openCheckpoint } from '../src/convert/index.js';
+import { FormatError } from '../src/errors.js';
+import type { DType } from '../src/format/types.js';
+import { writeFlm } from '../src/format/writer.js';
+import { FileSink, openModel, type Model } from '../src/node.js';
+import { rng } from '../src/util/random.js';
+import { STORIES_TOK } from '../test/helpers/models.js';
+
+// ---------------------------------------------------------------- arguments
+
+const argv = process.argv.slice(2);
+/** `--name value` or `--name=value`. */
+function arg(name: string): string | undefined {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === `--${name}`) return argv[i + 1];
+    if (a.startsWith(`--${name}=`)) return a.slice(name.length + 3);
+  }
+  return undefined;
+}
+function intArg(name: string, def: number, min: number): number {
+  const v = arg(name);
+  if (v === undefined) return def;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be an integer >= ${min}, got ${v}`);
+  return n;
+}
+
+const ALL_DTYPES: readonly DType[] = ['f32', 'f16', 'int8'];
+const dtypes = (arg('dtypes') ?? ALL_DTYPES.join(',')).split(',').map((s) => s.trim()).filter(Boolean) as DType[];
+for (const d of dtypes) if (!ALL_DTYPES.includes(d)) throw new Error(`--dtypes: unknown dtype ${d} (${ALL_DTYPES.join(', ')})`);
+const cores = os.availableParallelism();
+const threadCounts = (arg('threads') ?? Array.from({ length: cores }, (_, i) => i + 1).join(','))
+  .split(',')
+  .map((s) => Number(s.trim()));
+for (const n of threadCounts) if (!Number.isInteger(n) || n < 1) throw new Error(`--threads: ${n} is not a positive integer`);
+const promptTokens = intArg('prompt-tokens', 186, 2);
+const decodeTokens = intArg('decode-tokens', 64, 2);
+const rounds = intArg('rounds', 3, 1);
+
+// ---------------------------------------------------------------- the model
+
+const SHAPE = { dim: 768, hiddenDim: 2048, nLayers: 12, nHeads: 12, nKvHeads: 12, vocabSize: 512, seqLen: 1024 };
+const SEED = 8;
+const CONTEXT = 1024;
+const CACHE = fileURLToPath(new URL('./.cache/', import.meta.url));
+const NAME = `llama-d${SHAPE.dim}-l${SHAPE.nLayers}-h${SHAPE.hiddenDim}-v${SHAPE.vocabSize}-s${SEED}`;
+const CKPT = `${CACHE}${NAME}.bin`;
+const flmPath = (dtype: DType) => `${CACHE}${NAME}.${dtype}.flm`;
+
+/** The size run.c's format implies for SHAPE with a shared classifier. */
+function checkpointBytes(): number {
+  const { dim, hiddenDim: hid, nLayers: L, vocabSize: V, seqLen } = SHAPE;
+  const kvDim = (dim / SHAPE.nHeads) * SHAPE.nKvHeads;
+  const floats = V * dim + L * (2 * dim + 2 * dim * dim + 2 * kvDim * dim + 3 * hid * dim) + dim + seqLen * (dim / SHAPE.nHeads);
+  return 28 + floats * 4;
+}
+
+/** Writes the random checkpoint tensor by tensor, in chunks of at most 4M floats. */
+async function makeCheckpoint(): Promise<void> {
+  const { dim, hiddenDim: hid, nLayers: L, nHeads, vocabSize: V, seqLen } = SHAPE;
+  const kvDim = (dim / nHeads) * SHAPE.nKvHeads;
+  const headSize = dim / nHeads;
+  const tmp = `${CKPT}.tmp-${process.pid}`;
+  const fh = await open(tmp, 'w');
+  try {
+    let at = 0;
+    const put = async (f: Float32Array) => {
+      const b = new Uint8Array(f.buffer, f.byteOffset, f.byteLength);
+      for (let done = 0; done < b.length; ) done += (await fh.write(b, done, b.length - done, at + done)).bytesWritten;
+      at += b.length;
+    };
+    const header = new Int32Array([dim, hid, L, nHeads, SHAPE.nKvHeads, V /* > 0: shared classifier */, seqLen]);
+    await put(new Float32Array(header.buffer));
+
+    const uniform = rng(SEED);
+    let spare = NaN;
+    const normal = (): number => {
+      if (!Number.isNaN(spare)) {
+        const s = spare;
+        spare = NaN;
+        return s;
+      }
+      const u = 1 - uniform(); // (0, 1]
+      const r = Math.sqrt(-2 * Math.log(u));
+      const t = 2 * Math.PI * uniform();
+      spare = r * Math.sin(t);
+      return r * Math.cos(t);
+    };
+    const CHUNK = 4 << 20;
+    const buf = new Float32Array(CHUNK);
+    /** `count` floats of fill(i) (i = index within the tensor), in chunks. */
+    const tensor = async (count: number, fill: (i: number) => number) => {
+      for (let start = 0; start < count; start += CHUNK) {
+        const n = Math.min(CHUNK, count - start);
+        for (let i = 0; i < n; i++) buf[i] = fill(start + i);
+        await put(buf.subarray(0, n));
+      }
+    };
+    const randn = (count: number) => tensor(count, () => normal() * 0.02);
+    const ones = (count: number) => tensor(count, () => 1);
+
+    // token_embedding (= classifier): row 1 (BOS, the stop token) 100x smaller, so greedy decoding never picks it.
+    await tensor(V * dim, (i) => normal() * (Math.floor(i / dim) === 1 ? 0.0002 : 0.02));
+    await ones(L * dim); // rms_att
+    await randn(L * dim * dim); // wq
+    await randn(L * kvDim * dim); // wk
+    await randn(L * kvDim * dim); // wv
+    await randn(L * dim * dim); // wo
+    await ones(L * dim); // rms_ffn
+    await randn(L * hid * dim); // w1
+    await randn(L * dim * hid); // w2
+    await randn(L * hid * dim); // w3
+    await ones(dim); // rms_final
+    // freq_cis_real, freq_cis_imag (unused by readers, written as run.c's exporter did)
+    const half = headSize / 2;
+    const angle = (i: number) => Math.floor(i / half) * Math.pow(10000, -(2 * (i % half)) / headSize);
+    await tensor(seqLen * half, (i) => Math.cos(angle(i)));
+    await tensor(seqLen * half, (i) => Math.sin(angle(i)));
+    if (at !== checkpointBytes()) throw new Error(`wrote ${at} bytes, expected ${checkpointBytes()}`);
+    await fh.sync();
+    await fh.close();
+    await rename(tmp, CKPT);
+  } catch (e) {
+    await fh.close().catch(() => {});
+    await rm(tmp, { force: true });
+    throw e;
+  }
+}
+
+const mtime = (p: string) => stat(p).then((s) => s.mtimeMs, () => -1);
+const sizeOf = (p: string) => stat(p).then((s) => s.size, () => -1);
+
+async function convert(dtype: DType): Promise<void> {
+  const t0 = performance.now();
+  const ckpt = await openCheckpoint(CKPT, { tokenizer: STORIES_TOK });
+  const sink = await FileSink.create(flmPath(dtype));
+  try {
+    await writeFlm(ckpt, sink, { dtype, layout: 'bundled', meta: { source: `bench/decode.ts ${NAME}` } });
+  } catch (e) {
+    await sink.abort();
+    throw e;
+  } finally {
+    await ckpt.close();
+  }
+  console.error(`converted to ${dtype}: ${((await sizeOf(flmPath(dtype))) / 2 ** 20).toFixed(0)} MiB in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+}
+
+async function prepare(): Promise<void> {
+  await mkdir(CACHE, { recursive: true });
+  if ((await sizeOf(CKPT)) !== checkpointBytes()) {
+    const t0 = performance.now();
+    console.error(`making the random checkpoint ${CKPT} (${(checkpointBytes() / 2 ** 20).toFixed(0)} MiB) ...`);
+    await makeCheckpoint();
+    console.error(`made in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  }
+  const ckptTime = await mtime(CKPT);
+  for (const d of dtypes) if ((await mtime(flmPath(d))) < ckptTime) await convert(d);
+}
+
+// ---------------------------------------------------------------- prompts
+
+/** Public-domain English (the opening of Jerome K. Jerome's "Three Men in a Boat", 1889), repeated if a longer prompt is asked for. */
+const PARAGRAPH =
+  'There were four of us - George, and William Samuel Harris, and myself, and Montmorency. We were sitting in my room, ' +
+  'smoking, and talking about how bad we were - bad from a medical point of view I mean, of course. We were all feeling ' +
+  'seedy, and we were getting quite nervous about it. Harris said he felt such extraordinary fits of giddiness come over ' +
+  'him at times, that he hardly knew what he was doing; and then George said that he had fits of giddiness too, and ' +
+  'hardly knew what he was doing. With me, it was my liver that was out of order. I knew it was my liver that was out ' +
+  'of order, because I had just been reading a patent liver-pill circular, in which were detailed the various symptoms ' +
+  'by which a man could tell when his liver was out of order. ';
+const DECODE_PROMPT = 'Once upon a time';
+
+/** The longest prefix of the paragraph (repeated) that encodes to at most `n` tokens, BOS included. */
+function promptOf(model: Model, n: number): { text: string; tokens: number } {
+  const count = (s: string) => model.tokenizer.encode(s).length;
+  let text = PARAGRAPH;
+  while (count(text) < n) text += PARAGRAPH;
+  let lo = 1, hi = text.length; // count(text[0, lo)) <= n; count(text) >= n
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (count(text.slice(0, mid)) <= n) lo = mid;
+    else hi = mid - 1;
+  }
+  const t = text.slice(0, lo).trimEnd();
+  return { text: t, tokens: count(t) };
+}
+
+// ---------------------------------------------------------------- measuring
+
+/** Seconds from calling steps() to its first yielded token (all prompt positions run by then). */
+async function timePrompt(model: Model, text: string): Promise<number> {
+  const t0 = performance.now();
+  for await (const s of model.steps(text, { maxTokens: 1, temperature: 0 })) {
+    if (s.token >= 0) return (performance.now() - t0) / 1000;
+  }
+  throw new Error('the prompt run yielded no token (the model emitted its stop token)');
+}
+
+/** Tokens yielded and seconds between the first and the last. */
+async function timeDecode(model: Model, text: string, maxTokens: number): Promise<{ tokens: number; seconds: number; ids: number[] }> {
+  const at: number[] = [];
+  const ids: number[] = [];
+  for await (const s of model.steps(text, { maxTokens, temperature: 0 })) {
+    if (s.token < 0) continue; // the decoder's flush at the end
+    at.push(performance.now());
+    ids.push(s.token);
+  }
+  if (at.length < 2) throw new Error(`decode yielded ${at.length} token(s)`);
+  return { tokens: at.length, seconds: (at[at.length - 1]! - at[0]!) / 1000, ids };
+}
+
+const median = (a: number[]) => {
+  const s = [...a].sort((p, q) => p - q);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const round2 = (x: number) => Math.round(x * 100) / 100;
+
+interface Row {
+  dtype: DType;
+  threads: number;
+  fileMiB: number;
+  arenaMiB: number;
+  openS: number;
+  promptTokens: number;
+  decodeTokens: number;
+  promptTokS: number;
+  decodeTokS: number;
+  promptOverDecode: number;
+  rounds: { promptTokS: number; decodeTokS: number }[];
+}
+
+const wall0 = performance.now();
+const load0 = os.loadavg();
+await prepare();
+
+const rows: Row[] = [];
+const notes: string[] = [];
+let threadsSupported: boolean | undefined; // unknown until a model is opened with threads > 1
+
+for (const dtype of dtypes) {
+  for (const n of threadCounts) {
+    if (n > 1 && threadsSupported === false) continue;
+    const extra: Record<string, unknown> = n > 1 ? { threads: n } : {};
+    const t0 = performance.now();
+    let model: Model;
+    try {
+      model = await openModel(flmPath(dtype), { contextLength: CONTEXT, ...extra });
+    } catch (e) {
+      if (!(e instanceof FormatError)) throw e;
+      console.error(`${flmPath(dtype)}: ${e.message}; converting again`); // e.g. written by an older format version
+      await convert(dtype);
+      model = await openModel(flmPath(dtype), { contextLength: CONTEXT, ...extra });
+    }
+    const openS = (performance.now() - t0) / 1000;
+    try {
+      const reported: unknown = Reflect.get(model, 'threads');
+      const threads = typeof reported === 'number' ? reported : 1;
+      if (n > 1) {
+        threadsSupported = typeof reported === 'number';
+        if (!threadsSupported) {
+          notes.push(`multithreading is not available: openModel ignored { threads: ${n} } (no numeric model.threads), so only 1-thread rows are measured`);
+          continue;
+        }
+      }
+      if (threads !== n) notes.push(`${dtype}: asked for ${n} thread(s), model.threads = ${threads}`);
+
+      const prompt = promptOf(model, promptTokens);
+      // warm-up: one round of each, not counted
+      await timePrompt(model, prompt.text);
+      await timeDecode(model, DECODE_PROMPT, decodeTokens);
+
+      const rs: Row['rounds'] = [];
+      let decoded = 0;
+      for (let r = 0; r < rounds; r++) {
+        const p = await timePrompt(model, prompt.text);
+        const d = await timeDecode(model, DECODE_PROMPT, decodeTokens);
+        decoded = d.tokens;
+        if (d.tokens < decodeTokens) notes.push(`${dtype} t${threads}: decode stopped after ${d.tokens} of ${decodeTokens} tokens`);
+        rs.push({ promptTokS: prompt.tokens / p, decodeTokS: (d.tokens - 1) / d.seconds });
+      }
+      const promptTokS = median(rs.map((x) => x.promptTokS));
+      const decodeTokS = median(rs.map((x) => x.decodeTokS));
+      const row: Row = {
+        dtype,
+        threads,
+        fileMiB: round2((await sizeOf(flmPath(dtype))) / 2 ** 20),
+        arenaMiB: round2(model.memory.arenaBytes / 2 ** 20),
+        openS: round2(openS),
+        promptTokens: prompt.tokens,
+        decodeTokens: decoded,
+        promptTokS: round2(promptTokS),
+        decodeTokS: round2(decodeTokS),
+        promptOverDecode: round2(promptTokS / decodeTokS),
+        rounds: rs.map((x) => ({ promptTokS: round2(x.promptTokS), decodeTokS: round2(x.decodeTokS) })),
+      };
+      rows.push(row);
+      console.error(`${dtype} t${threads}: prompt ${row.promptTokS} tok/s, decode ${row.decodeTokS} tok/s`);
+    } finally {
+      await model.close();
+    }
+  }
+}
+
+// ---------------------------------------------------------------- report
+
+const wallS = (performance.now() - wall0) / 1000;
+const load1 = os.loadavg();
+const cpu = os.cpus()[0]?.model ?? 'unknown';
+const r0 = rows[0];
+console.log(
+  `decode: ${NAME} (~85M params, dense), context ${CONTEXT}; prompt ${r0?.promptTokens ?? promptTokens} tokens, ` +
+    `decode ${decodeTokens} tokens after "${DECODE_PROMPT}", median of ${rounds} round(s)`,
+);
+console.log(`machine: ${cpu}, ${cores} cores, node ${process.version}; load average ${load0[0]!.toFixed(2)} -> ${load1[0]!.toFixed(2)}`);
+const pad = (s: string | number, w: number) => String(s).padStart(w);
+console.log(`${'dtype'.padEnd(5)} ${pad('threads', 7)} ${pad('prompt tok/s', 12)} ${pad('decode tok/s', 12)} ${pad('prompt÷decode', 13)}`);
+for (const r of rows) {
+  console.log(`${r.dtype.padEnd(5)} ${pad(r.threads, 7)} ${pad(r.promptTokS.toFixed(2), 12)} ${pad(r.decodeTokS.toFixed(2), 12)} ${pad(r.promptOverDecode.toFixed(2), 13)}`);
+}
+for (const note of new Set(notes)) console.log(`note: ${note}`);
+// The benchmark itself adds about 1 to the load average (one busy thread); more than that is someone else.
+if (load0[0]! > cores / 2 || load1[0]! > cores / 2 + 1) {
+  console.log(`note: the machine was busy (load average ${load0[0]!.toFixed(2)} at start, ${load1[0]!.toFixed(2)} at the end, ${cores} cores): figures are noisy`);
+}
+console.log(
+  JSON.stringify({
+    bench: 'decode',
+    model: { ...SHAPE, seed: SEED, name: NAME, contextLength: CONTEXT, strategy: 'dense' },
+    promptTokens: r0?.promptTokens ?? promptTokens,
+    decodeTokens,
+    rounds,
+    threadsRequested: threadCounts,
+    threadsSupported: threadsSupported ?? null,
+    machine: { node: process.version, cpu, cores, totalMemMiB: Math.round(os.totalmem() / 2 ** 20), loadavg: [round2(load0[0]!), round2(load1[0]!)] },
+    wallS: round2(wallS),
+    results: rows,
+    notes: [...new Set(notes)],
+  }),
+);

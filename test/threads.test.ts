@@ -1,0 +1,451 @@
+/**
+ * Multithreaded kernels (src/kernels/pool.ts) against the single-threaded
+ * module (wasm/flashlm.wasm): with 1, 2 and 3 threads, every split kernel's
+ * outputs (out and hOut) must be BYTE-identical to the single-threaded call on
+ * the same inputs. The single-threaded module runs on its own (unshared) arena;
+ * the inputs are written at the same offsets in both arenas, so pointer tables
+ * are valid in both. Pools are made with minWork 0 so every call that can be
+ * split is split. No wall-clock assertions.
+ */
+
+import test from 'ava';
+import { createArena, loadKernels, DEFAULT_MT_WASM_URL, DEFAULT_WASM_URL } from '../src/kernels/load.js';
+import { createPool, planThreads, poolBytes, threadsUnavailableReason, type KernelPool } from '../src/kernels/pool.js';
+import type { Kernels } from '../src/kernels/types.js';
+import { encodeF16 } from '../src/kernels/quant.js';
+import { rng, uniform, normalish, buildRecords, quantizeMatrix, type Dtype, type FfnLayout } from './helpers/kernel-reference.js';
+
+const ARENA = 160 << 20;
+/** Inputs start here in both arenas (above both modules' static data and the pools' regions). */
+const DATA = 8 << 20;
+/** batchScratchBytes: batch_scratch_bytes(BT, BCOLS), set once the module is loaded. */
+const LIMITS = { maxPositions: 512, maxNeurons: 2048, batchScratchBytes: 0 };
+const BT = 7, BCOLS = 1030;
+
+let st: Kernels; // wasm/flashlm.wasm on an unshared arena
+let mt: Kernels; // wasm/flashlm.mt.wasm on a shared arena
+const pools = new Map<number, KernelPool>();
+
+test.before(async () => {
+  st = await loadKernels(createArena(ARENA), DEFAULT_WASM_URL);
+  mt = await loadKernels(createArena(ARENA, { shared: true }), DEFAULT_MT_WASM_URL);
+  LIMITS.batchScratchBytes = mt.batch_scratch_bytes(BT, BCOLS);
+  let region = Math.ceil(mt.heap_base() / 64) * 64;
+  for (const threads of [1, 2, 3]) {
+    const bytes = poolBytes(mt, threads, LIMITS);
+    const pool = await createPool(mt, { threads, region, ...LIMITS, minWork: 0 });
+    pools.set(threads, pool);
+    region += Math.ceil(bytes / 64) * 64;
+  }
+  if (region > DATA) throw new Error('pool regions overlap the test data');
+});
+
+test.after.always(async () => {
+  for (const p of pools.values()) await p.close();
+});
+
+/** Same bytes at the same offsets in both arenas. */
+class Mirror {
+  cur = DATA;
+  reset(): void { this.cur = DATA; }
+  alloc(bytes: number, misalign = 0): number {
+    const p = ((this.cur + 15) & ~15) + misalign;
+    this.cur = p + bytes + 16;
+    if (this.cur > ARENA) throw new RangeError('test arena exhausted');
+    return p;
+  }
+  put(src: ArrayBufferView, misalign = 0): number {
+    const b = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
+    const p = this.alloc(b.length, misalign);
+    new Uint8Array(st.memory.buffer).set(b, p);
+    new Uint8Array(mt.memory.buffer).set(b, p);
+    return p;
+  }
+  /** n f32 of NaN sentinel (so unwritten outputs show). */
+  out(n: number, misalign = 0): number {
+    return this.put(new Uint32Array(n).fill(0x7fc0dead), misalign);
+  }
+  /** First byte offset where the two arenas differ in [p, p + bytes), or -1. */
+  diff(p: number, bytes: number): number {
+    const a = new Uint8Array(st.memory.buffer, p, bytes), b = new Uint8Array(mt.memory.buffer, p, bytes);
+    for (let i = 0; i < bytes; i++) if (a[i] !== b[i]) return i;
+    return -1;
+  }
+}
+const M = new Mirror();
+
+type Ctx = import('ava').ExecutionContext;
+
+/** Runs `call` with the single-threaded kernels and with each pool's kernels; outputs [ptr, f32 count] must match byte for byte. */
+function check(t: Ctx, what: string, outputs: [number, number][], call: (k: Kernels) => void): void {
+  // snapshot the outputs' initial bytes (sentinels) so each run starts from the same state
+  const init = outputs.map(([p, n]) => new Uint8Array(st.memory.buffer, p, n * 4).slice());
+  call(st);
+  for (const [threads, pool] of pools) {
+    outputs.forEach(([p], i) => new Uint8Array(mt.memory.buffer).set(init[i]!, p));
+    call(pool.kernels);
+    for (const [p, n] of outputs) {
+      const at = M.diff(p, n * 4);
+      t.is(at, -1, `${what}, ${threads} thread(s): first differing byte ${at} of ${n * 4}`);
+    }
+  }
+}
+
+const sfx = (d: Dtype) => (d === 'int8' ? 'i8' : d);
+
+// ---------------------------------------------------------------- setup
+
+test.serial('planThreads / createPool give 2 and 3 working threads here; bytes are counted', (t) => {
+  t.is(pools.get(1)!.threads, 1);
+  t.is(pools.get(1)!.fallbackReason, null);
+  t.is(pools.get(1)!.kernels, mt, 'one thread: the kernels themselves');
+  for (const n of [2, 3]) {
+    const p = pools.get(n)!;
+    t.is(p.fallbackReason, null);
+    t.is(p.threads, n);
+    t.is(p.workers, n - 1);
+    t.is(p.bytes, poolBytes(mt, n, LIMITS));
+  }
+  t.is(poolBytes(mt, 1, LIMITS), 0);
+  t.true(poolBytes(mt, 3, LIMITS) > poolBytes(mt, 2, LIMITS));
+  const per = poolBytes(mt, 3, LIMITS) - poolBytes(mt, 2, LIMITS);
+  t.true(per >= (mt as unknown as { thread_scratch_bytes(): number }).thread_scratch_bytes() + LIMITS.maxPositions * 4, 'per-worker bytes hold the module scratch and the attention scores');
+});
+
+test.serial('both builds have the same kernels and thread_scratch_bytes; the threads build imports a shared memory', async (t) => {
+  const s = st as unknown as Record<string, unknown>, m = mt as unknown as Record<string, unknown>;
+  for (const name of Object.keys(s)) t.is(typeof m[name], typeof s[name], name);
+  t.is((st as unknown as { thread_scratch_bytes(): number }).thread_scratch_bytes(), (mt as unknown as { thread_scratch_bytes(): number }).thread_scratch_bytes());
+  const { compileKernels } = await import('../src/kernels/load.js');
+  const mod = await compileKernels(DEFAULT_MT_WASM_URL);
+  t.deepEqual(WebAssembly.Module.imports(mod), [{ module: 'env', name: 'memory', kind: 'memory' }]);
+  // an unshared arena cannot take the threads build (and vice versa): a clear LinkError
+  await t.throwsAsync(loadKernels(createArena(1 << 20), DEFAULT_MT_WASM_URL), { message: /shared arena/ });
+  await t.throwsAsync(loadKernels(createArena(1 << 20, { shared: true }), DEFAULT_WASM_URL), { message: /unshared arena/ });
+  // the largest arena the module declares: 4 GiB (65536 pages); a big shared arena imports fine
+  const big = createArena(1 << 30, { shared: true });
+  const kb = await loadKernels(big, mod);
+  t.is(kb.memory.buffer.byteLength, 1 << 30);
+});
+
+// ---------------------------------------------------------------- matvec
+
+for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
+  test.serial(`matvec_${sfx(dtype)}: byte-identical over 1-3 threads (rows/cols not multiples of 8, bias, long rows)`, (t) => {
+    let seed = 10;
+    const shapes: [number, number][] = [[16, 8], [17, 13], [203, 77], [1000, 300], [37, 1030], [64, 129], [515, 64], [2048, 96]];
+    if (dtype === 'f16') shapes.push([40, 17000]); // beyond the scaled-x area: chunk-wise x scaling per thread
+    if (dtype === 'int8') shapes.push([24, 40000]);
+    for (const [rows, cols] of shapes) {
+      for (const withBias of [false, true]) {
+        M.reset();
+        const r = rng(seed++);
+        const w = normalish(r, rows * cols, 0.5);
+        const m = quantizeMatrix(w, rows, cols, dtype);
+        const W = M.put(m.bytes, 0);
+        const S = m.scales ? M.put(m.scales) : 0;
+        const X = M.put(normalish(r, cols), 4);
+        const B = withBias ? M.put(uniform(r, rows)) : 0;
+        const O = M.out(rows, 8);
+        const scratchBytes = st.matvec_i8_scratch_bytes(cols);
+        const SCR = M.alloc(scratchBytes);
+        const what = `matvec_${sfx(dtype)} ${rows}x${cols} bias=${withBias}`;
+        const outs: [number, number][] = dtype === 'int8' ? [[O, rows], [SCR, scratchBytes >> 2]] : [[O, rows]];
+        check(t, what, outs, (k) => {
+          if (dtype === 'f32') k.matvec_f32(O, W, X, B, rows, cols);
+          else if (dtype === 'f16') k.matvec_f16(O, W, X, B, rows, cols);
+          else k.matvec_i8(O, W, S, X, B, rows, cols, SCR);
+        });
+      }
+    }
+  });
+}
+
+test.serial('matvec_f16 with inf/NaN weights, subnormals and large |x|: byte-identical', (t) => {
+  const r = rng(77);
+  for (const [rows, cols] of [[100, 40], [33, 300]] as const) {
+    M.reset();
+    const h = encodeF16(normalish(r, rows * cols, 0.5));
+    h[5 * cols + 3] = 0x7c00; // +inf in row 5
+    h[21 * cols + 1] = 0x7e01; // NaN in row 21
+    h[30 * cols + 2] = 0x0003; // subnormal
+    const W = M.put(h), X = M.put(normalish(r, cols, 5e4)), O = M.out(rows);
+    check(t, `f16 specials ${rows}x${cols}`, [[O, rows]], (k) => k.matvec_f16(O, W, X, 0, rows, cols));
+  }
+});
+
+// ---------------------------------------------------------------- attention
+
+test.serial('attention split by heads: GQA and MHA, nPos 1..500, out == q, byte-identical', (t) => {
+  let seed = 500;
+  const cases: [number, number, number, number][] = [[8, 2, 64, 37], [8, 8, 32, 1], [6, 3, 48, 200], [32, 8, 64, 300], [4, 1, 16, 500], [5, 5, 24, 65]];
+  for (const [nHeads, nKv, hd, nPos] of cases) {
+    for (const alias of [false, true]) {
+      M.reset();
+      const r = rng(seed++);
+      const Q = M.put(normalish(r, nHeads * hd));
+      const K = M.put(normalish(r, nPos * nKv * hd));
+      const V = M.put(normalish(r, nPos * nKv * hd));
+      const O = alias ? Q : M.out(nHeads * hd);
+      const SCR = M.alloc(nPos * 4);
+      const scale = 1 / Math.sqrt(hd);
+      // out == q: check() restores the output region (here: q) before every run
+      check(t, `attention ${nHeads}/${nKv} hd=${hd} nPos=${nPos}${alias ? ' out=q' : ''}`, [[O, nHeads * hd]],
+        (k) => k.attention(O, Q, K, V, nHeads, nKv, hd, nPos, scale, SCR));
+    }
+  }
+  // nPos beyond the pool's maxPositions: runs on the caller alone, still identical
+  M.reset();
+  const r = rng(1);
+  const nPos = LIMITS.maxPositions + 3;
+  const Q = M.put(normalish(r, 4 * 16)), K = M.put(normalish(r, nPos * 16)), V = M.put(normalish(r, nPos * 16));
+  const O = M.out(64), SCR = M.alloc(nPos * 4);
+  check(t, 'attention nPos > maxPositions', [[O, 64]], (k) => k.attention(O, Q, K, V, 4, 1, 16, nPos, 0.25, SCR));
+});
+
+// ---------------------------------------------------------------- FFN
+
+interface FfnCase { L: FfnLayout; sparse: boolean; xScale?: number; infDown?: boolean }
+
+function ffnCase(t: Ctx, c: FfnCase, seed: number): void {
+  const { L } = c;
+  M.reset();
+  const r = rng(seed);
+  const nParts = L.kind === 'relu' ? 2 : 3;
+  const parts = Array.from({ length: nParts }, () => normalish(r, L.n * L.d, 0.3));
+  // sparse: strongly negative biases switch most relu neurons off (h == 0 is skipped in the down pass)
+  const bias = L.hasBias ? uniform(r, L.n, c.sparse ? -2.5 : -0.5, 0.2) : null;
+  const R = buildRecords(L, parts, bias, r);
+  if (c.infDown && L.dtype === 'f16') {
+    const dv = new DataView(R.bytes.buffer);
+    const down = R.partOff[nParts - 1]!;
+    for (let i = 0; i < L.n; i += 7) dv.setUint16(down + i * R.stride + 2 * ((i * 3) % L.d), 0x7c00, true);
+  }
+  const base = M.put(R.bytes, 0);
+  const x = normalish(r, L.d, c.xScale ?? 1);
+  const X = M.put(x, 4), O = M.out(L.d, 8), H = M.out(L.n, 12);
+  const p = R.partOff.map((o) => base + o);
+  const s = sfx(L.dtype);
+  const hb = L.hasBias ? 1 : 0;
+  // pointer table over a shuffled selection of the neurons (the sparse path), and over all in order
+  const order = Array.from({ length: L.n }, (_, i) => i);
+  for (let i = L.n - 1; i > 0; i--) { const j = Math.floor(r() * (i + 1)); [order[i], order[j]] = [order[j]!, order[i]!]; }
+  const sel = order.slice(0, Math.max(1, Math.floor(L.n * 0.6)));
+  const table = new Uint32Array(sel.length * nParts);
+  sel.forEach((nid, j) => { for (let q = 0; q < nParts; q++) table[j * nParts + q] = p[q]! + nid * R.stride; });
+  const P = M.put(table);
+  const Hs = M.out(sel.length);
+  const what = `ffn_${L.kind}_${s} d=${L.d} n=${L.n} bias=${L.hasBias} ${L.bundled ? 'bundled' : 'split'}${c.sparse ? ' sparse' : ''}${c.xScale ? ` |x|~${c.xScale}` : ''}${c.infDown ? ' inf-down' : ''}`;
+  for (const withH of [true, false]) {
+    const h = withH ? H : 0;
+    check(t, `${what} hOut=${withH}`, withH ? [[O, L.d], [H, L.n]] : [[O, L.d]], (k) => {
+      if (L.kind === 'relu') k[`ffn_relu_${s}`](O, X, L.d, L.n, p[0]!, p[1]!, R.stride, hb, h);
+      else k[`ffn_swiglu_${s}`](O, X, L.d, L.n, p[0]!, p[1]!, p[2]!, R.stride, h);
+    });
+    const hs = withH ? Hs : 0;
+    check(t, `${what} ptrs(${sel.length}) hOut=${withH}`, withH ? [[O, L.d], [Hs, sel.length]] : [[O, L.d]], (k) => {
+      if (L.kind === 'relu') k[`ffn_relu_${s}_ptrs`](O, X, L.d, P, sel.length, hb, hs);
+      else k[`ffn_swiglu_${s}_ptrs`](O, X, L.d, P, sel.length, hs);
+    });
+  }
+  if (L.kind === 'relu' && c.sparse && L.n >= 64) {
+    const h = new Float32Array(new Uint8Array(st.memory.buffer, H, L.n * 4).slice().buffer);
+    const zeros = h.filter((v) => v === 0).length;
+    t.true(zeros > L.n / 2 && zeros < L.n, `${what}: most but not all activations are 0 (${zeros}/${L.n})`);
+  }
+}
+
+for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
+  test.serial(`ffn_relu_${sfx(dtype)} (+_ptrs): byte-identical over 1-3 threads, dense and sparse, with and without bias`, (t) => {
+    let seed = 1000;
+    for (const [d, n] of [[16, 64], [29, 70], [64, 200], [203, 131], [520, 300], [96, 1000]] as const) {
+      for (const bundled of [true, false]) {
+        for (const hasBias of [false, true]) {
+          ffnCase(t, { L: { dtype, kind: 'relu', d, n, hasBias, bundled }, sparse: hasBias && (d + n) % 2 === 0 }, seed++);
+        }
+      }
+    }
+  });
+  test.serial(`ffn_swiglu_${sfx(dtype)} (+_ptrs): byte-identical over 1-3 threads`, (t) => {
+    let seed = 2000;
+    for (const [d, n] of [[16, 64], [29, 70], [64, 200], [203, 131], [520, 300]] as const) {
+      for (const bundled of [true, false]) ffnCase(t, { L: { dtype, kind: 'swiglu', d, n, hasBias: false, bundled }, sparse: false }, seed++);
+    }
+  });
+}
+
+test.serial('ffn f16: activations >= 2^15 (1-row path) and inf in down rows; int8 with d > 32768 (exact f32 path)', (t) => {
+  ffnCase(t, { L: { dtype: 'f16', kind: 'relu', d: 72, n: 150, hasBias: false, bundled: true }, sparse: false, xScale: 3e4, infDown: true }, 3001);
+  ffnCase(t, { L: { dtype: 'f16', kind: 'swiglu', d: 40, n: 90, hasBias: false, bundled: false }, sparse: false, xScale: 300, infDown: true }, 3002);
+  ffnCase(t, { L: { dtype: 'int8', kind: 'relu', d: 33000, n: 70, hasBias: true, bundled: true }, sparse: false }, 3003);
+});
+
+test.serial('ffn without hOut and n > maxNeurons runs on the caller alone, identical', (t) => {
+  ffnCase(t, { L: { dtype: 'f32', kind: 'relu', d: 24, n: LIMITS.maxNeurons + 100, hasBias: true, bundled: true }, sparse: true }, 3100);
+});
+
+// ---------------------------------------------------------------- gated (thresholded gate sparsity)
+
+for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
+  test.serial(`gate_act_${sfx(dtype)} and ffn_gated_${sfx(dtype)}_ptrs: byte-identical over 1-3 threads`, (t) => {
+    let seed = 4000;
+    for (const [d, n] of [[16, 40], [29, 70], [136, 203], [260, 600]] as const) {
+      M.reset();
+      const r = rng(seed++);
+      const L: FfnLayout = { dtype, kind: 'swiglu', d, n, hasBias: false, bundled: true };
+      const R = buildRecords(L, [0, 1, 2].map(() => normalish(r, n * d, 0.3)), null, r);
+      const base = M.put(R.bytes, 0);
+      const p = R.partOff.map((o) => base + o);
+      const X = M.put(normalish(r, d)), ACT = M.out(n);
+      const s = sfx(dtype);
+      check(t, `gate_act_${s} d=${d} n=${n}`, [[ACT, n]], (k) => k[`gate_act_${s}`](ACT, X, d, n, p[0]!, R.stride));
+      // threshold: zero the small activations (as the engine does), keep the rest
+      const act = new Float32Array(new Uint8Array(st.memory.buffer, ACT, n * 4).slice().buffer).map((v) => (Math.abs(v) < 0.15 ? 0 : v));
+      const sel = Array.from({ length: n }, (_, i) => i).filter((i) => i % 3 !== 1);
+      const table = new Uint32Array(sel.length * 2);
+      sel.forEach((nid, j) => { table[2 * j] = p[1]! + nid * R.stride; table[2 * j + 1] = p[2]! + nid * R.stride; });
+      const actSel = M.put(Float32Array.from(sel, (i) => act[i]!));
+      const P = M.put(table), O = M.out(d), H = M.out(sel.length);
+      for (const withH of [true, false]) {
+        check(t, `ffn_gated_${s}_ptrs d=${d} n=${sel.length} hOut=${withH}`, withH ? [[O, d], [H, sel.length]] : [[O, d]],
+          (k) => k[`ffn_gated_${s}_ptrs`](O, X, d, P, sel.length, actSel, withH ? H : 0));
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- pass-through kernels and lifecycle
+
+test.serial('kernels the pool does not split pass through (same results on the caller)', (t) => {
+  M.reset();
+  const r = rng(5);
+  const n = 333;
+  const X = M.put(normalish(r, n)), W = M.put(uniform(r, n, 0.5, 1.5)), O = M.out(n);
+  check(t, 'rmsnorm', [[O, n]], (k) => k.rmsnorm(O, X, W, n, 1e-5));
+  check(t, 'layernorm', [[O, n]], (k) => k.layernorm(O, X, W, 0, n, 1e-5));
+  const S = M.put(normalish(r, n));
+  check(t, 'softmax', [[S, n]], (k) => k.softmax(S, n));
+  for (const pool of pools.values()) t.is(pool.kernels.argmax(X, n), st.argmax(X, n));
+});
+
+test.serial('a trap on a worker (out-of-bounds weights) throws on the caller; the pool keeps working', (t) => {
+  const pool = pools.get(2)!;
+  const rows = 64, cols = 64;
+  const end = mt.memory.buffer.byteLength;
+  const W = end - (rows / 2) * cols * 4; // rows [0, 32) in bounds (the caller's share), the worker's rows past the end
+  M.reset();
+  const X = M.put(new Float32Array(cols).fill(1)), O = M.out(rows);
+  t.throws(() => pool.kernels.matvec_f32(O, W, X, 0, rows, cols), { message: /failed on worker 1/ });
+  t.throws(() => pool.kernels.matvec_f32(O, end - 64, X, 0, rows, cols), { instanceOf: WebAssembly.RuntimeError }, 'a trap on the caller is rethrown after the workers are done');
+  const W2 = M.put(normalish(rng(3), rows * cols));
+  check(t, 'after traps', [[O, rows]], (k) => k.matvec_f32(O, W2, X, 0, rows, cols));
+});
+
+test.serial('close terminates the workers; the kernels keep working on the caller', async (t) => {
+  const region = DATA - (1 << 20); // a spare region below the test data (pools use far less)
+  const limits = { maxPositions: 16, maxNeurons: 64 };
+  t.true(Math.ceil(mt.heap_base() / 64) * 64 + [...pools.values()].reduce((s, p) => s + Math.ceil(p.bytes / 64) * 64, 0) <= region);
+  const pool = await createPool(mt, { threads: 3, region, ...limits, minWork: 0 });
+  t.is(pool.threads, 3);
+  t.is(pool.workers, 2);
+  M.reset();
+  const r = rng(9);
+  const W = M.put(normalish(r, 64 * 40)), X = M.put(normalish(r, 40)), O = M.out(64);
+  st.matvec_f32(O, W, X, 0, 64, 40);
+  pool.kernels.matvec_f32(O, W, X, 0, 64, 40);
+  t.is(M.diff(O, 256), -1);
+  await pool.close();
+  t.is(pool.workers, 0, 'no worker left running');
+  await pool.close(); // idempotent
+  new Uint8Array(mt.memory.buffer, O, 256).fill(0xff);
+  pool.kernels.matvec_f32(O, W, X, 0, 64, 40);
+  t.is(M.diff(O, 256), -1, 'after close: caller alone, same result');
+});
+
+test.serial('fallback: no SharedArrayBuffer (a page without COOP/COEP, an edge isolate) means one thread and a reason', async (t) => {
+  const desc = Object.getOwnPropertyDescriptor(globalThis, 'SharedArrayBuffer')!;
+  Reflect.deleteProperty(globalThis, 'SharedArrayBuffer');
+  try {
+    t.is(typeof (globalThis as { SharedArrayBuffer?: unknown }).SharedArrayBuffer, 'undefined');
+    const reason = await threadsUnavailableReason();
+    t.regex(reason ?? '', /SharedArrayBuffer/);
+    const plan = await planThreads(4);
+    t.is(plan.threads, 1);
+    t.false(plan.shared);
+    t.is(plan.wasm.href, DEFAULT_WASM_URL.href);
+    t.regex(plan.fallbackReason ?? '', /SharedArrayBuffer/);
+    // the planned (unshared) arena and single-threaded build work; a pool on them is the caller alone
+    const k = await loadKernels(createArena(1 << 20, { shared: plan.shared }), plan.wasm);
+    const pool = await createPool(k, { threads: 4, region: Math.ceil(k.heap_base() / 64) * 64, ...LIMITS });
+    t.is(pool.threads, 1);
+    t.is(pool.kernels, k);
+    t.truthy(pool.fallbackReason);
+  } finally {
+    Object.defineProperty(globalThis, 'SharedArrayBuffer', desc);
+  }
+  t.is(await threadsUnavailableReason(), null);
+});
+
+test.serial('fallback: a thread that may not block (browser main thread) and an unshared arena', async (t) => {
+  const wait = Atomics.wait;
+  (Atomics as { wait: unknown }).wait = () => { throw new TypeError('Atomics.wait cannot be called in this context'); };
+  try {
+    const plan = await planThreads(2);
+    t.is(plan.threads, 1);
+    t.regex(plan.fallbackReason ?? '', /worker/);
+  } finally {
+    (Atomics as { wait: unknown }).wait = wait;
+  }
+  const k = await loadKernels(createArena(1 << 20));
+  const pool = await createPool(k, { threads: 2, region: Math.ceil(k.heap_base() / 64) * 64, ...LIMITS });
+  t.is(pool.threads, 1);
+  t.regex(pool.fallbackReason ?? '', /not shared/);
+  t.deepEqual(await planThreads(1), { threads: 1, shared: false, wasm: DEFAULT_WASM_URL, fallbackReason: null });
+});
+
+// ---------------------------------------------------------------- batched (prompt) kernels
+
+for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
+  test.serial(`matmul_${sfx(dtype)} (T tokens): byte-identical over 1-3 threads`, (t) => {
+    let seed = 900;
+    for (const [rows, cols, T] of [[16, 8, 2], [203, 77, 5], [37, 1030, 7], [515, 64, 3], [64, 129, 1]] as const) {
+      M.reset();
+      const r = rng(seed++);
+      const m = quantizeMatrix(normalish(r, rows * cols, 0.5), rows, cols, dtype);
+      const W = M.put(m.bytes), S = m.scales ? M.put(m.scales) : 0;
+      const bias = seed % 2 ? M.put(uniform(r, rows)) : 0;
+      const X = M.put(normalish(r, T * (cols + 1)));
+      const ldx = (cols + 1) * 4, ldo = (rows + 2) * 4;
+      const out = M.out(T * (rows + 2));
+      const scratch = M.alloc(st.batch_scratch_bytes(T, cols));
+      check(t, `${dtype} ${rows}x${cols} T=${T}`, [[out, T * (rows + 2)]], (k) => {
+        if (dtype === 'int8') k.matmul_i8(out, ldo, W, S, X, ldx, bias, T, rows, cols, scratch);
+        else k[`matmul_${dtype}`](out, ldo, W, X, ldx, bias, T, rows, cols, scratch);
+      });
+    }
+  });
+
+  test.serial(`ffn_*_${sfx(dtype)}_batch (T tokens): byte-identical over 1-3 threads, relu with bias and swiglu`, (t) => {
+    let seed = 950;
+    for (const kind of ['relu', 'swiglu'] as const) {
+      for (const [d, n, T] of [[64, 70, 3], [129, 300, 7], [520, 200, 2]] as const) {
+        M.reset();
+        const r = rng(seed++);
+        const hasBias = kind === 'relu';
+        const L: FfnLayout = { dtype, kind, d, n, hasBias, bundled: seed % 2 === 0 };
+        const nParts = kind === 'relu' ? 2 : 3;
+        const R = buildRecords(L, Array.from({ length: nParts }, () => normalish(r, n * d, 0.3)), uniform(r, n, -0.5, 0.2), r);
+        const base = M.put(R.bytes);
+        const p = R.partOff.map((o) => base + o);
+        const X = M.put(normalish(r, T * d));
+        const out = M.out(T * d), H = M.out(T * n);
+        const scratch = M.alloc(st.batch_scratch_bytes(T, d));
+        const s = sfx(dtype);
+        check(t, `${kind} ${dtype} d=${d} n=${n} T=${T}`, [[out, T * d]], (k) => {
+          if (kind === 'relu') k[`ffn_relu_${s}_batch`](out, d * 4, X, d * 4, T, d, n, p[0]!, p[1]!, R.stride, 1, H, scratch);
+          else k[`ffn_swiglu_${s}_batch`](out, d * 4, X, d * 4, T, d, n, p[0]!, p[1]!, p[2]!, R.stride, H, scratch);
+        });
+      }
+    }
+  });
+}
