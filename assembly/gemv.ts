@@ -42,6 +42,26 @@ function f32_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: us
   v128.store(acc, a0); v128.store(acc, a1, 16); v128.store(acc, a2, 32); v128.store(acc, a3, 48);
 }
 
+/** acc[0..8] += rows p0..p7 times x over ncols (multiple of 8); same per-row order as f32_rows4. */
+function f32_rows8(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, p4: usize, p5: usize, p6: usize, p7: usize, x: usize, ncols: usize): void {
+  let a0 = v128.load(acc), a1 = v128.load(acc, 16), a2 = v128.load(acc, 32), a3 = v128.load(acc, 48);
+  let a4 = v128.load(acc, 64), a5 = v128.load(acc, 80), a6 = v128.load(acc, 96), a7 = v128.load(acc, 112);
+  const end = ncols << 2;
+  for (let c: usize = 0; c < end; c += 32) {
+    const xa = v128.load(x + c), xb = v128.load(x + c, 16);
+    a0 = f32x4.add(a0, f32x4.add(f32x4.mul(v128.load(p0 + c), xa), f32x4.mul(v128.load(p0 + c, 16), xb)));
+    a1 = f32x4.add(a1, f32x4.add(f32x4.mul(v128.load(p1 + c), xa), f32x4.mul(v128.load(p1 + c, 16), xb)));
+    a2 = f32x4.add(a2, f32x4.add(f32x4.mul(v128.load(p2 + c), xa), f32x4.mul(v128.load(p2 + c, 16), xb)));
+    a3 = f32x4.add(a3, f32x4.add(f32x4.mul(v128.load(p3 + c), xa), f32x4.mul(v128.load(p3 + c, 16), xb)));
+    a4 = f32x4.add(a4, f32x4.add(f32x4.mul(v128.load(p4 + c), xa), f32x4.mul(v128.load(p4 + c, 16), xb)));
+    a5 = f32x4.add(a5, f32x4.add(f32x4.mul(v128.load(p5 + c), xa), f32x4.mul(v128.load(p5 + c, 16), xb)));
+    a6 = f32x4.add(a6, f32x4.add(f32x4.mul(v128.load(p6 + c), xa), f32x4.mul(v128.load(p6 + c, 16), xb)));
+    a7 = f32x4.add(a7, f32x4.add(f32x4.mul(v128.load(p7 + c), xa), f32x4.mul(v128.load(p7 + c, 16), xb)));
+  }
+  v128.store(acc, a0); v128.store(acc, a1, 16); v128.store(acc, a2, 32); v128.store(acc, a3, 48);
+  v128.store(acc, a4, 64); v128.store(acc, a5, 80); v128.store(acc, a6, 96); v128.store(acc, a7, 112);
+}
+
 /** One row: SIMD partial sums over ncols (multiple of 8). */
 export function f32_row1(p: usize, x: usize, ncols: usize): v128 {
   let a = f32x4.splat(0), b = f32x4.splat(0);
@@ -83,11 +103,7 @@ export function dots_f32_p(out: usize, W: usize, stride: usize, ptrs: usize, pst
     const p4 = rowp(W, stride, ptrs, pstep, r + 4), p5 = rowp(W, stride, ptrs, pstep, r + 5);
     const p6 = rowp(W, stride, ptrs, pstep, r + 6), p7 = rowp(W, stride, ptrs, pstep, r + 7);
     memory.fill(acc, 0, 128);
-    for (let c0: usize = 0; c0 < main; c0 += F32_CHUNK) {
-      const nc = min(F32_CHUNK, main - c0), o = c0 << 2;
-      f32_rows4(acc, p0 + o, p1 + o, p2 + o, p3 + o, x + o, nc);
-      f32_rows4(acc + 64, p4 + o, p5 + o, p6 + o, p7 + o, x + o, nc);
-    }
+    f32_rows8(acc, p0, p1, p2, p3, p4, p5, p6, p7, x, main);
     for (let i: usize = 0; i < 8; i++) {
       const p = rowp(W, stride, ptrs, pstep, r + i);
       store<f32>(out + ((r + i) << 2), hsum(v128.load(acc + (i << 4))) + f32_tail(p, x, main, n));
@@ -320,8 +336,6 @@ export function quantize_x(xq: usize, xs: usize, x: usize, n: usize): void {
   }
 }
 
-const I8_CHUNK_BLOCKS: usize = 4; // blocks per chunk: 512 B of each row
-
 /** int8 group of rows p0..p3 over nb full blocks (xq, xs at the first of them). acc holds f32 sums. */
 function i8_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, xq: usize, xs: usize, nb: usize): void {
   let f0 = v128.load(acc), f1 = v128.load(acc, 16), f2 = v128.load(acc, 32), f3 = v128.load(acc, 48);
@@ -345,6 +359,41 @@ function i8_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, xq: us
     f3 = f32x4.add(f3, f32x4.mul(f32x4.convert_i32x4_s(a3), s));
   }
   v128.store(acc, f0); v128.store(acc, f1, 16); v128.store(acc, f2, 32); v128.store(acc, f3, 48);
+}
+
+/** @inline accumulator step of i8_rows8: f += convert(a) * s for the row whose f32x4 sits at acc + off. */
+// @ts-ignore: decorator
+@inline function i8_fold(acc: usize, off: usize, a: v128, s: v128): void {
+  v128.store(acc + off, f32x4.add(v128.load(acc + off), f32x4.mul(f32x4.convert_i32x4_s(a), s)));
+}
+
+/**
+ * 8 int8 rows over nb full blocks in one pass (8 weight streams in flight,
+ * which DRAM bandwidth needs); per row the arithmetic of i8_rows4. The f32
+ * accumulators stay in acc (8 x f32x4), folded once per block.
+ */
+function i8_rows8(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, p4: usize, p5: usize, p6: usize, p7: usize, xq: usize, xs: usize, nb: usize): void {
+  let q = xq;
+  for (let b: usize = 0; b < nb; b++) {
+    let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+    let a4 = i32x4.splat(0), a5 = i32x4.splat(0), a6 = i32x4.splat(0), a7 = i32x4.splat(0);
+    for (let c: usize = 0; c < QB; c += 16) {
+      const xa = v128.load(q), xb = v128.load(q, 16);
+      a0 = i32x4.add(a0, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p0 + c), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p0 + c, 8), xb)));
+      a1 = i32x4.add(a1, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p1 + c), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p1 + c, 8), xb)));
+      a2 = i32x4.add(a2, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p2 + c), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p2 + c, 8), xb)));
+      a3 = i32x4.add(a3, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p3 + c), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p3 + c, 8), xb)));
+      a4 = i32x4.add(a4, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p4 + c), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p4 + c, 8), xb)));
+      a5 = i32x4.add(a5, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p5 + c), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p5 + c, 8), xb)));
+      a6 = i32x4.add(a6, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p6 + c), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p6 + c, 8), xb)));
+      a7 = i32x4.add(a7, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p7 + c), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p7 + c, 8), xb)));
+      q += 32;
+    }
+    const s = v128.load32_splat(xs + (b << 2));
+    i8_fold(acc, 0, a0, s); i8_fold(acc, 16, a1, s); i8_fold(acc, 32, a2, s); i8_fold(acc, 48, a3, s);
+    i8_fold(acc, 64, a4, s); i8_fold(acc, 80, a5, s); i8_fold(acc, 96, a6, s); i8_fold(acc, 112, a7, s);
+    p0 += QB; p1 += QB; p2 += QB; p3 += QB; p4 += QB; p5 += QB; p6 += QB; p7 += QB;
+  }
 }
 
 /** One int8 row over columns [c0, c1) of a single block (integer sum, unscaled). */
@@ -385,12 +434,7 @@ export function dots_i8_p(out: usize, W: usize, stride: usize, ptrs: usize, pste
     const p4 = rowp(W, stride, ptrs, pstep, r + 4), p5 = rowp(W, stride, ptrs, pstep, r + 5);
     const p6 = rowp(W, stride, ptrs, pstep, r + 6), p7 = rowp(W, stride, ptrs, pstep, r + 7);
     memory.fill(acc, 0, 128);
-    for (let b0: usize = 0; b0 < full; b0 += I8_CHUNK_BLOCKS) {
-      const nb = min(I8_CHUNK_BLOCKS, full - b0);
-      const c0 = b0 * QB;
-      i8_rows4(acc, p0 + c0, p1 + c0, p2 + c0, p3 + c0, xq + (c0 << 1), xs + (b0 << 2), nb);
-      i8_rows4(acc + 64, p4 + c0, p5 + c0, p6 + c0, p7 + c0, xq + (c0 << 1), xs + (b0 << 2), nb);
-    }
+    i8_rows8(acc, p0, p1, p2, p3, p4, p5, p6, p7, xq, xs, full);
     for (let i: usize = 0; i < 8; i++) {
       const p = rowp(W, stride, ptrs, pstep, r + i);
       store<f32>(out + ((r + i) << 2), hsum(v128.load(acc + (i << 4))) + i8_row(p, xq, xs, full, n));

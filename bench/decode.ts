@@ -25,9 +25,8 @@
  *     decode tok/s = (tokens - 1) / time between the first and last yielded token.
  * and reports medians. Prints a table, then one line of JSON.
  *
- * Threads: openModel has no `threads` option yet. For n > 1 the benchmark
- * passes `{ threads: n }` and believes it only if the model reports a numeric
- * `model.threads`; otherwise those rows are skipped with a note.
+ * Threads: each row opens the model with `{ threads: n }` and reports what
+ * `model.threading` says ran (a fallback to one thread is noted with its reason).
  */
 import { open, mkdir, rename, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
@@ -271,34 +270,22 @@ await prepare();
 
 const rows: Row[] = [];
 const notes: string[] = [];
-let threadsSupported: boolean | undefined; // unknown until a model is opened with threads > 1
-
 for (const dtype of dtypes) {
   for (const n of threadCounts) {
-    if (n > 1 && threadsSupported === false) continue;
-    const extra: Record<string, unknown> = n > 1 ? { threads: n } : {};
     const t0 = performance.now();
     let model: Model;
     try {
-      model = await openModel(flmPath(dtype), { contextLength: CONTEXT, ...extra });
+      model = await openModel(flmPath(dtype), { contextLength: CONTEXT, threads: n });
     } catch (e) {
       if (!(e instanceof FormatError)) throw e;
       console.error(`${flmPath(dtype)}: ${e.message}; converting again`); // e.g. written by an older format version
       await convert(dtype);
-      model = await openModel(flmPath(dtype), { contextLength: CONTEXT, ...extra });
+      model = await openModel(flmPath(dtype), { contextLength: CONTEXT, threads: n });
     }
     const openS = (performance.now() - t0) / 1000;
     try {
-      const reported: unknown = Reflect.get(model, 'threads');
-      const threads = typeof reported === 'number' ? reported : 1;
-      if (n > 1) {
-        threadsSupported = typeof reported === 'number';
-        if (!threadsSupported) {
-          notes.push(`multithreading is not available: openModel ignored { threads: ${n} } (no numeric model.threads), so only 1-thread rows are measured`);
-          continue;
-        }
-      }
-      if (threads !== n) notes.push(`${dtype}: asked for ${n} thread(s), model.threads = ${threads}`);
+      const threads = model.threading.threads;
+      if (threads !== n) notes.push(`${dtype}: asked for ${n} thread(s), ran ${threads}: ${model.threading.fallbackReason ?? 'no reason given'}`);
 
       const prompt = promptOf(model, promptTokens);
       // warm-up: one round of each, not counted
@@ -366,7 +353,6 @@ console.log(
     decodeTokens,
     rounds,
     threadsRequested: threadCounts,
-    threadsSupported: threadsSupported ?? null,
     machine: { node: process.version, cpu, cores, totalMemMiB: Math.round(os.totalmem() / 2 ** 20), loadavg: [round2(load0[0]!), round2(load1[0]!)] },
     wallS: round2(wallS),
     results: rows,
