@@ -96,6 +96,7 @@ interface PageRun {
   error?: string;
   notices: string[];
   tokens: { stats?: { bytesRead: number; requests: number; cacheHits: number; cacheLookups: number; ms: number } }[];
+  ready?: { threading: { threads: number; fallbackReason: string | null } };
   done?: { tokens: number; counters: { hitChunks: number; hitBytes: number; missChunks: number; networkReads: number; networkBytes: number; cachedBytes: number; enabled: boolean; evictedChunks: number; evictedModels: number } };
 }
 
@@ -105,7 +106,7 @@ async function finished(): Promise<PageRun> {
   await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state ?? ''), null, { timeout: 60_000 });
   return page.evaluate(() => {
     const s = (window as unknown as { __flashlm: PageRun }).__flashlm;
-    return { state: s.state, text: s.text, error: s.error, notices: s.notices, tokens: s.tokens, done: s.done };
+    return { state: s.state, text: s.text, error: s.error, notices: s.notices, tokens: s.tokens, ready: s.ready, done: s.done };
   });
 }
 
@@ -204,6 +205,18 @@ test.serial('the llama2.c-tokenizer fixture generates Node\'s greedy text too', 
   const { r } = await autorun('stories', 'stories');
   t.is(r.state, 'done', r.error);
   t.is(r.text, await nodeText('stories'));
+});
+
+test.serial('kernel threads 1 and 2 in the worker (dense: batched prefill, split kernels) give Node\'s greedy text', async (t) => {
+  t.timeout(90_000);
+  for (const threads of [1, 2]) {
+    const { r } = await autorun('opt', 'opt', { strategy: 'dense', threads });
+    t.is(r.state, 'done', r.error);
+    t.deepEqual(r.ready!.threading, { threads, fallbackReason: null }, 'the isolated page runs the threads it asks for');
+    t.is(r.text, await nodeText('opt'), `${threads} thread(s)`);
+    t.is(await page.textContent('#f-threads'), String(threads));
+  }
+  t.deepEqual(pageErrors, []);
 });
 
 test.serial('a changed file (new ETag) discards the stale OPFS copy with a notice', async (t) => {

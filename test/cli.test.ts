@@ -55,6 +55,22 @@ test.serial('convert OPT to f16 split and run the reference prompt', async (t) =
   t.is(r.stdout, ref.text + '\n');
 });
 
+test.serial('run --threads 1 and 2, --batch-size 1 and 8: the same text; stderr says the threads and the prompt and decode rates', async (t) => {
+  const { ref } = optReference();
+  const out = join(dir, 'opt-f16-split.flm');
+  const runs = [['-t', '1', '-b', '1'], ['-t', '2', '-b', '8'], ['--threads', '2', '--batch-size', '1']];
+  for (const extra of runs) {
+    const r = await flashlm('run', out, '-p', ref.prompt, '-n', String(ref.n), '--temp', '0', ...extra);
+    t.is(r.code, 0, r.stderr);
+    t.is(r.stdout, ref.text + '\n', extra.join(' '));
+    t.regex(r.stderr, new RegExp(`; ${extra[1]} threads?\\n`));
+    t.regex(r.stderr, /prompt: \d+ tokens, [\d.]+ tokens\/s; generated: \d+ tokens, [\d.]+ tokens\/s/);
+  }
+  const bad = await flashlm('run', out, '-t', '0');
+  t.not(bad.code, 0);
+  t.regex(bad.stderr, /threads/);
+});
+
 test.serial('run --stats json ends stderr with one JSON object holding the documented keys', async (t) => {
   const { ref } = optReference();
   const out = join(dir, 'opt-f16-split.flm');

@@ -75,6 +75,17 @@ for (const name of ['stories', 'opt'] as const) {
   });
 }
 
+test('deno: kernel threads 1 and 2 (dense: batched prefill, split kernels) print Node\'s greedy text', async (t) => {
+  const want = await nodeText('opt');
+  for (const threads of [1, 2]) {
+    const r = await denoGenerate(path('opt'), 'opt', ['--threads', String(threads), '--stats']);
+    t.is(r.stdout, want, `${threads} thread(s)`);
+    const stats = JSON.parse(r.stderr.trim().split('\n').pop()!) as { threads: number; timings: { promptTokens: number } };
+    t.is(stats.threads, threads, 'Deno runs the threads it asks for');
+    t.true(stats.timings.promptTokens > 1);
+  }
+});
+
 test('deno: seeded sampling (--temp 0.8 --seed 7) equals Node\'s', async (t) => {
   const want = await nodeText('stories', { temperature: 0.8, seed: 7 });
   const got = await denoGenerate(path('stories'), 'stories', ['--temp', '0.8', '--seed', '7']);

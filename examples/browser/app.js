@@ -2,7 +2,7 @@
 // engine work happens in worker.js; this thread only renders messages, with
 // the chart redrawn at most once per animation frame.
 //
-// URL parameters fill the form (model, prompt, n, temp, strategy, memory,
+// URL parameters fill the form (model, prompt, n, temp, strategy, memory, threads,
 // cacheMax in MB) and `autorun=1` starts at once. `window.__flashlm` holds
 // the run's state for scripts and tests.
 
@@ -136,6 +136,7 @@ worker.onmessage = (ev) => {
       setState('generating');
       progress(1, `Loaded in ${fmtMs(m.loadMs)}: ${m.arch.type} ${m.arch.nLayers}×${m.arch.dModel}, ${m.plan.strategy}${m.plan.window ? ` (window ${m.plan.window})` : ''}, arena ${fmtBytes(m.plan.arenaBytes)}. Generating …`);
       $('f-load').textContent = fmtMs(m.loadMs);
+      $('f-threads').textContent = m.threading.fallbackReason ? `${m.threading.threads} (${m.threading.fallbackReason})` : String(m.threading.threads);
       renderPanel();
       break;
     case 'token':
@@ -203,6 +204,7 @@ function start() {
     temperature: Number($('temp').value),
     strategy: $('strategy').value,
     memory: $('memory').value.trim() || undefined,
+    threads: Number($('threads').value) || undefined,
     cache: { enabled: mb > 0, maxBytes: mb * 1024 * 1024 },
   });
 }
@@ -217,7 +219,7 @@ $('clear').addEventListener('click', () => worker.postMessage({ type: 'clear-cac
 $('isolation').textContent = self.crossOriginIsolated ? 'cross-origin isolated' : 'not cross-origin isolated (serve with flashlm serve)';
 
 const q = new URLSearchParams(location.search);
-for (const [param, id] of [['model', 'url'], ['prompt', 'prompt'], ['n', 'tokens'], ['temp', 'temp'], ['strategy', 'strategy'], ['memory', 'memory'], ['cacheMax', 'cacheMax']]) {
+for (const [param, id] of [['model', 'url'], ['prompt', 'prompt'], ['n', 'tokens'], ['temp', 'temp'], ['strategy', 'strategy'], ['memory', 'memory'], ['threads', 'threads'], ['cacheMax', 'cacheMax']]) {
   if (q.has(param)) $(id).value = q.get(param);
 }
 queueDraw();

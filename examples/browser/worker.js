@@ -53,7 +53,7 @@ async function generate(req) {
   const source = withProgress(cached, (bytes) => post({ type: 'progress', bytes, size: cached.size, counters: counters() }));
   let model;
   try {
-    model = await openModel(source, { strategy: req.strategy ?? 'window', memory: req.memory || undefined, contextLength: req.contextLength });
+    model = await openModel(source, { strategy: req.strategy ?? 'window', memory: req.memory || undefined, contextLength: req.contextLength, threads: req.threads });
   } catch (e) {
     await cached.close().catch(() => {});
     throw e;
@@ -66,6 +66,7 @@ async function generate(req) {
       arch: { type: model.arch.type, dModel: model.arch.dModel, nLayers: model.arch.nLayers, ffnDim: model.arch.ffnDim, vocabSize: model.arch.vocabSize, dtype: model.header.dtype },
       plan: { strategy: p.strategy, sparsity: p.sparsity, window: p.window, arenaBytes: p.arenaBytes, residentBytes: p.residentBytes, ffnBytes: p.ffnBytes },
       counters: counters(),
+      threading: model.threading,
     });
     let text = '';
     let prev = counters();

@@ -3,7 +3,7 @@
  *
  *   deno run -A examples/deno/generate.ts MODEL -p PROMPT -n N [--temp T]
  *       [--top-p P] [--seed S] [--strategy dense|naive|hybrid|predictor|window]
- *       [--memory 512M] [--context N] [--stats]
+ *       [--memory 512M] [--context N] [--threads N] [--stats]
  *
  * Prints only the generated text on stdout; diagnostics go to stderr.
  * `flashlm` resolves through the package's `deno` export condition
@@ -15,7 +15,7 @@ import { openModel, FlashlmError, STRATEGIES } from 'flashlm';
 // Derived rather than imported: resolves the same with the package's types or without them.
 type Strategy = (typeof STRATEGIES)[number];
 
-const USAGE = 'usage: deno run -A examples/deno/generate.ts MODEL -p PROMPT -n N [--temp T] [--top-p P] [--seed S] [--strategy S] [--memory SIZE] [--context N] [--stats]';
+const USAGE = 'usage: deno run -A examples/deno/generate.ts MODEL -p PROMPT -n N [--temp T] [--top-p P] [--seed S] [--strategy S] [--memory SIZE] [--context N] [--threads N] [--stats]';
 
 function fail(message: string): never {
   console.error(`generate: ${message}\n${USAGE}`);
@@ -23,7 +23,7 @@ function fail(message: string): never {
 }
 
 function parse(argv: string[]) {
-  const o = { model: '', prompt: '', tokens: 256, temp: 0, topP: 0.9, seed: undefined as number | undefined, strategy: 'dense' as Strategy, memory: undefined as string | undefined, context: undefined as number | undefined, stats: false };
+  const o = { model: '', prompt: '', tokens: 256, temp: 0, topP: 0.9, seed: undefined as number | undefined, strategy: 'dense' as Strategy, memory: undefined as string | undefined, context: undefined as number | undefined, threads: undefined as number | undefined, stats: false };
   const num = (flag: string, v: string | undefined, int: boolean) => {
     const n = Number(v);
     if (v === undefined || !Number.isFinite(n) || n < 0 || (int && !Number.isInteger(n))) fail(`${flag} needs a ${int ? 'non-negative integer' : 'non-negative number'}`);
@@ -41,6 +41,7 @@ function parse(argv: string[]) {
       case '--seed': o.seed = num(flag, value(), true); break;
       case '--memory': o.memory = value() ?? fail('--memory needs a size'); break;
       case '--context': o.context = num(flag, value(), true); break;
+      case '--threads': o.threads = num(flag, value(), true); break;
       case '--strategy': {
         const s = value() as Strategy;
         if (!STRATEGIES.includes(s)) fail(`--strategy must be one of ${STRATEGIES.join(', ')}`);
@@ -65,13 +66,13 @@ const enc = new TextEncoder();
 const abort = new AbortController();
 Deno.addSignalListener('SIGINT', () => abort.abort(new Error('interrupted')));
 try {
-  const model = await openModel(o.model, { strategy: o.strategy, memory: o.memory, contextLength: o.context });
+  const model = await openModel(o.model, { strategy: o.strategy, memory: o.memory, contextLength: o.context, threads: o.threads });
   try {
     for await (const text of model.generate(o.prompt, { maxTokens: o.tokens, temperature: o.temp, topP: o.topP, seed: o.seed, signal: abort.signal })) {
       await out.write(enc.encode(text));
     }
     if (out.isTerminal()) await out.write(enc.encode('\n'));
-    if (o.stats) console.error(JSON.stringify(model.stats.summary()));
+    if (o.stats) console.error(JSON.stringify({ ...model.stats.summary(), threads: model.threading.threads, timings: model.timings }));
   } finally {
     await model.close();
   }

@@ -67,7 +67,7 @@ export async function evaluate(input: string | URL | (() => Source), text: strin
   const src = () => (typeof input === 'function' ? input() : input);
   const strategy = open.strategy ?? 'dense';
   const model = await openModel(src(), { ...open, contextLength: undefined, measurePredictor: strategy === 'predictor' || strategy === 'window' });
-  const dense = strategy === 'dense' ? undefined : await openModel(src(), { strategy: 'dense', wasm: open.wasm });
+  const dense = strategy === 'dense' ? undefined : await openModel(src(), { strategy: 'dense', wasm: open.wasm, wasmThreads: open.wasmThreads, threads: open.threads });
   try {
     const context = Math.min(ctxOpt ?? 256, model.contextLength);
     const ids = model.tokenizer.encode(text);

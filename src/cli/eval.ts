@@ -15,6 +15,7 @@ export interface EvalFlags {
   context: number;
   tokens?: number;
   direct?: boolean;
+  threads?: number;
   stats?: 'table' | 'json';
 }
 
@@ -31,6 +32,7 @@ export async function runEval(modelPath: string, flags: EvalFlags): Promise<void
       window: flags.window,
       memory: flags.memory,
       direct: flags.direct,
+      threads: flags.threads,
       context: flags.context,
       maxTokens: flags.tokens,
       signal: interrupt.signal,

@@ -63,6 +63,7 @@ export function buildCli(): Command {
     .option('--memory <size>', 'arena budget, e.g. 512M, 2G (default: what the strategy needs)')
     .option('--context <n>', 'context length in tokens', int('context', 1))
     .option('-b, --batch-size <n>', 'prompt tokens per forward pass (dense strategy; 1 = token by token, same output)', int('batch-size', 1))
+    .option('-t, --threads <n>', 'kernel threads, the main one included (default: every core; same output for any count)', int('threads', 1))
     .addOption(new Option('--strategy <s>', 'what stays resident and what is streamed').choices([...STRATEGIES]).default('dense'))
     .addOption(new Option('--sparsity <s>', 'how predictor/window choose neurons (default: the file\'s predictors or gate thresholds, else oracle)').choices(['predictor', 'oracle', 'off', 'gate']))
     .option('--window <k>', 'window strategy: keep neurons used in the last k tokens', int('window', 1), 4)
@@ -116,6 +117,7 @@ export function buildCli(): Command {
     .option('--memory <size>', 'arena budget, e.g. 512M, 2G (default: what the strategy needs)')
     .option('--context <n>', 'tokens per scoring window', int('context', 2), 256)
     .option('--tokens <n>', 'score about this many tokens (evenly spaced windows); default all', int('tokens', 1))
+    .option('-t, --threads <n>', 'kernel threads, the main one included (default: every core)', int('threads', 1))
     .option('--direct', 'read local files with O_DIRECT (bypass the page cache)')
     .addOption(new Option('--stats <format>', 'run statistics to stderr (json: the last line is one JSON object)').choices(['table', 'json']))
     .action(runEval);

@@ -13,6 +13,7 @@ export interface RunFlags {
   memory?: string;
   context?: number;
   batchSize?: number;
+  threads?: number;
   strategy: Strategy;
   sparsity?: Sparsity;
   window: number;
@@ -28,6 +29,7 @@ export async function runGenerate(modelPath: string, flags: RunFlags): Promise<v
     memory: flags.memory,
     contextLength: flags.context,
     batchSize: flags.batchSize,
+    threads: flags.threads,
     strategy: flags.strategy,
     sparsity: flags.sparsity,
     window: flags.window,
@@ -41,7 +43,9 @@ export async function runGenerate(modelPath: string, flags: RunFlags): Promise<v
       : `${p.strategy}${p.window ? ` (window ${p.window})` : ''}, sparsity ${p.sparsity}: resident ${fmtBytes(p.residentBytes)}, FFN ${fmtBytes(p.ffnBytes)} streamed` +
         (p.window ? `, cache ${fmtBytes(p.cacheBytes)} (${p.capacity}/${p.neurons} neurons per layer)` : '') +
         `, staging ${fmtBytes(p.stagingBytes)}`;
-  process.stderr.write(`${residency}; arena ${fmtBytes(p.arenaBytes)}\n`);
+  const th = model.threading;
+  process.stderr.write(`${residency}; arena ${fmtBytes(p.arenaBytes)}; ${th.threads} thread${th.threads === 1 ? '' : 's'}\n`);
+  if (th.fallbackReason) process.stderr.write(`note: running on one thread: ${th.fallbackReason}\n`);
   if (p.sparsity === 'oracle') {
     process.stderr.write(`note: the oracle keeps a dense copy of the FFN (${fmtBytes(p.ffnBytes)}) outside the arena to know the true active neurons: it measures the streaming machinery; run \`flashlm calibrate\` for a predictor that saves memory and I/O\n`);
   }
