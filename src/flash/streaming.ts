@@ -10,7 +10,7 @@ import type { FfnEntry, SectionEntry } from '../format/layout.js';
 import type { FlmFile } from '../format/reader.js';
 import type { Kernels } from '../kernels/types.js';
 import type { ReadHints } from '../source/types.js';
-import type { Arena } from '../engine/arena.js';
+import { CountingAllocator, type Allocator, type Arena } from '../engine/arena.js';
 import { runFfnPtrs, type FfnProvider } from '../engine/ffn.js';
 import { matvec, placeTensor, type Tensor } from '../engine/tensor.js';
 import { ReadPlanner, type RecordRegion } from './planner.js';
@@ -65,18 +65,54 @@ const enum Use {
 }
 
 /**
- * Arena bytes the streaming FFN needs besides staging and cache slots
- * (gate sparsity: including every layer's resident gate parts).
+ * The streaming FFN's part of the arena: selection lists, activations,
+ * predictor buffers, per-layer cache state and maps, resident gate rows (gate
+ * sparsity), staging. The planner sizes it with a CountingAllocator (capacity
+ * and staging 0: it adds those itself) and the constructor places it, through
+ * this one function.
  */
-export function streamingFixedBytes(file: FlmFile, k: Kernels, window: number | null, sparsity?: Sparsity): number {
-  const { ffnDim: n, dModel: d, nLayers } = file.header.arch;
-  const f = file.header.ffn[0]!;
-  const nParts = f.parts.length;
-  const maxRank = Math.max(0, ...(file.header.predictors ?? []).map((p) => p.rank));
-  const lists = n * 4 * 2 + n * nParts * 4 * 2 + n * 4 + d * 4 + maxRank * 4 + n * 4;
-  const cache = window === null ? 0 : nLayers * (k.cache_state_bytes() + n * 4 + 64 * 4);
-  const gate = sparsity === 'gate' ? nLayers * (n * f.partBytes + 64) + 2 * n * 4 + 2 * 64 : 0;
-  return lists + cache + gate + 16 * 64 + k.matvec_i8_scratch_bytes(Math.max(d, maxRank));
+export function layoutStreaming(al: Allocator, file: FlmFile, k: Kernels, window: number | null, sparsity: Sparsity, capacity: number, stagingBytes: number, alignment: number) {
+  const h = file.header;
+  const { ffnDim: n, dModel: d } = h.arch;
+  const nParts = h.ffn[0]!.parts.length;
+  const gated = sparsity === 'gate';
+  const cacheParts = gated ? 2 : nParts;
+  const maxRank = Math.max(0, ...(h.predictors ?? []).map((p) => p.rank));
+  return {
+    active: al.alloc('active neurons', n * 4),
+    newList: al.alloc('new neurons', n * 4),
+    ptrs: al.alloc('record pointers', n * nParts * 4),
+    src: al.alloc('staging pointers', n * nParts * 4),
+    h: al.alloc('activations', n * 4),
+    tmpOut: al.alloc('ffn partial', d * 4),
+    rankBuf: al.alloc('predictor rank', Math.max(1, maxRank) * 4),
+    logits: al.alloc('predictor logits', n * 4),
+    i8scratch: al.alloc('int8 scratch', Math.max(16, k.matvec_i8_scratch_bytes(Math.max(d, maxRank)))),
+    actList: gated ? al.alloc('gate activations', n * 4) : 0,
+    actList2: gated ? al.alloc('gate activations 2', n * 4) : 0,
+    // Page-aligned staging: O_DIRECT reads land straight in the arena.
+    staging: stagingBytes ? al.alloc('staging', stagingBytes, Math.max(64, alignment)) : 0,
+    layers: h.ffn.map((f) => {
+      const recordBytes = cacheParts * f.partBytes;
+      return {
+        gateRows: gated ? al.alloc(`gate rows ${f.layer}`, n * f.partBytes) : 0,
+        cache: window === null ? undefined : {
+          state: al.alloc(`cache ${f.layer} state`, k.cache_state_bytes()),
+          slots: al.alloc(`cache ${f.layer} slots`, capacity * recordBytes),
+          slotNeuron: al.alloc(`cache ${f.layer} slot map`, capacity * 4),
+          neuronSlot: al.alloc(`cache ${f.layer} neuron map`, n * 4),
+          mask: al.alloc(`cache ${f.layer} masks`, capacity * 4),
+        },
+      };
+    }),
+  };
+}
+
+/** Arena bytes the streaming FFN needs besides staging and cache slots (layoutStreaming with neither). */
+export function streamingFixedBytes(file: FlmFile, k: Kernels, window: number | null, sparsity: Sparsity): number {
+  const c = new CountingAllocator();
+  layoutStreaming(c, file, k, window, sparsity, 0, 0, 1);
+  return c.bytes;
 }
 
 /** Parts a neuron's streamed record has: all of them, or up and down when the gate rows are resident. */
@@ -180,35 +216,35 @@ export class StreamingFfn implements FfnProvider {
       throw new ArgumentError('this .flm has no predictors: run `flashlm calibrate` first, or use --sparsity oracle|off');
     }
     if (cfg.selection === 'oracle' && !cfg.oracle) throw new Error('internal: oracle selection without an oracle');
-    const maxRank = Math.max(0, ...(h.predictors ?? []).map((p) => p.rank));
-    this.active = arena.alloc('active neurons', n * 4);
-    this.activeView = new Int32Array(arena.memory.buffer, this.active, n);
-    this.newList = arena.alloc('new neurons', n * 4);
-    this.newView = new Int32Array(arena.memory.buffer, this.newList, n);
-    this.ptrs = arena.alloc('record pointers', n * this.nParts * 4);
-    this.ptrView = new Uint32Array(arena.memory.buffer, this.ptrs, n * this.nParts);
-    this.src = arena.alloc('staging pointers', n * this.nParts * 4);
-    this.srcView = new Uint32Array(arena.memory.buffer, this.src, n * this.nParts);
-    this.h = arena.alloc('activations', n * 4);
-    this.tmpOut = arena.alloc('ffn partial', d * 4);
-    this.rankBuf = arena.alloc('predictor rank', Math.max(1, maxRank) * 4);
-    this.logits = arena.alloc('predictor logits', n * 4);
+    const L = layoutStreaming(arena, file, k, cfg.window, cfg.selection, cfg.capacity, cfg.stagingBytes, cfg.alignment);
+    const buf = arena.memory.buffer;
+    this.active = L.active;
+    this.activeView = new Int32Array(buf, this.active, n);
+    this.newList = L.newList;
+    this.newView = new Int32Array(buf, this.newList, n);
+    this.ptrs = L.ptrs;
+    this.ptrView = new Uint32Array(buf, this.ptrs, n * this.nParts);
+    this.src = L.src;
+    this.srcView = new Uint32Array(buf, this.src, n * this.nParts);
+    this.h = L.h;
+    this.tmpOut = L.tmpOut;
+    this.rankBuf = L.rankBuf;
+    this.logits = L.logits;
     this.logitsView = arena.f32(this.logits, n);
-    this.i8scratch = arena.alloc('int8 scratch', Math.max(16, k.matvec_i8_scratch_bytes(Math.max(d, maxRank))));
-    this.actList = this.gated ? arena.alloc('gate activations', n * 4) : 0;
-    this.actList2 = this.gated ? arena.alloc('gate activations 2', n * 4) : 0;
+    this.i8scratch = L.i8scratch;
+    this.actList = L.actList;
+    this.actList2 = L.actList2;
     this.actListView = this.gated ? arena.f32(this.actList, n) : new Float32Array(0);
     this.actList2View = this.gated ? arena.f32(this.actList2, n) : new Float32Array(0);
-    this.mem = new Uint8Array(arena.memory.buffer);
+    this.mem = new Uint8Array(buf);
     this.xView = new Float32Array(0);
     this.parallel = Math.max(1, cfg.hints.parallel);
-    // Page-aligned staging: O_DIRECT reads land straight in the arena.
     this.stagingBytes = cfg.stagingBytes;
-    this.staging = arena.alloc('staging', cfg.stagingBytes, Math.max(64, cfg.alignment));
+    this.staging = L.staging;
 
     const tensors = new Map(h.tensors.map((t) => [t.name, t]));
     const place = (name: string) => placeTensor(file, arena, sectionPtrs, tensors.get(name)!);
-    this.layers = h.ffn.map((f) => {
+    this.layers = h.ffn.map((f, i) => {
       const section = file.section(f.section);
       // Gate mode reads only the up and down parts: part 0 (gate) is resident.
       const first = this.gated ? 1 : 0;
@@ -217,18 +253,14 @@ export class StreamingFfn implements FfnProvider {
           ? [{ offset: section.offset + first * f.partBytes, stride: f.stride, bytes: f.stride - first * f.partBytes }]
           : f.partOffsets.slice(first).map((o) => ({ offset: section.offset + o, stride: f.partBytes, bytes: f.partBytes }));
       const layer: Layer = { f, section, regions, state: 0 };
-      if (this.gated) layer.gate = { ptr: arena.alloc(`gate rows ${f.layer}`, n * f.partBytes), loaded: false, threshold: h.gate!.thresholds[f.layer]! };
+      const at = L.layers[i]!;
+      if (this.gated) layer.gate = { ptr: at.gateRows, loaded: false, threshold: h.gate!.thresholds[f.layer]! };
       const p = h.predictors?.[f.layer];
       if (p) layer.pred = { a: place(p.a), b: place(p.b), bias: place(p.bias), threshold: p.threshold, rank: p.rank };
-      if (cfg.window !== null) {
-        const cap = cfg.capacity;
-        const recordBytes = this.cacheParts * f.partBytes;
-        layer.state = arena.alloc(`cache ${f.layer} state`, k.cache_state_bytes());
-        const slots = arena.alloc(`cache ${f.layer} slots`, cap * recordBytes);
-        const slotNeuron = arena.alloc(`cache ${f.layer} slot map`, cap * 4);
-        const neuronSlot = arena.alloc(`cache ${f.layer} neuron map`, n * 4);
-        const mask = arena.alloc(`cache ${f.layer} masks`, cap * 4);
-        k.cache_init(layer.state, cap, n, cfg.window, this.cacheParts, f.partBytes, slots, slotNeuron, neuronSlot, mask);
+      if (at.cache) {
+        const c = at.cache;
+        layer.state = c.state;
+        k.cache_init(c.state, cfg.capacity, n, cfg.window!, this.cacheParts, f.partBytes, c.slots, c.slotNeuron, c.neuronSlot, c.mask);
       }
       return layer;
     });
@@ -255,7 +287,7 @@ export class StreamingFfn implements FfnProvider {
       // Gate activations of every neuron from the resident gate rows; keep those over the threshold.
       const f = layer.f;
       const g = layer.gate!;
-      const act = f.dtype === 'f32' ? this.k.gate_act_f32 : f.dtype === 'f16' ? this.k.gate_act_f16 : this.k.gate_act_i8;
+      const act = f.dtype === 'f32' ? this.k.gate_act_f32 : f.dtype === 'f16' ? this.k.gate_act_f16 : f.dtype === 'q8' ? this.k.gate_act_q8 : this.k.gate_act_i8;
       act(this.logits, x, this.d, this.n, g.ptr, f.partBytes);
       const lv = this.logitsView;
       const list = this.actListView;
@@ -421,7 +453,7 @@ export class StreamingFfn implements FfnProvider {
     const out = this.curOut;
     const dst = this.wrote ? this.tmpOut : out;
     if (this.gated) {
-      const gatedFfn = f.dtype === 'f32' ? this.k.ffn_gated_f32_ptrs : f.dtype === 'f16' ? this.k.ffn_gated_f16_ptrs : this.k.ffn_gated_i8_ptrs;
+      const gatedFfn = f.dtype === 'f32' ? this.k.ffn_gated_f32_ptrs : f.dtype === 'f16' ? this.k.ffn_gated_f16_ptrs : f.dtype === 'q8' ? this.k.ffn_gated_q8_ptrs : this.k.ffn_gated_i8_ptrs;
       gatedFfn(dst, this.curX, this.d, ptrs, n, acts, hOut);
     } else runFfnPtrs(this.k, f, dst, this.curX, ptrs, n, hOut);
     if (this.wrote) this.k.add(out, out, this.tmpOut, this.d);
