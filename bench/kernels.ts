@@ -43,7 +43,7 @@ const x = new Float32Array(cols);
 for (let i = 0; i < cols; i++) x[i] = rand() * 2 - 1;
 
 const align = (p: number) => (p + 63) & ~63;
-const bytesNeeded = n * (4 + 2 + 2 + 1) + rows * 4 * 4 + cols * 16 + (1 << 20);
+const bytesNeeded = n * (4 + 2 + 2 + 1) + rows * 4 * 4 + cols * 16 + (1 << 20) + 40 * (rows + cols) * 4 * 4 + 40 * cols * 64;
 const memory = createArena(bytesNeeded + 65536 * 4);
 const k = await loadKernels(memory);
 const u8 = () => new Uint8Array(memory.buffer);
@@ -147,6 +147,7 @@ const targets = {
   i8_gbs_ge_f32: ratio('matvec_i8') >= 1,
 };
 console.log(`targets: ${Object.entries(targets).map(([k, v]) => `${k} ${v ? 'met' : 'NOT met'}`).join(', ')}`);
+const batchResults = benchBatched();
 const threadResults = process.argv.includes('--no-threads') ? null : await benchThreads();
 console.log(JSON.stringify({
   bench: 'kernels', rows, cols, reps, node: process.version,
@@ -154,8 +155,52 @@ console.log(JSON.stringify({
   ratios: { f16_f32_gbs: ratio('matvec_f16'), f16ftz_f32_gbs: ratio('matvec_f16_ftz'), i8_f32_gbs: ratio('matvec_i8'), wasm_js_f32: +(by.matvec_f32!.gflops / by.js_f32_loop!.gflops).toFixed(2) },
   f16Subnormals: subnormals,
   targets,
+  batched: batchResults,
   ...(threadResults ? { threads: threadResults } : {}),
 }));
+
+/**
+ * Prompt processing: matmul_* over T tokens (each weight read once per block)
+ * against T matvec_* calls on the same weights (the per-token path), at the
+ * same shape; the outputs are compared bit for bit first.
+ */
+function benchBatched() {
+  const T = arg('batch', 32);
+  const xs = new Float32Array(T * cols);
+  for (let i = 0; i < xs.length; i++) xs[i] = rand() * 2 - 1;
+  const XB = put(xs);
+  const OB = reserve(T * rows * 4), O1 = reserve(rows * 4);
+  const SB = reserve(k.batch_scratch_bytes(T, cols));
+  const rowsOut: { dtype: string; batchMs: number; perTokenMs: number; speedup: number; gflops: number }[] = [];
+  const kinds = [
+    { dtype: 'f32', mm: () => k.matmul_f32(OB, rows * 4, W32, XB, cols * 4, 0, T, rows, cols, SB), mv: (t: number, o: number) => k.matvec_f32(o, W32, XB + t * cols * 4, 0, rows, cols) },
+    { dtype: 'f16', mm: () => k.matmul_f16(OB, rows * 4, W16, XB, cols * 4, 0, T, rows, cols, SB), mv: (t: number, o: number) => k.matvec_f16(o, W16, XB + t * cols * 4, 0, rows, cols) },
+    { dtype: 'int8', mm: () => k.matmul_i8(OB, rows * 4, W8, S8, XB, cols * 4, 0, T, rows, cols, SB), mv: (t: number, o: number) => k.matvec_i8(o, W8, S8, XB + t * cols * 4, 0, rows, cols, SCRATCH) },
+  ];
+  for (const c of kinds) {
+    c.mm();
+    for (let t = 0; t < T; t++) {
+      c.mv(t, O1);
+      const a = new Uint32Array(memory.buffer, OB + t * rows * 4, rows), b = new Uint32Array(memory.buffer, O1, rows);
+      for (let r = 0; r < rows; r++) if (a[r] !== b[r]) throw new Error(`matmul_${c.dtype} differs from matvec at token ${t}, row ${r}`);
+    }
+    const bt: number[] = [], pt: number[] = [];
+    for (let i = 0; i < Math.max(3, reps >> 2); i++) {
+      let t0 = performance.now();
+      c.mm();
+      bt.push(performance.now() - t0);
+      t0 = performance.now();
+      for (let t = 0; t < T; t++) c.mv(t, O1);
+      pt.push(performance.now() - t0);
+    }
+    const b = median(bt), p = median(pt);
+    rowsOut.push({ dtype: c.dtype, batchMs: +b.toFixed(3), perTokenMs: +p.toFixed(3), speedup: +(p / b).toFixed(2), gflops: +((flops * T) / b / 1e6).toFixed(1) });
+  }
+  console.log(`\nbatched (prompt) kernels: ${T} tokens through ${rows}x${cols}, matmul vs ${T} matvec calls (bit-identical outputs)`);
+  console.log(`${'dtype'.padEnd(6)} ${pad('matmul ms', 10)} ${pad('matvec ms', 10)} ${pad('speed-up', 9)} ${pad('GFLOP/s', 8)}`);
+  for (const r of rowsOut) console.log(`${r.dtype.padEnd(6)} ${pad(r.batchMs.toFixed(2), 10)} ${pad(r.perTokenMs.toFixed(2), 10)} ${pad(r.speedup.toFixed(2), 9)} ${pad(r.gflops.toFixed(1), 8)}`);
+  return { T, results: rowsOut };
+}
 
 /** matvec_f32/f16/i8 over 1 … N threads on one shared arena (threads build). */
 async function benchThreads() {
