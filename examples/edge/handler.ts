@@ -17,6 +17,9 @@
  *                       hybrid (attention resident, the FFN streamed each
  *                       token: exact, no predictor needed)
  *   FLASHLM_MAX_TOKENS  most tokens one request may ask for (default 512)
+ *   FLASHLM_THREADS     kernel threads (default 1: edge isolates have no
+ *                       SharedArrayBuffer, and each worker costs memory
+ *                       the 128 MB budget does not have)
  *
  * On Workers, where `new URL(..., import.meta.url)` does not reach the .wasm,
  * import it (`import wasm from 'flashlm/wasm/flashlm.wasm'`) and build the
@@ -33,6 +36,8 @@ export interface HandlerOptions {
   memory?: string | number;
   strategy?: Strategy;
   maxTokens?: number;
+  /** Kernel threads (default 1, or FLASHLM_THREADS). */
+  threads?: number;
   /** The kernels (bytes or a compiled module) where the runtime cannot fetch them next to the module. */
   wasm?: BufferSource | WebAssembly.Module;
 }
@@ -104,7 +109,8 @@ export function createHandler(options: HandlerOptions = {}): { fetch(req: Reques
         throw e;
       }
       // openModel closes the source itself if it fails.
-      return (opened = await openModel(source, { memory, strategy, wasm: options.wasm, stagingBytes: 4 << 20 }));
+      const threads = options.threads ?? Number(setting(env, 'FLASHLM_THREADS') ?? 1);
+      return (opened = await openModel(source, { memory, strategy, threads, wasm: options.wasm, stagingBytes: 4 << 20 }));
     })();
     model.catch(() => (model = undefined)); // a failed open is retried by the next request
     return model;
