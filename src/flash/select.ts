@@ -1,0 +1,138 @@
+/**
+ * Which neurons a token needs (PAPER.md "Predictors"), for one layer at a
+ * time: the trained low-rank predictor, the true active set (oracle), all of
+ * them, or (gated FFNs) those whose |silu(gate·x)| passes the layer's gate
+ * threshold with the gate rows resident. Fills the active list in the arena
+ * in ascending neuron order, and measures the predictor against the oracle
+ * when one is given. Allocates nothing per call.
+ */
+import type { FlmFile } from '../format/reader.js';
+import type { Kernels } from '../kernels/types.js';
+import type { Arena } from '../engine/arena.js';
+import { matvec } from '../engine/tensor.js';
+import type { StreamLayer } from './layer.js';
+import type { Oracle } from './oracle.js';
+import type { RunStats } from './stats.js';
+
+/**
+ * Which neurons a token needs: the trained predictor, the true set (oracle),
+ * all of them, or (gated FFNs) those whose |silu(gate·x)| passes the file's
+ * per-layer gate threshold, with the gate rows resident. On a gated FFN the
+ * predictor predicts that set instead ("predicted gates"): whole records
+ * (gate, up, down) are read for the predicted neurons only, the others'
+ * contributions are dropped.
+ */
+export type Sparsity = 'predictor' | 'oracle' | 'off' | 'gate';
+
+/** The arena regions the selector fills or uses (from layoutStreaming). */
+export interface SelectorRegions {
+  active: number;
+  logits: number;
+  rankBuf: number;
+  i8scratch: number;
+  /** Gate mode: the selected neurons' gate activations, in list order. */
+  actList: number;
+}
+
+export class NeuronSelector {
+  /** The active list: neuron ids of the last select(), ascending. */
+  readonly activeView: Int32Array;
+  /** Gate mode: every neuron's silu(gate·x) of the last select(); predictor: its logits. */
+  readonly logitsView: Float32Array;
+  /** Gate mode: the gate activations of the listed neurons. */
+  readonly actListView: Float32Array;
+  private readonly n: number;
+  private readonly d: number;
+  /** The FFN input as a view, made once per input slot (the oracle takes floats). */
+  private xPtr = -1;
+  private xView: Float32Array = new Float32Array(0);
+
+  constructor(
+    private readonly file: FlmFile,
+    private readonly k: Kernels,
+    private readonly arena: Arena,
+    private readonly r: SelectorRegions,
+    private readonly selection: Sparsity,
+    private readonly oracle: Oracle | undefined,
+    private readonly stats: RunStats | undefined,
+  ) {
+    const { ffnDim: n, dModel: d } = file.header.arch;
+    this.n = n;
+    this.d = d;
+    this.activeView = new Int32Array(arena.memory.buffer, r.active, n);
+    this.logitsView = arena.f32(r.logits, n);
+    this.actListView = selection === 'gate' ? arena.f32(r.actList, n) : new Float32Array(0);
+  }
+
+  /** The `d` floats at arena offset `x`. */
+  private xFloats(x: number): Float32Array {
+    if (x !== this.xPtr || this.xView.buffer !== this.arena.memory.buffer) {
+      this.xView = this.arena.f32(x, this.d);
+      this.xPtr = x;
+    }
+    return this.xView;
+  }
+
+  /** Fills the active list for a layer's input x; returns its length. */
+  select(layer: StreamLayer, x: number): number {
+    const av = this.activeView;
+    let count = 0;
+    if (this.selection === 'off') {
+      for (let j = 0; j < this.n; j++) av[j] = j;
+      count = this.n;
+    } else if (this.selection === 'gate') {
+      // Gate activations of every neuron from the resident gate rows; keep those over the threshold.
+      const f = layer.f;
+      const g = layer.gate!;
+      const act = f.dtype === 'f32' ? this.k.gate_act_f32 : f.dtype === 'f16' ? this.k.gate_act_f16 : f.dtype === 'q8' ? this.k.gate_act_q8 : this.k.gate_act_i8;
+      act(this.r.logits, x, this.d, this.n, g.ptr, f.partBytes);
+      const lv = this.logitsView;
+      const list = this.actListView;
+      for (let j = 0; j < this.n; j++) {
+        const v = lv[j]!;
+        if (Math.abs(v) > g.threshold) {
+          list[count] = v;
+          av[count++] = j;
+        }
+      }
+    } else if (this.selection === 'oracle') {
+      const h = this.oracle!.activations(layer.f.layer, this.xFloats(x));
+      for (let j = 0; j < this.n; j++) if (h[j] !== 0) av[count++] = j;
+    } else {
+      const p = layer.pred!;
+      matvec(this.k, this.r.rankBuf, p.a, x, 0, this.r.i8scratch);
+      matvec(this.k, this.r.logits, p.b, this.r.rankBuf, p.bias.ptr, this.r.i8scratch);
+      const lv = this.logitsView;
+      for (let j = 0; j < this.n; j++) if (lv[j]! > p.threshold) av[count++] = j;
+      if (this.oracle && this.stats) this.measurePredictor(layer, x, count);
+    }
+    return count;
+  }
+
+  /**
+   * Predictor confusion counts against the oracle's true active set (gated
+   * FFNs: the neurons whose |silu(gate·x)| passes the file's gate threshold,
+   * what a predicted-gate predictor was trained on; not measured without one).
+   */
+  private measurePredictor(layer: StreamLayer, x: number, count: number): void {
+    const oracle = this.oracle!;
+    const xs = this.xFloats(x);
+    const av = this.activeView;
+    let tp = 0;
+    let truth = 0;
+    if (this.file.header.arch.activation === 'swiglu') {
+      const gate = this.file.header.gate;
+      if (!gate) return;
+      const t = gate.thresholds[layer.f.layer]!;
+      const h = oracle.gateActivations(layer.f.layer, xs);
+      for (let j = 0; j < this.n; j++) if (Math.abs(h[j]!) > t) truth++;
+      for (let i = 0; i < count; i++) if (Math.abs(h[av[i]!]!) > t) tp++;
+    } else {
+      // active: a nonzero ReLU output
+      const h = oracle.activations(layer.f.layer, xs);
+      for (let j = 0; j < this.n; j++) if (h[j] !== 0) truth++;
+      for (let i = 0; i < count; i++) if (h[av[i]!] !== 0) tp++;
+    }
+    this.stats!.predictor(tp, count - tp, truth - tp);
+  }
+}
