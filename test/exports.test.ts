@@ -8,6 +8,7 @@
 import test from 'ava';
 import { build, type Metafile } from 'esbuild';
 import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openModel, MemorySource } from '../src/node.js';
 import { STORIES_BIN, STORIES_TOK, convertToBytes } from './helpers/models.js';
@@ -37,6 +38,16 @@ function assertPortable(t: import('ava').ExecutionContext, meta: Metafile, entry
   t.false(inputs.some((i) => /undici|node_modules\/msgpackr-extract|dist\/(node|deno)\.js|file-node|http-node|convert\//.test(i)), inputs.join('\n'));
   const imports = Object.values(meta.inputs).flatMap((i) => i.imports.map((x) => x.path));
   t.false(imports.some((p) => p.startsWith('node:') || /^(fs|path|os|url|child_process|net|http|https|stream)$/.test(p)), imports.filter((p) => !p.startsWith('dist/') && !p.startsWith('node_modules/')).join(', '));
+  // Node-only globals used bare (not as globalThis.x, not behind a typeof check) fail in browsers and edge isolates.
+  const nodeOnly = /(?<![.\w'"-])(setImmediate(?=\s*\()|process(?=\.)|Buffer(?=\.)|__dirname|__filename|require(?=\s*\())/g;
+  const offenders: string[] = [];
+  for (const file of inputs.filter((i) => i.startsWith('dist/'))) {
+    readFileSync(join(ROOT, file), 'utf8').split('\n').forEach((line, n) => {
+      if (/^\s*(\/\/|\*|\/\*)/.test(line)) return; // comments
+      for (const m of line.matchAll(nodeOnly)) if (!line.includes(`typeof ${m[1]}`)) offenders.push(`${file}:${n + 1}: ${line.trim()}`);
+    });
+  }
+  t.deepEqual(offenders, [], 'Node-only globals in a portable graph');
 }
 
 test('browsers resolve dist/browser.js, and its graph has no node: module and no undici', async (t) => {

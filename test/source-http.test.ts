@@ -4,7 +4,7 @@ import { chmod, mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AbortedError, SourceError } from '../src/errors.js';
-import { backoffMs, contradicts, formatRange, ifRangeOf, parseContentRange, type HttpOptions } from '../src/source/http-common.js';
+import { backoffMs, contradicts, formatRange, ifRangeOf, parseContentRange, type HttpOptions, type RetryEvent } from '../src/source/http-common.js';
 import { NodeHttpSource, nodeHttpOpener } from '../src/source/http-node.js';
 import { HTTP_HINTS, HttpSource, httpOpener } from '../src/source/http.js';
 import type { Source } from '../src/source/types.js';
@@ -401,6 +401,35 @@ for (const { kind, open } of kinds) {
         await s.read(1000, into);
         eq(t, into, want(1000, 80_000), 'bytes');
         t.is(srv.requests.length, 2, 'the idle timer restarts with every chunk');
+      });
+    });
+  });
+
+  test(`${kind}: a trickling server fails the low-speed limit (retries said through onRetry); a deadline bounds a stall; gzip is named`, async (t) => {
+    // 8 pieces 400 ms apart (~25 KB/s) against a 100 KB/s limit over 300 ms windows: every attempt fails.
+    await withScripted({ size: SIZE, etag: '"v"', fault: (n) => (n >= 2 ? { trickleMs: 400 } : undefined) }, async (srv) => {
+      const events: RetryEvent[] = [];
+      await withSource(await open(srv.url, { ...FAST, retries: 1, lowSpeedLimit: 100_000, lowSpeedTimeMs: 300, onRetry: (e) => events.push(e) }), async (s) => {
+        const e = await t.throwsAsync(s.read(1000, new Uint8Array(80_000)), { instanceOf: SourceError });
+        t.regex(e!.message, /failed after 2 attempts: slower than 100000 bytes\/s/);
+        t.is(events.length, 1);
+        t.like(events[0], { retry: 1, retries: 1, what: 'read [1000, +80000)' });
+        t.regex(events[0]!.reason, /slower than/);
+      });
+    });
+    // A stalled answer with a long idle timeout: the deadline ends the read, not the timeout.
+    await withScripted({ size: SIZE, etag: '"v"', fault: (n) => (n >= 2 ? { stallMs: 20_000 } : undefined) }, async (srv) => {
+      await withSource(await open(srv.url, { ...FAST, timeoutMs: 15_000, deadlineMs: 800 }), async (s) => {
+        const started = Date.now();
+        const e = await t.throwsAsync(s.read(0, new Uint8Array(1000)), { instanceOf: SourceError });
+        t.regex(e!.message, /gave up after [\d.]+ s \(deadline 0.8 s\)/);
+        t.true(Date.now() - started < 10_000, 'well before the idle timeout');
+      });
+    });
+    await withScripted({ size: SIZE, etag: '"v"', fault: (n) => (n >= 2 ? { gzip: true } : undefined) }, async (srv) => {
+      await withSource(await open(srv.url, FAST), async (s) => {
+        const e = await t.throwsAsync(s.read(0, new Uint8Array(5000)), { instanceOf: SourceError });
+        t.regex(e!.message, /Content-Encoding: gzip/);
       });
     });
   });

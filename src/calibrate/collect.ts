@@ -13,6 +13,7 @@ import { ResidentFfn, type FfnProvider } from '../engine/ffn.js';
 import { planMemory } from '../plan.js';
 import { Transformer } from '../engine/transformer.js';
 import { readFfnPart } from './weights.js';
+import { yieldToEventLoop } from '../util/yield.js';
 
 /** What one layer saw over the collected tokens. */
 export interface LayerActivations {
@@ -128,7 +129,7 @@ export async function collectActivations(file: FlmFile, windows: readonly (reado
     }
     opts.onProgress?.(t, total);
     // Let signals (Ctrl-C) and progress output through between windows.
-    await new Promise((r) => setImmediate(r));
+    await yieldToEventLoop();
   }
   return { tokens: total, dModel: d, ffnDim: n, gated, layers };
 }

@@ -3,11 +3,12 @@
  * and, against the dense model, top-1 agreement and the mean KL divergence
  * KL(dense ‖ strategy) of the next-token distributions.
  */
-import { AbortedError } from '../errors.js';
+import { AbortedError, ArgumentError } from '../errors.js';
 import { openModel, type OpenOptions } from '../model.js';
 import type { StatsSummary } from '../flash/stats.js';
 import type { Source } from '../source/types.js';
 import { scoringWindows } from './text.js';
+import { yieldToEventLoop } from '../util/yield.js';
 
 export interface EvalOptions extends Omit<OpenOptions, 'contextLength' | 'measurePredictor'> {
   /** Tokens per scoring window. Default min(256, model context). */
@@ -73,6 +74,8 @@ export async function evaluate(input: string | URL | (() => Source), text: strin
     const ids = model.tokenizer.encode(text);
     const windows = scoringWindows(ids, context, maxTokens);
     const total = windows.reduce((s, w) => s + w.target.length, 0);
+    // Perplexity needs at least one predicted token: an empty text would report NaN.
+    if (total === 0) throw new ArgumentError(`the text has ${ids.length} token${ids.length === 1 ? '' : 's'}: at least 2 are needed to score one prediction`);
     const V = model.arch.vocabSize;
     const denseLogp = new Float64Array(context * V);
     const denseTop = new Int32Array(context);
@@ -102,7 +105,7 @@ export async function evaluate(input: string | URL | (() => Source), text: strin
       }, signal);
       done += w.target.length;
       onProgress?.(done, total);
-      await new Promise((r) => setImmediate(r));
+      await yieldToEventLoop();
     }
     if (!dense) {
       nllDense = nll;

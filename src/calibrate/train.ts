@@ -43,6 +43,7 @@ export interface TrainedPredictor {
 }
 
 import { rng } from '../util/random.js';
+import { yieldToEventLoop } from '../util/yield.js';
 
 export { rng };
 
@@ -332,7 +333,7 @@ export class PredictorTrainer {
         sum += loss;
         step++;
         opts.onStep?.(step, total, loss / len);
-        if (step % 16 === 0) await new Promise((r) => setImmediate(r));
+        if (step % 16 === 0) await yieldToEventLoop();
       }
       if (e === 0) firstLoss = sum / count;
       lastLoss = sum / count;

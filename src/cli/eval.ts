@@ -5,6 +5,7 @@ import type { Sparsity } from '../flash/streaming.js';
 import { evaluate } from '../calibrate/evaluate.js';
 import { formatStats } from './run.js';
 import { interruptSignal, progressBar } from './terminal.js';
+import { ArgumentError } from '../errors.js';
 
 export interface EvalFlags {
   text: string[];
@@ -21,7 +22,9 @@ export interface EvalFlags {
 
 /** `flashlm eval`: perplexity with a strategy, and its agreement with dense. */
 export async function runEval(modelPath: string, flags: EvalFlags): Promise<void> {
-  const text = (await Promise.all(flags.text.map((f) => readFile(f, 'utf8')))).join('\n');
+  const text = (await Promise.all(flags.text.map((f) => readFile(f, 'utf8').catch((e: NodeJS.ErrnoException) => {
+    throw new ArgumentError(`--text ${f}: ${e.code === 'EISDIR' ? 'is a directory' : e.code === 'ENOENT' ? 'no such file' : e.message}`, { cause: e });
+  })))).join('\n');
   const interrupt = interruptSignal();
   const bar = progressBar('scoring [{bar}] {percentage}% {value}/{total} tokens eta {eta_formatted}');
   const t0 = performance.now();

@@ -1,12 +1,19 @@
 /** What every long-running command shares: Ctrl-C as an AbortSignal, and a progress bar only on a TTY. */
 import cliProgress from 'cli-progress';
 
-/** Ctrl-C aborts `signal` (so the command stops cleanly and removes temp files) until `release()`. */
+/** Signals that end a command: Ctrl-C, `kill`, a closed terminal. */
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+/**
+ * SIGINT, SIGTERM and SIGHUP abort `signal` (so the command stops cleanly and
+ * removes its temp files) until `release()`; without these handlers SIGTERM
+ * and SIGHUP would end the process at once and leave the temp file behind.
+ */
 export function interruptSignal(): { signal: AbortSignal; release(): void } {
   const abort = new AbortController();
-  const onSigint = () => abort.abort(new Error('interrupted'));
-  process.once('SIGINT', onSigint);
-  return { signal: abort.signal, release: () => process.off('SIGINT', onSigint) };
+  const onSignal = (name: NodeJS.Signals) => abort.abort(new Error(name === 'SIGINT' ? 'interrupted' : `stopped by ${name}`));
+  for (const s of STOP_SIGNALS) process.once(s, onSignal);
+  return { signal: abort.signal, release: () => { for (const s of STOP_SIGNALS) process.off(s, onSignal); } };
 }
 
 /** A cli-progress bar on stderr when it is a terminal; undefined otherwise (no escape codes in pipes and logs). */

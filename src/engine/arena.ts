@@ -3,7 +3,7 @@
  * lives here, laid out once at open with a bump allocator; nothing is
  * allocated afterwards, and the memory never grows past its budget.
  */
-import { BudgetError } from '../errors.js';
+import { ArgumentError, BudgetError } from '../errors.js';
 
 export const WASM_PAGE = 65536;
 /** wasm32 addresses 4 GiB at most. */
@@ -89,10 +89,10 @@ export function fmtBytes(n: number): string {
   return `${v.toFixed(v < 10 ? 2 : 1)} ${units[u]}`;
 }
 
-/** Parses '512M', '2GiB', '1.5G', '100000' (bytes). */
+/** Parses '512M', '2GiB', '1.5G', '100000' (bytes); anything else is an ArgumentError. */
 export function parseBytes(s: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$/i.exec(s);
-  if (!m) throw new Error(`not a size: ${s}`);
+  if (!m) throw new ArgumentError(`${JSON.stringify(s)} is not a memory size: use bytes or a number with K, M, G or T (e.g. 512M, 1.5G, 2GiB)`);
   const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
   return Math.floor(parseFloat(m[1]!) * mult);
 }

@@ -80,6 +80,10 @@ export class FileSource implements Source {
       throw new SourceError(`${path}: cannot open: ${(e as Error).message}`, { cause: e });
     }
     const st = await fh.stat();
+    if (!st.isFile()) {
+      await fh.close().catch(() => {});
+      throw new SourceError(`${path}: ${st.isDirectory() ? 'is a directory' : 'not a regular file'}, not a .flm file`);
+    }
     return new FileSource(path, fh, st.size, `file:${st.size}:${st.mtimeMs}`, undefined, hints);
   }
 
@@ -104,7 +108,7 @@ export class FileSource implements Source {
     }
     try {
       const st = await fh.stat();
-      if (!st.isFile()) throw new SourceError(`${path}: not a regular file`);
+      if (!st.isFile()) throw new SourceError(`${path}: ${st.isDirectory() ? 'is a directory' : 'not a regular file'}, not a .flm file`);
       // WebAssembly memory is mmap'ed: its base is page-aligned, which an ArrayBuffer's is not.
       const bounce = new Uint8Array(new WebAssembly.Memory({ initial: BOUNCE_BYTES / 65536 }).buffer);
       // Some filesystems accept the flag at open and fail the reads: find out now.

@@ -28,6 +28,18 @@ export interface HttpOptions {
   retryMaxMs?: number;
   /** An attempt fails (and is retried) when no headers or body bytes arrive for this long. Default 30000 ms. */
   timeoutMs?: number;
+  /**
+   * Low-speed limit, as curl's --speed-limit/--speed-time: an attempt that
+   * receives fewer than `lowSpeedLimit` bytes/s over `lowSpeedTimeMs` fails
+   * (and is retried), so a server trickling bytes cannot hold a read forever.
+   * Default 1024 bytes/s over 30000 ms; 0 turns it off.
+   */
+  lowSpeedLimit?: number;
+  lowSpeedTimeMs?: number;
+  /** A whole open or read, retries and waits included, gives up after this long. Default 300000 ms; 0 = no deadline. */
+  deadlineMs?: number;
+  /** Told before each retry (what failed, why, and the wait), e.g. to say so on stderr. */
+  onRetry?: (event: RetryEvent) => void;
   /** A server that ignores Range is tolerated up to this size: the body is then kept in memory. Default 16 MiB. */
   smallFileBytes?: number;
   /** Overrides of the default read hints. */
@@ -83,6 +95,18 @@ export interface HttpAnswer {
 export interface HttpTransport {
   get(headers: Record<string, string>, signal: AbortSignal): Promise<HttpAnswer>;
   close(): Promise<void>;
+}
+
+/** A retry about to happen (HttpOptions.onRetry). */
+export interface RetryEvent {
+  source: string;
+  /** 'open' or 'read [offset, +length)'. */
+  what: string;
+  /** The retry this is (1 = the first) and how many are allowed. */
+  retry: number;
+  retries: number;
+  reason: string;
+  waitMs: number;
 }
 
 /** What a server says a response is a version of. */
@@ -226,7 +250,10 @@ export function backoffMs(attempt: number, baseMs: number, maxMs: number, random
   return full / 2 + random() * (full / 2);
 }
 
+/** Why an attempt was cut: no progress, or too little (retried). */
 class TimeoutSignal extends Error {}
+/** The whole open or read ran past its deadline (not retried). */
+class DeadlineSignal extends Error {}
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -262,6 +289,10 @@ interface Resolved {
   retryMaxMs: number;
   timeoutMs: number;
   smallFileBytes: number;
+  lowSpeedLimit: number;
+  lowSpeedTimeMs: number;
+  deadlineMs: number;
+  onRetry?: (event: RetryEvent) => void;
 }
 
 function resolve(o: HttpOptions): Resolved {
@@ -291,8 +322,12 @@ function resolve(o: HttpOptions): Resolved {
     retryMaxMs: o.retryMaxMs ?? 5000,
     timeoutMs: o.timeoutMs ?? 30_000,
     smallFileBytes: o.smallFileBytes ?? 16 * 1024 * 1024,
+    lowSpeedLimit: o.lowSpeedLimit ?? 1024,
+    lowSpeedTimeMs: o.lowSpeedTimeMs ?? 30_000,
+    deadlineMs: o.deadlineMs ?? 300_000,
+    onRetry: o.onRetry,
   };
-  for (const k of ['retries', 'retryBaseMs', 'retryMaxMs', 'timeoutMs', 'smallFileBytes'] as const) {
+  for (const k of ['retries', 'retryBaseMs', 'retryMaxMs', 'timeoutMs', 'smallFileBytes', 'lowSpeedLimit', 'lowSpeedTimeMs', 'deadlineMs'] as const) {
     if (!(r[k] >= 0) || !Number.isFinite(r[k])) {
       r.dispose();
       throw new SourceError(`HTTP source option ${k} must be a finite number >= 0, got ${r[k]}`);
@@ -412,12 +447,13 @@ export class HttpRangeSource implements Source {
     if (cr.start !== start || cr.end !== end) {
       return new SourceError(`${this.name}: server sent Content-Range ${JSON.stringify(raw)} for Range: bytes=${start}-${end}`);
     }
+    // Checked before the length: an encoded body's length is the encoding's, which would hide the cause.
+    const enc = a.header('content-encoding')?.trim().toLowerCase();
+    if (enc && enc !== 'identity') return new SourceError(`${this.name}: server encoded a range answer (Content-Encoding: ${enc}) although asked for identity; disable compression for .flm files`);
     const n = contentLength(a);
     if (n !== undefined && n !== end - start + 1) {
       return new SourceError(`${this.name}: Content-Length ${n} does not match Content-Range ${JSON.stringify(raw)}`);
     }
-    const enc = a.header('content-encoding')?.trim().toLowerCase();
-    if (enc && enc !== 'identity') return new SourceError(`${this.name}: server encoded a range answer (Content-Encoding: ${enc})`);
     return undefined;
   }
 
@@ -426,7 +462,7 @@ export class HttpRangeSource implements Source {
   }
 
   /** A 200 to a ranged request: the file changed (If-Range failed), or the server ignores Range. */
-  private async wholeAfter200(a: HttpAnswer, progress: () => void): Promise<Uint8Array> {
+  private async wholeAfter200(a: HttpAnswer, progress: (bytes?: number) => void): Promise<Uint8Array> {
     const n = contentLength(a);
     const changed = contradicts(this.pin, validatorOf(a)) ?? (n !== undefined && n !== this.size ? `size ${this.size} -> ${n}` : undefined);
     if (changed) {
@@ -457,15 +493,32 @@ export class HttpRangeSource implements Source {
  * Errors: FlashlmErrors and non-retryable statuses pass through; anything
  * else thrown (network errors, aborted bodies) or a RetryableError is retried.
  */
-async function attempt<T>(name: string, what: string, o: Resolved, fn: (signal: AbortSignal, progress: () => void) => Promise<T>): Promise<T> {
+async function attempt<T>(name: string, what: string, o: Resolved, fn: (signal: AbortSignal, progress: (bytes?: number) => void) => Promise<T>): Promise<T> {
   const aborted = (cause?: unknown) => new AbortedError(`${name}: ${what}: aborted`, { cause: cause ?? o.signal?.reason });
+  const started = Date.now();
+  const deadline = o.deadlineMs > 0 ? started + o.deadlineMs : Infinity;
+  const gaveUp = (last: string) => new SourceError(`${name}: ${what} gave up after ${((Date.now() - started) / 1000).toFixed(1)} s (deadline ${o.deadlineMs / 1000} s): ${last}`);
   for (let n = 0; ; n++) {
     if (o.signal?.aborted) throw aborted();
     const ctl = o.link();
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const progress = () => {
+    // Low-speed limit: bytes received per window of lowSpeedTimeMs.
+    let windowBytes = 0;
+    let windowStart = Date.now();
+    const speed = o.lowSpeedLimit > 0 && o.lowSpeedTimeMs > 0
+      ? setInterval(() => {
+          const now = Date.now();
+          const rate = (1000 * windowBytes) / Math.max(1, now - windowStart);
+          if (rate < o.lowSpeedLimit) ctl.abort(new TimeoutSignal(`slower than ${o.lowSpeedLimit} bytes/s for ${o.lowSpeedTimeMs} ms (${Math.round(rate)} bytes/s)`));
+          windowBytes = 0;
+          windowStart = now;
+        }, o.lowSpeedTimeMs)
+      : undefined;
+    const end = deadline === Infinity ? undefined : setTimeout(() => ctl.abort(new DeadlineSignal()), Math.max(0, deadline - Date.now()));
+    const progress = (bytes = 0) => {
+      windowBytes += bytes;
       clearTimeout(timer);
-      timer = setTimeout(() => ctl.abort(new TimeoutSignal()), o.timeoutMs);
+      timer = setTimeout(() => ctl.abort(new TimeoutSignal(`nothing received for ${o.timeoutMs} ms`)), o.timeoutMs);
     };
     progress();
     let failure: RetryableError;
@@ -474,17 +527,23 @@ async function attempt<T>(name: string, what: string, o: Resolved, fn: (signal: 
     } catch (e) {
       if (o.signal?.aborted) throw aborted();
       if (e instanceof FlashlmError) throw e;
-      if (ctl.signal.aborted && ctl.signal.reason instanceof TimeoutSignal) failure = new RetryableError(`nothing received for ${o.timeoutMs} ms`);
+      const why = ctl.signal.aborted ? ctl.signal.reason : undefined;
+      if (why instanceof DeadlineSignal) throw gaveUp('the read was still running');
+      if (why instanceof TimeoutSignal) failure = new RetryableError(why.message);
       else if (e instanceof RetryableError) failure = e;
       else failure = new RetryableError(describe(e), undefined, { cause: e });
     } finally {
       clearTimeout(timer);
+      clearInterval(speed);
+      clearTimeout(end);
       ctl.done();
     }
     if (n >= o.retries) {
       throw new SourceError(`${name}: ${what} failed after ${n + 1} attempt${n ? 's' : ''}: ${failure.message}`, { cause: failure.cause ?? failure });
     }
     const wait = Math.min(o.retryMaxMs, failure.afterMs ?? backoffMs(n, o.retryBaseMs, o.retryMaxMs));
+    if (Date.now() + wait >= deadline) throw gaveUp(failure.message);
+    o.onRetry?.({ source: name, what, retry: n + 1, retries: o.retries, reason: failure.message, waitMs: wait });
     const pause = o.link();
     try {
       await sleep(wait, pause.signal);
@@ -516,7 +575,7 @@ async function statusError(name: string, a: HttpAnswer): Promise<Error> {
 }
 
 /** Streams a 206 body of exactly `want` bytes into `into` at `at`; `took(n)` records progress for resumption. */
-async function fill(name: string, a: HttpAnswer, into: Uint8Array, at: number, want: number, progress: () => void, took: (n: number) => void): Promise<void> {
+async function fill(name: string, a: HttpAnswer, into: Uint8Array, at: number, want: number, progress: (bytes?: number) => void, took: (n: number) => void): Promise<void> {
   let n = 0;
   let complete = false;
   try {
@@ -527,7 +586,7 @@ async function fill(name: string, a: HttpAnswer, into: Uint8Array, at: number, w
       into.set(chunk, at + n);
       n += chunk.byteLength;
       took(chunk.byteLength);
-      progress();
+      progress(chunk.byteLength);
     }
     complete = true;
   } finally {
@@ -537,7 +596,7 @@ async function fill(name: string, a: HttpAnswer, into: Uint8Array, at: number, w
 }
 
 /** Reads a whole 200 body (at most `limit` bytes, else an error naming the server's lack of Range support). */
-async function readWhole(name: string, a: HttpAnswer, limit: number, progress: () => void): Promise<Uint8Array> {
+async function readWhole(name: string, a: HttpAnswer, limit: number, progress: (bytes?: number) => void): Promise<Uint8Array> {
   const declared = contentLength(a);
   const tooBig = () =>
     new SourceError(`${name}: server ignores Range requests (answered 200 with the whole file) and the file is over smallFileBytes (${limit} bytes); use a server or CDN that supports ranges`);
@@ -559,7 +618,7 @@ async function readWhole(name: string, a: HttpAnswer, limit: number, progress: (
       }
       buf.set(chunk, n);
       n += chunk.byteLength;
-      progress();
+      progress(chunk.byteLength);
     }
     complete = true;
   } finally {

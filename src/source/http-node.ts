@@ -118,7 +118,7 @@ const isHttp = (input: string | URL) => (typeof input === 'string' ? /^https?:\/
 
 /** An opener for registerSourceOpener with fixed options (headers, connections, ...). */
 export function createNodeHttpOpener(options: NodeHttpSourceOptions = {}): SourceOpener {
-  return async (input: string | URL): Promise<Source | undefined> => (isHttp(input) ? NodeHttpSource.open(input, options) : undefined);
+  return async (input: string | URL, open): Promise<Source | undefined> => (isHttp(input) ? NodeHttpSource.open(input, { ...options, ...open?.http }) : undefined);
 }
 
 /** Opens `http:` and `https:` URLs with undici (Node). */

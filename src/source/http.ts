@@ -12,7 +12,7 @@ import { SourceError } from '../errors.js';
 import { HTTP_HINTS, HttpRangeSource, headersFor, isStaleRedirectStatus, type HttpAnswer, type HttpOptions, type HttpTransport } from './http-common.js';
 import type { Source } from './types.js';
 
-export { HTTP_HINTS, parseContentRange, type HttpOptions } from './http-common.js';
+export { HTTP_HINTS, parseContentRange, type HttpOptions, type RetryEvent } from './http-common.js';
 
 export interface HttpSourceOptions extends HttpOptions {
   /** The fetch to use (a wrapped or polyfilled one). Default: globalThis.fetch. */
@@ -118,7 +118,7 @@ const isHttp = (input: string | URL) => (typeof input === 'string' ? /^https?:\/
 
 /** An opener for registerSourceOpener with fixed options (e.g. an authorization header). */
 export function createHttpOpener(options: HttpSourceOptions = {}): SourceOpener {
-  return async (input: string | URL): Promise<Source | undefined> => (isHttp(input) ? HttpSource.open(input, options) : undefined);
+  return async (input: string | URL, open): Promise<Source | undefined> => (isHttp(input) ? HttpSource.open(input, { ...options, ...open?.http }) : undefined);
 }
 
 /** Opens `http:` and `https:` URLs (strings or URL objects) with fetch; other inputs are left to other openers. */

@@ -6,6 +6,7 @@
  * it can claim sizes past 4 GiB without holding them.
  */
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import { gzipSync } from 'node:zlib';
 
 /** The byte at absolute position p (exact for any p < 2^53; differs between p and p + 2^32). */
 export function patternByte(p: number): number {
@@ -34,7 +35,9 @@ export type Fault =
   /** A 206 without Content-Length (chunked) that ends cleanly after this many bytes. */
   | { short: number }
   /** A correct 206 sent in 8 pieces with this pause between them. */
-  | { trickleMs: number };
+  | { trickleMs: number }
+  /** A 206 whose body is gzip-compressed (Content-Encoding: gzip, Content-Length of the compressed body), as a misconfigured CDN sends. */
+  | { gzip: true };
 
 export interface Recorded {
   /** Path and query. */
@@ -154,6 +157,12 @@ export async function startScripted(o: ScriptedOptions): Promise<ScriptedServer>
         else setTimeout(next, fault.trickleMs);
       };
       next();
+      return;
+    }
+    if (fault && 'gzip' in fault) {
+      const body = gzipSync(content(start, end - start + 1));
+      res.writeHead(206, { ...validators, 'content-range': cr, 'content-encoding': 'gzip', 'content-length': body.byteLength });
+      res.end(body);
       return;
     }
     if (fault && 'stallMs' in fault) {
