@@ -31,7 +31,8 @@ const O_XK: usize = O_ACC + 8 * 16;
 const O_HB: usize = O_XK + XK_FLOATS * 4; // 2 x NB f32
 const O_QP: usize = O_HB + FFN_NB * 4 * 2; // 4 u32
 const O_QA: usize = O_QP + 16; // 4 f32
-const O_UPS: usize = O_QA + 16; // GB f32
+const O_QS: usize = O_QA + 16; // 4 u32
+const O_UPS: usize = O_QS + 16; // GB f32
 const O_HIST: usize = O_UPS + GATED_GB * 4; // 32 u32
 const O_SLOT: usize = O_HIST + 32 * 4; // 8 bytes
 /** Bytes of one instance's scratch region (a multiple of 64). */
@@ -53,6 +54,8 @@ export let HB: usize = DEFAULT_SCRATCH + O_HB;
 /** ffn.ts: down-pass queue, pointers and coefficients. */
 export let QP: usize = DEFAULT_SCRATCH + O_QP;
 export let QA: usize = DEFAULT_SCRATCH + O_QA;
+/** ffn.ts: down-pass queue, q8 scale pointers. */
+export let QS: usize = DEFAULT_SCRATCH + O_QS;
 /** gated.ts: up dots of a batch. */
 export let UPS: usize = DEFAULT_SCRATCH + O_UPS;
 /** cache.ts: histogram of the LRU candidates' ages. */
@@ -67,6 +70,7 @@ function set_scratch(base: usize): void {
   HB = base + O_HB;
   QP = base + O_QP;
   QA = base + O_QA;
+  QS = base + O_QS;
   UPS = base + O_UPS;
   HIST = base + O_HIST;
   SLOT = base + O_SLOT;

@@ -6,27 +6,29 @@
 // (matvec.ts, ffn.ts) for that token: each accumulator follows the same
 // summation order as gemv.ts — rows [0, rows & ~3) the 4-row groups' order
 // ("A": per 8 columns, acc += w[0:4]x[0:4] + w[4:8]x[4:8]), the last rows & 3
-// rows the single-row order ("B") — so a prompt prefilled in blocks yields the
-// same logits as token-by-token decoding.
+// rows the single-row order ("B"); every q8 row has the one q8 order of
+// gemv.ts — so a prompt prefilled in blocks yields the same logits as
+// token-by-token decoding.
 //
 // X rows are `ldx` bytes apart, out rows `ldo` bytes apart (out[t][r]). All
 // scratch comes from the host (batch_scratch_bytes): nothing static, so any
 // number of instances may share the memory. The *_rows / ffn_batch_act /
 // ffn_batch_down range kernels let the threads build split one call (rows at
 // multiples of 8, neurons at multiples of NB, output columns at multiples of
-// 8), each thread with its own scratch, with the same bits for any split.
+// 8, or 32 for q8), each thread with its own scratch, with the same bits for
+// any split.
 
 import { hsum, silu1, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
-import { f32_tail, f32_row1, f16_row_exact, f16_tail, f16_xscale, i8_row, quantize_x, qx_bytes, QB } from "./gemv";
-import { axpy4_f32, axpy1_f32, ffn_relu_i8, ffn_swiglu_i8 } from "./ffn";
+import { f32_tail, f32_row1, f16_row_exact, f16_tail, f16_xscale, i8_row, quantize_x, qx_bytes, QB, QG, q8_row1, q8_finish } from "./gemv";
+import { axpy4_f32, axpy1_f32, q8ScaleAt, ffn_relu_i8, ffn_swiglu_i8, ffn_relu_q8, ffn_swiglu_q8 } from "./ffn";
 import { dequant_f16, dequant_i8 } from "./dequant";
 import { MAXD_I8 } from "./arena";
 
-const T_F32 = 0, T_F16 = 1, T_I8 = 2;
+const T_F32 = 0, T_F16 = 1, T_I8 = 2, T_Q8 = 3;
 /** Neurons per FFN batch: as ffn.ts, so each up/gate row keeps its place in the 4-row groups. */
 const NB: usize = 64;
-/** Per-token down queue: 4 u32 pointers, 4 f32 coefficients, a count. */
-const QSTRIDE: usize = 48;
+/** Per-token down queue: 4 u32 pointers, 4 f32 coefficients, a count (at 32), 4 u32 q8 scale pointers (at 48). */
+const QSTRIDE: usize = 64;
 
 // ---------------------------------------------------------------- scratch layout
 //
@@ -37,7 +39,7 @@ const QSTRIDE: usize = 48;
 // UB   T x NB f32   up dots of one neuron batch (gated)
 // DD   NB rows      one batch of down rows decoded to f32 (f16, int8)
 // PEND T x 3 rows   down rows a token's queue still holds when DD is refilled
-// Q    T x 48 B     per-token down queues
+// Q    T x 64 B     per-token down queues
 // RG   T u32        tokens of a batch whose down groups are regular
 
 // @ts-ignore: decorator
@@ -258,6 +260,73 @@ function core_i8(out: usize, ldo: usize, W: usize, stride: usize, T: usize, m: u
   }
 }
 
+/**
+ * q8: the F accumulators (gemv.ts q8 order) of rows p0, p1 (scales sp0, sp1)
+ * against quantized tokens (q0, s0), (q1, s1) over ng full groups, stored at
+ * acc as r0x0, r0x1, r1x0, r1x1.
+ */
+function tile_q8(acc: usize, p0: usize, p1: usize, sp0: usize, sp1: usize, q0: usize, s0: usize, q1: usize, s1: usize, ng: usize): void {
+  let f00 = f32x4.splat(0), f01 = f32x4.splat(0), f10 = f32x4.splat(0), f11 = f32x4.splat(0);
+  for (let g: usize = 0; g < ng; g++) {
+    // each weight vector loaded once for both tokens; the i32 lanes are q8_group's (exact sums)
+    let a00 = i32x4.splat(0), a01 = i32x4.splat(0), a10 = i32x4.splat(0), a11 = i32x4.splat(0);
+    const c0 = g << 5;
+    for (let c = c0; c < c0 + 32; c += 16) {
+      const w0a = v128.load8x8_s(p0 + c), w0b = v128.load8x8_s(p0 + c, 8);
+      const w1a = v128.load8x8_s(p1 + c), w1b = v128.load8x8_s(p1 + c, 8);
+      const xa = v128.load(q0 + (c << 1)), xb = v128.load(q0 + (c << 1), 16);
+      a00 = i32x4.add(a00, i32x4.add(i32x4.dot_i16x8_s(w0a, xa), i32x4.dot_i16x8_s(w0b, xb)));
+      a10 = i32x4.add(a10, i32x4.add(i32x4.dot_i16x8_s(w1a, xa), i32x4.dot_i16x8_s(w1b, xb)));
+      const ya = v128.load(q1 + (c << 1)), yb = v128.load(q1 + (c << 1), 16);
+      a01 = i32x4.add(a01, i32x4.add(i32x4.dot_i16x8_s(w0a, ya), i32x4.dot_i16x8_s(w0b, yb)));
+      a11 = i32x4.add(a11, i32x4.add(i32x4.dot_i16x8_s(w1a, ya), i32x4.dot_i16x8_s(w1b, yb)));
+    }
+    // q8_fold's arithmetic: F + convert(a) * fround(ws * xs)
+    const so = g << 2, xo = (g >> 2) << 2;
+    const X0 = v128.load32_splat(s0 + xo), X1 = v128.load32_splat(s1 + xo);
+    const W0 = v128.load32_splat(sp0 + so), W1 = v128.load32_splat(sp1 + so);
+    f00 = f32x4.add(f00, f32x4.mul(f32x4.convert_i32x4_s(a00), f32x4.mul(W0, X0)));
+    f10 = f32x4.add(f10, f32x4.mul(f32x4.convert_i32x4_s(a10), f32x4.mul(W1, X0)));
+    f01 = f32x4.add(f01, f32x4.mul(f32x4.convert_i32x4_s(a01), f32x4.mul(W0, X1)));
+    f11 = f32x4.add(f11, f32x4.mul(f32x4.convert_i32x4_s(a11), f32x4.mul(W1, X1)));
+  }
+  v128.store(acc, f00); v128.store(acc, f01, 16); v128.store(acc, f10, 32); v128.store(acc, f11, 48);
+}
+
+/**
+ * out[t][r] = W_r . x_t as dots_q8_p computes it, rows [r0, r1) (prepare_i8
+ * first); row r's values at W + r*stride, its scales at Sc + r*sstride.
+ */
+function core_q8(out: usize, ldo: usize, W: usize, stride: usize, Sc: usize, sstride: usize, T: usize, n: usize, S: usize, r0: usize, r1: usize): void {
+  const lp = ldp(n), nb = (n + QB - 1) / QB, ng = n / QG;
+  const acc = S + offACC(T, n);
+  let r = r0;
+  for (; r + 2 <= r1; r += 2) {
+    const p0 = W + r * stride, p1 = p0 + stride;
+    const c0 = Sc + r * sstride, c1 = c0 + sstride;
+    for (let t: usize = 0; t < T; t += 2) {
+      const two = t + 1 < T;
+      const q0 = S + t * lp, q1 = two ? q0 + lp : q0;
+      const s0 = q0 + nb * QB * 2, s1 = q1 + nb * QB * 2;
+      tile_q8(acc, p0, p1, c0, c1, q0, s0, q1, s1, ng);
+      const o = out + t * ldo + (r << 2);
+      store<f32>(o, q8_finish(v128.load(acc), p0, c0, q0, s0, n));
+      store<f32>(o, q8_finish(v128.load(acc, 32), p1, c1, q0, s0, n), 4);
+      if (two) {
+        store<f32>(o + ldo, q8_finish(v128.load(acc, 16), p0, c0, q1, s1, n));
+        store<f32>(o + ldo, q8_finish(v128.load(acc, 48), p1, c1, q1, s1, n), 4);
+      }
+    }
+  }
+  for (; r < r1; r++) {
+    const p = W + r * stride, c = Sc + r * sstride;
+    for (let t: usize = 0; t < T; t++) {
+      const q = S + t * lp, xs = q + nb * QB * 2;
+      store<f32>(out + t * ldo + (r << 2), q8_finish(q8_row1(p, c, q, xs, ng), p, c, q, xs, n));
+    }
+  }
+}
+
 // ---------------------------------------------------------------- matmul (dense layers)
 
 /**
@@ -271,6 +340,9 @@ export function matmul_rows(t: i32, out: usize, ldo: i32, W: usize, scales: usiz
   else if (t == T_F16) {
     prepare_f16(x, lx, nT, n, scratch);
     core_f16(out, lo, W, n << 1, x, lx, nT, m, n, scratch, a, b);
+  } else if (t == T_Q8) {
+    prepare_i8(x, lx, nT, n, scratch);
+    core_q8(out, lo, W, n, scales, ((n + QG - 1) / QG) << 2, nT, n, scratch, a, b);
   } else {
     prepare_i8(x, lx, nT, n, scratch);
     core_i8(out, lo, W, n, nT, m, n, scratch, a, b);
@@ -302,6 +374,11 @@ export function matmul_i8(out: usize, ldo: i32, W: usize, scales: usize, x: usiz
   matmul_rows(T_I8, out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch, 0, rows);
 }
 
+/** As matmul_f32 for q8 W with group `scales` f32 [rows][ceil(cols / 32)] (each token equal to matvec_q8). */
+export function matmul_q8(out: usize, ldo: i32, W: usize, scales: usize, x: usize, ldx: i32, bias: usize, T: i32, rows: i32, cols: i32, scratch: usize): void {
+  matmul_rows(T_Q8, out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch, 0, rows);
+}
+
 // ---------------------------------------------------------------- FFN over resident records
 //
 // Two phases, each splittable over threads: activations h[t][i] for a range
@@ -312,30 +389,74 @@ export function matmul_i8(out: usize, ldo: i32, W: usize, scales: usize, x: usiz
 // (value * 2^-112) by a * 2^112 and its int8 axpy the exact integer by a, the
 // same real products as value * a, so every product rounds the same.
 
-/** Runs one down row now (ffn.ts down1, on a decoded row). */
+// q8 down rows are decoded to their exact integers (as int8 rows) and take
+// per-group coefficients fround(a * ws_g): the products q * fround(a * ws_g) and
+// the per-column sums of ffn.ts axpy4_q8 / axpy1_q8, so the same bits.
+
+/** ffn.ts axpy4_q8 on decoded rows p_k (f32 integers) with group scales s_k (the columns start at a group boundary). */
+function axpy4_f32g(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: usize, s0: usize, s1: usize, s2: usize, s3: usize, a0: f32, a1: f32, a2: f32, a3: f32): void {
+  for (let g: usize = 0; g < d; g += QG) {
+    const so = (g / QG) << 2;
+    const b0 = a0 * load<f32>(s0 + so), b1 = a1 * load<f32>(s1 + so), b2 = a2 * load<f32>(s2 + so), b3 = a3 * load<f32>(s3 + so);
+    const e = min(g + QG, d);
+    let j = g;
+    if (e - g == QG) {
+      // a full group: 8 steps of 4 columns, axpy4_f32's per-column arithmetic
+      const B0 = f32x4.splat(b0), B1 = f32x4.splat(b1), B2 = f32x4.splat(b2), B3 = f32x4.splat(b3);
+      for (; j < e; j += 4) {
+        const o = j << 2;
+        const acc = f32x4.add(
+          f32x4.add(f32x4.mul(v128.load(p0 + o), B0), f32x4.mul(v128.load(p1 + o), B1)),
+          f32x4.add(f32x4.mul(v128.load(p2 + o), B2), f32x4.mul(v128.load(p3 + o), B3)));
+        v128.store(out + o, f32x4.add(v128.load(out + o), acc));
+      }
+    } else {
+      const o = j << 2;
+      axpy4_f32(out + o, e - j, p0 + o, p1 + o, p2 + o, p3 + o, b0, b1, b2, b3);
+    }
+  }
+}
+
+/** ffn.ts axpy1_q8 on a decoded row. */
+function axpy1_f32g(out: usize, d: usize, p: usize, s: usize, a: f32): void {
+  for (let g: usize = 0; g < d; g += QG) {
+    const o = g << 2;
+    axpy1_f32(out + o, min(QG, d - g), p + o, a * load<f32>(s + ((g / QG) << 2)));
+  }
+}
+
+/** Runs one down row now (ffn.ts down1, on a decoded row; q8: with its group scales sp). */
 // @ts-ignore: decorator
-@inline function down1(out: usize, d: usize, p: usize, a: f32): void {
-  axpy1_f32(out, d, p, a);
+@inline function down1(t: i32, out: usize, d: usize, p: usize, sp: usize, a: f32): void {
+  if (t == T_Q8) axpy1_f32g(out, d, p, sp, a);
+  else axpy1_f32(out, d, p, a);
 }
 
 /**
  * Queues down row p (decoded f32) with coefficient a in queue q: ffn.ts push's
  * grouping, including its rule that f16 coefficients >= 2^15 run alone.
  */
-function qpush(q: usize, t: i32, out: usize, d: usize, p: usize, a: f32): void {
-  if (t == T_F16 && !(abs<f32>(a) < 32768.0)) { down1(out, d, p, a); return; }
+function qpush(q: usize, t: i32, out: usize, d: usize, p: usize, sp: usize, a: f32): void {
+  if (t == T_F16 && !(abs<f32>(a) < 32768.0)) { down1(t, out, d, p, sp, a); return; }
   const n = load<u32>(q, 32);
   store<u32>(q + (<usize>n << 2), <u32>p);
   store<f32>(q + (<usize>n << 2), a, 16);
+  store<u32>(q + (<usize>n << 2), <u32>sp, 48);
   if (n < 3) { store<u32>(q, n + 1, 32); return; }
   store<u32>(q, 0, 32);
+  if (t == T_Q8) {
+    axpy4_f32g(out, d, <usize>load<u32>(q), <usize>load<u32>(q, 4), <usize>load<u32>(q, 8), <usize>load<u32>(q, 12),
+      <usize>load<u32>(q, 48), <usize>load<u32>(q, 52), <usize>load<u32>(q, 56), <usize>load<u32>(q, 60),
+      load<f32>(q, 16), load<f32>(q, 20), load<f32>(q, 24), load<f32>(q, 28));
+    return;
+  }
   axpy4_f32(out, d, <usize>load<u32>(q), <usize>load<u32>(q, 4), <usize>load<u32>(q, 8), <usize>load<u32>(q, 12),
     load<f32>(q, 16), load<f32>(q, 20), load<f32>(q, 24), load<f32>(q, 28));
 }
 
-function qflush(q: usize, out: usize, d: usize): void {
+function qflush(q: usize, t: i32, out: usize, d: usize): void {
   const n = <usize>load<u32>(q, 32);
-  for (let k: usize = 0; k < n; k++) down1(out, d, <usize>load<u32>(q + (k << 2)), load<f32>(q + (k << 2), 16));
+  for (let k: usize = 0; k < n; k++) down1(t, out, d, <usize>load<u32>(q + (k << 2)), <usize>load<u32>(q + (k << 2), 48), load<f32>(q + (k << 2), 16));
   store<u32>(q, 0, 32);
 }
 
@@ -343,13 +464,14 @@ function qflush(q: usize, out: usize, d: usize): void {
 function batch_dots(t: i32, dst: usize, ldh: usize, p: usize, stride: usize, X: usize, ldx: usize, T: usize, m: usize, d: usize, S: usize): void {
   if (t == T_F32) core_f32(dst, ldh, p, stride, X, ldx, T, m, d, S, 0, m);
   else if (t == T_F16) core_f16(dst, ldh, p, stride, X, ldx, T, m, d, S, 0, m);
+  else if (t == T_Q8) core_q8(dst, ldh, p, stride, p + q8ScaleAt(d), stride, T, d, S, 0, m);
   else core_i8(dst, ldh, p, stride, T, m, d, S, 0, m);
 }
 
-/** Byte offset of the f32 after a part's values (int8 scale, or f32/f16 bias). */
+/** Byte offset of the f32 after a part's values (int8 scale, q8 scales, or f32/f16 bias). */
 // @ts-ignore: decorator
 @inline function tailOffset(t: i32, d: usize): usize {
-  return t == T_F32 ? d << 2 : t == T_F16 ? d << 1 : d;
+  return t == T_F32 ? d << 2 : t == T_F16 ? d << 1 : t == T_Q8 ? q8ScaleAt(d) : d;
 }
 
 /**
@@ -362,9 +484,10 @@ export function ffn_batch_act(code: i32, x: usize, ldx: i32, T: i32, d: i32, n: 
   const t = code & 3, gated = (code & 4) != 0, hasBias = (code & 8) != 0;
   const lx = <usize>ldx, nT = <usize>T, dd = <usize>d, st = <usize>stride, S = scratch, ldh = <usize>n << 2;
   if (t == T_F16) prepare_f16(x, lx, nT, dd, S);
-  else if (t == T_I8) prepare_i8(x, lx, nT, dd, S);
+  else if (t == T_I8 || t == T_Q8) prepare_i8(x, lx, nT, dd, S);
   const off = tailOffset(t, dd);
-  const biasOff = t == T_I8 ? off + 4 : off; // int8 parts: scale, then bias
+  // int8 parts: scale, then bias; q8: the group scales, then bias
+  const biasOff = t == T_I8 ? off + 4 : t == T_Q8 ? off + (((dd + QG - 1) / QG) << 2) : off;
   for (let b = <usize>n0; b < <usize>n1; b += NB) {
     const m = min(NB, <usize>n1 - b);
     const hb = H + (b << 2);
@@ -411,6 +534,7 @@ export function ffn_batch_down(t: i32, out: usize, ldo: i32, T: i32, d: i32, n: 
   const DD = S + offDD(nT, dd), PEND = S + offPEND(nT, dd), rowBytes = colsR(dd) << 2;
   const c0 = <usize>j0, w = <usize>j1 - c0;
   const off = tailOffset(t, dd);
+  const so = off + ((c0 / QG) << 2); // q8: c0 is a multiple of 32
   for (let k: usize = 0; k < nT; k++) {
     memory.fill(out + k * lo + (c0 << 2), 0, w << 2);
     store<u32>(Q + k * QSTRIDE, 0, 32);
@@ -444,6 +568,17 @@ export function ffn_batch_down(t: i32, out: usize, ldo: i32, T: i32, d: i32, n: 
       for (let g: usize = 0; g < m; g += 4) {
         let p0 = down + (b + g) * st + (c0 << 2), p1 = p0 + st, p2 = p1 + st, p3 = p2 + st;
         if (t != T_F32) { p0 = DD + g * rowBytes; p1 = p0 + rowBytes; p2 = p1 + rowBytes; p3 = p2 + rowBytes; }
+        if (t == T_Q8) {
+          // per-group coefficients (ffn.ts axpy4_q8)
+          const r0 = down + (b + g) * st + so;
+          for (let e: usize = 0; e < nreg; e++) {
+            const k = <usize>load<u32>(RG + (e << 2));
+            const hp = H + k * ldh + ((b + g) << 2);
+            axpy4_f32g(out + k * lo + (c0 << 2), w, p0, p1, p2, p3, r0, r0 + st, r0 + 2 * st, r0 + 3 * st,
+              load<f32>(hp), load<f32>(hp, 4), load<f32>(hp, 8), load<f32>(hp, 12));
+          }
+          continue;
+        }
         let s0: f32 = 1, s1: f32 = 1, s2: f32 = 1, s3: f32 = 1;
         if (t == T_I8) {
           const r0 = down + (b + g) * st + off;
@@ -466,7 +601,7 @@ export function ffn_batch_down(t: i32, out: usize, ldo: i32, T: i32, d: i32, n: 
         const h = load<f32>(hb + (j << 2));
         if (h == 0) continue;
         const dp = down + (b + j) * st;
-        qpush(q, t, o, w, t == T_F32 ? dp + (c0 << 2) : DD + j * rowBytes, t == T_I8 ? h * load<f32>(dp + off) : h);
+        qpush(q, t, o, w, t == T_F32 ? dp + (c0 << 2) : DD + j * rowBytes, dp + so, t == T_I8 ? h * load<f32>(dp + off) : h);
       }
       // rows still queued must outlive DD's refill: move them to the token's own slots
       const pn = <usize>load<u32>(q, 32);
@@ -480,7 +615,7 @@ export function ffn_batch_down(t: i32, out: usize, ldo: i32, T: i32, d: i32, n: 
       }
     }
   }
-  for (let k: usize = 0; k < nT; k++) qflush(Q + k * QSTRIDE, out + k * lo + (c0 << 2), w);
+  for (let k: usize = 0; k < nT; k++) qflush(Q + k * QSTRIDE, t, out + k * lo + (c0 << 2), w);
 }
 
 function ffn_batch(t: i32, gated: bool, out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hasBias: bool, H: usize, S: usize): void {
@@ -516,4 +651,18 @@ export function ffn_swiglu_i8_batch(out: usize, ldo: i32, x: usize, ldx: i32, T:
     return;
   }
   ffn_batch(T_I8, true, out, ldo, x, ldx, T, d, n, gate, up, down, stride, false, H, scratch);
+}
+export function ffn_relu_q8_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, H: usize, scratch: usize): void {
+  if (<usize>d > MAXD_I8) { // the one-token kernel's exact f32 path
+    for (let k: i32 = 0; k < T; k++) ffn_relu_q8(out + <usize>k * <usize>ldo, x + <usize>k * <usize>ldx, d, n, up, down, stride, hasBias, 0);
+    return;
+  }
+  ffn_batch(T_Q8, false, out, ldo, x, ldx, T, d, n, 0, up, down, stride, hasBias != 0, H, scratch);
+}
+export function ffn_swiglu_q8_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, H: usize, scratch: usize): void {
+  if (<usize>d > MAXD_I8) {
+    for (let k: i32 = 0; k < T; k++) ffn_swiglu_q8(out + <usize>k * <usize>ldo, x + <usize>k * <usize>ldx, d, n, gate, up, down, stride, 0);
+    return;
+  }
+  ffn_batch(T_Q8, true, out, ldo, x, ldx, T, d, n, gate, up, down, stride, false, H, scratch);
 }

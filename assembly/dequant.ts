@@ -30,3 +30,9 @@ export function dequant_i8(dst: usize, src: usize, n: i32, scale: f32): void {
   }
   for (; i < m; i++) store<f32>(dst + (i << 2), <f32>load<i8>(src + i) * scale);
 }
+
+/** q8: dst[i] = fround(q[i] * scales[i >> 5]) (one f32 scale per group of 32 values). */
+export function dequant_q8(dst: usize, src: usize, scales: usize, n: i32): void {
+  const m = <usize>n;
+  for (let g: usize = 0; g < m; g += 32) dequant_i8(dst + (g << 2), src + g, <i32>min<usize>(32, m - g), load<f32>(scales + (g >> 3)));
+}

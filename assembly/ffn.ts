@@ -1,7 +1,8 @@
 // FFN over neuron records (types.ts / docs/FORMAT.md): part p of neuron i at
 // partPtr_p + i*stride (or listed in a u32 pointer table: the *_ptrs kernels);
-// a part is d values, then (int8) an f32 scale, then (hasBias) an f32 bias
-// slot. out[d] is overwritten.
+// a part is d values, then (int8) an f32 scale or (q8, at the 4-aligned
+// offset after the values) ceil(d/32) f32 group scales, then (hasBias) an f32
+// bias slot. out[d] is overwritten.
 //
 // Neurons go in batches of NB: the up (and gate) dots of a batch use the same
 // 8-row blocked code as matvec (rows = neurons, row stride = record stride),
@@ -10,8 +11,8 @@
 // Skipping h == 0 is what makes ReLU sparsity pay even when every neuron is given.
 
 import { hsum, silu1, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
-import { MAXD_I8, XQ, HB, QP, QA, FFN_NB } from "./arena";
-import { dots_f32_p, dots_f16_p, dots_i8_p, f16_prepare, f16_to_f32, quantize_x, QB } from "./gemv";
+import { MAXD_I8, XQ, HB, QP, QA, QS, FFN_NB } from "./arena";
+import { dots_f32_p, dots_f16_p, dots_i8_p, dots_q8_p, q8_dot_f32, f16_prepare, f16_to_f32, quantize_x, QB, QG } from "./gemv";
 
 const NB: usize = FFN_NB; // neurons per batch (64)
 // HB (up / gate dots of the current batch, 2 x NB f32), QP / QA (the down-pass
@@ -25,7 +26,7 @@ const NB: usize = FFN_NB; // neurons per batch (64)
 let qn: i32 = 0; // pending pairs in QP (pointers) / QA (coefficients)
 
 // dtype codes for the queue
-const T_F32 = 0, T_F16 = 1, T_I8 = 2;
+const T_F32 = 0, T_F16 = 1, T_I8 = 2, T_Q8 = 3;
 
 /** out[j] += sum_k a_k * down_k[j], 4 f32 rows. */
 export function axpy4_f32(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: usize, a0: f32, a1: f32, a2: f32, a3: f32): void {
@@ -131,18 +132,87 @@ export function axpy1_i8(out: usize, d: usize, p: usize, a: f32): void {
   for (; j < d; j++) store<f32>(out + (j << 2), load<f32>(out + (j << 2)) + <f32>load<i8>(p + j) * a);
 }
 
-/** Runs one down row now (queue leftovers and coefficients the 4-row path can't take). */
-function down1(t: i32, out: usize, d: usize, p: usize, a: f32): void {
+// q8 down rows (one f32 scale per group of 32 values, at s): column j gets
+// q_k[j] * fround(a_k * ws_k[j / 32]), summed as axpy4_i8 / axpy1_i8 do. The
+// columns start at a group boundary (callers split at multiples of 32).
+
+/** Columns [j, j+8) of axpy4_q8 with the group's coefficients A_k (splat). */
+// @ts-ignore: decorator
+@inline function axpy4_q8_8(out: usize, j: usize, p0: usize, p1: usize, p2: usize, p3: usize, A0: v128, A1: v128, A2: v128, A3: v128): void {
+  const q0 = v128.load8x8_s(p0 + j), q1 = v128.load8x8_s(p1 + j), q2 = v128.load8x8_s(p2 + j), q3 = v128.load8x8_s(p3 + j);
+  const o = out + (j << 2);
+  const lo = f32x4.add(
+    f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q0)), A0), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q1)), A1)),
+    f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q2)), A2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q3)), A3)));
+  const hi = f32x4.add(
+    f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q0)), A0), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q1)), A1)),
+    f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q2)), A2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q3)), A3)));
+  v128.store(o, f32x4.add(v128.load(o), lo));
+  v128.store(o, f32x4.add(v128.load(o, 16), hi), 16);
+}
+
+/** out[j] += sum_k fround(a_k * s_k[j/32]) * q_k[j] for 4 q8 rows (values p_k, scales s_k). */
+export function axpy4_q8(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: usize, s0: usize, s1: usize, s2: usize, s3: usize, a0: f32, a1: f32, a2: f32, a3: f32): void {
+  for (let g: usize = 0; g < d; g += QG) {
+    const so = (g / QG) << 2;
+    const b0 = a0 * load<f32>(s0 + so), b1 = a1 * load<f32>(s1 + so), b2 = a2 * load<f32>(s2 + so), b3 = a3 * load<f32>(s3 + so);
+    const A0 = f32x4.splat(b0), A1 = f32x4.splat(b1), A2 = f32x4.splat(b2), A3 = f32x4.splat(b3);
+    const e = min(g + QG, d);
+    let j = g;
+    for (; j + 16 <= e; j += 16) { // two steps of 8 per iteration (the same per-column arithmetic)
+      axpy4_q8_8(out, j, p0, p1, p2, p3, A0, A1, A2, A3);
+      axpy4_q8_8(out, j + 8, p0, p1, p2, p3, A0, A1, A2, A3);
+    }
+    for (; j + 8 <= e; j += 8) {
+      const q0 = v128.load8x8_s(p0 + j), q1 = v128.load8x8_s(p1 + j), q2 = v128.load8x8_s(p2 + j), q3 = v128.load8x8_s(p3 + j);
+      const o = out + (j << 2);
+      const lo = f32x4.add(
+        f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q0)), A0), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q1)), A1)),
+        f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q2)), A2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q3)), A3)));
+      const hi = f32x4.add(
+        f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q0)), A0), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q1)), A1)),
+        f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q2)), A2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q3)), A3)));
+      v128.store(o, f32x4.add(v128.load(o), lo));
+      v128.store(o, f32x4.add(v128.load(o, 16), hi), 16);
+    }
+    for (; j < e; j++) {
+      const o = out + (j << 2);
+      store<f32>(o, load<f32>(o) + ((<f32>load<i8>(p0 + j) * b0 + <f32>load<i8>(p1 + j) * b1) + (<f32>load<i8>(p2 + j) * b2 + <f32>load<i8>(p3 + j) * b3)));
+    }
+  }
+}
+
+/** out[j] += fround(a * s[j/32]) * q[j], one q8 row. */
+export function axpy1_q8(out: usize, d: usize, p: usize, s: usize, a: f32): void {
+  for (let g: usize = 0; g < d; g += QG) {
+    const b = a * load<f32>(s + ((g / QG) << 2));
+    const A = f32x4.splat(b);
+    const e = min(g + QG, d);
+    let j = g;
+    for (; j + 8 <= e; j += 8) {
+      const q = v128.load8x8_s(p + j);
+      const o = out + (j << 2);
+      v128.store(o, f32x4.add(v128.load(o), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q)), A)));
+      v128.store(o, f32x4.add(v128.load(o, 16), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q)), A)), 16);
+    }
+    for (; j < e; j++) store<f32>(out + (j << 2), load<f32>(out + (j << 2)) + <f32>load<i8>(p + j) * b);
+  }
+}
+
+/** Runs one down row now (queue leftovers and coefficients the 4-row path can't take); sp: q8 scales. */
+function down1(t: i32, out: usize, d: usize, p: usize, sp: usize, a: f32): void {
   if (t == T_F32) axpy1_f32(out, d, p, a);
   else if (t == T_F16) axpy1_f16(out, d, p, a);
+  else if (t == T_Q8) axpy1_q8(out, d, p, sp, a);
   else axpy1_i8(out, d, p, a);
 }
 
-/** Queues down row p with coefficient a; every 4th call runs the 4-row axpy. */
-function push(t: i32, out: usize, d: usize, p: usize, a: f32): void {
+/** Queues down row p (q8: scales at sp) with coefficient a; every 4th call runs the 4-row axpy. */
+function push(t: i32, out: usize, d: usize, p: usize, sp: usize, a: f32): void {
   // f16 folds 2^112 into the coefficient: larger |a| would overflow, run it alone (exact)
-  if (t == T_F16 && !(abs<f32>(a) < 32768.0)) { down1(t, out, d, p, a); return; }
+  if (t == T_F16 && !(abs<f32>(a) < 32768.0)) { down1(t, out, d, p, sp, a); return; }
   store<usize>(QP + (<usize>qn << 2), p);
+  store<usize>(QS + (<usize>qn << 2), sp);
   store<f32>(QA + (<usize>qn << 2), a);
   if (++qn < 4) return;
   qn = 0;
@@ -150,12 +220,13 @@ function push(t: i32, out: usize, d: usize, p: usize, a: f32): void {
   const a0 = load<f32>(QA), a1 = load<f32>(QA, 4), a2 = load<f32>(QA, 8), a3 = load<f32>(QA, 12);
   if (t == T_F32) axpy4_f32(out, d, p0, p1, p2, p3, a0, a1, a2, a3);
   else if (t == T_F16) axpy4_f16(out, d, p0, p1, p2, p3, a0, a1, a2, a3);
+  else if (t == T_Q8) axpy4_q8(out, d, p0, p1, p2, p3, load<usize>(QS), load<usize>(QS, 4), load<usize>(QS, 8), load<usize>(QS, 12), a0, a1, a2, a3);
   else axpy4_i8(out, d, p0, p1, p2, p3, a0, a1, a2, a3);
 }
 
 /** Runs what is left in the queue. */
 function flush(t: i32, out: usize, d: usize): void {
-  for (let k = 0; k < qn; k++) down1(t, out, d, load<usize>(QP + (<usize>k << 2)), load<f32>(QA + (<usize>k << 2)));
+  for (let k = 0; k < qn; k++) down1(t, out, d, load<usize>(QP + (<usize>k << 2)), load<usize>(QS + (<usize>k << 2)), load<f32>(QA + (<usize>k << 2)));
   qn = 0;
 }
 
@@ -167,7 +238,7 @@ let i8q: bool = false;
 
 function prepare_x(t: i32, x: usize, d: usize): void {
   if (t == T_F16) f16k = f16_prepare(x, d);
-  else if (t == T_I8) {
+  else if (t == T_I8 || t == T_Q8) {
     i8q = d <= MAXD_I8;
     if (i8q) quantize_x(XQ, XQ + ((d + QB - 1) / QB) * QB * 2, x, d);
   }
@@ -194,7 +265,16 @@ function i8_dot_f32(p: usize, x: usize, d: usize): f32 {
 function dots(t: i32, dst: usize, p: usize, stride: usize, ptrs: usize, pstep: usize, x: usize, m: usize, d: usize): void {
   if (t == T_F32) dots_f32_p(dst, p, stride, ptrs, pstep, x, <i32>m, <i32>d);
   else if (t == T_F16) dots_f16_p(dst, p, stride, ptrs, pstep, x, <i32>m, <i32>d, f16k);
-  else if (i8q) dots_i8_p(dst, p, stride, ptrs, pstep, XQ, XQ + ((d + QB - 1) / QB) * QB * 2, <i32>m, <i32>d);
+  else if (t == T_Q8) {
+    const so = q8ScaleAt(d);
+    if (i8q) dots_q8_p(dst, p, stride, ptrs ? so : p + so, stride, ptrs, pstep, XQ, XQ + ((d + QB - 1) / QB) * QB * 2, <i32>m, <i32>d);
+    else {
+      for (let k: usize = 0; k < m; k++) {
+        const pk = ptrs ? <usize>load<u32>(ptrs + k * pstep) : p + k * stride;
+        store<f32>(dst + (k << 2), q8_dot_f32(pk, pk + so, x, d));
+      }
+    }
+  } else if (i8q) dots_i8_p(dst, p, stride, ptrs, pstep, XQ, XQ + ((d + QB - 1) / QB) * QB * 2, <i32>m, <i32>d);
   else {
     for (let k: usize = 0; k < m; k++) {
       const pk = ptrs ? <usize>load<u32>(ptrs + k * pstep) : p + k * stride;
@@ -205,10 +285,22 @@ function dots(t: i32, dst: usize, p: usize, stride: usize, ptrs: usize, pstep: u
 
 // ---------------------------------------------------------------- drivers
 
-/** Byte offset of the f32 after the values of a part (int8 scale, or bias for f32/f16). */
+/** q8 parts: byte offset of the group scales (after the d values, 4-aligned). */
+// @ts-ignore: decorator
+@inline export function q8ScaleAt(d: usize): usize {
+  return (d + 3) & ~(<usize>3);
+}
+
+/** Byte offset of the f32 after the values of a part (int8 scale, q8 scales, or bias for f32/f16). */
 // @ts-ignore: decorator
 @inline function tailOffset(t: i32, d: usize): usize {
-  return t == T_F32 ? d << 2 : t == T_F16 ? d << 1 : d;
+  return t == T_F32 ? d << 2 : t == T_F16 ? d << 1 : t == T_Q8 ? q8ScaleAt(d) : d;
+}
+
+/** Byte offset of the bias slot of a part. */
+// @ts-ignore: decorator
+@inline function biasOffset(t: i32, d: usize): usize {
+  return t == T_I8 ? d + 4 : t == T_Q8 ? q8ScaleAt(d) + (((d + QG - 1) / QG) << 2) : tailOffset(t, d);
 }
 
 // Neuron i's part p: partPtr_p + i*stride (records), or ptrs[i*nParts + p] (u32 table).
@@ -222,7 +314,7 @@ function ffn_relu(t: i32, out: usize, x: usize, d: usize, n: usize, up: usize, d
   qn = 0;
   prepare_x(t, x, d);
   const off = tailOffset(t, d);
-  const biasOff = t == T_I8 ? off + 4 : off; // int8 parts: scale, then bias
+  const biasOff = biasOffset(t, d); // int8 parts: scale(s), then bias
   for (let n0: usize = 0; n0 < n; n0 += NB) {
     const m = min(NB, n - n0);
     if (ptrs) dots(t, HB, 0, 0, ptrs + ((n0 * 2) << 2), 8, x, m, d);
@@ -237,7 +329,7 @@ function ffn_relu(t: i32, out: usize, x: usize, d: usize, n: usize, up: usize, d
       if (hOut) store<f32>(hOut + (i << 2), h);
       if (h != 0) {
         const dp = partAt(down, stride, ptrs, 2, 1, i);
-        push(t, out, d, dp, t == T_I8 ? h * load<f32>(dp + off) : h);
+        push(t, out, d, dp, dp + off, t == T_I8 ? h * load<f32>(dp + off) : h);
       }
     }
   }
@@ -270,7 +362,7 @@ function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usiz
       if (hOut) store<f32>(hOut + (i << 2), h);
       if (h != 0) {
         const dp = partAt(down, stride, ptrs, 3, 2, i);
-        push(t, out, d, dp, t == T_I8 ? h * load<f32>(dp + off) : h);
+        push(t, out, d, dp, dp + off, t == T_I8 ? h * load<f32>(dp + off) : h);
       }
     }
   }
@@ -296,6 +388,13 @@ export function ffn_swiglu_i8(out: usize, x: usize, d: i32, n: i32, gate: usize,
   ffn_swiglu(T_I8, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, 0, hOut);
 }
 
+export function ffn_relu_q8(out: usize, x: usize, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, hOut: usize): void {
+  ffn_relu(T_Q8, out, x, <usize>d, <usize>n, up, down, <usize>stride, 0, hasBias != 0, hOut);
+}
+export function ffn_swiglu_q8(out: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hOut: usize): void {
+  ffn_swiglu(T_Q8, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, 0, hOut);
+}
+
 // Scattered records (sparse path): `ptrs` is u32 [n][2] = (up, down) for relu,
 // [n][3] = (gate, up, down) for swiglu; hOut[j] is neuron j's activation.
 // A 0 ptrs table with n > 0 is a host bug; n == 0 just zeroes out.
@@ -319,6 +418,13 @@ export function ffn_swiglu_i8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n:
   ffn_swiglu(T_I8, out, x, <usize>d, <usize>n, 0, 0, 0, 0, ptrs, hOut);
 }
 
+export function ffn_relu_q8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hasBias: i32, hOut: usize): void {
+  ffn_relu(T_Q8, out, x, <usize>d, <usize>n, 0, 0, 0, ptrs, hasBias != 0, hOut);
+}
+export function ffn_swiglu_q8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hOut: usize): void {
+  ffn_swiglu(T_Q8, out, x, <usize>d, <usize>n, 0, 0, 0, 0, ptrs, hOut);
+}
+
 // ---------------------------------------------------------------- split kernels (threads build)
 //
 // One FFN call split over threads in two phases (src/kernels/pool.ts), together
@@ -332,14 +438,15 @@ export function ffn_swiglu_i8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n:
 //     columns only; the axpys' arithmetic for a column does not depend on the
 //     others (their 8-wide SIMD blocks start at multiples of 8), so each out[j]
 //     is exactly the single call's sum.
-// t: 0 = f32, 1 = f16, 2 = int8. ptrs != 0: the u32 pointer table of the _ptrs
+// q8 splits out's columns at multiples of 32 (its down scales are per 32 columns).
+// t: 0 = f32, 1 = f16, 2 = int8, 3 = q8. ptrs != 0: the u32 pointer table of the _ptrs
 // forms (up/gate/down arguments ignored).
 
 export function ffn_relu_h(t: i32, x: usize, d: i32, n: i32, up: usize, stride: i32, ptrs: usize, hasBias: i32, h: usize, n0: i32, n1: i32): void {
   const dd = <usize>d, st = <usize>stride, e = <usize>n1;
   prepare_x(t, x, dd);
   const off = tailOffset(t, dd);
-  const biasOff = t == T_I8 ? off + 4 : off;
+  const biasOff = biasOffset(t, dd);
   for (let b = <usize>n0; b < e; b += NB) {
     const m = min(NB, e - b);
     if (ptrs) dots(t, HB, 0, 0, ptrs + ((b * 2) << 2), 8, x, m, dd);
@@ -390,12 +497,13 @@ export function ffn_down_cols(t: i32, out: usize, d: i32, n: i32, down: usize, s
   qn = 0;
   const off = tailOffset(t, dd);
   const co: usize = t == T_F32 ? <usize>j0 << 2 : t == T_F16 ? <usize>j0 << 1 : <usize>j0;
+  const so: usize = off + ((<usize>j0 / QG) << 2); // q8: j0 is a multiple of 32
   const m = <usize>n;
   for (let i: usize = 0; i < m; i++) {
     const hv = load<f32>(h + (i << 2));
     if (hv != 0) {
       const dp = partAt(down, st, ptrs, np, np - 1, i);
-      push(t, o, w, dp + co, t == T_I8 ? hv * load<f32>(dp + off) : hv);
+      push(t, o, w, dp + co, dp + so, t == T_I8 ? hv * load<f32>(dp + off) : hv);
     }
   }
   flush(t, o, w);

@@ -5,19 +5,19 @@
 // resident gate parts, and the FFN over (up, down) parts with the gate
 // activations given.
 
-import { dots_f32, dots_f16, dots_f32_p, dots_f16_p, dots_i8_p, f16_prepare, quantize_x, QB } from "./gemv";
+import { dots_f32, dots_f16, dots_f32_p, dots_f16_p, dots_i8_p, dots_q8_p, f16_prepare, quantize_x, QB, QG } from "./gemv";
 import { silu } from "./activation";
-import { axpy1_f32, axpy1_f16, axpy1_i8 } from "./ffn";
+import { axpy1_f32, axpy1_f16, axpy1_i8, axpy1_q8, q8ScaleAt } from "./ffn";
 import { XQ, MAXD_I8, UPS, GATED_GB } from "./arena";
 
-const T_F32 = 0, T_F16 = 1, T_I8 = 2;
+const T_F32 = 0, T_F16 = 1, T_I8 = 2, T_Q8 = 3;
 /** Neurons per block of up dots. */
 const GB: usize = GATED_GB; // (64) UPS, this instance's scratch (arena.ts), holds a batch's up dots
 
 /** Bytes of the values of a part: where the int8 scale sits. */
 // @ts-ignore: decorator
 @inline function valuesBytes(t: i32, d: usize): usize {
-  return t == T_F32 ? d << 2 : t == T_F16 ? d << 1 : d;
+  return t == T_F32 ? d << 2 : t == T_F16 ? d << 1 : t == T_Q8 ? q8ScaleAt(d) : d;
 }
 
 /** x quantized to XQ for the int8 dots (d <= MAXD_I8). */
@@ -29,7 +29,10 @@ const GB: usize = GATED_GB; // (64) UPS, this instance's scratch (arena.ts), hol
 function gate_act(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usize, stride: usize): void {
   if (t == T_F32) dots_f32(out, gate, stride, x, <i32>n, <i32>d);
   else if (t == T_F16) dots_f16(out, gate, stride, x, <i32>n, <i32>d, f16_prepare(x, d));
-  else {
+  else if (t == T_Q8) {
+    quantize_x(XQ, xs_of(d), x, d);
+    dots_q8_p(out, gate, stride, gate + q8ScaleAt(d), stride, 0, 0, XQ, xs_of(d), <i32>n, <i32>d);
+  } else {
     quantize_x(XQ, xs_of(d), x, d);
     dots_i8_p(out, gate, stride, 0, 0, XQ, xs_of(d), <i32>n, <i32>d);
     for (let i: usize = 0; i < n; i++) store<f32>(out + (i << 2), load<f32>(out + (i << 2)) * load<f32>(gate + i * stride + d));
@@ -48,18 +51,23 @@ export function gate_act_f16(out: usize, x: usize, d: i32, n: i32, gate: usize, 
 export function gate_act_i8(out: usize, x: usize, d: i32, n: i32, gate: usize, stride: i32): void {
   gate_act(T_I8, out, x, <usize>d, <usize>n, gate, <usize>stride);
 }
+/** q8: d must be at most 32768 (the quantized-x area). */
+export function gate_act_q8(out: usize, x: usize, d: i32, n: i32, gate: usize, stride: i32): void {
+  gate_act(T_Q8, out, x, <usize>d, <usize>n, gate, <usize>stride);
+}
 
 function ffn_gated(t: i32, out: usize, x: usize, d: usize, ptrs: usize, n: usize, act: usize, hOut: usize): void {
   memory.fill(out, 0, d << 2);
   let k16: f32 = 0;
   if (t == T_F16) k16 = f16_prepare(x, d);
-  else if (t == T_I8) quantize_x(XQ, xs_of(d), x, d);
+  else if (t == T_I8 || t == T_Q8) quantize_x(XQ, xs_of(d), x, d);
   const vb = valuesBytes(t, d);
   for (let n0: usize = 0; n0 < n; n0 += GB) {
     const m = min(GB, n - n0);
     const p0 = ptrs + ((n0 * 2) << 2);
     if (t == T_F32) dots_f32_p(UPS, 0, 0, p0, 8, x, <i32>m, <i32>d);
     else if (t == T_F16) dots_f16_p(UPS, 0, 0, p0, 8, x, <i32>m, <i32>d, k16);
+    else if (t == T_Q8) dots_q8_p(UPS, 0, 0, vb, 0, p0, 8, XQ, xs_of(d), <i32>m, <i32>d);
     else dots_i8_p(UPS, 0, 0, p0, 8, XQ, xs_of(d), <i32>m, <i32>d);
     for (let k: usize = 0; k < m; k++) {
       const i = n0 + k;
@@ -72,6 +80,7 @@ function ffn_gated(t: i32, out: usize, x: usize, d: usize, ptrs: usize, n: usize
       if (h == 0) continue;
       if (t == T_F32) axpy1_f32(out, d, down, h);
       else if (t == T_F16) axpy1_f16(out, d, down, h);
+      else if (t == T_Q8) axpy1_q8(out, d, down, down + vb, h);
       else axpy1_i8(out, d, down, h * load<f32>(down + vb));
     }
   }
@@ -92,6 +101,10 @@ export function ffn_gated_f16_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n:
 export function ffn_gated_i8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, act: usize, hOut: usize): void {
   ffn_gated(T_I8, out, x, <usize>d, ptrs, <usize>n, act, hOut);
 }
+/** q8: d must be at most 32768 (the quantized-x area). */
+export function ffn_gated_q8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, act: usize, hOut: usize): void {
+  ffn_gated(T_Q8, out, x, <usize>d, ptrs, <usize>n, act, hOut);
+}
 
 /** Largest d the int8 gated kernels take. */
 export function gated_i8_max_d(): i32 {
@@ -106,14 +119,17 @@ export function gated_i8_max_d(): i32 {
 // FFN kernels (ffn.ts): gated_h, the activations act[i]·(up_i·x) of neurons
 // [n0, n1) (n0 a multiple of GB = 64) into h, then gated_down, columns [j0, j1)
 // of out (multiples of 8) from all of h, one axpy1 per nonzero h as ffn_gated.
-// t: 0 = f32, 1 = f16, 2 = int8.
+// t: 0 = f32, 1 = f16, 2 = int8, 3 = q8 (its down columns split at multiples of 32).
 
 export function gate_act_rows(t: i32, out: usize, x: usize, d: i32, n: i32, gate: usize, stride: i32, r0: i32, r1: i32): void {
   const dd = <usize>d, st = <usize>stride, m = r1 - r0;
   const o = out + (<usize>r0 << 2), g = gate + <usize>r0 * st;
   if (t == T_F32) dots_f32(o, g, st, x, m, d);
   else if (t == T_F16) dots_f16(o, g, st, x, m, d, f16_prepare(x, dd));
-  else {
+  else if (t == T_Q8) {
+    quantize_x(XQ, xs_of(dd), x, dd);
+    dots_q8_p(o, g, st, g + q8ScaleAt(dd), st, 0, 0, XQ, xs_of(dd), m, d);
+  } else {
     quantize_x(XQ, xs_of(dd), x, dd);
     dots_i8_p(o, g, st, 0, 0, XQ, xs_of(dd), m, d);
     for (let i: usize = 0; i < <usize>m; i++) store<f32>(o + (i << 2), load<f32>(o + (i << 2)) * load<f32>(g + i * st + dd));
@@ -125,13 +141,14 @@ export function gated_h(t: i32, x: usize, d: i32, ptrs: usize, n: i32, act: usiz
   const dd = <usize>d, e = <usize>n1;
   let k16: f32 = 0;
   if (t == T_F16) k16 = f16_prepare(x, dd);
-  else if (t == T_I8) quantize_x(XQ, xs_of(dd), x, dd);
+  else if (t == T_I8 || t == T_Q8) quantize_x(XQ, xs_of(dd), x, dd);
   const vb = valuesBytes(t, dd);
   for (let b = <usize>n0; b < e; b += GB) {
     const m = min(GB, e - b);
     const p0 = ptrs + ((b * 2) << 2);
     if (t == T_F32) dots_f32_p(UPS, 0, 0, p0, 8, x, <i32>m, d);
     else if (t == T_F16) dots_f16_p(UPS, 0, 0, p0, 8, x, <i32>m, d, k16);
+    else if (t == T_Q8) dots_q8_p(UPS, 0, 0, vb, 0, p0, 8, XQ, xs_of(dd), <i32>m, d);
     else dots_i8_p(UPS, 0, 0, p0, 8, XQ, xs_of(dd), <i32>m, d);
     for (let k: usize = 0; k < m; k++) {
       const i = b + k;
@@ -155,6 +172,7 @@ export function gated_down(t: i32, out: usize, d: i32, ptrs: usize, n: i32, h: u
     const down = <usize>load<u32>(ptrs + ((i * 2 + 1) << 2));
     if (t == T_F32) axpy1_f32(o, w, down + co, hv);
     else if (t == T_F16) axpy1_f16(o, w, down + co, hv);
+    else if (t == T_Q8) axpy1_q8(o, w, down + co, down + vb + ((<usize>j0 / QG) << 2), hv);
     else axpy1_i8(o, w, down + co, hv * load<f32>(down + vb));
   }
 }

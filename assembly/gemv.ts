@@ -453,3 +453,136 @@ export function dots_i8_p(out: usize, W: usize, stride: usize, ptrs: usize, pste
     store<f32>(out + (r << 2), i8_row(rowp(W, stride, ptrs, pstep, r), xq, xs, 0, n));
   }
 }
+
+// ---------------------------------------------------------------- q8 (int8, one f32 scale per group of 32)
+//
+// A q8 row is `cols` int8 values plus ceil(cols / QG) f32 scales, scale g for
+// columns [QG*g, QG*g + QG). Against x quantized by quantize_x (QB = 128 =
+// 4 groups per x block), per row (the order every q8 kernel keeps, so rows in
+// blocks of 8, single rows, batched tiles and any split give the same bits):
+//   F (f32x4) = 0
+//   for each full group g: A = the i32x4 lanes of the 4 dot_i16x8_s of its 32
+//     columns (exact integers), F += convert(A) * fround(ws_g * xs_{g/4})
+//   result = hsum(F), plus, when cols % QG != 0, f32(partial group's integer
+//     sum) * fround(ws_G * xs_{G/4}) for the last (partial) group G.
+// Scales of row r: at S + r*sstride, or (pointer table) at ptrs[r] + S (see q8sp).
+
+export const QG: usize = 32;
+
+/** Scale pointer of row r: S + r*sstride, or the u32 at ptrs + r*pstep plus S when a pointer table is given. */
+// @ts-ignore: decorator
+@inline function q8sp(S: usize, sstride: usize, ptrs: usize, pstep: usize, r: usize): usize {
+  return ptrs ? <usize>load<u32>(ptrs + r * pstep) + S : S + r * sstride;
+}
+
+/** i32x4 lanes of one full group: 32 int8 weights at p against 32 int16 x at q. */
+// @ts-ignore: decorator
+@inline export function q8_group(p: usize, q: usize): v128 {
+  return i32x4.add(
+    i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p), v128.load(q)), i32x4.dot_i16x8_s(v128.load8x8_s(p, 8), v128.load(q, 16))),
+    i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p, 16), v128.load(q, 32)), i32x4.dot_i16x8_s(v128.load8x8_s(p, 24), v128.load(q, 48))));
+}
+
+/** F + convert(a) * (ws * xs), ws splat from s. */
+// @ts-ignore: decorator
+@inline export function q8_fold(F: v128, a: v128, s: usize, X: v128): v128 {
+  return f32x4.add(F, f32x4.mul(f32x4.convert_i32x4_s(a), f32x4.mul(v128.load32_splat(s), X)));
+}
+
+/** The F of one row over ng full groups (p: values, s: scales). */
+export function q8_row1(p: usize, s: usize, xq: usize, xs: usize, ng: usize): v128 {
+  let F = f32x4.splat(0);
+  for (let g: usize = 0; g < ng; g++) {
+    const X = v128.load32_splat(xs + ((g >> 2) << 2));
+    F = q8_fold(F, q8_group(p + (g << 5), xq + (g << 6)), s + (g << 2), X);
+  }
+  return F;
+}
+
+/** The partial last group's term (0 when n is a multiple of QG). */
+export function q8_tail(p: usize, s: usize, xq: usize, xs: usize, n: usize): f32 {
+  const g = n / QG;
+  let c = g * QG;
+  if (c == n) return 0;
+  let a = i32x4.splat(0);
+  for (; c + 8 <= n; c += 8) a = i32x4.add(a, i32x4.dot_i16x8_s(v128.load8x8_s(p + c), v128.load(xq + (c << 1))));
+  let sum = hsum_i32(a);
+  for (; c < n; c++) sum += <i32>load<i8>(p + c) * <i32>load<i16>(xq + (c << 1));
+  return <f32>sum * (load<f32>(s + (g << 2)) * load<f32>(xs + ((g >> 2) << 2)));
+}
+
+/** hsum(F) plus the partial group's term when there is one. */
+// @ts-ignore: decorator
+@inline export function q8_finish(F: v128, p: usize, s: usize, xq: usize, xs: usize, n: usize): f32 {
+  const h = hsum(F);
+  return n % QG ? h + q8_tail(p, s, xq, xs, n) : h;
+}
+
+/** 8 q8 rows over ng full groups in one pass (8 weight streams in flight); F of row i stored at acc + 16i. */
+function q8_rows8(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, p4: usize, p5: usize, p6: usize, p7: usize,
+  s0: usize, s1: usize, s2: usize, s3: usize, s4: usize, s5: usize, s6: usize, s7: usize, xq: usize, xs: usize, ng: usize): void {
+  let f0 = f32x4.splat(0), f1 = f32x4.splat(0), f2 = f32x4.splat(0), f3 = f32x4.splat(0);
+  let f4 = f32x4.splat(0), f5 = f32x4.splat(0), f6 = f32x4.splat(0), f7 = f32x4.splat(0);
+  for (let g: usize = 0; g < ng; g++) {
+    const X = v128.load32_splat(xs + ((g >> 2) << 2));
+    const q = xq + (g << 6), o = g << 5, so = g << 2;
+    f0 = q8_fold(f0, q8_group(p0 + o, q), s0 + so, X);
+    f1 = q8_fold(f1, q8_group(p1 + o, q), s1 + so, X);
+    f2 = q8_fold(f2, q8_group(p2 + o, q), s2 + so, X);
+    f3 = q8_fold(f3, q8_group(p3 + o, q), s3 + so, X);
+    f4 = q8_fold(f4, q8_group(p4 + o, q), s4 + so, X);
+    f5 = q8_fold(f5, q8_group(p5 + o, q), s5 + so, X);
+    f6 = q8_fold(f6, q8_group(p6 + o, q), s6 + so, X);
+    f7 = q8_fold(f7, q8_group(p7 + o, q), s7 + so, X);
+  }
+  v128.store(acc, f0); v128.store(acc, f1, 16); v128.store(acc, f2, 32); v128.store(acc, f3, 48);
+  v128.store(acc, f4, 64); v128.store(acc, f5, 80); v128.store(acc, f6, 96); v128.store(acc, f7, 112);
+}
+
+/**
+ * out[r] = W_r . x for q8 rows (values at rowp, scales at q8sp) against x
+ * quantized by quantize_x (xq, xs); every scale already applied.
+ */
+export function dots_q8_p(out: usize, W: usize, stride: usize, S: usize, sstride: usize, ptrs: usize, pstep: usize, xq: usize, xs: usize, rows: i32, cols: i32): void {
+  const n = <usize>cols, m = <usize>rows;
+  const ng = n / QG;
+  const acc = ACC;
+  let r: usize = 0;
+  for (; r + 8 <= m; r += 8) {
+    const p0 = rowp(W, stride, ptrs, pstep, r), p1 = rowp(W, stride, ptrs, pstep, r + 1);
+    const p2 = rowp(W, stride, ptrs, pstep, r + 2), p3 = rowp(W, stride, ptrs, pstep, r + 3);
+    const p4 = rowp(W, stride, ptrs, pstep, r + 4), p5 = rowp(W, stride, ptrs, pstep, r + 5);
+    const p6 = rowp(W, stride, ptrs, pstep, r + 6), p7 = rowp(W, stride, ptrs, pstep, r + 7);
+    q8_rows8(acc, p0, p1, p2, p3, p4, p5, p6, p7,
+      q8sp(S, sstride, ptrs, pstep, r), q8sp(S, sstride, ptrs, pstep, r + 1), q8sp(S, sstride, ptrs, pstep, r + 2), q8sp(S, sstride, ptrs, pstep, r + 3),
+      q8sp(S, sstride, ptrs, pstep, r + 4), q8sp(S, sstride, ptrs, pstep, r + 5), q8sp(S, sstride, ptrs, pstep, r + 6), q8sp(S, sstride, ptrs, pstep, r + 7),
+      xq, xs, ng);
+    for (let i: usize = 0; i < 8; i++) {
+      store<f32>(out + ((r + i) << 2), q8_finish(v128.load(acc + (i << 4)), rowp(W, stride, ptrs, pstep, r + i), q8sp(S, sstride, ptrs, pstep, r + i), xq, xs, n));
+    }
+  }
+  for (; r < m; r++) {
+    const p = rowp(W, stride, ptrs, pstep, r), s = q8sp(S, sstride, ptrs, pstep, r);
+    store<f32>(out + (r << 2), q8_finish(q8_row1(p, s, xq, xs, ng), p, s, xq, xs, n));
+  }
+}
+
+/** q8 row dot against f32 x (exact products; used when d > MAXD_I8): per group sum_j q_j x_j (f32x4 lanes), times the group scale. */
+export function q8_dot_f32(p: usize, s: usize, x: usize, n: usize): f32 {
+  let F = f32x4.splat(0);
+  let t: f32 = 0;
+  for (let c0: usize = 0; c0 < n; c0 += QG) {
+    const c1 = min(c0 + QG, n);
+    let a = f32x4.splat(0);
+    let c = c0;
+    for (; c + 4 <= c1; c += 4) {
+      const w = f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(i16x8.extend_low_i8x16_s(v128.load32_zero(p + c))));
+      a = f32x4.add(a, f32x4.mul(w, v128.load(x + (c << 2))));
+    }
+    let r: f32 = 0;
+    for (; c < c1; c++) r += <f32>load<i8>(p + c) * load<f32>(x + (c << 2));
+    F = f32x4.add(F, f32x4.mul(a, v128.load32_splat(s + ((c0 / QG) << 2))));
+    t += r * load<f32>(s + ((c0 / QG) << 2));
+  }
+  return hsum(F) + t;
+}

@@ -4,7 +4,7 @@
 // in its own scratch region: arena.ts thread_init).
 
 export * from "./index";
-export { matvec_f32_rows, matvec_f16_rows, matvec_i8_prepare, matvec_i8_rows } from "./matvec";
+export { matvec_f32_rows, matvec_f16_rows, matvec_i8_prepare, matvec_i8_rows, matvec_q8_rows } from "./matvec";
 export { attention_heads } from "./attention";
 export { ffn_relu_h, ffn_swiglu_h, ffn_down_cols } from "./ffn";
 export { gate_act_rows, gated_h, gated_down } from "./gated";

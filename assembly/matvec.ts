@@ -1,7 +1,7 @@
 // Dense matrix-vector products: out[r] = W[r,:] . x (+ bias[r]), W row-major
 // [rows][cols]. The blocked loops live in gemv.ts (shared with the FFN kernels).
 
-import { dots_f32, dots_f16, dots_i8, f16_prepare, quantize_x, qx_bytes, QB } from "./gemv";
+import { dots_f32, dots_f16, dots_i8, dots_q8_p, f16_prepare, quantize_x, qx_bytes, QB, QG } from "./gemv";
 
 /** out[r] += bias[r] (no-op when bias is 0). */
 // @ts-ignore: decorator
@@ -36,6 +36,18 @@ export function matvec_i8(out: usize, W: usize, scales: usize, x: usize, bias: u
   dots_i8(out, W, n, xq, xs, rows, cols);
   // row scales (and bias) applied once per row, after the integer/block sums
   scaleBias(out, scales, bias, <usize>rows);
+}
+
+/**
+ * q8: W int8 [rows][cols], `scales` f32 [rows][ceil(cols / 32)] (one per group
+ * of 32 columns of a row); scratch as matvec_i8 (matvec_i8_scratch_bytes).
+ */
+export function matvec_q8(out: usize, W: usize, scales: usize, x: usize, bias: usize, rows: i32, cols: i32, scratch: usize): void {
+  const n = <usize>cols;
+  const xs = scratch + ((n + QB - 1) / QB) * QB * 2;
+  quantize_x(scratch, xs, x, n);
+  dots_q8_p(out, W, n, scales, ((n + QG - 1) / QG) << 2, 0, 0, scratch, xs, rows, cols);
+  addBias(out, bias, rows);
 }
 
 /** out[i] = out[i] * scales[i] (+ bias[i]) for i < m. */
@@ -86,4 +98,13 @@ export function matvec_i8_rows(out: usize, W: usize, scales: usize, bias: usize,
   const o = <usize>r0 << 2;
   dots_i8(out + o, W + <usize>r0 * n, n, scratch, xs, r1 - r0, cols);
   scaleBias(out + o, scales + o, bias ? bias + o : 0, <usize>(r1 - r0));
+}
+
+/** matvec_q8 rows [r0, r1), x already quantized in `scratch` by matvec_i8_prepare (read only here). */
+export function matvec_q8_rows(out: usize, W: usize, scales: usize, bias: usize, rows: i32, cols: i32, scratch: usize, r0: i32, r1: i32): void {
+  const n = <usize>cols;
+  const xs = scratch + ((n + QB - 1) / QB) * QB * 2;
+  const o = <usize>r0 << 2, sst = ((n + QG - 1) / QG) << 2;
+  dots_q8_p(out + o, W + <usize>r0 * n, n, scales + <usize>r0 * sst, sst, 0, 0, scratch, xs, r1 - r0, cols);
+  addBias(out + o, bias ? bias + o : 0, r1 - r0);
 }

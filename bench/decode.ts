@@ -3,7 +3,7 @@
  * realistic size (issue #8): dim 768, 12 layers, 12 heads (12 kv heads),
  * hidden 2048, vocab 512, seq_len 1024 — about 85M parameters, 340 MB at f32.
  *
- *   npm run bench:decode -- [--dtypes f32,f16,int8] [--threads 1,2]
+ *   npm run bench:decode -- [--dtypes f32,f16,int8,q8] [--threads 1,2]
  *        [--prompt-tokens 186] [--decode-tokens 64] [--rounds 3]
  *
  * The model is a random llama2.c checkpoint (run.c's format, shared
@@ -28,7 +28,7 @@
  * Threads: each row opens the model with `{ threads: n }` and reports what
  * `model.threading` says ran (a fallback to one thread is noted with its reason).
  */
-import { open, mkdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, stat } from 'node:fs/promises';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { openCheckpoint } from '../src/convert/index.js';
@@ -36,8 +36,8 @@ import { FormatError } from '../src/errors.js';
 import type { DType } from '../src/format/types.js';
 import { writeFlm } from '../src/format/writer.js';
 import { FileSink, openModel, type Model } from '../src/node.js';
-import { rng } from '../src/util/random.js';
 import { STORIES_TOK } from '../test/helpers/models.js';
+import { llama2cBytes, writeRandomLlama2c } from '../test/helpers/random-llama2c.js';
 
 // ---------------------------------------------------------------- arguments
 
@@ -59,7 +59,7 @@ function intArg(name: string, def: number, min: number): number {
   return n;
 }
 
-const ALL_DTYPES: readonly DType[] = ['f32', 'f16', 'int8'];
+const ALL_DTYPES: readonly DType[] = ['f32', 'f16', 'int8', 'q8'];
 const dtypes = (arg('dtypes') ?? ALL_DTYPES.join(',')).split(',').map((s) => s.trim()).filter(Boolean) as DType[];
 for (const d of dtypes) if (!ALL_DTYPES.includes(d)) throw new Error(`--dtypes: unknown dtype ${d} (${ALL_DTYPES.join(', ')})`);
 const cores = os.availableParallelism();
@@ -81,85 +81,8 @@ const NAME = `llama-d${SHAPE.dim}-l${SHAPE.nLayers}-h${SHAPE.hiddenDim}-v${SHAPE
 const CKPT = `${CACHE}${NAME}.bin`;
 const flmPath = (dtype: DType) => `${CACHE}${NAME}.${dtype}.flm`;
 
-/** The size run.c's format implies for SHAPE with a shared classifier. */
-function checkpointBytes(): number {
-  const { dim, hiddenDim: hid, nLayers: L, vocabSize: V, seqLen } = SHAPE;
-  const kvDim = (dim / SHAPE.nHeads) * SHAPE.nKvHeads;
-  const floats = V * dim + L * (2 * dim + 2 * dim * dim + 2 * kvDim * dim + 3 * hid * dim) + dim + seqLen * (dim / SHAPE.nHeads);
-  return 28 + floats * 4;
-}
-
-/** Writes the random checkpoint tensor by tensor, in chunks of at most 4M floats. */
-async function makeCheckpoint(): Promise<void> {
-  const { dim, hiddenDim: hid, nLayers: L, nHeads, vocabSize: V, seqLen } = SHAPE;
-  const kvDim = (dim / nHeads) * SHAPE.nKvHeads;
-  const headSize = dim / nHeads;
-  const tmp = `${CKPT}.tmp-${process.pid}`;
-  const fh = await open(tmp, 'w');
-  try {
-    let at = 0;
-    const put = async (f: Float32Array) => {
-      const b = new Uint8Array(f.buffer, f.byteOffset, f.byteLength);
-      for (let done = 0; done < b.length; ) done += (await fh.write(b, done, b.length - done, at + done)).bytesWritten;
-      at += b.length;
-    };
-    const header = new Int32Array([dim, hid, L, nHeads, SHAPE.nKvHeads, V /* > 0: shared classifier */, seqLen]);
-    await put(new Float32Array(header.buffer));
-
-    const uniform = rng(SEED);
-    let spare = NaN;
-    const normal = (): number => {
-      if (!Number.isNaN(spare)) {
-        const s = spare;
-        spare = NaN;
-        return s;
-      }
-      const u = 1 - uniform(); // (0, 1]
-      const r = Math.sqrt(-2 * Math.log(u));
-      const t = 2 * Math.PI * uniform();
-      spare = r * Math.sin(t);
-      return r * Math.cos(t);
-    };
-    const CHUNK = 4 << 20;
-    const buf = new Float32Array(CHUNK);
-    /** `count` floats of fill(i) (i = index within the tensor), in chunks. */
-    const tensor = async (count: number, fill: (i: number) => number) => {
-      for (let start = 0; start < count; start += CHUNK) {
-        const n = Math.min(CHUNK, count - start);
-        for (let i = 0; i < n; i++) buf[i] = fill(start + i);
-        await put(buf.subarray(0, n));
-      }
-    };
-    const randn = (count: number) => tensor(count, () => normal() * 0.02);
-    const ones = (count: number) => tensor(count, () => 1);
-
-    // token_embedding (= classifier): row 1 (BOS, the stop token) 100x smaller, so greedy decoding never picks it.
-    await tensor(V * dim, (i) => normal() * (Math.floor(i / dim) === 1 ? 0.0002 : 0.02));
-    await ones(L * dim); // rms_att
-    await randn(L * dim * dim); // wq
-    await randn(L * kvDim * dim); // wk
-    await randn(L * kvDim * dim); // wv
-    await randn(L * dim * dim); // wo
-    await ones(L * dim); // rms_ffn
-    await randn(L * hid * dim); // w1
-    await randn(L * dim * hid); // w2
-    await randn(L * hid * dim); // w3
-    await ones(dim); // rms_final
-    // freq_cis_real, freq_cis_imag (unused by readers, written as run.c's exporter did)
-    const half = headSize / 2;
-    const angle = (i: number) => Math.floor(i / half) * Math.pow(10000, -(2 * (i % half)) / headSize);
-    await tensor(seqLen * half, (i) => Math.cos(angle(i)));
-    await tensor(seqLen * half, (i) => Math.sin(angle(i)));
-    if (at !== checkpointBytes()) throw new Error(`wrote ${at} bytes, expected ${checkpointBytes()}`);
-    await fh.sync();
-    await fh.close();
-    await rename(tmp, CKPT);
-  } catch (e) {
-    await fh.close().catch(() => {});
-    await rm(tmp, { force: true });
-    throw e;
-  }
-}
+const checkpointBytes = () => llama2cBytes(SHAPE);
+const makeCheckpoint = () => writeRandomLlama2c(CKPT, SHAPE, SEED);
 
 const mtime = (p: string) => stat(p).then((s) => s.mtimeMs, () => -1);
 const sizeOf = (p: string) => stat(p).then((s) => s.size, () => -1);

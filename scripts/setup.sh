@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for the test suite: the Debian packages the suites
 # drive (nginx for HTTP range tests against a real server; Debian's chromium
-# for the browser tests — no browser is ever downloaded), then the npm
+# for the browser tests — no browser is ever downloaded; python3-jinja2 as a
+# second Jinja implementation for the chat templates; curl), then the npm
 # packages, which also build the kernels and dist/ (npm's prepare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,13 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
 fi
 if [ ! -x /usr/bin/chromium ]; then
   apt_install chromium
+fi
+if ! command -v curl >/dev/null 2>&1; then
+  apt_install curl
+fi
+# Python's Jinja2: the chat-template tests render every template with it too.
+if ! python3 -c 'import jinja2' >/dev/null 2>&1; then
+  apt_install python3 python3-jinja2
 fi
 # `npm install` honours package-lock.json; `npm ci` refuses it here because the
 # registry this machine reaches lacks other platforms' optional binaries

@@ -71,8 +71,10 @@ export class ArgumentError extends FlashlmError {
   }
 }
 
+/** The caller's AbortSignal fired. Named 'AbortError', as web code checks (DOMException's name for an abort); the code stays 'ABORTED'. */
 export class AbortedError extends FlashlmError {
   constructor(message = 'aborted', options?: { cause?: unknown }) {
     super('ABORTED', message, options);
+    this.name = 'AbortError';
   }
 }

@@ -7,7 +7,9 @@ import { httpOpener } from './source/http.js';
 
 registerSourceOpener(httpOpener);
 
-export { openModel, Model, registerSourceOpener, resolveSource, STRATEGIES, type Strategy, type MemoryPlan, type OpenOptions, type GenerateOptions, type SourceOpener, type Timings } from './model.js';
+export { openModel, Model, registerSourceOpener, resolveSource, STRATEGIES, type Strategy, type MemoryPlan, type OpenOptions, type GenerateOptions, type SourceOpener, type Timings, type FinishReason, type Step } from './model.js';
+export { renderChat, chatTemplateOf, type ChatMessage, type ChatTemplate } from './chat.js';
+export { openAiFetch, ApiError, type OpenAiFetchOptions } from './api/openai.js';
 export type { Sparsity } from './flash/streaming.js';
 export type { RunStats, StatsSummary, TokenStats } from './flash/stats.js';
 export { writeWithPredictors, type LayerPredictor } from './format/rewrite.js';
@@ -19,7 +21,7 @@ export { openFlm, FlmFile } from './format/reader.js';
 export { writeFlm, type WriteOptions } from './format/writer.js';
 export { MemorySource, MemorySink } from './source/memory.js';
 export type { Source, Sink, ReadHints } from './source/types.js';
-export { HttpSource, httpOpener, createHttpOpener, HTTP_HINTS, type HttpSourceOptions } from './source/http.js';
+export { HttpSource, httpOpener, createHttpOpener, HTTP_HINTS, type HttpSourceOptions, type HttpOptions, type RetryEvent } from './source/http.js';
 export { createTokenizer } from './tokenizer/index.js';
 export type { Tokenizer } from './tokenizer/types.js';
 export { calibrate, defaultRank, type CalibrateOptions, type CalibrationResult, type LayerReport } from './calibrate/calibrate.js';

@@ -19,9 +19,13 @@ import { Oracle } from './flash/oracle.js';
 import { DEFAULT_HINTS } from './flash/planner.js';
 import { RunStats, type TokenStats } from './flash/stats.js';
 import { StreamingFfn, type Sparsity } from './flash/streaming.js';
-import { Sampler, type SamplingOptions } from './engine/sampler.js';
+import { Sampler, samplingOptionsError, type SamplingOptions } from './engine/sampler.js';
+import { StopMatcher } from './engine/stop.js';
+import { CHAT_TEMPLATE_HINT, chatTemplateOf, renderChat, type ChatMessage, type ChatTemplate } from './chat.js';
+export type { ChatMessage, ChatTemplate } from './chat.js';
 import { Transformer, residentSections } from './engine/transformer.js';
 import type { Source } from './source/types.js';
+import type { HttpOptions } from './source/http-common.js';
 import { createTokenizer } from './tokenizer/index.js';
 import type { Tokenizer } from './tokenizer/types.js';
 
@@ -40,6 +44,8 @@ export interface OpenOptions extends PlanOptions {
   measurePredictor?: boolean;
   /** File sources: bypass the page cache (O_DIRECT). */
   direct?: boolean;
+  /** HTTP sources opened from a URL: timeouts, retries, low-speed limit, deadline, retry notices (HttpOptions). */
+  http?: HttpOptions;
   /**
    * Prompt tokens per forward pass (dense strategy): each weight is read once
    * per block instead of once per token; 1 runs the prompt token by token (the
@@ -60,22 +66,52 @@ export interface OpenOptions extends PlanOptions {
   wasm?: BufferSource | WebAssembly.Module | URL | string;
   /** The threads build of the kernels (wasm/flashlm.mt.wasm), when `wasm` is given and threads are wanted. */
   wasmThreads?: BufferSource | WebAssembly.Module | URL | string;
+  /**
+   * A Jinja chat template (its source text) for chat(): overrides the one in
+   * the model's tokenizer_config.json, or gives one to a model without.
+   */
+  chatTemplate?: string;
 }
 
+/** Why a generation ended: a stop token or stop string, maxTokens, the context length, or the caller (signal, or the iterator closed early). */
+export type FinishReason = 'stop' | 'length' | 'context' | 'abort';
+
 export interface Timings {
+  /** Prompt tokens, reused ones included. */
   promptTokens: number;
+  /** Leading prompt tokens whose KV entries the model already held (not computed again). */
+  reusedTokens: number;
+  /** Time to compute the promptTokens - reusedTokens others. */
   promptMs: number;
   /** Tokens generated (yielded). */
   tokens: number;
   /** Forward passes of generated tokens: tokens - 1 of them (the first comes from the prompt's pass). */
   decodeMs: number;
+  /** Why it ended (undefined while it runs). */
+  finishReason?: FinishReason;
 }
 
 export interface GenerateOptions extends SamplingOptions {
   /** Most tokens to generate. Default 256. */
   maxTokens?: number;
+  /**
+   * Stop strings: generation ends where the text first contains one; the text
+   * before it is all that is yielded (never any part of a stop string: text
+   * that might begin one is held back until it is known not to).
+   */
+  stop?: string | readonly string[];
   signal?: AbortSignal;
 }
+
+/** One generated token: its id, the text it releases ('' while text is held back), and its forward pass's stats. */
+export interface Step {
+  token: number;
+  text: string;
+  stats?: TokenStats;
+}
+
+/** End-of-turn tokens of common chat formats: with a chat template, generation stops at any the vocabulary has. */
+const END_OF_TURN = ['<|im_end|>', '<|eot_id|>', '<|end|>', '<end_of_turn>', '<|endoftext|>', '<|end_of_text|>'];
 
 /** Turns a path or URL into a Source; returns undefined when it does not handle the input. */
 export type SourceOpener = (input: string | URL, options: OpenOptions) => Promise<Source | undefined>;
@@ -103,6 +139,8 @@ export class Model {
 
   private lastTokenStats: TokenStats | undefined;
   private lastTimings: Timings | undefined;
+  /** The token ids whose keys and values the KV cache holds, at positions 0..n-1. */
+  private kvIds: number[] = [];
 
   /**
    * Timing of the latest generation (live while it runs): prompt tokens and the
@@ -126,7 +164,14 @@ export class Model {
     private readonly pool: KernelPool,
     /** Kernel threads in use, and why fewer than asked for (null when none were refused). */
     readonly threading: { threads: number; fallbackReason: string | null },
+    /** The chat template chat() renders (the file's, or openModel's `chatTemplate`), if any. */
+    readonly chatTemplate: ChatTemplate | undefined,
   ) {}
+
+  /** How many leading tokens of the KV cache are valid (what the next prompt can reuse). */
+  get cachedTokens(): number {
+    return this.kvIds.length;
+  }
 
   /** Cumulative window-cache counters over all layers (window strategy only). */
   cacheCounters(): ReturnType<StreamingFfn['cacheCounters']> {
@@ -162,6 +207,7 @@ export class Model {
         throw new ArgumentError(`contextLength must be an integer in [1, ${a.maxSeqLen}]`);
       }
       const tokenizer = await createTokenizer(file.header.tokenizer);
+      const chatTemplate = chatTemplateOf(file.header.tokenizer, options.chatTemplate);
       // Threads need a shared arena and the threads build; decided before the arena exists.
       const tp = await planThreads(options.threads);
       let fallbackReason = tp.fallbackReason;
@@ -220,7 +266,7 @@ export class Model {
             })),
         plan.batch,
       );
-      return new Model(file, tokenizer, k, transformer, plan, stats, streaming, pool, threading);
+      return new Model(file, tokenizer, k, transformer, plan, stats, streaming, pool, threading, chatTemplate);
     } catch (e) {
       await pool?.close().catch(() => {});
       await source.close().catch(() => {});
@@ -243,81 +289,167 @@ export class Model {
       }
       this.stats.io(bytes, requests, performance.now() - t0, false);
     }
+    this.kvIds.length = pos; // entries from pos on are overwritten (or left invalid by an error)
     const logits = await this.transformer.forward(token, pos);
+    this.kvIds.push(token);
     this.lastTokenStats = this.stats.endToken();
     return logits;
   }
 
   /**
-   * Runs the prompt from position 0 and returns the last position's logits:
-   * in blocks of `plan.batch` tokens when the engine batches (dense), else
-   * token by token with per-token stats.
+   * Runs the prompt from position `from` (the KV cache holds ids[0..from))
+   * and returns the last position's logits: in blocks of `plan.batch` tokens
+   * when the engine batches (dense), else token by token with per-token stats.
    */
-  private async prefill(ids: readonly number[], check: () => void): Promise<number> {
+  private async prefill(ids: readonly number[], from: number, check: () => void): Promise<number> {
     const B = this.transformer.batch;
     let logits = 0;
     if (B === 1) {
-      for (let pos = 0; pos < ids.length; pos++) {
+      for (let pos = from; pos < ids.length; pos++) {
         check();
         logits = await this.forward(ids[pos]!, pos);
       }
       return logits;
     }
     this.lastTokenStats = undefined;
-    for (let pos = 0; pos < ids.length; pos += B) {
+    for (let pos = from; pos < ids.length; pos += B) {
       check();
-      logits = await this.transformer.forwardBlock(ids, pos, pos, Math.min(B, ids.length - pos));
+      const T = Math.min(B, ids.length - pos);
+      this.kvIds.length = pos;
+      logits = await this.transformer.forwardBlock(ids, pos, pos, T);
+      for (let t = 0; t < T; t++) this.kvIds.push(ids[pos + t]!);
     }
     return logits;
   }
 
+  /** The prompt ids of a chat: the template rendered over the messages (ending where the assistant's answer starts), tokenized with no special tokens added. */
+  encodeChat(messages: readonly ChatMessage[]): number[] {
+    if (!this.chatTemplate) throw new ArgumentError(`this model has no chat template: ${CHAT_TEMPLATE_HINT}`);
+    return this.tokenizer.encode(renderChat(this.chatTemplate, messages), { addSpecialTokens: false });
+  }
+
+  /** The chat's rendered prompt text (for inspection). */
+  renderChat(messages: readonly ChatMessage[]): string {
+    if (!this.chatTemplate) throw new ArgumentError(`this model has no chat template: ${CHAT_TEMPLATE_HINT}`);
+    return renderChat(this.chatTemplate, messages);
+  }
+
+  /**
+   * Streams the assistant's answer to `messages` through the model's chat
+   * template; it ends at the template's end-of-turn token (or EOS). A prompt
+   * that begins with what the KV cache holds (the previous turns) reuses it.
+   */
+  async *chat(messages: readonly ChatMessage[], options: GenerateOptions = {}): AsyncGenerator<string, void, undefined> {
+    for await (const step of this.chatSteps(messages, options)) if (step.text) yield step.text;
+  }
+
+  /** chat(), token by token (as steps()). */
+  chatSteps(messages: readonly ChatMessage[], options: GenerateOptions = {}): AsyncGenerator<Step, void, undefined> {
+    const ids = this.encodeChat(messages);
+    const stop = new Set<number>();
+    for (const s of [this.chatTemplate!.special['eos_token'], ...END_OF_TURN]) {
+      const id = typeof s === 'string' ? this.tokenizer.tokenId(s) : undefined;
+      if (id !== undefined) stop.add(id);
+    }
+    if (this.tokenizer.eosId !== undefined) stop.add(this.tokenizer.eosId);
+    return this.run(ids, options, stop);
+  }
+
   /**
    * Streams generated text for `prompt` (the prompt itself is not echoed).
-   * Stops at a stop token, after maxTokens, at the context length, or when
-   * the signal aborts (AbortedError).
+   * Stops at a stop token or stop string, after maxTokens, at the context
+   * length, or when the signal aborts (AbortedError); `model.timings.finishReason`
+   * says which. A prompt that begins with tokens the KV cache already holds
+   * (a previous prompt and its generated text) computes only the rest.
    */
-  async *generate(prompt: string, options: GenerateOptions = {}): AsyncGenerator<string, void, undefined> {
+  async *generate(prompt: string | readonly number[], options: GenerateOptions = {}): AsyncGenerator<string, void, undefined> {
     for await (const step of this.steps(prompt, options)) if (step.text) yield step.text;
   }
 
-  /** Like generate(), token by token: the id, the text it completes, and the stats of the forward pass that produced it. */
-  async *steps(prompt: string, options: GenerateOptions = {}): AsyncGenerator<{ token: number; text: string; stats?: TokenStats }, void, undefined> {
+  /**
+   * Like generate(), token by token: the id, the text it releases, and the
+   * stats of the forward pass that produced it. `prompt` may be token ids
+   * (used as they are). A final step with token -1 carries text the decoder
+   * or the stop strings held back to the end.
+   */
+  steps(prompt: string | readonly number[], options: GenerateOptions = {}): AsyncGenerator<Step, void, undefined> {
+    const ids = typeof prompt === 'string' ? this.tokenizer.encode(prompt) : [...prompt];
+    if (ids.length === 0) ids.push(this.arch.bosId);
+    return this.run(ids, options, new Set(this.arch.stopIds));
+  }
+
+  /** Prompt tokens in, generated steps out; the KV cache's common prefix with `ids` is reused. */
+  private async *run(ids: number[], options: GenerateOptions, stopIds: ReadonlySet<number>): AsyncGenerator<Step, void, undefined> {
     if (this.closed) throw new ArgumentError('model is closed');
     if (this.busy) throw new ArgumentError('model is already generating; one generation at a time');
     const maxTokens = options.maxTokens ?? 256;
     if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new ArgumentError('maxTokens must be a non-negative integer');
+    const bad = samplingOptionsError(options);
+    if (bad) throw new ArgumentError(bad);
+    const stops = options.stop === undefined ? [] : typeof options.stop === 'string' ? [options.stop] : [...options.stop];
+    if (stops.some((x) => typeof x !== 'string')) throw new ArgumentError('stop must be a string or an array of strings');
+    const a = this.arch;
+    for (const id of ids) if (!(Number.isInteger(id) && id >= 0 && id < a.vocabSize)) throw new ArgumentError(`token id ${id} outside the vocabulary`);
+    if (ids.length >= this.contextLength) throw new ArgumentError(`prompt is ${ids.length} tokens; the context holds ${this.contextLength}`);
     this.busy = true;
+    const timings: Timings = { promptTokens: ids.length, reusedTokens: 0, promptMs: 0, tokens: 0, decodeMs: 0 };
+    this.lastTimings = timings;
     try {
-      const a = this.arch;
-      const ids = this.tokenizer.encode(prompt);
-      if (ids.length === 0) ids.push(a.bosId);
-      if (ids.length >= this.contextLength) throw new ArgumentError(`prompt is ${ids.length} tokens; the context holds ${this.contextLength}`);
-      const sampler = new Sampler(this.kernels, a.vocabSize, options);
+      const sampler = new Sampler(this.kernels, a.vocabSize, options, ids);
       const decoder = this.tokenizer.streamDecoder(ids);
-      const stop = new Set(a.stopIds);
+      const matcher = new StopMatcher(stops);
       const check = () => {
         if (options.signal?.aborted) throw new AbortedError('generation aborted', { cause: options.signal.reason });
       };
-      const timings = { promptTokens: ids.length, promptMs: 0, tokens: 0, decodeMs: 0 };
-      this.lastTimings = timings;
+      // Reuse the KV entries of the longest common prefix; the last prompt token always runs (its logits are needed).
+      const kv = this.kvIds;
+      const limit = Math.min(kv.length, ids.length - 1);
+      let common = 0;
+      while (common < limit && kv[common] === ids[common]) common++;
+      kv.length = common;
+      timings.reusedTokens = common;
       const t0 = performance.now();
-      let logits = await this.prefill(ids, check);
+      let logits = await this.prefill(ids, common, check);
       timings.promptMs = performance.now() - t0;
       let pos = ids.length;
+      let finish: FinishReason = 'length';
       for (let n = 0; n < maxTokens; n++) {
         check();
         const next = sampler.sample(logits, this.transformer.logitsView);
-        if (stop.has(next)) break;
+        if (stopIds.has(next)) {
+          finish = 'stop';
+          break;
+        }
+        sampler.accept(next);
         timings.tokens++;
-        yield { token: next, text: decoder.push(next), stats: this.lastTokenStats };
-        if (pos >= this.contextLength || n + 1 === maxTokens) break;
+        const piece = decoder.push(next);
+        if (matcher.active) {
+          const r = matcher.push(piece);
+          yield { token: next, text: r.text, stats: this.lastTokenStats };
+          if (r.stopped) {
+            timings.finishReason = 'stop';
+            return;
+          }
+        } else yield { token: next, text: piece, stats: this.lastTokenStats };
+        if (pos >= this.contextLength) {
+          finish = 'context';
+          break;
+        }
+        if (n + 1 === maxTokens) break;
         const t1 = performance.now();
         logits = await this.forward(next, pos++);
         timings.decodeMs += performance.now() - t1;
       }
-      const rest = decoder.flush();
+      let rest = decoder.flush();
+      if (matcher.active) {
+        const r = matcher.push(rest);
+        rest = r.stopped ? r.text : r.text + matcher.flush();
+        if (r.stopped) finish = 'stop';
+      }
+      timings.finishReason = finish;
       if (rest) yield { token: -1, text: rest };
     } finally {
+      timings.finishReason ??= 'abort';
       this.busy = false;
     }
   }
@@ -333,6 +465,7 @@ export class Model {
     if (ids.length > this.contextLength) throw new ArgumentError(`${ids.length} tokens do not fit the context of ${this.contextLength}`);
     this.busy = true;
     try {
+      this.kvIds.length = 0;
       for (let pos = 0; pos < ids.length; pos++) {
         if (signal?.aborted) throw new AbortedError('aborted', { cause: signal.reason });
         await this.forward(ids[pos]!, pos);
@@ -343,7 +476,7 @@ export class Model {
     }
   }
 
-  /** Greedy or sampled generation collected into one string. */
+  /** Greedy or sampled generation collected into one string (why it ended: `model.timings.finishReason`). */
   async complete(prompt: string, options: GenerateOptions = {}): Promise<string> {
     let out = '';
     for await (const t of this.generate(prompt, options)) out += t;

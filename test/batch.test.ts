@@ -29,9 +29,9 @@ function tokens(r: () => number, T: number, cols: number, pad: number): { ptr: n
   return { ptr: A.putF32(all, 4), ld, rows };
 }
 
-test('matmul_* equals matvec_* per token, bit for bit (f32, f16, int8; with and without bias)', (t) => {
+test('matmul_* equals matvec_* per token, bit for bit (f32, f16, int8, q8; with and without bias)', (t) => {
   let seed = 1;
-  for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
+  for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
     for (const [rows, cols] of [[1, 1], [3, 7], [4, 8], [9, 17], [13, 129], [17, 300], [37, 260], [64, 768], [70, 2049]] as const) {
       for (const T of [1, 2, 5, 8]) {
         A.reset();
@@ -43,12 +43,12 @@ test('matmul_* equals matvec_* per token, bit for bit (f32, f16, int8; with and 
         const ldo = (rows + 3) * 4;
         const out = A.out(T * (rows + 3));
         const scratch = A.alloc(k.batch_scratch_bytes(T, cols));
-        if (dtype === 'int8') k.matmul_i8(out, ldo, W, S, X.ptr, X.ld, bias, T, rows, cols, scratch);
+        if (dtype === 'int8' || dtype === 'q8') k[`matmul_${sfx(dtype) as 'i8' | 'q8'}`](out, ldo, W, S, X.ptr, X.ld, bias, T, rows, cols, scratch);
         else k[`matmul_${dtype}`](out, ldo, W, X.ptr, X.ld, bias, T, rows, cols, scratch);
         const one = A.out(rows), i8s = A.alloc(k.matvec_i8_scratch_bytes(cols));
         for (let tk = 0; tk < T; tk++) {
           const x = X.ptr + tk * X.ld;
-          if (dtype === 'int8') k.matvec_i8(one, W, S, x, bias, rows, cols, i8s);
+          if (dtype === 'int8' || dtype === 'q8') k[`matvec_${sfx(dtype) as 'i8' | 'q8'}`](one, W, S, x, bias, rows, cols, i8s);
           else k[`matvec_${dtype}`](one, W, x, bias, rows, cols);
           const got = A.f32(out + tk * ldo, rows);
           t.is(firstBitMismatch(got, A.f32(one, rows)), null, `${dtype} ${rows}x${cols} T=${T} token ${tk}`);
@@ -78,7 +78,7 @@ test('matmul_f16: a block with an inf weight takes the exact path, as matvec_f16
 
 test('ffn_*_batch equals the one-token FFN kernels per token, bit for bit', (t) => {
   let seed = 500;
-  for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
+  for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
     for (const kind of ['relu', 'swiglu'] as const) {
       for (const [d, n] of [[8, 4], [13, 7], [64, 70], [129, 133], [260, 200]] as const) {
         for (const T of [1, 3, 6]) {

@@ -1,6 +1,6 @@
 /**
  * The browser demo (examples/browser/) in Debian's Chromium, against
- * `flashlm serve` (in-process, so every request it answers is recorded):
+ * `flashlm host` (in-process, so every request it answers is recorded):
  * - a person's run: fill the form, click Generate; the worker's text equals
  *   Node's greedy text, the page stays responsive, the panel and chart show
  *   non-zero per-token figures, and a screenshot is saved
@@ -21,7 +21,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Page } from 'playwright-core';
 import { openModel, MemorySource } from '../src/node.js';
-import { startStaticServer, type ServeRequest, type StaticServer } from '../src/cli/serve.js';
+import { startStaticServer, type ServeRequest, type StaticServer } from '../src/cli/host.js';
 import { launchBrowser, type Browser } from './helpers/browser.js';
 import { OPT_DIR, STORIES_BIN, STORIES_TOK, convertToBytes, optReference } from './helpers/models.js';
 import { ROOT } from './helpers/processes.js';

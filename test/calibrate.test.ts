@@ -413,8 +413,8 @@ test('quantile picks the value under which the share lies', (t) => {
   t.is(quantile(v, 0.9), 8);
 });
 
-async function storiesWithGate(layout: 'bundled' | 'split', sparsity: number) {
-  const bytes = await convertToBytes(STORIES_BIN, { tokenizer: STORIES_TOK, layout });
+async function storiesWithGate(layout: 'bundled' | 'split', sparsity: number, dtype: 'f32' | 'q8' = 'f32') {
+  const bytes = await convertToBytes(STORIES_BIN, { tokenizer: STORIES_TOK, layout, dtype });
   const file = await openFlm(new MemorySource(bytes));
   const g = await calibrateGates(file, [calibText], { sparsity, tokens: 2048, holdout: 0.25, context: 128 });
   const sink = new MemorySink();
@@ -454,6 +454,23 @@ test('gated model: gate thresholds round-trip; at threshold 0 the gate mode equa
     t.log(`${layout}: FFN read per token ${(100 * half.stats.ffnFractionPerToken).toFixed(1)}% (hybrid ${(100 * all.stats.ffnFractionPerToken).toFixed(1)}%)`);
     t.true(half.stats.ffnFractionPerToken < 0.7 * all.stats.ffnFractionPerToken);
   }
+});
+
+test('gated q8 model (group scales in every part): calibrated from the file; at threshold 0 the gate mode equals dense', async (t) => {
+  const { bytes, gated, g } = await storiesWithGate('bundled', 0.5, 'q8');
+  for (const l of g.layers) t.true(Math.abs(l.heldOutSparsity - 0.5) < 0.1, `layer ${l.layer} held-out sparsity ${l.heldOutSparsity}`);
+  const file = await openFlm(new MemorySource(gated));
+  t.is(file.header.dtype, 'q8');
+  const zero = new MemorySink();
+  await writeWithPredictors(file, [], zero, { gate: { sparsity: 0, thresholds: g.gate.thresholds.map(() => 0) } });
+  const dense = await greedyIds(bytes, { strategy: 'dense' });
+  for (const strategy of ['predictor', 'window'] as const) {
+    const r = await greedyIds(zero.bytes(), { strategy });
+    t.is(r.stats.sparsity, 'gate');
+    t.deepEqual(r.ids, dense.ids, strategy);
+  }
+  const half = await greedyIds(gated, { strategy: 'predictor' });
+  t.is(half.ids.length, dense.ids.length);
 });
 
 test('gated model: a corrupted up part is caught although the record was read without its gate part', async (t) => {

@@ -111,6 +111,48 @@ for (const [dtype, minTop1, maxKL] of [['f16', 0.97, 0.01], ['int8', 0.9, 0.05]]
   });
 }
 
+/** As agreement(), for several quantized files against one f32 reference over several prompts (positions pooled). */
+async function agreementMany(ref: Uint8Array, others: Uint8Array[], prompts: readonly string[], n: number) {
+  const sums = others.map(() => ({ agree: 0, kl: 0, total: 0 }));
+  for (const prompt of prompts) {
+    const a = await openModel(new MemorySource(ref));
+    const ids = a.tokenizer.encode(prompt);
+    for await (const s of a.steps(prompt, { maxTokens: n })) if (s.token >= 0) ids.push(s.token);
+    const refLogits: Float32Array[] = [];
+    await a.forwardTokens(ids, (_, l) => refLogits.push(l.slice()));
+    await a.close();
+    for (const [i, other] of others.entries()) {
+      const b = await openModel(new MemorySource(other));
+      const sum = sums[i]!;
+      await b.forwardTokens(ids, (pos, l) => {
+        const p = softmax(refLogits[pos]!);
+        const q = softmax(l);
+        if (argmax(refLogits[pos]!) === argmax(l)) sum.agree++;
+        for (let j = 0; j < p.length; j++) if (p[j]! > 0) sum.kl += p[j]! * Math.log(p[j]! / Math.max(q[j]!, 1e-30));
+      });
+      sum.total += ids.length;
+      await b.close();
+    }
+  }
+  return sums.map((s) => ({ top1: s.agree / s.total, meanKL: s.kl / s.total, positions: s.total }));
+}
+
+const CLOSENESS_PROMPTS = ['Once upon a time', 'The little dog', 'Tom and Sue went to the park', 'One day, a big bird', 'She was very happy because', 'In the morning she', 'The sun was shining and', 'There was a boy named Tim'];
+
+test('q8 files (int8, one scale per 32 weights) stay close to f32, at least as close as per-row int8 (8 prompts x 200 tokens)', async (t) => {
+  for (const [name, file] of [['OPT', opt], ['stories', stories]] as const) {
+    // one f32 reference per prompt, teacher-forced through both quantized files; positions pooled over
+    // the prompts (a single prompt's ~200 positions make a one-position top-1 difference pure noise)
+    const [row, q8] = await agreementMany(await file(), [await file('int8'), await file('q8')], CLOSENESS_PROMPTS, 200) as [Closeness, Closeness];
+    t.log(`${name} (${q8.positions} positions): q8 top-1 ${(q8.top1 * 100).toFixed(2)}%, mean KL ${q8.meanKL.toExponential(2)}; per-row int8 top-1 ${(row.top1 * 100).toFixed(2)}%, mean KL ${row.meanKL.toExponential(2)}`);
+    t.true(q8.top1 >= 0.9, `${name} q8 top-1 ${q8.top1}`);
+    t.true(q8.meanKL <= 0.05, `${name} q8 mean KL ${q8.meanKL}`);
+    t.true(q8.top1 >= row.top1, `${name}: q8 top-1 ${q8.top1} < per-row ${row.top1}`);
+    t.true(q8.meanKL <= row.meanKL, `${name}: q8 mean KL ${q8.meanKL} > per-row ${row.meanKL}`);
+  }
+});
+type Closeness = { top1: number; meanKL: number; positions: number };
+
 test('sampling is reproducible with a seed and differs across seeds', async (t) => {
   const model = await openModel(new MemorySource(await stories()));
   const run = (seed: number) => model.complete('Once upon a time', { maxTokens: 60, temperature: 1, topP: 0.9, seed });
@@ -161,7 +203,7 @@ const lastLogits = (m: Model) => (m as unknown as { transformer: { logitsView: F
 
 test('batched prefill equals token-by-token: same last-prompt logits bit for bit, same greedy text (both fixtures, every dtype)', async (t) => {
   const prose = 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends and her big red ball.';
-  for (const dtype of ['f32', 'f16', 'int8'] as DType[]) {
+  for (const dtype of ['f32', 'f16', 'int8', 'q8'] as DType[]) {
     for (const [name, bytes, prompt] of [['stories', await stories(dtype), prose], ['OPT', await opt(dtype), optReference().ref.prompt + ' ' + prose]] as const) {
       const results: { ids: number[]; logits: Float32Array }[] = [];
       for (const batchSize of [1, 7, 32]) {

@@ -18,15 +18,17 @@ const DOC = readFileSync(new URL('../docs/FORMAT.md', import.meta.url), 'utf8');
 const { h64Raw } = await xxhash();
 const hex = (b: Uint8Array) => h64Raw(b).toString(16).padStart(16, '0');
 const alignUp = (n: number, a: number) => Math.ceil(n / a) * a;
-const BYTES = { f32: 4, f16: 2, int8: 1 } as const;
+const BYTES = { f32: 4, f16: 2, int8: 1, q8: 1 } as const;
+/** §7.2 q8: scale groups of a row of n values. */
+const groups = (n: number) => Math.ceil(n / 32);
 type DType = keyof typeof BYTES;
 type Layout = 'bundled' | 'split';
 
 /** §8.1 and §8.3. */
 function geometry(d: number, dtype: DType, hasBias: boolean, layout: Layout, P: number, N: number) {
   const values = d * BYTES[dtype];
-  const scaleAt = values;
-  const biasAt = values + (dtype === 'int8' ? 4 : 0);
+  const scaleAt = dtype === 'q8' ? alignUp(values, 4) : values;
+  const biasAt = scaleAt + (dtype === 'int8' ? 4 : dtype === 'q8' ? 4 * groups(d) : 0);
   const partBytes = alignUp(biasAt + (hasBias ? 4 : 0), 16);
   const bundled = layout === 'bundled';
   const stride = bundled ? P * partBytes : partBytes;
@@ -53,6 +55,15 @@ function quantize(x: Float32Array): { q: Int8Array; scale: number } {
 
 /** Checks one encoded row at `at` against its f32 source; returns an error or ''. */
 function checkRow(dv: DataView, at: number, src: Float32Array, dtype: DType, scaleAt: number): string {
+  if (dtype === 'q8') {
+    // §7.2 q8: each group of 32 (the last may be shorter) quantized as an int8 row, its scale at scaleAt + 4g
+    for (let g = 0; g * 32 < src.length; g++) {
+      const { q, scale } = quantize(src.subarray(g * 32, (g + 1) * 32));
+      if (dv.getFloat32(scaleAt + 4 * g, true) !== scale) return `group ${g} scale ${dv.getFloat32(scaleAt + 4 * g, true)} != ${scale}`;
+      for (let j = 0; j < q.length; j++) if (dv.getInt8(at + g * 32 + j) !== q[j]) return `q[${g * 32 + j}] ${dv.getInt8(at + g * 32 + j)} != ${q[j]}`;
+    }
+    return '';
+  }
   if (dtype === 'int8') {
     const { q, scale } = quantize(src);
     if (dv.getFloat32(scaleAt, true) !== scale) return `scale ${dv.getFloat32(scaleAt, true)} != ${scale}`;
@@ -78,6 +89,9 @@ const CASES: [string, 'opt' | 'llama', DType, Layout, Record<string, number>][] 
   ['opt f16 bundled', 'opt', 'f16', 'bundled', {}],
   ['opt int8 split', 'opt', 'int8', 'split', {}],
   ['llama int8 bundled', 'llama', 'int8', 'bundled', {}],
+  ['opt q8 bundled', 'opt', 'q8', 'bundled', {}],
+  ['opt q8 split, d = 44 (a partial group)', 'opt', 'q8', 'split', { dModel: 44, embedDim: 44 }],
+  ['llama q8 split, d = 44 (a partial group)', 'llama', 'q8', 'split', { dModel: 44, embedDim: 44 }],
   // A vocabulary large enough for a multi-block resident section with a short last block.
   ['llama f32 split, 3 resident blocks', 'llama', 'f32', 'split', { vocabSize: 600 }],
 ];
@@ -128,10 +142,10 @@ for (const [title, type, dtype, layout, over] of CASES) {
       rel = alignUp(rel, 64);
       const e: Record<string, unknown> = { name, dtype: tdtype, shape, offset: res.offset + rel, length: shape.reduce((a, b) => a * b, 1) * BYTES[tdtype] };
       rel += e.length as number;
-      if (tdtype === 'int8') {
+      if (tdtype === 'int8' || tdtype === 'q8') {
         rel = alignUp(rel, 64);
         e.scalesOffset = res.offset + rel;
-        rel += shape[0]! * 4;
+        rel += shape[0]! * 4 * (tdtype === 'q8' ? groups(shape[1]!) : 1);
       }
       return e;
     });
@@ -141,7 +155,8 @@ for (const [title, type, dtype, layout, over] of CASES) {
       const src = ckpt.values.get(te.name)!;
       const [rows, cols] = te.shape.length === 2 ? te.shape : [1, te.shape[0]];
       for (let r = 0; r < rows; r++) {
-        const err = checkRow(dv, te.offset + r * cols * BYTES[te.dtype as DType], src.subarray(r * cols, (r + 1) * cols), te.dtype, (te.scalesOffset ?? 0) + 4 * r);
+        const scaleAt = (te.scalesOffset ?? 0) + 4 * r * (te.dtype === 'q8' ? groups(cols) : 1);
+        const err = checkRow(dv, te.offset + r * cols * BYTES[te.dtype as DType], src.subarray(r * cols, (r + 1) * cols), te.dtype, scaleAt);
         if (err) return t.fail(`${te.name} row ${r}: ${err}`);
       }
     }
@@ -165,8 +180,9 @@ for (const [title, type, dtype, layout, over] of CASES) {
           const err = checkRow(dv, rec, src, dtype, rec + g.scaleAt);
           if (err) return t.fail(`layer ${l} neuron ${i} ${part}: ${err}`);
           if (arch.ffnBias) t.is(dv.getFloat32(rec + g.biasAt, true), part === 'up' ? bias![i]! : 0);
-          const used = arch.ffnBias ? g.biasAt + 4 : dtype === 'int8' ? g.scaleAt + 4 : g.values;
+          const used = arch.ffnBias ? g.biasAt + 4 : dtype === 'int8' || dtype === 'q8' ? g.biasAt : g.values;
           if (file.subarray(rec + used, rec + g.partBytes).some((b) => b !== 0)) return t.fail(`layer ${l} neuron ${i} ${part}: padding not zero`);
+          if (file.subarray(rec + g.values, rec + g.scaleAt).some((b) => b !== 0)) return t.fail(`layer ${l} neuron ${i} ${part}: alignment gap not zero`);
         }
       }
     }

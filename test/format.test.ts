@@ -17,22 +17,23 @@ async function build(type: 'opt' | 'llama', dtype: DType, layout: 'bundled' | 's
   return { ckpt, header, bytes: sink.bytes().slice() };
 }
 
-/** Decodes `count` values of a dtype at `at`, with an int8 scale. */
-function decode(bytes: Uint8Array, at: number, count: number, dtype: DType, scale = 1): Float32Array {
+/** Decodes `count` values of a dtype at `at`, with an int8 scale (q8: the group scales start at `scaleAt`). */
+function decode(bytes: Uint8Array, at: number, count: number, dtype: DType, scale = 1, scaleAt = 0): Float32Array {
   const out = new Float32Array(count);
   const dv = new DataView(bytes.buffer, bytes.byteOffset);
   for (let i = 0; i < count; i++) {
     if (dtype === 'f32') out[i] = dv.getFloat32(at + 4 * i, true);
     else if (dtype === 'f16') out[i] = f16BitsToF32(dv.getUint16(at + 2 * i, true));
+    else if (dtype === 'q8') out[i] = Math.fround(dv.getInt8(at + i) * dv.getFloat32(scaleAt + 4 * Math.floor(i / 32), true));
     else out[i] = Math.fround(dv.getInt8(at + i) * scale);
   }
   return out;
 }
 
-const TOLERANCE: Record<DType, number> = { f32: 0, f16: 1e-3, int8: 0.2 / 127 };
+const TOLERANCE: Record<DType, number> = { f32: 0, f16: 1e-3, int8: 0.2 / 127, q8: 0.2 / 127 };
 
 for (const type of ['opt', 'llama'] as const) {
-  for (const dtype of ['f32', 'f16', 'int8'] as const) {
+  for (const dtype of ['f32', 'f16', 'int8', 'q8'] as const) {
     for (const layout of ['bundled', 'split'] as const) {
       test(`round trip: ${type} ${dtype} ${layout}`, async (t) => {
         const { ckpt, bytes } = await build(type, dtype, layout);
@@ -49,7 +50,8 @@ for (const type of ['opt', 'llama'] as const) {
           const cols = want.length / rows;
           for (let r = 0; r < rows; r++) {
             const scale = te.dtype === 'int8' ? dv.getFloat32(te.scalesOffset! + 4 * r, true) : 1;
-            const got = decode(bytes, te.offset + r * cols * (te.dtype === 'f32' ? 4 : te.dtype === 'f16' ? 2 : 1), cols, te.dtype, scale);
+            const q8At = te.dtype === 'q8' ? te.scalesOffset! + 4 * r * Math.ceil(cols / 32) : 0;
+            const got = decode(bytes, te.offset + r * cols * (te.dtype === 'f32' ? 4 : te.dtype === 'f16' ? 2 : 1), cols, te.dtype, scale, q8At);
             for (let c = 0; c < cols; c++) {
               if (Math.abs(got[c]! - want[r * cols + c]!) > TOLERANCE[te.dtype] + 1e-7) return t.fail(`${te.name}[${r},${c}] = ${got[c]} != ${want[r * cols + c]}`);
             }
@@ -64,7 +66,7 @@ for (const type of ['opt', 'llama'] as const) {
             f.parts.forEach((part, p) => {
               const at = s.offset + f.partOffsets[p]! + i * f.stride;
               const scale = dtype === 'int8' ? dv.getFloat32(at + f.scaleAt, true) : 1;
-              const got = decode(bytes, at, f.d, dtype, scale);
+              const got = decode(bytes, at, f.d, dtype, scale, at + f.scaleAt);
               const src = ckpt.values.get(l + `ffn_${part}`)!;
               for (let c = 0; c < f.d; c++) {
                 const want = part === 'down' ? src[c * f.neurons + i]! : src[i * f.d + c]!;
@@ -169,6 +171,34 @@ test('semantic header errors are named', async (t) => {
   await mutate((h) => (h.ffn[0]!.stride = 4), /stride/);
   await mutate((h) => h.tensors.splice(3, 1), /missing|shape/);
   await mutate((h) => ((h as { arch: unknown }).arch = 'x'), /arch/);
+  // Rules a header with a recomputed hash could still break (FORMAT.md §4, §7.1, §8).
+  await mutate((h) => (h.tensors[2]!.offset += 1), /tensors\[2\]\.offset: not aligned to 64/);
+  await mutate((h) => (h.tensors[2]!.offset = h.tensors[1]!.offset), /overlaps/);
+  await mutate((h) => (h.ffn[0]!.section = 'ffn.1'), /ffn\[0\]\.section: expected ffn\.0, got ffn\.1/);
+});
+
+test('bytes after the integrity table (where the file must end) are refused', async (t) => {
+  const { bytes } = await build('opt', 'f32', 'bundled');
+  const longer = new Uint8Array(bytes.byteLength + 4096);
+  longer.set(bytes);
+  await t.throwsAsync(openFlm(new MemorySource(longer)), { instanceOf: FormatError, message: /must end where the table ends.*4096 more bytes/ });
+  await t.notThrowsAsync(openFlm(new MemorySource(bytes)));
+});
+
+test('q8 headers: an unknown dtype is refused by name; q8 group scales must lie inside the resident section; q8 part geometry is checked', async (t) => {
+  const { bytes, header } = await build('llama', 'q8', 'bundled');
+  const mutate = async (f: (h: FlmHeader) => void, message: RegExp) => {
+    const h = structuredClone(header);
+    f(h);
+    await t.throwsAsync(openFlm(new MemorySource(await withHeader(bytes, h))), { instanceOf: FormatError, message });
+  };
+  await mutate((h) => ((h as { dtype: string }).dtype = 'q4'), /dtype: expected one of f32, f16, int8, q8/);
+  const res = header.sections[0]!;
+  const last = header.tensors.findIndex((x) => x.dtype === 'q8' && x.scalesOffset! + x.shape[0]! * Math.ceil(x.shape[1]! / 32) * 4 === res.offset + res.length);
+  t.true(last >= 0, 'the last q8 tensor\'s group scales end the resident section');
+  await mutate((h) => (h.tensors[last]!.scalesOffset! += 4), /scalesOffset/);
+  await mutate((h) => (h.ffn[0]!.scaleAt += 4), /partBytes|geometry/);
+  await mutate((h) => (h.ffn[1]!.biasAt -= 4), /partBytes|geometry/);
 });
 
 function isTypedFailure(e: unknown): boolean {

@@ -17,6 +17,7 @@ import {
   Arena, rng, uniform, normalish, firstMismatch, firstBitMismatch, quantizeMatrix, matvecRef, F32_REL,
   softmax64, silu64, layernorm64, rmsnorm64, rope32, attention64, buildRecords, ffnRef,
   type Dtype, type FfnLayout,
+  kernelSuffix,
 } from './helpers/kernel-reference.js';
 
 let k: Kernels;
@@ -124,7 +125,7 @@ test('dequant_i8 is bit-exact: fround(q * scale) for all q and awkward scales', 
 
 const SIZES: [number, number][] = [[1, 1], [3, 7], [4, 8], [5, 9], [8, 16], [9, 17], [13, 129], [16, 256], [17, 300], [31, 515], [40, 1024], [67, 2049]];
 
-for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
+for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
   test(`matvec_${dtype} matches the reference (odd sizes, unaligned pointers, with/without bias)`, (t) => {
     const r = rng(1234 + dtype.length);
     for (const [rows, cols] of SIZES) {
@@ -144,7 +145,7 @@ for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
         else {
           const S = A.putF32(m.scales!, 2);
           const scratch = A.alloc(k.matvec_i8_scratch_bytes(cols), 0);
-          k.matvec_i8(O, W, S, X, B, rows, cols, scratch);
+          k[`matvec_${kernelSuffix(dtype) as 'i8' | 'q8'}`](O, W, S, X, B, rows, cols, scratch);
         }
         const ref = matvecRef(m, x, bias);
         const mm = firstMismatch(A.f32(O, rows), ref.want, ref.tol);
@@ -435,7 +436,7 @@ function runFfn(L: FfnLayout, seed: number, t: import('ava').ExecutionContext, o
   const X = A.putF32(x, 3), O = A.out(L.d, 1), H = A.out(L.n, 2);
   const p = R.partOff.map((o) => base + o);
   const hb = L.hasBias ? 1 : 0;
-  const fn = `ffn_${L.kind}_${L.dtype === 'int8' ? 'i8' : L.dtype}` as const;
+  const fn = `ffn_${L.kind}_${kernelSuffix(L.dtype)}` as const;
   if (L.kind === 'relu') (k[fn as 'ffn_relu_f32'])(O, X, L.d, L.n, p[0]!, p[1]!, R.stride, hb, H);
   else (k[fn as 'ffn_swiglu_f32'])(O, X, L.d, L.n, p[0]!, p[1]!, p[2]!, R.stride, H);
   const ref = ffnRef(L, R, x);
@@ -454,7 +455,7 @@ function runFfn(L: FfnLayout, seed: number, t: import('ava').ExecutionContext, o
   }
 }
 
-for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
+for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
   test(`ffn_relu_${dtype}: bundled and split records, with and without bias`, (t) => {
     let seed = 100;
     for (const [d, n] of [[8, 4], [13, 7], [64, 70], [129, 33], [260, 131]] as const) {
@@ -471,8 +472,8 @@ for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
   });
 }
 
-for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
-  test(`ffn_*_${dtype === 'int8' ? 'i8' : dtype}_ptrs: gathered neurons in any order (pointer tables)`, (t) => {
+for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
+  test(`ffn_*_${kernelSuffix(dtype)}_ptrs: gathered neurons in any order (pointer tables)`, (t) => {
     let seed = 300;
     for (const kind of ['relu', 'swiglu'] as const) {
       for (const [d, total, n] of [[8, 6, 5], [13, 20, 9], [129, 90, 41], [260, 40, 40]] as const) {
@@ -495,7 +496,7 @@ for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
           const P = A.putBytes(table, 0);
           const x = normalish(r, d);
           const X = A.putF32(x, 1), O = A.out(d, 2), H = A.out(n, 3);
-          const sfx = dtype === 'int8' ? 'i8' : dtype;
+          const sfx = kernelSuffix(dtype);
           if (kind === 'relu') k[`ffn_relu_${sfx}_ptrs`](O, X, d, P, n, hasBias ? 1 : 0, H);
           else k[`ffn_swiglu_${sfx}_ptrs`](O, X, d, P, n, H);
           // reference on the gathered neurons
@@ -513,7 +514,7 @@ for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
 
 test('ffn_*_ptrs over all neurons in order equals the strided kernels bit for bit', (t) => {
   let seed = 400;
-  for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
+  for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
     for (const kind of ['relu', 'swiglu'] as const) {
       for (const [d, n] of [[13, 7], [64, 70], [260, 131]] as const) {
         A.reset();
@@ -527,7 +528,7 @@ test('ffn_*_ptrs over all neurons in order equals the strided kernels bit for bi
         for (let i = 0; i < n; i++) for (let p = 0; p < nParts; p++) table[i * nParts + p] = parts[p]! + i * R.stride;
         const P = A.putBytes(table), X = A.putF32(normalish(r, d));
         const O1 = A.out(d), H1 = A.out(n), O2 = A.out(d), H2 = A.out(n);
-        const sfx = dtype === 'int8' ? 'i8' : dtype;
+        const sfx = kernelSuffix(dtype);
         if (kind === 'relu') {
           k[`ffn_relu_${sfx}`](O1, X, d, n, parts[0]!, parts[1]!, R.stride, 1, H1);
           k[`ffn_relu_${sfx}_ptrs`](O2, X, d, P, n, 1, H2);
@@ -547,7 +548,7 @@ test('ffn: n = 0 zeroes out; a larger dense layer (d=1024, n=700) for every dtyp
   const O = A.out(10);
   k.ffn_relu_f32(O, A.putF32(new Float32Array(10)), 10, 0, 0, 0, 48, 0, 0);
   t.deepEqual(A.f32(O, 10), new Float32Array(10));
-  for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
+  for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
     runFfn({ dtype, kind: 'relu', d: 1024, n: 700, hasBias: true, bundled: true }, 7, t, { dense: true });
     runFfn({ dtype, kind: 'swiglu', d: 1024, n: 300, hasBias: false, bundled: false }, 8, t, { dense: true });
   }
@@ -604,4 +605,46 @@ test('encodeF16 round trip sanity for the test data path', (t) => {
   const back = Float32Array.from(encodeF16(v), (h) => f16BitsToF32(h));
   t.true(Math.abs(back[0]! - 0.1) < 1e-4 && back[1] === -2.5 && back[2] === 65504 && back[3]! > 0);
   t.true(F32_REL > 0);
+});
+
+test('dequant_q8 is bit-exact: fround(q * scales[i >> 5]), partial last group', (t) => {
+  const r = rng(77);
+  for (const [n, mis] of [[1, 0], [31, 1], [32, 2], [33, 3], [100, 1], [256 + 13, 0]] as const) {
+    A.reset();
+    const w = normalish(r, n, 0.7);
+    const m = quantizeMatrix(w, 1, n, 'q8');
+    t.is(m.scales!.length, Math.ceil(n / 32));
+    const dst = A.out(n, 1);
+    k.dequant_q8(dst, A.putBytes(m.bytes, mis), A.putF32(m.scales!, 3 - mis), n);
+    t.is(firstBitMismatch(A.f32(dst, n), m.deq), null, `n ${n}`);
+  }
+});
+
+test('q8 keeps each group of 32 on its own scale (an outlier does not flatten the row)', (t) => {
+  const w = new Float32Array(64).fill(0.01);
+  w[0] = 100;
+  const m = quantizeMatrix(w, 1, 64, 'q8');
+  t.is(m.deq[40], Math.fround(127 * Math.fround(0.01 / 127))); // second group: exact up to the scale's rounding
+  const row = quantizeMatrix(w, 1, 64, 'int8');
+  t.is(row.deq[40], 0); // the per-row form loses it
+});
+
+test('q8 FFNs with d > 32768 (no room to quantize x) use exact f32 products', (t) => {
+  for (const kind of ['relu', 'swiglu'] as const) {
+    A.reset();
+    const r = rng(kind.length + 3);
+    const d = 33001, n = 9;
+    const L: FfnLayout = { dtype: 'q8', kind, d, n, hasBias: kind === 'relu', bundled: false };
+    const nParts = kind === 'relu' ? 2 : 3;
+    const R = buildRecords(L, Array.from({ length: nParts }, () => normalish(r, n * d, 0.05)), uniform(r, n, -0.1, 0.1), r);
+    const base = A.putBytes(R.bytes);
+    const p = R.partOff.map((o) => base + o);
+    const x = normalish(r, d);
+    const X = A.putF32(x), O = A.out(d), H = A.out(n);
+    if (kind === 'relu') k.ffn_relu_q8(O, X, d, n, p[0]!, p[1]!, R.stride, 1, H);
+    else k.ffn_swiglu_q8(O, X, d, n, p[0]!, p[1]!, p[2]!, R.stride, H);
+    const ref = ffnRef({ ...L, dtype: 'f32' }, R, x); // f32 tolerances: no activation quantization here
+    t.is(firstMismatch(A.f32(H, n), ref.h, ref.hTol), null, `${kind} hOut`);
+    t.is(firstMismatch(A.f32(O, d), ref.out, ref.outTol), null, `${kind} out`);
+  }
 });

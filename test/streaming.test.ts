@@ -75,6 +75,20 @@ for (const [name, fx] of Object.entries(fixtures)) {
   }
 }
 
+test('q8 files (group scales inside every record): every strategy with the oracle equals dense, bundled and split', async (t) => {
+  for (const [name, input, prompt, n] of [['opt', OPT_DIR, optReference().ref.prompt, 24], ['stories', STORIES_BIN, 'Once upon a time', 48]] as const) {
+    for (const layout of ['bundled', 'split'] as const) {
+      const bytes = await convertToBytes(input, { tokenizer: name === 'stories' ? STORIES_TOK : undefined, layout, dtype: 'q8' });
+      const dense = await greedy(new MemorySource(bytes), { strategy: 'dense' }, prompt, n);
+      t.is(dense.ids.length, n);
+      for (const strategy of STREAMING) {
+        const r = await greedy(new MemorySource(bytes), { strategy, sparsity: 'oracle' }, prompt, n);
+        t.deepEqual(r.ids, dense.ids, `${name} ${layout} ${strategy}`);
+      }
+    }
+  }
+});
+
 test('window: reads well under 10% of the FFN per token on the OPT fixture, with cache hits', async (t) => {
   const bytes = await fixtures.opt.bytes();
   const { ref } = optReference();

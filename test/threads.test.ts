@@ -130,12 +130,12 @@ test.serial('both builds have the same kernels and thread_scratch_bytes; the thr
 
 // ---------------------------------------------------------------- matvec
 
-for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
+for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
   test.serial(`matvec_${sfx(dtype)}: byte-identical over 1-3 threads (rows/cols not multiples of 8, bias, long rows)`, (t) => {
     let seed = 10;
     const shapes: [number, number][] = [[16, 8], [17, 13], [203, 77], [1000, 300], [37, 1030], [64, 129], [515, 64], [2048, 96]];
     if (dtype === 'f16') shapes.push([40, 17000]); // beyond the scaled-x area: chunk-wise x scaling per thread
-    if (dtype === 'int8') shapes.push([24, 40000]);
+    if (dtype === 'int8' || dtype === 'q8') shapes.push([24, 40000]);
     for (const [rows, cols] of shapes) {
       for (const withBias of [false, true]) {
         M.reset();
@@ -150,10 +150,11 @@ for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
         const scratchBytes = st.matvec_i8_scratch_bytes(cols);
         const SCR = M.alloc(scratchBytes);
         const what = `matvec_${sfx(dtype)} ${rows}x${cols} bias=${withBias}`;
-        const outs: [number, number][] = dtype === 'int8' ? [[O, rows], [SCR, scratchBytes >> 2]] : [[O, rows]];
+        const outs: [number, number][] = dtype === 'int8' || dtype === 'q8' ? [[O, rows], [SCR, scratchBytes >> 2]] : [[O, rows]];
         check(t, what, outs, (k) => {
           if (dtype === 'f32') k.matvec_f32(O, W, X, B, rows, cols);
           else if (dtype === 'f16') k.matvec_f16(O, W, X, B, rows, cols);
+          else if (dtype === 'q8') k.matvec_q8(O, W, S, X, B, rows, cols, SCR);
           else k.matvec_i8(O, W, S, X, B, rows, cols, SCR);
         });
       }
@@ -255,7 +256,7 @@ function ffnCase(t: Ctx, c: FfnCase, seed: number): void {
   }
 }
 
-for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
+for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
   test.serial(`ffn_relu_${sfx(dtype)} (+_ptrs): byte-identical over 1-3 threads, dense and sparse, with and without bias`, (t) => {
     let seed = 1000;
     for (const [d, n] of [[16, 64], [29, 70], [64, 200], [203, 131], [520, 300], [96, 1000]] as const) {
@@ -278,6 +279,7 @@ test.serial('ffn f16: activations >= 2^15 (1-row path) and inf in down rows; int
   ffnCase(t, { L: { dtype: 'f16', kind: 'relu', d: 72, n: 150, hasBias: false, bundled: true }, sparse: false, xScale: 3e4, infDown: true }, 3001);
   ffnCase(t, { L: { dtype: 'f16', kind: 'swiglu', d: 40, n: 90, hasBias: false, bundled: false }, sparse: false, xScale: 300, infDown: true }, 3002);
   ffnCase(t, { L: { dtype: 'int8', kind: 'relu', d: 33000, n: 70, hasBias: true, bundled: true }, sparse: false }, 3003);
+  ffnCase(t, { L: { dtype: 'q8', kind: 'relu', d: 33000, n: 70, hasBias: true, bundled: true }, sparse: false }, 3004);
 });
 
 test.serial('ffn without hOut and n > maxNeurons runs on the caller alone, identical', (t) => {
@@ -286,7 +288,7 @@ test.serial('ffn without hOut and n > maxNeurons runs on the caller alone, ident
 
 // ---------------------------------------------------------------- gated (thresholded gate sparsity)
 
-for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
+for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
   test.serial(`gate_act_${sfx(dtype)} and ffn_gated_${sfx(dtype)}_ptrs: byte-identical over 1-3 threads`, (t) => {
     let seed = 4000;
     for (const [d, n] of [[16, 40], [29, 70], [136, 203], [260, 600]] as const) {
@@ -405,7 +407,7 @@ test.serial('fallback: a thread that may not block (browser main thread) and an 
 
 // ---------------------------------------------------------------- batched (prompt) kernels
 
-for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
+for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
   test.serial(`matmul_${sfx(dtype)} (T tokens): byte-identical over 1-3 threads`, (t) => {
     let seed = 900;
     for (const [rows, cols, T] of [[16, 8, 2], [203, 77, 5], [37, 1030, 7], [515, 64, 3], [64, 129, 1]] as const) {
@@ -419,7 +421,7 @@ for (const dtype of ['f32', 'f16', 'int8'] as Dtype[]) {
       const out = M.out(T * (rows + 2));
       const scratch = M.alloc(st.batch_scratch_bytes(T, cols));
       check(t, `${dtype} ${rows}x${cols} T=${T}`, [[out, T * (rows + 2)]], (k) => {
-        if (dtype === 'int8') k.matmul_i8(out, ldo, W, S, X, ldx, bias, T, rows, cols, scratch);
+        if (dtype === 'int8' || dtype === 'q8') k[`matmul_${sfx(dtype) as 'i8' | 'q8'}`](out, ldo, W, S, X, ldx, bias, T, rows, cols, scratch);
         else k[`matmul_${dtype}`](out, ldo, W, X, ldx, bias, T, rows, cols, scratch);
       });
     }

@@ -216,7 +216,7 @@ $('form').addEventListener('submit', (e) => {
 $('stop').addEventListener('click', () => worker.postMessage({ type: 'abort' }));
 $('clear').addEventListener('click', () => worker.postMessage({ type: 'clear-cache' }));
 
-$('isolation').textContent = self.crossOriginIsolated ? 'cross-origin isolated' : 'not cross-origin isolated (serve with flashlm serve)';
+$('isolation').textContent = self.crossOriginIsolated ? 'cross-origin isolated' : 'not cross-origin isolated (serve with flashlm host)';
 
 const q = new URLSearchParams(location.search);
 for (const [param, id] of [['model', 'url'], ['prompt', 'prompt'], ['n', 'tokens'], ['temp', 'temp'], ['strategy', 'strategy'], ['memory', 'memory'], ['threads', 'threads'], ['cacheMax', 'cacheMax']]) {

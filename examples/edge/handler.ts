@@ -8,6 +8,10 @@
  *   POST /  {"prompt": "Once upon", "maxTokens": 64, "temperature": 0}
  *   -> 200 text/plain, the continuation streamed as it is generated
  *
+ *   GET /v1/models, POST /v1/completions, POST /v1/chat/completions
+ *   -> the OpenAI API (as `flashlm serve`; chat needs the model's chat
+ *      template), streaming as server-sent events when "stream": true
+ *
  * Configuration (env bindings on Workers, environment variables on Deno):
  *   FLASHLM_MODEL_URL   the .flm URL (required)
  *   FLASHLM_MEMORY      arena budget (default 48M: the rest of 128 MB is the
@@ -25,7 +29,7 @@
  * import it (`import wasm from 'flashlm/wasm/flashlm.wasm'`) and build the
  * handler with `createHandler({ wasm })`.
  */
-import { ArgumentError, HttpSource, openFlm, openModel, STRATEGIES } from 'flashlm';
+import { ArgumentError, HttpSource, openAiFetch, openFlm, openModel, STRATEGIES } from 'flashlm';
 
 // Derived rather than imported: resolves the same with the package's types or without them.
 type Strategy = (typeof STRATEGIES)[number];
@@ -40,6 +44,8 @@ export interface HandlerOptions {
   threads?: number;
   /** The kernels (bytes or a compiled module) where the runtime cannot fetch them next to the module. */
   wasm?: BufferSource | WebAssembly.Module;
+  /** A Jinja chat template for /v1/chat/completions, when the model carries none. */
+  chatTemplate?: string;
 }
 
 type Env = Record<string, unknown> | undefined;
@@ -110,7 +116,7 @@ export function createHandler(options: HandlerOptions = {}): { fetch(req: Reques
       }
       // openModel closes the source itself if it fails.
       const threads = options.threads ?? Number(setting(env, 'FLASHLM_THREADS') ?? 1);
-      return (opened = await openModel(source, { memory, strategy, threads, wasm: options.wasm, stagingBytes: 4 << 20 }));
+      return (opened = await openModel(source, { memory, strategy, threads, wasm: options.wasm, stagingBytes: 4 << 20, chatTemplate: options.chatTemplate }));
     })();
     model.catch(() => (model = undefined)); // a failed open is retried by the next request
     return model;
@@ -120,6 +126,26 @@ export function createHandler(options: HandlerOptions = {}): { fetch(req: Reques
     /** The model's arena (its WebAssembly memory) once opened: the bulk of what the isolate holds. */
     arenaBytes: () => opened?.memory.arenaBytes,
     async fetch(req: Request, env?: Env): Promise<Response> {
+      const path = new URL(req.url).pathname;
+      if (path.startsWith('/v1/') || req.method === 'OPTIONS') {
+        let m: Model;
+        try {
+          m = await load(env);
+        } catch (e) {
+          return Response.json({ error: { message: `cannot open the model: ${(e as Error).message}`, type: 'server_error', param: null, code: null } }, { status: 502 });
+        }
+        // Requests take turns on the model, as below: the turn ends when the answer (or its stream) does.
+        const acquire = async () => {
+          let release!: () => void;
+          const mine = new Promise<void>((r) => (release = r));
+          const before = turn;
+          turn = turn.then(() => mine);
+          await before;
+          return release;
+        };
+        const name = (options.modelUrl ?? setting(env, 'FLASHLM_MODEL_URL') ?? 'flashlm').replace(/[?#].*$/, '').split('/').pop()!.replace(/\.flm$/, '');
+        return openAiFetch(req, m, { modelName: name, acquire });
+      }
       const cap = options.maxTokens ?? Number(setting(env, 'FLASHLM_MAX_TOKENS') ?? 512);
       const ask = await parseAsk(req, cap);
       if (ask instanceof Response) return ask;

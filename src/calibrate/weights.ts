@@ -18,6 +18,7 @@ export async function readFfnPart(file: FlmFile, layer: number, part: FfnPart): 
     const row = out.subarray(i * f.d, (i + 1) * f.d);
     if (f.dtype === 'f32') for (let c = 0; c < f.d; c++) row[c] = dv.getFloat32(at + 4 * c, true);
     else if (f.dtype === 'f16') for (let c = 0; c < f.d; c++) row[c] = f16BitsToF32(dv.getUint16(at + 2 * c, true));
+    else if (f.dtype === 'q8') for (let c = 0; c < f.d; c++) row[c] = Math.fround(dv.getInt8(at + c) * dv.getFloat32(at + f.scaleAt + 4 * Math.floor(c / 32), true));
     else {
       const scale = dv.getFloat32(at + f.scaleAt, true);
       for (let c = 0; c < f.d; c++) row[c] = Math.fround(dv.getInt8(at + c) * scale);

@@ -8,6 +8,7 @@ import { calibrateGates, type GateCalibration } from '../calibrate/gates.js';
 import type { InitMethod } from '../calibrate/train.js';
 import { fmtBytes } from '../engine/arena.js';
 import { interruptSignal, progressBar } from './terminal.js';
+import { checkOutput } from './output.js';
 
 export interface CalibrateFlags {
   text: string[];
@@ -26,6 +27,8 @@ export interface CalibrateFlags {
   /** Gated models: keep the gate rows resident (thresholds only) or train predictors of the thresholded set. */
   gateMode?: 'resident' | 'predicted';
   json?: boolean;
+  /** Replace an existing file that is not a .flm. */
+  force?: boolean;
 }
 
 /**
@@ -37,6 +40,7 @@ export interface CalibrateFlags {
 export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Promise<void> {
   if (flags.rank !== undefined && flags.rankPerLayer) throw new ArgumentError('give --rank or --rank-per-layer, not both');
   const texts = await Promise.all(flags.text.map((f) => readFile(f, 'utf8')));
+  await checkOutput(flags.output, [modelPath, ...flags.text], { force: flags.force });
   const source = await FileSource.open(modelPath);
   const interrupt = interruptSignal();
   const bar = progressBar('{phase} [{bar}] {percentage}% {value}/{total} eta {eta_formatted}');

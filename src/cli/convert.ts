@@ -5,24 +5,36 @@ import { writeFlm } from '../format/writer.js';
 import { FileSink } from '../source/file-node.js';
 import { fmtBytes } from '../engine/arena.js';
 import { interruptSignal, progressBar } from './terminal.js';
+import { checkOutput } from './output.js';
 
 export interface ConvertFlags {
   output: string;
   tokenizer?: string;
-  dtype: DType;
+  /** A file dtype, or the CLI's names: int8 (= q8, one scale per 32 weights) and int8-row (= the per-row int8). */
+  dtype: DType | 'int8-row';
   layout: Layout;
+  /** Replace an existing file that is not a .flm. */
+  force?: boolean;
+}
+
+/** The CLI's --dtype to the file's: `int8` means the grouped form (q8), `int8-row` the per-row one. */
+export function fileDType(flag: ConvertFlags['dtype']): DType {
+  return flag === 'int8' ? 'q8' : flag === 'int8-row' ? 'int8' : flag;
 }
 
 /** `flashlm convert`: writes to a temp name and renames at the end; Ctrl-C or an error leaves nothing behind. */
 export async function runConvert(input: string, flags: ConvertFlags): Promise<void> {
+  await checkOutput(flags.output, [input, flags.tokenizer], { force: flags.force });
   const ckpt = await openCheckpoint(input, { tokenizer: flags.tokenizer });
-  const sink = await FileSink.create(flags.output);
+  // Signals are ours before the temporary file exists: one arriving in between must not leave it behind.
   const interrupt = interruptSignal();
+  let sink: FileSink | undefined;
   const bar = progressBar('converting [{bar}] {percentage}% {written} / {size} eta {eta_formatted}');
   const t0 = performance.now();
   try {
+    sink = await FileSink.create(flags.output);
     const header = await writeFlm(ckpt, sink, {
-      dtype: flags.dtype,
+      dtype: fileDType(flags.dtype),
       layout: flags.layout,
       meta: { source: input },
       signal: interrupt.signal,
@@ -37,7 +49,7 @@ export async function runConvert(input: string, flags: ConvertFlags): Promise<vo
     process.stderr.write(`wrote ${flags.output}: ${header.arch.type}, ${header.dtype}, ${header.layout}, ${fmtBytes(size)} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
   } catch (e) {
     bar?.stop();
-    await sink.abort();
+    await sink?.abort();
     throw e;
   } finally {
     interrupt.release();

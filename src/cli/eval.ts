@@ -6,8 +6,9 @@ import { evaluate } from '../calibrate/evaluate.js';
 import { formatStats } from './run.js';
 import { interruptSignal, progressBar } from './terminal.js';
 import { ArgumentError } from '../errors.js';
+import { httpOptions, type HttpFlags } from './options.js';
 
-export interface EvalFlags {
+export interface EvalFlags extends HttpFlags {
   text: string[];
   strategy: Strategy;
   sparsity?: Sparsity;
@@ -36,6 +37,7 @@ export async function runEval(modelPath: string, flags: EvalFlags): Promise<void
       memory: flags.memory,
       direct: flags.direct,
       threads: flags.threads,
+      http: httpOptions(flags),
       context: flags.context,
       maxTokens: flags.tokens,
       signal: interrupt.signal,

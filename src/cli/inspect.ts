@@ -1,10 +1,11 @@
 import { resolveSource } from '../node.js';
 import { openFlm } from '../format/reader.js';
 import { fmtBytes } from '../engine/arena.js';
+import { httpOptions, type HttpFlags } from './options.js';
 
 /** `flashlm inspect`: architecture, dims, dtypes, and every section with its size (a path or an http(s) URL). */
-export async function runInspect(model: string, flags: { json?: boolean }): Promise<void> {
-  const source = await resolveSource(model);
+export async function runInspect(model: string, flags: { json?: boolean } & HttpFlags): Promise<void> {
+  const source = await resolveSource(model, { http: httpOptions(flags) });
   try {
     const file = await openFlm(source);
     const h = file.header;
@@ -19,7 +20,8 @@ export async function runInspect(model: string, flags: { json?: boolean }): Prom
     out.push(`${model}: flashlm v${h.version}, ${fmtBytes(source.size)}`);
     out.push(`architecture  ${a.type}  (${a.norm}, ${a.activation}, ${a.positions === 'rope' ? `rope ${a.ropeStyle} theta ${a.ropeTheta}` : `learned positions +${a.posOffset}`}, ${a.preNorm ? 'pre' : 'post'}-norm)`);
     out.push(`dims          d_model ${a.dModel}, layers ${a.nLayers}, heads ${a.nHeads} (kv ${a.nKvHeads}) x ${a.headDim}, ffn ${a.ffnDim}, vocab ${a.vocabSize}, context ${a.maxSeqLen}`);
-    out.push(`weights       ${h.dtype}, FFN ${h.layout}, embeddings ${a.tiedEmbeddings ? 'tied' : 'untied'}, tokenizer ${h.tokenizer.kind}`);
+    const dtypeNote = h.dtype === 'q8' ? ' (int8, one scale per 32 weights)' : h.dtype === 'int8' ? ' (int8, one scale per row)' : '';
+    out.push(`weights       ${h.dtype}${dtypeNote}, FFN ${h.layout}, embeddings ${a.tiedEmbeddings ? 'tied' : 'untied'}, tokenizer ${h.tokenizer.kind}`);
     out.push(`tokens        bos ${a.bosId}, eos ${a.eosId}, stop on [${a.stopIds.join(', ')}]`);
     const f = h.ffn[0]!;
     out.push(`ffn records   ${f.parts.join('+')}, ${f.partBytes} B per part, stride ${f.stride} B${f.hasBias ? ', up bias' : ''}`);

@@ -13,7 +13,10 @@ import { runInspect } from './inspect.js';
 import { runGenerate } from './run.js';
 import { runCalibrate } from './calibrate.js';
 import { runEval } from './eval.js';
-import { runServe } from './serve.js';
+import { runServe } from './host.js';
+import { runApiServer } from './serve.js';
+import { runChat } from './chat.js';
+import { addHttpOptions, addModelOptions, addSamplingOptions } from './options.js';
 
 const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
 
@@ -40,40 +43,54 @@ export function buildCli(): Command {
     .argument('<input>', 'Hugging Face model folder, or llama2.c checkpoint (.bin)')
     .requiredOption('-o, --output <file>', 'the .flm file to write')
     .option('--tokenizer <file>', 'tokenizer file (tokenizer.json, or llama2.c tokenizer.bin)')
-    .addOption(new Option('--dtype <dtype>', 'weight storage type').choices(['f32', 'f16', 'int8']).default('f32'))
+    .addOption(new Option('--dtype <dtype>', 'weight storage type (int8 = q8: one scale per 32 weights; int8-row: one scale per row)').choices(['f32', 'f16', 'int8', 'q8', 'int8-row']).default('f32'))
     .addOption(new Option('--layout <layout>', 'FFN layout: row-column bundles, or split up/down matrices').choices(['bundled', 'split']).default('bundled'))
+    .option('--force', 'replace an existing output file that is not a .flm')
     .action(runConvert);
 
-  program
+  addHttpOptions(program
     .command('inspect')
     .description('print a .flm file\'s architecture, dims, dtypes and sections')
     .argument('<model>', '.flm file (path or URL)')
-    .option('--json', 'print the header as JSON')
+    .option('--json', 'print the header as JSON'))
     .action(runInspect);
 
-  program
+  const run = program
     .command('run')
     .description('generate text; the continuation streams to stdout')
     .argument('<model>', '.flm file (path or URL)')
     .option('-p, --prompt <text>', 'prompt', '')
-    .option('-n, --tokens <n>', 'most tokens to generate', int('tokens', 0), 256)
-    .option('--temp <t>', 'temperature; 0 = greedy', float('temp', 0, 100), 0)
-    .option('--top-p <p>', 'nucleus sampling mass', float('top-p', 0, 1), 0.9)
-    .option('--seed <s>', 'random seed', int('seed', 0))
-    .option('--memory <size>', 'arena budget, e.g. 512M, 2G (default: what the strategy needs)')
-    .option('--context <n>', 'context length in tokens', int('context', 1))
-    .option('-b, --batch-size <n>', 'prompt tokens per forward pass (dense strategy; 1 = token by token, same output)', int('batch-size', 1))
-    .option('-t, --threads <n>', 'kernel threads, the main one included (default: every core; same output for any count)', int('threads', 1))
-    .addOption(new Option('--strategy <s>', 'what stays resident and what is streamed').choices([...STRATEGIES]).default('dense'))
-    .addOption(new Option('--sparsity <s>', 'how predictor/window choose neurons (default: the file\'s predictors or gate thresholds, else oracle)').choices(['predictor', 'oracle', 'off', 'gate']))
-    .option('--window <k>', 'window strategy: keep neurons used in the last k tokens', int('window', 1), 4)
-    .option('--direct', 'read local files with O_DIRECT (bypass the page cache)')
+    .option('--chat', 'the prompt is a user message: render it with the model\'s chat template and print the answer')
+    .option('--system <text>', 'with --chat: a system message before it');
+  addSamplingOptions(run);
+  addModelOptions(run)
     .option('--measure-predictor', 'also compute the true active sets to report predictor recall/precision')
     .addOption(new Option('--stats <format>', 'per-token statistics to stderr').choices(['table', 'json']))
     .action(runGenerate);
 
-  program
+  const chat = program
+    .command('chat')
+    .description('interactive chat in the terminal with the model\'s chat template (history kept; Ctrl-C stops an answer, Ctrl-D quits)')
+    .argument('<model>', '.flm file (path or URL)')
+    .option('--system <text>', 'a system message to start the conversation');
+  addSamplingOptions(chat);
+  addModelOptions(chat).action(runChat);
+
+  const serve = program
     .command('serve')
+    .description('an OpenAI-compatible HTTP API for one model: /v1/models, /v1/completions, /v1/chat/completions (streaming or not)')
+    .argument('<model>', '.flm file (path or URL)')
+    .option('--port <p>', 'port (0: any free port)', int('port', 0), 8080)
+    .option('--host <h>', 'address to listen on', '127.0.0.1')
+    .option('--api-key <key>', 'require "Authorization: Bearer <key>" (default: the FLASHLM_API_KEY environment variable, else none)')
+    .option('--model-name <name>', 'the model id the API reports (default: the file name without .flm)')
+    .option('--queue <n>', 'requests waiting for the model before 429', int('queue', 0), 16)
+    .option('--max-body <bytes>', 'largest request body in bytes', int('max-body', 1), 1 << 20)
+    .option('--log', 'log each request to stderr');
+  addModelOptions(serve).action(runApiServer);
+
+  program
+    .command('host')
     .description('serve a folder for local development: HTTP Range/206, ETag, and COOP/COEP for cross-origin isolation')
     .argument('<dir>', 'folder to serve (models, the browser example, dist/, wasm/)')
     .option('--port <p>', 'port (0: any free port)', int('port', 0), 8080)
@@ -104,9 +121,10 @@ export function buildCli(): Command {
         .default('resident'),
     )
     .option('--json', 'print the per-layer report as JSON')
+    .option('--force', 'replace an existing output file that is not a .flm')
     .action(runCalibrate);
 
-  program
+  addHttpOptions(program
     .command('eval')
     .description('perplexity over a text with a strategy, and top-1 agreement and mean KL against dense')
     .argument('<model>', '.flm file (path or URL)')
@@ -119,7 +137,7 @@ export function buildCli(): Command {
     .option('--tokens <n>', 'score about this many tokens (evenly spaced windows); default all', int('tokens', 1))
     .option('-t, --threads <n>', 'kernel threads, the main one included (default: every core)', int('threads', 1))
     .option('--direct', 'read local files with O_DIRECT (bypass the page cache)')
-    .addOption(new Option('--stats <format>', 'run statistics to stderr (json: the last line is one JSON object)').choices(['table', 'json']))
+    .addOption(new Option('--stats <format>', 'run statistics to stderr (json: the last line is one JSON object)').choices(['table', 'json'])))
     .action(runEval);
 
   return program;
@@ -129,11 +147,17 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await buildCli().parseAsync(argv);
   } catch (e) {
-    if (e instanceof FlashlmError) {
-      process.stderr.write(`flashlm: ${e.message}\n`);
+    if (e instanceof FlashlmError || isSystemError(e)) {
+      process.stderr.write(`flashlm: ${(e as Error).message}\n`);
       process.exitCode = 1;
       return;
     }
-    throw e;
+    throw e; // a bug: keep the stack trace
   }
+}
+
+/** An operating-system error (ENOENT, EISDIR, EACCES, ENOSPC, EADDRINUSE, ...): the user's environment, said in one line. */
+function isSystemError(e: unknown): boolean {
+  const code = (e as { code?: unknown } | null)?.code;
+  return e instanceof Error && typeof code === 'string' && /^E[A-Z0-9]+$/.test(code) && typeof (e as { syscall?: unknown }).syscall === 'string';
 }

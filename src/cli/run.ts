@@ -1,41 +1,18 @@
-import { openModel, type Strategy } from '../node.js';
+import { openModel, type Model } from '../node.js';
 import { fmtBytes } from '../engine/arena.js';
 import { interruptSignal } from './terminal.js';
-import type { Sparsity } from '../flash/streaming.js';
 import type { StatsSummary } from '../flash/stats.js';
+import { generateOptions, openOptions, rate, type ModelFlags, type SamplingFlags } from './options.js';
 
-export interface RunFlags {
+export interface RunFlags extends ModelFlags, SamplingFlags {
   prompt: string;
-  tokens: number;
-  temp: number;
-  topP: number;
-  seed?: number;
-  memory?: string;
-  context?: number;
-  batchSize?: number;
-  threads?: number;
-  strategy: Strategy;
-  sparsity?: Sparsity;
-  window: number;
-  direct?: boolean;
-  measurePredictor?: boolean;
+  chat?: boolean;
+  system?: string;
   stats?: 'table' | 'json';
 }
 
-/** `flashlm run`: streams the continuation to stdout; Ctrl-C stops generation cleanly. */
-export async function runGenerate(modelPath: string, flags: RunFlags): Promise<void> {
-  const t0 = performance.now();
-  const model = await openModel(modelPath, {
-    memory: flags.memory,
-    contextLength: flags.context,
-    batchSize: flags.batchSize,
-    threads: flags.threads,
-    strategy: flags.strategy,
-    sparsity: flags.sparsity,
-    window: flags.window,
-    direct: flags.direct,
-    measurePredictor: flags.measurePredictor,
-  });
+/** One stderr line on how the model was laid out (and notes on threads and the oracle). */
+export function describeModel(model: Model): string {
   const p = model.plan;
   const residency =
     p.strategy === 'dense'
@@ -44,16 +21,35 @@ export async function runGenerate(modelPath: string, flags: RunFlags): Promise<v
         (p.window ? `, cache ${fmtBytes(p.cacheBytes)} (${p.capacity}/${p.neurons} neurons per layer)` : '') +
         `, staging ${fmtBytes(p.stagingBytes)}`;
   const th = model.threading;
-  process.stderr.write(`${residency}; arena ${fmtBytes(p.arenaBytes)}; ${th.threads} thread${th.threads === 1 ? '' : 's'}\n`);
-  if (th.fallbackReason) process.stderr.write(`note: running on one thread: ${th.fallbackReason}\n`);
+  let out = `${residency}; arena ${fmtBytes(p.arenaBytes)}; ${th.threads} thread${th.threads === 1 ? '' : 's'}\n`;
+  if (th.fallbackReason) out += `note: running on one thread: ${th.fallbackReason}\n`;
   if (p.sparsity === 'oracle') {
-    process.stderr.write(`note: the oracle keeps a dense copy of the FFN (${fmtBytes(p.ffnBytes)}) outside the arena to know the true active neurons: it measures the streaming machinery; run \`flashlm calibrate\` for a predictor that saves memory and I/O\n`);
+    out += `note: the oracle keeps a dense copy of the FFN (${fmtBytes(p.ffnBytes)}) outside the arena to know the true active neurons: it measures the streaming machinery; run \`flashlm calibrate\` for a predictor that saves memory and I/O\n`;
   }
+  return out;
+}
+
+/** What stderr says when a generation ends for a reason the user should know (the context is full). */
+export function finishNote(model: Model): string {
+  const tm = model.timings;
+  return tm?.finishReason === 'context'
+    ? `note: generation stopped: the context is full (${model.contextLength} tokens: prompt ${tm.promptTokens} + ${tm.tokens} generated); --context sets a longer one (at most the model's ${model.arch.maxSeqLen})\n`
+    : '';
+}
+
+/** `flashlm run`: streams the continuation to stdout; Ctrl-C stops generation cleanly. */
+export async function runGenerate(modelPath: string, flags: RunFlags): Promise<void> {
+  const t0 = performance.now();
+  const model = await openModel(modelPath, openOptions(flags));
+  process.stderr.write(describeModel(model));
   const interrupt = interruptSignal();
   const tLoad = performance.now();
   let n = 0;
   try {
-    for await (const text of model.generate(flags.prompt, { maxTokens: flags.tokens, temperature: flags.temp, topP: flags.topP, seed: flags.seed, signal: interrupt.signal })) {
+    const options = generateOptions(flags, interrupt.signal);
+    const messages = [...(flags.system ? [{ role: 'system', content: flags.system }] : []), { role: 'user', content: flags.prompt }];
+    const stream = flags.chat ? model.chat(messages, options) : model.generate(flags.prompt, options);
+    for await (const text of stream) {
       process.stdout.write(text);
       n++;
     }
@@ -64,9 +60,9 @@ export async function runGenerate(modelPath: string, flags: RunFlags): Promise<v
   }
   // As llama.cpp reports them: prompt processing and decoding rates apart (the first token comes from the prompt's pass).
   const tm = model.timings;
-  const rate = (tokens: number, ms: number) => (ms > 0 && tokens > 0 ? `${((1000 * tokens) / ms).toFixed(1)} tokens/s` : 'n/a');
+  process.stderr.write(finishNote(model));
   process.stderr.write(`loaded in ${((tLoad - t0) / 1000).toFixed(2)} s` +
-    (tm ? `; prompt: ${tm.promptTokens} tokens, ${rate(tm.promptTokens, tm.promptMs)}; generated: ${tm.tokens} tokens, ${rate(tm.tokens - 1, tm.decodeMs)}` : `; ${n} pieces`) + '\n');
+    (tm ? `; prompt: ${tm.promptTokens} tokens, ${rate(tm.promptTokens - tm.reusedTokens, tm.promptMs)}; generated: ${tm.tokens} tokens, ${rate(tm.tokens - 1, tm.decodeMs)}` : `; ${n} pieces`) + '\n');
   if (flags.stats === 'table') process.stderr.write(formatStats(model.stats.summary()));
   if (flags.stats === 'json') process.stderr.write(JSON.stringify(model.stats.summary()) + '\n');
 }

@@ -31,11 +31,13 @@ export function runFfnKernel(k: Kernels, f: FfnEntry, out: number, x: number, n:
     const bias = f.hasBias ? 1 : 0;
     if (f.dtype === 'f32') k.ffn_relu_f32(out, x, f.d, n, up, down, stride, bias, hOut);
     else if (f.dtype === 'f16') k.ffn_relu_f16(out, x, f.d, n, up, down, stride, bias, hOut);
+    else if (f.dtype === 'q8') k.ffn_relu_q8(out, x, f.d, n, up, down, stride, bias, hOut);
     else k.ffn_relu_i8(out, x, f.d, n, up, down, stride, bias, hOut);
   } else {
     const [gate, up, down] = partPtrs as [number, number, number];
     if (f.dtype === 'f32') k.ffn_swiglu_f32(out, x, f.d, n, gate, up, down, stride, hOut);
     else if (f.dtype === 'f16') k.ffn_swiglu_f16(out, x, f.d, n, gate, up, down, stride, hOut);
+    else if (f.dtype === 'q8') k.ffn_swiglu_q8(out, x, f.d, n, gate, up, down, stride, hOut);
     else k.ffn_swiglu_i8(out, x, f.d, n, gate, up, down, stride, hOut);
   }
 }
@@ -46,9 +48,11 @@ export function runFfnPtrs(k: Kernels, f: FfnEntry, out: number, x: number, ptrs
     const bias = f.hasBias ? 1 : 0;
     if (f.dtype === 'f32') k.ffn_relu_f32_ptrs(out, x, f.d, ptrs, n, bias, hOut);
     else if (f.dtype === 'f16') k.ffn_relu_f16_ptrs(out, x, f.d, ptrs, n, bias, hOut);
+    else if (f.dtype === 'q8') k.ffn_relu_q8_ptrs(out, x, f.d, ptrs, n, bias, hOut);
     else k.ffn_relu_i8_ptrs(out, x, f.d, ptrs, n, bias, hOut);
   } else if (f.dtype === 'f32') k.ffn_swiglu_f32_ptrs(out, x, f.d, ptrs, n, hOut);
   else if (f.dtype === 'f16') k.ffn_swiglu_f16_ptrs(out, x, f.d, ptrs, n, hOut);
+  else if (f.dtype === 'q8') k.ffn_swiglu_q8_ptrs(out, x, f.d, ptrs, n, hOut);
   else k.ffn_swiglu_i8_ptrs(out, x, f.d, ptrs, n, hOut);
 }
 
@@ -82,10 +86,10 @@ export class ResidentFfn implements FfnProvider {
     const p = this.partPtrs[layer]!;
     if (f.parts.length === 2) {
       const bias = f.hasBias ? 1 : 0;
-      const run = f.dtype === 'f32' ? k.ffn_relu_f32_batch : f.dtype === 'f16' ? k.ffn_relu_f16_batch : k.ffn_relu_i8_batch;
+      const run = f.dtype === 'f32' ? k.ffn_relu_f32_batch : f.dtype === 'f16' ? k.ffn_relu_f16_batch : f.dtype === 'q8' ? k.ffn_relu_q8_batch : k.ffn_relu_i8_batch;
       run(out, ldo, x, ldx, T, f.d, f.neurons, p[0]!, p[1]!, f.stride, bias, h, scratch);
     } else {
-      const run = f.dtype === 'f32' ? k.ffn_swiglu_f32_batch : f.dtype === 'f16' ? k.ffn_swiglu_f16_batch : k.ffn_swiglu_i8_batch;
+      const run = f.dtype === 'f32' ? k.ffn_swiglu_f32_batch : f.dtype === 'f16' ? k.ffn_swiglu_f16_batch : f.dtype === 'q8' ? k.ffn_swiglu_q8_batch : k.ffn_swiglu_i8_batch;
       run(out, ldo, x, ldx, T, f.d, f.neurons, p[0]!, p[1]!, p[2]!, f.stride, h, scratch);
     }
   }
@@ -94,7 +98,7 @@ export class ResidentFfn implements FfnProvider {
   gateActivations(layer: number, x: number, out: number): void {
     const f = this.entries[layer]!;
     const gate = this.bases[layer]! + f.partOffsets[f.parts.indexOf('gate')]!;
-    const act = f.dtype === 'f32' ? this.k.gate_act_f32 : f.dtype === 'f16' ? this.k.gate_act_f16 : this.k.gate_act_i8;
+    const act = f.dtype === 'f32' ? this.k.gate_act_f32 : f.dtype === 'f16' ? this.k.gate_act_f16 : f.dtype === 'q8' ? this.k.gate_act_q8 : this.k.gate_act_i8;
     act(out, x, f.d, f.neurons, gate, f.stride);
   }
 }

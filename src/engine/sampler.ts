@@ -3,6 +3,13 @@
  * the argmax kernel; otherwise softmax with temperature in WebAssembly, then
  * nucleus (top-p) selection here with a seeded generator, as llama2.c does.
  *
+ * Optional, all off by default (and then the path above is unchanged, token
+ * for token): penalties on the logits before anything else — llama.cpp's
+ * repeat penalty over the last `repeatLastN` tokens (prompt included), and
+ * OpenAI's presence and frequency penalties over the generated tokens — then,
+ * after temperature, top-k, top-p (over the top-k mass) and min-p, in that
+ * order (Hugging Face's warper order), sampling from what is left.
+ *
  * Nothing is allocated per token: the generator runs on two u32 halves (no
  * BigInt), and the nucleus is found with a binary heap in a preallocated
  * index array, popping the most probable candidates only until their mass
@@ -17,6 +24,37 @@ export interface SamplingOptions {
   topP?: number;
   /** Seed for reproducible sampling. Default: time-based. */
   seed?: number;
+  /** Keep only the k most probable tokens; 0 disables. Default 0. */
+  topK?: number;
+  /** Drop tokens less probable than minP × the most probable one's probability; 0 disables. Default 0. */
+  minP?: number;
+  /**
+   * llama.cpp's repeat penalty: every token seen in the last `repeatLastN`
+   * tokens (prompt and generated) has its logit divided by this when positive,
+   * multiplied when negative. 1 disables. Default 1.
+   */
+  repeatPenalty?: number;
+  /** Window of the repeat penalty, in tokens. Default 64 (llama.cpp's). */
+  repeatLastN?: number;
+  /** OpenAI's: subtracted once from the logit of every token generated so far. Default 0. */
+  presencePenalty?: number;
+  /** OpenAI's: subtracted from a token's logit once per time it was generated so far. Default 0. */
+  frequencyPenalty?: number;
+}
+
+/** Checks the sampling options' ranges; returns a message for the first bad one. */
+export function samplingOptionsError(o: SamplingOptions): string | undefined {
+  const num = (v: unknown) => v === undefined || (typeof v === 'number' && Number.isFinite(v));
+  for (const k of ['temperature', 'topP', 'seed', 'topK', 'minP', 'repeatPenalty', 'repeatLastN', 'presencePenalty', 'frequencyPenalty'] as const) {
+    if (!num(o[k])) return `${k} must be a finite number`;
+  }
+  if (o.temperature !== undefined && o.temperature < 0) return 'temperature must be >= 0';
+  if (o.topP !== undefined && (o.topP < 0 || o.topP > 1)) return 'topP must be in [0, 1]';
+  if (o.topK !== undefined && (!Number.isInteger(o.topK) || o.topK < 0)) return 'topK must be a non-negative integer';
+  if (o.minP !== undefined && (o.minP < 0 || o.minP > 1)) return 'minP must be in [0, 1]';
+  if (o.repeatPenalty !== undefined && o.repeatPenalty <= 0) return 'repeatPenalty must be > 0';
+  if (o.repeatLastN !== undefined && (!Number.isInteger(o.repeatLastN) || o.repeatLastN < 0)) return 'repeatLastN must be a non-negative integer';
+  return undefined;
 }
 
 /** xorshift64*'s multiplier, as u32 halves. */
@@ -41,20 +79,85 @@ export class Sampler {
   private lo: number;
   private readonly temperature: number;
   private readonly topP: number;
+  private readonly topK: number;
+  private readonly minP: number;
+  private readonly repeatPenalty: number;
+  private readonly presence: number;
+  private readonly frequency: number;
   /** Candidate token ids: a heap while selecting, the popped (sorted) ones at the end. */
   private readonly order: Int32Array;
+  /** The repeat penalty's window: a ring of the last repeatLastN tokens. */
+  private readonly ring: Int32Array;
+  private ringLen = 0;
+  private ringAt = 0;
+  /** Times each token was generated (presence/frequency), when those penalties are on. */
+  private readonly counts: Int32Array | undefined;
+  /** Distinct generated tokens, in order of first appearance. */
+  private readonly generated: number[] = [];
+  /** Per-token stamp so each distinct token is penalised once per step. */
+  private readonly stamp: Int32Array | undefined;
+  private step = 0;
 
+  /** `history`: the tokens before the first sampled one (the prompt), for the repeat penalty's window. */
   constructor(
     private readonly k: Kernels,
     private readonly vocab: number,
     opts: SamplingOptions = {},
+    history: readonly number[] = [],
   ) {
     this.temperature = opts.temperature ?? 0;
     this.topP = opts.topP ?? 0.9;
+    this.topK = opts.topK && opts.topK < vocab ? opts.topK : 0;
+    this.minP = opts.minP ?? 0;
+    this.repeatPenalty = opts.repeatPenalty ?? 1;
+    this.presence = opts.presencePenalty ?? 0;
+    this.frequency = opts.frequencyPenalty ?? 0;
     const s = BigInt.asUintN(64, BigInt(Math.floor(opts.seed ?? Date.now()))) || 0x2545f4914f6cdd1dn;
     this.hi = Number(s >> 32n);
     this.lo = Number(s & 0xffffffffn);
     this.order = new Int32Array(vocab);
+    const lastN = this.repeatPenalty !== 1 ? (opts.repeatLastN ?? 64) : 0;
+    this.ring = new Int32Array(lastN);
+    if (this.presence !== 0 || this.frequency !== 0) this.counts = new Int32Array(vocab);
+    if (lastN > 0 || this.counts) this.stamp = new Int32Array(vocab);
+    for (const t of history.slice(Math.max(0, history.length - lastN))) this.pushRing(t);
+  }
+
+  private pushRing(token: number): void {
+    const n = this.ring.length;
+    if (n === 0) return;
+    this.ring[this.ringAt] = token;
+    this.ringAt = (this.ringAt + 1) % n;
+    if (this.ringLen < n) this.ringLen++;
+  }
+
+  /** Records the token chosen (the caller's, after sample()): it joins the penalties' history. */
+  accept(token: number): void {
+    this.pushRing(token);
+    if (this.counts) {
+      if (this.counts[token]++ === 0) this.generated.push(token);
+    }
+  }
+
+  /** Applies the repeat, presence and frequency penalties to the logits in place. */
+  private penalize(view: Float32Array): void {
+    const stamp = this.stamp;
+    if (!stamp) return;
+    const st = ++this.step;
+    if (this.ringLen > 0) {
+      const rp = this.repeatPenalty;
+      for (let i = 0; i < this.ringLen; i++) {
+        const t = this.ring[i]!;
+        if (stamp[t] === st) continue;
+        stamp[t] = st;
+        const l = view[t]!;
+        view[t] = l <= 0 ? l * rp : l / rp;
+      }
+    }
+    const counts = this.counts;
+    if (counts) {
+      for (const t of this.generated) view[t] = view[t]! - (counts[t]! * this.frequency + this.presence);
+    }
   }
 
   /** The next xorshift64* output's high 32 bits (the same numbers as the BigInt form, see test/sampler.test.ts). */
@@ -81,10 +184,13 @@ export class Sampler {
     return (this.nextU32() >>> 8) / 16777216;
   }
 
+  /** Chooses the next token; the logits (at `logits`, seen through `view`) are overwritten. Call accept() with it when penalties are on. */
   sample(logits: number, view: Float32Array): number {
+    this.penalize(view);
     if (this.temperature <= 0) return this.k.argmax(logits, this.vocab);
     this.k.softmax_temp(logits, this.vocab, 1 / this.temperature);
     const coin = this.nextF32();
+    if (this.topK > 0 || this.minP > 0) return this.sampleFiltered(view, coin);
     if (this.topP <= 0 || this.topP >= 1) {
       let cdf = 0;
       for (let i = 0; i < this.vocab; i++) {
@@ -120,6 +226,67 @@ export class Sampler {
     // The nucleus is h[n-1] (most probable) down to h[last].
     const last = size;
     const r = coin * mass;
+    let cdf = 0;
+    for (let i = n - 1; i >= last; i--) {
+      cdf += view[h[i]!]!;
+      if (r < cdf) return h[i]!;
+    }
+    return h[last]!;
+  }
+
+  /**
+   * Top-k, then top-p over the top-k mass, then min-p, over probabilities in
+   * `view`; samples from what is left, most probable first (as above).
+   */
+  private sampleFiltered(view: Float32Array, coin: number): number {
+    const V = this.vocab;
+    const h = this.order;
+    let n = 0;
+    if (this.topK === 0) {
+      // Without top-k nothing below the min-p threshold can be kept: heap only the rest.
+      let pmax = 0;
+      for (let i = 0; i < V; i++) if (view[i]! > pmax) pmax = view[i]!;
+      const floor = this.minP * pmax;
+      for (let i = 0; i < V; i++) if (view[i]! >= floor) h[n++] = i;
+    } else {
+      for (let i = 0; i < V; i++) h[i] = i;
+      n = V;
+    }
+    for (let i = (n >> 1) - 1; i >= 0; i--) siftDown(h, i, n, view);
+    const topP = this.topP > 0 && this.topP < 1 ? this.topP : 1;
+    // Pop in rank order: the first k (all with no top-k), or until the mass passes top-p.
+    const limit = this.topK > 0 ? Math.min(this.topK, n) : n;
+    let size = n;
+    let mass = 0;
+    while (size > n - limit) {
+      const top = h[0]!;
+      size--;
+      h[0] = h[size]!;
+      h[size] = top;
+      if (size > 1) siftDown(h, 0, size, view);
+      mass += view[top]!;
+      if (this.topK === 0 && mass > topP) break;
+    }
+    // Ranked candidates: h[n-1] (most probable) down to h[size].
+    let last = size;
+    if (this.topK > 0 && topP < 1) {
+      const target = topP * mass;
+      let cum = 0;
+      for (let i = n - 1; i >= size; i--) {
+        cum += view[h[i]!]!;
+        if (cum > target) {
+          last = i;
+          break;
+        }
+      }
+    }
+    if (this.minP > 0) {
+      const floor = this.minP * view[h[n - 1]!]!;
+      while (last < n - 1 && view[h[last]!]! < floor) last++;
+    }
+    let kept = 0;
+    for (let i = n - 1; i >= last; i--) kept += view[h[i]!]!;
+    const r = coin * kept;
     let cdf = 0;
     for (let i = n - 1; i >= last; i--) {
       cdf += view[h[i]!]!;

@@ -11,7 +11,7 @@ export interface Tensor {
   rows: number;
   cols: number;
   ptr: number;
-  /** int8: pointer to and view of the per-row scales (0 otherwise). */
+  /** int8: pointer to and view of the per-row scales; q8: of the [rows][ceil(cols / 32)] group scales (0 otherwise). */
   scales: number;
   scaleView?: Float32Array;
 }
@@ -23,9 +23,9 @@ export function placeTensor(file: FlmFile, arena: Arena, sectionPtrs: ReadonlyMa
   const rows = e.shape.length === 2 ? e.shape[0]! : 1;
   const cols = e.shape.length === 2 ? e.shape[1]! : e.shape[0]!;
   const t: Tensor = { name: e.name, dtype: e.dtype, rows, cols, ptr: e.offset + delta, scales: 0 };
-  if (e.dtype === 'int8') {
+  if (e.dtype === 'int8' || e.dtype === 'q8') {
     t.scales = e.scalesOffset! + delta;
-    t.scaleView = arena.f32(t.scales, rows);
+    t.scaleView = arena.f32(t.scales, e.dtype === 'int8' ? rows : rows * Math.ceil(cols / 32));
   }
   return t;
 }
@@ -34,6 +34,7 @@ export function placeTensor(file: FlmFile, arena: Arena, sectionPtrs: ReadonlyMa
 export function matvec(k: Kernels, out: number, w: Tensor, x: number, bias: number, i8scratch: number): void {
   if (w.dtype === 'f32') k.matvec_f32(out, w.ptr, x, bias, w.rows, w.cols);
   else if (w.dtype === 'f16') k.matvec_f16(out, w.ptr, x, bias, w.rows, w.cols);
+  else if (w.dtype === 'q8') k.matvec_q8(out, w.ptr, w.scales, x, bias, w.rows, w.cols, i8scratch);
   else k.matvec_i8(out, w.ptr, w.scales, x, bias, w.rows, w.cols, i8scratch);
 }
 
@@ -41,5 +42,6 @@ export function matvec(k: Kernels, out: number, w: Tensor, x: number, bias: numb
 export function matmul(k: Kernels, out: number, ldo: number, w: Tensor, x: number, ldx: number, bias: number, T: number, scratch: number): void {
   if (w.dtype === 'f32') k.matmul_f32(out, ldo, w.ptr, x, ldx, bias, T, w.rows, w.cols, scratch);
   else if (w.dtype === 'f16') k.matmul_f16(out, ldo, w.ptr, x, ldx, bias, T, w.rows, w.cols, scratch);
+  else if (w.dtype === 'q8') k.matmul_q8(out, ldo, w.ptr, w.scales, x, ldx, bias, T, w.rows, w.cols, scratch);
   else k.matmul_i8(out, ldo, w.ptr, w.scales, x, ldx, bias, T, w.rows, w.cols, scratch);
 }

@@ -193,6 +193,7 @@ export class Transformer {
   private row(w: Tensor, r: number, dst: number): void {
     if (w.dtype === 'f32') this.mem.copyWithin(dst, w.ptr + r * w.cols * 4, w.ptr + (r + 1) * w.cols * 4);
     else if (w.dtype === 'f16') this.k.dequant_f16(dst, w.ptr + r * w.cols * 2, w.cols);
+    else if (w.dtype === 'q8') this.k.dequant_q8(dst, w.ptr + r * w.cols, w.scales + r * Math.ceil(w.cols / 32) * 4, w.cols);
     else this.k.dequant_i8(dst, w.ptr + r * w.cols, w.cols, w.scaleView![r]!);
   }
 

@@ -3,7 +3,7 @@
  * engine (docs/FORMAT.md is the prose version of this file).
  */
 import type { ArchConfig, DType, TokenizerSpec } from './types.js';
-import { DTYPE_BYTES } from '../kernels/quant.js';
+import { DTYPE_BYTES, q8Groups } from '../kernels/quant.js';
 
 /** PNG-style magic: a high byte, the name, CR LF, ^Z, LF catch text-mode mangling. */
 export const MAGIC = Uint8Array.of(0x89, 0x46, 0x4c, 0x4d, 0x0d, 0x0a, 0x1a, 0x0a);
@@ -29,7 +29,7 @@ export interface TensorEntry {
   offset: number;
   /** Bytes of values (product(shape) * dtype bytes). */
   length: number;
-  /** int8 only: absolute file offset of one f32 scale per row. */
+  /** int8: absolute file offset of one f32 scale per row; q8: of [rows][ceil(cols / 32)] f32 group scales. */
   scalesOffset?: number;
   /** The section holding the tensor: 'resident' when absent, or 'predictor'. */
   section?: string;
@@ -93,7 +93,7 @@ export interface FfnEntry {
   stride: number;
   /** Offset, relative to the section, of part p of neuron 0. */
   partOffsets: number[];
-  /** Byte offset inside a part of the f32 scale (int8) and of the bias (hasBias). */
+  /** Byte offset inside a part of the f32 scale (int8), of the first of ceil(d / 32) f32 group scales (q8), and of the bias (hasBias). */
   scaleAt: number;
   biasAt: number;
   hasBias: boolean;
@@ -127,10 +127,17 @@ export function ffnParts(arch: ArchConfig): FfnPart[] {
 /** Bytes of one FFN part record for a model and dtype (see FfnEntry). */
 export function partGeometry(d: number, dtype: DType, hasBias: boolean) {
   const values = d * DTYPE_BYTES[dtype];
-  const scaleAt = values;
-  const biasAt = values + (dtype === 'int8' ? 4 : 0);
+  const scaleAt = dtype === 'q8' ? alignUp(values, 4) : values;
+  const biasAt = scaleAt + (dtype === 'int8' ? 4 : dtype === 'q8' ? 4 * q8Groups(d) : 0);
   const partBytes = alignUp(biasAt + (hasBias ? 4 : 0), 16);
   return { partBytes, scaleAt, biasAt };
+}
+
+/** Bytes of a resident tensor's scales: int8 one f32 per row, q8 one per group of 32 of each row, else none. */
+export function scaleBytes(dtype: DType, shape: readonly number[]): number {
+  if (dtype === 'int8') return shape[0]! * 4;
+  if (dtype === 'q8') return shape[0]! * q8Groups(shape[shape.length - 1]!) * 4;
+  return 0;
 }
 
 /** Tensors that are not FFN neurons stay resident (loaded once). */

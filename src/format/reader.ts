@@ -17,8 +17,10 @@ import {
   PREAMBLE_BYTES,
   RESIDENT_BLOCK_BYTES,
   SECTION_ALIGN,
+  TENSOR_ALIGN,
   ffnParts,
   partGeometry,
+  scaleBytes,
   type FfnEntry,
   type FlmHeader,
   type GateSparsity,
@@ -85,7 +87,7 @@ const oneOf = <T extends string>(v: unknown, path: string, options: readonly T[]
 const arr = (v: unknown, path: string, maxLength: number): unknown[] =>
   Array.isArray(v) && v.length <= maxLength ? v : fail(path, `expected an array of at most ${maxLength} items`);
 const hash = (v: unknown, path: string): string => (typeof v === 'string' && /^[0-9a-f]{16}$/.test(v) ? v : fail(path, 'expected 16 hex digits'));
-const DTYPES = ['f32', 'f16', 'int8'] as const;
+const DTYPES = ['f32', 'f16', 'int8', 'q8'] as const;
 
 function validateArch(v: unknown): ArchConfig {
   const a = obj(v, 'arch');
@@ -160,6 +162,8 @@ export function validateHeader(raw: unknown, fileSize: number, headerEnd = PREAM
   within(integrity.offset, integrity.length, 'integrity');
   if (integrity.offset < headerEnd) fail('integrity.offset', 'overlaps the header');
   if (integrity.length % 8) fail('integrity.length', 'not a multiple of 8');
+  // FORMAT.md §4: the file ends exactly where the integrity table ends.
+  if (integrity.offset + integrity.length !== fileSize) fail('integrity', `the file must end where the table ends (byte ${integrity.offset + integrity.length}); it has ${fileSize - integrity.offset - integrity.length} more bytes`);
   const totalBlocks = integrity.length / 8;
 
   const sections: SectionEntry[] = arr(h.sections, 'sections', 1 << 16).map((v, i) => {
@@ -222,13 +226,23 @@ export function validateHeader(raw: unknown, fileSize: number, headerEnd = PREAM
     const inSection = (off: number, len: number, what: string) => {
       if (off < home!.offset || off + len > home!.offset + home!.length) fail(what, `outside section ${home!.name}`);
     };
+    if (e.offset % TENSOR_ALIGN) fail(`${p}.offset`, `not aligned to ${TENSOR_ALIGN}`);
     inSection(e.offset, e.length, `${p}.offset`);
-    if (e.dtype === 'int8') {
+    if (e.dtype === 'int8' || e.dtype === 'q8') {
       e.scalesOffset = int(t.scalesOffset, `${p}.scalesOffset`);
-      inSection(e.scalesOffset, e.shape[0]! * 4, `${p}.scalesOffset`);
+      if (e.scalesOffset % TENSOR_ALIGN) fail(`${p}.scalesOffset`, `not aligned to ${TENSOR_ALIGN}`);
+      inSection(e.scalesOffset, scaleBytes(e.dtype, e.shape), `${p}.scalesOffset`);
     }
     return e;
   });
+  // No two tensors (values or scales) share bytes: a shifted offset would read another tensor's.
+  const spans = tensors.flatMap((t) => [
+    { what: t.name, start: t.offset, end: t.offset + t.length },
+    ...(t.scalesOffset !== undefined ? [{ what: `${t.name} scales`, start: t.scalesOffset, end: t.scalesOffset + scaleBytes(t.dtype, t.shape) }] : []),
+  ]).sort((a, b) => a.start - b.start);
+  for (let i = 1; i < spans.length; i++) {
+    if (spans[i]!.start < spans[i - 1]!.end) fail('tensors', `${spans[i]!.what} overlaps ${spans[i - 1]!.what}`);
+  }
   const tensorNames = new Set(tensors.map((t) => t.name));
   if (tensorNames.size !== tensors.length) fail('tensors', 'duplicate names');
   const tensorByName = new Map(tensors.map((t) => [t.name, t]));
@@ -295,6 +309,8 @@ export function validateHeader(raw: unknown, fileSize: number, headerEnd = PREAM
     e.partOffsets.forEach((o, j) => {
       if (o !== (bundled ? j * geo.partBytes : j * n * geo.partBytes)) fail(`${p}.partOffsets[${j}]`, 'does not match the layout');
     });
+    // Layer i's neurons live in section ffn.i (FORMAT.md §8): pointing it elsewhere would run another layer's weights.
+    if (e.section !== `ffn.${i}`) fail(`${p}.section`, `expected ffn.${i}, got ${e.section}`);
     const s = byName.get(e.section) ?? fail(`${p}.section`, `no section ${e.section}`);
     if (s.length !== n * parts.length * geo.partBytes) fail(`${p}.section`, 'section length does not match neurons × record size');
     if (s.blockBytes !== (bundled ? e.stride : geo.partBytes)) fail(`${p}.section`, 'block size does not match the layout');

@@ -3,8 +3,12 @@
  * the .flm header stores it, the engine runs from it.
  */
 
-/** Weight storage types. int8 carries one f32 scale per row (per bundle part). */
-export type DType = 'f32' | 'f16' | 'int8';
+/**
+ * Weight storage types. int8 carries one f32 scale per row (per bundle part);
+ * q8 one f32 scale per group of 32 consecutive values of a row (as llama.cpp's
+ * Q8_0; `flashlm convert --dtype int8` writes q8, `--dtype int8-row` int8).
+ */
+export type DType = 'f32' | 'f16' | 'int8' | 'q8';
 
 export type ArchType = 'opt' | 'llama';
 

@@ -7,7 +7,7 @@
 import { Packr } from 'msgpackr';
 import type { Checkpoint } from '../convert/types.js';
 import { AbortedError, ConvertError } from '../errors.js';
-import { DTYPE_BYTES, encodeF16, encodeI8Row } from '../kernels/quant.js';
+import { DTYPE_BYTES, encodeF16, encodeI8Row, encodeQ8Row, q8Groups } from '../kernels/quant.js';
 import type { Sink } from '../source/types.js';
 import { getHasher, type Hasher } from './hash.js';
 import {
@@ -21,6 +21,7 @@ import {
   ffnParts,
   isStreamedTensor,
   partGeometry,
+  scaleBytes,
   type FfnEntry,
   type FlmHeader,
   type Layout,
@@ -84,10 +85,10 @@ function planFile(ckpt: Checkpoint, opts: WriteOptions): Plan {
     rel = alignUp(rel, TENSOR_ALIGN);
     const entry: TensorEntry = { name, dtype, shape: [...shape], offset: rel, length: count * DTYPE_BYTES[dtype] };
     rel += entry.length;
-    if (dtype === 'int8') {
+    if (dtype === 'int8' || dtype === 'q8') {
       rel = alignUp(rel, TENSOR_ALIGN);
       entry.scalesOffset = rel;
-      rel += shape[0]! * 4;
+      rel += scaleBytes(dtype, shape);
     }
     tensors.push(entry);
   }
@@ -190,7 +191,7 @@ function withBase(t: TensorEntry, base: number): TensorEntry {
   return out;
 }
 
-/** Encodes f32 rows to a dtype; int8 also returns one scale per row. */
+/** Encodes f32 rows to a dtype; int8 also returns one scale per row, q8 ceil(cols / 32) per row (row-major). */
 function encodeRows(values: Float32Array, rows: number, cols: number, dtype: DType): { bytes: Uint8Array; scales?: Float32Array } {
   if (dtype === 'f32') return { bytes: new Uint8Array(values.buffer, values.byteOffset, values.byteLength) };
   if (dtype === 'f16') {
@@ -198,6 +199,12 @@ function encodeRows(values: Float32Array, rows: number, cols: number, dtype: DTy
     return { bytes: new Uint8Array(h.buffer, h.byteOffset, h.byteLength) };
   }
   const q = new Int8Array(rows * cols);
+  if (dtype === 'q8') {
+    const g = q8Groups(cols);
+    const scales = new Float32Array(rows * g);
+    for (let r = 0; r < rows; r++) encodeQ8Row(values.subarray(r * cols, (r + 1) * cols), q.subarray(r * cols, (r + 1) * cols), scales.subarray(r * g, (r + 1) * g));
+    return { bytes: new Uint8Array(q.buffer), scales };
+  }
   const scales = new Float32Array(rows);
   for (let r = 0; r < rows; r++) scales[r] = encodeI8Row(values.subarray(r * cols, (r + 1) * cols), q.subarray(r * cols, (r + 1) * cols));
   return { bytes: new Uint8Array(q.buffer), scales };
@@ -294,7 +301,8 @@ export async function writeFlm(ckpt: Checkpoint, sink: Sink, opts: WriteOptions)
     const rows = t.shape.length === 2 ? t.shape[0]! : 1;
     const cols = t.shape.length === 2 ? t.shape[1]! : t.shape[0]!;
     const chunkRows = Math.max(1, Math.floor(CHUNK_VALUES / cols));
-    const scales = t.dtype === 'int8' ? new Float32Array(rows) : undefined;
+    const perRow = t.dtype === 'int8' ? 1 : t.dtype === 'q8' ? q8Groups(cols) : 0;
+    const scales = perRow ? new Float32Array(rows * perRow) : undefined;
     await stream.padTo(t.offset - resident.offset);
     for (let r = 0; r < rows; r += chunkRows) {
       const n = Math.min(chunkRows, rows - r);
@@ -302,7 +310,7 @@ export async function writeFlm(ckpt: Checkpoint, sink: Sink, opts: WriteOptions)
       expectLength(ckpt, t.name, values, n * cols);
       const enc = encodeRows(values, n, cols, t.dtype);
       await stream.push(enc.bytes);
-      if (scales && enc.scales) scales.set(enc.scales, r);
+      if (scales && enc.scales) scales.set(enc.scales, r * perRow);
     }
     if (scales) {
       await stream.padTo(t.scalesOffset! - resident.offset);
@@ -338,10 +346,12 @@ export async function writeFlm(ckpt: Checkpoint, sink: Sink, opts: WriteOptions)
       for (let p = 0; p < nParts; p++) {
         const enc = encodeRows(partValues[p]!, n, f.d, f.dtype);
         const rowBytes = f.d * DTYPE_BYTES[f.dtype];
+        const groups = f.dtype === 'q8' ? q8Groups(f.d) : 0;
         for (let i = 0; i < n; i++) {
           const at = (i * nParts + p) * f.partBytes;
           records.set(enc.bytes.subarray(i * rowBytes, (i + 1) * rowBytes), at);
-          if (enc.scales) view.setFloat32(at + f.scaleAt, enc.scales[i]!, true);
+          if (groups) for (let g = 0; g < groups; g++) view.setFloat32(at + f.scaleAt + 4 * g, enc.scales![i * groups + g]!, true);
+          else if (enc.scales) view.setFloat32(at + f.scaleAt, enc.scales[i]!, true);
           if (bias && f.parts[p] === 'up') view.setFloat32(at + f.biasAt, bias[i]!, true);
         }
       }

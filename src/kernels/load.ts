@@ -6,6 +6,8 @@
  */
 
 import type { Kernels } from './types.js';
+import { KERNEL_NAMES } from './names.js';
+import { ArgumentError } from '../errors.js';
 
 /** Bytes per WebAssembly page. */
 export const WASM_PAGE = 65536;
@@ -106,13 +108,8 @@ export function compileKernels(where: URL | string = DEFAULT_WASM_URL): Promise<
   return p;
 }
 
-/** Exports every caller relies on; a module without them is rejected. Other exports are passed through. */
-const REQUIRED = [
-  'heap_base', 'matvec_f32', 'matvec_f16', 'matvec_i8', 'matvec_i8_scratch_bytes',
-  'dequant_f16', 'dequant_i8', 'layernorm', 'rmsnorm', 'rope_interleaved', 'rope_half',
-  'attention', 'softmax', 'relu', 'silu', 'swiglu', 'add', 'scale', 'argmax', 'softmax_temp',
-  'ffn_relu_f32', 'ffn_relu_f16', 'ffn_relu_i8', 'ffn_swiglu_f32', 'ffn_swiglu_f16', 'ffn_swiglu_i8',
-] as const;
+/** Every kernel of the contract (generated from types.ts): a module without one of them is rejected. */
+const REQUIRED = KERNEL_NAMES;
 
 /**
  * Instantiates the kernels on `memory` (the arena; see createArena).
@@ -142,7 +139,7 @@ export async function loadKernels(
   }
   const ex = instance.exports as Record<string, unknown>;
   for (const name of REQUIRED) {
-    if (typeof ex[name] !== 'function') throw new Error(`kernels module lacks export ${name}`);
+    if (typeof ex[name] !== 'function') throw new ArgumentError(`kernels module lacks export ${name}: an old or foreign build (rebuild with npm run build:wasm, or pass the matching flashlm.wasm)`);
   }
   const heapBase = ((ex.heap_base as () => number)() >>> 0);
   if (memory.buffer.byteLength < heapBase) {

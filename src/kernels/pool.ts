@@ -11,7 +11,7 @@
  *   - matvec / gate_act: output rows at multiples of 8 (the dots' 8-row blocks);
  *   - attention: heads (each thread its own scores scratch);
  *   - FFN: (a) activations over neurons at multiples of 64 (the FFN batch) into
- *     hOut or the pool's h buffer, then (b) out's columns at multiples of 8, each
+ *     hOut or the pool's h buffer, then (b) out's columns at multiples of 8 (q8: 32), each
  *     thread walking the whole h sequence with the same 4-row down queue.
  *
  * Dispatch: a control block in the arena; the caller writes each thread's
@@ -49,6 +49,7 @@ export interface SplitKernels {
   matvec_f16_rows(out: number, W: number, x: number, bias: number, rows: number, cols: number, r0: number, r1: number): void;
   matvec_i8_prepare(x: number, cols: number, scratch: number): void;
   matvec_i8_rows(out: number, W: number, scales: number, bias: number, rows: number, cols: number, scratch: number, r0: number, r1: number): void;
+  matvec_q8_rows(out: number, W: number, scales: number, bias: number, rows: number, cols: number, scratch: number, r0: number, r1: number): void;
   attention_heads(out: number, q: number, kCache: number, vCache: number, nHeads: number, nKvHeads: number, headDim: number, nPos: number, scale: number, scratch: number, h0: number, h1: number): void;
   ffn_relu_h(t: number, x: number, d: number, n: number, up: number, stride: number, ptrs: number, hasBias: number, h: number, n0: number, n1: number): void;
   ffn_swiglu_h(t: number, x: number, d: number, n: number, gate: number, up: number, stride: number, ptrs: number, h: number, n0: number, n1: number): void;
@@ -65,7 +66,7 @@ export interface SplitKernels {
 const OPS = [
   'matvec_f32_rows', 'matvec_f16_rows', 'matvec_i8_rows', 'attention_heads',
   'ffn_relu_h', 'ffn_swiglu_h', 'ffn_down_cols', 'gate_act_rows', 'gated_h', 'gated_down',
-  'matmul_rows', 'ffn_batch_act', 'ffn_batch_down',
+  'matmul_rows', 'ffn_batch_act', 'ffn_batch_down', 'matvec_q8_rows',
 ] as const satisfies readonly (keyof SplitKernels)[];
 const OP = Object.fromEntries(OPS.map((n, i) => [n, i])) as Record<(typeof OPS)[number], number>;
 
@@ -367,7 +368,9 @@ function ranges(total: number, parts: number, align: number, threads: number): n
   return out;
 }
 
-const DT = { f32: 0, f16: 1, i8: 2 } as const;
+const DT = { f32: 0, f16: 1, i8: 2, q8: 3 } as const;
+/** Output-column split alignment of the FFN down passes: q8 down scales cover 32 columns. */
+const colAlign = (dt: number) => (dt === DT.q8 ? 32 : 8);
 
 /** A pool that runs everything on the caller (threads = 1), with the reason when more were asked for. */
 function singlePool(k: Kernels, reason: string | null): KernelPool {
@@ -519,6 +522,16 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
         return r[2 * t]! < r[2 * t + 1]!;
       }, () => { if (r[0]! < r[1]!) sk.matvec_i8_rows(out, W, scales, bias, rows, cols, scratch, r[0]!, r[1]!); });
     },
+    matvec_q8: (out, W, scales, x, bias, rows, cols, scratch) => {
+      const p = parts(rows * cols);
+      if (closed || p < 2 || rows < 16) { k.matvec_q8(out, W, scales, x, bias, rows, cols, scratch); return; }
+      sk.matvec_i8_prepare(x, cols, scratch); // the same quantized x as matvec_i8
+      const r = ranges(rows, p, 8, threads);
+      dispatch(OP.matvec_q8_rows, (a, b, t) => {
+        a[b] = out; a[b + 1] = W; a[b + 2] = scales; a[b + 3] = bias; a[b + 4] = rows; a[b + 5] = cols; a[b + 6] = scratch; a[b + 7] = r[2 * t]!; a[b + 8] = r[2 * t + 1]!;
+        return r[2 * t]! < r[2 * t + 1]!;
+      }, () => { if (r[0]! < r[1]!) sk.matvec_q8_rows(out, W, scales, bias, rows, cols, scratch, r[0]!, r[1]!); });
+    },
     attention: (out, q, kc, vc, nHeads, nKvHeads, headDim, nPos, scale, scratch) => {
       const p = Math.min(parts(2 * nHeads * nPos * headDim), nHeads);
       if (closed || p < 2 || nPos > limits.maxPositions) {
@@ -552,7 +565,7 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
         return rn[2 * t]! < rn[2 * t + 1]!;
       }, () => { if (rn[0]! < rn[1]!) sk.ffn_relu_h(dt, x, d, n, up, stride, ptrs, hasBias, h, rn[0]!, rn[1]!); });
     }
-    const rd = ranges(d, p, 8, threads);
+    const rd = ranges(d, p, colAlign(dt), threads);
     dispatch(OP.ffn_down_cols, (a, b, t) => {
       a[b] = dt; a[b + 1] = out; a[b + 2] = d; a[b + 3] = n; a[b + 4] = down; a[b + 5] = stride; a[b + 6] = ptrs; a[b + 7] = nParts; a[b + 8] = h; a[b + 9] = rd[2 * t]!; a[b + 10] = rd[2 * t + 1]!;
       return rd[2 * t]! < rd[2 * t + 1]!;
@@ -598,7 +611,7 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
           a[b] = dt; a[b + 1] = x; a[b + 2] = d; a[b + 3] = ptrs; a[b + 4] = nn; a[b + 5] = act; a[b + 6] = h; a[b + 7] = rn[2 * t]!; a[b + 8] = rn[2 * t + 1]!;
           return rn[2 * t]! < rn[2 * t + 1]!;
         }, () => { if (rn[0]! < rn[1]!) sk.gated_h(dt, x, d, ptrs, nn, act, h, rn[0]!, rn[1]!); });
-        const rd = ranges(d, p, 8, threads);
+        const rd = ranges(d, p, colAlign(dt), threads);
         dispatch(OP.gated_down, (a, b, t) => {
           a[b] = dt; a[b + 1] = out; a[b + 2] = d; a[b + 3] = ptrs; a[b + 4] = nn; a[b + 5] = h; a[b + 6] = rd[2 * t]!; a[b + 7] = rd[2 * t + 1]!;
           return rd[2 * t]! < rd[2 * t + 1]!;
@@ -629,10 +642,13 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
   split.matmul_i8 = (out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch) => {
     if (!matmul(2, out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch)) k.matmul_i8(out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch);
   };
+  split.matmul_q8 = (out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch) => {
+    if (!matmul(3, out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch)) k.matmul_q8(out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch);
+  };
   /** Batched FFN in two phases (activations over neurons into H, then the down pass over columns). */
   const ffnBatch = (dt: number, gated: boolean, out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number): boolean => {
     const p = parts(T * n * d * (gated ? 3 : 2));
-    if (closed || !batched || p < 2 || d < 16 || (dt === DT.i8 && d > 32768)) return false;
+    if (closed || !batched || p < 2 || d < 16 || ((dt === DT.i8 || dt === DT.q8) && d > 32768)) return false;
     const code = dt | (gated ? 4 : 0) | (hasBias ? 8 : 0);
     const rn = ranges(n, p, 64, threads);
     dispatch(OP.ffn_batch_act, (a, b, t) => {
@@ -640,7 +656,7 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
       a[b + 9] = H; a[b + 10] = workerBatch(t); a[b + 11] = rn[2 * t]!; a[b + 12] = rn[2 * t + 1]!;
       return rn[2 * t]! < rn[2 * t + 1]!;
     }, () => { if (rn[0]! < rn[1]!) sk.ffn_batch_act(code, x, ldx, T, d, n, gate, up, stride, H, scratch, rn[0]!, rn[1]!); });
-    const rd = ranges(d, p, 8, threads);
+    const rd = ranges(d, p, colAlign(dt), threads);
     dispatch(OP.ffn_batch_down, (a, b, t) => {
       a[b] = dt; a[b + 1] = out; a[b + 2] = ldo; a[b + 3] = T; a[b + 4] = d; a[b + 5] = n; a[b + 6] = down; a[b + 7] = stride;
       a[b + 8] = H; a[b + 9] = workerBatch(t); a[b + 10] = rd[2 * t]!; a[b + 11] = rd[2 * t + 1]!;

@@ -68,4 +68,22 @@ export function encodeI8Row(src: Float32Array, dst: Int8Array = new Int8Array(sr
   return scale;
 }
 
-export const DTYPE_BYTES = { f32: 4, f16: 2, int8: 1 } as const;
+/** q8: values per scale group (the last group of a row may be shorter). */
+export const Q8_GROUP = 32;
+
+/** Scale groups of a q8 row of n values. */
+export const q8Groups = (n: number): number => Math.ceil(n / Q8_GROUP);
+
+/**
+ * q8: each group of Q8_GROUP consecutive values of the row (the last one may be
+ * shorter) quantized as encodeI8Row; returns the group scales (into `scales`).
+ */
+export function encodeQ8Row(src: Float32Array, dst: Int8Array = new Int8Array(src.length), scales: Float32Array = new Float32Array(q8Groups(src.length))): Float32Array {
+  for (let g = 0; g * Q8_GROUP < src.length; g++) {
+    const a = g * Q8_GROUP, b = Math.min(a + Q8_GROUP, src.length);
+    scales[g] = encodeI8Row(src.subarray(a, b), dst.subarray(a, b));
+  }
+  return scales;
+}
+
+export const DTYPE_BYTES = { f32: 4, f16: 2, int8: 1, q8: 1 } as const;

@@ -6,7 +6,8 @@
  *
  * FFN neuron records (see docs/FORMAT.md): each neuron has `nParts` parts
  * (relu: up, down; swiglu: gate, up, down). A part is `d` values of the dtype,
- * then (int8 only) one f32 scale, then (only when the file has FFN biases) one
+ * then (int8) one f32 scale or (q8, at the 4-aligned offset after the values)
+ * ceil(d / 32) f32 group scales, then (only when the file has FFN biases) one
  * f32 bias slot (meaningful on the up part), padded to 16 bytes: `partBytes`.
  * Part p of neuron i lives at `partPtr_p + i * stride`. Bundled files have
  * stride = nParts * partBytes; split files have stride = partBytes.
@@ -22,12 +23,19 @@ export interface Kernels {
   matvec_f16(out: number, W: number, x: number, bias: number, rows: number, cols: number): void;
   /** W int8 [rows][cols], `scales` f32 [rows]; `scratch` has matvec_i8_scratch_bytes(cols) bytes. */
   matvec_i8(out: number, W: number, scales: number, x: number, bias: number, rows: number, cols: number, scratch: number): void;
+  /**
+   * W int8 [rows][cols] with one f32 scale per group of 32 columns: `scales` f32
+   * [rows][ceil(cols / 32)]; `scratch` has matvec_i8_scratch_bytes(cols) bytes.
+   */
+  matvec_q8(out: number, W: number, scales: number, x: number, bias: number, rows: number, cols: number, scratch: number): void;
   matvec_i8_scratch_bytes(cols: number): number;
 
   // ---- dequantization (bit-exact with src/kernels/quant.ts) ----
   dequant_f16(dst: number, src: number, n: number): void;
   /** dst[i] = fround(q[i] * scale) */
   dequant_i8(dst: number, src: number, n: number, scale: number): void;
+  /** dst[i] = fround(q[i] * scales[floor(i / 32)]) */
+  dequant_q8(dst: number, src: number, scales: number, n: number): void;
 
   // ---- norms ----
   /** out = (x - mean) / sqrt(var + eps) * weight + bias (bias may be 0) */
@@ -73,10 +81,12 @@ export interface Kernels {
   ffn_relu_f32(out: number, x: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, hOut: number): void;
   ffn_relu_f16(out: number, x: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, hOut: number): void;
   ffn_relu_i8(out: number, x: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, hOut: number): void;
+  ffn_relu_q8(out: number, x: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, hOut: number): void;
   /** out[d] = sum_i silu(gate_i . x) * (up_i . x) * down_i */
   ffn_swiglu_f32(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number): void;
   ffn_swiglu_f16(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number): void;
   ffn_swiglu_i8(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number): void;
+  ffn_swiglu_q8(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number): void;
 
   // ---- threads (src/kernels/pool.ts): where this instance keeps its mutable scratch ----
   /** Moves this instance's scratch to `base` (thread_scratch_bytes() bytes, 0 = the default region below heap_base). */
@@ -94,14 +104,18 @@ export interface Kernels {
   matmul_f32(out: number, ldo: number, W: number, x: number, ldx: number, bias: number, T: number, rows: number, cols: number, scratch: number): void;
   matmul_f16(out: number, ldo: number, W: number, x: number, ldx: number, bias: number, T: number, rows: number, cols: number, scratch: number): void;
   matmul_i8(out: number, ldo: number, W: number, scales: number, x: number, ldx: number, bias: number, T: number, rows: number, cols: number, scratch: number): void;
+  /** q8 W with group `scales` f32 [rows][ceil(cols / 32)]: matvec_q8 of each token. */
+  matmul_q8(out: number, ldo: number, W: number, scales: number, x: number, ldx: number, bias: number, T: number, rows: number, cols: number, scratch: number): void;
   /** ffn_relu_* for T tokens over resident records; `H` holds T x n f32 (the activations). */
   ffn_relu_f32_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number): void;
   ffn_relu_f16_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number): void;
   ffn_relu_i8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number): void;
+  ffn_relu_q8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number): void;
   /** ffn_swiglu_* for T tokens over resident records; `H` holds T x n f32. */
   ffn_swiglu_f32_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number): void;
   ffn_swiglu_f16_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number): void;
   ffn_swiglu_i8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number): void;
+  ffn_swiglu_q8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number): void;
 
   // ---- FFN over scattered records (sparse path: cache slots or staging) ----
   /**
@@ -111,10 +125,12 @@ export interface Kernels {
   ffn_relu_f32_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hasBias: number, hOut: number): void;
   ffn_relu_f16_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hasBias: number, hOut: number): void;
   ffn_relu_i8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hasBias: number, hOut: number): void;
+  ffn_relu_q8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hasBias: number, hOut: number): void;
   /** As ffn_swiglu_*, `ptrs` u32 [n][3] = (gate, up, down) per neuron. */
   ffn_swiglu_f32_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number): void;
   ffn_swiglu_f16_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number): void;
   ffn_swiglu_i8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number): void;
+  ffn_swiglu_q8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number): void;
 
   // ---- sliding-window neuron cache (PAPER.md "Windowing" + "DRAM management"), one per layer ----
   /** Bytes of the per-layer state block (header fields + counters) the host reserves (128). */
@@ -201,11 +217,13 @@ export interface Kernels {
   // ---- thresholded gate sparsity for gated FFNs (assembly/gated.ts) ----
   /**
    * out[i] = silu(gate_i · x) for n neurons whose gate parts sit at gate + i·stride
-   * (part records: int8 values are followed by their f32 scale; d <= 32768 for int8).
+   * (part records: int8 values are followed by their f32 scale, q8 values by their
+   * group scales; d <= 32768 for int8 and q8).
    */
   gate_act_f32(out: number, x: number, d: number, n: number, gate: number, stride: number): void;
   gate_act_f16(out: number, x: number, d: number, n: number, gate: number, stride: number): void;
   gate_act_i8(out: number, x: number, d: number, n: number, gate: number, stride: number): void;
+  gate_act_q8(out: number, x: number, d: number, n: number, gate: number, stride: number): void;
   /**
    * out[d] = Σ_j act[j] · (up_j · x) · down_j for n neurons whose (up, down) part
    * addresses are listed at ptrs (u32 [n][2]); act[j] = silu(gate_j · x) of listed
@@ -214,7 +232,8 @@ export interface Kernels {
   ffn_gated_f32_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number): void;
   ffn_gated_f16_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number): void;
   ffn_gated_i8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number): void;
-  /** Largest d the int8 gated kernels take (32768). */
+  ffn_gated_q8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number): void;
+  /** Largest d the int8 and q8 gated kernels take (32768). */
   gated_i8_max_d(): number;
 
   // ---- integrity hashing in place (assembly/xxh64.ts; see src/format/hash.ts ArenaHasher) ----

@@ -5,7 +5,7 @@
  */
 import { Tokenizer as HfTokenizerImpl } from '@huggingface/tokenizers';
 import { TokenizerError } from '../errors.js';
-import type { StreamDecoder, Tokenizer } from './types.js';
+import type { EncodeOptions, StreamDecoder, Tokenizer } from './types.js';
 
 /**
  * The part of @huggingface/tokenizers' Tokenizer we use. Spelled out because
@@ -14,7 +14,7 @@ import type { StreamDecoder, Tokenizer } from './types.js';
  * `any`. Assigning to this type restores checking at our call sites.
  */
 interface HfLibTokenizer {
-  encode(text: string): { ids: number[] };
+  encode(text: string, options?: { add_special_tokens?: boolean }): { ids: number[] };
   decode(ids: number[], options?: { skip_special_tokens?: boolean; clean_up_tokenization_spaces?: boolean | null }): string;
   token_to_id(token: string): number | undefined;
   get_added_tokens_decoder(): Map<number, { content: string; special: boolean }>;
@@ -65,11 +65,12 @@ export class HfTokenizer implements Tokenizer {
     this.eosId = this.#configTokenId(cfg['eos_token']);
   }
 
-  encode(text: string): number[] {
+  encode(text: string, options: EncodeOptions = {}): number[] {
     if (typeof text !== 'string') throw new TokenizerError('encode: text must be a string');
     let ids: number[];
     try {
-      ids = this.#tok.encode(text).ids; // add_special_tokens defaults to true: the post-processor template applies
+      // add_special_tokens defaults to true: the post-processor template applies
+      ids = this.#tok.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
     } catch (e) {
       throw new TokenizerError(`encode failed: ${(e as Error).message}`, { cause: e });
     }
@@ -103,6 +104,10 @@ export class HfTokenizer implements Tokenizer {
   tokenText(id: number): string {
     this.#check(id);
     return this.#tok.decode([id], { skip_special_tokens: false, clean_up_tokenization_spaces: false });
+  }
+
+  tokenId(text: string): number | undefined {
+    return this.#tok.token_to_id(text) ?? undefined;
   }
 
   #configTokenId(v: unknown): number | undefined {

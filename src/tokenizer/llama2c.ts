@@ -8,7 +8,7 @@
  * records run to the end of the file.
  */
 import { TokenizerError } from '../errors.js';
-import type { StreamDecoder, Tokenizer } from './types.js';
+import type { EncodeOptions, StreamDecoder, Tokenizer } from './types.js';
 
 /** SentencePiece ids fixed by the llama2.c export. */
 const UNK_ID = 0;
@@ -100,8 +100,25 @@ export class Llama2cTokenizer implements Tokenizer {
     return new Llama2cTokenizer(parseLlama2cTokenizer(data));
   }
 
-  encode(text: string): number[] {
+  tokenId(text: string): number | undefined {
+    if (text === '<s>') return BOS_ID;
+    if (text === '</s>') return EOS_ID;
+    return this.#ids.get(binaryString(new TextEncoder().encode(text)));
+  }
+
+  encode(text: string, options: EncodeOptions = {}): number[] {
     if (typeof text !== 'string') throw new TokenizerError('encode: text must be a string');
+    if (options.addSpecialTokens === false) {
+      // No BOS added; `<s>` and `</s>` written in the text are BOS and EOS (as SentencePiece's
+      // special pieces), and each stretch between them is encoded on its own, dummy prefix included.
+      const ids: number[] = [];
+      for (const part of text.split(/(<\/?s>)/)) {
+        if (part === '<s>') ids.push(BOS_ID);
+        else if (part === '</s>') ids.push(EOS_ID);
+        else if (part) ids.push(...this.encode(part).slice(1));
+      }
+      return ids;
+    }
     if (text.length === 0) return [BOS_ID];
     // Lone surrogates become U+FFFD here, as with any UTF-8 encoder.
     const bytes = new TextEncoder().encode(text);

@@ -12,12 +12,20 @@ export interface StreamDecoder {
   flush(): string;
 }
 
+export interface EncodeOptions {
+  /** Default true. */
+  addSpecialTokens?: boolean;
+}
+
 export interface Tokenizer {
   readonly vocabSize: number;
   readonly bosId: number | undefined;
   readonly eosId: number | undefined;
-  /** Ids for a prompt exactly as the model's reference pipeline makes them (HF: post-processor template, e.g. OPT prepends </s>=2; llama2.c: BOS + dummy-prefix encoding). */
-  encode(text: string): number[];
+  /**
+   * Ids for a prompt exactly as the model's reference pipeline makes them (HF: post-processor template, e.g. OPT prepends </s>=2; llama2.c: BOS + dummy-prefix encoding).
+   * `addSpecialTokens: false` adds none (HF's `add_special_tokens=False`, as `apply_chat_template` tokenizes a rendered chat, whose template wrote them itself); special tokens written in the text are still recognised.
+   */
+  encode(text: string, options?: EncodeOptions): number[];
   /**
    * Text for ids, special tokens skipped (HF `skip_special_tokens=True`).
    * Throws TokenizerError on an id outside [0, vocabSize).
@@ -35,4 +43,6 @@ export interface Tokenizer {
   streamDecoder(context?: readonly number[]): StreamDecoder;
   /** The text of a single token, for debugging. */
   tokenText(id: number): string;
+  /** The id of a token written as text (e.g. '<|im_end|>'), if the vocabulary has it. */
+  tokenId(text: string): number | undefined;
 }

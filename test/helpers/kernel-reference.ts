@@ -5,7 +5,7 @@
  * follow the layout in src/kernels/types.ts.
  */
 
-import { encodeF16, encodeI8Row, f16BitsToF32 } from '../../src/kernels/quant.js';
+import { encodeF16, encodeI8Row, encodeQ8Row, f16BitsToF32, q8Groups } from '../../src/kernels/quant.js';
 import type { Kernels } from '../../src/kernels/types.js';
 
 // ---------------------------------------------------------------- PRNG
@@ -137,9 +137,12 @@ export function quantErrBound(x: Float32Array): Float32Array {
   return e;
 }
 
-export type Dtype = 'f32' | 'f16' | 'int8';
+export type Dtype = 'f32' | 'f16' | 'int8' | 'q8';
 
-/** A quantized matrix: encoded bytes plus the f32 values the kernels should see. */
+/** The kernels' name suffix of a dtype (ffn_relu_i8, matvec_q8, ...). */
+export const kernelSuffix = (dtype: Dtype): 'f32' | 'f16' | 'i8' | 'q8' => (dtype === 'int8' ? 'i8' : dtype);
+
+/** A quantized matrix: encoded bytes plus the f32 values the kernels should see (int8: scales [rows]; q8: [rows][ceil(cols / 32)]). */
 export interface QMatrix { dtype: Dtype; rows: number; cols: number; bytes: Uint8Array; deq: Float32Array; scales?: Float32Array }
 
 export function quantizeMatrix(w: Float32Array, rows: number, cols: number, dtype: Dtype): QMatrix {
@@ -151,8 +154,17 @@ export function quantizeMatrix(w: Float32Array, rows: number, cols: number, dtyp
     return { dtype, rows, cols, bytes: new Uint8Array(h.buffer), deq };
   }
   const q = new Int8Array(w.length);
-  const scales = new Float32Array(rows);
   const deq = new Float32Array(w.length);
+  if (dtype === 'q8') {
+    const g = q8Groups(cols);
+    const scales = new Float32Array(rows * g);
+    for (let r = 0; r < rows; r++) {
+      encodeQ8Row(w.subarray(r * cols, (r + 1) * cols), q.subarray(r * cols, (r + 1) * cols), scales.subarray(r * g, (r + 1) * g));
+      for (let c = 0; c < cols; c++) deq[r * cols + c] = Math.fround(q[r * cols + c]! * scales[r * g + (c >> 5)]!);
+    }
+    return { dtype, rows, cols, bytes: new Uint8Array(q.buffer), deq, scales };
+  }
+  const scales = new Float32Array(rows);
   for (let r = 0; r < rows; r++) {
     const s = encodeI8Row(w.subarray(r * cols, (r + 1) * cols), q.subarray(r * cols, (r + 1) * cols));
     scales[r] = s;
@@ -164,7 +176,7 @@ export function quantizeMatrix(w: Float32Array, rows: number, cols: number, dtyp
 /** out = W x + bias with per-row tolerances (f32 rounding; plus x quantization for int8). */
 export function matvecRef(m: QMatrix, x: Float32Array, bias?: Float32Array): { want: Float64Array; tol: Float64Array } {
   const want = new Float64Array(m.rows), tol = new Float64Array(m.rows);
-  const qe = m.dtype === 'int8' ? quantErrBound(x) : null;
+  const qe = m.dtype === 'int8' || m.dtype === 'q8' ? quantErrBound(x) : null;
   for (let r = 0; r < m.rows; r++) {
     const { v, abs } = dot64(m.deq, r * m.cols, x, m.cols);
     let t = F32_REL * (abs + (bias ? Math.abs(bias[r]!) : 0)) + 1e-30;
@@ -286,11 +298,14 @@ export interface FfnRecords {
   bias: Float32Array | null;
 }
 
-const ELEM = { f32: 4, f16: 2, int8: 1 } as const;
+const ELEM = { f32: 4, f16: 2, int8: 1, q8: 1 } as const;
 
-/** Part size: d values, then (int8) an f32 scale, then (hasBias) an f32 bias slot, padded to 16. */
+/** Offset of a part's scale(s): after the values (q8: 4-aligned). */
+export const scaleAtOf = (dtype: Dtype, d: number): number => (dtype === 'q8' ? (d + 3) & ~3 : d * ELEM[dtype]);
+
+/** Part size: d values, then (int8) an f32 scale or (q8, 4-aligned) ceil(d/32) f32 scales, then (hasBias) an f32 bias slot, padded to 16. */
 export function partBytesOf(dtype: Dtype, d: number, hasBias: boolean): number {
-  const raw = d * ELEM[dtype] + (dtype === 'int8' ? 4 : 0) + (hasBias ? 4 : 0);
+  const raw = scaleAtOf(dtype, d) + (dtype === 'int8' ? 4 : dtype === 'q8' ? 4 * q8Groups(d) : 0) + (hasBias ? 4 : 0);
   return (raw + 15) & ~15;
 }
 
@@ -318,6 +333,11 @@ export function buildRecords(L: FfnLayout, parts: Float32Array[], bias: Float32A
       deq[p]!.set(m.deq, i * L.d);
       let tail = off + L.d * ELEM[L.dtype];
       if (L.dtype === 'int8') { dv.setFloat32(tail, m.scales![0]!, true); tail += 4; }
+      if (L.dtype === 'q8') {
+        for (let j = tail; j < off + scaleAtOf('q8', L.d); j++) bytes[j] = (r() * 256) | 0; // alignment gap: garbage
+        tail = off + scaleAtOf('q8', L.d);
+        for (const s of m.scales!) { dv.setFloat32(tail, s, true); tail += 4; }
+      }
       if (L.hasBias) dv.setFloat32(tail, p === upPart && bias ? bias[i]! : (r() - 0.5) * 1e3, true);
       // padding bytes: garbage, the kernels must not read them as values
       for (let j = tail + (L.hasBias ? 4 : 0); j < off + pb; j++) bytes[j] = (r() * 256) | 0;
@@ -333,7 +353,7 @@ export function buildRecords(L: FfnLayout, parts: Float32Array[], bias: Float32A
  */
 export function ffnRef(L: FfnLayout, R: FfnRecords, x: Float32Array): { h: Float64Array; hTol: Float64Array; out: Float64Array; outTol: Float64Array } {
   const { d, n } = L;
-  const qe = L.dtype === 'int8' ? quantErrBound(x) : null;
+  const qe = L.dtype === 'int8' || L.dtype === 'q8' ? quantErrBound(x) : null;
   const dotErr = (part: Float32Array, i: number, abs: number): number => {
     let t = F32_REL * abs + 1e-30;
     if (qe) for (let j = 0; j < d; j++) t += Math.abs(part[i * d + j]!) * qe[j]!;

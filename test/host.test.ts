@@ -1,5 +1,5 @@
 /**
- * `flashlm serve DIR`, spawned as a user runs it: single ranges answer 206
+ * `flashlm host DIR` (the static range server; `serve` is the API), spawned as a user runs it: single ranges answer 206
  * with Content-Range (416 when unsatisfiable, 200 for several), a strong
  * ETag drives If-Range and If-None-Match, every answer carries COOP/COEP
  * (and CORP/CORS for other origins), types suit the browser (application/
@@ -11,7 +11,7 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, utimesSync, writeFileSync } 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HttpSource, NodeHttpSource, openModel, MemorySource } from '../src/node.js';
-import { parseRange } from '../src/cli/serve.js';
+import { parseRange } from '../src/cli/host.js';
 import { STORIES_BIN, STORIES_TOK, convertToBytes } from './helpers/models.js';
 import { ROOT, startService, type Service } from './helpers/processes.js';
 
@@ -27,7 +27,7 @@ test.before(async () => {
   writeFileSync(join(dir, 'app', 'index.html'), '<!doctype html><title>x</title>');
   writeFileSync(join(dir, 'k.wasm'), new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0]));
   writeFileSync(join(outside, 'secret.txt'), 'secret');
-  srv = await startService(process.execPath, [ROOT + 'bin/flashlm.js', 'serve', dir, '--port', '0'], /serving .* at (http:\/\/127\.0\.0\.1:\d+)\//);
+  srv = await startService(process.execPath, [ROOT + 'bin/flashlm.js', 'host', dir, '--port', '0'], /serving .* at (http:\/\/127\.0\.0\.1:\d+)\//);
 });
 test.after.always(async () => {
   await srv?.stop();
