@@ -98,22 +98,26 @@ export function axpy1_f16(out: usize, d: usize, p: usize, a: f32): void {
   for (; j < d; j++) store<f32>(out + (j << 2), load<f32>(out + (j << 2)) + f16_to_f32(load<u16>(p + (j << 1))) * a);
 }
 
+/** Columns [j, j+8) of 4 int8 rows times the coefficients A_k (splat): the body of axpy4_i8 and axpy4_q8. */
+// @ts-ignore: decorator
+@inline function axpy4_i8_8(out: usize, j: usize, p0: usize, p1: usize, p2: usize, p3: usize, A0: v128, A1: v128, A2: v128, A3: v128): void {
+  const q0 = v128.load8x8_s(p0 + j), q1 = v128.load8x8_s(p1 + j), q2 = v128.load8x8_s(p2 + j), q3 = v128.load8x8_s(p3 + j);
+  const o = out + (j << 2);
+  const lo = f32x4.add(
+    f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q0)), A0), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q1)), A1)),
+    f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q2)), A2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q3)), A3)));
+  const hi = f32x4.add(
+    f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q0)), A0), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q1)), A1)),
+    f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q2)), A2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q3)), A3)));
+  v128.store(o, f32x4.add(v128.load(o), lo));
+  v128.store(o, f32x4.add(v128.load(o, 16), hi), 16);
+}
+
 /** out[j] += sum_k a_k * q_k[j] for 4 int8 rows (a_k already includes the row scale). */
 export function axpy4_i8(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: usize, a0: f32, a1: f32, a2: f32, a3: f32): void {
   const A0 = f32x4.splat(a0), A1 = f32x4.splat(a1), A2 = f32x4.splat(a2), A3 = f32x4.splat(a3);
   let j: usize = 0;
-  for (; j + 8 <= d; j += 8) {
-    const q0 = v128.load8x8_s(p0 + j), q1 = v128.load8x8_s(p1 + j), q2 = v128.load8x8_s(p2 + j), q3 = v128.load8x8_s(p3 + j);
-    const o = out + (j << 2);
-    const lo = f32x4.add(
-      f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q0)), A0), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q1)), A1)),
-      f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q2)), A2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q3)), A3)));
-    const hi = f32x4.add(
-      f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q0)), A0), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q1)), A1)),
-      f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q2)), A2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q3)), A3)));
-    v128.store(o, f32x4.add(v128.load(o), lo));
-    v128.store(o, f32x4.add(v128.load(o, 16), hi), 16);
-  }
+  for (; j + 8 <= d; j += 8) axpy4_i8_8(out, j, p0, p1, p2, p3, A0, A1, A2, A3);
   for (; j < d; j++) {
     const o = out + (j << 2);
     store<f32>(o, load<f32>(o) + ((<f32>load<i8>(p0 + j) * a0 + <f32>load<i8>(p1 + j) * a1) + (<f32>load<i8>(p2 + j) * a2 + <f32>load<i8>(p3 + j) * a3)));
@@ -136,20 +140,6 @@ export function axpy1_i8(out: usize, d: usize, p: usize, a: f32): void {
 // q_k[j] * fround(a_k * ws_k[j / 32]), summed as axpy4_i8 / axpy1_i8 do. The
 // columns start at a group boundary (callers split at multiples of 32).
 
-/** Columns [j, j+8) of axpy4_q8 with the group's coefficients A_k (splat). */
-// @ts-ignore: decorator
-@inline function axpy4_q8_8(out: usize, j: usize, p0: usize, p1: usize, p2: usize, p3: usize, A0: v128, A1: v128, A2: v128, A3: v128): void {
-  const q0 = v128.load8x8_s(p0 + j), q1 = v128.load8x8_s(p1 + j), q2 = v128.load8x8_s(p2 + j), q3 = v128.load8x8_s(p3 + j);
-  const o = out + (j << 2);
-  const lo = f32x4.add(
-    f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q0)), A0), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q1)), A1)),
-    f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q2)), A2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q3)), A3)));
-  const hi = f32x4.add(
-    f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q0)), A0), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q1)), A1)),
-    f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q2)), A2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q3)), A3)));
-  v128.store(o, f32x4.add(v128.load(o), lo));
-  v128.store(o, f32x4.add(v128.load(o, 16), hi), 16);
-}
 
 /** out[j] += sum_k fround(a_k * s_k[j/32]) * q_k[j] for 4 q8 rows (values p_k, scales s_k). */
 export function axpy4_q8(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: usize, s0: usize, s1: usize, s2: usize, s3: usize, a0: f32, a1: f32, a2: f32, a3: f32): void {
@@ -160,21 +150,10 @@ export function axpy4_q8(out: usize, d: usize, p0: usize, p1: usize, p2: usize, 
     const e = min(g + QG, d);
     let j = g;
     for (; j + 16 <= e; j += 16) { // two steps of 8 per iteration (the same per-column arithmetic)
-      axpy4_q8_8(out, j, p0, p1, p2, p3, A0, A1, A2, A3);
-      axpy4_q8_8(out, j + 8, p0, p1, p2, p3, A0, A1, A2, A3);
+      axpy4_i8_8(out, j, p0, p1, p2, p3, A0, A1, A2, A3);
+      axpy4_i8_8(out, j + 8, p0, p1, p2, p3, A0, A1, A2, A3);
     }
-    for (; j + 8 <= e; j += 8) {
-      const q0 = v128.load8x8_s(p0 + j), q1 = v128.load8x8_s(p1 + j), q2 = v128.load8x8_s(p2 + j), q3 = v128.load8x8_s(p3 + j);
-      const o = out + (j << 2);
-      const lo = f32x4.add(
-        f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q0)), A0), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q1)), A1)),
-        f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q2)), A2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(q3)), A3)));
-      const hi = f32x4.add(
-        f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q0)), A0), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q1)), A1)),
-        f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q2)), A2), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(q3)), A3)));
-      v128.store(o, f32x4.add(v128.load(o), lo));
-      v128.store(o, f32x4.add(v128.load(o, 16), hi), 16);
-    }
+    for (; j + 8 <= e; j += 8) axpy4_i8_8(out, j, p0, p1, p2, p3, A0, A1, A2, A3);
     for (; j < e; j++) {
       const o = out + (j << 2);
       store<f32>(o, load<f32>(o) + ((<f32>load<i8>(p0 + j) * b0 + <f32>load<i8>(p1 + j) * b1) + (<f32>load<i8>(p2 + j) * b2 + <f32>load<i8>(p3 + j) * b3)));

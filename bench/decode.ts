@@ -38,26 +38,10 @@ import { writeFlm } from '../src/format/writer.js';
 import { FileSink, openModel, type Model } from '../src/node.js';
 import { STORIES_TOK } from '../test/helpers/models.js';
 import { llama2cBytes, writeRandomLlama2c } from '../test/helpers/random-llama2c.js';
+import { arg, intArg } from './args.js';
 
 // ---------------------------------------------------------------- arguments
 
-const argv = process.argv.slice(2);
-/** `--name value` or `--name=value`. */
-function arg(name: string): string | undefined {
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === `--${name}`) return argv[i + 1];
-    if (a.startsWith(`--${name}=`)) return a.slice(name.length + 3);
-  }
-  return undefined;
-}
-function intArg(name: string, def: number, min: number): number {
-  const v = arg(name);
-  if (v === undefined) return def;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be an integer >= ${min}, got ${v}`);
-  return n;
-}
 
 const ALL_DTYPES: readonly DType[] = ['f32', 'f16', 'int8', 'q8'];
 const dtypes = (arg('dtypes') ?? ALL_DTYPES.join(',')).split(',').map((s) => s.trim()).filter(Boolean) as DType[];

@@ -60,22 +60,13 @@ import v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { findNginx, startNginx, type Nginx } from '../test/helpers/nginx.js';
 import { OPT_DIR, convertToBytes, optReference } from '../test/helpers/models.js';
+import { arg, argv } from './args.js';
 
 // ---------------------------------------------------------------- arguments
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
-const argv = process.argv.slice(2);
-/** `--name value` or `--name=value`. */
-function arg(name: string): string | undefined {
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === `--${name}`) return argv[i + 1];
-    if (a.startsWith(`--${name}=`)) return a.slice(name.length + 3);
-  }
-  return undefined;
-}
 const list = <T extends string>(name: string, all: readonly T[]): T[] => {
   const v = arg(name);
   if (!v) return [...all];

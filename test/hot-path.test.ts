@@ -18,6 +18,7 @@ import { MemorySource } from '../src/source/memory.js';
 import { openFlm } from '../src/format/reader.js';
 import { IntegrityError } from '../src/errors.js';
 import { STORIES_BIN, STORIES_TOK, convertToBytes } from './helpers/models.js';
+import { rng } from '../src/util/random.js';
 
 // ---------------------------------------------------------------- sampler
 
@@ -80,14 +81,6 @@ class ReferenceSampler {
   }
 }
 
-/** A small deterministic generator for the test's inputs (not the one under test). */
-function lcg(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
 
 let kernels: Kernels;
 let logitsPtr = 0;
@@ -114,7 +107,7 @@ function fillLogits(out: Float32Array, rand: () => number, shape: number): void 
 }
 
 test('sampler: the same tokens as the comparator-sort reference over many logit vectors, seeds, temperatures and top-p', (t) => {
-  const rand = lcg(7);
+  const rand = rng(7);
   const vocabs = [2, 3, 17, 512, 4096, 32000];
   let trials = 0;
   for (const vocab of vocabs) {
@@ -152,7 +145,7 @@ test('sampler: a flat distribution below the top-p cutoff still yields a token (
 
 test('sampler: the u32 xorshift64* equals the BigInt one, for any seed, over many steps', (t) => {
   const seeds = [0, 1, 2, 42, -1, -12345, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 53 - 1, -(2 ** 53), 1.5e15, 0x2545f4914f6cdd1d];
-  const rand = lcg(99);
+  const rand = rng(99);
   for (let i = 0; i < 200; i++) seeds.push(Math.floor((rand() - 0.5) * 2 ** 54));
   for (const seed of seeds) {
     const mine = new Sampler(kernels, 2, { seed }) as unknown as { nextU32(): number };
@@ -224,7 +217,7 @@ function feed(stats: RunStats, n: number, rand: () => number): TokenStats[] {
 
 test('RunStats: running sums give exactly the old averages; tokens keeps the most recent `capacity`, in order', (t) => {
   const stats = new RunStats(info, { recent: 100 });
-  const all = feed(stats, 1037, lcg(5));
+  const all = feed(stats, 1037, rng(5));
   t.deepEqual(stats.summary(), referenceSummary(all));
   t.is(stats.count, 1037);
   t.is(stats.retained, 100);
@@ -235,7 +228,7 @@ test('RunStats: running sums give exactly the old averages; tokens keeps the mos
   t.deepEqual(stats.summary([]), referenceSummary([]));
   // each token's object is its own: later tokens do not change it
   const first = { ...all[0]! };
-  feed(stats, 5, lcg(6));
+  feed(stats, 5, rng(6));
   t.deepEqual(all[0], first);
   t.true(all[0]!.ms >= 0 && all[0]!.computeMs >= 0 && all[0]!.ffnFraction > 0);
 });
@@ -262,7 +255,7 @@ test('readInto: file and memory sources fill into[at, at + length) and nothing e
   const dir = mkdtempSync(join(tmpdir(), 'flashlm-readinto-'));
   try {
     const bytes = new Uint8Array(200000);
-    const rand = lcg(11);
+    const rand = rng(11);
     for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(rand() * 256);
     const path = join(dir, 'f.bin');
     writeFileSync(path, bytes);

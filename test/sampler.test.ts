@@ -11,6 +11,7 @@ import { createArena, loadKernels } from '../src/kernels/load.js';
 import type { Kernels } from '../src/kernels/types.js';
 import { Arena } from '../src/engine/arena.js';
 import { Sampler, samplingOptionsError, type SamplingOptions } from '../src/engine/sampler.js';
+import { rng } from '../src/util/random.js';
 
 /** llama2.c's xorshift64* in BigInt (the sampler's generator, written plainly). */
 function xorshift(seed: number): () => number {
@@ -81,13 +82,6 @@ function reference(logits: Float32Array, o: SamplingOptions, prompt: number[], g
   return order[order.length - 1]!;
 }
 
-function lcg(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
 
 let kernels: Kernels;
 let ptr = 0;
@@ -118,7 +112,7 @@ const OPTION_SETS: SamplingOptions[] = [
 ];
 
 test('each control draws the reference token for every step, seed and vocabulary', (t) => {
-  const rand = lcg(11);
+  const rand = rng(11);
   let draws = 0;
   for (const vocab of [3, 17, 512, 4096]) {
     for (const [i, base] of OPTION_SETS.entries()) {

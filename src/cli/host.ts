@@ -18,6 +18,7 @@ import { createReadStream } from 'node:fs';
 import { realpath, stat } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { extname, join, resolve, sep } from 'node:path';
+import { untilStopped } from './terminal.js';
 
 const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',
@@ -267,13 +268,5 @@ export async function runServe(dir: string, flags: ServeFlags): Promise<void> {
     onRequest: flags.log ? (r) => process.stderr.write(`${r.status} ${r.method} ${r.path}${r.range ? ` ${r.range}` : ''} ${r.bytes}\n`) : undefined,
   });
   process.stdout.write(`serving ${resolve(dir)} at ${s.origin}/ (Range, ETag, COOP/COEP)\n`);
-  await new Promise<void>((resolveP) => {
-    const stop = () => {
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
-      void s.close().then(resolveP);
-    };
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
-  });
+  await untilStopped(() => s.close());
 }

@@ -35,6 +35,7 @@ import { openOptions, type ModelFlags } from './options.js';
 import { describeModel } from './run.js';
 import { CHAT_TEMPLATE_HINT } from '../chat.js';
 import { ApiError, CORS_HEADERS as CORS, Completion, errorBody, jobSteps, parseJob, parseJson, round, toApiError } from '../api/openai.js';
+import { untilStopped } from './terminal.js';
 export { ApiError } from '../api/openai.js';
 
 export interface ApiServerOptions {
@@ -301,14 +302,6 @@ export async function runApiServer(modelPath: string, flags: ServeFlags): Promis
     throw e;
   }
   process.stdout.write(`serving ${modelPath} at ${s.origin}/v1 (OpenAI-compatible: /v1/models, /v1/completions, /v1/chat/completions)\n`);
-  await new Promise<void>((resolveP) => {
-    const stop = () => {
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
-      void s.close().then(resolveP);
-    };
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
-  });
+  await untilStopped(() => s.close());
   await model.close();
 }

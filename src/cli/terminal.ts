@@ -16,6 +16,19 @@ export function interruptSignal(): { signal: AbortSignal; release(): void } {
   return { signal: abort.signal, release: () => { for (const s of STOP_SIGNALS) process.off(s, onSignal); } };
 }
 
+/** Resolves once SIGINT or SIGTERM arrives and `close` has finished (long-running servers). */
+export function untilStopped(close: () => Promise<void>): Promise<void> {
+  return new Promise<void>((done) => {
+    const stop = () => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      void close().then(done);
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+}
+
 /** A cli-progress bar on stderr when it is a terminal; undefined otherwise (no escape codes in pipes and logs). */
 export function progressBar(format: string): cliProgress.SingleBar | undefined {
   if (!process.stderr.isTTY) return undefined;

@@ -223,15 +223,8 @@ export class Sampler {
       mass += view[top]!;
       if (mass > this.topP) break;
     }
-    // The nucleus is h[n-1] (most probable) down to h[last].
-    const last = size;
-    const r = coin * mass;
-    let cdf = 0;
-    for (let i = n - 1; i >= last; i--) {
-      cdf += view[h[i]!]!;
-      if (r < cdf) return h[i]!;
-    }
-    return h[last]!;
+    // The nucleus is h[n-1] (most probable) down to h[size].
+    return pickRanked(h, n, size, view, coin * mass);
   }
 
   /**
@@ -286,14 +279,18 @@ export class Sampler {
     }
     let kept = 0;
     for (let i = n - 1; i >= last; i--) kept += view[h[i]!]!;
-    const r = coin * kept;
-    let cdf = 0;
-    for (let i = n - 1; i >= last; i--) {
-      cdf += view[h[i]!]!;
-      if (r < cdf) return h[i]!;
-    }
-    return h[last]!;
+    return pickRanked(h, n, last, view, coin * kept);
   }
+}
+
+/** The first ranked candidate h[n-1], h[n-2], ..., h[last] (most probable first) whose cumulative probability passes r. */
+function pickRanked(h: Int32Array, n: number, last: number, view: Float32Array, r: number): number {
+  let cdf = 0;
+  for (let i = n - 1; i >= last; i--) {
+    cdf += view[h[i]!]!;
+    if (r < cdf) return h[i]!;
+  }
+  return h[last]!;
 }
 
 /** True when token a ranks before token b (more probable, or as probable with a lower id). */
