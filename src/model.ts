@@ -46,6 +46,8 @@ export interface OpenOptions extends PlanOptions {
   direct?: boolean;
   /** HTTP sources opened from a URL: timeouts, retries, low-speed limit, deadline, retry notices (HttpOptions). */
   http?: HttpOptions;
+  /** Told as the weights read at open land in the arena (the resident part; the whole model for dense): bytes so far and in all. */
+  onProgress?: (progress: { loaded: number; total: number }) => void;
   /**
    * Prompt tokens per forward pass (dense strategy): each weight is read once
    * per block instead of once per token; 1 runs the prompt token by token (the
@@ -251,9 +253,14 @@ export class Model {
       });
       const oracle = plan.sparsity === 'oracle' || options.measurePredictor ? await Oracle.create(file, options.wasm) : undefined;
       let streaming: StreamingFfn | undefined;
+      // Load progress: the weights read at open (the resident part, and the FFN for dense).
+      const loadTotal = plan.residentBytes + (strategy === 'dense' ? plan.ffnBytes : 0);
+      let loaded = 0;
+      const onProgress = options.onProgress;
+      const onBytes = onProgress && ((n: number) => onProgress({ loaded: (loaded += n), total: loadTotal }));
       const transformer = await Transformer.load(file, k, arena, contextLength, async (sectionPtrs) =>
         strategy === 'dense'
-          ? ResidentFfn.load(file, k, arena)
+          ? ResidentFfn.load(file, k, arena, onBytes)
           : (streaming = new StreamingFfn(file, k, arena, sectionPtrs, {
               selection: plan.sparsity,
               window: plan.window,
@@ -265,6 +272,7 @@ export class Model {
               stats,
             })),
         plan.batch,
+        onBytes,
       );
       return new Model(file, tokenizer, k, transformer, plan, stats, streaming, pool, threading, chatTemplate);
     } catch (e) {

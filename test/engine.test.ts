@@ -235,3 +235,16 @@ test('batchSize outside [1, 1024] is an ArgumentError; streaming strategies pref
   t.is(m.plan.batch, 1);
   await m.close();
 });
+
+test('onProgress reports the weights loaded at open: rising to the resident part (streaming) or the whole model (dense)', async (t) => {
+  const bytes = await opt();
+  for (const strategy of ['dense', 'hybrid'] as const) {
+    const seen: { loaded: number; total: number }[] = [];
+    const model = await openModel(new MemorySource(bytes), { strategy, onProgress: (p) => seen.push(p) });
+    const want = model.plan.residentBytes + (strategy === 'dense' ? model.plan.ffnBytes : 0);
+    t.true(seen.length >= (strategy === 'dense' ? 2 : 1), `${strategy}: a report per section read (or per piece of one)`);
+    t.true(seen.every((p, i) => p.total === want && p.loaded > (i ? seen[i - 1]!.loaded : 0)), `${strategy}: rising, out of ${want}`);
+    t.is(seen.at(-1)!.loaded, want, `${strategy}: ends at the total`);
+    await model.close();
+  }
+});

@@ -10,7 +10,7 @@ import type { Source } from '../source/types.js';
 import { scoringWindows } from './text.js';
 import { yieldToEventLoop } from '../util/yield.js';
 
-export interface EvalOptions extends Omit<OpenOptions, 'contextLength' | 'measurePredictor'> {
+export interface EvalOptions extends Omit<OpenOptions, 'contextLength' | 'measurePredictor' | 'onProgress'> {
   /** Tokens per scoring window. Default min(256, model context). */
   context?: number;
   /** Score at most about this many tokens (evenly spaced windows). Default: all. */

@@ -7,8 +7,8 @@
  * message (for scripts and tests).
  */
 import { createInterface } from 'node:readline';
-import { openModel, AbortedError, type ChatMessage } from '../node.js';
-import { generateOptions, openOptions, rate, type ModelFlags, type SamplingFlags } from './options.js';
+import { AbortedError, type ChatMessage } from '../node.js';
+import { generateOptions, openModelCli, rate, type ModelFlags, type SamplingFlags } from './options.js';
 import { describeModel, finishNote } from './run.js';
 import { ArgumentError } from '../errors.js';
 import { CHAT_TEMPLATE_HINT } from '../chat.js';
@@ -21,7 +21,7 @@ export interface ChatFlags extends ModelFlags, SamplingFlags {
 const turn = () => new Promise<void>((r) => setImmediate(r));
 
 export async function runChat(modelPath: string, flags: ChatFlags): Promise<void> {
-  const model = await openModel(modelPath, openOptions(flags));
+  const model = await openModelCli(modelPath, flags);
   try {
     if (!model.chatTemplate) throw new ArgumentError(`${modelPath} has no chat template: ${CHAT_TEMPLATE_HINT}`);
     process.stderr.write(describeModel(model));

@@ -3,7 +3,9 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { STRATEGIES, type Strategy } from '../plan.js';
 import type { Sparsity } from '../flash/streaming.js';
-import type { GenerateOptions, OpenOptions } from '../model.js';
+import { openModel, type GenerateOptions, type Model, type OpenOptions } from '../node.js';
+import { fmtBytes } from '../engine/arena.js';
+import { progressBar } from './terminal.js';
 import type { HttpOptions } from '../source/http-common.js';
 
 export const int = (name: string, min: number) => (v: string) => {
@@ -90,6 +92,22 @@ export function openOptions(f: ModelFlags): OpenOptions {
     chatTemplate: f.chatTemplate === undefined ? undefined : readFileSync(f.chatTemplate, 'utf8'),
     http: httpOptions(f),
   };
+}
+
+/** Opens the model the flags describe, with a progress bar of the weights being loaded when stderr is a terminal. */
+export async function openModelCli(model: string, f: ModelFlags): Promise<Model> {
+  const bar = progressBar('loading [{bar}] {percentage}% {got} / {size}');
+  try {
+    return await openModel(model, {
+      ...openOptions(f),
+      onProgress: bar && (({ loaded, total }) => {
+        if (!bar.isActive) bar.start(total, 0, { size: fmtBytes(total), got: '0 B' });
+        bar.update(loaded, { got: fmtBytes(loaded) });
+      }),
+    });
+  } finally {
+    bar?.stop();
+  }
 }
 
 export interface SamplingFlags {

@@ -1,8 +1,8 @@
-import { openModel, type Model } from '../node.js';
+import type { Model } from '../node.js';
 import { fmtBytes } from '../engine/arena.js';
 import { interruptSignal } from './terminal.js';
 import type { StatsSummary } from '../flash/stats.js';
-import { generateOptions, openOptions, rate, type ModelFlags, type SamplingFlags } from './options.js';
+import { generateOptions, openModelCli, rate, type ModelFlags, type SamplingFlags } from './options.js';
 
 export interface RunFlags extends ModelFlags, SamplingFlags {
   prompt: string;
@@ -40,7 +40,7 @@ export function finishNote(model: Model): string {
 /** `flashlm run`: streams the continuation to stdout; Ctrl-C stops generation cleanly. */
 export async function runGenerate(modelPath: string, flags: RunFlags): Promise<void> {
   const t0 = performance.now();
-  const model = await openModel(modelPath, openOptions(flags));
+  const model = await openModelCli(modelPath, flags);
   process.stderr.write(describeModel(model));
   const interrupt = interruptSignal();
   const tLoad = performance.now();

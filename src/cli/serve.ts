@@ -30,8 +30,8 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { basename } from 'node:path';
-import { openModel, type Model, AbortedError, ArgumentError } from '../node.js';
-import { openOptions, type ModelFlags } from './options.js';
+import { type Model, AbortedError, ArgumentError } from '../node.js';
+import { openModelCli, type ModelFlags } from './options.js';
 import { describeModel } from './run.js';
 import { CHAT_TEMPLATE_HINT } from '../chat.js';
 import { ApiError, CORS_HEADERS as CORS, Completion, errorBody, jobSteps, parseJob, parseJson, round, toApiError } from '../api/openai.js';
@@ -279,7 +279,7 @@ export interface ServeFlags extends ModelFlags {
 
 /** `flashlm serve MODEL`: runs until SIGINT/SIGTERM. */
 export async function runApiServer(modelPath: string, flags: ServeFlags): Promise<void> {
-  const model = await openModel(modelPath, openOptions(flags));
+  const model = await openModelCli(modelPath, flags);
   let s: ApiServer;
   try {
     process.stderr.write(describeModel(model));

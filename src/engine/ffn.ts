@@ -66,12 +66,12 @@ export class ResidentFfn implements FfnProvider {
     private readonly partPtrs: number[][],
   ) {}
 
-  static async load(file: FlmFile, k: Kernels, arena: Arena): Promise<ResidentFfn> {
+  static async load(file: FlmFile, k: Kernels, arena: Arena, onBytes?: (bytes: number) => void): Promise<ResidentFfn> {
     const entries = file.header.ffn;
     const sections: SectionEntry[] = entries.map((f) => file.section(f.section));
     const bases = sections.map((s) => arena.alloc(s.name, s.length));
     // Sections are independent: read them concurrently (a file or HTTP source overlaps the reads).
-    await Promise.all(sections.map((s, i) => file.readSection(s, arena.u8(bases[i]!, s.length), 0, file.source.hints)));
+    await Promise.all(sections.map((s, i) => file.readSection(s, arena.u8(bases[i]!, s.length), 0, file.source.hints, onBytes)));
     return new ResidentFfn(k, entries, bases, entries.map((f, l) => f.partOffsets.map((o) => bases[l]! + o)));
   }
 

@@ -164,12 +164,12 @@ export class Transformer {
    * from what is left. `batch` > 1 enables block prefill when the provider
    * can run a block (dense only).
    */
-  static async load(file: FlmFile, k: Kernels, arena: Arena, contextLength: number, makeFfn: (sections: ReadonlyMap<string, number>) => Promise<FfnProvider>, batch = 1): Promise<Transformer> {
+  static async load(file: FlmFile, k: Kernels, arena: Arena, contextLength: number, makeFfn: (sections: ReadonlyMap<string, number>) => Promise<FfnProvider>, batch = 1, onBytes?: (bytes: number) => void): Promise<Transformer> {
     const sectionPtrs = new Map<string, number>();
     for (const s of residentSections(file)) {
       // Page-aligned, so O_DIRECT sources read straight into the arena.
       const ptr = arena.alloc(`${s.name} weights`, s.length, 4096);
-      await file.readSection(s, arena.u8(ptr, s.length), 0, file.source.hints);
+      await file.readSection(s, arena.u8(ptr, s.length), 0, file.source.hints, onBytes);
       sectionPtrs.set(s.name, ptr);
     }
     const ffn = await makeFfn(sectionPtrs);

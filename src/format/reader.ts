@@ -483,7 +483,8 @@ export class FlmFile {
    * once (aligned for the source), so a section does not wait on one connection.
    * Returns the number of reads issued.
    */
-  async readSection(section: SectionEntry, into: Uint8Array, firstBlock = 0, hints?: ReadHints): Promise<number> {
+  /** `onBytes` is told the size of each piece as it lands (load progress). */
+  async readSection(section: SectionEntry, into: Uint8Array, firstBlock = 0, hints?: ReadHints, onBytes?: (bytes: number) => void): Promise<number> {
     const start = section.offset + firstBlock * section.blockBytes;
     const align = Math.max(1, this.source.alignment ?? 1);
     const parallel = hints?.parallel ?? 1;
@@ -491,7 +492,7 @@ export class FlmFile {
     const tasks: (() => Promise<void>)[] = [];
     for (let at = 0; at < into.byteLength; at += parallel > 1 ? piece : into.byteLength) {
       const len = Math.min(parallel > 1 ? piece : into.byteLength, into.byteLength - at);
-      tasks.push(() => this.source.read(start + at, into.subarray(at, at + len)));
+      tasks.push(onBytes ? () => this.source.read(start + at, into.subarray(at, at + len)).then(() => onBytes(len)) : () => this.source.read(start + at, into.subarray(at, at + len)));
     }
     await runBounded(tasks, parallel);
     this.verify(section, firstBlock, into);
