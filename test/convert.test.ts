@@ -7,6 +7,10 @@ import { openCheckpoint } from '../src/convert/index.js';
 import { SafetensorsStore, readRegionColumns, readRegionRows, readTuning } from '../src/convert/safetensors.js';
 import type { Checkpoint } from '../src/convert/types.js';
 import { ConvertError } from '../src/errors.js';
+import { MemorySource } from '../src/node.js';
+import { openFlm } from '../src/format/reader.js';
+import { chatTemplateOf, renderChat } from '../src/chat.js';
+import { convertToBytes } from './helpers/models.js';
 import type { ArchConfig } from '../src/format/types.js';
 import {
   bits,
@@ -290,6 +294,25 @@ test('synthetic Llama: tied when tie_word_embeddings or lm_head missing; single 
   // Mistral: same tensors; the sliding window bounds the context so attention stays exact.
   const m = await makeLlama(t, { config: { model_type: 'mistral', sliding_window: 32 } });
   await withCheckpoint(m.dir, async (c) => t.like(c.arch, { type: 'llama', maxSeqLen: 32, tiedEmbeddings: false }));
+});
+
+test('Hugging Face extras: chat_template.jinja (or chat_template.json) is kept and rendered; generation_config.json eos ids join the stop ids', async (t) => {
+  const a = await makeLlama(t, { config: { eos_token_id: 2 } });
+  await writeFile(path.join(a.dir, 'chat_template.jinja'), "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}");
+  await writeFile(path.join(a.dir, 'generation_config.json'), JSON.stringify({ eos_token_id: [2, 7, 99999] }));
+  await withCheckpoint(a.dir, async (c) => {
+    t.deepEqual(c.arch.stopIds, [2, 7], 'ids outside the vocabulary are dropped');
+    t.is((c.tokenizer as { chatTemplate?: string }).chatTemplate?.startsWith('{% for m in messages %}'), true);
+  });
+  // Through the file: the writer keeps both, the reader accepts them, chat renders the stored template.
+  const file = await openFlm(new MemorySource(await convertToBytes(a.dir)));
+  t.deepEqual(file.header.arch.stopIds, [2, 7]);
+  t.is(renderChat(chatTemplateOf(file.header.tokenizer)!, [{ role: 'user', content: 'hi' }]), '<user>hi<assistant>');
+  const b = await makeLlama(t);
+  await writeFile(path.join(b.dir, 'chat_template.json'), JSON.stringify({ chat_template: '{{ messages[0].content }}' }));
+  await withCheckpoint(b.dir, async (c) => t.is((c.tokenizer as { chatTemplate?: string }).chatTemplate, '{{ messages[0].content }}'));
+  await writeFile(path.join(b.dir, 'chat_template.json'), '{"nope": 1}');
+  await t.throwsAsync(openCheckpoint(b.dir), { instanceOf: ConvertError, message: /chat_template\.json.*no "chat_template" string/ });
 });
 
 test('synthetic Llama with attention_bias: q/k/v biases required, o bias optional', async (t) => {

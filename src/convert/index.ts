@@ -8,7 +8,7 @@
 import { access, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ConvertError } from '../errors.js';
-import type { TokenizerSpec } from '../format/types.js';
+import type { ArchConfig, TokenizerSpec } from '../format/types.js';
 import { LLAMA_MODEL_TYPES, llamaArch, openLlama } from './hf-llama.js';
 import { openOpt, optArch } from './hf-opt.js';
 import { openLlama2c } from './llama2c.js';
@@ -47,11 +47,11 @@ async function openHf(dir: string, options: OpenCheckpointOptions): Promise<Chec
   const modelType = cfg.values['model_type'];
   const tokenizerPath = options.tokenizer ?? path.join(dir, 'tokenizer.json');
   if (modelType === 'opt') {
-    const arch = optArch(cfg);
+    const arch = await withGenerationStops(dir, optArch(cfg));
     return openOpt(dir, cfg, arch, await loadHfTokenizer(tokenizerPath, arch.vocabSize));
   }
   if (typeof modelType === 'string' && LLAMA_MODEL_TYPES.includes(modelType)) {
-    const arch = llamaArch(cfg);
+    const arch = await withGenerationStops(dir, llamaArch(cfg));
     return openLlama(dir, arch, await loadHfTokenizer(tokenizerPath, arch.vocabSize));
   }
   throw new ConvertError(configPath, undefined, `unsupported model_type ${JSON.stringify(modelType)} (supported: opt, ${LLAMA_MODEL_TYPES.join(', ')})`);
@@ -98,15 +98,43 @@ export async function loadHfTokenizer(file: string, vocabSize: number): Promise<
   const count = tokenCount(obj.model as Record<string, unknown>, obj.added_tokens);
   if (count > vocabSize) bad(`it has ${count} token ids but the model's vocabulary is ${vocabSize}`);
 
+  const spec: TokenizerSpec = { kind: 'hf', json };
   const configPath = path.join(path.dirname(file), 'tokenizer_config.json');
-  if (!(await exists(configPath))) return { kind: 'hf', json };
-  const config = await readFile(configPath, 'utf8');
-  try {
-    JSON.parse(config);
-  } catch (e) {
-    throw new ConvertError(configPath, undefined, `invalid JSON: ${(e as Error).message}`, { cause: e });
+  if (await exists(configPath)) {
+    const config = await readFile(configPath, 'utf8');
+    parseJson(configPath, config);
+    spec.config = config;
   }
-  return { kind: 'hf', json, config };
+  // Newer Hugging Face repositories keep the chat template in a file of its own.
+  const jinja = path.join(path.dirname(file), 'chat_template.jinja');
+  const templateJson = path.join(path.dirname(file), 'chat_template.json');
+  if (await exists(jinja)) spec.chatTemplate = await readFile(jinja, 'utf8');
+  else if (await exists(templateJson)) {
+    const t = (parseJson(templateJson, await readFile(templateJson, 'utf8')) as { chat_template?: unknown } | null)?.chat_template;
+    if (typeof t !== 'string') throw new ConvertError(templateJson, undefined, 'no "chat_template" string');
+    spec.chatTemplate = t;
+  }
+  return spec;
+}
+
+function parseJson(file: string, text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new ConvertError(file, undefined, `invalid JSON: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/**
+ * generation_config.json's eos_token_id (an id or a list: Llama-3-Instruct
+ * ends turns with 128009 besides 128001) joins the stop ids from config.json.
+ */
+async function withGenerationStops(dir: string, arch: ArchConfig): Promise<ArchConfig> {
+  const p = path.join(dir, 'generation_config.json');
+  if (!(await exists(p))) return arch;
+  const eos = (parseJson(p, await readFile(p, 'utf8')) as { eos_token_id?: unknown } | null)?.eos_token_id;
+  const ids = (Array.isArray(eos) ? eos : [eos]).filter((x): x is number => Number.isInteger(x) && (x as number) >= 0 && (x as number) < arch.vocabSize);
+  return { ...arch, stopIds: [...new Set([...arch.stopIds, ...ids])] };
 }
 
 /** 1 + the largest token id in the tokenizer's vocabulary and added tokens. */

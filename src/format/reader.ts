@@ -133,6 +133,7 @@ function validateTokenizer(v: unknown): TokenizerSpec {
   if (t.kind === 'hf') {
     const spec: TokenizerSpec = { kind: 'hf', json: str(t.json, 'tokenizer.json') };
     if (t.config !== undefined) spec.config = str(t.config, 'tokenizer.config');
+    if (t.chatTemplate !== undefined) spec.chatTemplate = str(t.chatTemplate, 'tokenizer.chatTemplate', 1 << 20);
     return spec;
   }
   if (t.kind === 'llama2c') {

@@ -55,7 +55,12 @@ export interface ArchConfig {
 
 /** The tokenizer travels inside the .flm. */
 export type TokenizerSpec =
-  | { kind: 'hf'; /** tokenizer.json text */ json: string; /** tokenizer_config.json text, if any */ config?: string }
+  | {
+      kind: 'hf';
+      /** tokenizer.json text */ json: string;
+      /** tokenizer_config.json text, if any */ config?: string;
+      /** A chat template kept apart from the config (chat_template.jinja, or chat_template.json's), which takes precedence. */ chatTemplate?: string;
+    }
   | { kind: 'llama2c'; /** the tokenizer.bin bytes */ data: Uint8Array };
 
 /**
