@@ -554,25 +554,28 @@ test('ffn: n = 0 zeroes out; a larger dense layer (d=1024, n=700) for every dtyp
   }
 });
 
-test('int8 FFNs with d > 32768 (no room to quantize x) use exact f32 products', (t) => {
-  for (const kind of ['relu', 'swiglu'] as const) {
-    A.reset();
-    const r = rng(kind.length);
-    const d = 33001, n = 9;
-    const L: FfnLayout = { dtype: 'int8', kind, d, n, hasBias: kind === 'relu', bundled: false };
-    const nParts = kind === 'relu' ? 2 : 3;
-    const R = buildRecords(L, Array.from({ length: nParts }, () => normalish(r, n * d, 0.05)), uniform(r, n, -0.1, 0.1), r);
-    const base = A.putBytes(R.bytes);
-    const p = R.partOff.map((o) => base + o);
-    const x = normalish(r, d);
-    const X = A.putF32(x), O = A.out(d), H = A.out(n);
-    if (kind === 'relu') k.ffn_relu_i8(O, X, d, n, p[0]!, p[1]!, R.stride, 1, H);
-    else k.ffn_swiglu_i8(O, X, d, n, p[0]!, p[1]!, p[2]!, R.stride, H);
-    const ref = ffnRef({ ...L, dtype: 'f32' }, R, x); // f32 tolerances: no activation quantization here
-    t.is(firstMismatch(A.f32(H, n), ref.h, ref.hTol), null, `${kind} hOut`);
-    t.is(firstMismatch(A.f32(O, d), ref.out, ref.outTol), null, `${kind} out`);
-  }
-});
+for (const dtype of ['int8', 'q8'] as const) {
+  test(`${dtype} FFNs with d > 32768 (no room to quantize x) use exact f32 products`, (t) => {
+    for (const kind of ['relu', 'swiglu'] as const) {
+      A.reset();
+      const r = rng(kind.length + (dtype === 'q8' ? 3 : 0));
+      const d = 33001, n = 9;
+      const L: FfnLayout = { dtype, kind, d, n, hasBias: kind === 'relu', bundled: false };
+      const nParts = kind === 'relu' ? 2 : 3;
+      const R = buildRecords(L, Array.from({ length: nParts }, () => normalish(r, n * d, 0.05)), uniform(r, n, -0.1, 0.1), r);
+      const base = A.putBytes(R.bytes);
+      const p = R.partOff.map((o) => base + o);
+      const x = normalish(r, d);
+      const X = A.putF32(x), O = A.out(d), H = A.out(n);
+      const s = dtype === 'int8' ? 'i8' : 'q8';
+      if (kind === 'relu') k[`ffn_relu_${s}`](O, X, d, n, p[0]!, p[1]!, R.stride, 1, H);
+      else k[`ffn_swiglu_${s}`](O, X, d, n, p[0]!, p[1]!, p[2]!, R.stride, H);
+      const ref = ffnRef({ ...L, dtype: 'f32' }, R, x); // f32 tolerances: no activation quantization here
+      t.is(firstMismatch(A.f32(H, n), ref.h, ref.hTol), null, `${kind} hOut`);
+      t.is(firstMismatch(A.f32(O, d), ref.out, ref.outTol), null, `${kind} out`);
+    }
+  });
+}
 
 test('ffn_relu_f16 with an inf weight in a down row and large activations stays exact', (t) => {
   A.reset();
@@ -629,22 +632,3 @@ test('q8 keeps each group of 32 on its own scale (an outlier does not flatten th
   t.is(row.deq[40], 0); // the per-row form loses it
 });
 
-test('q8 FFNs with d > 32768 (no room to quantize x) use exact f32 products', (t) => {
-  for (const kind of ['relu', 'swiglu'] as const) {
-    A.reset();
-    const r = rng(kind.length + 3);
-    const d = 33001, n = 9;
-    const L: FfnLayout = { dtype: 'q8', kind, d, n, hasBias: kind === 'relu', bundled: false };
-    const nParts = kind === 'relu' ? 2 : 3;
-    const R = buildRecords(L, Array.from({ length: nParts }, () => normalish(r, n * d, 0.05)), uniform(r, n, -0.1, 0.1), r);
-    const base = A.putBytes(R.bytes);
-    const p = R.partOff.map((o) => base + o);
-    const x = normalish(r, d);
-    const X = A.putF32(x), O = A.out(d), H = A.out(n);
-    if (kind === 'relu') k.ffn_relu_q8(O, X, d, n, p[0]!, p[1]!, R.stride, 1, H);
-    else k.ffn_swiglu_q8(O, X, d, n, p[0]!, p[1]!, p[2]!, R.stride, H);
-    const ref = ffnRef({ ...L, dtype: 'f32' }, R, x); // f32 tolerances: no activation quantization here
-    t.is(firstMismatch(A.f32(H, n), ref.h, ref.hTol), null, `${kind} hOut`);
-    t.is(firstMismatch(A.f32(O, d), ref.out, ref.outTol), null, `${kind} out`);
-  }
-});

@@ -86,6 +86,8 @@ export class Sampler {
   private readonly frequency: number;
   /** Candidate token ids: a heap while selecting, the popped (sorted) ones at the end. */
   private readonly order: Int32Array;
+  /** Probability mass of the ids the last popRanked() popped. */
+  private poppedMass = 0;
   /** The repeat penalty's window: a ring of the last repeatLastN tokens. */
   private readonly ring: Int32Array;
   private ringLen = 0;
@@ -212,19 +214,31 @@ export class Sampler {
     // Max-heap by probability, then lower id: the order a descending sort with id tie-break gives.
     for (let i = (n >> 1) - 1; i >= 0; i--) siftDown(h, i, n, view);
     // Pop the most probable until the mass passes top-p; popped ids collect at h[n-1], h[n-2], ...
+    const size = this.popRanked(view, n, n, this.topP);
+    // The nucleus is h[n-1] (most probable) down to h[size].
+    return pickRanked(h, n, size, view, coin * this.poppedMass);
+  }
+
+  /**
+   * Pops the heap order[0..n) in rank order, at most `limit` ids or until their
+   * probability mass passes `massCap`; popped ids collect at order[n-1],
+   * order[n-2], ... Returns the heap's new size; the mass is in poppedMass.
+   */
+  private popRanked(view: Float32Array, n: number, limit: number, massCap: number): number {
+    const h = this.order;
     let size = n;
     let mass = 0;
-    while (size > 0) {
+    while (size > n - limit) {
       const top = h[0]!;
       size--;
       h[0] = h[size]!;
       h[size] = top;
       if (size > 1) siftDown(h, 0, size, view);
       mass += view[top]!;
-      if (mass > this.topP) break;
+      if (mass > massCap) break;
     }
-    // The nucleus is h[n-1] (most probable) down to h[size].
-    return pickRanked(h, n, size, view, coin * mass);
+    this.poppedMass = mass;
+    return size;
   }
 
   /**
@@ -249,17 +263,8 @@ export class Sampler {
     const topP = this.topP > 0 && this.topP < 1 ? this.topP : 1;
     // Pop in rank order: the first k (all with no top-k), or until the mass passes top-p.
     const limit = this.topK > 0 ? Math.min(this.topK, n) : n;
-    let size = n;
-    let mass = 0;
-    while (size > n - limit) {
-      const top = h[0]!;
-      size--;
-      h[0] = h[size]!;
-      h[size] = top;
-      if (size > 1) siftDown(h, 0, size, view);
-      mass += view[top]!;
-      if (this.topK === 0 && mass > topP) break;
-    }
+    const size = this.popRanked(view, n, limit, this.topK === 0 ? topP : Infinity);
+    const mass = this.poppedMass;
     // Ranked candidates: h[n-1] (most probable) down to h[size].
     let last = size;
     if (this.topK > 0 && topP < 1) {
