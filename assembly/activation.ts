@@ -57,3 +57,28 @@ export function add(out: usize, a: usize, b: usize, n: i32): void {
   for (; i + 4 <= m; i += 4) v128.store(out + (i << 2), f32x4.add(v128.load(a + (i << 2)), v128.load(b + (i << 2))));
   for (; i < m; i++) store<f32>(out + (i << 2), load<f32>(a + (i << 2)) + load<f32>(b + (i << 2)));
 }
+
+// ---------------------------------------------------------------- gated FFN activations
+//
+// Every gated FFN kernel takes (afn, athr) as its last two parameters
+// (/tmp/coord/ACTIVATION.md, docs/FORMAT.md arch.gatedAct): h = act_gate(g) * act_up(u).
+
+export const ACT_SILU: i32 = 0, ACT_RELU: i32 = 1, ACT_FATRELU: i32 = 2, ACT_DRELU: i32 = 3;
+
+/** The gate half: silu(g) | relu(g) | (g > athr ? g : 0) | relu(g). f32 max keeps NaN and turns -0 into +0. */
+// @ts-ignore: decorator
+@inline export function act_gate(afn: i32, athr: f32, g: f32): f32 {
+  return afn == ACT_SILU ? silu1(g) : afn == ACT_FATRELU ? (g > athr ? g : <f32>0) : max<f32>(g, 0);
+}
+
+/** The up half: relu(u) for dReLU, u otherwise. */
+// @ts-ignore: decorator
+@inline export function act_up(afn: i32, u: f32): f32 {
+  return afn == ACT_DRELU ? max<f32>(u, 0) : u;
+}
+
+/** One gated activation: act_gate(g) * act_up(u) (silu: silu1(g) * u, as before). */
+// @ts-ignore: decorator
+@inline export function glu1(afn: i32, athr: f32, g: f32, u: f32): f32 {
+  return act_gate(afn, athr, g) * act_up(afn, u);
+}

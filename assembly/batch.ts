@@ -18,11 +18,12 @@
 // 8, or 32 for q8), each thread with its own scratch, with the same bits for
 // any split.
 
-import { hsum, silu1, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
+import { hsum, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
 import { f32_tail, f32_row1, f16_row_exact, f16_tail, f16_xscale, i8_row, quantize_x, qx_bytes, QB, QG, q8_row1, q8_finish } from "./gemv";
 import { axpy4_f32, axpy1_f32, q8ScaleAt, ffn_relu_i8, ffn_swiglu_i8, ffn_relu_q8, ffn_swiglu_q8 } from "./ffn";
 import { dequant_f16, dequant_i8 } from "./dequant";
 import { MAXD_I8 } from "./arena";
+import { glu1 } from "./activation";
 
 const T_F32 = 0, T_F16 = 1, T_I8 = 2, T_Q8 = 3;
 /** Neurons per FFN batch: as ffn.ts, so each up/gate row keeps its place in the 4-row groups. */
@@ -477,10 +478,11 @@ function batch_dots(t: i32, dst: usize, ldh: usize, p: usize, stride: usize, X: 
 /**
  * Phase 1: h[t][i] (T rows of n f32 at H) for neurons [n0, n1) (n0 a multiple
  * of NB) of every token: the one-token kernel's dots and activation, with the
- * int8 row scales folded in as there. code = dtype | gated << 2 | hasBias << 3.
+ * int8 row scales folded in as there. code = dtype | gated << 2 | hasBias << 3;
+ * (afn, athr): the gated activation (activation.ts), ignored when not gated.
  * int8 needs d <= 32768 (the one-token kernel's quantized path).
  */
-export function ffn_batch_act(code: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, stride: i32, H: usize, scratch: usize, n0: i32, n1: i32): void {
+export function ffn_batch_act(code: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, stride: i32, H: usize, scratch: usize, n0: i32, n1: i32, afn: i32, athr: f32): void {
   const t = code & 3, gated = (code & 4) != 0, hasBias = (code & 8) != 0;
   const lx = <usize>ldx, nT = <usize>T, dd = <usize>d, st = <usize>stride, S = scratch, ldh = <usize>n << 2;
   if (t == T_F16) prepare_f16(x, lx, nT, dd, S);
@@ -505,7 +507,7 @@ export function ffn_batch_act(code: i32, x: usize, ldx: i32, T: i32, d: i32, n: 
             g *= load<f32>(gate + i * st + off);
             u *= load<f32>(up + i * st + off);
           }
-          store<f32>(hp, silu1(g) * u);
+          store<f32>(hp, glu1(afn, athr, g, u));
         }
       }
     } else {
@@ -618,8 +620,8 @@ export function ffn_batch_down(t: i32, out: usize, ldo: i32, T: i32, d: i32, n: 
   for (let k: usize = 0; k < nT; k++) qflush(Q + k * QSTRIDE, t, out + k * lo + (c0 << 2), w);
 }
 
-function ffn_batch(t: i32, gated: bool, out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hasBias: bool, H: usize, S: usize): void {
-  ffn_batch_act(t | (gated ? 4 : 0) | (hasBias ? 8 : 0), x, ldx, T, d, n, gate, up, stride, H, S, 0, n);
+function ffn_batch(t: i32, gated: bool, out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hasBias: bool, H: usize, S: usize, afn: i32 = 0, athr: f32 = 0): void {
+  ffn_batch_act(t | (gated ? 4 : 0) | (hasBias ? 8 : 0), x, ldx, T, d, n, gate, up, stride, H, S, 0, n, afn, athr);
   ffn_batch_down(t, out, ldo, T, d, n, down, stride, H, S, 0, d);
 }
 
@@ -639,18 +641,18 @@ export function ffn_relu_i8_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i
   }
   ffn_batch(T_I8, false, out, ldo, x, ldx, T, d, n, 0, up, down, stride, hasBias != 0, H, scratch);
 }
-export function ffn_swiglu_f32_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, H: usize, scratch: usize): void {
-  ffn_batch(T_F32, true, out, ldo, x, ldx, T, d, n, gate, up, down, stride, false, H, scratch);
+export function ffn_swiglu_f32_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, H: usize, scratch: usize, afn: i32, athr: f32): void {
+  ffn_batch(T_F32, true, out, ldo, x, ldx, T, d, n, gate, up, down, stride, false, H, scratch, afn, athr);
 }
-export function ffn_swiglu_f16_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, H: usize, scratch: usize): void {
-  ffn_batch(T_F16, true, out, ldo, x, ldx, T, d, n, gate, up, down, stride, false, H, scratch);
+export function ffn_swiglu_f16_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, H: usize, scratch: usize, afn: i32, athr: f32): void {
+  ffn_batch(T_F16, true, out, ldo, x, ldx, T, d, n, gate, up, down, stride, false, H, scratch, afn, athr);
 }
-export function ffn_swiglu_i8_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, H: usize, scratch: usize): void {
+export function ffn_swiglu_i8_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, H: usize, scratch: usize, afn: i32, athr: f32): void {
   if (<usize>d > MAXD_I8) {
-    for (let k: i32 = 0; k < T; k++) ffn_swiglu_i8(out + <usize>k * <usize>ldo, x + <usize>k * <usize>ldx, d, n, gate, up, down, stride, 0);
+    for (let k: i32 = 0; k < T; k++) ffn_swiglu_i8(out + <usize>k * <usize>ldo, x + <usize>k * <usize>ldx, d, n, gate, up, down, stride, 0, afn, athr);
     return;
   }
-  ffn_batch(T_I8, true, out, ldo, x, ldx, T, d, n, gate, up, down, stride, false, H, scratch);
+  ffn_batch(T_I8, true, out, ldo, x, ldx, T, d, n, gate, up, down, stride, false, H, scratch, afn, athr);
 }
 export function ffn_relu_q8_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, H: usize, scratch: usize): void {
   if (<usize>d > MAXD_I8) { // the one-token kernel's exact f32 path
@@ -659,10 +661,10 @@ export function ffn_relu_q8_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i
   }
   ffn_batch(T_Q8, false, out, ldo, x, ldx, T, d, n, 0, up, down, stride, hasBias != 0, H, scratch);
 }
-export function ffn_swiglu_q8_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, H: usize, scratch: usize): void {
+export function ffn_swiglu_q8_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, H: usize, scratch: usize, afn: i32, athr: f32): void {
   if (<usize>d > MAXD_I8) {
-    for (let k: i32 = 0; k < T; k++) ffn_swiglu_q8(out + <usize>k * <usize>ldo, x + <usize>k * <usize>ldx, d, n, gate, up, down, stride, 0);
+    for (let k: i32 = 0; k < T; k++) ffn_swiglu_q8(out + <usize>k * <usize>ldo, x + <usize>k * <usize>ldx, d, n, gate, up, down, stride, 0, afn, athr);
     return;
   }
-  ffn_batch(T_Q8, true, out, ldo, x, ldx, T, d, n, gate, up, down, stride, false, H, scratch);
+  ffn_batch(T_Q8, true, out, ldo, x, ldx, T, d, n, gate, up, down, stride, false, H, scratch, afn, athr);
 }

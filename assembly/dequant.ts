@@ -36,3 +36,34 @@ export function dequant_q8(dst: usize, src: usize, scales: usize, n: i32): void 
   const m = <usize>n;
   for (let g: usize = 0; g < m; g += 32) dequant_i8(dst + (g << 2), src + g, <i32>min<usize>(32, m - g), load<f32>(scales + (g >> 3)));
 }
+
+/** f32 -> f16 bits, round to nearest even (overflow to +-inf, gradual underflow, NaN stays NaN): quant.ts f32ToF16Bits. */
+function f32_to_f16(f: f32): u32 {
+  const x = reinterpret<u32>(f);
+  const sign = (x >> 16) & 0x8000;
+  const e = <i32>((x >> 23) & 0xff);
+  let m = x & 0x7fffff;
+  if (e == 0xff) return sign | 0x7c00 | (m ? 0x200 | (m >> 13) : 0);
+  const exp = e - 112; // the f16 biased exponent
+  if (exp >= 31) return sign | 0x7c00;
+  if (exp <= 0) {
+    if (exp < -10) return sign;
+    // subnormal: the implicit bit joins the mantissa, shifted to units of 2^-24
+    m |= 0x800000;
+    const shift = <u32>(14 - exp);
+    let h = m >> shift;
+    const rem = m & ((<u32>1 << shift) - 1), half = <u32>1 << (shift - 1);
+    if (rem > half || (rem == half && (h & 1))) h++;
+    return sign | h;
+  }
+  let h = (<u32>exp << 10) | (m >> 13);
+  const rem = m & 0x1fff;
+  // a carry out of the mantissa steps the exponent (up to inf): still the correctly rounded value
+  if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
+  return sign | h;
+}
+
+/** dst[i] = src[i] as f16 (round to nearest even): the f16 KV cache's rows. */
+export function encode_f16(dst: usize, src: usize, n: i32): void {
+  for (let i: usize = 0; i < <usize>n; i++) store<u16>(dst + (i << 1), <u16>f32_to_f16(load<f32>(src + (i << 2))));
+}

@@ -9,10 +9,13 @@
 // then each neuron with h != 0 is queued for the down pass; the down axpys
 // run 4 neurons at a time so out is loaded/stored once per 4 down rows.
 // Skipping h == 0 is what makes ReLU sparsity pay even when every neuron is given.
+// The gated kernels (ffn_swiglu_*: gate, up, down parts) take the activation as their
+// last two parameters (afn, athr: activation.ts glu1): SiLU, ReLU, FATReLU, dReLU.
 
-import { hsum, silu1, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
+import { hsum, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
 import { MAXD_I8, XQ, HB, QP, QA, QS, FFN_NB } from "./arena";
 import { dots_f32_p, dots_f16_p, dots_i8_p, dots_q8_p, q8_dot_f32, f16_prepare, f16_to_f32, quantize_x, QB, QG } from "./gemv";
+import { glu1 } from "./activation";
 
 const NB: usize = FFN_NB; // neurons per batch (64)
 // HB (up / gate dots of the current batch, 2 x NB f32), QP / QA (the down-pass
@@ -315,7 +318,7 @@ function ffn_relu(t: i32, out: usize, x: usize, d: usize, n: usize, up: usize, d
   flush(t, out, d);
 }
 
-function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usize, up: usize, down: usize, stride: usize, ptrs: usize, hOut: usize): void {
+function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usize, up: usize, down: usize, stride: usize, ptrs: usize, hOut: usize, afn: i32, athr: f32): void {
   memory.fill(out, 0, d << 2);
   qn = 0;
   prepare_x(t, x, d);
@@ -337,7 +340,7 @@ function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usiz
         g *= load<f32>(partAt(gate, stride, ptrs, 3, 0, i) + off);
         u *= load<f32>(partAt(up, stride, ptrs, 3, 1, i) + off);
       }
-      const h = silu1(g) * u;
+      const h = glu1(afn, athr, g, u);
       if (hOut) store<f32>(hOut + (i << 2), h);
       if (h != 0) {
         const dp = partAt(down, stride, ptrs, 3, 2, i);
@@ -357,21 +360,21 @@ export function ffn_relu_f16(out: usize, x: usize, d: i32, n: i32, up: usize, do
 export function ffn_relu_i8(out: usize, x: usize, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, hOut: usize): void {
   ffn_relu(T_I8, out, x, <usize>d, <usize>n, up, down, <usize>stride, 0, hasBias != 0, hOut);
 }
-export function ffn_swiglu_f32(out: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hOut: usize): void {
-  ffn_swiglu(T_F32, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, 0, hOut);
+export function ffn_swiglu_f32(out: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hOut: usize, afn: i32, athr: f32): void {
+  ffn_swiglu(T_F32, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, 0, hOut, afn, athr);
 }
-export function ffn_swiglu_f16(out: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hOut: usize): void {
-  ffn_swiglu(T_F16, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, 0, hOut);
+export function ffn_swiglu_f16(out: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hOut: usize, afn: i32, athr: f32): void {
+  ffn_swiglu(T_F16, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, 0, hOut, afn, athr);
 }
-export function ffn_swiglu_i8(out: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hOut: usize): void {
-  ffn_swiglu(T_I8, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, 0, hOut);
+export function ffn_swiglu_i8(out: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hOut: usize, afn: i32, athr: f32): void {
+  ffn_swiglu(T_I8, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, 0, hOut, afn, athr);
 }
 
 export function ffn_relu_q8(out: usize, x: usize, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, hOut: usize): void {
   ffn_relu(T_Q8, out, x, <usize>d, <usize>n, up, down, <usize>stride, 0, hasBias != 0, hOut);
 }
-export function ffn_swiglu_q8(out: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hOut: usize): void {
-  ffn_swiglu(T_Q8, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, 0, hOut);
+export function ffn_swiglu_q8(out: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hOut: usize, afn: i32, athr: f32): void {
+  ffn_swiglu(T_Q8, out, x, <usize>d, <usize>n, gate, up, down, <usize>stride, 0, hOut, afn, athr);
 }
 
 // Scattered records (sparse path): `ptrs` is u32 [n][2] = (up, down) for relu,
@@ -387,21 +390,21 @@ export function ffn_relu_f16_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: 
 export function ffn_relu_i8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hasBias: i32, hOut: usize): void {
   ffn_relu(T_I8, out, x, <usize>d, <usize>n, 0, 0, 0, ptrs, hasBias != 0, hOut);
 }
-export function ffn_swiglu_f32_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hOut: usize): void {
-  ffn_swiglu(T_F32, out, x, <usize>d, <usize>n, 0, 0, 0, 0, ptrs, hOut);
+export function ffn_swiglu_f32_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hOut: usize, afn: i32, athr: f32): void {
+  ffn_swiglu(T_F32, out, x, <usize>d, <usize>n, 0, 0, 0, 0, ptrs, hOut, afn, athr);
 }
-export function ffn_swiglu_f16_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hOut: usize): void {
-  ffn_swiglu(T_F16, out, x, <usize>d, <usize>n, 0, 0, 0, 0, ptrs, hOut);
+export function ffn_swiglu_f16_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hOut: usize, afn: i32, athr: f32): void {
+  ffn_swiglu(T_F16, out, x, <usize>d, <usize>n, 0, 0, 0, 0, ptrs, hOut, afn, athr);
 }
-export function ffn_swiglu_i8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hOut: usize): void {
-  ffn_swiglu(T_I8, out, x, <usize>d, <usize>n, 0, 0, 0, 0, ptrs, hOut);
+export function ffn_swiglu_i8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hOut: usize, afn: i32, athr: f32): void {
+  ffn_swiglu(T_I8, out, x, <usize>d, <usize>n, 0, 0, 0, 0, ptrs, hOut, afn, athr);
 }
 
 export function ffn_relu_q8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hasBias: i32, hOut: usize): void {
   ffn_relu(T_Q8, out, x, <usize>d, <usize>n, 0, 0, 0, ptrs, hasBias != 0, hOut);
 }
-export function ffn_swiglu_q8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hOut: usize): void {
-  ffn_swiglu(T_Q8, out, x, <usize>d, <usize>n, 0, 0, 0, 0, ptrs, hOut);
+export function ffn_swiglu_q8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, hOut: usize, afn: i32, athr: f32): void {
+  ffn_swiglu(T_Q8, out, x, <usize>d, <usize>n, 0, 0, 0, 0, ptrs, hOut, afn, athr);
 }
 
 // ---------------------------------------------------------------- split kernels (threads build)
@@ -441,7 +444,7 @@ export function ffn_relu_h(t: i32, x: usize, d: i32, n: i32, up: usize, stride: 
   }
 }
 
-export function ffn_swiglu_h(t: i32, x: usize, d: i32, n: i32, gate: usize, up: usize, stride: i32, ptrs: usize, h: usize, n0: i32, n1: i32): void {
+export function ffn_swiglu_h(t: i32, x: usize, d: i32, n: i32, gate: usize, up: usize, stride: i32, ptrs: usize, h: usize, n0: i32, n1: i32, afn: i32, athr: f32): void {
   const dd = <usize>d, st = <usize>stride, e = <usize>n1;
   prepare_x(t, x, dd);
   const off = tailOffset(t, dd);
@@ -462,7 +465,7 @@ export function ffn_swiglu_h(t: i32, x: usize, d: i32, n: i32, gate: usize, up: 
         g *= load<f32>(partAt(gate, st, ptrs, 3, 0, i) + off);
         u *= load<f32>(partAt(up, st, ptrs, 3, 1, i) + off);
       }
-      store<f32>(h + (i << 2), silu1(g) * u);
+      store<f32>(h + (i << 2), glu1(afn, athr, g, u));
     }
   }
 }

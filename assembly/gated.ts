@@ -1,12 +1,13 @@
-// Thresholded activation sparsity for gated (SwiGLU) FFNs: the gate rows stay
-// resident, gate activations silu(gate·x) are computed for every neuron, and
-// only neurons whose |silu(gate·x)| passes a threshold have their up and down
+// Thresholded activation sparsity for gated FFNs: the gate rows stay
+// resident, gate activations act_gate(gate·x) (activation.ts: silu, relu,
+// fatrelu, drelu's relu) are computed for every neuron, and only neurons
+// whose |act_gate(gate·x)| passes a threshold (relu family: != 0) have their up and down
 // parts read and computed. Two kernels per dtype: the gate activations over
 // resident gate parts, and the FFN over (up, down) parts with the gate
 // activations given.
 
 import { dots_f32, dots_f16, dots_f32_p, dots_f16_p, dots_i8_p, dots_q8_p, f16_prepare, quantize_x, QB, QG } from "./gemv";
-import { silu } from "./activation";
+import { silu, act_gate, act_up, ACT_SILU } from "./activation";
 import { axpy1_f32, axpy1_f16, axpy1_i8, axpy1_q8, q8ScaleAt } from "./ffn";
 import { XQ, MAXD_I8, UPS, GATED_GB } from "./arena";
 
@@ -26,7 +27,7 @@ const GB: usize = GATED_GB; // (64) UPS, this instance's scratch (arena.ts), hol
   return XQ + ((d + QB - 1) / QB) * QB * 2;
 }
 
-function gate_act(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usize, stride: usize): void {
+function gate_act(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usize, stride: usize, afn: i32, athr: f32): void {
   if (t == T_F32) dots_f32(out, gate, stride, x, <i32>n, <i32>d);
   else if (t == T_F16) dots_f16(out, gate, stride, x, <i32>n, <i32>d, f16_prepare(x, d));
   else if (t == T_Q8) {
@@ -37,26 +38,32 @@ function gate_act(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usize,
     dots_i8_p(out, gate, stride, 0, 0, XQ, xs_of(d), <i32>n, <i32>d);
     for (let i: usize = 0; i < n; i++) store<f32>(out + (i << 2), load<f32>(out + (i << 2)) * load<f32>(gate + i * stride + d));
   }
-  silu(out, <i32>n);
+  gate_half(out, n, afn, athr);
 }
 
-/** out[i] = silu(gate_i · x) for n neurons whose gate parts are at gate + i·stride. */
-export function gate_act_f32(out: usize, x: usize, d: i32, n: i32, gate: usize, stride: i32): void {
-  gate_act(T_F32, out, x, <usize>d, <usize>n, gate, <usize>stride);
+/** out[i] = act_gate(out[i]) over n values (SiLU: the SIMD silu, as before). */
+function gate_half(out: usize, n: usize, afn: i32, athr: f32): void {
+  if (afn == ACT_SILU) { silu(out, <i32>n); return; }
+  for (let i: usize = 0; i < n; i++) store<f32>(out + (i << 2), act_gate(afn, athr, load<f32>(out + (i << 2))));
 }
-export function gate_act_f16(out: usize, x: usize, d: i32, n: i32, gate: usize, stride: i32): void {
-  gate_act(T_F16, out, x, <usize>d, <usize>n, gate, <usize>stride);
+
+/** out[i] = act_gate(gate_i · x) (silu, relu, fatrelu at athr, relu for drelu) for n neurons whose gate parts are at gate + i·stride. */
+export function gate_act_f32(out: usize, x: usize, d: i32, n: i32, gate: usize, stride: i32, afn: i32, athr: f32): void {
+  gate_act(T_F32, out, x, <usize>d, <usize>n, gate, <usize>stride, afn, athr);
+}
+export function gate_act_f16(out: usize, x: usize, d: i32, n: i32, gate: usize, stride: i32, afn: i32, athr: f32): void {
+  gate_act(T_F16, out, x, <usize>d, <usize>n, gate, <usize>stride, afn, athr);
 }
 /** int8: d must be at most 32768 (the quantized-x area). */
-export function gate_act_i8(out: usize, x: usize, d: i32, n: i32, gate: usize, stride: i32): void {
-  gate_act(T_I8, out, x, <usize>d, <usize>n, gate, <usize>stride);
+export function gate_act_i8(out: usize, x: usize, d: i32, n: i32, gate: usize, stride: i32, afn: i32, athr: f32): void {
+  gate_act(T_I8, out, x, <usize>d, <usize>n, gate, <usize>stride, afn, athr);
 }
 /** q8: d must be at most 32768 (the quantized-x area). */
-export function gate_act_q8(out: usize, x: usize, d: i32, n: i32, gate: usize, stride: i32): void {
-  gate_act(T_Q8, out, x, <usize>d, <usize>n, gate, <usize>stride);
+export function gate_act_q8(out: usize, x: usize, d: i32, n: i32, gate: usize, stride: i32, afn: i32, athr: f32): void {
+  gate_act(T_Q8, out, x, <usize>d, <usize>n, gate, <usize>stride, afn, athr);
 }
 
-function ffn_gated(t: i32, out: usize, x: usize, d: usize, ptrs: usize, n: usize, act: usize, hOut: usize): void {
+function ffn_gated(t: i32, out: usize, x: usize, d: usize, ptrs: usize, n: usize, act: usize, hOut: usize, afn: i32): void {
   memory.fill(out, 0, d << 2);
   let k16: f32 = 0;
   if (t == T_F16) k16 = f16_prepare(x, d);
@@ -75,7 +82,7 @@ function ffn_gated(t: i32, out: usize, x: usize, d: usize, ptrs: usize, n: usize
       const down = <usize>load<u32>(ptrs + ((i * 2 + 1) << 2));
       let u = load<f32>(UPS + (k << 2));
       if (t == T_I8) u *= load<f32>(up + vb);
-      const h = load<f32>(act + (i << 2)) * u;
+      const h = load<f32>(act + (i << 2)) * act_up(afn, u);
       if (hOut) store<f32>(hOut + (i << 2), h);
       if (h == 0) continue;
       if (t == T_F32) axpy1_f32(out, d, down, h);
@@ -88,22 +95,23 @@ function ffn_gated(t: i32, out: usize, x: usize, d: usize, ptrs: usize, n: usize
 
 /**
  * out[d] = Σ_j act[j] · (up_j · x) · down_j over n neurons whose (up, down)
- * part addresses are listed at ptrs (u32 [n][2]); act[j] = silu(gate_j · x)
- * of listed neuron j. hOut (0 = none) receives the n activations.
+ * part addresses are listed at ptrs (u32 [n][2]); act[j] = act_gate(gate_j · x)
+ * of listed neuron j (gate_act_*); dReLU takes relu(up_j · x). athr: unused (the
+ * threshold is in act already), kept for the common trailing (afn, athr). hOut (0 = none) receives the n activations.
  */
-export function ffn_gated_f32_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, act: usize, hOut: usize): void {
-  ffn_gated(T_F32, out, x, <usize>d, ptrs, <usize>n, act, hOut);
+export function ffn_gated_f32_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, act: usize, hOut: usize, afn: i32, athr: f32): void {
+  ffn_gated(T_F32, out, x, <usize>d, ptrs, <usize>n, act, hOut, afn);
 }
-export function ffn_gated_f16_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, act: usize, hOut: usize): void {
-  ffn_gated(T_F16, out, x, <usize>d, ptrs, <usize>n, act, hOut);
+export function ffn_gated_f16_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, act: usize, hOut: usize, afn: i32, athr: f32): void {
+  ffn_gated(T_F16, out, x, <usize>d, ptrs, <usize>n, act, hOut, afn);
 }
 /** int8: d must be at most 32768 (the quantized-x area). */
-export function ffn_gated_i8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, act: usize, hOut: usize): void {
-  ffn_gated(T_I8, out, x, <usize>d, ptrs, <usize>n, act, hOut);
+export function ffn_gated_i8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, act: usize, hOut: usize, afn: i32, athr: f32): void {
+  ffn_gated(T_I8, out, x, <usize>d, ptrs, <usize>n, act, hOut, afn);
 }
 /** q8: d must be at most 32768 (the quantized-x area). */
-export function ffn_gated_q8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, act: usize, hOut: usize): void {
-  ffn_gated(T_Q8, out, x, <usize>d, ptrs, <usize>n, act, hOut);
+export function ffn_gated_q8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: i32, act: usize, hOut: usize, afn: i32, athr: f32): void {
+  ffn_gated(T_Q8, out, x, <usize>d, ptrs, <usize>n, act, hOut, afn);
 }
 
 /** Largest d the int8 gated kernels take. */
@@ -121,7 +129,7 @@ export function gated_i8_max_d(): i32 {
 // of out (multiples of 8) from all of h, one axpy1 per nonzero h as ffn_gated.
 // t: 0 = f32, 1 = f16, 2 = int8, 3 = q8 (its down columns split at multiples of 32).
 
-export function gate_act_rows(t: i32, out: usize, x: usize, d: i32, n: i32, gate: usize, stride: i32, r0: i32, r1: i32): void {
+export function gate_act_rows(t: i32, out: usize, x: usize, d: i32, n: i32, gate: usize, stride: i32, r0: i32, r1: i32, afn: i32, athr: f32): void {
   const dd = <usize>d, st = <usize>stride, m = r1 - r0;
   const o = out + (<usize>r0 << 2), g = gate + <usize>r0 * st;
   if (t == T_F32) dots_f32(o, g, st, x, m, d);
@@ -134,10 +142,10 @@ export function gate_act_rows(t: i32, out: usize, x: usize, d: i32, n: i32, gate
     dots_i8_p(o, g, st, 0, 0, XQ, xs_of(dd), m, d);
     for (let i: usize = 0; i < <usize>m; i++) store<f32>(o + (i << 2), load<f32>(o + (i << 2)) * load<f32>(g + i * st + dd));
   }
-  silu(o, m);
+  gate_half(o, <usize>m, afn, athr);
 }
 
-export function gated_h(t: i32, x: usize, d: i32, ptrs: usize, n: i32, act: usize, h: usize, n0: i32, n1: i32): void {
+export function gated_h(t: i32, x: usize, d: i32, ptrs: usize, n: i32, act: usize, h: usize, n0: i32, n1: i32, afn: i32, athr: f32): void {
   const dd = <usize>d, e = <usize>n1;
   let k16: f32 = 0;
   if (t == T_F16) k16 = f16_prepare(x, dd);
@@ -154,7 +162,7 @@ export function gated_h(t: i32, x: usize, d: i32, ptrs: usize, n: i32, act: usiz
       const i = b + k;
       let u = load<f32>(UPS + (k << 2));
       if (t == T_I8) u *= load<f32>(<usize>load<u32>(ptrs + ((i * 2) << 2)) + vb);
-      store<f32>(h + (i << 2), load<f32>(act + (i << 2)) * u);
+      store<f32>(h + (i << 2), load<f32>(act + (i << 2)) * act_up(afn, u));
     }
   }
 }

@@ -6,7 +6,7 @@
 import { HEAP_BASE } from "./arena";
 
 export { matvec_f32, matvec_f16, matvec_i8, matvec_q8, matvec_i8_scratch_bytes } from "./matvec";
-export { dequant_f16, dequant_i8, dequant_q8 } from "./dequant";
+export { dequant_f16, dequant_i8, dequant_q8, encode_f16 } from "./dequant";
 export { layernorm, rmsnorm } from "./norm";
 export { rope_interleaved, rope_half } from "./rope";
 export { attention } from "./attention";
@@ -25,3 +25,4 @@ export { gate_act_f32, gate_act_f16, gate_act_i8, gate_act_q8, ffn_gated_f32_ptr
 export { xxh64, xxh64_slot } from "./xxh64";
 export { thread_init, thread_scratch_bytes, thread_scratch } from "./arena";
 export { batch_scratch_bytes, matmul_f32, matmul_f16, matmul_i8, matmul_q8, ffn_relu_f32_batch, ffn_relu_f16_batch, ffn_relu_i8_batch, ffn_relu_q8_batch, ffn_swiglu_f32_batch, ffn_swiglu_f16_batch, ffn_swiglu_i8_batch, ffn_swiglu_q8_batch } from "./batch";
+export { matvec_q4, dequant_q4, ffn_relu_q4, ffn_swiglu_q4, ffn_relu_q4_ptrs, ffn_swiglu_q4_ptrs, gate_act_q4, ffn_gated_q4_ptrs } from "./q4";

@@ -3,7 +3,7 @@
  * realistic size (issue #8): dim 768, 12 layers, 12 heads (12 kv heads),
  * hidden 2048, vocab 512, seq_len 1024 — about 85M parameters, 340 MB at f32.
  *
- *   npm run bench:decode -- [--dtypes f32,f16,int8,q8] [--threads 1,2]
+ *   npm run bench:decode -- [--dtypes f32,f16,int8,q8,q4] [--threads 1,2]
  *        [--prompt-tokens 186] [--decode-tokens 64] [--rounds 3]
  *
  * The model is a random llama2.c checkpoint (run.c's format, shared
@@ -43,7 +43,7 @@ import { arg, intArg } from './args.js';
 // ---------------------------------------------------------------- arguments
 
 
-const ALL_DTYPES: readonly DType[] = ['f32', 'f16', 'int8', 'q8'];
+const ALL_DTYPES: readonly DType[] = ['f32', 'f16', 'int8', 'q8', 'q4'];
 const dtypes = (arg('dtypes') ?? ALL_DTYPES.join(',')).split(',').map((s) => s.trim()).filter(Boolean) as DType[];
 for (const d of dtypes) if (!ALL_DTYPES.includes(d)) throw new Error(`--dtypes: unknown dtype ${d} (${ALL_DTYPES.join(', ')})`);
 const cores = os.availableParallelism();

@@ -22,7 +22,7 @@
 import { availableParallelism } from 'node:os';
 import { createArena, loadKernels, DEFAULT_MT_WASM_URL } from '../src/kernels/load.js';
 import { createPool, poolBytes, threadsUnavailableReason, type KernelPool } from '../src/kernels/pool.js';
-import { encodeF16, encodeI8Row } from '../src/kernels/quant.js';
+import { encodeF16, encodeI8Row, encodeQ4Row, encodeQ8Row, q4Groups, q4RowBytes, q8Groups } from '../src/kernels/quant.js';
 
 function arg(name: string, def: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -43,7 +43,7 @@ const x = new Float32Array(cols);
 for (let i = 0; i < cols; i++) x[i] = rand() * 2 - 1;
 
 const align = (p: number) => (p + 63) & ~63;
-const bytesNeeded = n * (4 + 2 + 2 + 1) + rows * 4 * 4 + cols * 16 + (1 << 20) + 40 * (rows + cols) * 4 * 4 + 40 * cols * 64;
+const bytesNeeded = n * (4 + 2 + 2 + 1 + 1 + 1) + rows * 4 * 4 + cols * 16 + (1 << 20) + 40 * (rows + cols) * 4 * 4 + 40 * cols * 64;
 const memory = createArena(bytesNeeded + 65536 * 4);
 const k = await loadKernels(memory);
 const u8 = () => new Uint8Array(memory.buffer);
@@ -73,6 +73,14 @@ const scales = new Float32Array(rows);
 for (let r = 0; r < rows; r++) scales[r] = encodeI8Row(w.subarray(r * cols, (r + 1) * cols), q.subarray(r * cols, (r + 1) * cols));
 const W8 = put(q);
 const S8 = put(scales);
+// q8 (one f32 scale per 32 weights) and q4 (4 bits, one f16 scale per 32 weights) of the same weights
+const q8v = new Int8Array(n), q8s = new Float32Array(rows * q8Groups(cols));
+for (let r = 0; r < rows; r++) encodeQ8Row(w.subarray(r * cols, (r + 1) * cols), q8v.subarray(r * cols, (r + 1) * cols), q8s.subarray(r * q8Groups(cols), (r + 1) * q8Groups(cols)));
+const WQ8 = put(q8v), SQ8 = put(q8s);
+const rb4 = q4RowBytes(cols), g4 = q4Groups(cols);
+const q4v = new Uint8Array(rows * rb4), q4s = new Uint16Array(rows * g4);
+for (let r = 0; r < rows; r++) encodeQ4Row(w.subarray(r * cols, (r + 1) * cols), q4v.subarray(r * rb4, (r + 1) * rb4), q4s.subarray(r * g4, (r + 1) * g4));
+const WQ4 = put(q4v), SQ4 = put(q4s);
 const X = put(x);
 const OUT = reserve(rows * 4);
 const SCRATCH = reserve(k.matvec_i8_scratch_bytes(cols));
@@ -95,17 +103,20 @@ const cases: Case[] = [
   { name: 'matvec_f16', bytesPerWeight: 2, run: () => k.matvec_f16(OUT, W16, X, 0, rows, cols), times: [] },
   { name: 'matvec_f16_ftz', bytesPerWeight: 2, run: () => k.matvec_f16(OUT, W16ftz, X, 0, rows, cols), times: [] },
   { name: 'matvec_i8', bytesPerWeight: 1, run: () => k.matvec_i8(OUT, W8, S8, X, 0, rows, cols, SCRATCH), times: [] },
+  // q8 and q4 count their group scales too (the bytes a streamed record carries): 1 + 4/32 and 0.5 + 2/32 per weight
+  { name: 'matvec_q8', bytesPerWeight: (q8v.byteLength + q8s.byteLength) / n, run: () => k.matvec_q8(OUT, WQ8, SQ8, X, 0, rows, cols, SCRATCH), times: [] },
+  { name: 'matvec_q4', bytesPerWeight: (q4v.byteLength + q4s.byteLength) / n, run: () => k.matvec_q4(OUT, WQ4, SQ4, X, 0, rows, cols, SCRATCH), times: [] },
   { name: 'js_f32_loop', bytesPerWeight: 4, run: jsMatvec, times: [] },
 ];
 
 // sanity: the three kernels agree with the JS loop (guards against benchmarking a broken build)
 jsMatvec();
-for (const c of cases.slice(0, 4)) {
+for (const c of cases.slice(0, 6)) {
   c.run();
   const got = new Float32Array(memory.buffer, OUT, rows);
   let err = 0, mag = 0;
   for (let r = 0; r < rows; r++) { err = Math.max(err, Math.abs(got[r]! - outJs[r]!)); mag = Math.max(mag, Math.abs(outJs[r]!)); }
-  if (!(err <= 0.02 * mag)) throw new Error(`${c.name} disagrees with the JS loop: max err ${err} vs max |out| ${mag}`);
+  if (!(err <= (c.name === 'matvec_q4' ? 0.1 : 0.02) * mag)) throw new Error(`${c.name} disagrees with the JS loop: max err ${err} vs max |out| ${mag}`);
 }
 
 for (const c of cases) for (let i = 0; i < 3; i++) c.run(); // warm-up (tier-up to optimized code)
@@ -140,6 +151,7 @@ for (const r of results) {
   console.log(`${r.name.padEnd(12)} ${pad(`${r.ms.toFixed(2)} [${r.bestMs.toFixed(2)}]`, 16)} ${pad(r.gflops.toFixed(2), 9)} ${pad(`${r.gbs.toFixed(2)} [${r.bestGbs.toFixed(2)}]`, 16)}`);
 }
 console.log(`GB/s ratio f16/f32 = ${ratio('matvec_f16')} (subnormal-free halves: ${ratio('matvec_f16_ftz')}), int8/f32 = ${ratio('matvec_i8')}; wasm f32 / JS loop = ${(by.matvec_f32!.gflops / by.js_f32_loop!.gflops).toFixed(1)}x`);
+console.log(`q4 vs int8 (q8): ${(by.matvec_q8!.ms / by.matvec_q4!.ms).toFixed(2)}x the speed, ${(by.matvec_q4!.gbs / by.matvec_q8!.gbs).toFixed(2)}x the GB/s (q4 reads ${((q4v.byteLength + q4s.byteLength) / (q8v.byteLength + q8s.byteLength)).toFixed(3)}x the bytes); q4 vs per-row int8: ${(by.matvec_i8!.ms / by.matvec_q4!.ms).toFixed(2)}x the speed`);
 console.log(`f16 test matrix: ${subnormals} subnormal halves (${((100 * subnormals) / n).toFixed(2)}%); sparse subnormals cost x86 FP assists, see matvec_f16_ftz`);
 const targets = {
   f32_gflops_ge_9: by.matvec_f32!.gflops >= 9,

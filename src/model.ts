@@ -15,7 +15,7 @@ import { Arena, WASM_PAGE } from './engine/arena.js';
 import { ResidentFfn } from './engine/ffn.js';
 import { planMemory, type MemoryPlan, type PlanOptions, type Strategy } from './plan.js';
 export { STRATEGIES, type Strategy, type MemoryPlan } from './plan.js';
-import { Oracle } from './flash/oracle.js';
+import { Oracle, type OracleMode } from './flash/oracle.js';
 import { DEFAULT_HINTS } from './flash/planner.js';
 import { RunStats, type TokenStats } from './flash/stats.js';
 import { StreamingFfn, type Sparsity } from './flash/streaming.js';
@@ -42,6 +42,13 @@ export interface OpenOptions extends PlanOptions {
   stagingBytes?: number;
   /** Measure predictor recall/precision against the true active set (loads an oracle outside the budget). */
   measurePredictor?: boolean;
+  /**
+   * How the oracle knows the true activations: 'copy' keeps a dense copy of
+   * the FFN outside the budget, 'paged' reads each layer from the source as
+   * needed (no copy; for models whose FFN does not fit in memory). Default:
+   * copy up to 1 GiB of FFN, paged beyond.
+   */
+  oracle?: OracleMode;
   /** File sources: bypass the page cache (O_DIRECT). */
   direct?: boolean;
   /** HTTP sources opened from a URL: timeouts, retries, low-speed limit, deadline, retry notices (HttpOptions). */
@@ -49,11 +56,18 @@ export interface OpenOptions extends PlanOptions {
   /** Told as the weights read at open land in the arena (the resident part; the whole model for dense): bytes so far and in all. */
   onProgress?: (progress: { loaded: number; total: number }) => void;
   /**
-   * Prompt tokens per forward pass (dense strategy): each weight is read once
-   * per block instead of once per token; 1 runs the prompt token by token (the
-   * output is the same either way). Default 32.
+   * Prompt tokens per forward pass: each resident weight is applied to the
+   * whole block at once, and streaming strategies read the block's neurons
+   * once; 1 runs the prompt token by token (the tokens are the same either
+   * way). Default 32 (streaming under a tight budget: 1, see planMemory).
    */
   batchSize?: number;
+  /**
+   * The KV cache's element type: 'f32' (default; the reference results) or
+   * 'f16', half the memory (a 6.7B-shaped model's 2048-token cache: 1 GiB
+   * instead of 2, inside wasm32's 4 GiB), its rows rounded to nearest even.
+   */
+  kvDtype?: 'f32' | 'f16';
   /** Longest prompt + generation, in tokens. Default min(model max, 2048). */
   contextLength?: number;
   /**
@@ -245,13 +259,14 @@ export class Model {
         residentBytes: plan.residentBytes,
         arenaBytes: plan.arenaBytes,
         ffnBytesTotal: plan.ffnBytes,
+        ffnNeurons: a.nLayers * a.ffnDim,
         strategy,
         sparsity: plan.sparsity,
         window: plan.window,
         layout: file.header.layout,
         dtype: file.header.dtype,
       });
-      const oracle = plan.sparsity === 'oracle' || options.measurePredictor ? await Oracle.create(file, options.wasm) : undefined;
+      const oracle = plan.sparsity === 'oracle' || options.measurePredictor ? await Oracle.create(file, options.wasm, { mode: options.oracle, stats }) : undefined;
       let streaming: StreamingFfn | undefined;
       // Load progress: the weights read at open (the resident part, and the FFN for dense).
       const loadTotal = plan.residentBytes + (strategy === 'dense' ? plan.ffnBytes : 0);
@@ -273,6 +288,7 @@ export class Model {
             })),
         plan.batch,
         onBytes,
+        plan.kvDtype,
       );
       return new Model(file, tokenizer, k, transformer, plan, stats, streaming, pool, threading, chatTemplate);
     } catch (e) {
@@ -307,7 +323,8 @@ export class Model {
   /**
    * Runs the prompt from position `from` (the KV cache holds ids[0..from))
    * and returns the last position's logits: in blocks of `plan.batch` tokens
-   * when the engine batches (dense), else token by token with per-token stats.
+   * (no per-token stats: the block is read and computed as one), or token by
+   * token with per-token stats when the batch is 1.
    */
   private async prefill(ids: readonly number[], from: number, check: () => void): Promise<number> {
     const B = this.transformer.batch;

@@ -9,7 +9,7 @@ import type { FlmFile } from './format/reader.js';
 import type { Kernels } from './kernels/types.js';
 import { slotBytes, streamingFixedBytes, type Sparsity } from './flash/streaming.js';
 import { MAX_ARENA_BYTES, fmtBytes, parseBytes } from './engine/arena.js';
-import { DEFAULT_BATCH, Transformer, maxColumns, residentSections } from './engine/transformer.js';
+import { DEFAULT_BATCH, Transformer, maxColumns, residentSections, type KvDtype } from './engine/transformer.js';
 import { poolBytes } from './kernels/pool.js';
 
 /**
@@ -32,6 +32,7 @@ export interface PlanOptions {
   batchSize?: number;
   /** Threads the kernels run on (resolved: planThreads), each with its own arena scratch. Default 1. */
   threads?: number;
+  kvDtype?: KvDtype;
 }
 
 export interface MemoryPlan {
@@ -48,6 +49,8 @@ export interface MemoryPlan {
   workingBytes: number;
   /** Prompt tokens per forward pass (1: token by token). */
   batch: number;
+  /** The KV cache's element type. */
+  kvDtype: KvDtype;
   /** Kernel threads, and the arena bytes their pool takes (part of workingBytes). */
   threads: number;
   poolBytes: number;
@@ -72,9 +75,11 @@ export function planMemory(file: FlmFile, k: Kernels, options: PlanOptions, cont
   const strategy = options.strategy ?? 'dense';
   if (!STRATEGIES.includes(strategy)) throw new ArgumentError(`unknown strategy ${String(strategy)}`);
   const streamed = strategy === 'predictor' || strategy === 'window';
-  const sparsity: Sparsity = streamed ? (options.sparsity ?? (h.predictors ? 'predictor' : h.gate ? 'gate' : 'oracle')) : 'off';
+  // relu-family gated models (arch.gatedAct) need no calibration for gate sparsity: threshold 0 is their exact active set
+  const exactGate = a.activation === 'swiglu' && (a.gatedAct ?? 'silu') !== 'silu';
+  const sparsity: Sparsity = streamed ? (options.sparsity ?? (h.predictors ? 'predictor' : h.gate || exactGate ? 'gate' : 'oracle')) : 'off';
   if (!['predictor', 'oracle', 'off', 'gate'].includes(sparsity)) throw new ArgumentError(`unknown sparsity ${String(sparsity)}`);
-  if (sparsity === 'gate' && !h.gate) throw new ArgumentError('this .flm has no gate thresholds: run `flashlm calibrate` on a gated model, or choose --sparsity oracle|off');
+  if (sparsity === 'gate' && !h.gate && !exactGate) throw new ArgumentError('this .flm has no gate thresholds: run `flashlm calibrate` on a gated model, or choose --sparsity oracle|off');
   if (sparsity === 'predictor' && !h.predictors) throw new ArgumentError('this .flm has no predictors: run `flashlm calibrate`, or choose --sparsity oracle|off');
   const window = strategy === 'window' ? (options.window ?? 4) : null;
   if (window !== null && (!Number.isInteger(window) || window < 1 || window > 32)) throw new ArgumentError('window must be an integer in [1, 32]');
@@ -82,16 +87,32 @@ export function planMemory(file: FlmFile, k: Kernels, options: PlanOptions, cont
   const residentBytes = residentSections(file).reduce((s, x) => s + x.length, 0);
   const ffnSections = h.ffn.map((f) => file.section(f.section));
   const ffnBytes = ffnSections.reduce((s, x) => s + x.length, 0);
-  // Batched prefill needs the whole FFN resident (dense); streaming strategies go token by token.
-  const batch = strategy === 'dense' ? (options.batchSize ?? DEFAULT_BATCH) : 1;
+  // Prompts run in blocks of `batch` tokens: batched kernels (dense), or one read of the block's neurons (streaming).
+  let batch = options.batchSize ?? DEFAULT_BATCH;
   if (!Number.isInteger(batch) || batch < 1 || batch > 1024) throw new ArgumentError(`batchSize must be an integer in [1, 1024], got ${String(options.batchSize)}`);
   const threads = options.threads ?? 1;
-  const batchScratchBytes = batch > 1 ? k.batch_scratch_bytes(batch, maxColumns(file)) : 0;
-  const pool = poolBytes(k, threads, { maxPositions: contextLength, maxNeurons: a.ffnDim, batchScratchBytes });
-  let workingBytes = k.heap_base() + Transformer.workingBytes(file, contextLength, batch, k) + pool + SLACK;
+  const kvDtype = options.kvDtype ?? 'f32';
+  if (kvDtype !== 'f32' && kvDtype !== 'f16') throw new ArgumentError(`kvDtype must be f32 or f16, got ${String(options.kvDtype)}`);
   const budget = options.memory === undefined ? undefined : typeof options.memory === 'string' ? parseBytes(options.memory) : options.memory;
   if (budget !== undefined && (!(budget > 0) || budget > MAX_ARENA_BYTES)) throw new ArgumentError(`memory budget must be in (0, 4 GiB], got ${fmtBytes(budget)}`);
-  const base = { strategy, sparsity, window, residentBytes, ffnBytes, neurons: a.ffnDim, batch, threads, poolBytes: pool, batchScratchBytes };
+  /** Activations, KV cache and scratch at a block size. */
+  const working = (batch: number) => {
+    const batchScratchBytes = batch > 1 ? k.batch_scratch_bytes(batch, maxColumns(file)) : 0;
+    const pool = poolBytes(k, threads, { maxPositions: contextLength, maxNeurons: a.ffnDim, batchScratchBytes });
+    return { batchScratchBytes, pool, bytes: k.heap_base() + Transformer.workingBytes(file, contextLength, batch, k, kvDtype) + pool + SLACK };
+  };
+  // The streaming FFN's lists, buffers and (gate mode) resident gate rows: arena bytes outside the cache.
+  const streamingFixed = strategy === 'dense' ? 0 : streamingFixedBytes(file, k, window, sparsity);
+  let w = working(batch);
+  if (strategy !== 'dense' && options.batchSize === undefined && budget !== undefined && batch > 1) {
+    // Prompt blocks are a speed-up, not a need: under a budget they may take at most an eighth of the room
+    // left for staging and the neuron cache, else prompts go token by token.
+    const one = working(1);
+    if (w.bytes - one.bytes > (budget - residentBytes - one.bytes - streamingFixed) / 8) w = working((batch = 1));
+  }
+  const { batchScratchBytes, pool } = w;
+  let workingBytes = w.bytes;
+  const base = { strategy, sparsity, window, residentBytes, ffnBytes, neurons: a.ffnDim, batch, kvDtype, threads, poolBytes: pool, batchScratchBytes };
 
   if (strategy === 'dense') {
     const need = residentBytes + ffnBytes + workingBytes;
@@ -99,8 +120,7 @@ export function planMemory(file: FlmFile, k: Kernels, options: PlanOptions, cont
     return { ...base, arenaBytes: budget ?? need, workingBytes, stagingBytes: 0, capacity: 0, cacheBytes: 0 };
   }
 
-  // Gate sparsity: the resident gate rows are counted here (arena bytes outside the cache).
-  workingBytes += streamingFixedBytes(file, k, window, sparsity);
+  workingBytes += streamingFixed;
   const f = h.ffn[0]!;
   const align = Math.max(64, file.source.alignment ?? 1);
   // A whole record even in gate mode (whose first use reads whole records to load the gate rows).

@@ -8,6 +8,8 @@
  * - a second load of the same model sends no range request for chunks in
  *   OPFS (only the one-byte validator probe);
  * - the llama2.c-tokenizer fixture equals Node too;
+ * - chat mode: two turns equal Node's model.chat, the second reusing the
+ *   first's KV cache; a model without a chat template says so;
  * - a changed file (new ETag) discards the stale cache with a notice;
  * - a small cache bound holds (other models' caches are deleted first, then
  *   LRU chunks), and a full quota (set through the DevTools protocol)
@@ -23,7 +25,7 @@ import type { Page } from 'playwright-core';
 import { openModel, MemorySource } from '../src/node.js';
 import { startStaticServer, type ServeRequest, type StaticServer } from '../src/cli/host.js';
 import { launchBrowser, type Browser } from './helpers/browser.js';
-import { OPT_DIR, STORIES_BIN, STORIES_TOK, convertToBytes, optReference } from './helpers/models.js';
+import { OPT_DIR, STORIES_BIN, STORIES_TOK, convertToBytes, optChatBytes, optReference } from './helpers/models.js';
 import { ROOT } from './helpers/processes.js';
 
 const ARTIFACTS = join(ROOT, 'test/artifacts/browser');
@@ -49,6 +51,7 @@ test.before(async () => {
   mkdirSync(join(site, 'models'));
   bytes.opt = await convertToBytes(OPT_DIR);
   bytes.stories = await convertToBytes(STORIES_BIN, { tokenizer: STORIES_TOK });
+  bytes.optchat = await optChatBytes(); // for chat mode
   for (const [name, b] of Object.entries(bytes)) writeFileSync(join(site, 'models', `${name}.flm`), b);
   server = await startStaticServer(site, { port: 0, onRequest: (r) => requests.push(r) });
   browser = await launchBrowser();
@@ -97,7 +100,8 @@ interface PageRun {
   notices: string[];
   tokens: { stats?: { bytesRead: number; requests: number; cacheHits: number; cacheLookups: number; ms: number } }[];
   ready?: { threading: { threads: number; fallbackReason: string | null } };
-  done?: { tokens: number; counters: { hitChunks: number; hitBytes: number; missChunks: number; networkReads: number; networkBytes: number; cachedBytes: number; enabled: boolean; evictedChunks: number; evictedModels: number } };
+  messages: { role: string; content: string }[];
+  done?: { tokens: number; timings?: { promptTokens: number; reusedTokens: number }; counters: { hitChunks: number; hitBytes: number; missChunks: number; networkReads: number; networkBytes: number; cachedBytes: number; enabled: boolean; evictedChunks: number; evictedModels: number } };
 }
 
 const pageUrl = (params: Record<string, string | number> = {}) => `${server.origin}/examples/browser/?${new URLSearchParams(Object.entries(params).map(([k, v]) => [k, String(v)]))}`;
@@ -106,7 +110,7 @@ async function finished(): Promise<PageRun> {
   await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state ?? ''), null, { timeout: 60_000 });
   return page.evaluate(() => {
     const s = (window as unknown as { __flashlm: PageRun }).__flashlm;
-    return { state: s.state, text: s.text, error: s.error, notices: s.notices, tokens: s.tokens, ready: s.ready, done: s.done };
+    return { state: s.state, text: s.text, error: s.error, notices: s.notices, tokens: s.tokens, ready: s.ready, done: s.done, messages: s.messages };
   });
 }
 
@@ -205,6 +209,53 @@ test.serial('the llama2.c-tokenizer fixture generates Node\'s greedy text too', 
   const { r } = await autorun('stories', 'stories');
   t.is(r.state, 'done', r.error);
   t.is(r.text, await nodeText('stories'));
+});
+
+test.serial('chat mode: two turns equal Node\'s model.chat, the second reusing the first\'s KV cache; no template is a clear error', async (t) => {
+  t.timeout(90_000);
+  const node = await openModel(new MemorySource(bytes.optchat!), { strategy: 'dense' });
+  const answer = async (messages: { role: 'user' | 'assistant'; content: string }[]) => {
+    let text = '';
+    for await (const p of node.chat(messages, { maxTokens: 16, temperature: 0 })) text += p;
+    return text;
+  };
+  try {
+    await page.goto(pageUrl({ model: '/models/optchat.flm', mode: 'chat', n: 16, temp: 0, strategy: 'window' }));
+    t.is(await page.textContent('#go'), 'Send');
+    const say = async (text: string) => {
+      await page.fill('#prompt', text);
+      await page.click('#go');
+      return finished();
+    };
+    const first = await say('In the morning she');
+    t.is(first.state, 'done', first.error);
+    const want1 = await answer([{ role: 'user', content: 'In the morning she' }]);
+    t.true(want1.length > 0);
+    t.is(first.text, want1);
+    const second = await say('Where did she go?');
+    t.is(second.state, 'done', second.error);
+    const history = [
+      { role: 'user' as const, content: 'In the morning she' },
+      { role: 'assistant' as const, content: want1 },
+      { role: 'user' as const, content: 'Where did she go?' },
+    ];
+    t.is(second.text, await answer(history));
+    t.deepEqual(second.messages, [...history, { role: 'assistant', content: second.text }]);
+    t.true(second.done!.timings!.reusedTokens > 0, `the second turn reused ${second.done!.timings!.reusedTokens} of ${second.done!.timings!.promptTokens} prompt tokens`);
+    t.deepEqual(await page.$$eval('#transcript .msg', (ms) => ms.map((m) => m.textContent)), second.messages.map((m) => m.content));
+    await page.screenshot({ path: join(ARTIFACTS, 'chat.png'), fullPage: true });
+
+    // A model without a chat template: the error names the way out; the message goes back into the box.
+    await page.goto(pageUrl({ model: '/models/opt.flm', mode: 'chat', n: 4 }));
+    const bad = await say('Hello');
+    t.is(bad.state, 'error');
+    t.regex(bad.error ?? '', /chat template/);
+    t.deepEqual(bad.messages, []);
+    t.is(await page.inputValue('#prompt'), 'Hello');
+  } finally {
+    await node.close();
+  }
+  t.deepEqual(pageErrors, []);
 });
 
 test.serial('kernel threads 1 and 2 in the worker (dense: batched prefill, split kernels) give Node\'s greedy text', async (t) => {

@@ -12,12 +12,12 @@
  * `deno` export condition): scripts/test.sh builds first.
  */
 import test from 'ava';
-import { chmodSync, cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import OpenAI from 'openai';
 import { openModel, MemorySource } from '../src/node.js';
-import { OPT_DIR, STORIES_BIN, STORIES_TOK, convertToBytes, optReference } from './helpers/models.js';
+import { OPT_DIR, STORIES_BIN, STORIES_TOK, convertToBytes, optChatBytes, optReference } from './helpers/models.js';
+import { checkOpenAiApi } from './helpers/openai-api.js';
 import { ROOT, findDeno, run, startService, type Service } from './helpers/processes.js';
 
 const deno = findDeno();
@@ -36,14 +36,7 @@ type Name = keyof typeof FIXTURES;
 test.before(async () => {
   bytes.stories = await convertToBytes(STORIES_BIN, { tokenizer: STORIES_TOK });
   bytes.opt = await convertToBytes(OPT_DIR);
-  // The OPT fixture with a chat template in its tokenizer_config.json, for the handler's /v1 API.
-  const src = join(dir, 'opt-chat-src');
-  cpSync(OPT_DIR, src, { recursive: true });
-  const cfg = JSON.parse(readFileSync(join(src, 'tokenizer_config.json'), 'utf8'));
-  cfg.chat_template = readFileSync(new URL('./fixtures/chat/zephyr.jinja', import.meta.url), 'utf8');
-  writeFileSync(join(src, 'tokenizer_config.json'), JSON.stringify(cfg));
-  bytes.optchat = await convertToBytes(src);
-  rmSync(src, { recursive: true, force: true });
+  bytes.optchat = await optChatBytes(); // for the handler's /v1 API
   for (const [name, b] of Object.entries(bytes)) writeFileSync(join(dir, `${name}.flm`), b);
   cdn = await startService(process.execPath, [ROOT + 'bin/flashlm.js', 'host', dir, '--port', '0'], /serving .* at (http:\/\/127\.0\.0\.1:\d+)\//);
 });
@@ -179,30 +172,9 @@ test.serial('edge: the handler speaks the OpenAI API (/v1, the openai client): N
   const edge = await startService(deno, ['run', '-A', 'examples/edge/serve.ts', '--port', '0'], /listening on (http:\/\/127\.0\.0\.1:\d+)\//, {
     env: { ...DENO_ENV, FLASHLM_MODEL_URL: `${cdn.url}/optchat.flm` },
   });
-  const node = await openModel(new MemorySource(bytes.optchat!));
   try {
-    const client = new OpenAI({ apiKey: 'none', baseURL: edge.url + '/v1', maxRetries: 0 });
-    t.deepEqual((await client.models.list()).data.map((m) => m.id), ['optchat']);
-    const { prompt, n } = FIXTURES.opt;
-    const want = await node.complete(prompt, { maxTokens: n, temperature: 0 });
-    const r = await client.completions.create({ model: 'optchat', prompt, max_tokens: n, temperature: 0 });
-    t.is(r.choices[0]!.text, want);
-    t.is(r.usage!.completion_tokens, node.timings!.tokens);
-    const messages = [{ role: 'user' as const, content: 'In the morning she' }];
-    let answer = '';
-    for await (const p of node.chat(messages, { maxTokens: 16, temperature: 0 })) answer += p;
-    const stream = await client.chat.completions.create({ model: 'optchat', messages, max_tokens: 16, temperature: 0, stream: true, stream_options: { include_usage: true } });
-    let text = '';
-    let usage: OpenAI.CompletionUsage | null | undefined;
-    for await (const c of stream) {
-      text += c.choices[0]?.delta.content ?? '';
-      usage ??= c.usage;
-    }
-    t.is(text, answer);
-    t.is(usage?.completion_tokens, node.timings!.tokens);
-    await t.throwsAsync(client.completions.create({ model: 'x', prompt: 'Hi', temperature: 9 }), { instanceOf: OpenAI.BadRequestError });
+    await checkOpenAiApi(t, edge.url, bytes.optchat!, 'optchat', FIXTURES.opt.prompt, FIXTURES.opt.n);
   } finally {
-    await node.close();
     await edge.stop();
   }
 });

@@ -5,7 +5,7 @@
  * stay close to f32.
  */
 import test from 'ava';
-import { openModel, type Model } from '../src/node.js';
+import { openModel, type Model, type OpenOptions } from '../src/node.js';
 import { MemorySource } from '../src/source/memory.js';
 import { AbortedError, ArgumentError, BudgetError } from '../src/errors.js';
 import type { DType } from '../src/format/types.js';
@@ -63,14 +63,14 @@ test('OPT fixture: greedy continuation equals the PyTorch reference', async (t) 
  * own greedy sequence, the share of positions whose argmax agrees with f32
  * (top-1 agreement), and the mean KL(f32 || quantized) of next-token distributions.
  */
-async function agreement(ref: Uint8Array, other: Uint8Array, prompt: string, n: number) {
+async function agreement(ref: Uint8Array, other: Uint8Array, prompt: string, n: number, otherOptions: OpenOptions = {}) {
   const a = await openModel(new MemorySource(ref));
   const ids = a.tokenizer.encode(prompt);
   for await (const s of a.steps(prompt, { maxTokens: n })) if (s.token >= 0) ids.push(s.token);
   const refLogits: Float32Array[] = [];
   await a.forwardTokens(ids, (_, l) => refLogits.push(l.slice()));
   await a.close();
-  const b = await openModel(new MemorySource(other));
+  const b = await openModel(new MemorySource(other), otherOptions);
   let agree = 0;
   let kl = 0;
   await b.forwardTokens(ids, (pos, l) => {
@@ -110,6 +110,31 @@ for (const [dtype, minTop1, maxKL] of [['f16', 0.97, 0.01], ['int8', 0.9, 0.05]]
     }
   });
 }
+
+test('an f16 KV cache: half the cache memory, close to f32 (top-1, KL), the same logits for any batch size or thread count', async (t) => {
+  for (const [name, bytes, prompt, n] of [['OPT', await opt(), 'In the morning she', 96], ['stories', await stories(), 'Once upon a time', 200]] as const) {
+    const r = await agreement(bytes, bytes, prompt, n, { kvDtype: 'f16' });
+    t.log(`${name} f16 KV cache: top-1 ${(r.top1 * 100).toFixed(1)}%, mean KL ${r.meanKL.toExponential(2)}`);
+    t.true(r.top1 >= 0.97, `top-1 ${r.top1}`);
+    t.true(r.meanKL <= 0.01, `mean KL ${r.meanKL}`);
+    const logits = async (o: OpenOptions) => {
+      const m = await openModel(new MemorySource(bytes), { contextLength: 256, kvDtype: 'f16', ...o });
+      const ids = m.tokenizer.encode(prompt.repeat(6));
+      let last = new Float32Array(0);
+      await m.forwardTokens(ids, (_, l) => (last = l.slice()));
+      const cache = m.plan.workingBytes;
+      await m.close();
+      return { last, cache };
+    };
+    const one = await logits({ batchSize: 1, threads: 1 });
+    const block = await logits({ batchSize: 32, threads: 2 });
+    t.deepEqual(block.last, one.last, `${name}: blocks of 32 on 2 threads = token by token on 1`);
+    const f32 = await openModel(new MemorySource(bytes), { contextLength: 256, batchSize: 1, threads: 1 });
+    const a = f32.arch;
+    t.is(f32.plan.workingBytes - one.cache, 2 * a.nLayers * 256 * a.nKvHeads * a.headDim * 2 - a.nKvHeads * a.headDim * 4 * 2, 'half the cache, less the f32 rows of a block');
+    await f32.close();
+  }
+});
 
 /** As agreement(), for several quantized files against one f32 reference over several prompts (positions pooled). */
 async function agreementMany(ref: Uint8Array, others: Uint8Array[], prompts: readonly string[], n: number) {
@@ -227,13 +252,22 @@ test('batched prefill equals token-by-token: same last-prompt logits bit for bit
   }
 });
 
-test('batchSize outside [1, 1024] is an ArgumentError; streaming strategies prefill token by token', async (t) => {
+test('batchSize outside [1, 1024] is an ArgumentError; streaming strategies take it, and give prompt blocks up under a tight budget', async (t) => {
   const bytes = await stories();
   await t.throwsAsync(openModel(new MemorySource(bytes), { batchSize: 0 }), { instanceOf: ArgumentError });
   await t.throwsAsync(openModel(new MemorySource(bytes), { batchSize: 1.5 }), { instanceOf: ArgumentError });
   const m = await openModel(new MemorySource(bytes), { strategy: 'hybrid', batchSize: 16 });
-  t.is(m.plan.batch, 1);
+  t.is(m.plan.batch, 16);
   await m.close();
+  const roomy = await openModel(new MemorySource(bytes), { strategy: 'window', memory: '64M' });
+  t.is(roomy.plan.batch, 32);
+  await roomy.close();
+  // 400 KB beyond what one token at a time needs: a block's activation rows would take more than an eighth of it.
+  const one = await openModel(new MemorySource(bytes), { strategy: 'window', batchSize: 1 });
+  const tight = await openModel(new MemorySource(bytes), { strategy: 'window', memory: one.plan.residentBytes + one.plan.workingBytes + 400_000 });
+  t.is(tight.plan.batch, 1);
+  await one.close();
+  await tight.close();
 });
 
 test('onProgress reports the weights loaded at open: rising to the resident part (streaming) or the whole model (dense)', async (t) => {

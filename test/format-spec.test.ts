@@ -21,14 +21,16 @@ const alignUp = (n: number, a: number) => Math.ceil(n / a) * a;
 const BYTES = { f32: 4, f16: 2, int8: 1, q8: 1 } as const;
 /** §7.2 q8: scale groups of a row of n values. */
 const groups = (n: number) => Math.ceil(n / 32);
-type DType = keyof typeof BYTES;
+type DType = keyof typeof BYTES | 'q4';
+/** §2 rowBytes: q4 takes whole 16-byte groups. */
+const rowBytes = (dtype: DType, n: number) => (dtype === 'q4' ? 16 * groups(n) : n * BYTES[dtype]);
 type Layout = 'bundled' | 'split';
 
 /** §8.1 and §8.3. */
 function geometry(d: number, dtype: DType, hasBias: boolean, layout: Layout, P: number, N: number) {
-  const values = d * BYTES[dtype];
+  const values = rowBytes(dtype, d);
   const scaleAt = dtype === 'q8' ? alignUp(values, 4) : values;
-  const biasAt = scaleAt + (dtype === 'int8' ? 4 : dtype === 'q8' ? 4 * groups(d) : 0);
+  const biasAt = dtype === 'q4' ? alignUp(scaleAt + 2 * groups(d), 4) : scaleAt + (dtype === 'int8' ? 4 : dtype === 'q8' ? 4 * groups(d) : 0);
   const partBytes = alignUp(biasAt + (hasBias ? 4 : 0), 16);
   const bundled = layout === 'bundled';
   const stride = bundled ? P * partBytes : partBytes;
@@ -55,6 +57,27 @@ function quantize(x: Float32Array): { q: Int8Array; scale: number } {
 
 /** Checks one encoded row at `at` against its f32 source; returns an error or ''. */
 function checkRow(dv: DataView, at: number, src: Float32Array, dtype: DType, scaleAt: number): string {
+  if (dtype === 'q4') {
+    // §7.2 q4: per group of 32, an f16 scale (the nearest half to min(f32(m / 7), 65504)) at scaleAt + 2g;
+    // byte 16g + j = q[32g + j] (low nibble) | q[32g + 16 + j] << 4, 4-bit two's complement, nibbles past the row 0
+    for (let g = 0; g * 32 < src.length; g++) {
+      const grp = src.subarray(g * 32, (g + 1) * 32);
+      let m = 0;
+      for (const v of grp) m = Math.max(m, Math.abs(v));
+      const want = Math.min(Math.fround(m / 7), 65504);
+      const h = dv.getUint16(scaleAt + 2 * g, true), s = f16ToF32(h);
+      for (const n of [h - 1, h + 1]) if (n >= 0 && (n & 0x7fff) < 0x7c00 && Math.abs(f16ToF32(n) - want) < Math.abs(s - want)) return `group ${g} scale not nearest`;
+      for (let j = 0; j < 32; j++) {
+        const byte = dv.getUint8(at + 16 * g + (j % 16));
+        const nib = j < 16 ? byte & 15 : byte >> 4;
+        const q = nib >= 8 ? nib - 16 : nib;
+        const v = j < grp.length && s !== 0 ? grp[j]! / s : 0;
+        const wantQ = j < grp.length ? Math.max(-7, Math.min(7, Math.sign(v) * Math.round(Math.abs(v)))) : 0;
+        if (q !== wantQ) return `q[${g * 32 + j}] ${q} != ${wantQ}`;
+      }
+    }
+    return '';
+  }
   if (dtype === 'q8') {
     // §7.2 q8: each group of 32 (the last may be shorter) quantized as an int8 row, its scale at scaleAt + 4g
     for (let g = 0; g * 32 < src.length; g++) {
@@ -92,6 +115,8 @@ const CASES: [string, 'opt' | 'llama', DType, Layout, Record<string, number>][] 
   ['opt q8 bundled', 'opt', 'q8', 'bundled', {}],
   ['opt q8 split, d = 44 (a partial group)', 'opt', 'q8', 'split', { dModel: 44, embedDim: 44 }],
   ['llama q8 split, d = 44 (a partial group)', 'llama', 'q8', 'split', { dModel: 44, embedDim: 44 }],
+  ['opt q4 bundled', 'opt', 'q4', 'bundled', {}],
+  ['llama q4 split, d = 44 (a partial group)', 'llama', 'q4', 'split', { dModel: 44, embedDim: 44 }],
   // A vocabulary large enough for a multi-block resident section with a short last block.
   ['llama f32 split, 3 resident blocks', 'llama', 'f32', 'split', { vocabSize: 600 }],
 ];
@@ -140,12 +165,12 @@ for (const [title, type, dtype, layout, over] of CASES) {
       const shape = [...ckpt.tensors.get(name)!];
       const tdtype: DType = shape.length === 2 ? dtype : 'f32';
       rel = alignUp(rel, 64);
-      const e: Record<string, unknown> = { name, dtype: tdtype, shape, offset: res.offset + rel, length: shape.reduce((a, b) => a * b, 1) * BYTES[tdtype] };
+      const e: Record<string, unknown> = { name, dtype: tdtype, shape, offset: res.offset + rel, length: shape.length === 2 ? shape[0]! * rowBytes(tdtype, shape[1]!) : shape[0]! * 4 };
       rel += e.length as number;
-      if (tdtype === 'int8' || tdtype === 'q8') {
+      if (tdtype === 'int8' || tdtype === 'q8' || tdtype === 'q4') {
         rel = alignUp(rel, 64);
         e.scalesOffset = res.offset + rel;
-        rel += shape[0]! * 4 * (tdtype === 'q8' ? groups(shape[1]!) : 1);
+        rel += shape[0]! * (tdtype === 'q4' ? 2 * groups(shape[1]!) : 4 * (tdtype === 'q8' ? groups(shape[1]!) : 1));
       }
       return e;
     });
@@ -155,8 +180,8 @@ for (const [title, type, dtype, layout, over] of CASES) {
       const src = ckpt.values.get(te.name)!;
       const [rows, cols] = te.shape.length === 2 ? te.shape : [1, te.shape[0]];
       for (let r = 0; r < rows; r++) {
-        const scaleAt = (te.scalesOffset ?? 0) + 4 * r * (te.dtype === 'q8' ? groups(cols) : 1);
-        const err = checkRow(dv, te.offset + r * cols * BYTES[te.dtype as DType], src.subarray(r * cols, (r + 1) * cols), te.dtype, scaleAt);
+        const scaleAt = (te.scalesOffset ?? 0) + (te.dtype === 'q4' ? 2 * r * groups(cols) : 4 * r * (te.dtype === 'q8' ? groups(cols) : 1));
+        const err = checkRow(dv, te.offset + r * rowBytes(te.dtype, cols), src.subarray(r * cols, (r + 1) * cols), te.dtype, scaleAt);
         if (err) return t.fail(`${te.name} row ${r}: ${err}`);
       }
     }
@@ -180,7 +205,7 @@ for (const [title, type, dtype, layout, over] of CASES) {
           const err = checkRow(dv, rec, src, dtype, rec + g.scaleAt);
           if (err) return t.fail(`layer ${l} neuron ${i} ${part}: ${err}`);
           if (arch.ffnBias) t.is(dv.getFloat32(rec + g.biasAt, true), part === 'up' ? bias![i]! : 0);
-          const used = arch.ffnBias ? g.biasAt + 4 : dtype === 'int8' || dtype === 'q8' ? g.biasAt : g.values;
+          const used = arch.ffnBias ? g.biasAt + 4 : dtype === 'int8' || dtype === 'q8' ? g.biasAt : dtype === 'q4' ? g.scaleAt + 2 * groups(d) : g.values;
           if (file.subarray(rec + used, rec + g.partBytes).some((b) => b !== 0)) return t.fail(`layer ${l} neuron ${i} ${part}: padding not zero`);
           if (file.subarray(rec + g.values, rec + g.scaleAt).some((b) => b !== 0)) return t.fail(`layer ${l} neuron ${i} ${part}: alignment gap not zero`);
         }

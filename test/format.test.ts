@@ -7,8 +7,8 @@ import { headerPackr, writeFlm } from '../src/format/writer.js';
 import type { DType } from '../src/format/types.js';
 import { f16BitsToF32 } from '../src/kernels/quant.js';
 import { MemorySink, MemorySource } from '../src/source/memory.js';
-import { getHasher } from '../src/format/hash.js';
 import { syntheticArch, syntheticCheckpoint } from './helpers/synthetic.js';
+import { withHeader } from './helpers/header.js';
 
 async function build(type: 'opt' | 'llama', dtype: DType, layout: 'bundled' | 'split', seed = 1) {
   const ckpt = syntheticCheckpoint(syntheticArch(type), seed);
@@ -144,19 +144,6 @@ test('corrupt files are rejected with typed errors', async (t) => {
   }
 });
 
-/** Re-encodes a header object with a correct hash, so mutations reach the validator. */
-async function withHeader(bytes: Uint8Array, header: unknown): Promise<Uint8Array> {
-  const hasher = await getHasher();
-  const packed = headerPackr.pack(header);
-  const out = new Uint8Array(Math.max(bytes.byteLength, PREAMBLE_BYTES + packed.byteLength));
-  out.set(bytes);
-  const dv = new DataView(out.buffer);
-  dv.setUint32(12, packed.byteLength, true);
-  dv.setBigUint64(16, hasher.u64(packed), true);
-  out.set(packed, PREAMBLE_BYTES);
-  return out;
-}
-
 test('semantic header errors are named', async (t) => {
   const { bytes, header } = await build('opt', 'f32', 'bundled');
   const mutate = async (f: (h: FlmHeader) => void, message: RegExp) => {
@@ -192,7 +179,7 @@ test('q8 headers: an unknown dtype is refused by name; q8 group scales must lie 
     f(h);
     await t.throwsAsync(openFlm(new MemorySource(await withHeader(bytes, h))), { instanceOf: FormatError, message });
   };
-  await mutate((h) => ((h as { dtype: string }).dtype = 'q4'), /dtype: expected one of f32, f16, int8, q8/);
+  await mutate((h) => ((h as { dtype: string }).dtype = 'q3'), /dtype: expected one of f32, f16, int8, q8, q4/);
   const res = header.sections[0]!;
   const last = header.tensors.findIndex((x) => x.dtype === 'q8' && x.scalesOffset! + x.shape[0]! * Math.ceil(x.shape[1]! / 32) * 4 === res.offset + res.length);
   t.true(last >= 0, 'the last q8 tensor\'s group scales end the resident section');

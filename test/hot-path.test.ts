@@ -161,7 +161,7 @@ test('sampler: the u32 xorshift64* equals the BigInt one, for any seed, over man
 
 // ---------------------------------------------------------------- RunStats
 
-const info = { residentBytes: 1000, arenaBytes: 5000, ffnBytesTotal: 4096, strategy: 'window', sparsity: 'oracle', window: 4 as number | null, layout: 'bundled', dtype: 'f32' };
+const info = { residentBytes: 1000, arenaBytes: 5000, ffnBytesTotal: 4096, ffnNeurons: 150, strategy: 'window', sparsity: 'oracle', window: 4 as number | null, layout: 'bundled', dtype: 'f32' };
 
 /** The averages as the old RunStats computed them, over an array of every token. */
 function referenceSummary(tokens: readonly TokenStats[]) {
@@ -174,6 +174,7 @@ function referenceSummary(tokens: readonly TokenStats[]) {
   const tp = known.reduce((a, t) => a + t.truePositives, 0);
   const fp = known.reduce((a, t) => a + t.falsePositives, 0);
   const fn = known.reduce((a, t) => a + t.falseNegatives, 0);
+  const activeKnown = tokens.filter((t) => t.activeKnown);
   return {
     tokens: n,
     bytesPerToken: avg((t) => t.bytesRead),
@@ -191,6 +192,10 @@ function referenceSummary(tokens: readonly TokenStats[]) {
     arenaBytes: info.arenaBytes,
     predictorRecall: known.length && tp + fn ? tp / (tp + fn) : null,
     predictorPrecision: known.length && tp + fp ? tp / (tp + fp) : null,
+    activeFractionPerToken: activeKnown.length ? activeKnown.reduce((a, t) => a + t.trueActive, 0) / activeKnown.length / info.ffnNeurons : null,
+    newFractionPerToken: avg((t) => t.neuronsRead) / info.ffnNeurons,
+    oracleMsPerToken: avg((t) => t.oracleMs),
+    hiddenIoMsPerToken: avg((t) => t.hiddenIoMs),
     strategy: info.strategy,
     sparsity: info.sparsity,
     window: info.window,
@@ -207,8 +212,11 @@ function feed(stats: RunStats, n: number, rand: () => number): TokenStats[] {
     for (let l = 0; l < 3; l++) {
       stats.io(Math.floor(rand() * 100000), 1 + Math.floor(rand() * 5), rand() * 0.3, rand() < 0.8);
       stats.unpack(rand() * 0.05);
+      if (i % 2) stats.hidden(rand() * 0.1);
       stats.cache(Math.floor(rand() * 50), 50, Math.floor(rand() * 3), Math.floor(rand() * 2));
       if (i % 3) stats.predictor(Math.floor(rand() * 40), Math.floor(rand() * 9), Math.floor(rand() * 4));
+      stats.neuronsRead(Math.floor(rand() * 50));
+      if (i % 4) stats.oracle(rand() * 0.2, Math.floor(rand() * 50), 50);
     }
     out.push(stats.endToken());
   }

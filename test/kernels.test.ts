@@ -328,12 +328,50 @@ test('attention with GQA (8/2, 8/4) and MHA (8/8) matches the reference', (t) =>
       const q = normalish(r, nHeads * headDim), kc = normalish(r, nPos * kvDim), vc = normalish(r, nPos * kvDim);
       const scale = 1 / Math.sqrt(headDim);
       const Q = A.putF32(q, 1), K = A.putF32(kc, 2), V = A.putF32(vc, 3), O = A.out(nHeads * headDim), S = A.alloc(nPos * 4, 1);
-      k.attention(O, Q, K, V, nHeads, nKvHeads, headDim, nPos, Math.fround(scale), S);
+      k.attention(O, Q, K, V, nHeads, nKvHeads, headDim, nPos, Math.fround(scale), S, 0);
       const ref = attention64(q, kc, vc, nHeads, nKvHeads, headDim, nPos, Math.fround(scale));
       const mm = firstMismatch(A.f32(O, nHeads * headDim), ref.want, ref.tol);
       t.is(mm, null, `kv=${nKvHeads} hd=${headDim} pos=${nPos}: ${fmt(mm)}`);
       // out == q (in place) gives the same result
-      k.attention(Q, Q, K, V, nHeads, nKvHeads, headDim, nPos, Math.fround(scale), S);
+      k.attention(Q, Q, K, V, nHeads, nKvHeads, headDim, nPos, Math.fround(scale), S, 0);
+      t.is(firstMismatch(A.f32(Q, nHeads * headDim), ref.want, ref.tol), null, 'in place');
+    }
+  }
+});
+
+test('encode_f16 equals f32ToF16Bits: random values, subnormals, ties, overflow, +-0, +-inf, NaN', (t) => {
+  const r = rng(5);
+  const vals: number[] = [0, -0, Infinity, -Infinity, NaN, 65504, 65519.99, 65520, -65536, 6.1e-5, 5.96e-8, 2.98e-8, 2.99e-8, 1e-9, 1 + 2 ** -11, 1 + 3 * 2 ** -11, 2 ** -24 * 1.5];
+  for (let i = 0; i < 4000; i++) vals.push((r() - 0.5) * 2 ** Math.floor(r() * 60 - 30));
+  const x = new Float32Array(vals);
+  A.reset();
+  const X = A.putF32(x), D = A.alloc(x.length * 2);
+  k.encode_f16(D, X, x.length);
+  const got = new Uint16Array(A.u8.slice(D, D + x.length * 2).buffer);
+  for (let i = 0; i < x.length; i++) {
+    const want = f32ToF16Bits(x[i]!);
+    if (got[i] !== want) return t.fail(`${x[i]}: got ${got[i]!.toString(16)}, want ${want.toString(16)}`);
+  }
+  t.pass();
+});
+
+test('attention over an f16 KV cache matches the reference on the f16 values (GQA, odd head dims, in place)', (t) => {
+  const r = rng(37);
+  for (const nKvHeads of [2, 8]) {
+    for (const [headDim, nPos] of [[64, 1], [64, 37], [20, 5], [12, 130]] as const) {
+      A.reset();
+      const nHeads = 8;
+      const kvDim = nKvHeads * headDim;
+      const q = normalish(r, nHeads * headDim);
+      // the cache holds halves: the reference sees exactly the values they decode to
+      const kh = encodeF16(normalish(r, nPos * kvDim)), vh = encodeF16(normalish(r, nPos * kvDim));
+      const kc = Float32Array.from(kh, f16BitsToF32), vc = Float32Array.from(vh, f16BitsToF32);
+      const scale = Math.fround(1 / Math.sqrt(headDim));
+      const Q = A.putF32(q, 1), K = A.putBytes(kh, 2), V = A.putBytes(vh, 3), O = A.out(nHeads * headDim), S = A.alloc(nPos * 4, 1);
+      k.attention(O, Q, K, V, nHeads, nKvHeads, headDim, nPos, scale, S, 1);
+      const ref = attention64(q, kc, vc, nHeads, nKvHeads, headDim, nPos, scale);
+      t.is(firstMismatch(A.f32(O, nHeads * headDim), ref.want, ref.tol), null, `kv=${nKvHeads} hd=${headDim} pos=${nPos}`);
+      k.attention(Q, Q, K, V, nHeads, nKvHeads, headDim, nPos, scale, S, 1);
       t.is(firstMismatch(A.f32(Q, nHeads * headDim), ref.want, ref.tol), null, 'in place');
     }
   }
@@ -344,7 +382,7 @@ test('attention is stable with large scores', (t) => {
   const r = rng(2);
   const q = normalish(r, 2 * 16, 30), kc = normalish(r, 11 * 16, 30), vc = normalish(r, 11 * 16);
   const O = A.out(32);
-  k.attention(O, A.putF32(q), A.putF32(kc), A.putF32(vc), 2, 1, 16, 11, 1, A.alloc(44));
+  k.attention(O, A.putF32(q), A.putF32(kc), A.putF32(vc), 2, 1, 16, 11, 1, A.alloc(44), 0);
   const ref = attention64(q, kc, vc, 2, 1, 16, 11, 1);
   t.is(firstMismatch(A.f32(O, 32), ref.want, ref.tol), null);
 });

@@ -192,7 +192,10 @@ test.serial('attention split by heads: GQA and MHA, nPos 1..500, out == q, byte-
       const scale = 1 / Math.sqrt(hd);
       // out == q: check() restores the output region (here: q) before every run
       check(t, `attention ${nHeads}/${nKv} hd=${hd} nPos=${nPos}${alias ? ' out=q' : ''}`, [[O, nHeads * hd]],
-        (k) => k.attention(O, Q, K, V, nHeads, nKv, hd, nPos, scale, SCR));
+        (k) => k.attention(O, Q, K, V, nHeads, nKv, hd, nPos, scale, SCR, 0));
+      // the same rows as an f16 cache (the f32 buffers hold twice the halves needed)
+      check(t, `attention, f16 cache ${nHeads}/${nKv} hd=${hd} nPos=${nPos}${alias ? ' out=q' : ''}`, [[O, nHeads * hd]],
+        (k) => k.attention(O, Q, K, V, nHeads, nKv, hd, nPos, scale, SCR, 1));
     }
   }
   // nPos beyond the pool's maxPositions: runs on the caller alone, still identical
@@ -201,7 +204,7 @@ test.serial('attention split by heads: GQA and MHA, nPos 1..500, out == q, byte-
   const nPos = LIMITS.maxPositions + 3;
   const Q = M.put(normalish(r, 4 * 16)), K = M.put(normalish(r, nPos * 16)), V = M.put(normalish(r, nPos * 16));
   const O = M.out(64), SCR = M.alloc(nPos * 4);
-  check(t, 'attention nPos > maxPositions', [[O, 64]], (k) => k.attention(O, Q, K, V, 4, 1, 16, nPos, 0.25, SCR));
+  check(t, 'attention nPos > maxPositions', [[O, 64]], (k) => k.attention(O, Q, K, V, 4, 1, 16, nPos, 0.25, SCR, 0));
 });
 
 // ---------------------------------------------------------------- FFN

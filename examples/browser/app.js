@@ -3,14 +3,15 @@
 // the chart redrawn at most once per animation frame.
 //
 // URL parameters fill the form (model, prompt, n, temp, strategy, memory, threads,
-// cacheMax in MB) and `autorun=1` starts at once. `window.__flashlm` holds
-// the run's state for scripts and tests.
+// cacheMax in MB, mode=complete|chat) and `autorun=1` starts at once (in chat
+// mode, with the prompt as the first message). `window.__flashlm` holds the
+// run's state for scripts and tests; `messages` is the chat so far.
 
 const $ = (id) => document.getElementById(id);
 const fmtBytes = (n) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(2)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${Math.round(n)} B`);
 const fmtMs = (ms) => (ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(ms < 10 ? 2 : 1)} ms`);
 
-const state = (window.__flashlm = { state: 'idle', text: '', tokens: [], notices: [], done: undefined, error: undefined, ready: undefined });
+const state = (window.__flashlm = { state: 'idle', text: '', tokens: [], notices: [], done: undefined, error: undefined, ready: undefined, messages: [] });
 
 function setState(s) {
   state.state = s;
@@ -134,8 +135,9 @@ worker.onmessage = (ev) => {
       state.ready = m;
       state.counters = m.counters;
       setState('generating');
-      progress(1, `Loaded in ${fmtMs(m.loadMs)}: ${m.arch.type} ${m.arch.nLayers}×${m.arch.dModel}, ${m.plan.strategy}${m.plan.window ? ` (window ${m.plan.window})` : ''}, arena ${fmtBytes(m.plan.arenaBytes)}. Generating …`);
-      $('f-load').textContent = fmtMs(m.loadMs);
+      // loadMs is null when a chat turn runs on the model kept open from the last turn.
+      progress(1, `${m.loadMs === null ? 'Kept open' : `Loaded in ${fmtMs(m.loadMs)}`}: ${m.arch.type} ${m.arch.nLayers}×${m.arch.dModel}, ${m.plan.strategy}${m.plan.window ? ` (window ${m.plan.window})` : ''}, arena ${fmtBytes(m.plan.arenaBytes)}. Generating …`);
+      if (m.loadMs !== null) $('f-load').textContent = fmtMs(m.loadMs);
       $('f-threads').textContent = m.threading.fallbackReason ? `${m.threading.threads} (${m.threading.fallbackReason})` : String(m.threading.threads);
       renderPanel();
       break;
@@ -148,7 +150,8 @@ worker.onmessage = (ev) => {
         state.counters.networkBytes += m.opfs.networkBytes;
         state.counters.networkReads += m.opfs.networkReads;
       }
-      $('text').textContent = state.text;
+      if (chatMode()) lastBubble().textContent = state.text;
+      else $('text').textContent = state.text;
       renderPanel();
       queueDraw();
       break;
@@ -156,10 +159,15 @@ worker.onmessage = (ev) => {
       state.done = m;
       state.counters = m.counters;
       state.text = m.text;
-      $('text').textContent = m.text;
+      if (chatMode()) {
+        state.messages.push({ role: 'assistant', content: m.text });
+        lastBubble().textContent = m.text;
+      } else $('text').textContent = m.text;
       renderPanel();
       queueDraw();
-      progress(1, `Done: ${m.tokens} tokens in ${fmtMs(m.genMs)} (${((1000 * m.tokens) / m.genMs).toFixed(1)} tokens/s); ${fmtBytes(m.counters.hitBytes)} read from OPFS, ${fmtBytes(m.counters.networkBytes)} in ${m.counters.networkReads} network reads.`);
+      // In chat, the model kept the conversation's KV cache: only the new turn was computed.
+      const reused = chatMode() && m.timings ? ` Reused ${m.timings.reusedTokens} of ${m.timings.promptTokens} prompt tokens from the last turn.` : '';
+      progress(1, `Done: ${m.tokens} tokens in ${fmtMs(m.genMs)} (${((1000 * m.tokens) / m.genMs).toFixed(1)} tokens/s); ${fmtBytes(m.counters.hitBytes)} read from OPFS, ${fmtBytes(m.counters.networkBytes)} in ${m.counters.networkReads} network reads.${reused}`);
       setState('done');
       break;
     case 'notice':
@@ -170,6 +178,12 @@ worker.onmessage = (ev) => {
       break;
     case 'error':
       state.error = m.message;
+      if (chatMode() && state.messages.at(-1)?.role === 'user') {
+        // The turn failed: take the message back into the box, so the conversation stays as the model saw it.
+        $('prompt').value = state.messages.pop().content;
+        $('transcript').lastChild?.remove();
+        $('transcript').lastChild?.remove();
+      }
       progress(0, `Error: ${m.message}`);
       setState('error');
       break;
@@ -181,9 +195,45 @@ worker.onerror = (e) => {
   setState('error');
 };
 
+const chatMode = () => $('mode').value === 'chat';
+const lastBubble = () => $('transcript').lastElementChild;
+
+function bubble(role, text) {
+  const div = document.createElement('div');
+  div.className = `msg ${role}`;
+  div.textContent = text;
+  $('transcript').append(div);
+}
+
+/** Shows the form and output for the mode; leaving chat ends the session (the worker frees its model). */
+function applyMode() {
+  const chat = chatMode();
+  $('prompt-label').textContent = chat ? 'Message' : 'Prompt';
+  $('go').textContent = chat ? 'Send' : 'Generate';
+  $('new-chat').hidden = !chat;
+  $('transcript').hidden = !chat;
+  $('output').hidden = chat;
+  if (!chat) newChat();
+}
+
+function newChat() {
+  state.messages = [];
+  $('transcript').replaceChildren();
+  worker.postMessage({ type: 'end-chat' });
+}
+
 function start() {
   const url = $('url').value.trim();
   if (!url) return;
+  const chat = chatMode();
+  if (chat) {
+    const text = $('prompt').value.trim();
+    if (!text) return;
+    state.messages.push({ role: 'user', content: text });
+    bubble('user', text);
+    bubble('assistant', '');
+    $('prompt').value = '';
+  }
   state.text = '';
   state.tokens = [];
   state.done = undefined;
@@ -196,10 +246,10 @@ function start() {
   setState('loading');
   const mb = Number($('cacheMax').value);
   worker.postMessage({
-    type: 'generate',
+    type: chat ? 'chat' : 'generate',
     url,
     base: location.href,
-    prompt: $('prompt').value,
+    ...(chat ? { messages: state.messages } : { prompt: $('prompt').value }),
     maxTokens: Number($('tokens').value),
     temperature: Number($('temp').value),
     strategy: $('strategy').value,
@@ -215,12 +265,15 @@ $('form').addEventListener('submit', (e) => {
 });
 $('stop').addEventListener('click', () => worker.postMessage({ type: 'abort' }));
 $('clear').addEventListener('click', () => worker.postMessage({ type: 'clear-cache' }));
+$('new-chat').addEventListener('click', newChat);
+$('mode').addEventListener('change', applyMode);
 
 $('isolation').textContent = self.crossOriginIsolated ? 'cross-origin isolated' : 'not cross-origin isolated (serve with flashlm host)';
 
 const q = new URLSearchParams(location.search);
-for (const [param, id] of [['model', 'url'], ['prompt', 'prompt'], ['n', 'tokens'], ['temp', 'temp'], ['strategy', 'strategy'], ['memory', 'memory'], ['threads', 'threads'], ['cacheMax', 'cacheMax']]) {
+for (const [param, id] of [['model', 'url'], ['prompt', 'prompt'], ['n', 'tokens'], ['temp', 'temp'], ['strategy', 'strategy'], ['memory', 'memory'], ['threads', 'threads'], ['cacheMax', 'cacheMax'], ['mode', 'mode']]) {
   if (q.has(param)) $(id).value = q.get(param);
 }
+applyMode();
 queueDraw();
 if (q.get('autorun') === '1') start();

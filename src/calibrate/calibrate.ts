@@ -20,6 +20,7 @@ import { confusionAtBin, metrics, thresholdForRecall, type PredictorMetrics } fr
 import { sampleWindows } from './text.js';
 import { PredictorTrainer, rng, type InitMethod } from './train.js';
 import { readFfnPart, readUpBias } from './weights.js';
+import { exactZeros } from '../engine/ffn.js';
 
 export interface CalibrateOptions {
   /** Predictor rank: one for all layers, or one per layer. Default defaultRank(dModel). */
@@ -88,7 +89,8 @@ const HIST = { lo: -40, hi: 40, bins: 8192 };
 
 export async function calibrate(file: FlmFile, texts: readonly string[], opts: CalibrateOptions = {}): Promise<CalibrationResult> {
   const a = file.header.arch;
-  const gated = a.activation === 'swiglu';
+  // SiLU-gated: labels are |silu(gate·x)| over per-layer thresholds; relu-family gates have exact zeros (labels as ReLU)
+  const gated = a.activation === 'swiglu' && !exactZeros(a);
   const gateSparsity = opts.gateSparsity ?? 0.7;
   if (gated && !(gateSparsity >= 0 && gateSparsity < 1)) throw new ArgumentError('gate sparsity must be in [0, 1)');
   const tokens = opts.tokens ?? 32768;
@@ -216,6 +218,11 @@ export async function trainLayer(
     // Gated: the label is |silu(gate·x)| > t, mostly gate·x > silu⁻¹(t): start from the gate rows' low-rank subspace, biased by -silu⁻¹(t).
     const t = opts.gateThresholds?.[l] ?? 0;
     trainer.initFromUp(await readFfnPart(file, l, 'gate'), new Float32Array(n).fill(-siluInverse(t)), init, opts.seed ?? 1);
+  } else if (file.header.arch.activation === 'swiglu') {
+    // relu-family gates: active needs gate·x > 0 (fatrelu: > T): the gate rows' subspace, biased by -T
+    const arch = file.header.arch;
+    const t = arch.gatedAct === 'fatrelu' ? arch.gatedActThreshold ?? 0 : 0;
+    trainer.initFromUp(await readFfnPart(file, l, 'gate'), new Float32Array(n).fill(-t), init, opts.seed ?? 1);
   } else trainer.initFromUp(await readFfnPart(file, l, 'up'), await readUpBias(file, l), init, opts.seed ?? 1);
   let positives = 0;
   {

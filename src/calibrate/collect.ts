@@ -1,15 +1,15 @@
 /**
  * Calibration data: runs the dense model over token windows and records, per
  * layer and token, the FFN input x (after the FFN norm, what the predictor
- * sees) and the true active set (ReLU: exactly non-zero outputs), or, for a
- * gated FFN, |silu(gate·x)| of every neuron.
+ * sees) and the true active set (ReLU and the relu-family gated activations:
+ * exactly non-zero outputs), or, for a SiLU-gated FFN, |silu(gate·x)| of every neuron.
  */
 import { AbortedError } from '../errors.js';
 import type { FlmFile } from '../format/reader.js';
 import { createArena, loadKernels } from '../kernels/load.js';
 import type { Kernels } from '../kernels/types.js';
 import { Arena, WASM_PAGE } from '../engine/arena.js';
-import { ResidentFfn, type FfnProvider } from '../engine/ffn.js';
+import { ResidentFfn, exactZeros, type FfnProvider } from '../engine/ffn.js';
 import { planMemory } from '../plan.js';
 import { Transformer } from '../engine/transformer.js';
 import { readFfnPart } from './weights.js';
@@ -88,7 +88,8 @@ export interface CollectOptions {
 export async function collectActivations(file: FlmFile, windows: readonly (readonly number[])[], opts: CollectOptions = {}): Promise<Activations> {
   const a = file.header.arch;
   const { dModel: d, ffnDim: n, nLayers } = a;
-  const gated = a.activation === 'swiglu';
+  // gated: labels from |silu(gate·x)| (no exact zeros); relu-family gates are labelled by their exact zeros, as ReLU
+  const gated = a.activation === 'swiglu' && !exactZeros(a);
   const total = windows.reduce((s, w) => s + w.length, 0);
   const contextLength = Math.max(1, ...windows.map((w) => w.length));
   const bs = bitsetBytes(n);

@@ -52,6 +52,7 @@ export function quantile(values: Float32Array, q: number): number {
 export async function calibrateGates(file: FlmFile, texts: readonly string[], opts: GateCalibrateOptions = {}): Promise<GateCalibration> {
   const a = file.header.arch;
   if (a.activation !== 'swiglu') throw new ArgumentError('gate thresholds are for gated (SwiGLU) models; ReLU models get predictors');
+  if ((a.gatedAct ?? 'silu') !== 'silu') throw new ArgumentError(`gate thresholds are for SiLU-gated models; this ${a.gatedAct} model has exact zeros: use --sparsity gate without calibrating, or calibrate predictors`);
   const sparsity = opts.sparsity ?? 0.7;
   if (!(sparsity >= 0 && sparsity < 1)) throw new ArgumentError('sparsity must be in [0, 1)');
   const holdout = opts.holdout ?? 0.1;

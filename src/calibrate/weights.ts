@@ -1,7 +1,7 @@
 /** Reads FFN weights back out of a .flm as f32 matrices (for initialisation and gate thresholds). */
 import type { FfnPart } from '../format/layout.js';
 import type { FlmFile } from '../format/reader.js';
-import { f16BitsToF32 } from '../kernels/quant.js';
+import { f16BitsToF32, q4Value } from '../kernels/quant.js';
 
 /** Part `part` of every neuron of `layer` as f32 [ffnDim, dModel] (verified as it is read). */
 export async function readFfnPart(file: FlmFile, layer: number, part: FfnPart): Promise<Float32Array> {
@@ -19,6 +19,12 @@ export async function readFfnPart(file: FlmFile, layer: number, part: FfnPart): 
     if (f.dtype === 'f32') for (let c = 0; c < f.d; c++) row[c] = dv.getFloat32(at + 4 * c, true);
     else if (f.dtype === 'f16') for (let c = 0; c < f.d; c++) row[c] = f16BitsToF32(dv.getUint16(at + 2 * c, true));
     else if (f.dtype === 'q8') for (let c = 0; c < f.d; c++) row[c] = Math.fround(dv.getInt8(at + c) * dv.getFloat32(at + f.scaleAt + 4 * Math.floor(c / 32), true));
+    else if (f.dtype === 'q4') {
+      const scales = new Uint16Array(Math.ceil(f.d / 32));
+      for (let g = 0; g < scales.length; g++) scales[g] = dv.getUint16(at + f.scaleAt + 2 * g, true);
+      const values = bytes.subarray(at, at + f.scaleAt);
+      for (let c = 0; c < f.d; c++) row[c] = q4Value(values, scales, c);
+    }
     else {
       const scale = dv.getFloat32(at + f.scaleAt, true);
       for (let c = 0; c < f.d; c++) row[c] = Math.fround(dv.getInt8(at + c) * scale);

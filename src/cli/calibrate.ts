@@ -8,7 +8,7 @@ import { calibrateGates, type GateCalibration } from '../calibrate/gates.js';
 import type { InitMethod } from '../calibrate/train.js';
 import { fmtBytes } from '../engine/arena.js';
 import { interruptSignal, progressBar } from './terminal.js';
-import { checkOutput } from './output.js';
+import { checkOutput, namedWriteError } from './output.js';
 
 export interface CalibrateFlags {
   text: string[];
@@ -58,7 +58,8 @@ export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Pr
   const t0 = performance.now();
   try {
     const file = await openFlm(source);
-    const gated = file.header.arch.activation === 'swiglu';
+    // SiLU-gated: no exact zeros (gate thresholds); relu-family gated models get predictors on their exact zeros, as ReLU
+    const gated = file.header.arch.activation === 'swiglu' && (file.header.arch.gatedAct ?? 'silu') === 'silu';
     if (gated && flags.gateMode !== 'predicted') {
       // Gated model: no exact zeros, so per-layer thresholds on |silu(gate·x)| instead of predictors.
       if (!bar) process.stderr.write(`calibrating gate thresholds of ${modelPath} for ${(100 * flags.gateSparsity).toFixed(0)}% sparsity over ${flags.tokens} tokens\n`);
@@ -123,7 +124,7 @@ export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Pr
   } catch (e) {
     bar?.stop();
     await sink?.abort();
-    throw e;
+    throw namedWriteError(e, flags.output);
   } finally {
     interrupt.release();
     await source.close();

@@ -1,20 +1,25 @@
 import { openCheckpoint } from '../convert/index.js';
+import { parseActivation } from '../convert/activation.js';
 import type { Layout } from '../format/layout.js';
 import type { DType } from '../format/types.js';
 import { writeFlm } from '../format/writer.js';
 import { FileSink } from '../source/file-node.js';
 import { fmtBytes } from '../engine/arena.js';
 import { interruptSignal, progressBar } from './terminal.js';
-import { checkOutput } from './output.js';
+import { checkOutput, namedWriteError } from './output.js';
 
 export interface ConvertFlags {
   output: string;
   tokenizer?: string;
   /** A file dtype, or the CLI's names: int8 (= q8, one scale per 32 weights) and int8-row (= the per-row int8). */
   dtype: DType | 'int8-row';
+  /** Storage type of the 2-D resident tensors when it differs from dtype (same names as dtype). */
+  residentDtype?: DType | 'int8-row';
   layout: Layout;
   /** Replace an existing file that is not a .flm. */
   force?: boolean;
+  /** Gated FFN activation over config.json's hidden_act: relu, fatrelu=T, drelu, silu. */
+  activation?: string;
 }
 
 /** The CLI's --dtype to the file's: `int8` means the grouped form (q8), `int8-row` the per-row one. */
@@ -25,7 +30,9 @@ export function fileDType(flag: ConvertFlags['dtype']): DType {
 /** `flashlm convert`: writes to a temp name and renames at the end; Ctrl-C or an error leaves nothing behind. */
 export async function runConvert(input: string, flags: ConvertFlags): Promise<void> {
   await checkOutput(flags.output, [input, flags.tokenizer], { force: flags.force });
-  const ckpt = await openCheckpoint(input, { tokenizer: flags.tokenizer });
+  const activation = flags.activation === undefined ? undefined : parseActivation(flags.activation);
+  const ckpt = await openCheckpoint(input, { tokenizer: flags.tokenizer, activation });
+  for (const note of ckpt.notes ?? []) process.stderr.write(`note: ${note}\n`);
   // Signals are ours before the temporary file exists: one arriving in between must not leave it behind.
   const interrupt = interruptSignal();
   let sink: FileSink | undefined;
@@ -35,6 +42,7 @@ export async function runConvert(input: string, flags: ConvertFlags): Promise<vo
     sink = await FileSink.create(flags.output);
     const header = await writeFlm(ckpt, sink, {
       dtype: fileDType(flags.dtype),
+      ...(flags.residentDtype !== undefined ? { residentDtype: fileDType(flags.residentDtype) } : {}),
       layout: flags.layout,
       meta: { source: input },
       signal: interrupt.signal,
@@ -46,11 +54,13 @@ export async function runConvert(input: string, flags: ConvertFlags): Promise<vo
     });
     bar?.stop();
     const size = header.integrity.offset + header.integrity.length;
-    process.stderr.write(`wrote ${flags.output}: ${header.arch.type}, ${header.dtype}, ${header.layout}, ${fmtBytes(size)} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
+    const resident = new Set(header.tensors.filter((t) => t.shape.length === 2).map((t) => t.dtype));
+    const dtypes = resident.size === 1 && !resident.has(header.dtype) ? `${header.dtype} FFN, ${[...resident][0]} resident` : header.dtype;
+    process.stderr.write(`wrote ${flags.output}: ${header.arch.type}, ${dtypes}, ${header.layout}, ${fmtBytes(size)} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
   } catch (e) {
     bar?.stop();
     await sink?.abort();
-    throw e;
+    throw namedWriteError(e, flags.output);
   } finally {
     interrupt.release();
     await ckpt.close();

@@ -18,10 +18,16 @@ export async function runInspect(model: string, flags: { json?: boolean } & Http
     const a = h.arch;
     const out: string[] = [];
     out.push(`${model}: flashlm v${h.version}, ${fmtBytes(source.size)}`);
-    out.push(`architecture  ${a.type}  (${a.norm}, ${a.activation}, ${a.positions === 'rope' ? `rope ${a.ropeStyle} theta ${a.ropeTheta}` : `learned positions +${a.posOffset}`}, ${a.preNorm ? 'pre' : 'post'}-norm)`);
+    const m = h.meta ?? {};
+    if (m['synthetic'] === 'true') {
+      // Written by `flashlm synth`: random weights of a real shape; its text means nothing, its activation statistics are designed.
+      out.push(`synthetic     random weights (flashlm synth --shape ${m['synth.shape'] ?? '?'} --seed ${m['synth.seed'] ?? '?'}), about ${(100 * Number(m['synth.activeFraction'] ?? NaN)).toFixed(0)}% of FFN neurons active per token; not a trained model`);
+    }
+    out.push(`architecture  ${a.type}  (${a.norm}, ${a.gatedAct && a.gatedAct !== 'silu' ? `gated ${a.gatedAct}${a.gatedAct === 'fatrelu' ? ` T=${a.gatedActThreshold}` : ''}` : a.activation}, ${a.positions === 'rope' ? `rope ${a.ropeStyle} theta ${a.ropeTheta}` : `learned positions +${a.posOffset}`}, ${a.preNorm ? 'pre' : 'post'}-norm)`);
     out.push(`dims          d_model ${a.dModel}, layers ${a.nLayers}, heads ${a.nHeads} (kv ${a.nKvHeads}) x ${a.headDim}, ffn ${a.ffnDim}, vocab ${a.vocabSize}, context ${a.maxSeqLen}`);
-    const dtypeNote = h.dtype === 'q8' ? ' (int8, one scale per 32 weights)' : h.dtype === 'int8' ? ' (int8, one scale per row)' : '';
-    out.push(`weights       ${h.dtype}${dtypeNote}, FFN ${h.layout}, embeddings ${a.tiedEmbeddings ? 'tied' : 'untied'}, tokenizer ${h.tokenizer.kind}`);
+    const dtypeNote = h.dtype === 'q8' ? ' (int8, one scale per 32 weights)' : h.dtype === 'int8' ? ' (int8, one scale per row)' : h.dtype === 'q4' ? ' (4-bit, one f16 scale per 32 weights)' : '';
+    const otherDtypes = [...new Set(h.tensors.filter((t) => t.shape.length === 2).map((t) => t.dtype))].filter((d) => d !== h.dtype);
+    out.push(`weights       ${h.dtype}${dtypeNote}${otherDtypes.length ? ` (FFN; resident matrices ${otherDtypes.join(', ')})` : ''}, FFN ${h.layout}, embeddings ${a.tiedEmbeddings ? 'tied' : 'untied'}, tokenizer ${h.tokenizer.kind}`);
     out.push(`tokens        bos ${a.bosId}, eos ${a.eosId}, stop on [${a.stopIds.join(', ')}]`);
     const f = h.ffn[0]!;
     out.push(`ffn records   ${f.parts.join('+')}, ${f.partBytes} B per part, stride ${f.stride} B${f.hasBias ? ', up bias' : ''}`);

@@ -9,6 +9,8 @@ import { readFileSync } from 'node:fs';
 import { FlashlmError } from '../errors.js';
 import { STRATEGIES } from '../plan.js';
 import { runConvert } from './convert.js';
+import { runSynth } from './synth.js';
+import { SHAPE_NAMES } from '../synth/shapes.js';
 import { runInspect } from './inspect.js';
 import { runGenerate } from './run.js';
 import { runCalibrate } from './calibrate.js';
@@ -16,7 +18,7 @@ import { runEval } from './eval.js';
 import { runServe } from './host.js';
 import { runApiServer } from './serve.js';
 import { runChat } from './chat.js';
-import { addHttpOptions, addModelOptions, addSamplingOptions } from './options.js';
+import { addHttpOptions, addModelOptions, addSamplingOptions, addWeightOptions } from './options.js';
 
 const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
 
@@ -37,16 +39,24 @@ export function buildCli(): Command {
     .version(pkg.version)
     .showHelpAfterError();
 
-  program
+  const convert = program
     .command('convert')
-    .description('convert a checkpoint (Hugging Face OPT/Llama folder, or llama2.c .bin) to a .flm file')
+    .description('convert a checkpoint (a Hugging Face folder: OPT, Llama, Mistral, Qwen2, Qwen3, Phi-3 and sparse Llamas; or a llama2.c .bin) to a .flm file')
     .argument('<input>', 'Hugging Face model folder, or llama2.c checkpoint (.bin)')
     .requiredOption('-o, --output <file>', 'the .flm file to write')
     .option('--tokenizer <file>', 'tokenizer file (tokenizer.json, or llama2.c tokenizer.bin)')
-    .addOption(new Option('--dtype <dtype>', 'weight storage type (int8 = q8: one scale per 32 weights; int8-row: one scale per row)').choices(['f32', 'f16', 'int8', 'q8', 'int8-row']).default('f32'))
-    .addOption(new Option('--layout <layout>', 'FFN layout: row-column bundles, or split up/down matrices').choices(['bundled', 'split']).default('bundled'))
-    .option('--force', 'replace an existing output file that is not a .flm')
-    .action(runConvert);
+    .option('--activation <act>', 'gated FFN activation over config.json\'s hidden_act: relu, fatrelu=T (ProSparse), drelu (TurboSparse), silu');
+  addWeightOptions(convert, 'f32', 'e.g. --dtype q4 --resident-dtype int8').action(runConvert);
+
+  const synth = program
+    .command('synth')
+    .description('write a model file of a real shape (OPT 1.3B/6.7B/13B, Llama-2-7B) with random weights whose ReLU activations are as sparse, skewed and changing as a trained sparse model\'s')
+    .addOption(new Option('--shape <shape>', 'model shape').choices([...SHAPE_NAMES]).makeOptionMandatory())
+    .requiredOption('-o, --output <file>', 'the .flm file to write')
+    .option('--seed <s>', 'random seed (the same seed writes the same file)', int('seed', 0), 1)
+    .option('--layers <n>', 'only the first n layers (quick runs)', int('layers', 1))
+    .option('--tokenizer <file>', 'a tokenizer.json to embed instead of the bundled OPT one (padded to the shape\'s vocabulary)');
+  addWeightOptions(synth, 'f16', 'e.g. --resident-dtype int8 for 6.7B and up').action(runSynth);
 
   addHttpOptions(program
     .command('inspect')

@@ -23,12 +23,15 @@ export interface ModelFlags extends HttpFlags {
   memory?: string;
   context?: number;
   batchSize?: number;
+  kvDtype?: 'f32' | 'f16';
   threads?: number;
   strategy: Strategy;
   sparsity?: Sparsity;
   window: number;
   direct?: boolean;
   measurePredictor?: boolean;
+  /** How the oracle knows the true active neurons: a copy of the FFN, or each layer read again (no copy). */
+  oracle?: 'copy' | 'paged';
   chatTemplate?: string;
 }
 
@@ -36,6 +39,7 @@ export interface ModelFlags extends HttpFlags {
 export interface HttpFlags {
   httpTimeout?: number;
   httpRetries?: number;
+  httpConnections?: number;
   speedLimit?: number;
   speedTime?: number;
   readDeadline?: number;
@@ -46,6 +50,7 @@ export function addHttpOptions(c: Command): Command {
   return c
     .option('--http-timeout <s>', 'URLs: retry an attempt that receives nothing for this many seconds (default 30)', float('http-timeout', 0.001, 86400))
     .option('--http-retries <n>', 'URLs: retries per read (default 4)', int('http-retries', 0))
+    .option('--http-connections <n>', 'URLs: requests in flight at most (connections, or HTTP/2 streams; default 64)', int('http-connections', 1))
     .option('--speed-limit <bytes>', 'URLs: retry an attempt slower than this many bytes/s over --speed-time (default 1024; 0 = off)', int('speed-limit', 0))
     .option('--speed-time <s>', 'URLs: the window of --speed-limit in seconds (default 30)', float('speed-time', 0.001, 86400))
     .option('--read-deadline <s>', 'URLs: give up a read, retries included, after this many seconds (default 300; 0 = none)', float('read-deadline', 0, 86400));
@@ -57,6 +62,7 @@ export function httpOptions(f: HttpFlags): HttpOptions {
   return {
     timeoutMs: s(f.httpTimeout),
     retries: f.httpRetries,
+    connections: f.httpConnections,
     lowSpeedLimit: f.speedLimit,
     lowSpeedTimeMs: s(f.speedTime),
     deadlineMs: s(f.readDeadline),
@@ -64,16 +70,28 @@ export function httpOptions(f: HttpFlags): HttpOptions {
   };
 }
 
-/** --memory, --context, --batch-size, --threads, --strategy, --sparsity, --window, --direct, --chat-template, and the HTTP flags. */
+/** The file writers' flags (convert, synth): --dtype (default `dtype`), --resident-dtype, --layout, --force. */
+export function addWeightOptions(c: Command, dtype: string, residentExample: string): Command {
+  const dtypes = ['f32', 'f16', 'int8', 'q8', 'int8-row', 'q4'];
+  return c
+    .addOption(new Option('--dtype <dtype>', 'weight storage type (int8 = q8: one scale per 32 weights; int8-row: one scale per row; q4: 4-bit, one f16 scale per 32 weights)').choices(dtypes).default(dtype))
+    .addOption(new Option('--resident-dtype <dtype>', `storage type of the resident matrices (attention, embeddings, head) when it should differ from --dtype, ${residentExample}`).choices(dtypes))
+    .addOption(new Option('--layout <layout>', 'FFN layout: row-column bundles, or split up/down matrices').choices(['bundled', 'split']).default('bundled'))
+    .option('--force', 'replace an existing output file that is not a .flm');
+}
+
+/** --memory, --context, --batch-size, --kv-dtype, --threads, --strategy, --sparsity, --window, --direct, --chat-template, and the HTTP flags. */
 export function addModelOptions(c: Command): Command {
   return addHttpOptions(c)
     .option('--memory <size>', 'arena budget, e.g. 512M, 2G (default: what the strategy needs)')
     .option('--context <n>', 'context length in tokens', int('context', 1))
-    .option('-b, --batch-size <n>', 'prompt tokens per forward pass (dense strategy; 1 = token by token, same output)', int('batch-size', 1))
+    .option('-b, --batch-size <n>', 'prompt tokens per forward pass (default 32; 1 = token by token, same tokens)', int('batch-size', 1))
+    .addOption(new Option('--kv-dtype <t>', 'KV cache element type: f16 halves its memory (for long contexts of big models)').choices(['f32', 'f16']))
     .option('-t, --threads <n>', 'kernel threads, the main one included (default: every core; same output for any count)', int('threads', 1))
     .addOption(new Option('--strategy <s>', 'what stays resident and what is streamed').choices([...STRATEGIES]).default('dense'))
     .addOption(new Option('--sparsity <s>', 'how predictor/window choose neurons (default: the file\'s predictors or gate thresholds, else oracle)').choices(['predictor', 'oracle', 'off', 'gate']))
     .option('--window <k>', 'window strategy: keep neurons used in the last k tokens', int('window', 1), 4)
+    .addOption(new Option('--oracle <mode>', 'the oracle (--sparsity oracle, --measure-predictor): a copy of the FFN outside the budget, or each layer read again from the file (no copy); default: copy up to 1 GiB of FFN').choices(['copy', 'paged']))
     .option('--direct', 'read local files with O_DIRECT (bypass the page cache)')
     .option('--chat-template <file>', 'a Jinja chat template (instead of, or for a model without, the one in its tokenizer_config.json)');
 }
@@ -83,12 +101,14 @@ export function openOptions(f: ModelFlags): OpenOptions {
     memory: f.memory,
     contextLength: f.context,
     batchSize: f.batchSize,
+    kvDtype: f.kvDtype,
     threads: f.threads,
     strategy: f.strategy,
     sparsity: f.sparsity,
     window: f.window,
     direct: f.direct,
     measurePredictor: f.measurePredictor,
+    oracle: f.oracle,
     chatTemplate: f.chatTemplate === undefined ? undefined : readFileSync(f.chatTemplate, 'utf8'),
     http: httpOptions(f),
   };

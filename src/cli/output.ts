@@ -42,3 +42,17 @@ export async function checkOutput(output: string, inputs: (string | undefined)[]
     throw new ArgumentError(`-o ${output}: exists and is not a .flm file; use --force to replace it`);
   }
 }
+
+/**
+ * A write that failed in the OS (ENOSPC, EFBIG, EIO, EACCES...) names the
+ * file: Node's message for a failed write() has no path ("ENOSPC: no space
+ * left on device, write"). Other errors pass unchanged.
+ */
+export function namedWriteError(e: unknown, output: string): unknown {
+  const code = (e as { code?: unknown } | null)?.code;
+  const syscall = (e as { syscall?: unknown } | null)?.syscall;
+  if (e instanceof Error && typeof code === 'string' && typeof syscall === 'string' && !('path' in e)) {
+    e.message = `${output}: ${e.message}`;
+  }
+  return e;
+}

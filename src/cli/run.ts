@@ -2,6 +2,7 @@ import type { Model } from '../node.js';
 import { fmtBytes } from '../engine/arena.js';
 import { interruptSignal } from './terminal.js';
 import type { StatsSummary } from '../flash/stats.js';
+import { oracleModeFor, type OracleMode } from '../flash/oracle.js';
 import { generateOptions, openModelCli, rate, type ModelFlags, type SamplingFlags } from './options.js';
 
 export interface RunFlags extends ModelFlags, SamplingFlags {
@@ -12,7 +13,7 @@ export interface RunFlags extends ModelFlags, SamplingFlags {
 }
 
 /** One stderr line on how the model was laid out (and notes on threads and the oracle). */
-export function describeModel(model: Model): string {
+export function describeModel(model: Model, oracle?: OracleMode): string {
   const p = model.plan;
   const residency =
     p.strategy === 'dense'
@@ -24,7 +25,10 @@ export function describeModel(model: Model): string {
   let out = `${residency}; arena ${fmtBytes(p.arenaBytes)}; ${th.threads} thread${th.threads === 1 ? '' : 's'}\n`;
   if (th.fallbackReason) out += `note: running on one thread: ${th.fallbackReason}\n`;
   if (p.sparsity === 'oracle') {
-    out += `note: the oracle keeps a dense copy of the FFN (${fmtBytes(p.ffnBytes)}) outside the arena to know the true active neurons: it measures the streaming machinery; run \`flashlm calibrate\` for a predictor that saves memory and I/O\n`;
+    const how = oracleModeFor(p.ffnBytes, oracle) === 'paged'
+      ? `reads each layer's FFN records again from the source (no copy of the FFN, ${fmtBytes(p.ffnBytes)})`
+      : `keeps a dense copy of the FFN (${fmtBytes(p.ffnBytes)}) outside the arena`;
+    out += `note: the oracle ${how} to know the true active neurons, its time reported apart (oracle ms / token): it measures the streaming machinery; run \`flashlm calibrate\` for a predictor that saves memory and I/O\n`;
   }
   return out;
 }
@@ -41,7 +45,7 @@ export function finishNote(model: Model): string {
 export async function runGenerate(modelPath: string, flags: RunFlags): Promise<void> {
   const t0 = performance.now();
   const model = await openModelCli(modelPath, flags);
-  process.stderr.write(describeModel(model));
+  process.stderr.write(describeModel(model, flags.oracle));
   const interrupt = interruptSignal();
   const tLoad = performance.now();
   let n = 0;
@@ -75,6 +79,7 @@ export function formatStats(s: StatsSummary): string {
     ['read requests / token', s.requestsPerToken.toFixed(1)],
     ['mean request size', fmtBytes(Math.round(s.meanRequestBytes))],
     ['I/O ms / token', s.ioMsPerToken.toFixed(2)],
+    ['  of it hidden behind compute', s.hiddenIoMsPerToken.toFixed(2)],
     ['unpack ms / token', s.unpackMsPerToken.toFixed(2)],
     ['compute ms / token', s.computeMsPerToken.toFixed(2)],
     ['total ms / token', s.msPerToken.toFixed(2)],
@@ -86,6 +91,9 @@ export function formatStats(s: StatsSummary): string {
     ['arena bytes', fmtBytes(s.arenaBytes)],
     ['predictor recall', pct(s.predictorRecall)],
     ['predictor precision', pct(s.predictorPrecision)],
+    ['true active / token (of FFN neurons)', pct(s.activeFractionPerToken)],
+    ['neurons read / token (of FFN neurons)', pct(s.newFractionPerToken)],
+    ['oracle ms / token (not in total)', s.oracleMsPerToken.toFixed(2)],
   ];
   const w = Math.max(...rows.map((r) => r[0].length));
   return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join('\n') + '\n';

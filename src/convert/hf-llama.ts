@@ -1,41 +1,54 @@
 /**
- * Hugging Face Llama-family folders (config.json `model_type` "llama", or "mistral",
- * which has the same tensors) mapped onto canonical tensor names.
+ * Hugging Face Llama-family folders mapped onto canonical tensor names:
+ * config.json `model_type` "llama", "mistral" (a sliding window), "qwen2"
+ * (q/k/v biases, no o bias) and "qwen3" (per-head RMSNorm on q and k), which
+ * share Llama's tensor names. Defaults are those of transformers' LlamaConfig,
+ * MistralConfig, Qwen2Config and Qwen3Config.
  */
 import type { ArchConfig, TokenizerSpec } from '../format/types.js';
+import { plainSlidingWindow, qwenSlidingWindow, ropeScaling, ropeTheta, scaledMaxSeqLen } from './hf-rope.js';
 import { JsonConfig, MappedCheckpoint, SafetensorsStore, bindTensors, type TensorBinding } from './safetensors.js';
 import type { Checkpoint } from './types.js';
+import { activationFields, configActivation } from './activation.js';
 
 /** model_type values this adapter accepts. */
-export const LLAMA_MODEL_TYPES: readonly string[] = ['llama', 'mistral'];
+// sparsellama (ProSparse) and bamboo (TurboSparse/Bamboo) are Llama tensors with a sparse activation (activation.ts)
+export const LLAMA_MODEL_TYPES: readonly string[] = ['llama', 'mistral', 'qwen2', 'qwen3', 'sparsellama', 'bamboo'];
+
+/** max_position_embeddings when config.json has none (each config class's default). */
+const MAX_POSITIONS: Readonly<Record<string, number>> = { llama: 2048, mistral: 4096 * 32, qwen2: 32768, qwen3: 32768 };
 
 /**
- * ArchConfig from a Llama/Mistral config.json (defaults as transformers' LlamaConfig).
+ * ArchConfig from a Llama/Mistral/Qwen2/Qwen3 config.json (defaults as transformers' config classes).
  * `tiedEmbeddings` is provisional: openLlama settles it from the weights.
  */
 export function llamaArch(cfg: JsonConfig): ArchConfig {
-  // Scaled RoPE (linear, dynamic, yarn, llama3) changes the rotary frequencies; ArchConfig cannot express it.
-  if (cfg.has('rope_scaling')) cfg.fail('rope_scaling', `is ${JSON.stringify(cfg.values['rope_scaling'])}: RoPE scaling is not supported`);
-  const act = cfg.str('hidden_act', 'silu');
-  if (act !== 'silu') cfg.fail('hidden_act', `is ${JSON.stringify(act)}: only silu (SwiGLU) is supported`);
+  const modelType = cfg.str('model_type', 'llama');
+  const qwen = modelType === 'qwen2' || modelType === 'qwen3';
+  // hidden_act: silu, relu, fatrelu (+ hidden_act_param), bamboo's relu = dReLU (activation.ts)
+  const act = activationFields(configActivation(cfg));
   if (cfg.bool('mlp_bias', false)) cfg.fail('mlp_bias', 'is true: FFN biases are not supported for Llama models');
   const dModel = cfg.int('hidden_size');
   const nHeads = cfg.int('num_attention_heads');
   const nKvHeads = cfg.int('num_key_value_heads', nHeads);
   if (nHeads % nKvHeads !== 0) cfg.fail('num_key_value_heads', `(${nKvHeads}) does not divide num_attention_heads (${nHeads})`);
-  if (!cfg.has('head_dim') && dModel % nHeads !== 0) {
+  if (!cfg.has('head_dim') && modelType !== 'qwen3' && dModel % nHeads !== 0) {
     cfg.fail('hidden_size', `(${dModel}) is not a multiple of num_attention_heads (${nHeads}) and head_dim is not given`);
   }
-  const headDim = cfg.int('head_dim', dModel / nHeads);
+  // Qwen3Config defaults head_dim to 128; the others derive it.
+  const headDim = cfg.int('head_dim', modelType === 'qwen3' ? 128 : dModel / nHeads);
   if (headDim % 2 !== 0) cfg.fail('head_dim', `(${headDim}) must be even for RoPE`);
-  let maxSeqLen = cfg.int('max_position_embeddings', 2048);
-  // Mistral's sliding-window attention equals full attention for contexts no longer than the window.
-  if (cfg.has('sliding_window') && cfg.values['use_sliding_window'] !== false) maxSeqLen = Math.min(maxSeqLen, cfg.int('sliding_window'));
+  const maxPositions = cfg.int('max_position_embeddings', MAX_POSITIONS[modelType] ?? 2048);
+  const scaling = ropeScaling(cfg, maxPositions);
+  const maxSeqLen = scaledMaxSeqLen(maxPositions, scaling);
+  const nLayers = cfg.int('num_hidden_layers');
+  // LlamaConfig has no sliding window; MistralConfig's defaults to 4096; Qwen's needs use_sliding_window.
+  const window = qwen ? qwenSlidingWindow(cfg, nLayers, maxSeqLen) : modelType === 'mistral' ? plainSlidingWindow(cfg, 4096, maxSeqLen) : {};
   const eos = cfg.ids('eos_token_id', 2);
   return {
     type: 'llama',
     dModel,
-    nLayers: cfg.int('num_hidden_layers'),
+    nLayers,
     nHeads,
     nKvHeads,
     headDim,
@@ -45,11 +58,16 @@ export function llamaArch(cfg: JsonConfig): ArchConfig {
     norm: 'rmsnorm',
     normEps: cfg.positive('rms_norm_eps', 1e-6),
     activation: 'swiglu',
+    ...act,
     positions: 'rope',
     ropeStyle: 'half',
-    ropeTheta: cfg.positive('rope_theta', 10000),
+    ropeTheta: ropeTheta(cfg, 10000),
+    ...(scaling ? { ropeScaling: scaling } : {}),
+    ...(modelType === 'qwen3' ? { qkNorm: true } : {}),
+    ...window,
     preNorm: true,
-    attnBias: cfg.bool('attention_bias', false),
+    // Qwen2 always biases q/k/v (never o); the others follow attention_bias.
+    attnBias: modelType === 'qwen2' ? true : cfg.bool('attention_bias', false),
     ffnBias: false,
     tiedEmbeddings: cfg.bool('tie_word_embeddings', false),
     embedDim: dModel,
@@ -63,10 +81,11 @@ export function llamaArch(cfg: JsonConfig): ArchConfig {
  * Open the weights of a Llama-family folder. lm_head.weight is used unless
  * `tie_word_embeddings` is true or it is missing (then tied to embed_tokens).
  */
-export async function openLlama(dir: string, arch: ArchConfig, tokenizer: TokenizerSpec): Promise<Checkpoint> {
+export async function openLlama(dir: string, arch: ArchConfig, tokenizer: TokenizerSpec, modelType = 'llama'): Promise<Checkpoint> {
   const store = await SafetensorsStore.openFolder(dir);
   try {
-    const { dModel, ffnDim, vocabSize, attnBias } = arch;
+    const { dModel, ffnDim, vocabSize, attnBias, headDim } = arch;
+    const qwen2 = modelType === 'qwen2';
     const q = arch.nHeads * arch.headDim;
     const kv = arch.nKvHeads * arch.headDim;
     const b: TensorBinding[] = [{ canonical: 'tok_embeddings', source: 'model.embed_tokens.weight', shape: [vocabSize, dModel] }];
@@ -85,7 +104,11 @@ export async function openLlama(dir: string, arch: ArchConfig, tokenizer: Tokeni
         add(`${l}bq`, `${s}self_attn.q_proj.bias`, [q]);
         add(`${l}bk`, `${s}self_attn.k_proj.bias`, [kv]);
         add(`${l}bv`, `${s}self_attn.v_proj.bias`, [kv]);
-        add(`${l}bo`, `${s}self_attn.o_proj.bias`, [dModel], true); // some checkpoints bias q/k/v only
+        if (!qwen2) add(`${l}bo`, `${s}self_attn.o_proj.bias`, [dModel], true); // some checkpoints bias q/k/v only
+      }
+      if (arch.qkNorm) {
+        add(`${l}q_norm`, `${s}self_attn.q_norm.weight`, [headDim]);
+        add(`${l}k_norm`, `${s}self_attn.k_norm.weight`, [headDim]);
       }
       add(`${l}ffn_norm.weight`, `${s}post_attention_layernorm.weight`, [dModel]);
       add(`${l}ffn_gate`, `${s}mlp.gate_proj.weight`, [ffnDim, dModel]);

@@ -62,8 +62,9 @@ function hasFinalNorm(cfg: JsonConfig): boolean {
 /**
  * Open the weights of an OPT folder. Names may be `model.decoder.*` (OPTForCausalLM)
  * or `decoder.*` (older OPTModel dumps). lm_head.weight: absent or byte-identical to
- * embed_tokens -> tied; different -> exposed as `lm_head` (untied), unless config.json
- * says `tie_word_embeddings: true`, in which case transformers ignores it and so do we.
+ * embed_tokens -> tied; different -> exposed as `lm_head` (untied) only when config.json
+ * says `tie_word_embeddings: false`: OPTConfig defaults it to true, and then transformers
+ * ties the head to the embeddings whatever lm_head.weight holds, and so do we.
  */
 export async function openOpt(dir: string, cfg: JsonConfig, arch: ArchConfig, tokenizer: TokenizerSpec): Promise<Checkpoint> {
   const store = await SafetensorsStore.openFolder(dir);
@@ -100,12 +101,15 @@ export async function openOpt(dir: string, cfg: JsonConfig, arch: ArchConfig, to
       add('final_norm.bias', 'final_layer_norm.bias', [dModel]);
     }
     b.push({ canonical: 'lm_head', source: 'lm_head.weight', shape: [vocabSize, embedDim], optional: true });
-    const regions = bindTensors(store, b);
+    // a final norm the config removes (_remove_final_layer_norm) is in some checkpoints: transformers ignores it too
+    const ignored = hasFinalNorm(cfg) ? [] : [p + 'final_layer_norm.weight', p + 'final_layer_norm.bias'];
+    const regions = bindTensors(store, b, ignored);
 
     let tied = true;
     const head = regions.get('lm_head');
     if (head) {
-      const forcedTie = cfg.values['tie_word_embeddings'] === true;
+      // OPTConfig defaults tie_word_embeddings to true: only an explicit false keeps a different head
+      const forcedTie = cfg.bool('tie_word_embeddings', true);
       tied = forcedTie || (await regionsEqual(head, regions.get('tok_embeddings')!));
       if (tied) regions.delete('lm_head');
     }

@@ -2,7 +2,7 @@
  * Entry point of the converter's input side: open any supported checkpoint as a
  * Checkpoint (canonical tensor names, streaming f32 reads).
  *
- *   - a folder with config.json -> Hugging Face, by model_type (opt | llama | mistral)
+ *   - a folder with config.json -> Hugging Face, by model_type (opt | llama | mistral | qwen2 | qwen3 | phi3)
  *   - a .bin file               -> llama2.c legacy checkpoint
  */
 import { access, readFile, stat } from 'node:fs/promises';
@@ -11,8 +11,10 @@ import { ConvertError } from '../errors.js';
 import type { ArchConfig, TokenizerSpec } from '../format/types.js';
 import { LLAMA_MODEL_TYPES, llamaArch, openLlama } from './hf-llama.js';
 import { openOpt, optArch } from './hf-opt.js';
+import { openPhi3, phi3Arch } from './hf-phi3.js';
 import { openLlama2c } from './llama2c.js';
 import { JsonConfig } from './safetensors.js';
+import { withActivation, type ActivationChoice } from './activation.js';
 import type { Checkpoint } from './types.js';
 
 export type { Checkpoint } from './types.js';
@@ -20,6 +22,8 @@ export type { Checkpoint } from './types.js';
 export interface OpenCheckpointOptions {
   /** Tokenizer file: tokenizer.json for Hugging Face models, tokenizer.bin for llama2.c. */
   tokenizer?: string;
+  /** `--activation`: the gated FFN activation, over config.json's hidden_act (gated models only). */
+  activation?: ActivationChoice;
 }
 
 /** Open a checkpoint folder or file. Every bad input is a ConvertError naming the file (and tensor). */
@@ -33,7 +37,10 @@ export async function openCheckpoint(input: string, options: OpenCheckpointOptio
   if (isDir) return openHf(input, options);
   const base = path.basename(input);
   if (base === 'config.json') return openHf(path.dirname(input), options);
-  if (base.endsWith('.bin')) return openLlama2c(input, options);
+  if (base.endsWith('.bin')) {
+    if (options.activation) throw new ConvertError(input, undefined, '--activation is for Hugging Face gated (Llama-family) models');
+    return openLlama2c(input, options);
+  }
   if (base.endsWith('.safetensors') || base.endsWith('.safetensors.index.json')) {
     throw new ConvertError(input, undefined, 'pass the model folder (with config.json and tokenizer.json), not a weights file');
   }
@@ -46,15 +53,22 @@ async function openHf(dir: string, options: OpenCheckpointOptions): Promise<Chec
   const cfg = await JsonConfig.load(configPath);
   const modelType = cfg.values['model_type'];
   const tokenizerPath = options.tokenizer ?? path.join(dir, 'tokenizer.json');
+  /** A gated arch with --activation applied (it overrides hidden_act). */
+  const gated = (arch: ArchConfig): ArchConfig => (options.activation ? withActivation(arch, options.activation) : arch);
   if (modelType === 'opt') {
+    if (options.activation) throw new ConvertError(configPath, undefined, '--activation is for gated (Llama-family) models: OPT FFNs are ReLU (up, down) already');
     const arch = await withGenerationStops(dir, optArch(cfg));
     return openOpt(dir, cfg, arch, await loadHfTokenizer(tokenizerPath, arch.vocabSize));
   }
   if (typeof modelType === 'string' && LLAMA_MODEL_TYPES.includes(modelType)) {
-    const arch = await withGenerationStops(dir, llamaArch(cfg));
-    return openLlama(dir, arch, await loadHfTokenizer(tokenizerPath, arch.vocabSize));
+    const arch = await withGenerationStops(dir, gated(llamaArch(cfg)));
+    return openLlama(dir, arch, await loadHfTokenizer(tokenizerPath, arch.vocabSize), modelType);
   }
-  throw new ConvertError(configPath, undefined, `unsupported model_type ${JSON.stringify(modelType)} (supported: opt, ${LLAMA_MODEL_TYPES.join(', ')})`);
+  if (modelType === 'phi3') {
+    const arch = await withGenerationStops(dir, gated(phi3Arch(cfg)));
+    return openPhi3(dir, arch, await loadHfTokenizer(tokenizerPath, arch.vocabSize));
+  }
+  throw new ConvertError(configPath, undefined, `unsupported model_type ${JSON.stringify(modelType)} (supported: opt, ${LLAMA_MODEL_TYPES.join(', ')}, phi3)`);
 }
 
 async function exists(p: string): Promise<boolean> {

@@ -435,9 +435,13 @@ export interface TensorBinding {
 /**
  * Resolve bindings against a store: every required tensor must exist with exactly
  * the expected shape and a float dtype, or a ConvertError names the file and tensor.
+ * Then every tensor of the store must be used (checkUnused): `alsoUsed` names
+ * tensors an adapter reads itself (not through a binding).
  */
-export function bindTensors(store: SafetensorsStore, bindings: readonly TensorBinding[]): Map<string, TensorRegion> {
+export function bindTensors(store: SafetensorsStore, bindings: readonly TensorBinding[], alsoUsed: Iterable<string> = []): Map<string, TensorRegion> {
+  const notes = checkUnused(store, [...bindings.map((b) => b.source), ...alsoUsed]);
   const out = new Map<string, TensorRegion>();
+  if (notes.length) bindingNotes.set(out, notes);
   for (const b of bindings) {
     const r = store.get(b.source);
     if (!r) {
@@ -453,9 +457,51 @@ export function bindTensors(store: SafetensorsStore, bindings: readonly TensorBi
   return out;
 }
 
+/** Tensors no architecture rule reads but that are known to be harmless: why each is skipped. */
+const HARMLESS: readonly [RegExp, string][] = [
+  [/(^|\.)rotary_emb\.(inv_freq|cos_cached|sin_cached)$/, 'a rotary cache, recomputed from the config'],
+  [/^lm_head\.weight$/, 'the head is tied to the embeddings (tie_word_embeddings), as Hugging Face loads it'],
+];
+
+/** Notes (skipped harmless tensors) of a bindTensors result, for MappedCheckpoint. */
+const bindingNotes = new WeakMap<ReadonlyMap<string, TensorRegion>, string[]>();
+
+/**
+ * Every tensor of `store` must be one of `used`: tensors of layers beyond the
+ * config's layer count (the highest layer index in `used`) or no rule reads are
+ * a ConvertError naming them; known harmless extras (HARMLESS) come back as notes.
+ */
+export function checkUnused(store: SafetensorsStore, used: Iterable<string>): string[] {
+  const usedSet = new Set(used);
+  const layerOf = (name: string): number => {
+    const m = /(?:^|\.)layers\.(\d+)\./.exec(name);
+    return m ? Number(m[1]) : -1;
+  };
+  const nLayers = 1 + Math.max(-1, ...[...usedSet].map(layerOf));
+  const extraLayers = new Set<number>();
+  const unknown: string[] = [];
+  const skipped = new Map<string, string[]>();
+  for (const name of store.tensors.keys()) {
+    if (usedSet.has(name)) continue;
+    const harmless = HARMLESS.find(([re]) => re.test(name));
+    if (layerOf(name) >= nLayers && nLayers > 0) extraLayers.add(layerOf(name));
+    else if (harmless) skipped.set(harmless[1], [...(skipped.get(harmless[1]) ?? []), name]);
+    else unknown.push(name);
+  }
+  const list = (names: string[]) => names.slice(0, 5).join(', ') + (names.length > 5 ? ` and ${names.length - 5} more` : '');
+  if (extraLayers.size) {
+    const ls = [...extraLayers].sort((a, b) => a - b);
+    throw new ConvertError(store.path, undefined, `the checkpoint has tensors for layer${ls.length > 1 ? 's' : ''} ${ls.length > 1 ? `${ls[0]}..${ls[ls.length - 1]}` : ls[0]} but config.json says num_hidden_layers = ${nLayers}`);
+  }
+  if (unknown.length) throw new ConvertError(store.path, undefined, `${unknown.length} tensor${unknown.length > 1 ? 's' : ''} no rule of this architecture uses: ${list(unknown)}`);
+  return [...skipped].map(([why, names]) => `skipped ${names.length} tensor${names.length > 1 ? 's' : ''} (${list(names)}): ${why}`);
+}
+
 /** A Checkpoint whose canonical tensors are regions of open files. */
 export class MappedCheckpoint implements Checkpoint {
   readonly tensors: ReadonlyMap<string, readonly number[]>;
+  /** Harmless checkpoint tensors that were skipped (bindTensors), one line each. */
+  readonly notes: readonly string[];
   constructor(
     readonly path: string,
     readonly arch: ArchConfig,
@@ -464,6 +510,7 @@ export class MappedCheckpoint implements Checkpoint {
     private readonly onClose: () => Promise<void>,
   ) {
     this.tensors = new Map([...regions].map(([k, r]) => [k, r.shape]));
+    this.notes = bindingNotes.get(regions) ?? [];
   }
 
   private region(name: string): TensorRegion {

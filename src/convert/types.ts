@@ -21,4 +21,6 @@ export interface Checkpoint {
    */
   readColumns(name: string, start: number, count: number): Promise<Float32Array>;
   close(): Promise<void>;
+  /** Things the converter skipped on purpose (e.g. rotary caches), one line each, for the user. */
+  readonly notes?: readonly string[];
 }

@@ -11,7 +11,7 @@ export interface Tensor {
   rows: number;
   cols: number;
   ptr: number;
-  /** int8: pointer to and view of the per-row scales; q8: of the [rows][ceil(cols / 32)] group scales (0 otherwise). */
+  /** int8: pointer to and view of the per-row scales; q8: of the [rows][ceil(cols / 32)] group scales; q4: pointer to its f16 group scales, no view (0 otherwise). */
   scales: number;
   scaleView?: Float32Array;
 }
@@ -26,7 +26,7 @@ export function placeTensor(file: FlmFile, arena: Arena, sectionPtrs: ReadonlyMa
   if (e.dtype === 'int8' || e.dtype === 'q8') {
     t.scales = e.scalesOffset! + delta;
     t.scaleView = arena.f32(t.scales, e.dtype === 'int8' ? rows : rows * Math.ceil(cols / 32));
-  }
+  } else if (e.dtype === 'q4') t.scales = e.scalesOffset! + delta;
   return t;
 }
 
@@ -35,11 +35,17 @@ export function matvec(k: Kernels, out: number, w: Tensor, x: number, bias: numb
   if (w.dtype === 'f32') k.matvec_f32(out, w.ptr, x, bias, w.rows, w.cols);
   else if (w.dtype === 'f16') k.matvec_f16(out, w.ptr, x, bias, w.rows, w.cols);
   else if (w.dtype === 'q8') k.matvec_q8(out, w.ptr, w.scales, x, bias, w.rows, w.cols, i8scratch);
+  else if (w.dtype === 'q4') k.matvec_q4(out, w.ptr, w.scales, x, bias, w.rows, w.cols, i8scratch);
   else k.matvec_i8(out, w.ptr, w.scales, x, bias, w.rows, w.cols, i8scratch);
 }
 
 /** out[t] = W x[t] (+ bias) for T tokens (rows ldx / ldo bytes apart), each bit-identical to matvec; `scratch` has batch_scratch_bytes(T, W.cols, 0) bytes or more. */
 export function matmul(k: Kernels, out: number, ldo: number, w: Tensor, x: number, ldx: number, bias: number, T: number, scratch: number): void {
+  // q4 has no batched kernel: one matvec per token (scratch holds matvec_i8_scratch_bytes(cols))
+  if (w.dtype === 'q4') {
+    for (let t = 0; t < T; t++) k.matvec_q4(out + t * ldo, w.ptr, w.scales, x + t * ldx, bias, w.rows, w.cols, scratch);
+    return;
+  }
   if (w.dtype === 'f32') k.matmul_f32(out, ldo, w.ptr, x, ldx, bias, T, w.rows, w.cols, scratch);
   else if (w.dtype === 'f16') k.matmul_f16(out, ldo, w.ptr, x, ldx, bias, T, w.rows, w.cols, scratch);
   else if (w.dtype === 'q8') k.matmul_q8(out, ldo, w.ptr, w.scales, x, ldx, bias, T, w.rows, w.cols, scratch);

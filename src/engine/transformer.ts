@@ -13,6 +13,7 @@ import type { ArchConfig } from '../format/types.js';
 import type { Kernels } from '../kernels/types.js';
 import { CountingAllocator, type Allocator, type Arena } from './arena.js';
 import type { FfnProvider } from './ffn.js';
+import { ropeAttentionFactor, ropeFrequencies, ropeVaries } from './rope.js';
 import { matmul, matvec, placeTensor, type Tensor } from './tensor.js';
 
 /** The sections read once at open: everything but the FFN neurons. */
@@ -35,9 +36,13 @@ export function maxColumns(file: FlmFile): number {
  * sizes it with a CountingAllocator and the engine places it with the arena,
  * through this one function.
  */
-export function layoutWorking(al: Allocator, a: ArchConfig, contextLength: number, maxCols: number, batch: number, k: Kernels) {
+/** The KV cache's element type: f32, or f16 (half the memory, rows rounded to nearest even). */
+export type KvDtype = 'f32' | 'f16';
+
+export function layoutWorking(al: Allocator, a: ArchConfig, contextLength: number, maxCols: number, batch: number, k: Kernels, kvDtype: KvDtype = 'f32') {
   const qDim = a.nHeads * a.headDim;
   const kvDim = a.nKvHeads * a.headDim;
+  const f16 = kvDtype === 'f16';
   const wide = Math.max(a.dModel, a.embedDim, qDim);
   const rows = (name: string, n: number) => al.alloc(name, batch * n * 4);
   return {
@@ -57,7 +62,10 @@ export function layoutWorking(al: Allocator, a: ArchConfig, contextLength: numbe
     i8scratch: al.alloc('int8 scratch', Math.max(16, k.matvec_i8_scratch_bytes(maxCols))),
     batchScratch: batch > 1 ? al.alloc('batch scratch', k.batch_scratch_bytes(batch, maxCols)) : 0,
     ffnActs: batch > 1 ? rows('ffn activations', a.ffnDim) : 0,
-    kv: al.alloc('kv cache', 2 * a.nLayers * contextLength * kvDim * 4),
+    kv: al.alloc('kv cache', 2 * a.nLayers * contextLength * kvDim * (f16 ? 2 : 4)),
+    /** f16 cache: the block's K and V rows in f32 (projected, normed, rotated), before they are encoded into the cache. */
+    kRows: f16 ? rows('k rows', kvDim) : 0,
+    vRows: f16 ? rows('v rows', kvDim) : 0,
   };
 }
 type Working = ReturnType<typeof layoutWorking>;
@@ -74,6 +82,11 @@ interface LayerTensors {
   bk?: Tensor;
   bv?: Tensor;
   bo?: Tensor;
+  /** Per-head RMSNorm weights on q and k (qkNorm). */
+  qNorm?: Tensor;
+  kNorm?: Tensor;
+  /** Positions a query attends back over (sliding-window layers), else Infinity. */
+  window: number;
   ffnNorm: Tensor;
   ffnNormBias?: Tensor;
   downBias?: Tensor;
@@ -100,6 +113,9 @@ export class Transformer {
   private readonly ropeFreqs: Float32Array | undefined;
   private readonly cosView: Float32Array | undefined;
   private readonly sinView: Float32Array | undefined;
+  /** LongRoPE: the token at each cached position, and whether the cache holds long-factor positions (forwardBlock). */
+  private readonly history: Int32Array | undefined;
+  private cacheLong = false;
 
   private constructor(
     readonly file: FlmFile,
@@ -110,6 +126,8 @@ export class Transformer {
     contextLength: number,
     batch: number,
     private readonly ffn: FfnProvider,
+    /** The KV cache's element type. */
+    readonly kvDtype: KvDtype,
   ) {
     const a = file.header.arch;
     this.arch = a;
@@ -129,6 +147,9 @@ export class Transformer {
         attnNormBias: t.get(p + 'attn_norm.bias'),
         wq: need(p + 'wq'), wk: need(p + 'wk'), wv: need(p + 'wv'), wo: need(p + 'wo'),
         bq: t.get(p + 'bq'), bk: t.get(p + 'bk'), bv: t.get(p + 'bv'), bo: t.get(p + 'bo'),
+        qNorm: a.qkNorm ? need(p + 'q_norm') : undefined,
+        kNorm: a.qkNorm ? need(p + 'k_norm') : undefined,
+        window: a.slidingWindow !== undefined && l >= (a.slidingWindowStart ?? 0) ? a.slidingWindow : Infinity,
         ffnNorm: need(p + 'ffn_norm.weight'),
         ffnNormBias: t.get(p + 'ffn_norm.bias'),
         downBias: t.get(p + 'ffn_down_bias'),
@@ -143,18 +164,15 @@ export class Transformer {
     this.head = t.get('lm_head') ?? this.embed;
     this.kvDim = a.nKvHeads * a.headDim;
     this.batch = ffn.runBlock ? batch : 1;
-    this.w = layoutWorking(arena, a, contextLength, maxColumns(file), this.batch, k);
+    this.w = layoutWorking(arena, a, contextLength, maxColumns(file), this.batch, k, kvDtype);
     this.logits = this.w.logits;
     this.logitsView = arena.f32(this.logits, a.vocabSize);
     if (a.positions === 'rope') {
       // f32 arithmetic throughout, as llama2.c and PyTorch compute the tables
-      const theta = a.ropeTheta ?? 10000;
-      this.ropeFreqs = new Float32Array(a.headDim / 2);
-      for (let i = 0; i < a.headDim / 2; i++) {
-        this.ropeFreqs[i] = Math.fround(1 / Math.fround(Math.pow(theta, Math.fround((2 * i) / a.headDim))));
-      }
+      this.ropeFreqs = ropeFrequencies(a);
       this.cosView = arena.f32(this.w.cos, this.batch * (a.headDim / 2));
       this.sinView = arena.f32(this.w.sin, this.batch * (a.headDim / 2));
+      if (a.ropeScaling?.type === 'longrope') this.history = new Int32Array(contextLength);
     }
   }
 
@@ -164,7 +182,7 @@ export class Transformer {
    * from what is left. `batch` > 1 enables block prefill when the provider
    * can run a block (dense only).
    */
-  static async load(file: FlmFile, k: Kernels, arena: Arena, contextLength: number, makeFfn: (sections: ReadonlyMap<string, number>) => Promise<FfnProvider>, batch = 1, onBytes?: (bytes: number) => void): Promise<Transformer> {
+  static async load(file: FlmFile, k: Kernels, arena: Arena, contextLength: number, makeFfn: (sections: ReadonlyMap<string, number>) => Promise<FfnProvider>, batch = 1, onBytes?: (bytes: number) => void, kvDtype: KvDtype = 'f32'): Promise<Transformer> {
     const sectionPtrs = new Map<string, number>();
     for (const s of residentSections(file)) {
       // Page-aligned, so O_DIRECT sources read straight into the arena.
@@ -173,13 +191,13 @@ export class Transformer {
       sectionPtrs.set(s.name, ptr);
     }
     const ffn = await makeFfn(sectionPtrs);
-    return new Transformer(file, k, arena, sectionPtrs, contextLength, batch, ffn);
+    return new Transformer(file, k, arena, sectionPtrs, contextLength, batch, ffn, kvDtype);
   }
 
   /** Arena bytes of the working memory (layoutWorking) at a context length and batch. */
-  static workingBytes(file: FlmFile, contextLength: number, batch: number, k: Kernels): number {
+  static workingBytes(file: FlmFile, contextLength: number, batch: number, k: Kernels, kvDtype: KvDtype = 'f32'): number {
     const c = new CountingAllocator();
-    layoutWorking(c, file.header.arch, contextLength, maxColumns(file), batch, k);
+    layoutWorking(c, file.header.arch, contextLength, maxColumns(file), batch, k, kvDtype);
     return c.bytes;
   }
 
@@ -194,6 +212,7 @@ export class Transformer {
     if (w.dtype === 'f32') this.mem.copyWithin(dst, w.ptr + r * w.cols * 4, w.ptr + (r + 1) * w.cols * 4);
     else if (w.dtype === 'f16') this.k.dequant_f16(dst, w.ptr + r * w.cols * 2, w.cols);
     else if (w.dtype === 'q8') this.k.dequant_q8(dst, w.ptr + r * w.cols, w.scales + r * Math.ceil(w.cols / 32) * 4, w.cols);
+    else if (w.dtype === 'q4') this.k.dequant_q4(dst, w.ptr + r * Math.ceil(w.cols / 32) * 16, w.scales + r * Math.ceil(w.cols / 32) * 2, w.cols);
     else this.k.dequant_i8(dst, w.ptr + r * w.cols, w.cols, w.scaleView![r]!);
   }
 
@@ -231,6 +250,39 @@ export class Transformer {
       const token = tokens[from + t]!;
       if (!(token >= 0 && token < a.vocabSize)) throw new RangeError(`token ${token} outside the vocabulary`);
     }
+    const rs = a.ropeScaling;
+    if (this.history && rs?.type === 'longrope') {
+      // As Phi3ForCausalLM generates: short factors while the sequence fits originalMaxPos, long ones for every
+      // position once it is longer; when that switches, the cached positions are recomputed (its
+      // prepare_inputs_for_generation drops the cache), so any block split gives the same logits.
+      for (let t = 0; t < T; t++) this.history[pos + t] = tokens[from + t]!;
+      const long = pos + T > rs.originalMaxPos;
+      const switched = pos > 0 && long !== this.cacheLong;
+      this.cacheLong = long;
+      if (switched) {
+        const replayed = this.replay(0, pos);
+        if (replayed) return replayed.then(() => this.block(tokens, pos, from, T));
+      }
+    }
+    return this.block(tokens, pos, from, T);
+  }
+
+  /** Recomputes the cache at positions p..end-1 from the token history (LongRoPE's switch). */
+  private replay(p: number, end: number): Promise<void> | void {
+    while (p < end) {
+      const T = Math.min(this.batch, end - p);
+      const r = this.block(this.history!, p, p, T);
+      p += T;
+      if (typeof r !== 'number') {
+        const next = p;
+        return r.then(() => this.replay(next, end));
+      }
+    }
+  }
+
+  /** forwardBlock after its checks. */
+  private block(tokens: ArrayLike<number>, pos: number, from: number, T: number): Promise<number> | number {
+    const a = this.arch;
     const w = this.w;
     const ld = w.ld;
     // Embedding (+ projection for OPT-350m) and learned positions, or the rope tables.
@@ -243,11 +295,18 @@ export class Transformer {
       }
     } else {
       const half = a.headDim / 2;
+      const varies = ropeVaries(a);
+      const mscale = ropeAttentionFactor(a);
       for (let t = 0; t < T; t++) {
+        // Dynamic NTK: each position keeps the frequencies Hugging Face gives it when decoding it (seq_len = pos + 1);
+        // LongRoPE: the cache's short or long factors.
+        const seqLen = a.ropeScaling?.type === 'longrope' ? (this.cacheLong ? a.ropeScaling.originalMaxPos + 1 : 0) : pos + t + 1;
+        const freqs = varies ? ropeFrequencies(a, seqLen) : this.ropeFreqs!;
         for (let i = 0; i < half; i++) {
-          const v = Math.fround((pos + t) * this.ropeFreqs![i]!);
-          this.cosView![t * half + i] = Math.cos(v);
-          this.sinView![t * half + i] = Math.sin(v);
+          const v = Math.fround((pos + t) * freqs[i]!);
+          // LongRoPE scales cos and sin (so q and k) by its attention factor, in f32 as PyTorch.
+          this.cosView![t * half + i] = mscale === 1 ? Math.cos(v) : Math.fround(Math.fround(Math.cos(v)) * mscale);
+          this.sinView![t * half + i] = mscale === 1 ? Math.sin(v) : Math.fround(Math.fround(Math.sin(v)) * mscale);
         }
       }
     }
@@ -261,7 +320,9 @@ export class Transformer {
     const w = this.w;
     const ld = w.ld;
     const qDim = a.nHeads * a.headDim;
-    const kvBytes = this.kvDim * 4;
+    const f16 = this.kvDtype === 'f16';
+    const kvBytes = this.kvDim * (f16 ? 2 : 4);
+    const rowBytes = this.kvDim * 4;
     const scale = Math.fround(1 / Math.sqrt(a.headDim));
     const layerKv = this.contextLength * kvBytes;
     const ropeBytes = (a.headDim / 2) * 4;
@@ -275,14 +336,20 @@ export class Transformer {
       }
       const kBase = w.kv + 2 * l * layerKv;
       const vBase = kBase + layerKv;
-      // K and V rows of the block go straight to their cache positions.
+      // K and V rows of the block go straight to their cache positions (f32 cache), or through f32 rows (f16).
       this.mm(w.q, qDim * 4, L.wq, xin, ld, T, L.bq);
-      this.mm(kBase + pos * kvBytes, kvBytes, L.wk, xin, ld, T, L.bk);
-      this.mm(vBase + pos * kvBytes, kvBytes, L.wv, xin, ld, T, L.bv);
+      this.mm(f16 ? w.kRows : kBase + pos * kvBytes, f16 ? rowBytes : kvBytes, L.wk, xin, ld, T, L.bk);
+      this.mm(f16 ? w.vRows : vBase + pos * kvBytes, f16 ? rowBytes : kvBytes, L.wv, xin, ld, T, L.bv);
       for (let t = 0; t < T; t++) {
         const q = w.q + t * qDim * 4;
+        const kRow = f16 ? w.kRows + t * rowBytes : kBase + (pos + t) * kvBytes;
+        if (L.qNorm && L.kNorm) {
+          // Qwen3: RMSNorm over each head's headDim values, before RoPE.
+          const hb = a.headDim * 4;
+          for (let h = 0; h < a.nHeads; h++) k.rmsnorm(q + h * hb, q + h * hb, L.qNorm.ptr, a.headDim, a.normEps);
+          for (let h = 0; h < a.nKvHeads; h++) k.rmsnorm(kRow + h * hb, kRow + h * hb, L.kNorm.ptr, a.headDim, a.normEps);
+        }
         if (a.positions === 'rope') {
-          const kRow = kBase + (pos + t) * kvBytes;
           const cos = w.cos + t * ropeBytes, sin = w.sin + t * ropeBytes;
           if (a.ropeStyle === 'half') {
             k.rope_half(q, a.nHeads, a.headDim, cos, sin);
@@ -292,8 +359,15 @@ export class Transformer {
             k.rope_interleaved(kRow, a.nKvHeads, a.headDim, cos, sin);
           }
         }
-        // Causal: token t sees positions 0 .. pos+t (the block's later rows are not read).
-        k.attention(w.xb2 + t * ld, q, kBase, vBase, a.nHeads, a.nKvHeads, a.headDim, pos + t + 1, scale, w.att);
+        // Causal: token t sees positions 0 .. pos+t (the block's later rows are not read);
+        // with a sliding window only the last L.window of them: the cache from `first` on.
+        if (f16) {
+          k.encode_f16(kBase + (pos + t) * kvBytes, kRow, this.kvDim);
+          k.encode_f16(vBase + (pos + t) * kvBytes, w.vRows + t * rowBytes, this.kvDim);
+        }
+        const seen = pos + t + 1;
+        const first = Math.max(0, seen - L.window);
+        k.attention(w.xb2 + t * ld, q, kBase + first * kvBytes, vBase + first * kvBytes, a.nHeads, a.nKvHeads, a.headDim, seen - first, scale, w.att, f16 ? 1 : 0);
       }
       this.mm(w.tmp, ld, L.wo, w.xb2, ld, T, L.bo);
       this.addRows(w.x, w.tmp, T);
@@ -307,7 +381,7 @@ export class Transformer {
       }
       let pending: Promise<void> | void = undefined;
       if (T === 1) pending = this.ffn.run(l, xin, w.tmp);
-      else this.ffn.runBlock!(l, xin, ld, T, w.tmp, ld, w.ffnActs, w.batchScratch);
+      else pending = this.ffn.runBlock!(l, xin, ld, T, w.tmp, ld, w.ffnActs, w.batchScratch);
       if (pending) return pending.then(() => this.afterFfn(l, pos, T));
       this.afterFfn(l, pos, T, true);
     }

@@ -12,7 +12,7 @@ import type { FlmFile } from '../format/reader.js';
 import type { ReadHints } from '../source/types.js';
 import type { Arena } from '../engine/arena.js';
 import type { StreamLayer } from './layer.js';
-import { ReadPlanner } from './planner.js';
+import { ReadPlanner, type LinkCosts } from './planner.js';
 import type { RunStats } from './stats.js';
 
 /** Receives each batch of verified records fetch() read: `at` is the batch's first index relative to `start`. */
@@ -27,6 +27,10 @@ export class RecordFetcher<U> {
   private readonly parallel: number;
   /** The whole arena as bytes: reads land in it at staging offsets, without a view per read. */
   private mem: Uint8Array;
+  /** The staging area as bytes (multi-range reads take staging-relative offsets). */
+  private stagingView: Uint8Array;
+  /** Remote sources: the link as the planner prices it, refreshed before every plan. */
+  private readonly costs: LinkCosts | undefined;
   private hash64?: Awaited<ReturnType<typeof xxhash>>['create64'];
   // Reads of the current plan (readPlanned), at most `parallel` in flight.
   private nextRead = 0;
@@ -43,6 +47,8 @@ export class RecordFetcher<U> {
     this.inFlight--;
     this.pump();
   };
+  /** Whether the source sends multi-range requests (undefined until asked; false for good once it says no). */
+  private multi: boolean | undefined;
   private readonly readFail = (e: unknown): void => {
     this.inFlight--;
     this.fail(e);
@@ -66,8 +72,13 @@ export class RecordFetcher<U> {
     const n = file.header.arch.ffnDim;
     this.srcView = new Uint32Array(arena.memory.buffer, src, n * file.header.ffn[0]!.parts.length);
     this.mem = new Uint8Array(arena.memory.buffer);
+    this.stagingView = this.mem.subarray(staging, staging + stagingBytes);
     this.parallel = Math.max(1, hints.parallel);
     this.planner = new ReadPlanner(hints, alignment, stagingBytes, n, maxRegions);
+    const link = file.source.link;
+    // Multi-range stays off until the source's probe says yes (first fetch).
+    this.costs = link ? { rttMs: link.rttMs, connMBps: link.connMBps, linkMBps: link.linkMBps, inFlight: this.parallel, multiRange: false } : undefined;
+    this.multi = file.source.readRanges && file.source.multiRange ? undefined : false;
   }
 
   /**
@@ -78,17 +89,32 @@ export class RecordFetcher<U> {
   async fetch(layer: StreamLayer, ids: Int32Array, start: number, end: number, sink: BatchSink<U>, use: U): Promise<void> {
     const { f, section, regions } = layer;
     const stats = this.stats;
+    stats?.neuronsRead(end - start);
     const bundled = f.layout === 'bundled';
     const parts = this.parts;
     const first = f.parts.length - parts; // 1 in gate mode: part 0 (gate) is resident
     const memory = this.arena.memory;
     const plan = this.planner;
+    const costs = this.costs;
+    const source = this.file.source;
+    if (costs && this.multi !== false) this.multi = costs.multiRange = await source.multiRange!();
     for (let done = start; done < end; ) {
+      if (costs) {
+        const link = source.link!;
+        costs.rttMs = link.rttMs;
+        costs.connMBps = link.connMBps;
+        costs.linkMBps = link.linkMBps;
+        plan.setLink(costs);
+      }
       plan.plan(ids, done, end, regions);
       const t0 = performance.now();
       await this.readPlanned();
       const t1 = performance.now();
-      stats?.io(plan.readBytes, plan.readCount, t1 - t0, true);
+      stats?.io(plan.readBytes, plan.requestCount, t1 - t0, true);
+      if (costs) {
+        const link = source.link!;
+        stats?.link(link.rttMs, link.connMBps, link.linkMBps);
+      }
       const ptrs = this.srcView;
       const recordAt = plan.recordAt;
       for (let j = 0; j < plan.count; j++) {
@@ -135,13 +161,20 @@ export class RecordFetcher<U> {
   private pump(): void {
     const plan = this.planner;
     const src = this.file.source;
-    while (!this.readFailed && this.inFlight < this.parallel && this.nextRead < plan.readCount) {
-      const i = this.nextRead++;
+    while (!this.readFailed && this.inFlight < this.parallel && this.nextRead < plan.requestCount) {
+      const k = this.nextRead++;
+      const i = plan.reqFirst[k]!;
+      const to = plan.reqFirst[k + 1]!;
       const at = this.staging + plan.readStaging[i]!;
       const len = plan.readLength[i]!;
       this.inFlight++;
       try {
-        const read = src.readInto ? src.readInto(plan.readOffset[i]!, this.mem, at, len) : src.read(plan.readOffset[i]!, this.arena.u8(at, len));
+        const read =
+          to - i > 1
+            ? src.readRanges!(plan.readOffset, plan.readLength, plan.readStaging, i, to, this.stagingView)
+            : src.readInto
+              ? src.readInto(plan.readOffset[i]!, this.mem, at, len)
+              : src.read(plan.readOffset[i]!, this.arena.u8(at, len));
         read.then(this.readDone, this.readFail);
       } catch (e) {
         // a source that throws instead of rejecting
@@ -149,7 +182,7 @@ export class RecordFetcher<U> {
         this.fail(e);
       }
     }
-    if (this.inFlight === 0 && (this.readFailed || this.nextRead >= plan.readCount)) {
+    if (this.inFlight === 0 && (this.readFailed || this.nextRead >= plan.requestCount)) {
       const resolve = this.resolveBatch;
       const reject = this.rejectBatch;
       this.resolveBatch = this.rejectBatch = undefined;
@@ -169,7 +202,10 @@ export class RecordFetcher<U> {
 
   /** `mem`, made again if the memory grew since (its old buffer is then detached; fixed arenas never grow). */
   arenaBytes(): Uint8Array {
-    if (this.mem.byteLength === 0) this.mem = new Uint8Array(this.arena.memory.buffer);
+    if (this.mem.byteLength === 0) {
+      this.mem = new Uint8Array(this.arena.memory.buffer);
+      this.stagingView = this.mem.subarray(this.staging, this.staging + this.stagingBytes);
+    }
     return this.mem;
   }
 

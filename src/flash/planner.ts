@@ -7,6 +7,15 @@
  * ReadPlanner is the hot-path form: its plan lives in typed arrays sized at
  * construction and reused by every call, so planning a token allocates
  * nothing. planReads() is the same algorithm returning plain objects.
+ *
+ * Local sources merge across a fixed gap (their hints). Remote sources give
+ * the planner a link model (setLink: round trip, per-request and total
+ * bandwidth, requests in flight, multi-range support) and it prices each
+ * gap: reading through it costs its bytes, a separate request costs a round
+ * trip shared by the requests in flight. Where the server answers
+ * multi-range requests, a gap costs only a part header, so nothing is read
+ * through: the ranges are grouped into about as many requests as fill the
+ * link.
  */
 import type { ReadHints } from '../source/types.js';
 
@@ -38,9 +47,42 @@ export interface ReadPlan {
   recordAt: Float64Array;
   /** Number of wanted records covered by this plan (a prefix of the list). */
   count: number;
+  /** With a link: request k sends reads `requests[k] .. requests[k + 1]` (the last up to the end); without, one request per read. */
+  requests?: number[];
 }
 
 export const DEFAULT_HINTS: ReadHints = { mergeGap: 0, maxRead: 1 << 20, parallel: 8 };
+
+/** The link as the planner prices it (LinkEstimator's numbers; MB/s = 1e3 bytes per ms). */
+export interface LinkCosts {
+  rttMs: number;
+  connMBps: number;
+  linkMBps: number;
+  /** Requests in flight at most. */
+  inFlight: number;
+  /** The source sends several ranges in one request (readRanges). */
+  multiRange: boolean;
+}
+
+/** Ranges per multi-range request at most: keeps the Range header near 3 KB (servers cap request headers at 4-8 KB). */
+export const MAX_RANGES_PER_REQUEST = 128;
+/** What one more part of a multi-range answer costs: its boundary and headers (~90 bytes at nginx), so smaller gaps are read through. */
+export const PART_OVERHEAD_BYTES = 128;
+
+/** The gap (bytes) up to which reading through is cheaper than another request on this link. */
+export function costGap(c: LinkCosts): number {
+  if (c.multiRange) return PART_OVERHEAD_BYTES;
+  const p = Math.max(1, c.inFlight);
+  // A byte costs 1/(the rate all requests together get); a request, its round trip shared by those in flight.
+  const bytesPerMs = 1e3 * Math.max(1e-3, Math.min(p * c.connMBps, c.linkMBps));
+  return Math.max(0, Math.floor((c.rttMs / p) * bytesPerMs));
+}
+
+/** Requests a multi-range plan aims for: enough that their per-request rates fill the link (twice over), at most those in flight. */
+export function costRequests(c: LinkCosts): number {
+  const fill = Math.ceil((2 * c.linkMBps) / Math.max(1e-3, c.connMBps));
+  return Math.max(1, Math.min(Math.max(1, c.inFlight), Math.max(4, fill)));
+}
 
 /** Reads are not split below this to fill the parallel slots: smaller requests cost more than they overlap. */
 export const MIN_SPLIT_READ = 64 << 10;
@@ -61,6 +103,12 @@ export class ReadPlanner {
   readStaging: Float64Array;
   recordAt: Float64Array;
   readCount = 0;
+  /**
+   * Requests: request k sends reads `reqFirst[k] .. reqFirst[k + 1]` (one
+   * multi-range request when there are several; only with a multi-range link).
+   */
+  reqFirst: Uint32Array;
+  requestCount = 0;
   /** Staging bytes the plan uses. */
   stagingBytes = 0;
   /** Bytes read from the source (>= wanted bytes: gaps and alignment). */
@@ -70,8 +118,15 @@ export class ReadPlanner {
 
   private readonly align: number;
   private readonly maxRead: number;
-  private readonly mergeGap: number;
-  private readonly parallel: number;
+  private mergeGap: number;
+  private readonly fixedGap: number;
+  private parallel: number;
+  private readonly fixedParallel: number;
+  /** Multi-range grouping: on, bytes per request, and the state of the request being filled. */
+  private multi = false;
+  private groupTarget = 0;
+  private groupBytes = 0;
+  private groupEnd = 0;
   /** Range bytes of the last measured prefix. */
   private total = 0;
 
@@ -84,8 +139,8 @@ export class ReadPlanner {
   ) {
     this.align = Math.max(1, alignment);
     this.maxRead = Math.max(this.align, floorTo(hints.maxRead, this.align));
-    this.mergeGap = hints.mergeGap;
-    this.parallel = hints.parallel;
+    this.mergeGap = this.fixedGap = hints.mergeGap;
+    this.parallel = this.fixedParallel = hints.parallel;
     this.recordAt = new Float64Array(Math.max(1, maxRecords * maxRegions));
     // A plan that fits has at most one range per record and region, each cut into pieces of at least minPiece
     // over at most stagingLimit bytes in all: that many reads never need more room.
@@ -94,6 +149,28 @@ export class ReadPlanner {
     this.readOffset = new Float64Array(reads);
     this.readLength = new Float64Array(reads);
     this.readStaging = new Float64Array(reads);
+    this.reqFirst = new Uint32Array(reads + 1);
+  }
+
+  /**
+   * Prices the next plans with this link model (undefined: back to the fixed
+   * hints). Cheap: call it before every plan as the estimates move.
+   */
+  setLink(c: LinkCosts | undefined): void {
+    if (!c) {
+      this.mergeGap = this.fixedGap;
+      this.parallel = this.fixedParallel;
+      this.multi = false;
+      return;
+    }
+    this.mergeGap = costGap(c);
+    this.multi = c.multiRange;
+    this.parallel = c.multiRange ? costRequests(c) : Math.max(1, c.inFlight);
+  }
+
+  /** Bytes read through between records in the current plan's pricing (the fixed mergeGap without a link). */
+  get gap(): number {
+    return this.mergeGap;
   }
 
   /**
@@ -122,8 +199,15 @@ export class ReadPlanner {
     }
     // A few long ranges would leave connections idle: cut pieces so that about `parallel` reads are in flight.
     const align = this.align;
-    const piece = Math.max(align, Math.min(this.maxRead, Math.max(ceilTo(MIN_SPLIT_READ, align), ceilTo(Math.ceil(this.total / Math.max(1, this.parallel)), align))));
+    const share = ceilTo(Math.ceil(this.total / Math.max(1, this.parallel)), align);
+    const piece = Math.max(align, Math.min(this.maxRead, Math.max(ceilTo(MIN_SPLIT_READ, align), share)));
+    // Multi-range: ranges are grouped into requests of about an equal share each.
+    this.groupTarget = Math.max(align, Math.min(this.maxRead, share));
+    this.groupBytes = 0;
+    this.groupEnd = 0;
+    this.requestCount = 0;
     this.stagingBytes = this.walk(ids, start, count, regions, piece);
+    this.reqFirst[this.requestCount] = this.readCount;
     this.readBytes = this.total;
     this.count = count;
     return this;
@@ -196,10 +280,20 @@ export class ReadPlanner {
     for (let at = start; at < end; at += piece) {
       const i = this.readCount;
       if (i === this.readOffset.length) this.growReads();
+      const len = Math.min(piece, end - at);
       this.readOffset[i] = at;
-      this.readLength[i] = Math.min(piece, end - at);
+      this.readLength[i] = len;
       this.readStaging[i] = base + (at - start);
       this.readCount = i + 1;
+      // A new request unless this range joins the multi-range request being filled (ascending, under its share and part cap).
+      const k = this.requestCount;
+      if (!this.multi || k === 0 || this.groupBytes + len > this.groupTarget || i - this.reqFirst[k - 1]! >= MAX_RANGES_PER_REQUEST || at < this.groupEnd) {
+        this.reqFirst[k] = i;
+        this.requestCount = k + 1;
+        this.groupBytes = 0;
+      }
+      this.groupBytes += len;
+      this.groupEnd = at + len;
     }
   }
 
@@ -212,6 +306,9 @@ export class ReadPlanner {
     this.readOffset = grow(this.readOffset);
     this.readLength = grow(this.readLength);
     this.readStaging = grow(this.readStaging);
+    const q = new Uint32Array(2 * this.reqFirst.length);
+    q.set(this.reqFirst);
+    this.reqFirst = q;
   }
 }
 
@@ -228,11 +325,16 @@ export function planReads(
   hints: ReadHints,
   alignment: number,
   stagingBytes: number,
+  link?: LinkCosts,
 ): ReadPlan {
-  const p = new ReadPlanner(hints, alignment, stagingBytes, n, regions.length).plan(ids, 0, n, regions);
+  const planner = new ReadPlanner(hints, alignment, stagingBytes, n, regions.length);
+  planner.setLink(link);
+  const p = planner.plan(ids, 0, n, regions);
   const reads: ReadOp[] = [];
   for (let i = 0; i < p.readCount; i++) reads.push({ offset: p.readOffset[i]!, length: p.readLength[i]!, staging: p.readStaging[i]! });
-  return { reads, stagingBytes: p.stagingBytes, readBytes: p.readBytes, recordAt: p.recordAt.slice(0, p.count * regions.length), count: p.count };
+  const plan: ReadPlan = { reads, stagingBytes: p.stagingBytes, readBytes: p.readBytes, recordAt: p.recordAt.slice(0, p.count * regions.length), count: p.count };
+  if (link) plan.requests = Array.from(p.reqFirst.subarray(0, p.requestCount));
+  return plan;
 }
 
 export { runBounded } from '../util/bounded.js';

@@ -1,8 +1,9 @@
 /**
  * Which neurons a token needs (PAPER.md "Predictors"), for one layer at a
  * time: the trained low-rank predictor, the true active set (oracle), all of
- * them, or (gated FFNs) those whose |silu(gate·x)| passes the layer's gate
- * threshold with the gate rows resident. Fills the active list in the arena
+ * them, or (gated FFNs) those whose |act_gate(gate·x)| passes the layer's gate
+ * threshold with the gate rows resident (relu-family gates: threshold 0 keeps
+ * exactly the nonzero ones). Fills the active list in the arena
  * in ascending neuron order, and measures the predictor against the oracle
  * when one is given. Allocates nothing per call.
  */
@@ -10,6 +11,7 @@ import type { FlmFile } from '../format/reader.js';
 import type { Kernels } from '../kernels/types.js';
 import type { Arena } from '../engine/arena.js';
 import { matvec } from '../engine/tensor.js';
+import { exactZeros, gatedActArgs, type ActArgs } from '../engine/ffn.js';
 import type { StreamLayer } from './layer.js';
 import type { Oracle } from './oracle.js';
 import type { RunStats } from './stats.js';
@@ -46,6 +48,8 @@ export class NeuronSelector {
   /** The FFN input as a view, made once per input slot (the oracle takes floats). */
   private xPtr = -1;
   private xView: Float32Array = new Float32Array(0);
+  /** The gated activation as kernel arguments (arch.gatedAct). */
+  private readonly act: ActArgs;
 
   constructor(
     private readonly file: FlmFile,
@@ -59,6 +63,7 @@ export class NeuronSelector {
     const { ffnDim: n, dModel: d } = file.header.arch;
     this.n = n;
     this.d = d;
+    this.act = gatedActArgs(file.header.arch);
     this.activeView = new Int32Array(arena.memory.buffer, r.active, n);
     this.logitsView = arena.f32(r.logits, n);
     this.actListView = selection === 'gate' ? arena.f32(r.actList, n) : new Float32Array(0);
@@ -84,8 +89,8 @@ export class NeuronSelector {
       // Gate activations of every neuron from the resident gate rows; keep those over the threshold.
       const f = layer.f;
       const g = layer.gate!;
-      const act = f.dtype === 'f32' ? this.k.gate_act_f32 : f.dtype === 'f16' ? this.k.gate_act_f16 : f.dtype === 'q8' ? this.k.gate_act_q8 : this.k.gate_act_i8;
-      act(this.r.logits, x, this.d, this.n, g.ptr, f.partBytes);
+      const act = f.dtype === 'f32' ? this.k.gate_act_f32 : f.dtype === 'f16' ? this.k.gate_act_f16 : f.dtype === 'q8' ? this.k.gate_act_q8 : f.dtype === 'q4' ? this.k.gate_act_q4 : this.k.gate_act_i8;
+      act(this.r.logits, x, this.d, this.n, g.ptr, f.partBytes, this.act.afn, this.act.athr);
       const lv = this.logitsView;
       const list = this.actListView;
       for (let j = 0; j < this.n; j++) {
@@ -120,7 +125,8 @@ export class NeuronSelector {
     const av = this.activeView;
     let tp = 0;
     let truth = 0;
-    if (this.file.header.arch.activation === 'swiglu') {
+    const arch = this.file.header.arch;
+    if (arch.activation === 'swiglu' && !exactZeros(arch)) {
       const gate = this.file.header.gate;
       if (!gate) return;
       const t = gate.thresholds[layer.f.layer]!;
@@ -128,7 +134,7 @@ export class NeuronSelector {
       for (let j = 0; j < this.n; j++) if (Math.abs(h[j]!) > t) truth++;
       for (let i = 0; i < count; i++) if (Math.abs(h[av[i]!]!) > t) tp++;
     } else {
-      // active: a nonzero ReLU output
+      // active: a nonzero output (ReLU, and the relu-family gated activations: exact zeros)
       const h = oracle.activations(layer.f.layer, xs);
       for (let j = 0; j < this.n; j++) if (h[j] !== 0) truth++;
       for (let i = 0; i < count; i++) if (h[av[i]!] !== 0) tp++;

@@ -27,6 +27,20 @@ export interface TokenStats {
   falsePositives: number;
   falseNegatives: number;
   predictorKnown: boolean;
+  /** True active neurons over every layer (the oracle's count; exact-zero activations only), when known. */
+  trueActive: number;
+  activeKnown: boolean;
+  /** Neurons read from the source (all layers). */
+  neuronsRead: number;
+  /** The oracle's time, apart from `ms` (which excludes it). */
+  oracleMs: number;
+  /** Remote sources: the link model after the token's reads (round trip ms, MB/s per request and in all); linkKnown false without one. */
+  linkRttMs: number;
+  linkConnMBps: number;
+  linkMBps: number;
+  linkKnown: boolean;
+  /** Window mode: ms of compute that ran while the token's reads were in flight (part of ioMs: the I/O it hid). */
+  hiddenIoMs: number;
 }
 
 export interface StatsSummary {
@@ -47,6 +61,16 @@ export interface StatsSummary {
   arenaBytes: number;
   predictorRecall: number | null;
   predictorPrecision: number | null;
+  /** True active neurons ÷ FFN neurons (all layers), averaged over the tokens where the oracle knew it; null otherwise. */
+  activeFractionPerToken: number | null;
+  /** Neurons read from the source ÷ FFN neurons (all layers), per token; null when the FFN size is unknown. */
+  newFractionPerToken: number | null;
+  /** The oracle's ms per token (measurement, not part of msPerToken). */
+  oracleMsPerToken: number;
+  /** ms per token of I/O hidden behind compute (counted in ioMsPerToken, not in computeMsPerToken). */
+  hiddenIoMsPerToken: number;
+  /** The link model (remote sources), averaged over the tokens that had one; absent otherwise. */
+  link?: { rttMs: number; connMBps: number; linkMBps: number };
   strategy: string;
   sparsity: string;
   window: number | null;
@@ -58,6 +82,8 @@ export interface RunStatsInfo {
   residentBytes: number;
   arenaBytes: number;
   ffnBytesTotal: number;
+  /** FFN neurons over all layers (nLayers × ffnDim), for the neuron fractions. */
+  ffnNeurons?: number;
   strategy: string;
   sparsity: string;
   window: number | null;
@@ -84,7 +110,16 @@ const TP = 11;
 const FP = 12;
 const FN = 13;
 const KNOWN = 14;
-const FIELDS = 15;
+const ACTIVE = 15;
+const ACTIVE_KNOWN = 16;
+const READ = 17;
+const ORACLE_MS = 18;
+const LINK_RTT = 19;
+const LINK_CONN = 20;
+const LINK_BW = 21;
+const LINK_KNOWN = 22;
+const HIDDEN_MS = 23;
+const FIELDS = 24;
 
 function fromSlots(a: Float64Array, at: number): TokenStats {
   return {
@@ -103,6 +138,15 @@ function fromSlots(a: Float64Array, at: number): TokenStats {
     falsePositives: a[at + FP]!,
     falseNegatives: a[at + FN]!,
     predictorKnown: a[at + KNOWN] === 1,
+    trueActive: a[at + ACTIVE]!,
+    activeKnown: a[at + ACTIVE_KNOWN] === 1,
+    neuronsRead: a[at + READ]!,
+    oracleMs: a[at + ORACLE_MS]!,
+    linkRttMs: a[at + LINK_RTT]!,
+    linkConnMBps: a[at + LINK_CONN]!,
+    linkMBps: a[at + LINK_BW]!,
+    linkKnown: a[at + LINK_KNOWN] === 1,
+    hiddenIoMs: a[at + HIDDEN_MS]!,
   };
 }
 
@@ -174,8 +218,10 @@ export class RunStats {
    */
   endToken(): TokenStats {
     const c = this.cur;
-    c[MS] = performance.now() - this.tokenStart;
-    c[COMPUTE_MS] = Math.max(0, c[MS]! - c[IO_MS]! - c[UNPACK_MS]!);
+    // The oracle is measurement apparatus: its time is reported apart, not as the strategy's.
+    c[MS] = Math.max(0, performance.now() - this.tokenStart - c[ORACLE_MS]!);
+    // Reads measure from issue to use: the compute that ran while they were in flight is inside IO_MS.
+    c[COMPUTE_MS] = Math.max(0, c[MS]! - c[IO_MS]! - c[UNPACK_MS]! + c[HIDDEN_MS]!);
     c[FFN_FRACTION] = this.info.ffnBytesTotal ? this.ffnBytesThisToken / this.info.ffnBytesTotal : 0;
     const t = this.closed;
     this.ring.set(c, this.slot(t));
@@ -193,6 +239,11 @@ export class RunStats {
     if (ffn) this.ffnBytesThisToken += bytes;
   }
 
+  /** Compute that ran while reads were in flight (window mode: the cached neurons while the new ones load). */
+  hidden(ms: number): void {
+    this.cur[HIDDEN_MS]! += ms;
+  }
+
   unpack(ms: number): void {
     this.cur[UNPACK_MS]! += ms;
   }
@@ -203,6 +254,33 @@ export class RunStats {
     c[LOOKUPS]! += lookups;
     c[LRU]! += lruEvictions;
     c[OVERFLOW]! += overflow;
+  }
+
+  /** An oracle computation: its time, and the layer's true active count (-1: not an exact count). */
+  oracle(ms: number, active: number, _neurons: number): void {
+    this.cur[ORACLE_MS]! += ms;
+    if (active >= 0) this.trueActive(active);
+  }
+
+  /** A layer's true active neurons, from the oracle or a pass that computed every neuron. */
+  trueActive(active: number): void {
+    const c = this.cur;
+    c[ACTIVE]! += active;
+    c[ACTIVE_KNOWN] = 1;
+  }
+
+  /** The link model as it stands after a read (the token keeps the last one). */
+  link(rttMs: number, connMBps: number, linkMBps: number): void {
+    const c = this.cur;
+    c[LINK_RTT] = rttMs;
+    c[LINK_CONN] = connMBps;
+    c[LINK_BW] = linkMBps;
+    c[LINK_KNOWN] = 1;
+  }
+
+  /** Neurons whose records were read from the source. */
+  neuronsRead(n: number): void {
+    this.cur[READ]! += n;
   }
 
   predictor(tp: number, fp: number, fn: number): void {
@@ -236,6 +314,19 @@ export class RunStats {
         s[LOOKUPS]! += t.cacheLookups;
         s[LRU]! += t.cacheLruEvictions;
         s[OVERFLOW]! += t.cacheOverflow;
+        s[READ]! += t.neuronsRead;
+        s[ORACLE_MS]! += t.oracleMs;
+        s[HIDDEN_MS]! += t.hiddenIoMs;
+        if (t.linkKnown) {
+          s[LINK_RTT]! += t.linkRttMs;
+          s[LINK_CONN]! += t.linkConnMBps;
+          s[LINK_BW]! += t.linkMBps;
+          s[LINK_KNOWN]! += 1;
+        }
+        if (t.activeKnown) {
+          s[ACTIVE]! += t.trueActive;
+          s[ACTIVE_KNOWN]! += 1;
+        }
         if (t.predictorKnown) {
           s[TP]! += t.truePositives;
           s[FP]! += t.falsePositives;
@@ -252,7 +343,7 @@ export class RunStats {
     const tp = s[TP]!;
     const fp = s[FP]!;
     const fn = s[FN]!;
-    const { residentBytes, arenaBytes, strategy, sparsity, window, layout, dtype } = this.info;
+    const { residentBytes, arenaBytes, strategy, sparsity, window, layout, dtype, ffnNeurons } = this.info;
     return {
       tokens: n,
       bytesPerToken: avg(BYTES),
@@ -270,6 +361,11 @@ export class RunStats {
       arenaBytes,
       predictorRecall: known && tp + fn ? tp / (tp + fn) : null,
       predictorPrecision: known && tp + fp ? tp / (tp + fp) : null,
+      activeFractionPerToken: ffnNeurons && s[ACTIVE_KNOWN]! ? s[ACTIVE]! / s[ACTIVE_KNOWN]! / ffnNeurons : null,
+      newFractionPerToken: ffnNeurons ? avg(READ) / ffnNeurons : null,
+      oracleMsPerToken: avg(ORACLE_MS),
+      hiddenIoMsPerToken: avg(HIDDEN_MS),
+      ...(s[LINK_KNOWN]! ? { link: { rttMs: s[LINK_RTT]! / s[LINK_KNOWN]!, connMBps: s[LINK_CONN]! / s[LINK_KNOWN]!, linkMBps: s[LINK_BW]! / s[LINK_KNOWN]! } } : {}),
       strategy,
       sparsity,
       window,

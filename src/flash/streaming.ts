@@ -10,7 +10,7 @@ import type { FlmFile } from '../format/reader.js';
 import type { Kernels } from '../kernels/types.js';
 import type { ReadHints } from '../source/types.js';
 import { CountingAllocator, type Allocator, type Arena } from '../engine/arena.js';
-import { runFfnPtrs, type FfnProvider } from '../engine/ffn.js';
+import { exactZeros, gatedActArgs, runFfnBatch, runFfnPtrs, type ActArgs, type FfnProvider } from '../engine/ffn.js';
 import { placeTensor } from '../engine/tensor.js';
 import type { RecordRegion } from './planner.js';
 import type { Oracle } from './oracle.js';
@@ -45,7 +45,12 @@ const enum Use {
   Install,
   /** Window, degraded token: run the FFN over the uncached rest from staging. */
   ComputeRest,
+  /** A prompt block: run each token's FFN over its own neurons among the batch. */
+  Block,
 }
+
+/** Tokens one pass of a prompt block covers: one bit each in a neuron's u32 mask. */
+const BLOCK_TOKENS = 32;
 
 /**
  * The streaming FFN's part of the arena: selection lists, activations,
@@ -65,6 +70,8 @@ export function layoutStreaming(al: Allocator, file: FlmFile, k: Kernels, window
     active: al.alloc('active neurons', n * 4),
     newList: al.alloc('new neurons', n * 4),
     ptrs: al.alloc('record pointers', n * nParts * 4),
+    // Window mode: the new neurons' slot pointers, computed apart from the cached ones (after their reads land).
+    newPtrs: window === null ? 0 : al.alloc('new record pointers', n * nParts * 4),
     src: al.alloc('staging pointers', n * nParts * 4),
     h: al.alloc('activations', n * 4),
     tmpOut: al.alloc('ffn partial', d * 4),
@@ -73,6 +80,8 @@ export function layoutStreaming(al: Allocator, file: FlmFile, k: Kernels, window
     i8scratch: al.alloc('int8 scratch', Math.max(16, k.matvec_i8_scratch_bytes(Math.max(d, maxRank)))),
     actList: gated ? al.alloc('gate activations', n * 4) : 0,
     actList2: gated ? al.alloc('gate activations 2', n * 4) : 0,
+    // Prompt blocks without sparsity: one batch's partial FFN output for every token of the block.
+    blockPartial: sparsity === 'off' ? al.alloc('block ffn partial', BLOCK_TOKENS * d * 4) : 0,
     // Page-aligned staging: O_DIRECT reads land straight in the arena.
     staging: stagingBytes ? al.alloc('staging', stagingBytes, Math.max(64, alignment)) : 0,
     layers: h.ffn.map((f) => {
@@ -119,7 +128,13 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
   /** Window mode: part pointers of every active neuron's cache slot (u32 [count][parts]). */
   private readonly ptrs: number;
   private readonly ptrView: Uint32Array;
+  /** Window mode: the part pointers of this token's newly placed neurons, and a mark per neuron for them. */
+  private readonly newPtrs: number;
+  private readonly newPtrView: Uint32Array;
+  private readonly isNew: Uint8Array;
   private readonly h: number;
+  /** Without sparsity (hybrid, naive) on exact-zero activations: the computed activations, to count the true active set (RunStats). */
+  private readonly hView: Float32Array | undefined;
   private readonly tmpOut: number;
   /** Parts per streamed/cached record (gate mode: up and down only). */
   private readonly cacheParts: number;
@@ -128,6 +143,8 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
   private readonly actList: number;
   private readonly actList2: number;
   private readonly actList2View: Float32Array;
+  /** The gated activation as kernel arguments (arch.gatedAct). */
+  private readonly act: ActArgs;
   // State of the layer being run (one run at a time: the model runs one token, one layer at a time).
   private curX = 0;
   private curOut = 0;
@@ -137,9 +154,31 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
   private placed = 0;
   private overflow = 0;
   private count = 0;
+  // Prompt block state (runBlock): which of the block's tokens selected each neuron (bit t), their inputs
+  // and outputs, and which outputs hold a partial sum.
+  private readonly blockMask: Uint32Array;
+  private blockT = 0;
+  private blockX = 0;
+  private blockLdx = 0;
+  private blockOut = 0;
+  private blockLdo = 0;
+  private blockWrote = 0;
+  /** Gate mode: the block tokens' gate activations, token t's at [t * n + neuron] (runBlock's `h`). */
+  private blockActs: Float32Array = new Float32Array(0);
+  /** The neuron ids being read for a block, and where fetch() started in them (it counts batches from there). */
+  private blockIds: Int32Array = new Int32Array(0);
+  private blockFrom = 0;
+  /** The fetcher's pointer list (arena address): free between fetches, the compaction target for cached neurons. */
+  private readonly blockSrc: number;
+  /** runBlock's activation rows and batch scratch, and (no sparsity) the block's partial outputs. */
+  private blockH = 0;
+  private blockScratch = 0;
+  private readonly blockPartial: number;
+  /** Part pointers of one run of contiguous records (made once). */
+  private readonly runParts: number[];
 
   constructor(
-    private readonly file: FlmFile,
+    file: FlmFile,
     private readonly k: Kernels,
     private readonly arena: Arena,
     sectionPtrs: ReadonlyMap<string, number>,
@@ -151,9 +190,11 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
     const nParts = h.ffn[0]!.parts.length;
     this.gated = cfg.selection === 'gate';
     this.cacheParts = this.gated ? 2 : nParts;
-    if (this.gated && (h.arch.activation !== 'swiglu' || !h.gate)) {
+    // relu-family gates have exact zeros: without calibrated thresholds, gate mode keeps exactly the nonzero ones (threshold 0)
+    if (this.gated && (h.arch.activation !== 'swiglu' || (!h.gate && !exactZeros(h.arch)))) {
       throw new ArgumentError('gate sparsity needs a gated (SwiGLU) model with gate thresholds: run `flashlm calibrate` on it first');
     }
+    this.act = gatedActArgs(h.arch);
     if (cfg.selection === 'predictor' && !h.predictors) {
       throw new ArgumentError('this .flm has no predictors: run `flashlm calibrate` first, or use --sparsity oracle|off');
     }
@@ -164,12 +205,20 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
     this.newView = new Int32Array(buf, this.newList, n);
     this.ptrs = L.ptrs;
     this.ptrView = new Uint32Array(buf, this.ptrs, n * nParts);
+    this.newPtrs = L.newPtrs;
+    this.newPtrView = L.newPtrs ? new Uint32Array(buf, L.newPtrs, n * nParts) : new Uint32Array(0);
+    this.isNew = new Uint8Array(cfg.window === null ? 0 : n);
     this.h = L.h;
+    this.hView = cfg.selection === 'off' && cfg.stats && !cfg.oracle && exactZeros(h.arch) ? arena.f32(L.h, n) : undefined;
     this.tmpOut = L.tmpOut;
     this.actList = L.actList;
     this.actList2 = L.actList2;
     this.actList2View = this.gated ? arena.f32(this.actList2, n) : new Float32Array(0);
     this.selector = new NeuronSelector(file, k, arena, L, cfg.selection, cfg.oracle, cfg.stats);
+    this.blockMask = new Uint32Array(n);
+    this.blockSrc = L.src;
+    this.blockPartial = L.blockPartial;
+    this.runParts = new Array<number>(this.cacheParts).fill(0);
 
     const tensors = new Map(h.tensors.map((t) => [t.name, t]));
     const place = (name: string) => placeTensor(file, arena, sectionPtrs, tensors.get(name)!);
@@ -183,7 +232,7 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
           : f.partOffsets.slice(first).map((o) => ({ offset: section.offset + o, stride: f.partBytes, bytes: f.partBytes }));
       const layer: StreamLayer = { f, section, regions, state: 0 };
       const at = L.layers[i]!;
-      if (this.gated) layer.gate = { ptr: at.gateRows, loaded: false, threshold: h.gate!.thresholds[f.layer]! };
+      if (this.gated) layer.gate = { ptr: at.gateRows, loaded: false, threshold: h.gate?.thresholds[f.layer] ?? 0 };
       const p = h.predictors?.[f.layer];
       if (p) layer.pred = { a: place(p.a), b: place(p.b), bias: place(p.bias), threshold: p.threshold, rank: p.rank };
       if (at.cache) {
@@ -201,6 +250,10 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
   onBatch(use: Use, layer: StreamLayer, at: number, len: number, src: number): void {
     if (use === Use.Compute) this.compute(layer, src, len, this.h + at * 4, this.actList + at * 4);
     else if (use === Use.ComputeRest) this.compute(layer, src, len, 0, this.actList2 + at * 4);
+    else if (use === Use.Block) {
+      if (this.cfg.selection === 'off') this.computeBlockDense(layer, len);
+      else this.computeBlock(layer, this.blockIds, this.blockFrom + at, len, this.fetcher.srcView, this.ptrView, this.ptrs);
+    }
     else {
       const t = performance.now();
       this.k.cache_install(layer.state, this.firstNew + at, len, src);
@@ -215,9 +268,9 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
     const out = this.curOut;
     const dst = this.wrote ? this.tmpOut : out;
     if (this.gated) {
-      const gatedFfn = f.dtype === 'f32' ? this.k.ffn_gated_f32_ptrs : f.dtype === 'f16' ? this.k.ffn_gated_f16_ptrs : f.dtype === 'q8' ? this.k.ffn_gated_q8_ptrs : this.k.ffn_gated_i8_ptrs;
-      gatedFfn(dst, this.curX, this.d, ptrs, n, acts, hOut);
-    } else runFfnPtrs(this.k, f, dst, this.curX, ptrs, n, hOut);
+      const gatedFfn = f.dtype === 'f32' ? this.k.ffn_gated_f32_ptrs : f.dtype === 'f16' ? this.k.ffn_gated_f16_ptrs : f.dtype === 'q8' ? this.k.ffn_gated_q8_ptrs : f.dtype === 'q4' ? this.k.ffn_gated_q4_ptrs : this.k.ffn_gated_i8_ptrs;
+      gatedFfn(dst, this.curX, this.d, ptrs, n, acts, hOut, this.act.afn, this.act.athr);
+    } else runFfnPtrs(this.k, f, dst, this.curX, ptrs, n, hOut, this.act);
     if (this.wrote) this.k.add(out, out, this.tmpOut, this.d);
     this.wrote = true;
   }
@@ -229,6 +282,9 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
   run(layerIndex: number, x: number, out: number): Promise<void> | void {
     const layer = this.layers[layerIndex]!;
     if (layer.gate && !layer.gate.loaded) return this.fetcher.loadGate(layer).then(() => this.run(layerIndex, x, out));
+    // A paged oracle (no copy of the FFN) reads the layer from the source first.
+    const oracle = this.cfg.oracle;
+    if (oracle && !oracle.ready(layerIndex, this.arena.memory, x)) return oracle.prepare(layerIndex, this.arena.memory, x).then(() => this.run(layerIndex, x, out));
     const count = this.selector.select(layer, x);
     this.curX = x;
     this.curOut = out;
@@ -236,7 +292,10 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
 
     if (this.cfg.window === null) {
       // No reuse: every selected neuron is read this token, computed from staging (count > 0 writes `out`).
-      if (count) return this.fetcher.fetch(layer, this.selector.activeView, 0, count, this, Use.Compute);
+      if (count) {
+        const read = this.fetcher.fetch(layer, this.selector.activeView, 0, count, this, Use.Compute);
+        return this.hView ? read.then(() => this.countActive(count)) : read;
+      }
       this.finish();
       return;
     }
@@ -257,33 +316,203 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
     this.finish();
   }
 
-  /** Window mode, the rest of run() when neurons must be read: install the new ones, compute, and stream what the cache cannot hold. */
+  /**
+   * Window mode, the rest of run() when neurons must be read (PAPER.md:
+   * reads hidden behind compute): the new neurons' reads go out first, the
+   * cached ones are computed while they are in flight, then the new ones
+   * once installed; what the cache cannot hold streams from staging last.
+   */
   private async runWindowReads(layer: StreamLayer): Promise<void> {
     const { count, placed, overflow } = this;
-    if (placed) await this.fetcher.fetch(layer, this.newView, 0, placed, this, Use.Install);
-    if (!overflow) this.compute(layer, this.ptrs, count, this.h, this.actList);
-    else {
-      // Degraded token: the active set outgrew the cache. Compute the cached ones, then stream the rest.
-      const pv = this.ptrView;
-      const parts = this.cacheParts;
-      const acts = this.gated ? this.selector.actListView : undefined;
-      let m = 0;
-      for (let i = 0; i < count; i++) {
-        if (pv[i * parts] === 0) continue;
-        for (let p = 0; p < parts; p++) pv[m * parts + p] = pv[i * parts + p]!;
-        if (acts) acts[m] = acts[i]!;
-        m++;
+    const installing = placed ? this.fetcher.fetch(layer, this.newView, 0, placed, this, Use.Install) : undefined;
+    // Split the active list: hits compacted in place, placed new neurons to newPtrs (ptr 0: overflow, not cached).
+    const pv = this.ptrView;
+    const nv = this.newPtrView;
+    const parts = this.cacheParts;
+    const acts = this.gated ? this.selector.actListView : undefined;
+    const acts2 = this.actList2View;
+    const isNew = this.isNew;
+    const fresh = this.newView;
+    for (let i = 0; i < placed; i++) isNew[fresh[i]!] = 1;
+    const av = this.selector.activeView;
+    let hits = 0;
+    let news = 0;
+    for (let i = 0; i < count; i++) {
+      if (pv[i * parts] === 0) continue;
+      if (isNew[av[i]!]) {
+        for (let p = 0; p < parts; p++) nv[news * parts + p] = pv[i * parts + p]!;
+        if (acts) acts2[news] = acts[i]!;
+        news++;
+      } else {
+        for (let p = 0; p < parts; p++) pv[hits * parts + p] = pv[i * parts + p]!;
+        if (acts) acts[hits] = acts[i]!;
+        hits++;
       }
-      this.compute(layer, this.ptrs, m, this.h, this.actList);
-      const rest = this.newView; // the uncached neurons: rest[placed, placed + overflow)
+    }
+    for (let i = 0; i < placed; i++) isNew[fresh[i]!] = 0;
+    const t0 = performance.now();
+    this.compute(layer, this.ptrs, hits, this.h, this.actList);
+    if (installing) {
+      this.cfg.stats?.hidden(performance.now() - t0);
+      await installing;
+    }
+    this.compute(layer, this.newPtrs, news, 0, this.actList2);
+    if (overflow) {
+      // Degraded token: the active set outgrew the cache; stream the rest (fresh[placed, placed + overflow)).
       if (this.gated) {
         const all = this.selector.logitsView;
-        const acts2 = this.actList2View;
-        for (let i = 0; i < overflow; i++) acts2[i] = all[rest[placed + i]!]!;
+        for (let i = 0; i < overflow; i++) acts2[i] = all[fresh[placed + i]!]!;
       }
-      await this.fetcher.fetch(layer, rest, placed, placed + overflow, this, Use.ComputeRest);
+      await this.fetcher.fetch(layer, fresh, placed, placed + overflow, this, Use.ComputeRest);
     }
     this.finish();
+  }
+
+  /**
+   * A prompt block (PAPER.md's reads, batched over tokens): every token of
+   * the block selects its neurons as it would alone; the union of their
+   * records is read once, and each token's FFN runs over its own neurons
+   * among them. Prompt tokens share most neurons, so a block of 32 reads far
+   * less than 32 tokens one by one; without sparsity (hybrid) it reads each
+   * layer once per block instead of once per token. In window mode the block
+   * is one step of the window: the union goes through the cache like one
+   * token's active set (hits cost nothing, misses are installed, what does
+   * not fit is computed from staging), so decoding starts with it cached.
+   */
+  async runBlock(layerIndex: number, x: number, ldx: number, T: number, out: number, ldo: number, h: number, scratch: number): Promise<void> {
+    this.blockH = h;
+    this.blockScratch = scratch;
+    for (let t0 = 0; t0 < T; t0 += BLOCK_TOKENS) {
+      await this.runBlockPass(layerIndex, x + t0 * ldx, ldx, Math.min(BLOCK_TOKENS, T - t0), out + t0 * ldo, ldo, h);
+    }
+  }
+
+  /** runBlock for at most BLOCK_TOKENS tokens. */
+  private async runBlockPass(layerIndex: number, x: number, ldx: number, T: number, out: number, ldo: number, h: number): Promise<void> {
+    const layer = this.layers[layerIndex]!;
+    if (layer.gate && !layer.gate.loaded) await this.fetcher.loadGate(layer);
+    const n = this.blockMask.length;
+    const mask = this.blockMask;
+    mask.fill(0);
+    if (this.gated && (this.blockActs.byteOffset !== h || this.blockActs.length < T * n || this.blockActs.buffer !== this.arena.memory.buffer)) this.blockActs = this.arena.f32(h, T * n);
+    const oracle = this.cfg.oracle;
+    const av = this.selector.activeView;
+    for (let t = 0; t < T; t++) {
+      const xt = x + t * ldx;
+      if (oracle && !oracle.ready(layerIndex, this.arena.memory, xt)) await oracle.prepare(layerIndex, this.arena.memory, xt);
+      const count = this.selector.select(layer, xt);
+      const bit = 1 << t;
+      for (let i = 0; i < count; i++) mask[av[i]!]! |= bit;
+      if (this.gated) {
+        const list = this.selector.actListView;
+        const acts = this.blockActs;
+        for (let i = 0; i < count; i++) acts[t * n + av[i]!] = list[i]!;
+      }
+    }
+    this.blockT = T;
+    this.blockX = x;
+    this.blockLdx = ldx;
+    this.blockOut = out;
+    this.blockLdo = ldo;
+    this.blockWrote = 0;
+    // The union, ascending, in the active list (the selections are done with it).
+    let u = 0;
+    for (let j = 0; j < n; j++) if (mask[j] !== 0) av[u++] = j;
+    if (this.cfg.window === null) {
+      this.blockIds = av;
+      this.blockFrom = 0;
+      if (u) await this.fetcher.fetch(layer, av, 0, u, this, Use.Block);
+    } else if (u) {
+      const k = this.k;
+      const stats = this.cfg.stats;
+      const t0 = performance.now();
+      const lruBefore = k.cache_lru_evictions(layer.state);
+      const placed = k.cache_step(layer.state, av.byteOffset, u, this.newList, this.ptrs);
+      const overflow = k.cache_overflow(layer.state);
+      this.firstNew = k.cache_first_new(layer.state);
+      stats?.unpack(performance.now() - t0);
+      stats?.cache(u - placed - overflow, u, k.cache_lru_evictions(layer.state) - lruBefore, overflow);
+      if (placed) await this.fetcher.fetch(layer, this.newView, 0, placed, this, Use.Install);
+      // Every cached neuron of the union now has its slot's part pointers (0: overflow, not cached).
+      this.computeBlock(layer, av, 0, u, this.ptrView, this.fetcher.srcView, this.blockSrc);
+      if (overflow) {
+        this.blockIds = this.newView;
+        this.blockFrom = placed;
+        await this.fetcher.fetch(layer, this.newView, placed, placed + overflow, this, Use.Block);
+      }
+    }
+    // Tokens that selected no neuron output zeros.
+    for (let t = 0; t < T; t++) if ((this.blockWrote & (1 << t)) === 0) this.fetcher.arenaBytes().fill(0, out + t * ldo, out + t * ldo + this.d * 4);
+  }
+
+  /**
+   * Use.Block without sparsity: every token of the block needs every record,
+   * so each run of records lying at a fixed stride in staging goes through
+   * the batched FFN kernels (each weight read once for the whole block) and
+   * is added to the block's outputs.
+   */
+  private computeBlockDense(layer: StreamLayer, len: number): void {
+    const f = layer.f;
+    const src = this.fetcher.srcView;
+    const parts = this.cacheParts;
+    const stride = f.layout === 'bundled' ? f.stride : f.partBytes;
+    const T = this.blockT;
+    const d4 = this.d * 4;
+    const rp = this.runParts;
+    for (let i0 = 0; i0 < len; ) {
+      let i1 = i0 + 1;
+      for (; i1 < len; i1++) {
+        let next = true;
+        for (let p = 0; p < parts; p++) if (src[i1 * parts + p] !== src[i0 * parts + p]! + (i1 - i0) * stride) next = false;
+        if (!next) break;
+      }
+      for (let p = 0; p < parts; p++) rp[p] = src[i0 * parts + p]!;
+      // Every token got every earlier run: the first run writes the outputs, later ones add to them.
+      const first = this.blockWrote === 0;
+      const dst = first ? this.blockOut : this.blockPartial;
+      const ldo = first ? this.blockLdo : d4;
+      runFfnBatch(this.k, f, dst, ldo, this.blockX, this.blockLdx, T, i1 - i0, rp, stride, this.blockH, this.blockScratch, this.act);
+      if (!first) for (let t = 0; t < T; t++) this.k.add(this.blockOut + t * this.blockLdo, this.blockOut + t * this.blockLdo, this.blockPartial + t * d4, this.d);
+      this.blockWrote = -1; // every token's bit
+      i0 = i1;
+    }
+  }
+
+  /**
+   * Runs each block token's FFN over its own neurons among ids[from, from +
+   * len), whose part pointers are `src` (u32 [len][parts]; a 0 pointer: not
+   * here), compacting them per token into `dst` at arena address `dstAt`.
+   */
+  private computeBlock(layer: StreamLayer, ids: Int32Array, from: number, len: number, src: Uint32Array, dst: Uint32Array, dstAt: number): void {
+    const parts = this.cacheParts;
+    const mask = this.blockMask;
+    const n = mask.length;
+    const acts = this.gated ? this.selector.actListView : undefined;
+    for (let t = 0; t < this.blockT; t++) {
+      const bit = 1 << t;
+      let m = 0;
+      for (let i = 0; i < len; i++) {
+        const j = ids[from + i]!;
+        if ((mask[j]! & bit) === 0 || src[i * parts] === 0) continue;
+        for (let p = 0; p < parts; p++) dst[m * parts + p] = src[i * parts + p]!;
+        if (acts) acts[m] = this.blockActs[t * n + j]!;
+        m++;
+      }
+      if (!m) continue;
+      this.curX = this.blockX + t * this.blockLdx;
+      this.curOut = this.blockOut + t * this.blockLdo;
+      this.wrote = (this.blockWrote & bit) !== 0;
+      this.compute(layer, dstAt, m, 0, this.actList);
+      this.blockWrote |= bit;
+    }
+  }
+
+  /** Every neuron was computed (no sparsity): the nonzero activations are the true active set. */
+  private countActive(count: number): void {
+    const v = this.hView!;
+    let active = 0;
+    for (let i = 0; i < count; i++) if (v[i] !== 0) active++;
+    this.cfg.stats!.trueActive(active);
   }
 
   /** A layer that computed nothing (no neuron selected) outputs zeros. */

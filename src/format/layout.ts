@@ -3,11 +3,26 @@
  * engine (docs/FORMAT.md is the prose version of this file).
  */
 import type { ArchConfig, DType, TokenizerSpec } from './types.js';
-import { DTYPE_BYTES, q8Groups } from '../kernels/quant.js';
+import { q4Groups, q8Groups, rowBytes } from '../kernels/quant.js';
 
 /** PNG-style magic: a high byte, the name, CR LF, ^Z, LF catch text-mode mangling. */
 export const MAGIC = Uint8Array.of(0x89, 0x46, 0x4c, 0x4d, 0x0d, 0x0a, 0x1a, 0x0a);
 export const FORMAT_VERSION = 1;
+/**
+ * Version 2 = version 1 plus arch keys a version-1 reader would silently ignore
+ * (ropeScaling, qkNorm, slidingWindow). Only files using one are written as 2,
+ * so every other file stays version 1, readable by older readers.
+ */
+export const FORMAT_VERSION_ARCH2 = 2;
+export const READ_VERSIONS: readonly number[] = [FORMAT_VERSION, FORMAT_VERSION_ARCH2];
+/** The arch keys that need version 2, present in `arch`. */
+export function archV2Keys(arch: ArchConfig): string[] {
+  return (['ropeScaling', 'qkNorm', 'slidingWindow', 'slidingWindowStart', 'gatedAct', 'gatedActThreshold'] as const).filter((k) => arch[k] !== undefined);
+}
+/** The version a file of this architecture is written as. */
+export function formatVersion(arch: ArchConfig): number {
+  return archV2Keys(arch).length ? FORMAT_VERSION_ARCH2 : FORMAT_VERSION;
+}
 export const PREAMBLE_BYTES = 32;
 /** Sections start on this boundary: page-aligned for O_DIRECT and OPFS. */
 export const SECTION_ALIGN = 4096;
@@ -126,9 +141,10 @@ export function ffnParts(arch: ArchConfig): FfnPart[] {
 
 /** Bytes of one FFN part record for a model and dtype (see FfnEntry). */
 export function partGeometry(d: number, dtype: DType, hasBias: boolean) {
-  const values = d * DTYPE_BYTES[dtype];
+  const values = rowBytes(dtype, d);
   const scaleAt = dtype === 'q8' ? alignUp(values, 4) : values;
-  const biasAt = scaleAt + (dtype === 'int8' ? 4 : dtype === 'q8' ? 4 * q8Groups(d) : 0);
+  // q4: f16 group scales right after the 16-byte groups, the bias 4-aligned after them
+  const biasAt = dtype === 'q4' ? alignUp(scaleAt + 2 * q4Groups(d), 4) : scaleAt + (dtype === 'int8' ? 4 : dtype === 'q8' ? 4 * q8Groups(d) : 0);
   const partBytes = alignUp(biasAt + (hasBias ? 4 : 0), 16);
   return { partBytes, scaleAt, biasAt };
 }
@@ -137,6 +153,7 @@ export function partGeometry(d: number, dtype: DType, hasBias: boolean) {
 export function scaleBytes(dtype: DType, shape: readonly number[]): number {
   if (dtype === 'int8') return shape[0]! * 4;
   if (dtype === 'q8') return shape[0]! * q8Groups(shape[shape.length - 1]!) * 4;
+  if (dtype === 'q4') return shape[0]! * q4Groups(shape[shape.length - 1]!) * 2;
   return 0;
 }
 

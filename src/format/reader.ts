@@ -6,13 +6,14 @@
  */
 import { Unpackr } from 'msgpackr';
 import { FormatError, IntegrityError } from '../errors.js';
-import { DTYPE_BYTES } from '../kernels/quant.js';
+import { rowBytes } from '../kernels/quant.js';
 import type { ReadHints, Source } from '../source/types.js';
 import { runBounded } from '../util/bounded.js';
 import { ArenaHasher, getHasher, hex64, type Hasher, type XxhKernels } from './hash.js';
 import {
-  FORMAT_VERSION,
+  READ_VERSIONS,
   MAGIC,
+  archV2Keys,
   MAX_HEADER_BYTES,
   PREAMBLE_BYTES,
   RESIDENT_BLOCK_BYTES,
@@ -28,7 +29,7 @@ import {
   type SectionEntry,
   type TensorEntry,
 } from './layout.js';
-import type { ArchConfig, DType, TokenizerSpec } from './types.js';
+import type { ArchConfig, RopeScaling, TokenizerSpec } from './types.js';
 
 /** Typed arrays use the platform's byte order; a BigUint64Array seen as u32 pairs is [lo, hi] only on little-endian ones. */
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
@@ -46,7 +47,7 @@ export function parsePreamble(bytes: Uint8Array, fileSize: number): Preamble {
   for (let i = 0; i < MAGIC.length; i++) if (bytes[i] !== MAGIC[i]) throw new FormatError('not a .flm file (bad magic)');
   const v = new DataView(bytes.buffer, bytes.byteOffset, PREAMBLE_BYTES);
   const version = v.getUint32(8, true);
-  if (version !== FORMAT_VERSION) throw new FormatError(`unsupported .flm version ${version} (this flashlm reads ${FORMAT_VERSION})`);
+  if (!READ_VERSIONS.includes(version)) throw new FormatError(`unsupported .flm version ${version} (this flashlm reads ${READ_VERSIONS.join(' and ')})`);
   const headerLength = v.getUint32(12, true);
   if (headerLength === 0 || headerLength > MAX_HEADER_BYTES || PREAMBLE_BYTES + headerLength > fileSize) {
     throw new FormatError(`header length ${headerLength} does not fit a ${fileSize}-byte file`);
@@ -87,7 +88,7 @@ const oneOf = <T extends string>(v: unknown, path: string, options: readonly T[]
 const arr = (v: unknown, path: string, maxLength: number): unknown[] =>
   Array.isArray(v) && v.length <= maxLength ? v : fail(path, `expected an array of at most ${maxLength} items`);
 const hash = (v: unknown, path: string): string => (typeof v === 'string' && /^[0-9a-f]{16}$/.test(v) ? v : fail(path, 'expected 16 hex digits'));
-const DTYPES = ['f32', 'f16', 'int8', 'q8'] as const;
+const DTYPES = ['f32', 'f16', 'int8', 'q8', 'q4'] as const;
 
 function validateArch(v: unknown): ArchConfig {
   const a = obj(v, 'arch');
@@ -125,7 +126,60 @@ function validateArch(v: unknown): ArchConfig {
   if (a.ropeTheta !== undefined) arch.ropeTheta = num(a.ropeTheta, 'arch.ropeTheta');
   if (arch.positions === 'rope' && !arch.ropeStyle) fail('arch.ropeStyle', 'required with rotary positions');
   if (arch.positions === 'learned' && arch.posOffset === undefined) fail('arch.posOffset', 'required with learned positions');
+  if (a.ropeScaling !== undefined) {
+    if (arch.positions !== 'rope') fail('arch.ropeScaling', 'needs rotary positions');
+    const rs = validateRopeScaling(a.ropeScaling);
+    if (rs.type === 'longrope' && (rs.shortFactor.length !== arch.headDim / 2 || rs.longFactor.length !== arch.headDim / 2)) {
+      fail('arch.ropeScaling', `shortFactor and longFactor must have headDim / 2 = ${arch.headDim / 2} items`);
+    }
+    arch.ropeScaling = rs;
+  }
+  if (a.qkNorm !== undefined) {
+    arch.qkNorm = bool(a.qkNorm, 'arch.qkNorm');
+    if (arch.qkNorm && arch.norm !== 'rmsnorm') fail('arch.qkNorm', 'needs norm rmsnorm');
+  }
+  if (a.slidingWindow !== undefined) arch.slidingWindow = int(a.slidingWindow, 'arch.slidingWindow', 1, 16 * M);
+  if (a.slidingWindowStart !== undefined) {
+    if (arch.slidingWindow === undefined) fail('arch.slidingWindowStart', 'needs slidingWindow');
+    arch.slidingWindowStart = int(a.slidingWindowStart, 'arch.slidingWindowStart', 0, arch.nLayers - 1);
+  }
+  if (a.gatedAct !== undefined) {
+    if (arch.activation !== 'swiglu') fail('arch.gatedAct', 'only with a gated (swiglu) FFN');
+    arch.gatedAct = oneOf(a.gatedAct, 'arch.gatedAct', ['silu', 'relu', 'fatrelu', 'drelu'] as const);
+  }
+  if (a.gatedActThreshold !== undefined) {
+    if (arch.gatedAct !== 'fatrelu') fail('arch.gatedActThreshold', "only with gatedAct 'fatrelu'");
+    arch.gatedActThreshold = num(a.gatedActThreshold, 'arch.gatedActThreshold');
+  } else if (arch.gatedAct === 'fatrelu') fail('arch.gatedActThreshold', "required with gatedAct 'fatrelu'");
   return arch;
+}
+
+function validateRopeScaling(v: unknown): RopeScaling {
+  const r = obj(v, 'arch.ropeScaling');
+  const p = 'arch.ropeScaling.';
+  const type = oneOf(r.type, p + 'type', ['linear', 'dynamic', 'llama3', 'longrope'] as const);
+  if (type === 'longrope') {
+    const factors = (key: string) =>
+      arr(r[key], p + key, 2048).map((x, i) => {
+        const v = num(x, `${p}${key}[${i}]`);
+        return v > 0 ? v : fail(`${p}${key}[${i}]`, 'must be > 0');
+      });
+    const shortFactor = factors('shortFactor');
+    const longFactor = factors('longFactor');
+    const originalMaxPos = int(r.originalMaxPos, p + 'originalMaxPos', 1, 16 * (1 << 20));
+    const attentionFactor = num(r.attentionFactor, p + 'attentionFactor');
+    if (!(attentionFactor > 0)) fail(p + 'attentionFactor', 'must be > 0');
+    return { type, shortFactor, longFactor, originalMaxPos, attentionFactor };
+  }
+  const factor = num(r.factor, p + 'factor');
+  if (!(factor >= 1)) fail(p + 'factor', 'must be >= 1');
+  if (type === 'linear') return { type, factor };
+  const originalMaxPos = int(r.originalMaxPos, p + 'originalMaxPos', 1, 16 * (1 << 20));
+  if (type === 'dynamic') return { type, factor, originalMaxPos };
+  const lowFreqFactor = num(r.lowFreqFactor, p + 'lowFreqFactor');
+  const highFreqFactor = num(r.highFreqFactor, p + 'highFreqFactor');
+  if (!(lowFreqFactor > 0 && highFreqFactor > lowFreqFactor)) fail(p + 'highFreqFactor', 'must exceed lowFreqFactor, which must be > 0');
+  return { type, factor, lowFreqFactor, highFreqFactor, originalMaxPos };
 }
 
 function validateTokenizer(v: unknown): TokenizerSpec {
@@ -148,8 +202,11 @@ export function validateHeader(raw: unknown, fileSize: number, headerEnd = PREAM
   const h = obj(raw, 'header');
   if (h.format !== 'flashlm') fail('format', "expected 'flashlm'");
   const version = int(h.version, 'version');
-  if (version !== FORMAT_VERSION) fail('version', `expected ${FORMAT_VERSION}`);
+  if (!READ_VERSIONS.includes(version)) fail('version', `expected ${READ_VERSIONS.join(' or ')}`);
   const arch = validateArch(h.arch);
+  // A version-1 reader would ignore these keys and run the model wrong: they come only with version 2.
+  const v2 = archV2Keys(arch);
+  if (v2.length && version < 2) fail(`arch.${v2[0]}`, 'needs version 2');
   const dtype = oneOf(h.dtype, 'dtype', DTYPES);
   const layout = oneOf(h.layout, 'layout', ['bundled', 'split'] as const);
   const within = (offset: number, length: number, path: string) => {
@@ -220,7 +277,7 @@ export function validateHeader(raw: unknown, fileSize: number, headerEnd = PREAM
     // The kernels read vectors (norms, biases) as f32, and int8 scales are per row.
     if (e.shape.length === 1 && e.dtype !== 'f32') fail(`${p}.dtype`, 'vectors must be f32');
     const count = e.shape.reduce((a, b) => a * b, 1);
-    if (e.length !== count * DTYPE_BYTES[e.dtype]) fail(`${p}.length`, 'does not match shape and dtype');
+    if (e.length !== (count / e.shape[e.shape.length - 1]!) * rowBytes(e.dtype, e.shape[e.shape.length - 1]!)) fail(`${p}.length`, 'does not match shape and dtype');
     if (t.section !== undefined) e.section = str(t.section, `${p}.section`, 256);
     const home = byName.get(e.section ?? 'resident');
     if (!home || home.name.startsWith('ffn.')) fail(`${p}.section`, 'not a resident or predictor section');
@@ -229,7 +286,7 @@ export function validateHeader(raw: unknown, fileSize: number, headerEnd = PREAM
     };
     if (e.offset % TENSOR_ALIGN) fail(`${p}.offset`, `not aligned to ${TENSOR_ALIGN}`);
     inSection(e.offset, e.length, `${p}.offset`);
-    if (e.dtype === 'int8' || e.dtype === 'q8') {
+    if (e.dtype === 'int8' || e.dtype === 'q8' || e.dtype === 'q4') {
       e.scalesOffset = int(t.scalesOffset, `${p}.scalesOffset`);
       if (e.scalesOffset % TENSOR_ALIGN) fail(`${p}.scalesOffset`, `not aligned to ${TENSOR_ALIGN}`);
       inSection(e.scalesOffset, scaleBytes(e.dtype, e.shape), `${p}.scalesOffset`);
@@ -271,6 +328,10 @@ export function validateHeader(raw: unknown, fileSize: number, headerEnd = PREAM
     if (arch.norm === 'layernorm') {
       need(p + 'attn_norm.bias', [dModel]);
       need(p + 'ffn_norm.bias', [dModel]);
+    }
+    if (arch.qkNorm) {
+      need(p + 'q_norm', [headDim]);
+      need(p + 'k_norm', [headDim]);
     }
     if (arch.attnBias) {
       need(p + 'bq', [nHeads * headDim]);

@@ -7,11 +7,11 @@
 import { Packr } from 'msgpackr';
 import type { Checkpoint } from '../convert/types.js';
 import { AbortedError, ConvertError } from '../errors.js';
-import { DTYPE_BYTES, encodeF16, encodeI8Row, encodeQ8Row, q8Groups } from '../kernels/quant.js';
+import { encodeF16, encodeI8Row, encodeQ4Row, encodeQ8Row, q4Groups, q4RowBytes, q8Groups, rowBytes } from '../kernels/quant.js';
 import type { Sink } from '../source/types.js';
 import { getHasher, type Hasher } from './hash.js';
 import {
-  FORMAT_VERSION,
+  formatVersion,
   MAGIC,
   PREAMBLE_BYTES,
   RESIDENT_BLOCK_BYTES,
@@ -31,7 +31,10 @@ import {
 import type { ArchConfig, DType } from './types.js';
 
 export interface WriteOptions {
+  /** Storage type of the FFN records (and, unless residentDtype says otherwise, of the 2-D resident tensors). */
   dtype: DType;
+  /** Storage type of the 2-D resident tensors (attention, embeddings, head) when it differs from `dtype`, e.g. int8 beside a q4 FFN. */
+  residentDtype?: DType;
   layout: Layout;
   /** Provenance stored in header.meta. */
   meta?: Record<string, string>;
@@ -53,7 +56,7 @@ export function residentOrder(arch: ArchConfig): string[] {
   for (let i = 0; i < arch.nLayers; i++) {
     const l = `layers.${i}.`;
     names.push(
-      ...['attn_norm.weight', 'attn_norm.bias', 'wq', 'bq', 'wk', 'bk', 'wv', 'bv', 'wo', 'bo'].map((n) => l + n),
+      ...['attn_norm.weight', 'attn_norm.bias', 'wq', 'bq', 'wk', 'bk', 'wv', 'bv', 'q_norm', 'k_norm', 'wo', 'bo'].map((n) => l + n),
       ...['ffn_norm.weight', 'ffn_norm.bias', 'ffn_down_bias'].map((n) => l + n),
     );
   }
@@ -80,12 +83,12 @@ function planFile(ckpt: Checkpoint, opts: WriteOptions): Plan {
   for (const name of order) {
     const shape = ckpt.tensors.get(name);
     if (!shape) continue;
-    const dtype: DType = shape.length === 2 ? opts.dtype : 'f32';
-    const count = shape.reduce((a, b) => a * b, 1);
+    const dtype: DType = shape.length === 2 ? (opts.residentDtype ?? opts.dtype) : 'f32';
+    const cols = shape[shape.length - 1]!;
     rel = alignUp(rel, TENSOR_ALIGN);
-    const entry: TensorEntry = { name, dtype, shape: [...shape], offset: rel, length: count * DTYPE_BYTES[dtype] };
+    const entry: TensorEntry = { name, dtype, shape: [...shape], offset: rel, length: (shape.length === 2 ? shape[0]! : 1) * rowBytes(dtype, cols) };
     rel += entry.length;
-    if (dtype === 'int8' || dtype === 'q8') {
+    if (dtype === 'int8' || dtype === 'q8' || dtype === 'q4') {
       rel = alignUp(rel, TENSOR_ALIGN);
       entry.scalesOffset = rel;
       rel += scaleBytes(dtype, shape);
@@ -113,7 +116,7 @@ function planFile(ckpt: Checkpoint, opts: WriteOptions): Plan {
   }
   const header: FlmHeader = {
     format: 'flashlm',
-    version: FORMAT_VERSION,
+    version: formatVersion(arch),
     arch,
     tokenizer: ckpt.tokenizer,
     dtype: opts.dtype,
@@ -126,6 +129,11 @@ function planFile(ckpt: Checkpoint, opts: WriteOptions): Plan {
   };
   const { headerLength, fileSize } = placeSections(header, sectionSizes, tensors);
   return { header, headerLength, fileSize };
+}
+
+/** The header writeFlm would write for `ckpt` (layout, sections, tensors; hashes zero): sizes without writing. */
+export function planHeader(ckpt: Checkpoint, opts: WriteOptions): FlmHeader {
+  return planFile(ckpt, opts).header;
 }
 
 export interface SectionSize {
@@ -177,7 +185,7 @@ export async function finishFile(sink: Sink, header: FlmHeader, headerLength: nu
   const preamble = new Uint8Array(PREAMBLE_BYTES);
   const pv = new DataView(preamble.buffer);
   preamble.set(MAGIC, 0);
-  pv.setUint32(8, FORMAT_VERSION, true);
+  pv.setUint32(8, header.version, true);
   pv.setUint32(12, headerBytes.byteLength, true);
   pv.setBigUint64(16, hasher.u64(headerBytes), true);
   await sink.write(0, preamble);
@@ -191,12 +199,19 @@ function withBase(t: TensorEntry, base: number): TensorEntry {
   return out;
 }
 
-/** Encodes f32 rows to a dtype; int8 also returns one scale per row, q8 ceil(cols / 32) per row (row-major). */
-function encodeRows(values: Float32Array, rows: number, cols: number, dtype: DType): { bytes: Uint8Array; scales?: Float32Array } {
+/** Encodes f32 rows to a dtype; int8 also returns one scale per row, q8 ceil(cols / 32) per row (row-major), q4 as many f16 scales (bits). */
+function encodeRows(values: Float32Array, rows: number, cols: number, dtype: DType): { bytes: Uint8Array; scales?: Float32Array | Uint16Array } {
   if (dtype === 'f32') return { bytes: new Uint8Array(values.buffer, values.byteOffset, values.byteLength) };
   if (dtype === 'f16') {
     const h = encodeF16(values);
     return { bytes: new Uint8Array(h.buffer, h.byteOffset, h.byteLength) };
+  }
+  if (dtype === 'q4') {
+    const g = q4Groups(cols), rb = q4RowBytes(cols);
+    const bytes = new Uint8Array(rows * rb);
+    const scales = new Uint16Array(rows * g);
+    for (let r = 0; r < rows; r++) encodeQ4Row(values.subarray(r * cols, (r + 1) * cols), bytes.subarray(r * rb, (r + 1) * rb), scales.subarray(r * g, (r + 1) * g));
+    return { bytes, scales };
   }
   const q = new Int8Array(rows * cols);
   if (dtype === 'q8') {
@@ -282,7 +297,6 @@ export class BlockStream {
 export async function writeFlm(ckpt: Checkpoint, sink: Sink, opts: WriteOptions): Promise<FlmHeader> {
   const hasher = await getHasher();
   const { header, headerLength, fileSize } = planFile(ckpt, opts);
-  const { arch } = ckpt;
   let done = 0;
   const progress = (n: number) => {
     done += n;
@@ -301,8 +315,8 @@ export async function writeFlm(ckpt: Checkpoint, sink: Sink, opts: WriteOptions)
     const rows = t.shape.length === 2 ? t.shape[0]! : 1;
     const cols = t.shape.length === 2 ? t.shape[1]! : t.shape[0]!;
     const chunkRows = Math.max(1, Math.floor(CHUNK_VALUES / cols));
-    const perRow = t.dtype === 'int8' ? 1 : t.dtype === 'q8' ? q8Groups(cols) : 0;
-    const scales = perRow ? new Float32Array(rows * perRow) : undefined;
+    const perRow = t.dtype === 'int8' ? 1 : t.dtype === 'q8' ? q8Groups(cols) : t.dtype === 'q4' ? q4Groups(cols) : 0;
+    const scales = perRow ? (t.dtype === 'q4' ? new Uint16Array(rows * perRow) : new Float32Array(rows * perRow)) : undefined;
     await stream.padTo(t.offset - resident.offset);
     for (let r = 0; r < rows; r += chunkRows) {
       const n = Math.min(chunkRows, rows - r);
@@ -345,12 +359,14 @@ export async function writeFlm(ckpt: Checkpoint, sink: Sink, opts: WriteOptions)
       // Records are built neuron-major (bundled order); split files write each part's run separately.
       for (let p = 0; p < nParts; p++) {
         const enc = encodeRows(partValues[p]!, n, f.d, f.dtype);
-        const rowBytes = f.d * DTYPE_BYTES[f.dtype];
+        const rb = rowBytes(f.dtype, f.d);
         const groups = f.dtype === 'q8' ? q8Groups(f.d) : 0;
+        const halves = f.dtype === 'q4' ? q4Groups(f.d) : 0;
         for (let i = 0; i < n; i++) {
           const at = (i * nParts + p) * f.partBytes;
-          records.set(enc.bytes.subarray(i * rowBytes, (i + 1) * rowBytes), at);
+          records.set(enc.bytes.subarray(i * rb, (i + 1) * rb), at);
           if (groups) for (let g = 0; g < groups; g++) view.setFloat32(at + f.scaleAt + 4 * g, enc.scales![i * groups + g]!, true);
+          else if (halves) for (let g = 0; g < halves; g++) view.setUint16(at + f.scaleAt + 2 * g, enc.scales![i * halves + g]!, true);
           else if (enc.scales) view.setFloat32(at + f.scaleAt, enc.scales[i]!, true);
           if (bias && f.parts[p] === 'up') view.setFloat32(at + f.biasAt, bias[i]!, true);
         }

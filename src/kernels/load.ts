@@ -14,14 +14,31 @@ export const WASM_PAGE = 65536;
 /** Largest wasm32 memory: 65536 pages = 4 GiB. */
 export const MAX_PAGES = 65536;
 
+/** Scheme of a default kernels URL where the runtime gives modules no base URL (see besideThisModule). */
+const NO_BASE = 'flashlm-no-base:';
+
+/**
+ * `find()` (a `new URL('…', import.meta.url)`, written out literally so that
+ * bundlers see the asset), or where the runtime gives bundled modules no
+ * usable import.meta.url (Cloudflare Workers) a placeholder that
+ * compileKernels refuses with the way out: importing must not throw there.
+ */
+function besideThisModule(find: () => URL, file: string): URL {
+  try {
+    return find();
+  } catch {
+    return new URL(NO_BASE + file);
+  }
+}
+
 /** Where the release build lives, relative to this file (src/kernels/ or dist/kernels/). */
-export const DEFAULT_WASM_URL = new URL('../../wasm/flashlm.wasm', import.meta.url);
+export const DEFAULT_WASM_URL = besideThisModule(() => new URL('../../wasm/flashlm.wasm', import.meta.url), 'flashlm.wasm');
 
 /**
  * The threads build (assembly/index.mt.ts: same kernels on a shared memory,
  * plus the split kernels src/kernels/pool.ts runs on its workers).
  */
-export const DEFAULT_MT_WASM_URL = new URL('../../wasm/flashlm.mt.wasm', import.meta.url);
+export const DEFAULT_MT_WASM_URL = besideThisModule(() => new URL('../../wasm/flashlm.mt.wasm', import.meta.url), 'flashlm.mt.wasm');
 
 /** Compiled modules by URL, so many models (arenas) share one compilation. */
 const moduleCache = new Map<string, Promise<WebAssembly.Module>>();
@@ -98,6 +115,9 @@ async function compileUrl(url: URL): Promise<WebAssembly.Module> {
 /** The compiled module for a URL, compiled once per URL (failed compilations are not cached). */
 export function compileKernels(where: URL | string = DEFAULT_WASM_URL): Promise<WebAssembly.Module> {
   const url = typeof where === 'string' ? new URL(where, DEFAULT_WASM_URL) : where;
+  if (url.protocol === NO_BASE) {
+    return Promise.reject(new ArgumentError(`this runtime gives modules no URL to find ${url.pathname} beside them: pass the kernels as the \`wasm\` option (e.g. import wasm from 'flashlm/wasm/flashlm.wasm')`));
+  }
   const key = url.href;
   let p = moduleCache.get(key);
   if (!p) {

@@ -50,16 +50,25 @@ export interface SplitKernels {
   matvec_i8_prepare(x: number, cols: number, scratch: number): void;
   matvec_i8_rows(out: number, W: number, scales: number, bias: number, rows: number, cols: number, scratch: number, r0: number, r1: number): void;
   matvec_q8_rows(out: number, W: number, scales: number, bias: number, rows: number, cols: number, scratch: number, r0: number, r1: number): void;
-  attention_heads(out: number, q: number, kCache: number, vCache: number, nHeads: number, nKvHeads: number, headDim: number, nPos: number, scale: number, scratch: number, h0: number, h1: number): void;
+  attention_heads(out: number, q: number, kCache: number, vCache: number, nHeads: number, nKvHeads: number, headDim: number, nPos: number, scale: number, scratch: number, h0: number, h1: number, kvF16: number): void;
   ffn_relu_h(t: number, x: number, d: number, n: number, up: number, stride: number, ptrs: number, hasBias: number, h: number, n0: number, n1: number): void;
-  ffn_swiglu_h(t: number, x: number, d: number, n: number, gate: number, up: number, stride: number, ptrs: number, h: number, n0: number, n1: number): void;
+  ffn_swiglu_h(t: number, x: number, d: number, n: number, gate: number, up: number, stride: number, ptrs: number, h: number, n0: number, n1: number, afn: number, athr: number): void;
   ffn_down_cols(t: number, out: number, d: number, n: number, down: number, stride: number, ptrs: number, nParts: number, h: number, j0: number, j1: number): void;
-  gate_act_rows(t: number, out: number, x: number, d: number, n: number, gate: number, stride: number, r0: number, r1: number): void;
-  gated_h(t: number, x: number, d: number, ptrs: number, n: number, act: number, h: number, n0: number, n1: number): void;
+  gate_act_rows(t: number, out: number, x: number, d: number, n: number, gate: number, stride: number, r0: number, r1: number, afn: number, athr: number): void;
+  gated_h(t: number, x: number, d: number, ptrs: number, n: number, act: number, h: number, n0: number, n1: number, afn: number, athr: number): void;
   gated_down(t: number, out: number, d: number, ptrs: number, n: number, h: number, j0: number, j1: number): void;
   matmul_rows(t: number, out: number, ldo: number, W: number, scales: number, x: number, ldx: number, bias: number, T: number, rows: number, cols: number, scratch: number, r0: number, r1: number): void;
-  ffn_batch_act(code: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, stride: number, H: number, scratch: number, n0: number, n1: number): void;
+  ffn_batch_act(code: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, stride: number, H: number, scratch: number, n0: number, n1: number, afn: number, athr: number): void;
   ffn_batch_down(t: number, out: number, ldo: number, T: number, d: number, n: number, down: number, stride: number, H: number, scratch: number, j0: number, j1: number): void;
+  // q4 (assembly/q4.ts): matvec_q8's pair, and the FFN / gated range kernels with the same arguments as above (t ignored)
+  matvec_q4_prepare(x: number, cols: number, scratch: number): void;
+  matvec_q4_rows(out: number, W: number, scales: number, bias: number, rows: number, cols: number, scratch: number, r0: number, r1: number): void;
+  q4_ffn_relu_h(t: number, x: number, d: number, n: number, up: number, stride: number, ptrs: number, hasBias: number, h: number, n0: number, n1: number): void;
+  q4_ffn_swiglu_h(t: number, x: number, d: number, n: number, gate: number, up: number, stride: number, ptrs: number, h: number, n0: number, n1: number, afn: number, athr: number): void;
+  q4_ffn_down_cols(t: number, out: number, d: number, n: number, down: number, stride: number, ptrs: number, nParts: number, h: number, j0: number, j1: number): void;
+  q4_gate_act_rows(t: number, out: number, x: number, d: number, n: number, gate: number, stride: number, r0: number, r1: number, afn: number, athr: number): void;
+  q4_gated_h(t: number, x: number, d: number, ptrs: number, n: number, act: number, h: number, n0: number, n1: number, afn: number, athr: number): void;
+  q4_gated_down(t: number, out: number, d: number, ptrs: number, n: number, h: number, j0: number, j1: number): void;
 }
 
 /** Job codes: index into OPS (the worker calls exports by these names). */
@@ -67,6 +76,7 @@ const OPS = [
   'matvec_f32_rows', 'matvec_f16_rows', 'matvec_i8_rows', 'attention_heads',
   'ffn_relu_h', 'ffn_swiglu_h', 'ffn_down_cols', 'gate_act_rows', 'gated_h', 'gated_down',
   'matmul_rows', 'ffn_batch_act', 'ffn_batch_down', 'matvec_q8_rows',
+  'matvec_q4_rows', 'q4_ffn_relu_h', 'q4_ffn_swiglu_h', 'q4_ffn_down_cols', 'q4_gate_act_rows', 'q4_gated_h', 'q4_gated_down',
 ] as const satisfies readonly (keyof SplitKernels)[];
 const OP = Object.fromEntries(OPS.map((n, i) => [n, i])) as Record<(typeof OPS)[number], number>;
 
@@ -135,7 +145,7 @@ const I_QUIT = 33;
 const I_ERR = 34; // first worker error: 1 + worker index
 const I_OP = 35;
 const HEADER_BYTES = 256;
-const SLOT_F64 = 16; // argument slots per thread (f64)
+const SLOT_F64 = 16; // argument slots per thread (f64): A[0..14] a split kernel's arguments, A[15] its run flag
 const SLOT_BYTES = SLOT_F64 * 8;
 
 function ctrlBytes(threads: number): number {
@@ -281,7 +291,7 @@ function serve(d, post) {
     if (Atomics.load(I, I_QUIT)) break;
     try {
       const f = fns[I[I_OP]];
-      if (A[15] !== 0) f(A[0], A[1], A[2], A[3], A[4], A[5], A[6], A[7], A[8], A[9], A[10], A[11], A[12], A[13]);
+      if (A[15] !== 0) f(A[0], A[1], A[2], A[3], A[4], A[5], A[6], A[7], A[8], A[9], A[10], A[11], A[12], A[13], A[14]);
     } catch (e) {
       Atomics.compareExchange(I, I_ERR, 0, d.index);
     }
@@ -368,9 +378,12 @@ function ranges(total: number, parts: number, align: number, threads: number): n
   return out;
 }
 
-const DT = { f32: 0, f16: 1, i8: 2, q8: 3 } as const;
-/** Output-column split alignment of the FFN down passes: q8 down scales cover 32 columns. */
-const colAlign = (dt: number) => (dt === DT.q8 ? 32 : 8);
+/** Dtypes with batched kernels; q4 has none (the engine runs it token by token). */
+const DT_BATCH = { f32: 0, f16: 1, i8: 2, q8: 3 } as const;
+const DT = { ...DT_BATCH, q4: 4 } as const;
+/** Output-column split alignment of the FFN down passes: q8 and q4 down scales cover 32 columns. */
+const colAlign = (dt: number) => (dt === DT.q8 || dt === DT.q4 ? 32 : 8);
+type RangeKernel = 'ffn_relu_h' | 'ffn_swiglu_h' | 'ffn_down_cols' | 'gate_act_rows' | 'gated_h' | 'gated_down';
 
 /** A pool that runs everything on the caller (threads = 1), with the reason when more were asked for. */
 function singlePool(k: Kernels, reason: string | null): KernelPool {
@@ -389,6 +402,9 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
   const memory = k.memory;
   const mod = kernelsModule(k);
   const sk = k as Split;
+  /** The range kernel `name` for dtype code dt (op index and function): q4's live in assembly/q4.ts, with the same arguments. */
+  const rk = <N extends RangeKernel>(dt: number, name: N): { op: number; fn: SplitKernels[N] } =>
+    dt === DT.q4 ? { op: OP[`q4_${name}`], fn: sk[`q4_${name}`] as SplitKernels[N] } : { op: OP[name], fn: sk[name] };
   if (!isSharedMemory(memory)) return singlePool(k, 'the arena is not shared: create it with createArena(bytes, { shared: true }) and load wasm/flashlm.mt.wasm (planThreads)');
   if (!mod || typeof sk.matvec_f32_rows !== 'function' || typeof sk.thread_init !== 'function') {
     return singlePool(k, 'the kernels are not the threads build (wasm/flashlm.mt.wasm) loaded with loadKernels');
@@ -509,67 +525,64 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
     return true;
   };
 
+  /** A quantized matvec split by rows: x quantized once (`prepare`) into the caller's scratch, read by every thread. */
+  const quantized = (whole: Kernels['matvec_q8'], prepare: SplitKernels['matvec_i8_prepare'], op: number, rowsKernel: SplitKernels['matvec_q8_rows']): Kernels['matvec_q8'] =>
+    (out, W, scales, x, bias, rows, cols, scratch) => {
+      const p = parts(rows * cols);
+      if (closed || p < 2 || rows < 16) { whole(out, W, scales, x, bias, rows, cols, scratch); return; }
+      prepare(x, cols, scratch);
+      const r = ranges(rows, p, 8, threads);
+      dispatch(op, (a, b, t) => {
+        a[b] = out; a[b + 1] = W; a[b + 2] = scales; a[b + 3] = bias; a[b + 4] = rows; a[b + 5] = cols; a[b + 6] = scratch; a[b + 7] = r[2 * t]!; a[b + 8] = r[2 * t + 1]!;
+        return r[2 * t]! < r[2 * t + 1]!;
+      }, () => { if (r[0]! < r[1]!) rowsKernel(out, W, scales, bias, rows, cols, scratch, r[0]!, r[1]!); });
+    };
+
   const split: Partial<Kernels> = {
     matvec_f32: (out, W, x, bias, rows, cols) => { if (!matvec(0, out, W, x, bias, rows, cols)) k.matvec_f32(out, W, x, bias, rows, cols); },
     matvec_f16: (out, W, x, bias, rows, cols) => { if (!matvec(1, out, W, x, bias, rows, cols)) k.matvec_f16(out, W, x, bias, rows, cols); },
-    matvec_i8: (out, W, scales, x, bias, rows, cols, scratch) => {
-      const p = parts(rows * cols);
-      if (closed || p < 2 || rows < 16) { k.matvec_i8(out, W, scales, x, bias, rows, cols, scratch); return; }
-      sk.matvec_i8_prepare(x, cols, scratch); // x quantized once into the caller's scratch, read by all threads
-      const r = ranges(rows, p, 8, threads);
-      dispatch(OP.matvec_i8_rows, (a, b, t) => {
-        a[b] = out; a[b + 1] = W; a[b + 2] = scales; a[b + 3] = bias; a[b + 4] = rows; a[b + 5] = cols; a[b + 6] = scratch; a[b + 7] = r[2 * t]!; a[b + 8] = r[2 * t + 1]!;
-        return r[2 * t]! < r[2 * t + 1]!;
-      }, () => { if (r[0]! < r[1]!) sk.matvec_i8_rows(out, W, scales, bias, rows, cols, scratch, r[0]!, r[1]!); });
-    },
-    matvec_q8: (out, W, scales, x, bias, rows, cols, scratch) => {
-      const p = parts(rows * cols);
-      if (closed || p < 2 || rows < 16) { k.matvec_q8(out, W, scales, x, bias, rows, cols, scratch); return; }
-      sk.matvec_i8_prepare(x, cols, scratch); // the same quantized x as matvec_i8
-      const r = ranges(rows, p, 8, threads);
-      dispatch(OP.matvec_q8_rows, (a, b, t) => {
-        a[b] = out; a[b + 1] = W; a[b + 2] = scales; a[b + 3] = bias; a[b + 4] = rows; a[b + 5] = cols; a[b + 6] = scratch; a[b + 7] = r[2 * t]!; a[b + 8] = r[2 * t + 1]!;
-        return r[2 * t]! < r[2 * t + 1]!;
-      }, () => { if (r[0]! < r[1]!) sk.matvec_q8_rows(out, W, scales, bias, rows, cols, scratch, r[0]!, r[1]!); });
-    },
-    attention: (out, q, kc, vc, nHeads, nKvHeads, headDim, nPos, scale, scratch) => {
+    matvec_i8: quantized(k.matvec_i8, sk.matvec_i8_prepare, OP.matvec_i8_rows, sk.matvec_i8_rows),
+    matvec_q8: quantized(k.matvec_q8, sk.matvec_i8_prepare, OP.matvec_q8_rows, sk.matvec_q8_rows), // the same quantized x as int8
+    matvec_q4: quantized(k.matvec_q4, sk.matvec_q4_prepare, OP.matvec_q4_rows, sk.matvec_q4_rows),
+    attention: (out, q, kc, vc, nHeads, nKvHeads, headDim, nPos, scale, scratch, kvF16) => {
       const p = Math.min(parts(2 * nHeads * nPos * headDim), nHeads);
       if (closed || p < 2 || nPos > limits.maxPositions) {
-        k.attention(out, q, kc, vc, nHeads, nKvHeads, headDim, nPos, scale, scratch);
+        k.attention(out, q, kc, vc, nHeads, nKvHeads, headDim, nPos, scale, scratch, kvF16);
         return;
       }
       const r = ranges(nHeads, p, 1, threads);
       dispatch(OP.attention_heads, (a, b, t) => {
         a[b] = out; a[b + 1] = q; a[b + 2] = kc; a[b + 3] = vc; a[b + 4] = nHeads; a[b + 5] = nKvHeads; a[b + 6] = headDim; a[b + 7] = nPos;
-        a[b + 8] = scale; a[b + 9] = workerScores(t); a[b + 10] = r[2 * t]!; a[b + 11] = r[2 * t + 1]!;
+        a[b + 8] = scale; a[b + 9] = workerScores(t); a[b + 10] = r[2 * t]!; a[b + 11] = r[2 * t + 1]!; a[b + 12] = kvF16;
         return r[2 * t]! < r[2 * t + 1]!;
-      }, () => { if (r[0]! < r[1]!) sk.attention_heads(out, q, kc, vc, nHeads, nKvHeads, headDim, nPos, scale, scratch, r[0]!, r[1]!); });
+      }, () => { if (r[0]! < r[1]!) sk.attention_heads(out, q, kc, vc, nHeads, nKvHeads, headDim, nPos, scale, scratch, r[0]!, r[1]!, kvF16); });
     },
   };
 
   /** FFN in two phases; returns false (caller runs the whole kernel) when not worth splitting. */
-  const ffn = (dt: number, swiglu: boolean, out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, ptrs: number, hasBias: number, hOut: number): boolean => {
+  const ffn = (dt: number, swiglu: boolean, out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, ptrs: number, hasBias: number, hOut: number, afn = 0, athr = 0): boolean => {
     const nParts = swiglu ? 3 : 2;
     const p = parts(n * d * nParts);
     if (closed || p < 2 || (!hOut && n > limits.maxNeurons) || d < 16) return false;
     const h = hOut || hbuf;
     const rn = ranges(n, p, 64, threads);
     if (swiglu) {
-      dispatch(OP.ffn_swiglu_h, (a, b, t) => {
+      dispatch(rk(dt, 'ffn_swiglu_h').op, (a, b, t) => {
         a[b] = dt; a[b + 1] = x; a[b + 2] = d; a[b + 3] = n; a[b + 4] = gate; a[b + 5] = up; a[b + 6] = stride; a[b + 7] = ptrs; a[b + 8] = h; a[b + 9] = rn[2 * t]!; a[b + 10] = rn[2 * t + 1]!;
+        a[b + 11] = afn; a[b + 12] = athr;
         return rn[2 * t]! < rn[2 * t + 1]!;
-      }, () => { if (rn[0]! < rn[1]!) sk.ffn_swiglu_h(dt, x, d, n, gate, up, stride, ptrs, h, rn[0]!, rn[1]!); });
+      }, () => { if (rn[0]! < rn[1]!) rk(dt, 'ffn_swiglu_h').fn(dt, x, d, n, gate, up, stride, ptrs, h, rn[0]!, rn[1]!, afn, athr); });
     } else {
-      dispatch(OP.ffn_relu_h, (a, b, t) => {
+      dispatch(rk(dt, 'ffn_relu_h').op, (a, b, t) => {
         a[b] = dt; a[b + 1] = x; a[b + 2] = d; a[b + 3] = n; a[b + 4] = up; a[b + 5] = stride; a[b + 6] = ptrs; a[b + 7] = hasBias; a[b + 8] = h; a[b + 9] = rn[2 * t]!; a[b + 10] = rn[2 * t + 1]!;
         return rn[2 * t]! < rn[2 * t + 1]!;
-      }, () => { if (rn[0]! < rn[1]!) sk.ffn_relu_h(dt, x, d, n, up, stride, ptrs, hasBias, h, rn[0]!, rn[1]!); });
+      }, () => { if (rn[0]! < rn[1]!) rk(dt, 'ffn_relu_h').fn(dt, x, d, n, up, stride, ptrs, hasBias, h, rn[0]!, rn[1]!); });
     }
     const rd = ranges(d, p, colAlign(dt), threads);
-    dispatch(OP.ffn_down_cols, (a, b, t) => {
+    dispatch(rk(dt, 'ffn_down_cols').op, (a, b, t) => {
       a[b] = dt; a[b + 1] = out; a[b + 2] = d; a[b + 3] = n; a[b + 4] = down; a[b + 5] = stride; a[b + 6] = ptrs; a[b + 7] = nParts; a[b + 8] = h; a[b + 9] = rd[2 * t]!; a[b + 10] = rd[2 * t + 1]!;
       return rd[2 * t]! < rd[2 * t + 1]!;
-    }, () => { if (rd[0]! < rd[1]!) sk.ffn_down_cols(dt, out, d, n, down, stride, ptrs, nParts, h, rd[0]!, rd[1]!); });
+    }, () => { if (rd[0]! < rd[1]!) rk(dt, 'ffn_down_cols').fn(dt, out, d, n, down, stride, ptrs, nParts, h, rd[0]!, rd[1]!); });
     return true;
   };
 
@@ -581,41 +594,43 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
     split[relu] = (out, x, d, nn, up, down, stride, hasBias, hOut) => {
       if (!ffn(dt, false, out, x, d, nn, 0, up, down, stride, 0, hasBias, hOut)) k[relu](out, x, d, nn, up, down, stride, hasBias, hOut);
     };
-    split[sw] = (out, x, d, nn, gate, up, down, stride, hOut) => {
-      if (!ffn(dt, true, out, x, d, nn, gate, up, down, stride, 0, 0, hOut)) k[sw](out, x, d, nn, gate, up, down, stride, hOut);
+    split[sw] = (out, x, d, nn, gate, up, down, stride, hOut, afn, athr) => {
+      if (!ffn(dt, true, out, x, d, nn, gate, up, down, stride, 0, 0, hOut, afn, athr)) k[sw](out, x, d, nn, gate, up, down, stride, hOut, afn, athr);
     };
     split[reluP] = (out, x, d, ptrs, nn, hasBias, hOut) => {
       if (!ffn(dt, false, out, x, d, nn, 0, 0, 0, 0, ptrs, hasBias, hOut)) k[reluP](out, x, d, ptrs, nn, hasBias, hOut);
     };
-    split[swP] = (out, x, d, ptrs, nn, hOut) => {
-      if (!ffn(dt, true, out, x, d, nn, 0, 0, 0, 0, ptrs, 0, hOut)) k[swP](out, x, d, ptrs, nn, hOut);
+    split[swP] = (out, x, d, ptrs, nn, hOut, afn, athr) => {
+      if (!ffn(dt, true, out, x, d, nn, 0, 0, 0, 0, ptrs, 0, hOut, afn, athr)) k[swP](out, x, d, ptrs, nn, hOut, afn, athr);
     };
     if (typeof k[ga] === 'function' && typeof sk.gate_act_rows === 'function') {
-      split[ga] = (out, x, d, nn, gate, stride) => {
+      split[ga] = (out, x, d, nn, gate, stride, afn, athr) => {
         const p = parts(nn * d);
-        if (closed || p < 2 || nn < 16) { k[ga](out, x, d, nn, gate, stride); return; }
+        if (closed || p < 2 || nn < 16) { k[ga](out, x, d, nn, gate, stride, afn, athr); return; }
         const r = ranges(nn, p, 8, threads);
-        dispatch(OP.gate_act_rows, (a, b, t) => {
+        dispatch(rk(dt, 'gate_act_rows').op, (a, b, t) => {
           a[b] = dt; a[b + 1] = out; a[b + 2] = x; a[b + 3] = d; a[b + 4] = nn; a[b + 5] = gate; a[b + 6] = stride; a[b + 7] = r[2 * t]!; a[b + 8] = r[2 * t + 1]!;
+          a[b + 9] = afn; a[b + 10] = athr;
           return r[2 * t]! < r[2 * t + 1]!;
-        }, () => { if (r[0]! < r[1]!) sk.gate_act_rows(dt, out, x, d, nn, gate, stride, r[0]!, r[1]!); });
+        }, () => { if (r[0]! < r[1]!) rk(dt, 'gate_act_rows').fn(dt, out, x, d, nn, gate, stride, r[0]!, r[1]!, afn, athr); });
       };
     }
     if (typeof k[gp] === 'function' && typeof sk.gated_h === 'function') {
-      split[gp] = (out, x, d, ptrs, nn, act, hOut) => {
+      split[gp] = (out, x, d, ptrs, nn, act, hOut, afn, athr) => {
         const p = parts(2 * nn * d);
-        if (closed || p < 2 || (!hOut && nn > limits.maxNeurons) || d < 16) { k[gp](out, x, d, ptrs, nn, act, hOut); return; }
+        if (closed || p < 2 || (!hOut && nn > limits.maxNeurons) || d < 16) { k[gp](out, x, d, ptrs, nn, act, hOut, afn, athr); return; }
         const h = hOut || hbuf;
         const rn = ranges(nn, p, 64, threads);
-        dispatch(OP.gated_h, (a, b, t) => {
+        dispatch(rk(dt, 'gated_h').op, (a, b, t) => {
           a[b] = dt; a[b + 1] = x; a[b + 2] = d; a[b + 3] = ptrs; a[b + 4] = nn; a[b + 5] = act; a[b + 6] = h; a[b + 7] = rn[2 * t]!; a[b + 8] = rn[2 * t + 1]!;
+          a[b + 9] = afn; a[b + 10] = athr;
           return rn[2 * t]! < rn[2 * t + 1]!;
-        }, () => { if (rn[0]! < rn[1]!) sk.gated_h(dt, x, d, ptrs, nn, act, h, rn[0]!, rn[1]!); });
+        }, () => { if (rn[0]! < rn[1]!) rk(dt, 'gated_h').fn(dt, x, d, ptrs, nn, act, h, rn[0]!, rn[1]!, afn, athr); });
         const rd = ranges(d, p, colAlign(dt), threads);
-        dispatch(OP.gated_down, (a, b, t) => {
+        dispatch(rk(dt, 'gated_down').op, (a, b, t) => {
           a[b] = dt; a[b + 1] = out; a[b + 2] = d; a[b + 3] = ptrs; a[b + 4] = nn; a[b + 5] = h; a[b + 6] = rd[2 * t]!; a[b + 7] = rd[2 * t + 1]!;
           return rd[2 * t]! < rd[2 * t + 1]!;
-        }, () => { if (rd[0]! < rd[1]!) sk.gated_down(dt, out, d, ptrs, nn, h, rd[0]!, rd[1]!); });
+        }, () => { if (rd[0]! < rd[1]!) rk(dt, 'gated_down').fn(dt, out, d, ptrs, nn, h, rd[0]!, rd[1]!); });
       };
     }
   }
@@ -646,16 +661,16 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
     if (!matmul(3, out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch)) k.matmul_q8(out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch);
   };
   /** Batched FFN in two phases (activations over neurons into H, then the down pass over columns). */
-  const ffnBatch = (dt: number, gated: boolean, out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number): boolean => {
+  const ffnBatch = (dt: number, gated: boolean, out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number, afn = 0, athr = 0): boolean => {
     const p = parts(T * n * d * (gated ? 3 : 2));
     if (closed || !batched || p < 2 || d < 16 || ((dt === DT.i8 || dt === DT.q8) && d > 32768)) return false;
     const code = dt | (gated ? 4 : 0) | (hasBias ? 8 : 0);
     const rn = ranges(n, p, 64, threads);
     dispatch(OP.ffn_batch_act, (a, b, t) => {
       a[b] = code; a[b + 1] = x; a[b + 2] = ldx; a[b + 3] = T; a[b + 4] = d; a[b + 5] = n; a[b + 6] = gate; a[b + 7] = up; a[b + 8] = stride;
-      a[b + 9] = H; a[b + 10] = workerBatch(t); a[b + 11] = rn[2 * t]!; a[b + 12] = rn[2 * t + 1]!;
+      a[b + 9] = H; a[b + 10] = workerBatch(t); a[b + 11] = rn[2 * t]!; a[b + 12] = rn[2 * t + 1]!; a[b + 13] = afn; a[b + 14] = athr;
       return rn[2 * t]! < rn[2 * t + 1]!;
-    }, () => { if (rn[0]! < rn[1]!) sk.ffn_batch_act(code, x, ldx, T, d, n, gate, up, stride, H, scratch, rn[0]!, rn[1]!); });
+    }, () => { if (rn[0]! < rn[1]!) sk.ffn_batch_act(code, x, ldx, T, d, n, gate, up, stride, H, scratch, rn[0]!, rn[1]!, afn, athr); });
     const rd = ranges(d, p, colAlign(dt), threads);
     dispatch(OP.ffn_batch_down, (a, b, t) => {
       a[b] = dt; a[b + 1] = out; a[b + 2] = ldo; a[b + 3] = T; a[b + 4] = d; a[b + 5] = n; a[b + 6] = down; a[b + 7] = stride;
@@ -664,14 +679,14 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
     }, () => { if (rd[0]! < rd[1]!) sk.ffn_batch_down(dt, out, ldo, T, d, n, down, stride, H, scratch, rd[0]!, rd[1]!); });
     return true;
   };
-  for (const [name, dt] of Object.entries(DT)) {
-    const n = name as keyof typeof DT;
+  for (const [name, dt] of Object.entries(DT_BATCH)) {
+    const n = name as keyof typeof DT_BATCH;
     const relu = `ffn_relu_${n}_batch` as const, sw = `ffn_swiglu_${n}_batch` as const;
     split[relu] = (out, ldo, x, ldx, T, d, nn, up, down, stride, hasBias, H, scratch) => {
       if (!ffnBatch(dt, false, out, ldo, x, ldx, T, d, nn, 0, up, down, stride, hasBias, H, scratch)) k[relu](out, ldo, x, ldx, T, d, nn, up, down, stride, hasBias, H, scratch);
     };
-    split[sw] = (out, ldo, x, ldx, T, d, nn, gate, up, down, stride, H, scratch) => {
-      if (!ffnBatch(dt, true, out, ldo, x, ldx, T, d, nn, gate, up, down, stride, 0, H, scratch)) k[sw](out, ldo, x, ldx, T, d, nn, gate, up, down, stride, H, scratch);
+    split[sw] = (out, ldo, x, ldx, T, d, nn, gate, up, down, stride, H, scratch, afn, athr) => {
+      if (!ffnBatch(dt, true, out, ldo, x, ldx, T, d, nn, gate, up, down, stride, 0, H, scratch, afn, athr)) k[sw](out, ldo, x, ldx, T, d, nn, gate, up, down, stride, H, scratch, afn, athr);
     };
   }
 

@@ -44,7 +44,18 @@ export function f16BitsToF32(h: number): number {
 }
 
 export function encodeF16(src: Float32Array, dst: Uint16Array = new Uint16Array(src.length)): Uint16Array {
-  for (let i = 0; i < src.length; i++) dst[i] = f32ToF16Bits(src[i]!);
+  // The bits straight from src (no round trip through a scratch float per value: the writer's hot loop).
+  const u = new Uint32Array(src.buffer, src.byteOffset, src.length);
+  for (let i = 0; i < u.length; i++) {
+    const x = u[i]!;
+    const e = ((x >>> 23) & 0xff) - 112; // the f16 exponent
+    if ((e - 1) >>> 0 < 30) {
+      // Normal in f16: round to nearest even by adding 0xfff + the kept lsb (f32ToF16Bits's rounding, without
+      // branches); a carry runs into the exponent, which is right, up to inf.
+      const m = (x & 0x7fffff) + 0xfff + ((x >>> 13) & 1);
+      dst[i] = ((x >>> 16) & 0x8000) | ((e << 10) + (m >>> 13));
+    } else dst[i] = f32ToF16Bits(src[i]!);
+  }
   return dst;
 }
 
@@ -84,6 +95,62 @@ export function encodeQ8Row(src: Float32Array, dst: Int8Array = new Int8Array(sr
     scales[g] = encodeI8Row(src.subarray(a, b), dst.subarray(a, b));
   }
   return scales;
+}
+
+/** q4: values per scale group. */
+export const Q4_GROUP = 32;
+
+/** Scale groups of a q4 row of n values. */
+export const q4Groups = (n: number): number => Math.ceil(n / Q4_GROUP);
+
+/** Bytes of the values of a q4 row of n values: 16 per group, the last group padded with zero nibbles. */
+export const q4RowBytes = (n: number): number => q4Groups(n) * (Q4_GROUP / 2);
+
+/** Largest finite binary16 value: q4 scales are clamped to it. */
+const F16_MAX = 65504;
+
+/**
+ * q4: each group of 32 consecutive values of the row (the last may be shorter)
+ * gets the f16 scale s = f16(min(max|x| / 7, 65504)) and q = clamp(round(x / s)
+ * (half away from zero), -7, 7) (s = 0: q = 0); decoding is q * s, exact in f32.
+ * Byte j of group g holds q[32g + j] in its low nibble and q[32g + 16 + j] in its
+ * high nibble, 4-bit two's complement; nibbles past the row are 0 (docs/FORMAT.md §7.2).
+ * Writes q4RowBytes(n) bytes to `dst` and the f16 scale bits to `scales`.
+ */
+export function encodeQ4Row(src: Float32Array, dst: Uint8Array = new Uint8Array(q4RowBytes(src.length)), scales: Uint16Array = new Uint16Array(q4Groups(src.length))): Uint16Array {
+  dst.fill(0, 0, q4RowBytes(src.length));
+  for (let g = 0; g * Q4_GROUP < src.length; g++) {
+    const a = g * Q4_GROUP, b = Math.min(a + Q4_GROUP, src.length);
+    let max = 0;
+    for (let i = a; i < b; i++) max = Math.max(max, Math.abs(src[i]!));
+    const bits = f32ToF16Bits(Math.min(Math.fround(max / 7), F16_MAX));
+    scales[g] = bits;
+    const scale = f16BitsToF32(bits);
+    if (scale === 0) continue;
+    for (let i = a; i < b; i++) {
+      const v = src[i]! / scale;
+      const q = Math.max(-7, Math.min(7, Math.sign(v) * Math.round(Math.abs(v))));
+      const j = i - a;
+      const at = g * 16 + (j & 15);
+      dst[at] = dst[at]! | ((q & 15) << (j & 16 ? 4 : 0));
+    }
+  }
+  return scales;
+}
+
+/** Value c of a q4 row (values at `bytes`, f16 scale bits `scales`): the decoding the kernels use (q * scale, exact). */
+export function q4Value(bytes: Uint8Array, scales: Uint16Array, c: number): number {
+  const b = bytes[(c >> 5) * 16 + (c & 15)]!;
+  const nib = c & 16 ? b >> 4 : b & 15;
+  return Math.fround(((nib << 28) >> 28) * f16BitsToF32(scales[c >> 5]!));
+}
+
+/**
+ * Bytes of the values of one row of `cols` values (q4: whole 16-byte groups).
+ * The values of a [rows, cols] tensor take rows * rowBytes(dtype, cols) bytes.
+ */
+export function rowBytes(dtype: keyof typeof DTYPE_BYTES | 'q4', cols: number): number {
+  return dtype === 'q4' ? q4RowBytes(cols) : cols * DTYPE_BYTES[dtype];
 }
 
 export const DTYPE_BYTES = { f32: 4, f16: 2, int8: 1, q8: 1 } as const;

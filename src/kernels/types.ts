@@ -36,6 +36,8 @@ export interface Kernels {
   dequant_i8(dst: number, src: number, n: number, scale: number): void;
   /** dst[i] = fround(q[i] * scales[floor(i / 32)]) */
   dequant_q8(dst: number, src: number, scales: number, n: number): void;
+  /** dst[i] = src[i] as f16 bits, round to nearest even (f32ToF16Bits): rows of an f16 KV cache. */
+  encode_f16(dst: number, src: number, n: number): void;
 
   // ---- norms ----
   /** out = (x - mean) / sqrt(var + eps) * weight + bias (bias may be 0) */
@@ -53,9 +55,9 @@ export interface Kernels {
    * Causal attention for one query position over nPos cached positions.
    * q [nHeads*headDim]; kCache/vCache [nPos][nKvHeads*headDim]; head h uses kv head
    * h / (nHeads/nKvHeads). scores = q.k * scale, softmax, out = sum p*v.
-   * `scratch` holds nPos f32.
+   * `scratch` holds nPos f32. kvF16: 1 when the cache rows are f16 (encode_f16), 0 for f32.
    */
-  attention(out: number, q: number, kCache: number, vCache: number, nHeads: number, nKvHeads: number, headDim: number, nPos: number, scale: number, scratch: number): void;
+  attention(out: number, q: number, kCache: number, vCache: number, nHeads: number, nKvHeads: number, headDim: number, nPos: number, scale: number, scratch: number, kvF16: number): void;
 
   // ---- elementwise ----
   softmax(x: number, n: number): void;
@@ -82,11 +84,15 @@ export interface Kernels {
   ffn_relu_f16(out: number, x: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, hOut: number): void;
   ffn_relu_i8(out: number, x: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, hOut: number): void;
   ffn_relu_q8(out: number, x: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, hOut: number): void;
-  /** out[d] = sum_i silu(gate_i . x) * (up_i . x) * down_i */
-  ffn_swiglu_f32(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number): void;
-  ffn_swiglu_f16(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number): void;
-  ffn_swiglu_i8(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number): void;
-  ffn_swiglu_q8(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number): void;
+  /**
+   * out[d] = sum_i act(gate_i . x, up_i . x) * down_i, the gated activation
+   * (afn, athr) = ACT_* code and FATReLU threshold (GatedActivation below):
+   * silu(g)·u, relu(g)·u, (g > athr ? g : 0)·u, relu(g)·relu(u).
+   */
+  ffn_swiglu_f32(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number, afn: number, athr: number): void;
+  ffn_swiglu_f16(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number, afn: number, athr: number): void;
+  ffn_swiglu_i8(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number, afn: number, athr: number): void;
+  ffn_swiglu_q8(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number, afn: number, athr: number): void;
 
   // ---- threads (src/kernels/pool.ts): where this instance keeps its mutable scratch ----
   /** Moves this instance's scratch to `base` (thread_scratch_bytes() bytes, 0 = the default region below heap_base). */
@@ -112,10 +118,10 @@ export interface Kernels {
   ffn_relu_i8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number): void;
   ffn_relu_q8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number): void;
   /** ffn_swiglu_* for T tokens over resident records; `H` holds T x n f32. */
-  ffn_swiglu_f32_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number): void;
-  ffn_swiglu_f16_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number): void;
-  ffn_swiglu_i8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number): void;
-  ffn_swiglu_q8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number): void;
+  ffn_swiglu_f32_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number, afn: number, athr: number): void;
+  ffn_swiglu_f16_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number, afn: number, athr: number): void;
+  ffn_swiglu_i8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number, afn: number, athr: number): void;
+  ffn_swiglu_q8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number, afn: number, athr: number): void;
 
   // ---- FFN over scattered records (sparse path: cache slots or staging) ----
   /**
@@ -127,10 +133,10 @@ export interface Kernels {
   ffn_relu_i8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hasBias: number, hOut: number): void;
   ffn_relu_q8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hasBias: number, hOut: number): void;
   /** As ffn_swiglu_*, `ptrs` u32 [n][3] = (gate, up, down) per neuron. */
-  ffn_swiglu_f32_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number): void;
-  ffn_swiglu_f16_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number): void;
-  ffn_swiglu_i8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number): void;
-  ffn_swiglu_q8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number): void;
+  ffn_swiglu_f32_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number, afn: number, athr: number): void;
+  ffn_swiglu_f16_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number, afn: number, athr: number): void;
+  ffn_swiglu_i8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number, afn: number, athr: number): void;
+  ffn_swiglu_q8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number, afn: number, athr: number): void;
 
   // ---- sliding-window neuron cache (PAPER.md "Windowing" + "DRAM management"), one per layer ----
   /** Bytes of the per-layer state block (header fields + counters) the host reserves (128). */
@@ -216,25 +222,44 @@ export interface Kernels {
 
   // ---- thresholded gate sparsity for gated FFNs (assembly/gated.ts) ----
   /**
-   * out[i] = silu(gate_i · x) for n neurons whose gate parts sit at gate + i·stride
+   * out[i] = the gate half of activation afn (silu, relu, fatrelu at athr; drelu: relu)
+   * of gate_i · x for n neurons whose gate parts sit at gate + i·stride
    * (part records: int8 values are followed by their f32 scale, q8 values by their
    * group scales; d <= 32768 for int8 and q8).
    */
-  gate_act_f32(out: number, x: number, d: number, n: number, gate: number, stride: number): void;
-  gate_act_f16(out: number, x: number, d: number, n: number, gate: number, stride: number): void;
-  gate_act_i8(out: number, x: number, d: number, n: number, gate: number, stride: number): void;
-  gate_act_q8(out: number, x: number, d: number, n: number, gate: number, stride: number): void;
+  gate_act_f32(out: number, x: number, d: number, n: number, gate: number, stride: number, afn: number, athr: number): void;
+  gate_act_f16(out: number, x: number, d: number, n: number, gate: number, stride: number, afn: number, athr: number): void;
+  gate_act_i8(out: number, x: number, d: number, n: number, gate: number, stride: number, afn: number, athr: number): void;
+  gate_act_q8(out: number, x: number, d: number, n: number, gate: number, stride: number, afn: number, athr: number): void;
   /**
    * out[d] = Σ_j act[j] · (up_j · x) · down_j for n neurons whose (up, down) part
-   * addresses are listed at ptrs (u32 [n][2]); act[j] = silu(gate_j · x) of listed
-   * neuron j. hOut (0 = none) receives the n activations.
+   * addresses are listed at ptrs (u32 [n][2]); act[j] = gate_act_* of listed
+   * neuron j (dReLU, afn 3: relu(up_j · x) in place of up_j · x). hOut (0 = none) receives the n activations.
    */
-  ffn_gated_f32_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number): void;
-  ffn_gated_f16_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number): void;
-  ffn_gated_i8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number): void;
-  ffn_gated_q8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number): void;
+  ffn_gated_f32_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number, afn: number, athr: number): void;
+  ffn_gated_f16_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number, afn: number, athr: number): void;
+  ffn_gated_i8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number, afn: number, athr: number): void;
+  ffn_gated_q8_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number, afn: number, athr: number): void;
   /** Largest d the int8 and q8 gated kernels take (32768). */
   gated_i8_max_d(): number;
+
+  // ---- 4-bit weights (assembly/q4.ts, docs/FORMAT.md §7.2 q4) ----
+  // A q4 row of n values: ceil(n/32) groups of 16 bytes (byte j of group g: value
+  // 32g+j in the low nibble, 32g+16+j in the high one, 4-bit two's complement),
+  // f16 scales per group. Records: values, f16 scales at 16*ceil(d/32), bias slot
+  // 4-aligned after them. No batched q4 kernels: the engine runs q4 token by token.
+  /** q4 W [rows][16*ceil(cols/32)] bytes, `scales` f16 [rows][ceil(cols/32)]; scratch: matvec_i8_scratch_bytes(cols). */
+  matvec_q4(out: number, W: number, scales: number, x: number, bias: number, rows: number, cols: number, scratch: number): void;
+  /** dst[i] = q[i] * scale of its group (exact). */
+  dequant_q4(dst: number, src: number, scales: number, n: number): void;
+  ffn_relu_q4(out: number, x: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, hOut: number): void;
+  ffn_swiglu_q4(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number, afn: number, athr: number): void;
+  ffn_relu_q4_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hasBias: number, hOut: number): void;
+  ffn_swiglu_q4_ptrs(out: number, x: number, d: number, ptrs: number, n: number, hOut: number, afn: number, athr: number): void;
+  /** As gate_act_q8 (d <= 32768). */
+  gate_act_q4(out: number, x: number, d: number, n: number, gate: number, stride: number, afn: number, athr: number): void;
+  /** As ffn_gated_q8_ptrs (d <= 32768). */
+  ffn_gated_q4_ptrs(out: number, x: number, d: number, ptrs: number, n: number, act: number, hOut: number, afn: number, athr: number): void;
 
   // ---- integrity hashing in place (assembly/xxh64.ts; see src/format/hash.ts ArenaHasher) ----
   /**

@@ -14,6 +14,7 @@
  */
 import { AbortedError, FlashlmError, SourceError } from '../errors.js';
 import type { ReadHints, Source } from './types.js';
+import { LinkEstimator } from './link.js';
 
 export interface HttpOptions {
   /** Sent with every request (e.g. `authorization`). Range, If-Range and Accept-Encoding are ours. */
@@ -44,6 +45,25 @@ export interface HttpOptions {
   smallFileBytes?: number;
   /** Overrides of the default read hints. */
   hints?: Partial<ReadHints>;
+  /**
+   * Requests in flight at most (the default `hints.parallel`): Node opens up
+   * to this many keep-alive connections (HTTP/2: streams over fewer
+   * connections), as the link needs them. Default: 8 for fetch (browsers
+   * queue past 6 per HTTP/1.1 origin), 64 for Node.
+   */
+  connections?: number;
+  /**
+   * Multi-range requests (`Range: bytes=a-b,c-d`, multipart/byteranges):
+   * 'auto' (default) probes once and uses them only when the server answers
+   * them as asked; false never sends them.
+   */
+  multiRange?: 'auto' | false;
+  /**
+   * Estimate the link (round trip, bandwidth) from the requests and let the
+   * read planner price requests and bytes with it (default true); false
+   * keeps the fixed `hints.mergeGap`.
+   */
+  linkModel?: boolean;
 }
 
 /**
@@ -293,6 +313,8 @@ interface Resolved {
   lowSpeedTimeMs: number;
   deadlineMs: number;
   onRetry?: (event: RetryEvent) => void;
+  multiRange: boolean;
+  linkModel: boolean;
 }
 
 function resolve(o: HttpOptions): Resolved {
@@ -326,7 +348,13 @@ function resolve(o: HttpOptions): Resolved {
     lowSpeedTimeMs: o.lowSpeedTimeMs ?? 30_000,
     deadlineMs: o.deadlineMs ?? 300_000,
     onRetry: o.onRetry,
+    multiRange: o.multiRange !== false,
+    linkModel: o.linkModel !== false,
   };
+  if (o.multiRange !== undefined && o.multiRange !== false && o.multiRange !== 'auto') {
+    r.dispose();
+    throw new SourceError(`HTTP source option multiRange must be 'auto' or false, got ${String(o.multiRange)}`);
+  }
   for (const k of ['retries', 'retryBaseMs', 'retryMaxMs', 'timeoutMs', 'smallFileBytes', 'lowSpeedLimit', 'lowSpeedTimeMs', 'deadlineMs'] as const) {
     if (!(r[k] >= 0) || !Number.isFinite(r[k])) {
       r.dispose();
@@ -352,9 +380,14 @@ export class HttpRangeSource implements Source {
   readonly size: number;
   readonly identity: string;
   readonly hints: ReadHints;
+  /** The link as the requests so far measured it (absent with `linkModel: false`). */
+  readonly link: LinkEstimator | undefined;
   private readonly pin: Validator;
   private whole: Uint8Array | undefined;
   private closed = false;
+  /** Whether the server answers multi-range requests as asked: probed once (multiRange()). */
+  private multi: Promise<boolean> | undefined;
+  private multiKnown: boolean | undefined;
 
   protected constructor(
     readonly name: string,
@@ -367,6 +400,8 @@ export class HttpRangeSource implements Source {
     this.pin = opened.pin;
     this.whole = opened.whole;
     this.hints = hints;
+    this.link = o.linkModel ? new LinkEstimator(hints.parallel) : undefined;
+    if (!o.multiRange) this.multiKnown = false;
     const v = opened.pin.etag ? `etag:${opened.pin.etag}` : opened.pin.lastModified ? `last-modified:${opened.pin.lastModified}` : 'unvalidated';
     this.identity = `http:${opened.size}:${v}`;
   }
@@ -391,6 +426,14 @@ export class HttpRangeSource implements Source {
     }
   }
 
+  /** A range request's headers: the caller's, the range, no content coding, and If-Range on the validator pinned at open. */
+  private rangeHeaders(range: string): Record<string, string> {
+    const headers: Record<string, string> = { ...this.o.headers, range, 'accept-encoding': 'identity' };
+    const ifRange = ifRangeOf(this.pin);
+    if (ifRange) headers['if-range'] = ifRange;
+    return headers;
+  }
+
   async read(offset: number, into: Uint8Array): Promise<void> {
     const len = into.byteLength;
     if (this.closed) throw new SourceError(`${this.name}: read after close`);
@@ -406,41 +449,185 @@ export class HttpRangeSource implements Source {
     await attempt(this.name, `read [${offset}, +${len})`, this.o, async (signal, progress) => {
       const start = offset + got;
       const end = offset + len - 1;
-      const headers: Record<string, string> = { ...this.o.headers, range: formatRange(start, end), 'accept-encoding': 'identity' };
-      const ifRange = ifRangeOf(this.pin);
-      if (ifRange) headers['if-range'] = ifRange;
-      const a = await this.transport.get(headers, signal);
-      progress();
-      if (a.status === 206) {
-        const bad = this.check206(a, start, end);
-        if (bad) {
-          await a.discard();
-          throw bad;
+      const headers = this.rangeHeaders(formatRange(start, end));
+      const link = this.link;
+      const t0 = link?.begin();
+      let bytes = 0;
+      try {
+        const a = await this.transport.get(headers, signal);
+        if (t0) link!.firstByte(t0);
+        progress();
+        if (a.status === 206) {
+          const bad = this.check206(a, start, end);
+          if (bad) {
+            await a.discard();
+            throw bad;
+          }
+          await fill(this.name, a, into, got, end - start + 1, progress, (n) => ((got += n), (bytes += n)));
+          return;
         }
-        await fill(this.name, a, into, got, end - start + 1, progress, (n) => (got += n));
-        return;
+        if (a.status === 200) {
+          this.whole = await this.wholeAfter200(a, progress);
+          into.set(this.whole.subarray(offset, offset + len));
+          return;
+        }
+        const now = a.status === 416 ? parseContentRange(a.header('content-range'))?.size : undefined;
+        if (now !== undefined && now !== this.size) {
+          await a.discard();
+          throw this.changedError(`size ${this.size} -> ${now}`);
+        }
+        throw await statusError(this.name, a);
+      } finally {
+        if (t0) link!.end(t0, bytes);
+      }
+    });
+  }
+
+  /**
+   * Whether readRanges sends multi-range requests: probed once, with two
+   * one-byte ranges; only a 206 multipart/byteranges answer carrying exactly
+   * those parts says yes (a server answering the whole file, one range, or
+   * an error says no, and readRanges then reads range by range).
+   */
+  multiRange(): Promise<boolean> {
+    if (this.multiKnown !== undefined) return Promise.resolve(this.multiKnown);
+    this.multi ??= this.probeMultiRange().then(
+      (yes) => (this.multiKnown = yes),
+      (e: unknown) => {
+        this.multi = undefined; // aborted: the next call probes again
+        throw e;
+      },
+    );
+    return this.multi;
+  }
+
+  private async probeMultiRange(): Promise<boolean> {
+    if (this.whole || this.size < 3) return false;
+    const mid = Math.floor(this.size / 2);
+    const r = new RangeSet([0, mid], [1, 1], [0, 1], 0, 2);
+    try {
+      return (await this.multiGet(r, new Uint8Array(2), 'probe')) && r.complete();
+    } catch (e) {
+      if (e instanceof AbortedError) throw e;
+      return false; // a server that errs on a multi-range request is one that does not serve them
+    }
+  }
+
+  /**
+   * Reads ranges `from..to` (ascending, disjoint; range i: [offsets[i],
+   * +lengths[i]) into `into` at `ats[i]`) in one multi-range request when
+   * the server serves them (multiRange()), else one request per range.
+   * A server that stops answering them as asked is noticed: the ranges it
+   * left out are read one by one, and later calls read range by range.
+   */
+  async readRanges(offsets: ArrayLike<number>, lengths: ArrayLike<number>, ats: ArrayLike<number>, from: number, to: number, into: Uint8Array): Promise<void> {
+    if (this.closed) throw new SourceError(`${this.name}: read after close`);
+    const r = new RangeSet(offsets, lengths, ats, from, to);
+    for (let i = 0; i < r.n; i++) {
+      const off = r.off[i]!;
+      const len = r.len[i]!;
+      if (!Number.isSafeInteger(off) || off < 0 || !Number.isSafeInteger(len) || len < 0 || off + len > this.size) {
+        throw new SourceError(`${this.name}: read [${off}, +${len}) is outside the ${this.size}-byte file`);
+      }
+      if (i > 0 && off < r.off[i - 1]! + r.len[i - 1]!) throw new SourceError(`${this.name}: readRanges needs ascending, disjoint ranges (range ${i} at ${off})`);
+      if (!(r.at[i]! >= 0 && r.at[i]! + len <= into.byteLength)) throw new RangeError(`readRanges: [${r.at[i]}, +${len}) is outside the ${into.byteLength}-byte buffer`);
+    }
+    if (r.n > 1 && !this.whole && (await this.multiRange())) {
+      const asked = r.n;
+      const ok = await attempt(this.name, `read ${asked} ranges [${r.off[0]}, ${r.off[asked - 1]! + r.len[asked - 1]!})`, this.o, (signal, progress) => this.multiGet(r, into, signal, progress));
+      if (!ok) this.multiKnown = false; // the server stopped serving them as asked: range by range from now on
+    }
+    // Whatever is still missing (no multi-range support, or parts the server left out), range by range.
+    const rest: Promise<void>[] = [];
+    for (let i = 0; i < r.n; i++) if (r.got[i]! < r.len[i]!) rest.push(this.read(r.off[i]!, into.subarray(r.at[i]!, r.at[i]! + r.len[i]!)));
+    await Promise.all(rest);
+  }
+
+  /**
+   * One multi-range GET of the ranges of `r` still missing. True when the
+   * answer was multipart/byteranges with exactly the parts asked for; false
+   * when the server answered otherwise (a single range is used for what it
+   * covers, a whole-file 200 is dropped unread).
+   */
+  private async multiGet(r: RangeSet, into: Uint8Array, signal: AbortSignal | 'probe', progressIn?: (bytes?: number) => void): Promise<boolean> {
+    if (signal === 'probe') return attempt(this.name, 'multi-range probe', { ...this.o, retries: Math.min(1, this.o.retries) }, (sig, progress) => this.multiGet(r, into, sig, progress));
+    const progress = progressIn!;
+    r.reset(); // a retry asks again for every range not complete
+    const spec = r.header();
+    if (!spec) return true;
+    const headers = this.rangeHeaders(spec);
+    const link = this.link;
+    const t0 = link?.begin();
+    let bytes = 0;
+    try {
+      const a = await this.transport.get(headers, signal);
+      if (t0) link!.firstByte(t0);
+      progress();
+      if (a.status === 200 || a.status === 206) {
+        const changed = contradicts(this.pin, validatorOf(a));
+        if (changed) {
+          await a.discard();
+          throw this.changedError(changed);
+        }
+      }
+      if (a.status === 206) {
+        const enc = a.header('content-encoding')?.trim().toLowerCase();
+        if (enc && enc !== 'identity') {
+          await a.discard();
+          throw new SourceError(`${this.name}: server encoded a range answer (Content-Encoding: ${enc}) although asked for identity; disable compression for .flm files`);
+        }
+        const boundary = byterangesBoundary(a.header('content-type'));
+        const put = (pos: number, chunk: Uint8Array) => {
+          bytes += chunk.byteLength;
+          progress(chunk.byteLength);
+          r.scatter(pos, chunk, into);
+        };
+        if (boundary === undefined) {
+          // One range (a CDN that coalesced them, or answered the first only): use what it covers.
+          const cr = parseContentRange(a.header('content-range'));
+          if (!cr || cr.start === undefined || (cr.size !== undefined && cr.size !== this.size)) {
+            await a.discard();
+            if (cr?.size !== undefined && cr.size !== this.size) throw this.changedError(`size ${this.size} -> ${cr.size}`);
+            return false;
+          }
+          await streamPart(this.name, a, cr.start, cr.end! - cr.start + 1, put);
+          return false;
+        }
+        const parts = new Byteranges(this.name, boundary, this.size, put);
+        let complete = false;
+        try {
+          for await (const chunk of a.body()) parts.push(chunk);
+          parts.finish();
+          complete = true;
+        } catch (e) {
+          if (e instanceof MalformedMultipart) return false; // not multipart as we read it: range by range from now on
+          throw e;
+        } finally {
+          if (!complete) await a.discard();
+        }
+        return parts.asked(r);
       }
       if (a.status === 200) {
-        this.whole = await this.wholeAfter200(a, progress);
-        into.set(this.whole.subarray(offset, offset + len));
-        return;
-      }
-      const now = a.status === 416 ? parseContentRange(a.header('content-range'))?.size : undefined;
-      if (now !== undefined && now !== this.size) {
+        const n = contentLength(a);
         await a.discard();
-        throw this.changedError(`size ${this.size} -> ${now}`);
+        if (n !== undefined && n !== this.size) throw this.changedError(`size ${this.size} -> ${n}`);
+        return false; // the whole file for a multi-range request: never again
       }
-      throw await statusError(this.name, a);
-    });
+      if (isRetryableStatus(a.status)) throw await statusError(this.name, a);
+      const now = a.status === 416 ? parseContentRange(a.header('content-range'))?.size : undefined;
+      await a.discard();
+      if (now !== undefined && now !== this.size) throw this.changedError(`size ${this.size} -> ${now}`);
+      return false; // refused (416, 400, ...): range by range
+    } finally {
+      if (t0) link!.end(t0, bytes);
+    }
   }
 
   /** Why a 206 answer for [start, end] cannot be used, or undefined. */
   private check206(a: HttpAnswer, start: number, end: number): Error | undefined {
     const raw = a.header('content-range');
     const cr = parseContentRange(raw);
-    if (raw === undefined) {
-      return new SourceError(`${this.name}: 206 answer without Content-Range (cross-origin servers must send Access-Control-Expose-Headers: Content-Range, ETag)`);
-    }
+    if (raw === undefined) return noContentRange(this.name, a);
     if (!cr || cr.start === undefined) return new SourceError(`${this.name}: malformed Content-Range ${JSON.stringify(raw)}`);
     const changed = contradicts(this.pin, validatorOf(a)) ?? (cr.size !== undefined && cr.size !== this.size ? `size ${this.size} -> ${cr.size}` : undefined);
     if (changed) return this.changedError(changed);
@@ -448,8 +635,8 @@ export class HttpRangeSource implements Source {
       return new SourceError(`${this.name}: server sent Content-Range ${JSON.stringify(raw)} for Range: bytes=${start}-${end}`);
     }
     // Checked before the length: an encoded body's length is the encoding's, which would hide the cause.
-    const enc = a.header('content-encoding')?.trim().toLowerCase();
-    if (enc && enc !== 'identity') return new SourceError(`${this.name}: server encoded a range answer (Content-Encoding: ${enc}) although asked for identity; disable compression for .flm files`);
+    const enc = encodingError(this.name, a);
+    if (enc) return enc;
     const n = contentLength(a);
     if (n !== undefined && n !== end - start + 1) {
       return new SourceError(`${this.name}: Content-Length ${n} does not match Content-Range ${JSON.stringify(raw)}`);
@@ -563,6 +750,19 @@ function describe(e: unknown): string {
   return inner && !e.message.includes(inner) ? `${e.message} (${inner})` : e.message;
 }
 
+/** A 206 without Content-Range: a multipart/byteranges answer to a single range, or a cross-origin server hiding the header. */
+function noContentRange(name: string, a: HttpAnswer): SourceError {
+  const type = a.header('content-type');
+  if (type && /^\s*multipart\//i.test(type)) return new SourceError(`${name}: server answered a single range with ${type.split(';')[0]!.trim()}; it must send the bytes with a Content-Range`);
+  return new SourceError(`${name}: 206 answer without Content-Range (cross-origin servers must send Access-Control-Expose-Headers: Content-Range, ETag)`);
+}
+
+/** An encoded range answer (gzip, br...), named: its length is the encoding's, which would otherwise surface as a length problem. */
+function encodingError(name: string, a: HttpAnswer): SourceError | undefined {
+  const enc = a.header('content-encoding')?.trim().toLowerCase();
+  return enc && enc !== 'identity' ? new SourceError(`${name}: server encoded a range answer (Content-Encoding: ${enc}) although asked for identity; disable compression for .flm files`) : undefined;
+}
+
 /** The error for an answer that is neither 200 nor 206 (body discarded). */
 async function statusError(name: string, a: HttpAnswer): Promise<Error> {
   await a.discard();
@@ -639,11 +839,16 @@ async function probe(name: string, transport: HttpTransport, o: Resolved): Promi
       const cr = parseContentRange(raw);
       if (raw === undefined) {
         await a.discard();
-        throw new SourceError(`${name}: 206 answer without Content-Range (cross-origin servers must send Access-Control-Expose-Headers: Content-Range, ETag)`);
+        throw noContentRange(name, a);
       }
       if (!cr || cr.start !== 0 || cr.end !== 0 || cr.size === undefined) {
         await a.discard();
         throw new SourceError(`${name}: cannot learn the size from Content-Range ${JSON.stringify(raw)} (asked for bytes=0-0)`);
+      }
+      const enc = encodingError(name, a);
+      if (enc) {
+        await a.discard();
+        throw enc;
       }
       await fill(name, a, new Uint8Array(1), 0, 1, progress, () => {});
       return { size: cr.size, pin };
@@ -659,4 +864,192 @@ async function probe(name: string, transport: HttpTransport, o: Resolved): Promi
     }
     throw await statusError(name, a);
   });
+}
+
+// ---------------------------------------------------------------- multi-range
+
+/** The boundary of a `multipart/byteranges` Content-Type, or undefined for anything else. */
+export function byterangesBoundary(contentType: string | undefined): string | undefined {
+  if (!contentType || !/^\s*multipart\/byteranges\s*;/i.test(contentType)) return undefined;
+  const m = /;\s*boundary\s*=\s*(?:"([^"]{1,200})"|([^;\s"]{1,200}))/i.exec(contentType);
+  return m ? (m[1] ?? m[2]) : undefined;
+}
+
+/** The ranges of one readRanges call (copies of the caller's numbers) and how much of each has landed. */
+class RangeSet {
+  readonly n: number;
+  readonly off: Float64Array;
+  readonly len: Float64Array;
+  readonly at: Float64Array;
+  /** Bytes of range i filled from its start on (a contiguous prefix). */
+  readonly got: Float64Array;
+
+  constructor(offsets: ArrayLike<number>, lengths: ArrayLike<number>, ats: ArrayLike<number>, from: number, to: number) {
+    const n = Math.max(0, to - from);
+    this.n = n;
+    this.off = new Float64Array(n);
+    this.len = new Float64Array(n);
+    this.at = new Float64Array(n);
+    this.got = new Float64Array(n);
+    for (let i = 0; i < n; i++) {
+      this.off[i] = offsets[from + i]!;
+      this.len[i] = lengths[from + i]!;
+      this.at[i] = ats[from + i]!;
+    }
+  }
+
+  /** Ranges not complete start over (a retry asks for them whole). */
+  reset(): void {
+    for (let i = 0; i < this.n; i++) if (this.got[i]! < this.len[i]!) this.got[i] = 0;
+  }
+
+  complete(): boolean {
+    for (let i = 0; i < this.n; i++) if (this.got[i]! < this.len[i]!) return false;
+    return true;
+  }
+
+  /** `bytes=a-b,c-d,...` of the ranges still missing; '' when none is. */
+  header(): string {
+    let s = '';
+    for (let i = 0; i < this.n; i++) {
+      if (this.got[i]! >= this.len[i]!) continue;
+      const a = this.off[i]!;
+      s += `${s ? ',' : 'bytes='}${a}-${a + this.len[i]! - 1}`;
+    }
+    return s;
+  }
+
+  /** Copies the bytes of `chunk` (file offset `pos`) that fall in the ranges into `into`; bytes between ranges are dropped. */
+  scatter(pos: number, chunk: Uint8Array, into: Uint8Array): void {
+    const end = pos + chunk.byteLength;
+    // First range that ends after pos.
+    let lo = 0;
+    let hi = this.n;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.off[mid]! + this.len[mid]! <= pos) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = lo; i < this.n && this.off[i]! < end; i++) {
+      const off = this.off[i]!;
+      const s = Math.max(pos, off);
+      const e = Math.min(end, off + this.len[i]!);
+      if (e <= s) continue;
+      into.set(chunk.subarray(s - pos, e - pos), this.at[i]! + (s - off));
+      // Only a contiguous prefix counts: a part out of order or overlapping leaves a hole that is read again.
+      if (s <= off + this.got[i]! && e > off + this.got[i]!) this.got[i] = e - off;
+    }
+  }
+}
+
+/** A multipart/byteranges answer that does not parse: the source stops sending multi-range requests. */
+export class MalformedMultipart extends SourceError {}
+
+/**
+ * Streams a multipart/byteranges body (RFC 9110 14.6): each part's
+ * Content-Range is checked against the file, its bytes handed to `put`
+ * with their file offset. Headers are decoded a bounded slice at a time;
+ * part bodies are never copied.
+ */
+export class Byteranges {
+  private head = '';
+  private left = 0;
+  private pos = 0;
+  private lastEnd = -1;
+  private closed = false;
+  /** Parts in ascending order, none overlapping. */
+  ordered = true;
+  parts = 0;
+
+  constructor(
+    private readonly name: string,
+    private readonly boundary: string,
+    private readonly size: number,
+    private readonly put: (pos: number, chunk: Uint8Array) => void,
+  ) {}
+
+  push(chunk: Uint8Array): void {
+    const n = chunk.byteLength;
+    let i = 0;
+    while (i < n) {
+      if (this.left > 0) {
+        const k = Math.min(this.left, n - i);
+        this.put(this.pos, chunk.subarray(i, i + k));
+        this.pos += k;
+        this.left -= k;
+        i += k;
+        continue;
+      }
+      if (this.closed) return; // the epilogue
+      const take = Math.min(n - i, 1024);
+      const before = this.head.length;
+      this.head += String.fromCharCode.apply(null, chunk.subarray(i, i + take) as unknown as number[]);
+      const used = this.header();
+      if (used < 0) {
+        if (this.head.length > 16384) throw new MalformedMultipart(`${this.name}: malformed multipart/byteranges answer (a part header over 16 KiB)`);
+        i += take;
+      } else {
+        i += used - before;
+        this.head = '';
+      }
+    }
+  }
+
+  /** Parses the part header (or closing delimiter) at the start of `head`: characters used, or -1 when more are needed. */
+  private header(): number {
+    const h = this.head;
+    let s = 0;
+    while (h.startsWith('\r\n', s)) s += 2;
+    const close = `--${this.boundary}--`;
+    const rest = h.slice(s, s + close.length);
+    if (rest === close) {
+      this.closed = true;
+      return h.length;
+    }
+    if (close.startsWith(rest)) return -1;
+    const e = h.indexOf('\r\n\r\n', s);
+    if (e < 0) return -1;
+    const lines = h.slice(s, e).split('\r\n');
+    if (lines[0]!.trimEnd() !== `--${this.boundary}`) throw new MalformedMultipart(`${this.name}: malformed multipart/byteranges answer (expected the boundary, got ${JSON.stringify(lines[0]!.slice(0, 80))})`);
+    let cr: ContentRange | undefined;
+    for (let l = 1; l < lines.length; l++) {
+      const line = lines[l]!;
+      const c = line.indexOf(':');
+      if (c > 0 && line.slice(0, c).trim().toLowerCase() === 'content-range') cr = parseContentRange(line.slice(c + 1));
+    }
+    if (!cr || cr.start === undefined) throw new MalformedMultipart(`${this.name}: multipart/byteranges part without a valid Content-Range`);
+    if (cr.size !== undefined && cr.size !== this.size) throw new SourceError(`${this.name}: file changed on the server since it was opened (size ${this.size} -> ${cr.size}); reopen the model`);
+    if (cr.start <= this.lastEnd) this.ordered = false;
+    this.lastEnd = cr.end!;
+    this.pos = cr.start;
+    this.left = cr.end! - cr.start + 1;
+    this.parts++;
+    return e + 4;
+  }
+
+  /** The body ended: a part cut short is a truncated answer (retried). */
+  finish(): void {
+    if (this.left > 0) throw new RetryableError(`multipart body ended inside a part (${this.left} bytes missing)`);
+  }
+
+  /** Whether the answer carried every range asked for, in order. */
+  asked(r: { complete(): boolean }): boolean {
+    return this.ordered && this.parts > 0 && r.complete();
+  }
+}
+
+/** Streams a single-part 206 body of `want` bytes starting at file offset `start` into `put`. */
+async function streamPart(name: string, a: HttpAnswer, start: number, want: number, put: (pos: number, chunk: Uint8Array) => void): Promise<void> {
+  let n = 0;
+  let complete = false;
+  try {
+    for await (const chunk of a.body()) {
+      if (n + chunk.byteLength > want) throw new SourceError(`${name}: body longer than the ${want} bytes of its Content-Range`);
+      put(start + n, chunk);
+      n += chunk.byteLength;
+    }
+    complete = true;
+  } finally {
+    if (!complete) await a.discard();
+  }
 }

@@ -110,7 +110,9 @@ export class HttpSource extends HttpRangeSource {
     const u = parseUrl(url);
     const fetchImpl = options.fetch ?? globalThis.fetch;
     const transport = new FetchTransport(u, fetchImpl.bind(globalThis), options.init);
-    return new HttpSource(...(await HttpRangeSource.connect(displayUrl(u), transport, options, HTTP_HINTS)));
+    const parallel = options.connections ?? HTTP_HINTS.parallel;
+    if (!Number.isInteger(parallel) || parallel < 1) throw new SourceError(`connections must be an integer >= 1, got ${parallel}`);
+    return new HttpSource(...(await HttpRangeSource.connect(displayUrl(u), transport, options, { ...HTTP_HINTS, parallel })));
   }
 }
 

@@ -1,3 +1,5 @@
+import type { LinkEstimator } from './link.js';
+
 /**
  * The flash tier: anything that can read `into.byteLength` bytes at a 64-bit
  * file offset (JS numbers are exact to 2^53, so offsets are never 32-bit).
@@ -27,6 +29,18 @@ export interface Source {
    * or drop this too.
    */
   readInto?(offset: number, into: Uint8Array, at: number, length: number): Promise<void>;
+  /**
+   * Optional (remote sources): reads ranges `from..to` of these arrays in
+   * one request where the server answers multi-range requests (range i:
+   * file [offsets[i], +lengths[i]) into `into` at `ats[i]`; ascending and
+   * disjoint), else one request per range. The arrays are read before the
+   * promise settles and may be reused after.
+   */
+  readRanges?(offsets: ArrayLike<number>, lengths: ArrayLike<number>, ats: ArrayLike<number>, from: number, to: number, into: Uint8Array): Promise<void>;
+  /** Optional: whether readRanges sends multi-range requests (probed once, on first call). */
+  multiRange?(): Promise<boolean>;
+  /** Optional (remote sources): the link model estimated from completed requests (planner costs, stats). */
+  readonly link?: LinkEstimator;
   close(): Promise<void>;
 }
 

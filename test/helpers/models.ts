@@ -1,6 +1,8 @@
 /** Paths to the shared fixture models and a converter-to-memory helper for tests. */
 import { fileURLToPath } from 'node:url';
-import { readFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { openCheckpoint } from '../../src/convert/index.js';
 import { writeFlm, type WriteOptions } from '../../src/format/writer.js';
 import { MemorySink } from '../../src/source/memory.js';
@@ -57,4 +59,18 @@ export function convertToBytes(input: string, opts: Partial<WriteOptions> & { to
     cache.set(key, p);
   }
   return p;
+}
+
+/** The OPT fixture with a chat template (test/fixtures/chat/zephyr.jinja) in its tokenizer_config.json, as .flm bytes. */
+export async function optChatBytes(): Promise<Uint8Array> {
+  const src = mkdtempSync(join(tmpdir(), 'flashlm-optchat-'));
+  try {
+    cpSync(OPT_DIR, src, { recursive: true });
+    const cfg = JSON.parse(readFileSync(join(src, 'tokenizer_config.json'), 'utf8'));
+    cfg.chat_template = readFileSync(new URL('../fixtures/chat/zephyr.jinja', import.meta.url), 'utf8');
+    writeFileSync(join(src, 'tokenizer_config.json'), JSON.stringify(cfg));
+    return await convertToBytes(src);
+  } finally {
+    rmSync(src, { recursive: true, force: true });
+  }
 }

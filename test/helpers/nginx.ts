@@ -1,11 +1,15 @@
 /**
  * Starts Debian's nginx as a child process serving a directory on
  * 127.0.0.1: generated config in a temp dir (daemon off, pid, logs and all
- * temp paths inside it), a random free port, optional limit_rate. Missing
- * nginx is an error, not a skip: CI installs it (apt-get install -y nginx).
+ * temp paths inside it), a random free port, optional limit_rate, optional
+ * TLS with HTTP/2 (a certificate made by makeCert with openssl), optional
+ * max_ranges. Missing nginx is an error, not a skip: CI installs it
+ * (apt-get install -y nginx).
  */
+import { createHash, createPublicKey } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, readFileSync } from 'node:fs';
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -16,6 +20,30 @@ export interface NginxOptions {
   root: string;
   /** nginx `limit_rate` per connection, e.g. '20m' (bytes/s, nginx units). */
   limitRate?: string;
+  /** Serve https with HTTP/2 (ALPN h2, http/1.1 still offered) with this certificate. */
+  tls?: Cert;
+  /** nginx `max_ranges`: 1 answers multi-range requests with the whole file (200); 0 ignores Range. */
+  maxRanges?: number;
+}
+
+/** A self-signed certificate for 127.0.0.1 made by openssl in a test's temp dir. */
+export interface Cert {
+  certPath: string;
+  keyPath: string;
+  /** The certificate (PEM): what a client trusts (NodeHttpSource `ca`). */
+  pem: string;
+  /** base64 SHA-256 of its public key (SubjectPublicKeyInfo): Chromium's --ignore-certificate-errors-spki-list. */
+  spki: string;
+}
+
+/** Makes a P-256 self-signed certificate for IP 127.0.0.1 (valid a day) in `dir` with the system openssl. */
+export function makeCert(dir: string): Cert {
+  const certPath = join(dir, 'cert.pem');
+  const keyPath = join(dir, 'key.pem');
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyPath, '-out', certPath, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'pipe' });
+  const pem = readFileSync(certPath, 'utf8');
+  const spki = createHash('sha256').update(createPublicKey(pem).export({ type: 'spki', format: 'der' })).digest('base64');
+  return { certPath, keyPath, pem, spki };
 }
 
 export interface Nginx {
@@ -85,7 +113,7 @@ http {
   fastcgi_temp_path ${q(join(dir, 'fastcgi'))};
   uwsgi_temp_path ${q(join(dir, 'uwsgi'))};
   scgi_temp_path ${q(join(dir, 'scgi'))};
-  types { }
+  types { text/html html; text/javascript js mjs; application/wasm wasm; }
   default_type application/octet-stream;
   sendfile on;
   tcp_nopush on;
@@ -93,9 +121,11 @@ http {
   keepalive_timeout 60s;
   keepalive_requests 1000000;
   server {
-    listen 127.0.0.1:${port};
+    listen 127.0.0.1:${port}${o.tls ? ' ssl http2' : ''};
+    ${o.tls ? `ssl_certificate ${q(o.tls.certPath)}; ssl_certificate_key ${q(o.tls.keyPath)};` : ''}
     root ${q(o.root)};
     ${o.limitRate ? `limit_rate ${o.limitRate};` : ''}
+    ${o.maxRanges !== undefined ? `max_ranges ${o.maxRanges};` : ''}
   }
 }
 `;
@@ -129,10 +159,11 @@ export async function startNginx(options: NginxOptions): Promise<Nginx> {
     }
     const log = () => readFile(join(dir, 'error.log'), 'utf8').catch(() => '');
     if (up && !exited) {
+      const scheme = options.tls ? 'https' : 'http';
       return {
         port,
-        origin: `http://127.0.0.1:${port}`,
-        url: (path: string) => `http://127.0.0.1:${port}/${path.replace(/^\//, '')}`,
+        origin: `${scheme}://127.0.0.1:${port}`,
+        url: (path: string) => `${scheme}://127.0.0.1:${port}/${path.replace(/^\//, '')}`,
         errorLog: log,
         async stop() {
           if (!exited) {

@@ -59,8 +59,12 @@ export interface Service {
   stop(): Promise<void>;
 }
 
-/** Starts a server and resolves once a stdout line matches `ready` (its group 1 is the URL). */
-export function startService(cmd: string, args: string[], ready: RegExp, o: { env?: Record<string, string>; timeoutMs?: number } = {}): Promise<Service> {
+/**
+ * Starts a server and resolves once a stdout line matches `ready` (its group 1
+ * is the URL), or, for a server that prints nothing (workerd), once `ready`
+ * given as a URL answers an HTTP request.
+ */
+export function startService(cmd: string, args: string[], ready: RegExp | string, o: { env?: Record<string, string>; timeoutMs?: number } = {}): Promise<Service> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, NO_COLOR: '1', ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -80,7 +84,7 @@ export function startService(cmd: string, args: string[], ready: RegExp, o: { en
     }, o.timeoutMs ?? 30_000);
     const onData = (d: Buffer) => {
       out += d.toString();
-      const m = ready.exec(out);
+      const m = typeof ready === 'string' ? null : ready.exec(out);
       if (m) {
         clearTimeout(timer);
         child.stdout!.off('data', onData);
@@ -90,6 +94,21 @@ export function startService(cmd: string, args: string[], ready: RegExp, o: { en
     };
     child.stdout!.on('data', onData);
     child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    if (typeof ready === 'string') {
+      const poll = async (): Promise<void> => {
+        while (!exited) {
+          try {
+            await fetch(ready, { signal: AbortSignal.timeout(5000) });
+            clearTimeout(timer);
+            resolve({ url: new URL(ready).origin, child, output: () => out, stop });
+            return;
+          } catch {
+            await new Promise((r) => setTimeout(r, 100));
+          }
+        }
+      };
+      void poll();
+    }
     child.once('error', (e) => {
       clearTimeout(timer);
       reject(e);

@@ -5,7 +5,7 @@
  * ETag. It records every request. Content is generated from the offset, so
  * it can claim sizes past 4 GiB without holding them.
  */
-import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { gzipSync } from 'node:zlib';
 
 /** The byte at absolute position p (exact for any p < 2^53; differs between p and p + 2^32). */
@@ -37,7 +37,13 @@ export type Fault =
   /** A correct 206 sent in 8 pieces with this pause between them. */
   | { trickleMs: number }
   /** A 206 whose body is gzip-compressed (Content-Encoding: gzip, Content-Length of the compressed body), as a misconfigured CDN sends. */
-  | { gzip: true };
+  | { gzip: true }
+  /** Accept the request and never answer (no headers; the connection stays open until the client or stop() ends it). */
+  | { never: true }
+  /** Wait this long before the headers (a slow first byte), then answer correctly. */
+  | { delayMs: number }
+  /** A 206 multipart/byteranges answer (the asked range as its one part), which a client asking for one range must not take as the bytes. */
+  | { multipart: true };
 
 export interface Recorded {
   /** Path and query. */
@@ -84,7 +90,8 @@ export async function startScripted(o: ScriptedOptions): Promise<ScriptedServer>
     stop: async () => {},
   };
 
-  const server: Server = createServer((req, res) => {
+  const server: Server = createServer((req, res) => handle(req, res));
+  const handle = (req: IncomingMessage, res: ServerResponse) => {
     const rec: Recorded = { url: req.url ?? '', range: req.headers.range, ifRange: req.headers['if-range'] as string | undefined, headers: req.headers };
     state.requests.push(rec);
     const n = state.requests.length;
@@ -93,6 +100,18 @@ export async function startScripted(o: ScriptedOptions): Promise<ScriptedServer>
       return;
     }
     const fault = state.fault?.(n, rec);
+    const answer = (f: Fault | undefined) => answerWith(req, res, rec, f);
+
+    if (fault && 'never' in fault) return;
+    if (fault && 'delayMs' in fault) {
+      const { delayMs } = fault;
+      setTimeout(() => answer(undefined), delayMs);
+      return;
+    }
+    answer(fault);
+  };
+
+  const answerWith = (req: IncomingMessage, res: ServerResponse, rec: Recorded, fault: Fault | undefined) => {
     const validators: Record<string, string> = {};
     if (state.etag !== undefined) validators.etag = state.etag;
     if (state.lastModified !== undefined) validators['last-modified'] = state.lastModified;
@@ -159,6 +178,17 @@ export async function startScripted(o: ScriptedOptions): Promise<ScriptedServer>
       next();
       return;
     }
+    if (fault && 'multipart' in fault) {
+      const boundary = 'flashlm-scripted';
+      const head = new TextEncoder().encode(`--${boundary}\r\ncontent-type: application/octet-stream\r\ncontent-range: ${cr}\r\n\r\n`);
+      const tail = new TextEncoder().encode(`\r\n--${boundary}--\r\n`);
+      const body = content(start, end - start + 1);
+      res.writeHead(206, { ...validators, 'content-type': `multipart/byteranges; boundary=${boundary}`, 'content-length': head.byteLength + body.byteLength + tail.byteLength });
+      res.write(head);
+      res.write(body);
+      res.end(tail);
+      return;
+    }
     if (fault && 'gzip' in fault) {
       const body = gzipSync(content(start, end - start + 1));
       res.writeHead(206, { ...validators, 'content-range': cr, 'content-encoding': 'gzip', 'content-length': body.byteLength });
@@ -172,7 +202,7 @@ export async function startScripted(o: ScriptedOptions): Promise<ScriptedServer>
       return;
     }
     send(206, { 'content-range': cr }, start, end, fault && 'drop' in fault ? fault.drop : undefined, fault && 'extraByte' in fault ? 1 : 0);
-  });
+  };
   server.keepAliveTimeout = 10_000;
 
   await new Promise<void>((resolve, reject) => {

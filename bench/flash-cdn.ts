@@ -1,0 +1,207 @@
+/**
+ * Streaming over a modelled CDN (issue 13): `npm run bench:flash -- --cdn`.
+ *
+ * One model behind nginx behind the modelled CDN of test/helpers/cdn-proxy.ts
+ * (default 20 ms per request, 20 MB/s per connection, 200 MB/s link), hybrid
+ * and window (k=5, the oracle's true active sets) with the HTTP source as it
+ * was ("before": 8 connections, reads merged across a fixed 256 KiB gap) and
+ * as it is ("after": the link model prices every gap, multi-range requests
+ * where nginx serves them, N requests in flight for N in --inflight), and one
+ * "after" row without multi-range. Prints ms/token, bytes per token (and per
+ * byte the window's records needed), requests per token, mean request, the
+ * link estimates, and whether the tokens equal dense.
+ *
+ * The model: `--model synth` (default) is an OPT-1.3B-shaped sparse model
+ * (flashlm synth: d 2048, ffn 8192, f16, 8 KiB records, ~3% active) cut to
+ * --layers (default 4 of 24: per-token bytes, requests and I/O time scale
+ * with the layers); `--model opt` is the opt-relu-6m fixture (f32).
+ *
+ *   npm run bench:flash -- --cdn [--model synth|opt] [--layers 4] [--tokens 8]
+ *        [--stationary 2] [--inflight 4,8,16,32,64,128] [--rtt 20]
+ *        [--conn-mbps 20] [--link-mbps 200] [--window 5] [--out path]
+ */
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { loadavg, tmpdir } from 'node:os';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { openModel, type OpenOptions, type Strategy } from '../src/node.js';
+import { FileSource } from '../src/source/file-node.js';
+import { NodeHttpSource, type NodeHttpSourceOptions } from '../src/source/http-node.js';
+import type { StatsSummary } from '../src/flash/stats.js';
+import { cdnProxyProcess } from '../test/helpers/cdn-proxy.js';
+import { startNginx } from '../test/helpers/nginx.js';
+import { OPT_DIR, convertToBytes, optReference } from '../test/helpers/models.js';
+import { arg, argv, intArg } from './args.js';
+
+const MiB = 1024 * 1024;
+const MODEL = arg('model') ?? 'synth';
+const LAYERS = intArg('layers', 4, 1);
+const TOKENS = intArg('tokens', 8, 1);
+const STATIONARY = Math.min(TOKENS, intArg('stationary', 2, 1));
+const WINDOW = intArg('window', 5, 1);
+const RTT = Number(arg('rtt') ?? 20);
+const CONN = Number(arg('conn-mbps') ?? 20);
+const LINK = Number(arg('link-mbps') ?? 200);
+const INFLIGHT = (arg('inflight') ?? '4,8,16,32,64,128').split(',').map(Number);
+const HERE = dirname(fileURLToPath(import.meta.url));
+const OUT = arg('out') ?? join(HERE, 'results', 'flash-cdn.json');
+if (MODEL !== 'synth' && MODEL !== 'opt') throw new Error('--model must be synth or opt');
+for (const n of INFLIGHT) if (!Number.isInteger(n) || n < 1) throw new Error(`--inflight: not a positive integer: ${n}`);
+
+interface Config {
+  name: string;
+  inFlight: number;
+  options: NodeHttpSourceOptions;
+}
+
+const BEFORE: Config = { name: 'before (fixed 256K gap)', inFlight: 8, options: { connections: 8, linkModel: false, multiRange: false } };
+
+interface Row {
+  strategy: Strategy;
+  config: string;
+  inFlight: number;
+  tokens: number;
+  summary: StatsSummary;
+  msP50: number;
+  neededBytes: number | null;
+  multiRange: boolean;
+  equalsDense: boolean;
+  wallMs: number;
+}
+
+async function makeModel(dir: string): Promise<{ path: string; prompt: string; name: string }> {
+  const path = join(dir, 'model.flm');
+  if (MODEL === 'opt') {
+    await writeFile(path, await convertToBytes(OPT_DIR, { dtype: 'f32', layout: 'bundled' }));
+    return { path, prompt: optReference().ref.prompt, name: 'opt-relu-6m f32' };
+  }
+  const { runSynth } = await import('../src/cli/synth.js');
+  await runSynth({ shape: 'opt-1.3b', output: path, dtype: 'f16', layout: 'bundled', seed: 1, layers: LAYERS, force: true });
+  return { path, prompt: 'Once upon a time, in a small town by the sea,', name: `synthetic OPT-1.3B shape (flashlm synth), f16, ${LAYERS} of 24 layers` };
+}
+
+async function generate(input: string | import('../src/source/types.js').Source, opts: OpenOptions, prompt: string, tokens: number) {
+  const model = await openModel(input, { contextLength: 256, ...opts });
+  const ids: number[] = [];
+  const t0 = performance.now();
+  for await (const s of model.steps(prompt, { maxTokens: tokens + 1, temperature: 0 })) if (s.token >= 0) ids.push(s.token);
+  const wallMs = performance.now() - t0;
+  // The prompt's passes (one per prompt token) warm the window cache: only generated tokens are averaged.
+  const all = model.stats.tokens;
+  const measured = all.slice(all.length - tokens);
+  const summary = model.stats.summary(measured);
+  const f = model.header.ffn[0]!;
+  const recordBytes = f.parts.length * f.partBytes;
+  // The window's records that had to come from the source: lookups that missed the cache.
+  const needed = opts.strategy === 'window' ? (measured.reduce((a, t) => a + (t.cacheLookups - t.cacheHits), 0) / measured.length) * recordBytes : null;
+  const ms = measured.map((t) => t.ms).sort((a, b) => a - b);
+  await model.close();
+  return { ids, summary, neededBytes: needed, msP50: ms[ms.length >> 1] ?? 0, wallMs };
+}
+
+async function main(): Promise<void> {
+  const started = performance.now();
+  const command = `node --import=tsx bench/flash.ts ${argv.join(' ')}`;
+  console.log(`# flashlm bench:flash --cdn — ${new Date().toISOString()}`);
+  console.log(`# command: ${command}`);
+  console.log(`# load average at start: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  const dir = await mkdtemp(join(tmpdir(), 'flashlm-bench-cdn-'));
+  await chmod(dir, 0o755);
+  const rows: Row[] = [];
+  let nginx: Awaited<ReturnType<typeof startNginx>> | undefined;
+  let proxy: Awaited<ReturnType<typeof cdnProxyProcess>> | undefined;
+  try {
+    const m = await makeModel(dir);
+    await chmod(m.path, 0o644);
+    const probe = await openModel(m.path, { strategy: 'dense' });
+    const h = probe.header;
+    const f = h.ffn[0]!;
+    const recordBytes = f.parts.length * f.partBytes;
+    const ffnBytes = h.ffn.reduce((a, e) => a + h.sections.find((s) => s.name === e.section)!.length, 0);
+    const fileBytes = probe.file.source.size;
+    await probe.close();
+    console.log(`# model: ${m.name}; d=${h.arch.dModel}, ffn=${h.arch.ffnDim}, ${h.arch.nLayers} layers, record ${recordBytes} B; file ${(fileBytes / MiB).toFixed(0)} MiB, FFN ${(ffnBytes / MiB).toFixed(0)} MiB`);
+    console.log(`# CDN model: +${RTT} ms per request, ${CONN} MB/s per connection, ${LINK} MB/s link (a TCP proxy in its own process in front of nginx; HTTP/1.1)`);
+    console.log(`# tokens: prompt ${JSON.stringify(m.prompt)}, then ${TOKENS} greedy tokens averaged (hybrid: ${STATIONARY}); window k=${WINDOW} with the oracle's true active sets`);
+
+    const dense = await generate(await FileSource.open(m.path), { strategy: 'dense' }, m.prompt, TOKENS);
+    nginx = await startNginx({ root: dir });
+    proxy = await cdnProxyProcess(nginx.port, RTT, CONN, LINK);
+    const url = `http://127.0.0.1:${proxy.port}/model.flm`;
+    const configs: [Strategy, Config][] = [
+      ['hybrid', BEFORE],
+      ['hybrid', { name: 'after', inFlight: 64, options: { connections: 64 } }],
+      ['window', BEFORE],
+      ...INFLIGHT.map((n): [Strategy, Config] => ['window', { name: 'after', inFlight: n, options: { connections: n } }]),
+      ['window', { name: 'after, no multi-range', inFlight: 64, options: { connections: 64, multiRange: false } }],
+    ];
+    for (const [strategy, c] of configs) {
+      const tokens = strategy === 'hybrid' ? STATIONARY : TOKENS;
+      const src = await NodeHttpSource.open(url, c.options);
+      const multiRange = await src.multiRange();
+      const opts: OpenOptions = { strategy, ...(strategy === 'window' ? { sparsity: 'oracle' as const, window: WINDOW } : {}) };
+      const r = await generate(src, opts, m.prompt, tokens);
+      const row: Row = {
+        strategy,
+        config: c.name,
+        inFlight: c.inFlight,
+        tokens,
+        summary: r.summary,
+        msP50: r.msP50,
+        neededBytes: strategy === 'hybrid' ? ffnBytes : r.neededBytes,
+        multiRange,
+        equalsDense: r.ids.every((id, i) => dense.ids[i] === id),
+        wallMs: r.wallMs,
+      };
+      rows.push(row);
+      process.stderr.write(`  ${strategy} ${c.name} in-flight ${c.inFlight}: ${r.summary.msPerToken.toFixed(0)} ms/token (${(r.wallMs / 1000).toFixed(1)} s)\n`);
+    }
+    printRows(rows, ffnBytes);
+    const find = (s: Strategy, name: string, n: number) => rows.find((r) => r.strategy === s && r.config === name && r.inFlight === n);
+    const hb = find('hybrid', BEFORE.name, 8);
+    const ha = find('hybrid', 'after', 64);
+    const wb = find('window', BEFORE.name, 8);
+    const best = rows.filter((r) => r.strategy === 'window' && r.config === 'after').sort((a, b) => a.summary.msPerToken - b.summary.msPerToken)[0];
+    if (hb && wb) console.log(`\nbefore: window ${wb.summary.msPerToken.toFixed(0)} ms/token, hybrid/window ${(hb.summary.msPerToken / wb.summary.msPerToken).toFixed(1)}x, window read/need ${wb.neededBytes ? (wb.summary.bytesPerToken / wb.neededBytes).toFixed(2) : '-'}x`);
+    if (ha && best) console.log(`after:  window ${best.summary.msPerToken.toFixed(0)} ms/token (in-flight ${best.inFlight}), hybrid/window ${(ha.summary.msPerToken / best.summary.msPerToken).toFixed(1)}x, window read/need ${best.neededBytes ? (best.summary.bytesPerToken / best.neededBytes).toFixed(2) : '-'}x`);
+    const bad = rows.filter((r) => !r.equalsDense);
+    console.log(bad.length ? `!! ${bad.length} rows did not generate the dense tokens` : `all ${rows.length} rows generated exactly the dense engine's tokens`);
+    const totalS = (performance.now() - started) / 1000;
+    console.log(`# load average at end: ${loadavg().map((x) => x.toFixed(2)).join(' ')}; ${totalS.toFixed(0)} s in all`);
+    await mkdir(dirname(OUT), { recursive: true });
+    await writeFile(OUT, JSON.stringify({ bench: 'flash --cdn', date: new Date().toISOString(), command, model: m.name, layers: h.arch.nLayers, ffnBytes, recordBytes, cdn: { rttMs: RTT, connMBps: CONN, linkMBps: LINK }, rows }, null, 1) + '\n');
+    console.log(`wrote ${relative(process.cwd(), OUT)}`);
+  } finally {
+    await proxy?.close();
+    await nginx?.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function printRows(rows: Row[], ffnBytes: number): void {
+  const cols: [string, number, (r: Row) => string][] = [
+    ['strategy', 9, (r) => r.strategy],
+    ['config', 24, (r) => r.config],
+    ['in-flight', 9, (r) => String(r.inFlight)],
+    ['multi', 5, (r) => (r.multiRange ? 'yes' : 'no')],
+    ['ms/token', 9, (r) => r.summary.msPerToken.toFixed(0)],
+    ['p50', 7, (r) => r.msP50.toFixed(0)],
+    ['I/O ms', 7, (r) => r.summary.ioMsPerToken.toFixed(0)],
+    ['read/token', 11, (r) => `${(r.summary.bytesPerToken / MiB).toFixed(1)} MiB`],
+    ['FFN%', 6, (r) => (100 * r.summary.bytesPerToken / ffnBytes).toFixed(1)],
+    ['need%', 6, (r) => (r.neededBytes === null ? '-' : ((100 * r.neededBytes) / ffnBytes).toFixed(2))],
+    ['read/need', 9, (r) => (r.neededBytes ? (r.summary.bytesPerToken / r.neededBytes).toFixed(2) : '-')],
+    ['req/token', 9, (r) => r.summary.requestsPerToken.toFixed(0)],
+    ['mean req', 9, (r) => `${(r.summary.meanRequestBytes / 1024).toFixed(0)} KB`],
+    ['rtt ms', 7, (r) => (r.summary.link ? r.summary.link.rttMs.toFixed(0) : '-')],
+    ['conn MB/s', 9, (r) => (r.summary.link ? r.summary.link.connMBps.toFixed(0) : '-')],
+    ['link MB/s', 9, (r) => (r.summary.link ? r.summary.link.linkMBps.toFixed(0) : '-')],
+    ['=dense', 6, (r) => (r.equalsDense ? 'yes' : 'NO')],
+  ];
+  const line = (v: string[]) => v.map((x, i) => (i < 2 ? x.padEnd(cols[i]![1]) : x.padStart(cols[i]![1]))).join(' ');
+  console.log('\n' + line(cols.map((c) => c[0])));
+  console.log('-'.repeat(line(cols.map((c) => c[0])).length));
+  for (const r of rows) console.log(line(cols.map((c) => c[2](r))));
+}
+
+await main();

@@ -1,0 +1,154 @@
+/**
+ * A model of the network link behind a remote source, estimated online from
+ * the requests themselves (a CDN's latency and throughput change while a
+ * model runs): the time to an answer's first byte (the round trip plus the
+ * server's time), what one request's body gets, and what all of them get
+ * together. The read planner prices a request and a byte with it (planner.ts
+ * `LinkCosts`); stats report it per token.
+ *
+ * The round trip and the link's rate are bounds every sample approaches
+ * from one side (a first byte comes no sooner than the round trip; a busy
+ * period carries no more than the link can), so they follow envelopes of
+ * their samples (fast towards the bound, slowly back). A connection's rate
+ * is measured only on requests that never shared a full link (else they
+ * measure their share). A first sample replaces the prior. Platform-neutral;
+ * one small object per request.
+ */
+
+/** What the link looks like now. MB/s = 1e6 bytes per second = 1e3 bytes per ms. */
+export interface LinkEstimate {
+  /** Request sent to first body byte, ms (the low envelope: queueing excluded). */
+  rttMs: number;
+  /** One request's body throughput (per connection or stream), MB/s. */
+  connMBps: number;
+  /** All requests together over a busy period (less one round trip), MB/s (>= connMBps). */
+  linkMBps: number;
+  /** Requests the source can have in flight at once (connections x streams). */
+  maxInFlight: number;
+  /** Requests measured so far. */
+  samples: number;
+}
+
+export interface LinkPrior {
+  rttMs: number;
+  connMBps: number;
+  linkMBps: number;
+}
+
+/** Before any request completes: the modeled CDN of bench/sources.ts (20 ms, 20 MB/s per connection, 100 MB/s link). */
+export const LINK_PRIOR: Readonly<LinkPrior> = Object.freeze({ rttMs: 20, connMBps: 20, linkMBps: 100 });
+
+/** Requests and busy periods shorter than this say more about chunking than about bandwidth: no bandwidth sample. */
+const MIN_REQUEST_SAMPLE = 64 * 1024;
+const MIN_BUSY_SAMPLE = 256 * 1024;
+
+/**
+ * Link samples are lower bounds (a period that did not fill the link carries
+ * less than it can): the estimate follows their upper envelope, rising fast
+ * and falling slowly, so it still follows a link that got slower.
+ */
+function envelope(x: number, n: number, sample: number): number {
+  if (n === 0) return sample;
+  return x + (sample > x ? 0.5 : 0.05) * (sample - x);
+}
+
+/** The same from below, for the round trip: a first byte later than the link's delay waited in a queue (bytes ahead of it, a busy host). */
+function floorEnvelope(x: number, n: number, sample: number): number {
+  if (n === 0) return sample;
+  return x + (sample < x ? 0.5 : 0.05) * (sample - x);
+}
+
+/** One request being measured (LinkEstimator.begin). */
+export interface LinkRequest {
+  readonly started: number;
+  /** The most requests in flight at once during its life. */
+  peak: number;
+}
+
+export class LinkEstimator {
+  private rtt: number;
+  private conn: number;
+  private link: number;
+  private nRtt = 0;
+  private nConn = 0;
+  private nLink = 0;
+  /** Requests sent and not finished. */
+  private active = 0;
+  private readonly live = new Set<LinkRequest>();
+  /** The current busy period (some request active): when it began and its bytes. */
+  private busyStart = 0;
+  private busyBytes = 0;
+  /** Busy periods since the last link sample: their bytes and transfer time (each period's length less a round trip). */
+  private accBytes = 0;
+  private accMs = 0;
+
+  constructor(
+    readonly maxInFlight: number,
+    prior: LinkPrior = LINK_PRIOR,
+    /** The clock, ms (tests drive a modelled link with their own). */
+    private readonly now: () => number = () => performance.now(),
+  ) {
+    this.rtt = prior.rttMs;
+    this.conn = prior.connMBps;
+    this.link = Math.max(prior.linkMBps, prior.connMBps);
+  }
+
+  /** A request is sent: pass what this returns to firstByte and end. */
+  begin(): LinkRequest {
+    const now = this.now();
+    if (this.active++ === 0) {
+      this.busyStart = now;
+      this.busyBytes = 0;
+    }
+    const r: LinkRequest = { started: now, peak: 0 };
+    this.live.add(r);
+    for (const x of this.live) if (x.peak < this.active) x.peak = this.active;
+    return r;
+  }
+
+  /** Its headers arrived: a round-trip sample. */
+  firstByte(r: LinkRequest): void {
+    this.rtt = floorEnvelope(this.rtt, this.nRtt++, this.now() - r.started);
+  }
+
+  /** The request finished (or failed) after `bytes` body bytes. */
+  end(r: LinkRequest, bytes: number): void {
+    const now = this.now();
+    this.live.delete(r);
+    // Its transfer time is what the round trip does not explain.
+    const transfer = now - r.started - this.rtt;
+    // Only a request that never shared a full link measures a connection's rate (else: its share of the link).
+    if (bytes >= MIN_REQUEST_SAMPLE && transfer > Math.max(1, this.rtt / 2) && r.peak * this.conn <= this.linkMBps) {
+      const mbps = bytes / transfer / 1e3;
+      this.conn = this.nConn++ === 0 ? mbps : this.conn + 0.3 * (mbps - this.conn);
+    }
+    this.busyBytes += bytes;
+    if (--this.active === 0) {
+      this.accBytes += this.busyBytes;
+      this.accMs += Math.max(0, now - this.busyStart - this.rtt);
+      // Short periods are mostly round trip: a sample once the transfer time summed over periods outweighs one.
+      if (this.accBytes >= MIN_BUSY_SAMPLE && this.accMs > Math.max(2, 2 * this.rtt)) {
+        this.link = envelope(this.link, this.nLink++, this.accBytes / this.accMs / 1e3);
+        this.accBytes = 0;
+        this.accMs = 0;
+      }
+    }
+  }
+
+  estimate(): LinkEstimate {
+    return { rttMs: this.rtt, connMBps: this.conn, linkMBps: this.linkMBps, maxInFlight: this.maxInFlight, samples: this.nRtt };
+  }
+
+  get rttMs(): number {
+    return this.rtt;
+  }
+  get connMBps(): number {
+    return this.conn;
+  }
+  get linkMBps(): number {
+    return Math.max(this.link, this.conn);
+  }
+  get samples(): number {
+    return this.nRtt;
+  }
+}
