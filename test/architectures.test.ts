@@ -543,3 +543,19 @@ test('storage: the new arch keys make a version-2 file; plain models stay versio
   noNorm.tensors = noNorm.tensors.filter((x) => x.name !== 'layers.1.k_norm');
   t.throws(() => validateHeader(noNorm, bytes.length), { instanceOf: FormatError, message: /layers\.1\.k_norm/ });
 });
+
+test('flashlm inspect names rope scaling, the sliding window and q/k norm', async (t) => {
+  const { execFile } = await import('node:child_process');
+  const { promisify } = await import('node:util');
+  const main = new URL('../src/cli/main.ts', import.meta.url).pathname;
+  const inspect = async (cfg: Config, name: string) => {
+    const file = path.join(await writeFolder(t, cfg, randomTensors(cfg, 5)), `${name}.flm`);
+    await writeFile(file, await convert(path.dirname(file)));
+    const script = `import(${JSON.stringify(main)}).then((m) => m.main(['node', 'flashlm', 'inspect', ${JSON.stringify(file)}]))`;
+    return (await promisify(execFile)(process.execPath, ['--import=tsx', '-e', script])).stdout;
+  };
+  t.regex(await inspect({ ...LLAMA, rope_scaling: { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 8.0, original_max_position_embeddings: 256, rope_type: 'llama3' } }, 'llama3'), /^attention +rope scaling llama3 x8 \(original context 256\)$/m);
+  t.regex(await inspect(MISTRAL, 'mistral'), /^attention +sliding window 5$/m);
+  t.regex(await inspect(QWEN3, 'qwen3'), /^attention +per-head RMSNorm on q and k$/m);
+  t.notRegex(await inspect(LLAMA, 'llama'), /^attention /m);
+});

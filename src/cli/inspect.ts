@@ -24,6 +24,12 @@ export async function runInspect(model: string, flags: { json?: boolean } & Http
       out.push(`synthetic     random weights (flashlm synth --shape ${m['synth.shape'] ?? '?'} --seed ${m['synth.seed'] ?? '?'}), about ${(100 * Number(m['synth.activeFraction'] ?? NaN)).toFixed(0)}% of FFN neurons active per token; not a trained model`);
     }
     out.push(`architecture  ${a.type}  (${a.norm}, ${a.gatedAct && a.gatedAct !== 'silu' ? `gated ${a.gatedAct}${a.gatedAct === 'fatrelu' ? ` T=${a.gatedActThreshold}` : ''}` : a.activation}, ${a.positions === 'rope' ? `rope ${a.ropeStyle} theta ${a.ropeTheta}` : `learned positions +${a.posOffset}`}, ${a.preNorm ? 'pre' : 'post'}-norm)`);
+    const attn: string[] = [];
+    const rs = a.ropeScaling;
+    if (rs) attn.push(`rope scaling ${rs.type}${'factor' in rs ? ` x${rs.factor}` : ''}${'originalMaxPos' in rs ? ` (original context ${rs.originalMaxPos})` : ''}`);
+    if (a.slidingWindow) attn.push(`sliding window ${a.slidingWindow}${a.slidingWindowStart ? ` from layer ${a.slidingWindowStart}` : ''}`);
+    if (a.qkNorm) attn.push('per-head RMSNorm on q and k');
+    if (attn.length) out.push(`attention     ${attn.join(', ')}`);
     out.push(`dims          d_model ${a.dModel}, layers ${a.nLayers}, heads ${a.nHeads} (kv ${a.nKvHeads}) x ${a.headDim}, ffn ${a.ffnDim}, vocab ${a.vocabSize}, context ${a.maxSeqLen}`);
     const dtypeNote = h.dtype === 'q8' ? ' (int8, one scale per 32 weights)' : h.dtype === 'int8' ? ' (int8, one scale per row)' : h.dtype === 'q4' ? ' (4-bit, one f16 scale per 32 weights)' : '';
     const otherDtypes = [...new Set(h.tensors.filter((t) => t.shape.length === 2).map((t) => t.dtype))].filter((d) => d !== h.dtype);
