@@ -122,16 +122,21 @@ export async function collectActivations(file: FlmFile, windows: readonly (reado
     },
     opts.wasm,
   );
+  let yielded = performance.now();
   for (const w of windows) {
     for (let pos = 0; pos < w.length; pos++) {
       if (opts.signal?.aborted) throw new AbortedError('aborted', { cause: opts.signal.reason });
       await transformer.forward(w[pos]!, pos);
       t++;
+      // Let signals (Ctrl-C, SIGTERM) and progress through every 50 ms: a window of a big model takes half a minute.
+      if (performance.now() - yielded > 50) {
+        opts.onProgress?.(t, total);
+        await yieldToEventLoop();
+        yielded = performance.now();
+      }
     }
-    opts.onProgress?.(t, total);
-    // Let signals (Ctrl-C) and progress output through between windows.
-    await yieldToEventLoop();
   }
+  opts.onProgress?.(t, total);
   return { tokens: total, dModel: d, ffnDim: n, gated, layers };
 }
 
