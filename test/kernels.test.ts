@@ -476,7 +476,7 @@ function runFfn(L: FfnLayout, seed: number, t: import('ava').ExecutionContext, o
   const hb = L.hasBias ? 1 : 0;
   const fn = `ffn_${L.kind}_${kernelSuffix(L.dtype)}` as const;
   if (L.kind === 'relu') (k[fn as 'ffn_relu_f32'])(O, X, L.d, L.n, p[0]!, p[1]!, R.stride, hb, H);
-  else (k[fn as 'ffn_swiglu_f32'])(O, X, L.d, L.n, p[0]!, p[1]!, p[2]!, R.stride, H);
+  else (k[fn as 'ffn_swiglu_f32'])(O, X, L.d, L.n, p[0]!, p[1]!, p[2]!, R.stride, H, 0, 0);
   const ref = ffnRef(L, R, x);
   const what = `${fn} d=${L.d} n=${L.n} bias=${L.hasBias} ${L.bundled ? 'bundled' : 'split'}`;
   const mh = firstMismatch(A.f32(H, L.n), ref.h, ref.hTol);
@@ -536,7 +536,7 @@ for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
           const X = A.putF32(x, 1), O = A.out(d, 2), H = A.out(n, 3);
           const sfx = kernelSuffix(dtype);
           if (kind === 'relu') k[`ffn_relu_${sfx}_ptrs`](O, X, d, P, n, hasBias ? 1 : 0, H);
-          else k[`ffn_swiglu_${sfx}_ptrs`](O, X, d, P, n, H);
+          else k[`ffn_swiglu_${sfx}_ptrs`](O, X, d, P, n, H, 0, 0);
           // reference on the gathered neurons
           const gather = (a: Float32Array) => { const g = new Float32Array(n * d); sel.forEach((nid, j) => g.set(a.subarray(nid * d, (nid + 1) * d), j * d)); return g; };
           const R2 = { ...R, deq: R.deq.map(gather), bias: bias ? Float32Array.from(sel, (nid) => bias[nid]!) : null };
@@ -571,8 +571,8 @@ test('ffn_*_ptrs over all neurons in order equals the strided kernels bit for bi
           k[`ffn_relu_${sfx}`](O1, X, d, n, parts[0]!, parts[1]!, R.stride, 1, H1);
           k[`ffn_relu_${sfx}_ptrs`](O2, X, d, P, n, 1, H2);
         } else {
-          k[`ffn_swiglu_${sfx}`](O1, X, d, n, parts[0]!, parts[1]!, parts[2]!, R.stride, H1);
-          k[`ffn_swiglu_${sfx}_ptrs`](O2, X, d, P, n, H2);
+          k[`ffn_swiglu_${sfx}`](O1, X, d, n, parts[0]!, parts[1]!, parts[2]!, R.stride, H1, 0, 0);
+          k[`ffn_swiglu_${sfx}_ptrs`](O2, X, d, P, n, H2, 0, 0);
         }
         t.is(firstBitMismatch(A.f32(O2, d), A.f32(O1, d)), null, `${kind} ${dtype} d=${d} n=${n} out`);
         t.is(firstBitMismatch(A.f32(H2, n), A.f32(H1, n)), null, `${kind} ${dtype} d=${d} n=${n} hOut`);
@@ -607,7 +607,7 @@ for (const dtype of ['int8', 'q8'] as const) {
       const X = A.putF32(x), O = A.out(d), H = A.out(n);
       const s = dtype === 'int8' ? 'i8' : 'q8';
       if (kind === 'relu') k[`ffn_relu_${s}`](O, X, d, n, p[0]!, p[1]!, R.stride, 1, H);
-      else k[`ffn_swiglu_${s}`](O, X, d, n, p[0]!, p[1]!, p[2]!, R.stride, H);
+      else k[`ffn_swiglu_${s}`](O, X, d, n, p[0]!, p[1]!, p[2]!, R.stride, H, 0, 0);
       const ref = ffnRef({ ...L, dtype: 'f32' }, R, x); // f32 tolerances: no activation quantization here
       t.is(firstMismatch(A.f32(H, n), ref.h, ref.hTol), null, `${kind} hOut`);
       t.is(firstMismatch(A.f32(O, d), ref.out, ref.outTol), null, `${kind} out`);

@@ -25,7 +25,7 @@ import { openCheckpoint } from '../src/convert/index.js';
 import { MemorySink, MemorySource } from '../src/source/memory.js';
 import { openModel } from '../src/model.js';
 import { FormatError } from '../src/errors.js';
-import { Arena, rng, uniform, normalish, firstMismatch, firstBitMismatch, quantErrBound, dot64, F32_REL, silu64 } from './helpers/kernel-reference.js';
+import { Arena, rng, uniform, normalish, firstMismatch, firstBitMismatch, quantErrBound, dot64, downRef, F32_REL, silu64 } from './helpers/kernel-reference.js';
 import { STORIES_BIN, STORIES_TOK, OPT_DIR } from './helpers/models.js';
 import { withHeader } from './helpers/header.js';
 
@@ -190,19 +190,7 @@ function ffnRefQ4(gated: boolean, afn: number, athr: number, R: Records, x: Floa
       if (afn === 2 && Math.abs(g.v - athr) <= eg) hTol[i] += (Math.abs(g.v) + eg) * (Math.abs(uv) + eu);
     }
   }
-  const out = new Float64Array(d), outTol = new Float64Array(d);
-  for (let j = 0; j < d; j++) {
-    let o = 0, oa = 0, prop = 0;
-    for (let i = 0; i < n; i++) {
-      const w = down[i * d + j]!;
-      o += h[i]! * w;
-      oa += Math.abs(h[i]! * w);
-      prop += hTol[i]! * Math.abs(w);
-    }
-    out[j] = o;
-    outTol[j] = F32_REL * oa + prop + 1e-30;
-  }
-  return { h, hTol, out, outTol };
+  return { h, hTol, ...downRef(h, hTol, down, n, d) };
 }
 
 /** u32 pointer table [n][P] of the records' parts (absolute arena addresses). */

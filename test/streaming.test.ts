@@ -86,7 +86,6 @@ test('prompt blocks: every strategy reads the union of a block\'s neurons once, 
       name: src.name,
       size: src.size,
       identity: src.identity,
-      hints: src.hints,
       read: (o, into) => ((read += into.byteLength), src.read(o, into)),
       close: () => src.close(),
     };

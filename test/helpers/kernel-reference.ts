@@ -375,6 +375,11 @@ export function ffnRef(L: FfnLayout, R: FfnRecords, x: Float32Array): { h: Float
       hTol[i] = 1.1 * eg * (Math.abs(u.v) + eu) + Math.abs(silu64(g.v)) * eu + F32_REL * Math.abs(h[i]!);
     }
   }
+  return { h, hTol, ...downRef(h, hTol, down, n, d) };
+}
+
+/** out = down^T h in float64 over n neurons of d columns (down: [n][d]), each column's tolerance from f32 rounding and h's own. */
+export function downRef(h: Float64Array, hTol: Float64Array, down: Float32Array, n: number, d: number): { out: Float64Array; outTol: Float64Array } {
   const out = new Float64Array(d), outTol = new Float64Array(d);
   for (let j = 0; j < d; j++) {
     let o = 0, oa = 0, prop = 0;
@@ -387,5 +392,5 @@ export function ffnRef(L: FfnLayout, R: FfnRecords, x: Float32Array): { h: Float
     out[j] = o;
     outTol[j] = F32_REL * oa + prop + 1e-30;
   }
-  return { h, hTol, out, outTol };
+  return { out, outTol };
 }
