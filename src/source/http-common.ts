@@ -449,21 +449,14 @@ export class HttpRangeSource implements Source {
     await attempt(this.name, `read [${offset}, +${len})`, this.o, async (signal, progress) => {
       const start = offset + got;
       const end = offset + len - 1;
-      const headers = this.rangeHeaders(formatRange(start, end));
-      const link = this.link;
-      const t0 = link?.begin();
-      let bytes = 0;
-      try {
-        const a = await this.transport.get(headers, signal);
-        if (t0) link!.firstByte(t0);
-        progress();
+      await this.timedGet(this.rangeHeaders(formatRange(start, end)), signal, progress, async (a, took) => {
         if (a.status === 206) {
           const bad = this.check206(a, start, end);
           if (bad) {
             await a.discard();
             throw bad;
           }
-          await fill(this.name, a, into, got, end - start + 1, progress, (n) => ((got += n), (bytes += n)));
+          await fill(this.name, a, into, got, end - start + 1, progress, (n) => ((got += n), took(n)));
           return;
         }
         if (a.status === 200) {
@@ -477,9 +470,7 @@ export class HttpRangeSource implements Source {
           throw this.changedError(`size ${this.size} -> ${now}`);
         }
         throw await statusError(this.name, a);
-      } finally {
-        if (t0) link!.end(t0, bytes);
-      }
+      });
     });
   }
 
@@ -555,14 +546,7 @@ export class HttpRangeSource implements Source {
     r.reset(); // a retry asks again for every range not complete
     const spec = r.header();
     if (!spec) return true;
-    const headers = this.rangeHeaders(spec);
-    const link = this.link;
-    const t0 = link?.begin();
-    let bytes = 0;
-    try {
-      const a = await this.transport.get(headers, signal);
-      if (t0) link!.firstByte(t0);
-      progress();
+    return this.timedGet(this.rangeHeaders(spec), signal, progress, async (a, took) => {
       if (a.status === 200 || a.status === 206) {
         const changed = contradicts(this.pin, validatorOf(a));
         if (changed) {
@@ -578,7 +562,7 @@ export class HttpRangeSource implements Source {
         }
         const boundary = byterangesBoundary(a.header('content-type'));
         const put = (pos: number, chunk: Uint8Array) => {
-          bytes += chunk.byteLength;
+          took(chunk.byteLength);
           progress(chunk.byteLength);
           r.scatter(pos, chunk, into);
         };
@@ -618,6 +602,22 @@ export class HttpRangeSource implements Source {
       await a.discard();
       if (now !== undefined && now !== this.size) throw this.changedError(`size ${this.size} -> ${now}`);
       return false; // refused (416, 400, ...): range by range
+    });
+  }
+
+  /**
+   * One range request timed for the link model: its first byte, then the body
+   * bytes `use` reports through `took`, whether `use` returns or throws.
+   */
+  private async timedGet<T>(headers: Record<string, string>, signal: AbortSignal, progress: () => void, use: (a: HttpAnswer, took: (n: number) => void) => Promise<T>): Promise<T> {
+    const link = this.link;
+    const t0 = link?.begin();
+    let bytes = 0;
+    try {
+      const a = await this.transport.get(headers, signal);
+      if (t0) link!.firstByte(t0);
+      progress();
+      return await use(a, (n) => (bytes += n));
     } finally {
       if (t0) link!.end(t0, bytes);
     }
