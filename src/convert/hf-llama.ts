@@ -5,7 +5,7 @@
  * share Llama's tensor names. Defaults are those of transformers' LlamaConfig,
  * MistralConfig, Qwen2Config and Qwen3Config.
  */
-import type { ArchConfig, TokenizerSpec } from '../format/types.js';
+import type { ArchConfig, RopeScaling, TokenizerSpec } from '../format/types.js';
 import { plainSlidingWindow, qwenSlidingWindow, ropeScaling, ropeTheta, scaledMaxSeqLen } from './hf-rope.js';
 import { JsonConfig, MappedCheckpoint, SafetensorsStore, bindTensors, type TensorBinding } from './safetensors.js';
 import type { Checkpoint } from './types.js';
@@ -30,47 +30,66 @@ export function llamaArch(cfg: JsonConfig): ArchConfig {
   if (cfg.bool('mlp_bias', false)) cfg.fail('mlp_bias', 'is true: FFN biases are not supported for Llama models');
   const dModel = cfg.int('hidden_size');
   const nHeads = cfg.int('num_attention_heads');
-  const nKvHeads = cfg.int('num_key_value_heads', nHeads);
-  if (nHeads % nKvHeads !== 0) cfg.fail('num_key_value_heads', `(${nKvHeads}) does not divide num_attention_heads (${nHeads})`);
-  if (!cfg.has('head_dim') && modelType !== 'qwen3' && dModel % nHeads !== 0) {
-    cfg.fail('hidden_size', `(${dModel}) is not a multiple of num_attention_heads (${nHeads}) and head_dim is not given`);
-  }
   // Qwen3Config defaults head_dim to 128; the others derive it.
-  const headDim = cfg.int('head_dim', modelType === 'qwen3' ? 128 : dModel / nHeads);
-  if (headDim % 2 !== 0) cfg.fail('head_dim', `(${headDim}) must be even for RoPE`);
+  const { nKvHeads, headDim } = rotaryHeads(cfg, dModel, nHeads, modelType === 'qwen3' ? 128 : undefined);
   const maxPositions = cfg.int('max_position_embeddings', MAX_POSITIONS[modelType] ?? 2048);
   const scaling = ropeScaling(cfg, maxPositions);
   const maxSeqLen = scaledMaxSeqLen(maxPositions, scaling);
   const nLayers = cfg.int('num_hidden_layers');
   // LlamaConfig has no sliding window; MistralConfig's defaults to 4096; Qwen's needs use_sliding_window.
   const window = qwen ? qwenSlidingWindow(cfg, nLayers, maxSeqLen) : modelType === 'mistral' ? plainSlidingWindow(cfg, 4096, maxSeqLen) : {};
-  const eos = cfg.ids('eos_token_id', 2);
+  const attention = { ...(modelType === 'qwen3' ? { qkNorm: true } : {}), ...window };
+  const shape = { dModel, nLayers, nHeads, nKvHeads, headDim, ffnDim: cfg.int('intermediate_size'), vocabSize: cfg.int('vocab_size'), maxSeqLen };
+  // Qwen2 always biases q/k/v (never o); the others follow attention_bias.
+  return rotaryArch(cfg, shape, act, cfg.positive('rms_norm_eps', 1e-6), scaling, attention, modelType === 'qwen2' ? true : cfg.bool('attention_bias', false), 2);
+}
+
+/** num_key_value_heads and head_dim of a rotary config, checked: head_dim defaults to `headDimDefault`, else to hidden_size / heads, which must divide. */
+export function rotaryHeads(cfg: JsonConfig, dModel: number, nHeads: number, headDimDefault?: number): { nKvHeads: number; headDim: number } {
+  const nKvHeads = cfg.int('num_key_value_heads', nHeads);
+  if (nHeads % nKvHeads !== 0) cfg.fail('num_key_value_heads', `(${nKvHeads}) does not divide num_attention_heads (${nHeads})`);
+  if (!cfg.has('head_dim') && headDimDefault === undefined && dModel % nHeads !== 0) {
+    cfg.fail('hidden_size', `(${dModel}) is not a multiple of num_attention_heads (${nHeads}) and head_dim is not given`);
+  }
+  const headDim = cfg.int('head_dim', headDimDefault ?? dModel / nHeads);
+  if (headDim % 2 !== 0) cfg.fail('head_dim', `(${headDim}) must be even for RoPE`);
+  return { nKvHeads, headDim };
+}
+
+/**
+ * The ArchConfig of a rotary, RMSNorm, gated-FFN family (Llama, Mistral,
+ * Qwen, Phi-3) from its shape and what differs per family: the activation,
+ * rope scaling, `attention` (q/k norm, sliding window), attention biases and
+ * the eos id's default.
+ */
+export function rotaryArch(
+  cfg: JsonConfig,
+  shape: Pick<ArchConfig, 'dModel' | 'nLayers' | 'nHeads' | 'nKvHeads' | 'headDim' | 'ffnDim' | 'vocabSize' | 'maxSeqLen'>,
+  act: Pick<ArchConfig, 'gatedAct' | 'gatedActThreshold'>,
+  normEps: number,
+  scaling: RopeScaling | undefined,
+  attention: Partial<ArchConfig>,
+  attnBias: boolean,
+  eosDefault: number,
+): ArchConfig {
+  const eos = cfg.ids('eos_token_id', eosDefault);
   return {
     type: 'llama',
-    dModel,
-    nLayers,
-    nHeads,
-    nKvHeads,
-    headDim,
-    ffnDim: cfg.int('intermediate_size'),
-    vocabSize: cfg.int('vocab_size'),
-    maxSeqLen,
+    ...shape,
     norm: 'rmsnorm',
-    normEps: cfg.positive('rms_norm_eps', 1e-6),
+    normEps,
     activation: 'swiglu',
     ...act,
     positions: 'rope',
     ropeStyle: 'half',
     ropeTheta: ropeTheta(cfg, 10000),
     ...(scaling ? { ropeScaling: scaling } : {}),
-    ...(modelType === 'qwen3' ? { qkNorm: true } : {}),
-    ...window,
+    ...attention,
     preNorm: true,
-    // Qwen2 always biases q/k/v (never o); the others follow attention_bias.
-    attnBias: modelType === 'qwen2' ? true : cfg.bool('attention_bias', false),
+    attnBias,
     ffnBias: false,
     tiedEmbeddings: cfg.bool('tie_word_embeddings', false),
-    embedDim: dModel,
+    embedDim: shape.dModel,
     bosId: cfg.ids('bos_token_id', 1)[0]!,
     eosId: eos[0]!,
     stopIds: eos,

@@ -8,7 +8,8 @@
  */
 import type { ArchConfig, RopeScaling, TokenizerSpec } from '../format/types.js';
 import { activationFields, configActivation } from './activation.js';
-import { plainSlidingWindow, ropeScaling, ropeTheta, scaledMaxSeqLen } from './hf-rope.js';
+import { plainSlidingWindow, ropeScaling, scaledMaxSeqLen } from './hf-rope.js';
+import { rotaryArch, rotaryHeads } from './hf-llama.js';
 import { JsonConfig, MappedCheckpoint, SafetensorsStore, bindTensors, type TensorBinding, type TensorRegion } from './safetensors.js';
 import type { Checkpoint } from './types.js';
 
@@ -16,46 +17,13 @@ export function phi3Arch(cfg: JsonConfig): ArchConfig {
   const act = activationFields(configActivation(cfg));
   const dModel = cfg.int('hidden_size', 3072);
   const nHeads = cfg.int('num_attention_heads', 32);
-  const nKvHeads = cfg.int('num_key_value_heads', nHeads);
-  if (nHeads % nKvHeads !== 0) cfg.fail('num_key_value_heads', `(${nKvHeads}) does not divide num_attention_heads (${nHeads})`);
-  if (!cfg.has('head_dim') && dModel % nHeads !== 0) {
-    cfg.fail('hidden_size', `(${dModel}) is not a multiple of num_attention_heads (${nHeads}) and head_dim is not given`);
-  }
-  const headDim = cfg.int('head_dim', dModel / nHeads);
-  if (headDim % 2 !== 0) cfg.fail('head_dim', `(${headDim}) must be even for RoPE`);
+  const { nKvHeads, headDim } = rotaryHeads(cfg, dModel, nHeads);
   const maxPositions = cfg.int('max_position_embeddings', 4096);
   const scaling = phi3RopeScaling(cfg, maxPositions, headDim);
   const maxSeqLen = scaledMaxSeqLen(maxPositions, scaling);
-  const eos = cfg.ids('eos_token_id', 32000);
-  return {
-    type: 'llama',
-    dModel,
-    nLayers: cfg.int('num_hidden_layers', 32),
-    nHeads,
-    nKvHeads,
-    headDim,
-    ffnDim: cfg.int('intermediate_size', 8192),
-    vocabSize: cfg.int('vocab_size', 32064),
-    maxSeqLen,
-    norm: 'rmsnorm',
-    normEps: cfg.positive('rms_norm_eps', 1e-5),
-    activation: 'swiglu',
-    ...act,
-    positions: 'rope',
-    ropeStyle: 'half',
-    ropeTheta: ropeTheta(cfg, 10000),
-    ...(scaling ? { ropeScaling: scaling } : {}),
-    // Phi3Config's sliding_window defaults to None (Phi-3-mini-4k sets 2047).
-    ...plainSlidingWindow(cfg, null, maxSeqLen),
-    preNorm: true,
-    attnBias: false,
-    ffnBias: false,
-    tiedEmbeddings: cfg.bool('tie_word_embeddings', false),
-    embedDim: dModel,
-    bosId: cfg.ids('bos_token_id', 1)[0]!,
-    eosId: eos[0]!,
-    stopIds: eos,
-  };
+  const shape = { dModel, nLayers: cfg.int('num_hidden_layers', 32), nHeads, nKvHeads, headDim, ffnDim: cfg.int('intermediate_size', 8192), vocabSize: cfg.int('vocab_size', 32064), maxSeqLen };
+  // Phi3Config's sliding_window defaults to None (Phi-3-mini-4k sets 2047).
+  return rotaryArch(cfg, shape, act, cfg.positive('rms_norm_eps', 1e-5), scaling, plainSlidingWindow(cfg, null, maxSeqLen), false, 32000);
 }
 
 /**
