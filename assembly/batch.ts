@@ -7,7 +7,9 @@
 // summation order as gemv.ts — rows [0, rows & ~3) the 4-row groups' order
 // ("A": per 8 columns, acc += w[0:4]x[0:4] + w[4:8]x[4:8]), the last rows & 3
 // rows the single-row order ("B"); every q8 row has the one q8 order of
-// gemv.ts — so a prompt prefilled in blocks yields the same logits as
+// gemv.ts, every q4 row the one q4 order of q4.ts (one row against four
+// tokens, then two: q4.ts q4_tile4 / q4_tile, each group decoded once for
+// all of them) — so a prompt prefilled in blocks yields the same logits as
 // token-by-token decoding.
 //
 // X rows are `ldx` bytes apart, out rows `ldo` bytes apart (out[t][r]). All
@@ -15,7 +17,7 @@
 // number of instances may share the memory. The *_rows / ffn_batch_act /
 // ffn_batch_down range kernels let the threads build split one call (rows at
 // multiples of 8, neurons at multiples of NB, output columns at multiples of
-// 8, or 32 for q8), each thread with its own scratch, with the same bits for
+// 8, or 32 for q8 and q4), each thread with its own scratch, with the same bits for
 // any split.
 
 import { hsum, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
@@ -24,8 +26,9 @@ import { axpy4_f32, axpy1_f32, q8ScaleAt, ffn_relu_i8, ffn_swiglu_i8, ffn_relu_q
 import { dequant_f16, dequant_i8 } from "./dequant";
 import { MAXD_I8 } from "./arena";
 import { glu1 } from "./activation";
+import { q4_quantize, q4_tile, q4_tile4, q4_tail, q4_row, q4_decode_down, q4_scale, q4groups, q4ScaleAt, q4BiasAt, ffn_relu_q4, ffn_swiglu_q4 } from "./q4";
 
-const T_F32 = 0, T_F16 = 1, T_I8 = 2, T_Q8 = 3;
+const T_F32 = 0, T_F16 = 1, T_I8 = 2, T_Q8 = 3, T_Q4 = 4;
 /** Neurons per FFN batch: as ffn.ts, so each up/gate row keeps its place in the 4-row groups. */
 const NB: usize = 64;
 /** Per-token down queue: 4 u32 pointers, 4 f32 coefficients, a count (at 32), 4 u32 q8 scale pointers (at 48). */
@@ -328,11 +331,53 @@ function core_q8(out: usize, ldo: usize, W: usize, stride: usize, Sc: usize, sst
   }
 }
 
+/** q4: each token's x quantized and reordered as q4_quantize does (q4.ts). */
+function prepare_q4(X: usize, ldx: usize, T: usize, n: usize, S: usize): void {
+  const lp = ldp(n);
+  for (let t: usize = 0; t < T; t++) q4_quantize(S + t * lp, X + t * ldx, n);
+}
+
+/**
+ * out[t][r] = W_r . x_t as q4.ts dots_q4_p computes it (every row has the one
+ * q4 order), rows [r0, r1) (prepare_q4 first); row r's values at W + r*stride,
+ * its f16 scales at Sc + r*sstride. One row against four tokens at a time
+ * (8-17% faster than two at the model shapes: the decode is shared by more).
+ */
+function core_q4(out: usize, ldo: usize, W: usize, stride: usize, Sc: usize, sstride: usize, T: usize, n: usize, S: usize, r0: usize, r1: usize): void {
+  const lp = ldp(n), xo = ((n + QB - 1) / QB) * QB * 2, G = q4groups(n), nblk = G >> 2;
+  const acc = S + offACC(T, n);
+  for (let r = r0; r < r1; r++) {
+    const p = W + r * stride, s = Sc + r * sstride;
+    let t: usize = 0;
+    for (; t + 4 <= T; t += 4) {
+      const q0 = S + t * lp, q1 = q0 + lp, q2 = q1 + lp, q3 = q2 + lp;
+      q4_tile4(acc, p, s, q0, q0 + xo, q1, q1 + xo, q2, q2 + xo, q3, q3 + xo, nblk);
+      const o = out + t * ldo + (r << 2);
+      store<f32>(o, hsum(v128.load(acc)) + q4_tail(p, s, q0, q0 + xo, nblk, G));
+      store<f32>(o + ldo, hsum(v128.load(acc, 16)) + q4_tail(p, s, q1, q1 + xo, nblk, G));
+      store<f32>(o + 2 * ldo, hsum(v128.load(acc, 32)) + q4_tail(p, s, q2, q2 + xo, nblk, G));
+      store<f32>(o + 3 * ldo, hsum(v128.load(acc, 48)) + q4_tail(p, s, q3, q3 + xo, nblk, G));
+    }
+    for (; t + 2 <= T; t += 2) {
+      const q0 = S + t * lp, q1 = q0 + lp;
+      q4_tile(acc, p, s, q0, q0 + xo, q1, q1 + xo, nblk);
+      const o = out + t * ldo + (r << 2);
+      store<f32>(o, hsum(v128.load(acc)) + q4_tail(p, s, q0, q0 + xo, nblk, G));
+      store<f32>(o + ldo, hsum(v128.load(acc, 16)) + q4_tail(p, s, q1, q1 + xo, nblk, G));
+    }
+    if (t < T) {
+      const q = S + t * lp;
+      store<f32>(out + t * ldo + (r << 2), q4_row(p, s, q, q + xo, G));
+    }
+  }
+}
+
 // ---------------------------------------------------------------- matmul (dense layers)
 
 /**
  * out[t][r] = W_r . x_t (+ bias[r]) for rows [r0, r1) of every token, each
- * equal to matvec_* (t: 0 f32, 1 f16, 2 int8 with per-row `scales`). The
+ * equal to matvec_* (t: 0 f32, 1 f16, 2 int8 with per-row `scales`, 3 q8
+ * with f32 group `scales`, 4 q4 with f16 group `scales`). The
  * bias (and int8 row scale) are applied as matvec.ts does: one rounding each.
  */
 export function matmul_rows(t: i32, out: usize, ldo: i32, W: usize, scales: usize, x: usize, ldx: i32, bias: usize, T: i32, rows: i32, cols: i32, scratch: usize, r0: i32, r1: i32): void {
@@ -344,6 +389,9 @@ export function matmul_rows(t: i32, out: usize, ldo: i32, W: usize, scales: usiz
   } else if (t == T_Q8) {
     prepare_i8(x, lx, nT, n, scratch);
     core_q8(out, lo, W, n, scales, ((n + QG - 1) / QG) << 2, nT, n, scratch, a, b);
+  } else if (t == T_Q4) {
+    prepare_q4(x, lx, nT, n, scratch);
+    core_q4(out, lo, W, q4ScaleAt(n), scales, q4groups(n) << 1, nT, n, scratch, a, b);
   } else {
     prepare_i8(x, lx, nT, n, scratch);
     core_i8(out, lo, W, n, nT, m, n, scratch, a, b);
@@ -378,6 +426,11 @@ export function matmul_i8(out: usize, ldo: i32, W: usize, scales: usize, x: usiz
 /** As matmul_f32 for q8 W with group `scales` f32 [rows][ceil(cols / 32)] (each token equal to matvec_q8). */
 export function matmul_q8(out: usize, ldo: i32, W: usize, scales: usize, x: usize, ldx: i32, bias: usize, T: i32, rows: i32, cols: i32, scratch: usize): void {
   matmul_rows(T_Q8, out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch, 0, rows);
+}
+
+/** As matmul_f32 for q4 W (16 * ceil(cols / 32) bytes a row) with f16 group `scales` [rows][ceil(cols / 32)] (each token equal to matvec_q4). */
+export function matmul_q4(out: usize, ldo: i32, W: usize, scales: usize, x: usize, ldx: i32, bias: usize, T: i32, rows: i32, cols: i32, scratch: usize): void {
+  matmul_rows(T_Q4, out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch, 0, rows);
 }
 
 // ---------------------------------------------------------------- FFN over resident records
@@ -426,10 +479,44 @@ function axpy1_f32g(out: usize, d: usize, p: usize, s: usize, a: f32): void {
   }
 }
 
+/**
+ * q4.ts axpy4_q4 on rows decoded by q4_decode_down (16q for whole groups, q
+ * for a partial last one) with f16 group scales at s_k: per whole group the
+ * coefficients fround(a * ws * 2^-4) against 16q, per partial group a * ws
+ * against q, and the same per-column sums.
+ */
+function axpy4_f32g4(out: usize, d: usize, p0: usize, p1: usize, p2: usize, p3: usize, s0: usize, s1: usize, s2: usize, s3: usize, a0: f32, a1: f32, a2: f32, a3: f32): void {
+  for (let j: usize = 0; j < d; j += QG) {
+    const g = j / QG, o = j << 2;
+    const w0 = q4_scale(s0, g), w1 = q4_scale(s1, g), w2 = q4_scale(s2, g), w3 = q4_scale(s3, g);
+    if (d - j >= QG) {
+      // a whole group inline: 8 steps of 4 columns, axpy4_f32's per-column arithmetic
+      const B0 = f32x4.splat(a0 * w0 * 0.0625), B1 = f32x4.splat(a1 * w1 * 0.0625), B2 = f32x4.splat(a2 * w2 * 0.0625), B3 = f32x4.splat(a3 * w3 * 0.0625);
+      for (let c = o; c < o + (QG << 2); c += 16) {
+        const acc = f32x4.add(
+          f32x4.add(f32x4.mul(v128.load(p0 + c), B0), f32x4.mul(v128.load(p1 + c), B1)),
+          f32x4.add(f32x4.mul(v128.load(p2 + c), B2), f32x4.mul(v128.load(p3 + c), B3)));
+        v128.store(out + c, f32x4.add(v128.load(out + c), acc));
+      }
+    } else {
+      axpy4_f32(out + o, d - j, p0 + o, p1 + o, p2 + o, p3 + o, a0 * w0, a1 * w1, a2 * w2, a3 * w3);
+    }
+  }
+}
+
+/** q4.ts axpy1_q4 on a row decoded by q4_decode_down. */
+function axpy1_f32g4(out: usize, d: usize, p: usize, s: usize, a: f32): void {
+  for (let j: usize = 0; j < d; j += QG) {
+    const o = j << 2, w = q4_scale(s, j / QG);
+    axpy1_f32(out + o, min(QG, d - j), p + o, d - j >= QG ? a * w * 0.0625 : a * w);
+  }
+}
+
 /** Runs one down row now (ffn.ts down1, on a decoded row; q8: with its group scales sp). */
 // @ts-ignore: decorator
 @inline function down1(t: i32, out: usize, d: usize, p: usize, sp: usize, a: f32): void {
   if (t == T_Q8) axpy1_f32g(out, d, p, sp, a);
+  else if (t == T_Q4) axpy1_f32g4(out, d, p, sp, a);
   else axpy1_f32(out, d, p, a);
 }
 
@@ -451,6 +538,12 @@ function qpush(q: usize, t: i32, out: usize, d: usize, p: usize, sp: usize, a: f
       load<f32>(q, 16), load<f32>(q, 20), load<f32>(q, 24), load<f32>(q, 28));
     return;
   }
+  if (t == T_Q4) {
+    axpy4_f32g4(out, d, <usize>load<u32>(q), <usize>load<u32>(q, 4), <usize>load<u32>(q, 8), <usize>load<u32>(q, 12),
+      <usize>load<u32>(q, 48), <usize>load<u32>(q, 52), <usize>load<u32>(q, 56), <usize>load<u32>(q, 60),
+      load<f32>(q, 16), load<f32>(q, 20), load<f32>(q, 24), load<f32>(q, 28));
+    return;
+  }
   axpy4_f32(out, d, <usize>load<u32>(q), <usize>load<u32>(q, 4), <usize>load<u32>(q, 8), <usize>load<u32>(q, 12),
     load<f32>(q, 16), load<f32>(q, 20), load<f32>(q, 24), load<f32>(q, 28));
 }
@@ -466,30 +559,32 @@ function batch_dots(t: i32, dst: usize, ldh: usize, p: usize, stride: usize, X: 
   if (t == T_F32) core_f32(dst, ldh, p, stride, X, ldx, T, m, d, S, 0, m);
   else if (t == T_F16) core_f16(dst, ldh, p, stride, X, ldx, T, m, d, S, 0, m);
   else if (t == T_Q8) core_q8(dst, ldh, p, stride, p + q8ScaleAt(d), stride, T, d, S, 0, m);
+  else if (t == T_Q4) core_q4(dst, ldh, p, stride, p + q4ScaleAt(d), stride, T, d, S, 0, m);
   else core_i8(dst, ldh, p, stride, T, m, d, S, 0, m);
 }
 
 /** Byte offset of the f32 after a part's values (int8 scale, q8 scales, or f32/f16 bias). */
 // @ts-ignore: decorator
 @inline function tailOffset(t: i32, d: usize): usize {
-  return t == T_F32 ? d << 2 : t == T_F16 ? d << 1 : t == T_Q8 ? q8ScaleAt(d) : d;
+  return t == T_F32 ? d << 2 : t == T_F16 ? d << 1 : t == T_Q8 ? q8ScaleAt(d) : t == T_Q4 ? q4ScaleAt(d) : d;
 }
 
 /**
  * Phase 1: h[t][i] (T rows of n f32 at H) for neurons [n0, n1) (n0 a multiple
  * of NB) of every token: the one-token kernel's dots and activation, with the
- * int8 row scales folded in as there. code = dtype | gated << 2 | hasBias << 3;
+ * int8 row scales folded in as there. code = dtype | gated << 3 | hasBias << 4;
  * (afn, athr): the gated activation (activation.ts), ignored when not gated.
  * int8 needs d <= 32768 (the one-token kernel's quantized path).
  */
 export function ffn_batch_act(code: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, stride: i32, H: usize, scratch: usize, n0: i32, n1: i32, afn: i32, athr: f32): void {
-  const t = code & 3, gated = (code & 4) != 0, hasBias = (code & 8) != 0;
+  const t = code & 7, gated = (code & 8) != 0, hasBias = (code & 16) != 0;
   const lx = <usize>ldx, nT = <usize>T, dd = <usize>d, st = <usize>stride, S = scratch, ldh = <usize>n << 2;
   if (t == T_F16) prepare_f16(x, lx, nT, dd, S);
   else if (t == T_I8 || t == T_Q8) prepare_i8(x, lx, nT, dd, S);
+  else if (t == T_Q4) prepare_q4(x, lx, nT, dd, S);
   const off = tailOffset(t, dd);
-  // int8 parts: scale, then bias; q8: the group scales, then bias
-  const biasOff = t == T_I8 ? off + 4 : t == T_Q8 ? off + (((dd + QG - 1) / QG) << 2) : off;
+  // int8 parts: scale, then bias; q8: the group scales, then bias; q4: the f16 scales, then bias (4-aligned)
+  const biasOff = t == T_I8 ? off + 4 : t == T_Q8 ? off + (((dd + QG - 1) / QG) << 2) : t == T_Q4 ? q4BiasAt(dd) : off;
   for (let b = <usize>n0; b < <usize>n1; b += NB) {
     const m = min(NB, <usize>n1 - b);
     const hb = H + (b << 2);
@@ -536,7 +631,7 @@ export function ffn_batch_down(t: i32, out: usize, ldo: i32, T: i32, d: i32, n: 
   const DD = S + offDD(nT, dd), PEND = S + offPEND(nT, dd), rowBytes = colsR(dd) << 2;
   const c0 = <usize>j0, w = <usize>j1 - c0;
   const off = tailOffset(t, dd);
-  const so = off + ((c0 / QG) << 2); // q8: c0 is a multiple of 32
+  const so = t == T_Q4 ? off + ((c0 / QG) << 1) : off + ((c0 / QG) << 2); // q8, q4: c0 is a multiple of 32
   for (let k: usize = 0; k < nT; k++) {
     memory.fill(out + k * lo + (c0 << 2), 0, w << 2);
     store<u32>(Q + k * QSTRIDE, 0, 32);
@@ -548,6 +643,7 @@ export function ffn_batch_down(t: i32, out: usize, ldo: i32, T: i32, d: i32, n: 
       for (let j: usize = 0; j < m; j++) {
         const dp = down + (b + j) * st, dst = DD + j * rowBytes;
         if (t == T_F16) dequant_f16(dst, dp + (c0 << 1), <i32>w);
+        else if (t == T_Q4) q4_decode_down(dst, dp + (c0 >> 1), w);
         else dequant_i8(dst, dp + c0, <i32>w, 1.0);
       }
     }
@@ -570,13 +666,15 @@ export function ffn_batch_down(t: i32, out: usize, ldo: i32, T: i32, d: i32, n: 
       for (let g: usize = 0; g < m; g += 4) {
         let p0 = down + (b + g) * st + (c0 << 2), p1 = p0 + st, p2 = p1 + st, p3 = p2 + st;
         if (t != T_F32) { p0 = DD + g * rowBytes; p1 = p0 + rowBytes; p2 = p1 + rowBytes; p3 = p2 + rowBytes; }
-        if (t == T_Q8) {
-          // per-group coefficients (ffn.ts axpy4_q8)
+        if (t == T_Q8 || t == T_Q4) {
+          // per-group coefficients (ffn.ts axpy4_q8, q4.ts axpy4_q4)
           const r0 = down + (b + g) * st + so;
           for (let e: usize = 0; e < nreg; e++) {
             const k = <usize>load<u32>(RG + (e << 2));
             const hp = H + k * ldh + ((b + g) << 2);
-            axpy4_f32g(out + k * lo + (c0 << 2), w, p0, p1, p2, p3, r0, r0 + st, r0 + 2 * st, r0 + 3 * st,
+            if (t == T_Q8) axpy4_f32g(out + k * lo + (c0 << 2), w, p0, p1, p2, p3, r0, r0 + st, r0 + 2 * st, r0 + 3 * st,
+              load<f32>(hp), load<f32>(hp, 4), load<f32>(hp, 8), load<f32>(hp, 12));
+            else axpy4_f32g4(out + k * lo + (c0 << 2), w, p0, p1, p2, p3, r0, r0 + st, r0 + 2 * st, r0 + 3 * st,
               load<f32>(hp), load<f32>(hp, 4), load<f32>(hp, 8), load<f32>(hp, 12));
           }
           continue;
@@ -621,7 +719,7 @@ export function ffn_batch_down(t: i32, out: usize, ldo: i32, T: i32, d: i32, n: 
 }
 
 function ffn_batch(t: i32, gated: bool, out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hasBias: bool, H: usize, S: usize, afn: i32 = 0, athr: f32 = 0): void {
-  ffn_batch_act(t | (gated ? 4 : 0) | (hasBias ? 8 : 0), x, ldx, T, d, n, gate, up, stride, H, S, 0, n, afn, athr);
+  ffn_batch_act(t | (gated ? 8 : 0) | (hasBias ? 16 : 0), x, ldx, T, d, n, gate, up, stride, H, S, 0, n, afn, athr);
   ffn_batch_down(t, out, ldo, T, d, n, down, stride, H, S, 0, d);
 }
 
@@ -667,4 +765,18 @@ export function ffn_swiglu_q8_batch(out: usize, ldo: i32, x: usize, ldx: i32, T:
     return;
   }
   ffn_batch(T_Q8, true, out, ldo, x, ldx, T, d, n, gate, up, down, stride, false, H, scratch, afn, athr);
+}
+export function ffn_relu_q4_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, H: usize, scratch: usize): void {
+  if (<usize>d > MAXD_I8) { // the one-token kernel's exact f32 path
+    for (let k: i32 = 0; k < T; k++) ffn_relu_q4(out + <usize>k * <usize>ldo, x + <usize>k * <usize>ldx, d, n, up, down, stride, hasBias, 0);
+    return;
+  }
+  ffn_batch(T_Q4, false, out, ldo, x, ldx, T, d, n, 0, up, down, stride, hasBias != 0, H, scratch);
+}
+export function ffn_swiglu_q4_batch(out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, H: usize, scratch: usize, afn: i32, athr: f32): void {
+  if (<usize>d > MAXD_I8) {
+    for (let k: i32 = 0; k < T; k++) ffn_swiglu_q4(out + <usize>k * <usize>ldo, x + <usize>k * <usize>ldx, d, n, gate, up, down, stride, 0, afn, athr);
+    return;
+  }
+  ffn_batch(T_Q4, true, out, ldo, x, ldx, T, d, n, gate, up, down, stride, false, H, scratch, afn, athr);
 }

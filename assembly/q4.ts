@@ -41,7 +41,7 @@ export const Q4G: usize = 32;
 
 /** Byte offset of a record's bias slot (after the f16 scales, 4-aligned). */
 // @ts-ignore: decorator
-@inline function q4BiasAt(d: usize): usize { return (q4ScaleAt(d) + (q4groups(d) << 1) + 3) & ~(<usize>3); }
+@inline export function q4BiasAt(d: usize): usize { return (q4ScaleAt(d) + (q4groups(d) << 1) + 3) & ~(<usize>3); }
 
 /** Where quantize_x puts the block scales after the int16 values. */
 // @ts-ignore: decorator
@@ -52,7 +52,7 @@ export const Q4G: usize = 32;
  * boundary zeroed (so padding nibbles add 0 on every thread), and each group's
  * 32 values reordered to the decode order (see the top of this file).
  */
-function q4_quantize(xq: usize, x: usize, n: usize): void {
+export function q4_quantize(xq: usize, x: usize, n: usize): void {
   quantize_x(xq, xs_at(xq, n), x, n);
   const e = (n + 31) & ~(<usize>31);
   if (e > n) memory.fill(xq + (n << 1), 0, (e - n) << 1);
@@ -121,7 +121,7 @@ function q4_quantize(xq: usize, x: usize, n: usize): void {
 }
 
 /** The remaining groups [4*nblk, G) of one row (0 when none). */
-function q4_tail(p: usize, s: usize, xq: usize, xs: usize, nblk: usize, G: usize): f32 {
+export function q4_tail(p: usize, s: usize, xq: usize, xs: usize, nblk: usize, G: usize): f32 {
   let t: f32 = 0;
   for (let g = nblk << 2; g < G; g++) {
     const a = hsum_i32(q4_group(p + (g << 4), xq + (g << 6)));
@@ -131,7 +131,7 @@ function q4_tail(p: usize, s: usize, xq: usize, xs: usize, nblk: usize, G: usize
 }
 
 /** One row, all columns. */
-function q4_row(p: usize, s: usize, xq: usize, xs: usize, G: usize): f32 {
+export function q4_row(p: usize, s: usize, xq: usize, xs: usize, G: usize): f32 {
   const nblk = G >> 2;
   let F = f32x4.splat(0);
   for (let b: usize = 0; b < nblk; b++) F = q4_block(F, p + (b << 6), s + (b << 3), xq + (b << 8), v128.load32_splat(xs + (b << 2)));
@@ -207,6 +207,111 @@ function q4_dot_f32(p: usize, s: usize, x: usize, n: usize): f32 {
     t = r * f16_to_f32(load<u16>(s + (full << 1)));
   }
   return hsum(F) + t;
+}
+
+// ---------------------------------------------------------------- batched (prompt) helpers for batch.ts
+//
+// One row against two tokens: each group's 16 bytes are decoded once into the
+// four i16x8 and dotted with both tokens' x (the integer sums are exact, so
+// any association gives q4_group's lanes); per block the fold is q4_block's.
+
+/** i32x4 lanes of a decoded group (w0..w3, decode order) against 32 int16 x at q. */
+// @ts-ignore: decorator
+@inline function q4_gdot(w0: v128, w1: v128, w2: v128, w3: v128, q: usize): v128 {
+  return i32x4.add(i32x4.add(i32x4.dot_i16x8_s(w0, v128.load(q)), i32x4.dot_i16x8_s(w1, v128.load(q, 16))),
+    i32x4.add(i32x4.dot_i16x8_s(w2, v128.load(q, 32)), i32x4.dot_i16x8_s(w3, v128.load(q, 48))));
+}
+
+/** Lanes (hsum a, hsum a, hsum b, hsum b) pairs: the first half of hsum4_i32 (exact). */
+// @ts-ignore: decorator
+@inline function pair_i32(a: v128, b: v128): v128 {
+  return i32x4.add(v128.shuffle<i32>(a, b, 0, 1, 4, 5), v128.shuffle<i32>(a, b, 2, 3, 6, 7));
+}
+
+/**
+ * The F accumulators (q4_row's, before hsum and tail) of row p (scales s)
+ * against quantized tokens (q0, xs0) and (q1, xs1) over nblk whole blocks,
+ * stored at acc (token 0) and acc + 16 (token 1).
+ */
+export function q4_tile(acc: usize, p: usize, s: usize, q0: usize, xs0: usize, q1: usize, xs1: usize, nblk: usize): void {
+  let F0 = f32x4.splat(0), F1 = f32x4.splat(0);
+  for (let b: usize = 0; b < nblk; b++) {
+    const pb = p + (b << 6), a0 = q0 + (b << 8), a1 = q1 + (b << 8);
+    let v = v128.load(pb);
+    let w0 = i16x8.shr_s(i16x8.shl(v, 12), 12), w1 = i16x8.shr_s(i16x8.shl(v, 4), 12), w2 = i16x8.shr_s(i16x8.shl(v, 8), 12), w3 = i16x8.shr_s(v, 12);
+    let g0 = q4_gdot(w0, w1, w2, w3, a0), h0 = q4_gdot(w0, w1, w2, w3, a1);
+    v = v128.load(pb, 16);
+    w0 = i16x8.shr_s(i16x8.shl(v, 12), 12); w1 = i16x8.shr_s(i16x8.shl(v, 4), 12); w2 = i16x8.shr_s(i16x8.shl(v, 8), 12); w3 = i16x8.shr_s(v, 12);
+    const ab0 = pair_i32(g0, q4_gdot(w0, w1, w2, w3, a0 + 64)), ab1 = pair_i32(h0, q4_gdot(w0, w1, w2, w3, a1 + 64));
+    v = v128.load(pb, 32);
+    w0 = i16x8.shr_s(i16x8.shl(v, 12), 12); w1 = i16x8.shr_s(i16x8.shl(v, 4), 12); w2 = i16x8.shr_s(i16x8.shl(v, 8), 12); w3 = i16x8.shr_s(v, 12);
+    g0 = q4_gdot(w0, w1, w2, w3, a0 + 128); h0 = q4_gdot(w0, w1, w2, w3, a1 + 128);
+    v = v128.load(pb, 48);
+    w0 = i16x8.shr_s(i16x8.shl(v, 12), 12); w1 = i16x8.shr_s(i16x8.shl(v, 4), 12); w2 = i16x8.shr_s(i16x8.shl(v, 8), 12); w3 = i16x8.shr_s(v, 12);
+    const cd0 = pair_i32(g0, q4_gdot(w0, w1, w2, w3, a0 + 192)), cd1 = pair_i32(h0, q4_gdot(w0, w1, w2, w3, a1 + 192));
+    // lanes = the 4 groups' exact sums (hsum4_i32's second half)
+    const A0 = i32x4.add(v128.shuffle<i32>(ab0, cd0, 0, 2, 4, 6), v128.shuffle<i32>(ab0, cd0, 1, 3, 5, 7));
+    const A1 = i32x4.add(v128.shuffle<i32>(ab1, cd1, 0, 2, 4, 6), v128.shuffle<i32>(ab1, cd1, 1, 3, 5, 7));
+    const S = h4(s + (b << 3));
+    F0 = f32x4.add(F0, f32x4.mul(f32x4.convert_i32x4_s(A0), f32x4.mul(S, v128.load32_splat(xs0 + (b << 2)))));
+    F1 = f32x4.add(F1, f32x4.mul(f32x4.convert_i32x4_s(A1), f32x4.mul(S, v128.load32_splat(xs1 + (b << 2)))));
+  }
+  v128.store(acc, F0);
+  v128.store(acc, F1, 16);
+}
+
+/** As q4_tile for four tokens (q_k, xs_k), F of token k stored at acc + 16k: the decode shared by four. */
+export function q4_tile4(acc: usize, p: usize, s: usize, q0: usize, xs0: usize, q1: usize, xs1: usize, q2: usize, xs2: usize, q3: usize, xs3: usize, nblk: usize): void {
+  let F0 = f32x4.splat(0), F1 = f32x4.splat(0), F2 = f32x4.splat(0), F3 = f32x4.splat(0);
+  for (let b: usize = 0; b < nblk; b++) {
+    const pb = p + (b << 6), o = b << 8;
+    let v = v128.load(pb);
+    let w0 = i16x8.shr_s(i16x8.shl(v, 12), 12), w1 = i16x8.shr_s(i16x8.shl(v, 4), 12), w2 = i16x8.shr_s(i16x8.shl(v, 8), 12), w3 = i16x8.shr_s(v, 12);
+    let g0 = q4_gdot(w0, w1, w2, w3, q0 + o), g1 = q4_gdot(w0, w1, w2, w3, q1 + o), g2 = q4_gdot(w0, w1, w2, w3, q2 + o), g3 = q4_gdot(w0, w1, w2, w3, q3 + o);
+    v = v128.load(pb, 16);
+    w0 = i16x8.shr_s(i16x8.shl(v, 12), 12); w1 = i16x8.shr_s(i16x8.shl(v, 4), 12); w2 = i16x8.shr_s(i16x8.shl(v, 8), 12); w3 = i16x8.shr_s(v, 12);
+    const ab0 = pair_i32(g0, q4_gdot(w0, w1, w2, w3, q0 + o + 64)), ab1 = pair_i32(g1, q4_gdot(w0, w1, w2, w3, q1 + o + 64));
+    const ab2 = pair_i32(g2, q4_gdot(w0, w1, w2, w3, q2 + o + 64)), ab3 = pair_i32(g3, q4_gdot(w0, w1, w2, w3, q3 + o + 64));
+    v = v128.load(pb, 32);
+    w0 = i16x8.shr_s(i16x8.shl(v, 12), 12); w1 = i16x8.shr_s(i16x8.shl(v, 4), 12); w2 = i16x8.shr_s(i16x8.shl(v, 8), 12); w3 = i16x8.shr_s(v, 12);
+    g0 = q4_gdot(w0, w1, w2, w3, q0 + o + 128); g1 = q4_gdot(w0, w1, w2, w3, q1 + o + 128); g2 = q4_gdot(w0, w1, w2, w3, q2 + o + 128); g3 = q4_gdot(w0, w1, w2, w3, q3 + o + 128);
+    v = v128.load(pb, 48);
+    w0 = i16x8.shr_s(i16x8.shl(v, 12), 12); w1 = i16x8.shr_s(i16x8.shl(v, 4), 12); w2 = i16x8.shr_s(i16x8.shl(v, 8), 12); w3 = i16x8.shr_s(v, 12);
+    const cd0 = pair_i32(g0, q4_gdot(w0, w1, w2, w3, q0 + o + 192)), cd1 = pair_i32(g1, q4_gdot(w0, w1, w2, w3, q1 + o + 192));
+    const cd2 = pair_i32(g2, q4_gdot(w0, w1, w2, w3, q2 + o + 192)), cd3 = pair_i32(g3, q4_gdot(w0, w1, w2, w3, q3 + o + 192));
+    const S = h4(s + (b << 3));
+    F0 = f32x4.add(F0, f32x4.mul(f32x4.convert_i32x4_s(i32x4.add(v128.shuffle<i32>(ab0, cd0, 0, 2, 4, 6), v128.shuffle<i32>(ab0, cd0, 1, 3, 5, 7))), f32x4.mul(S, v128.load32_splat(xs0 + (b << 2)))));
+    F1 = f32x4.add(F1, f32x4.mul(f32x4.convert_i32x4_s(i32x4.add(v128.shuffle<i32>(ab1, cd1, 0, 2, 4, 6), v128.shuffle<i32>(ab1, cd1, 1, 3, 5, 7))), f32x4.mul(S, v128.load32_splat(xs1 + (b << 2)))));
+    F2 = f32x4.add(F2, f32x4.mul(f32x4.convert_i32x4_s(i32x4.add(v128.shuffle<i32>(ab2, cd2, 0, 2, 4, 6), v128.shuffle<i32>(ab2, cd2, 1, 3, 5, 7))), f32x4.mul(S, v128.load32_splat(xs2 + (b << 2)))));
+    F3 = f32x4.add(F3, f32x4.mul(f32x4.convert_i32x4_s(i32x4.add(v128.shuffle<i32>(ab3, cd3, 0, 2, 4, 6), v128.shuffle<i32>(ab3, cd3, 1, 3, 5, 7))), f32x4.mul(S, v128.load32_splat(xs3 + (b << 2)))));
+  }
+  v128.store(acc, F0); v128.store(acc, F1, 16); v128.store(acc, F2, 32); v128.store(acc, F3, 48);
+}
+
+/**
+ * Down row for the batched down pass: w values from column c0 (a multiple of
+ * 32; p at its first byte) as f32: 16q for whole groups (axpy4_q4's lanes),
+ * q for a partial last group (its scalar path).
+ */
+export function q4_decode_down(dst: usize, p: usize, w: usize): void {
+  const full = w >> 5;
+  for (let g: usize = 0; g < full; g++) {
+    const v = v128.load(p + (g << 4));
+    const o = dst + (g << 7);
+    const l = lo8(v), h = hi8(v);
+    const a = i16x8.extend_low_i8x16_s(l), b = i16x8.extend_high_i8x16_s(l), c = i16x8.extend_low_i8x16_s(h), d = i16x8.extend_high_i8x16_s(h);
+    v128.store(o, cvt_lo(a)); v128.store(o, cvt_hi(a), 16);
+    v128.store(o, cvt_lo(b), 32); v128.store(o, cvt_hi(b), 48);
+    v128.store(o, cvt_lo(c), 64); v128.store(o, cvt_hi(c), 80);
+    v128.store(o, cvt_lo(d), 96); v128.store(o, cvt_hi(d), 112);
+  }
+  for (let c = full << 5; c < w; c++) store<f32>(dst + (c << 2), <f32>q4_at(p, c));
+}
+
+/** Scale of group g of a q4 part whose f16 scales are at s (exact). */
+// @ts-ignore: decorator
+@inline export function q4_scale(s: usize, g: usize): f32 {
+  return f16_to_f32(load<u16>(s + (g << 1)));
 }
 
 // ---------------------------------------------------------------- matvec

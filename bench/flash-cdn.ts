@@ -11,6 +11,17 @@
  * byte the window's records needed), requests per token, mean request, the
  * link estimates, and whether the tokens equal dense.
  *
+ * Then Node and Chromium side by side over HTTP/2 (nginx with TLS and
+ * `http2`, a certificate made here and trusted by its SPKI hash, behind the
+ * same modelled CDN in its own process): hybrid and window rows for Node
+ * (undici, h2 streams over a pool) and for Debian's Chromium (the browser
+ * build in a module worker, fetch HttpSource, see bench/browser-cdn.ts), and
+ * the ratio Chromium / Node. A browser keeps one HTTP/2 connection per
+ * origin, and the modelled CDN paces each connection: Chromium is also run
+ * with the same CDN on --shards origins (HttpSource `mirrors`, CORS), as
+ * many connections as Node's HTTP/2 pool opens. `--no-chromium` skips it;
+ * `--h2-only` runs only it.
+ *
  * The model: `--model synth` (default) is an OPT-1.3B-shaped sparse model
  * (flashlm synth: d 2048, ffn 8192, f16, 8 KiB records, ~3% active) cut to
  * --layers (default 4 of 24: per-token bytes, requests and I/O time scale
@@ -19,6 +30,7 @@
  *   npm run bench:flash -- --cdn [--model synth|opt] [--layers 4] [--tokens 8]
  *        [--stationary 2] [--inflight 4,8,16,32,64,128] [--rtt 20]
  *        [--conn-mbps 20] [--link-mbps 200] [--window 5] [--out path]
+ *        [--no-chromium | --h2-only] [--shards 8]
  */
 import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
@@ -29,7 +41,8 @@ import { FileSource } from '../src/source/file-node.js';
 import { NodeHttpSource, type NodeHttpSourceOptions } from '../src/source/http-node.js';
 import type { StatsSummary } from '../src/flash/stats.js';
 import { cdnProxyProcess } from '../test/helpers/cdn-proxy.js';
-import { startNginx } from '../test/helpers/nginx.js';
+import { makeCert, startNginx } from '../test/helpers/nginx.js';
+import { ISOLATION_HEADERS, launchChromium, runInChromium, writeSite, type Chromium } from './browser-cdn.js';
 import { OPT_DIR, convertToBytes, optReference } from '../test/helpers/models.js';
 import { arg, argv, intArg } from './args.js';
 
@@ -45,6 +58,10 @@ const LINK = Number(arg('link-mbps') ?? 200);
 const INFLIGHT = (arg('inflight') ?? '4,8,16,32,64,128').split(',').map(Number);
 const HERE = dirname(fileURLToPath(import.meta.url));
 const OUT = arg('out') ?? join(HERE, 'results', 'flash-cdn.json');
+const H2_ONLY = argv.includes('--h2-only');
+const CHROMIUM = !argv.includes('--no-chromium');
+const SHARDS = intArg('shards', 8, 1);
+if (H2_ONLY && !CHROMIUM) throw new Error('--h2-only and --no-chromium leave nothing to run');
 if (MODEL !== 'synth' && MODEL !== 'opt') throw new Error('--model must be synth or opt');
 for (const n of INFLIGHT) if (!Number.isInteger(n) || n < 1) throw new Error(`--inflight: not a positive integer: ${n}`);
 
@@ -65,6 +82,25 @@ interface Row {
   msP50: number;
   neededBytes: number | null;
   multiRange: boolean;
+  equalsDense: boolean;
+  wallMs: number;
+}
+
+/** A row of the Node / Chromium comparison over HTTP/2. */
+interface H2Row {
+  strategy: Strategy;
+  client: string;
+  inFlight: number;
+  tokens: number;
+  summary: StatsSummary;
+  msP50: number;
+  neededBytes: number | null;
+  multiRange: boolean;
+  /** Model requests by protocol (Node: the pool's ALPN; Chromium: Resource Timing). */
+  protocols: Record<string, number>;
+  /** Chromium: the most requests on the wire at once. */
+  maxConcurrent: number | null;
+  threads: number;
   equalsDense: boolean;
   wallMs: number;
 }
@@ -95,8 +131,9 @@ async function generate(input: string | import('../src/source/types.js').Source,
   // The window's records that had to come from the source: lookups that missed the cache.
   const needed = opts.strategy === 'window' ? (measured.reduce((a, t) => a + (t.cacheLookups - t.cacheHits), 0) / measured.length) * recordBytes : null;
   const ms = measured.map((t) => t.ms).sort((a, b) => a - b);
+  const threads = model.threading.threads;
   await model.close();
-  return { ids, summary, neededBytes: needed, msP50: ms[ms.length >> 1] ?? 0, wallMs };
+  return { ids, summary, neededBytes: needed, msP50: ms[ms.length >> 1] ?? 0, wallMs, threads };
 }
 
 async function main(): Promise<void> {
@@ -108,8 +145,12 @@ async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'flashlm-bench-cdn-'));
   await chmod(dir, 0o755);
   const rows: Row[] = [];
+  const h2Rows: H2Row[] = [];
   let nginx: Awaited<ReturnType<typeof startNginx>> | undefined;
   let proxy: Awaited<ReturnType<typeof cdnProxyProcess>> | undefined;
+  let tlsNginx: Awaited<ReturnType<typeof startNginx>> | undefined;
+  let tlsProxy: Awaited<ReturnType<typeof cdnProxyProcess>> | undefined;
+  let chromium: Chromium | undefined;
   try {
     const m = await makeModel(dir);
     await chmod(m.path, 0o644);
@@ -128,7 +169,7 @@ async function main(): Promise<void> {
     nginx = await startNginx({ root: dir });
     proxy = await cdnProxyProcess(nginx.port, RTT, CONN, LINK);
     const url = `http://127.0.0.1:${proxy.port}/model.flm`;
-    const configs: [Strategy, Config][] = [
+    const configs: [Strategy, Config][] = H2_ONLY ? [] : [
       ['hybrid', BEFORE],
       ['hybrid', { name: 'after', inFlight: 64, options: { connections: 64 } }],
       ['window', BEFORE],
@@ -156,7 +197,43 @@ async function main(): Promise<void> {
       rows.push(row);
       process.stderr.write(`  ${strategy} ${c.name} in-flight ${c.inFlight}: ${r.summary.msPerToken.toFixed(0)} ms/token (${(r.wallMs / 1000).toFixed(1)} s)\n`);
     }
-    printRows(rows, ffnBytes);
+    await proxy.close();
+    proxy = undefined;
+    await nginx.stop();
+    nginx = undefined;
+
+    if (CHROMIUM) {
+      // The same model and CDN model over TLS + HTTP/2, for Node and for Chromium.
+      const cert = makeCert(dir);
+      await writeSite(dir);
+      tlsNginx = await startNginx({ root: dir, tls: cert, headers: { ...ISOLATION_HEADERS, 'Cache-Control': 'no-store' }, cors: SHARDS > 1 });
+      tlsProxy = await cdnProxyProcess(tlsNginx.port, RTT, CONN, LINK, SHARDS);
+      const mirrors = tlsProxy.ports.slice(1).map((p) => `https://127.0.0.1:${p}/model.flm`);
+      const origin = `https://127.0.0.1:${tlsProxy.port}`;
+      chromium = await launchChromium(cert);
+      const page = await chromium.page(origin);
+      for (const strategy of ['hybrid', 'window'] as const) {
+        const tokens = strategy === 'hybrid' ? STATIONARY : TOKENS;
+        const opts: OpenOptions = { strategy, ...(strategy === 'window' ? { sparsity: 'oracle' as const, window: WINDOW } : {}) };
+        const src = await NodeHttpSource.open(`${origin}/model.flm`, { ca: cert.pem });
+        const multiRange = await src.multiRange();
+        const protocol = src.protocol;
+        const inFlight = src.hints.parallel;
+        const n = await generate(src, opts, m.prompt, tokens);
+        const nodeRow: H2Row = { strategy, client: 'node', inFlight, tokens, summary: n.summary, msP50: n.msP50, neededBytes: strategy === 'hybrid' ? ffnBytes : n.neededBytes, multiRange, protocols: { [protocol]: n.summary.requestsPerToken }, maxConcurrent: null, threads: n.threads, equalsDense: n.ids.every((id, i) => dense.ids[i] === id), wallMs: n.wallMs };
+        h2Rows.push(nodeRow);
+        process.stderr.write(`  ${strategy} node h2: ${n.summary.msPerToken.toFixed(0)} ms/token (${(n.wallMs / 1000).toFixed(1)} s)\n`);
+        for (const shards of SHARDS > 1 ? [1, SHARDS] : [1]) {
+          const client = shards > 1 ? `chromium, ${shards} origins` : 'chromium';
+          const c = await runInChromium(page, { url: `${origin}/model.flm`, prompt: m.prompt, tokens, strategy, cache: 'default', ...(strategy === 'window' ? { sparsity: 'oracle' as const, window: WINDOW } : {}), ...(shards > 1 ? { http: { mirrors: mirrors.slice(0, shards - 1) } } : {}) });
+          h2Rows.push({ strategy, client, inFlight: c.inFlight, tokens, summary: c.summary, msP50: c.msP50, neededBytes: strategy === 'hybrid' ? ffnBytes : c.neededBytes, multiRange: c.multiRange, protocols: c.protocols, maxConcurrent: c.maxConcurrent, threads: c.threading.threads, equalsDense: c.ids.every((id, i) => dense.ids[i] === id), wallMs: c.wallMs });
+          process.stderr.write(`  ${strategy} ${client} h2: ${c.summary.msPerToken.toFixed(0)} ms/token (${(c.wallMs / 1000).toFixed(1)} s)\n`);
+        }
+      }
+    }
+
+    if (rows.length) printRows(rows, ffnBytes);
+    if (h2Rows.length) printH2Rows(h2Rows, ffnBytes, bestAfter(rows));
     const find = (s: Strategy, name: string, n: number) => rows.find((r) => r.strategy === s && r.config === name && r.inFlight === n);
     const hb = find('hybrid', BEFORE.name, 8);
     const ha = find('hybrid', 'after', 64);
@@ -164,14 +241,17 @@ async function main(): Promise<void> {
     const best = rows.filter((r) => r.strategy === 'window' && r.config === 'after').sort((a, b) => a.summary.msPerToken - b.summary.msPerToken)[0];
     if (hb && wb) console.log(`\nbefore: window ${wb.summary.msPerToken.toFixed(0)} ms/token, hybrid/window ${(hb.summary.msPerToken / wb.summary.msPerToken).toFixed(1)}x, window read/need ${wb.neededBytes ? (wb.summary.bytesPerToken / wb.neededBytes).toFixed(2) : '-'}x`);
     if (ha && best) console.log(`after:  window ${best.summary.msPerToken.toFixed(0)} ms/token (in-flight ${best.inFlight}), hybrid/window ${(ha.summary.msPerToken / best.summary.msPerToken).toFixed(1)}x, window read/need ${best.neededBytes ? (best.summary.bytesPerToken / best.neededBytes).toFixed(2) : '-'}x`);
-    const bad = rows.filter((r) => !r.equalsDense);
-    console.log(bad.length ? `!! ${bad.length} rows did not generate the dense tokens` : `all ${rows.length} rows generated exactly the dense engine's tokens`);
+    const bad = [...rows, ...h2Rows].filter((r) => !r.equalsDense);
+    console.log(bad.length ? `!! ${bad.length} rows did not generate the dense tokens` : `all ${rows.length + h2Rows.length} rows generated exactly the dense engine's tokens`);
     const totalS = (performance.now() - started) / 1000;
     console.log(`# load average at end: ${loadavg().map((x) => x.toFixed(2)).join(' ')}; ${totalS.toFixed(0)} s in all`);
     await mkdir(dirname(OUT), { recursive: true });
-    await writeFile(OUT, JSON.stringify({ bench: 'flash --cdn', date: new Date().toISOString(), command, model: m.name, layers: h.arch.nLayers, ffnBytes, recordBytes, cdn: { rttMs: RTT, connMBps: CONN, linkMBps: LINK }, rows }, null, 1) + '\n');
+    await writeFile(OUT, JSON.stringify({ bench: 'flash --cdn', date: new Date().toISOString(), command, model: m.name, layers: h.arch.nLayers, ffnBytes, recordBytes, cdn: { rttMs: RTT, connMBps: CONN, linkMBps: LINK }, rows, h2Rows }, null, 1) + '\n');
     console.log(`wrote ${relative(process.cwd(), OUT)}`);
   } finally {
+    await chromium?.close();
+    await tlsProxy?.close();
+    await tlsNginx?.stop();
     await proxy?.close();
     await nginx?.stop();
     await rm(dir, { recursive: true, force: true });
@@ -202,6 +282,49 @@ function printRows(rows: Row[], ffnBytes: number): void {
   console.log('\n' + line(cols.map((c) => c[0])));
   console.log('-'.repeat(line(cols.map((c) => c[0])).length));
   for (const r of rows) console.log(line(cols.map((c) => c[2](r))));
+}
+
+/** Node's fastest HTTP/1.1 "after" row per strategy (the main table). */
+function bestAfter(rows: Row[]): Map<Strategy, Row> {
+  const out = new Map<Strategy, Row>();
+  for (const r of rows) if (r.config === 'after' && (!out.get(r.strategy) || r.summary.msPerToken < out.get(r.strategy)!.summary.msPerToken)) out.set(r.strategy, r);
+  return out;
+}
+
+function printH2Rows(rows: H2Row[], ffnBytes: number, best: Map<Strategy, Row>): void {
+  console.log(`\nNode and Chromium over HTTP/2 (TLS, same modelled CDN): requests multiplexed as streams`);
+  const cols: [string, number, (r: H2Row) => string][] = [
+    ['strategy', 9, (r) => r.strategy],
+    ['client', 20, (r) => r.client],
+    ['in-flight', 9, (r) => String(r.inFlight)],
+    ['multi', 5, (r) => (r.multiRange ? 'yes' : 'no')],
+    ['ms/token', 9, (r) => r.summary.msPerToken.toFixed(0)],
+    ['p50', 7, (r) => r.msP50.toFixed(0)],
+    ['I/O ms', 7, (r) => r.summary.ioMsPerToken.toFixed(0)],
+    ['read/token', 11, (r) => `${(r.summary.bytesPerToken / MiB).toFixed(1)} MiB`],
+    ['FFN%', 6, (r) => ((100 * r.summary.bytesPerToken) / ffnBytes).toFixed(1)],
+    ['read/need', 9, (r) => (r.neededBytes ? (r.summary.bytesPerToken / r.neededBytes).toFixed(2) : '-')],
+    ['req/token', 9, (r) => r.summary.requestsPerToken.toFixed(0)],
+    ['mean req', 9, (r) => `${(r.summary.meanRequestBytes / 1024).toFixed(0)} KB`],
+    ['compute', 7, (r) => (r.summary.msPerToken - r.summary.ioMsPerToken).toFixed(0)],
+    ['rtt ms', 7, (r) => (r.summary.link ? r.summary.link.rttMs.toFixed(0) : '-')],
+    ['link MB/s', 9, (r) => (r.summary.link ? r.summary.link.linkMBps.toFixed(0) : '-')],
+    ['on wire', 7, (r) => (r.maxConcurrent === null ? '-' : String(r.maxConcurrent))],
+    ['protocol', 8, (r) => Object.keys(r.protocols).join('+') || '-'],
+    ['threads', 7, (r) => String(r.threads)],
+    ['=dense', 6, (r) => (r.equalsDense ? 'yes' : 'NO')],
+  ];
+  const line = (v: string[]) => v.map((x, i) => (i < 2 ? x.padEnd(cols[i]![1]) : x.padStart(cols[i]![1]))).join(' ');
+  console.log(line(cols.map((c) => c[0])));
+  console.log('-'.repeat(line(cols.map((c) => c[0])).length));
+  for (const r of rows) console.log(line(cols.map((c) => c[2](r))));
+  for (const s of ['hybrid', 'window'] as const) {
+    const n = rows.find((r) => r.strategy === s && r.client === 'node');
+    for (const c of rows.filter((r) => r.strategy === s && r.client.startsWith('chromium'))) {
+      const h1 = best.get(s);
+      if (n) console.log(`${c.client} / node, ${s}: ${(c.summary.msPerToken / n.summary.msPerToken).toFixed(2)}x ms/token (node h2 ${n.summary.msPerToken.toFixed(0)} ms), ${(c.summary.bytesPerToken / n.summary.bytesPerToken).toFixed(2)}x bytes/token${h1 ? `; ${(c.summary.msPerToken / h1.summary.msPerToken).toFixed(2)}x node's best HTTP/1.1 row (${h1.summary.msPerToken.toFixed(0)} ms, in-flight ${h1.inFlight})` : ''}`);
+    }
+  }
 }
 
 await main();

@@ -3,7 +3,12 @@
  * plain JS Float32Array loop, at 4096x4096 by default.
  *
  *   node --import=tsx bench/kernels.ts [--rows 4096] [--cols 4096] [--reps 15]
- *     [--mt-rows 4096] [--mt-cols 11008] [--threads N] [--no-threads]
+ *     [--resident 64] [--batch 32] [--mt-rows 4096] [--mt-cols 11008] [--threads N] [--no-threads]
+ *
+ * Also: each kernel on the first --resident rows only (in L2: its compute-bound
+ * rate, in weights/ns, next to its rate from memory), and the batched prompt
+ * kernels matmul_* (f32, f16, int8, q8, q4) for --batch tokens against as many
+ * matvec calls.
  *
  * Threads (src/kernels/pool.ts): matvec_f32/f16/i8 at mt-rows x mt-cols with the
  * threads build on one shared arena, for 1 … N threads (N: --threads, default
@@ -159,6 +164,7 @@ const targets = {
   i8_gbs_ge_f32: ratio('matvec_i8') >= 1,
 };
 console.log(`targets: ${Object.entries(targets).map(([k, v]) => `${k} ${v ? 'met' : 'NOT met'}`).join(', ')}`);
+const residentResults = benchResident();
 const batchResults = benchBatched();
 const threadResults = process.argv.includes('--no-threads') ? null : await benchThreads();
 console.log(JSON.stringify({
@@ -167,9 +173,47 @@ console.log(JSON.stringify({
   ratios: { f16_f32_gbs: ratio('matvec_f16'), f16ftz_f32_gbs: ratio('matvec_f16_ftz'), i8_f32_gbs: ratio('matvec_i8'), wasm_js_f32: +(by.matvec_f32!.gflops / by.js_f32_loop!.gflops).toFixed(2) },
   f16Subnormals: subnormals,
   targets,
+  resident: residentResults,
   batched: batchResults,
   ...(threadResults ? { threads: threadResults } : {}),
 }));
+
+/**
+ * Compute-bound rates: the same kernels on the matrix's first `resident` rows
+ * (default 64: 1 MiB of f32, so every dtype's slice stays in L2 between calls)
+ * in weights per ns, next to the rate from memory of the main table. A kernel
+ * whose resident rate is near its streamed rate is bound by its arithmetic
+ * (f16: the conversion), not by DRAM.
+ */
+function benchResident() {
+  const m = arg('resident', 64), calls = Math.max(1, Math.round(rows / m));
+  const out: { name: string; residentGw: number; streamedGw: number }[] = [];
+  const kinds = cases.filter((c) => c.name !== 'js_f32_loop').map((c) => {
+    const run = c.name === 'matvec_f32' ? () => k.matvec_f32(OUT, W32, X, 0, m, cols)
+      : c.name === 'matvec_f16' ? () => k.matvec_f16(OUT, W16, X, 0, m, cols)
+      : c.name === 'matvec_f16_ftz' ? () => k.matvec_f16(OUT, W16ftz, X, 0, m, cols)
+      : c.name === 'matvec_i8' ? () => k.matvec_i8(OUT, W8, S8, X, 0, m, cols, SCRATCH)
+      : c.name === 'matvec_q8' ? () => k.matvec_q8(OUT, WQ8, SQ8, X, 0, m, cols, SCRATCH)
+      : () => k.matvec_q4(OUT, WQ4, SQ4, X, 0, m, cols, SCRATCH);
+    return { name: c.name, run, times: [] as number[] };
+  });
+  for (const c of kinds) for (let i = 0; i < 3; i++) c.run();
+  for (let i = 0; i < reps; i++) {
+    for (const c of kinds) {
+      const t0 = performance.now();
+      for (let j = 0; j < calls; j++) c.run();
+      c.times.push((performance.now() - t0) / calls);
+    }
+  }
+  console.log(`\ncompute-bound: the first ${m} rows (in L2) vs the whole matrix (from memory), weights per ns (median)`);
+  console.log(`${'kernel'.padEnd(15)} ${pad('resident', 9)} ${pad('streamed', 9)}`);
+  for (const c of kinds) {
+    const residentGw = +((m * cols) / median(c.times) / 1e6).toFixed(2), streamedGw = +(n / by[c.name]!.ms / 1e6).toFixed(2);
+    out.push({ name: c.name, residentGw, streamedGw });
+    console.log(`${c.name.padEnd(15)} ${pad(residentGw.toFixed(2), 9)} ${pad(streamedGw.toFixed(2), 9)}`);
+  }
+  return out;
+}
 
 /**
  * Prompt processing: matmul_* over T tokens (each weight read once per block)
@@ -188,6 +232,8 @@ function benchBatched() {
     { dtype: 'f32', mm: () => k.matmul_f32(OB, rows * 4, W32, XB, cols * 4, 0, T, rows, cols, SB), mv: (t: number, o: number) => k.matvec_f32(o, W32, XB + t * cols * 4, 0, rows, cols) },
     { dtype: 'f16', mm: () => k.matmul_f16(OB, rows * 4, W16, XB, cols * 4, 0, T, rows, cols, SB), mv: (t: number, o: number) => k.matvec_f16(o, W16, XB + t * cols * 4, 0, rows, cols) },
     { dtype: 'int8', mm: () => k.matmul_i8(OB, rows * 4, W8, S8, XB, cols * 4, 0, T, rows, cols, SB), mv: (t: number, o: number) => k.matvec_i8(o, W8, S8, XB + t * cols * 4, 0, rows, cols, SCRATCH) },
+    { dtype: 'q8', mm: () => k.matmul_q8(OB, rows * 4, WQ8, SQ8, XB, cols * 4, 0, T, rows, cols, SB), mv: (t: number, o: number) => k.matvec_q8(o, WQ8, SQ8, XB + t * cols * 4, 0, rows, cols, SCRATCH) },
+    { dtype: 'q4', mm: () => k.matmul_q4(OB, rows * 4, WQ4, SQ4, XB, cols * 4, 0, T, rows, cols, SB), mv: (t: number, o: number) => k.matvec_q4(o, WQ4, SQ4, XB + t * cols * 4, 0, rows, cols, SCRATCH) },
   ];
   for (const c of kinds) {
     c.mm();

@@ -90,9 +90,9 @@ interface Row {
   wallMs: number;
 }
 
-async function run(file: string, name: string, strategy: Strategy, sparsity: 'oracle' | 'predictor' | undefined, memory: number): Promise<Row> {
+async function run(file: string, name: string, strategy: Strategy, sparsity: 'oracle' | 'predictor' | undefined, memory: number, prefetch = true): Promise<Row> {
   // The oracle keeps a copy of the FFN where it fits beside the arena (1.3B), else re-reads each layer (paged).
-  const model = await openModel(file, { strategy, sparsity, memory, direct: true, contextLength: 256, kvDtype: 'f16', oracle: quick ? 'copy' : 'paged' });
+  const model = await openModel(file, { strategy, sparsity, memory, direct: true, contextLength: 256, kvDtype: 'f16', oracle: quick ? 'copy' : 'paged', prefetch });
   try {
     const ids: number[] = [];
     const t0 = performance.now();
@@ -110,22 +110,27 @@ const disk = diskRate(model);
 process.stderr.write(`${model}: ${(size / 2 ** 30).toFixed(2)} GiB, budget ${(memory / 2 ** 30).toFixed(2)} GiB (${share} of the file); disk 1 MiB O_DIRECT sequential ${disk.toFixed(0)} MB/s\n`);
 
 const rows: Row[] = [];
-const say = (r: Row) => process.stderr.write(`  ${r.name}: ${r.s.msPerToken.toFixed(0)} ms/token, ${(r.s.bytesPerToken / MiB).toFixed(1)} MiB/token\n`);
-for (const [name, strategy, sparsity] of [
-  ['naive', 'naive', undefined],
-  ['hybrid', 'hybrid', undefined],
-  ['+predictor (oracle)', 'predictor', 'oracle'],
-  ['+window k=4 (oracle)', 'window', 'oracle'],
+const say = (r: Row) => process.stderr.write(`  ${r.name}: ${r.s.msPerToken.toFixed(0)} ms/token, ${(r.s.bytesPerToken / MiB).toFixed(1)} MiB/token, hidden ${r.s.hiddenIoMsPerToken.toFixed(0)} of ${r.s.ioMsPerToken.toFixed(0)} I/O ms\n`);
+// With --predictor the oracle rows run on the calibrated copy (same FFN bytes): its lookahead predictors prefetch
+// for them too, and the oracle measures both predictors per layer on the way.
+const pred = withPredictor ? await predictorFile(model) : undefined;
+const oracleFile = pred ?? model;
+for (const [name, file, strategy, sparsity, prefetch] of [
+  ['naive', model, 'naive', undefined, false],
+  ['hybrid, no prefetch', model, 'hybrid', undefined, false],
+  ['hybrid', model, 'hybrid', undefined, true],
+  ['+predictor (oracle)', oracleFile, 'predictor', 'oracle', true],
+  ['+window k=4 (oracle)', oracleFile, 'window', 'oracle', true],
+  ...(pred
+    ? ([
+        ['+predictor (trained)', pred, 'predictor', 'predictor', true],
+        ['+window k=4 (trained), no prefetch', pred, 'window', 'predictor', false],
+        ['+window k=4 (trained)', pred, 'window', 'predictor', true],
+      ] as const)
+    : []),
 ] as const) {
-  rows.push(await run(model, name, strategy, sparsity, memory));
+  rows.push(await run(file, name, strategy, sparsity, memory, prefetch));
   say(rows[rows.length - 1]!);
-}
-if (withPredictor) {
-  const pred = await predictorFile(model);
-  for (const [name, strategy] of [['+predictor (trained)', 'predictor'], ['+window k=4 (trained)', 'window']] as const) {
-    rows.push(await run(pred, name, strategy, 'predictor', memory));
-    say(rows[rows.length - 1]!);
-  }
 }
 
 const hybrid = rows.find((r) => r.name === 'hybrid')!;
@@ -139,9 +144,18 @@ for (const r of rows) {
   console.log(`| ${r.name} | ${f(r.s.bytesPerToken / MiB, 1)} | ${f(r.s.requestsPerToken)} | ${f(r.s.meanRequestBytes / 1024, 1)} KiB | ${f(rate)} (${f((100 * rate) / disk)}%) | ${f(r.s.ioMsPerToken)} | ${f(r.s.hiddenIoMsPerToken)} | ${f(r.s.computeMsPerToken)} | ${f(r.s.msPerToken)} |`);
 }
 const naive = rows[0]!;
-const window = rows.find((r) => r.strategy === 'window')!;
+// The last window row: trained predictors with prefetch when --predictor, else the oracle's.
+const window = rows.filter((r) => r.strategy === 'window').at(-1)!;
+const measured = rows.find((r) => r.name === '+window k=4 (oracle)')!.s.layers;
+if (measured) {
+  // Per layer: the direct predictor's recall against the true active set, the lookahead's against what the layer selected.
+  const pc = (v: number | null | undefined) => (v == null ? '-' : `${(100 * v).toFixed(1)}%`);
+  console.log('\n| layer | predictor recall | lookahead recall | lookahead precision |');
+  console.log('| --- | --- | --- | --- |');
+  measured.predictorRecall.forEach((r, l) => console.log(`| ${l} | ${pc(r)} | ${pc(measured.lookaheadRecall[l])} | ${pc(measured.lookaheadPrecision[l])} |`));
+}
 const ratios = { ioMs: naive.s.ioMsPerToken / window.s.ioMsPerToken, msPerToken: naive.s.msPerToken / window.s.msPerToken };
-console.log(`naive ÷ window (oracle): I/O ${f(ratios.ioMs, 1)}×, end to end ${f(ratios.msPerToken, 1)}×; window's read rate ${f((100 * window.s.bytesPerToken) / window.s.ioMsPerToken / 1e3 / disk)}% of the disk's; hidden ${f((100 * window.s.hiddenIoMsPerToken) / Math.max(1e-9, window.s.ioMsPerToken))}% of its I/O. Oracle strategies give hybrid's tokens: ${exact}`);
+console.log(`naive ÷ ${window.name}: I/O ${f(ratios.ioMs, 1)}×, end to end ${f(ratios.msPerToken, 1)}×; window's read rate ${f((100 * window.s.bytesPerToken) / window.s.ioMsPerToken / 1e3 / disk)}% of the disk's; hidden ${f((100 * window.s.hiddenIoMsPerToken) / Math.max(1e-9, window.s.ioMsPerToken))}% of its I/O. Oracle strategies give hybrid's tokens: ${exact}`);
 const json = { shape, fileBytes: size, memory, share, tokens, diskMBps: disk, exact, ratios, rows: rows.map((r) => ({ name: r.name, strategy: r.strategy, selection: r.selection, summary: r.s, wallMs: r.wallMs })) };
 const out = arg('out');
 if (out) writeFileSync(out, JSON.stringify(json, null, 2));

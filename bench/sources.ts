@@ -13,11 +13,22 @@
  *   node --import=tsx bench/sources.ts [--quick] [--only=file|http]
  *        [--rate=20m] [--rtt=20] [--conn-mbps=20] [--link-mbps=100]
  *   (UV_THREADPOOL_SIZE=16 lifts the libuv 4-thread cap on file reads in flight.)
+ *
+ * Queue depth (`--only=depth`): O_DIRECT random reads of --sizes (default 4K,
+ * 16K, 64K) at --depths (default 1,4,8,16,32,64) reads in flight, each libuv
+ * pool size of --pools (default 4,8,16,32,64; a child process per size, since
+ * UV_THREADPOOL_SIZE only counts before the pool starts) and libuv's io_uring
+ * (UV_USE_IO_URING=1: reads bypass the pool), --rounds times interleaved
+ * (median per cell), plus the disk's 1 MiB sequential O_DIRECT rate. Reads
+ * --file (e.g. a real .flm; never written) or a fresh 512 MiB file.
+ *   node --import=tsx bench/sources.ts --only=depth [--file=/tmp/opt13.flm] [--rounds=3]
+ *        [--pools=4,8,16,32,64] [--depths=1,4,8,16,32,64] [--sizes=4,16,64] [--uring=1|0]
  */
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, open, rm, statfs } from 'node:fs/promises';
 import { cdnProxy } from './cdn-proxy.js';
-import { tmpdir } from 'node:os';
+import { spawn } from 'node:child_process';
+import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FileSource } from '../src/source/file-node.js';
@@ -50,6 +61,7 @@ interface Cell {
   MBps: number;
   iops: number;
   meanMs: number;
+  reads: number;
 }
 
 /** Random reads of `size` bytes at 4096-aligned offsets with `parallel` in flight, for about CELL_MS. */
@@ -74,7 +86,7 @@ async function measure(src: Source, size: number, parallel: number): Promise<Cel
     }),
   );
   const secs = (performance.now() - start) / 1000;
-  return { size, parallel, MBps: (reads * size) / secs / 1e6, iops: reads / secs, meanMs: latency / reads };
+  return { size, parallel, MBps: (reads * size) / secs / 1e6, iops: reads / secs, meanMs: latency / reads, reads };
 }
 
 /**
@@ -132,6 +144,140 @@ async function diskDir(): Promise<string> {
   return dir;
 }
 
+// ---- queue depth: libuv pool sizes and io_uring, one child process each ----
+
+const list = (name: string, dflt: number[]) => arg(name)?.split(',').map(Number) ?? dflt;
+const DEPTH_SIZES = list('sizes', [4, 16, 64]).map((k) => k * KiB);
+const DEPTHS = list('depths', [1, 4, 8, 16, 32, 64]);
+const POOLS = list('pools', [4, 8, 16, 32, 64]);
+
+interface DepthCell {
+  size: number;
+  depth: number;
+  MBps: number;
+  iops: number;
+  meanMs: number;
+  /** CPU time of the whole process (main thread + pool) per read, µs: what a read costs the 2 cores. */
+  cpuUs: number;
+}
+
+interface DepthRun {
+  config: string;
+  pool: number;
+  uring: boolean;
+  seqMBps: number;
+  load: number;
+  cells: DepthCell[];
+}
+
+/** The disk's own rate: 1 MiB sequential O_DIRECT reads from a random start, one at a time, for about CELL_MS. */
+async function sequentialMBps(src: Source): Promise<number> {
+  const buf = new Uint8Array(new WebAssembly.Memory({ initial: MiB / 65536 }).buffer, 0, MiB);
+  const blocks = Math.floor(src.size / MiB);
+  let at = Math.floor(Math.random() * Math.max(1, blocks - 256));
+  let reads = 0;
+  const start = performance.now();
+  do {
+    await src.read(at * MiB, buf);
+    reads++;
+    at = (at + 1) % blocks;
+  } while (performance.now() - start < CELL_MS);
+  return (reads * MiB) / ((performance.now() - start) * 1e3);
+}
+
+/** The child: this process's pool (or io_uring) over the sizes x depths grid; prints one JSON line. */
+async function depthChild(path: string): Promise<void> {
+  const f = await FileSource.open(path, { direct: true });
+  try {
+    await measure(f, 16 * KiB, 8); // warm the JIT and the pool's threads
+    const seqMBps = await sequentialMBps(f);
+    const cells: DepthCell[] = [];
+    for (const size of DEPTH_SIZES) {
+      for (const depth of DEPTHS) {
+        const c0 = process.cpuUsage();
+        const c = await measure(f, size, depth);
+        const cpu = process.cpuUsage(c0);
+        cells.push({ size, depth, MBps: c.MBps, iops: c.iops, meanMs: c.meanMs, cpuUs: (cpu.user + cpu.system) / c.reads });
+      }
+    }
+    const pool = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
+    const uring = process.env.UV_USE_IO_URING === '1';
+    const run: DepthRun = { config: uring ? 'io_uring' : `pool ${pool}`, pool, uring, seqMBps, load: loadavg()[0]!, cells };
+    console.log(JSON.stringify(run));
+  } finally {
+    await f.close();
+  }
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+
+async function depthMain(): Promise<void> {
+  const rounds = Number(arg('rounds') ?? 3);
+  const uring = arg('uring') !== '0';
+  const given = arg('file');
+  const dir = given ? undefined : await diskDir();
+  const path = given ?? join(dir!, 'model.bin');
+  try {
+    if (!given) await writeRandomFile(path);
+    const configs = [...POOLS.map((p) => ({ UV_THREADPOOL_SIZE: String(p), UV_USE_IO_URING: '0' })), ...(uring ? [{ UV_THREADPOOL_SIZE: '4', UV_USE_IO_URING: '1' }] : [])];
+    const runs: DepthRun[] = [];
+    const self = fileURLToPath(import.meta.url);
+    // Interleaved: every config once per round, so a change in the machine's load hits them all alike.
+    for (let r = 0; r < rounds; r++) {
+      for (const env of configs) {
+        const out = await new Promise<string>((resolve, reject) => {
+          const child = spawn(process.execPath, [...process.execArgv, self, '--depth-child', `--file=${path}`, ...args.filter((a) => /^--(sizes|depths|quick)/.test(a))], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+          let text = '';
+          child.stdout.on('data', (d: Buffer) => (text += d));
+          child.on('error', reject);
+          child.on('exit', (code) => (code === 0 ? resolve(text) : reject(new Error(`depth child (${JSON.stringify(env)}) exited with ${code}`))));
+        });
+        const run = JSON.parse(out.trim().split('\n').pop()!) as DepthRun;
+        process.stderr.write(`round ${r + 1}/${rounds} ${run.config}: seq ${run.seqMBps.toFixed(0)} MB/s, load ${run.load.toFixed(2)}\n`);
+        runs.push(run);
+      }
+    }
+    const names = [...new Set(runs.map((r) => r.config))];
+    const seq = median(runs.map((r) => r.seqMBps));
+    const loads = runs.map((r) => r.load);
+    console.log(`\n# O_DIRECT random reads of ${given ?? `a ${FILE_BYTES / MiB} MiB file`}: MB/s (mean ms per read; CPU µs per read), median of ${rounds} interleaved rounds of ${CELL_MS} ms cells`);
+    console.log(`# disk: 1 MiB sequential O_DIRECT ${seq.toFixed(0)} MB/s (median; range ${Math.min(...runs.map((r) => r.seqMBps)).toFixed(0)}-${Math.max(...runs.map((r) => r.seqMBps)).toFixed(0)}); load average ${Math.min(...loads).toFixed(2)}-${Math.max(...loads).toFixed(2)} over the runs`);
+    const cellOf = (name: string, size: number, depth: number) => {
+      const cs = runs.filter((r) => r.config === name).map((r) => r.cells.find((c) => c.size === size && c.depth === depth)!);
+      return { MBps: median(cs.map((c) => c.MBps)), meanMs: median(cs.map((c) => c.meanMs)), cpuUs: median(cs.map((c) => c.cpuUs)) };
+    };
+    const summary: Record<string, Record<string, number>> = {};
+    for (const size of DEPTH_SIZES) {
+      console.log(`\n${fmtSize(size)} reads${' '.repeat(4)}${DEPTHS.map((d) => `depth ${d}`.padStart(21)).join('')}`);
+      for (const name of names) {
+        const row = DEPTHS.map((d) => {
+          const c = cellOf(name, size, d);
+          (summary[name] ??= {})[`${fmtSize(size)}/d${d}`] = Math.round(c.MBps);
+          return `${c.MBps.toFixed(0)} (${c.meanMs.toFixed(2)}; ${c.cpuUs.toFixed(0)})`.padStart(21);
+        });
+        console.log(`${name.padEnd(13)}${row.join('')}`);
+      }
+    }
+    console.log(`\n${JSON.stringify({ bench: 'sources-depth', file: given ?? null, rounds, cellMs: CELL_MS, seqMBps: Math.round(seq), load: [Math.min(...loads), Math.max(...loads)], MBps: summary })}`);
+  } finally {
+    if (dir) await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** FILE_BYTES of random data at `path`, synced to the disk. */
+async function writeRandomFile(path: string): Promise<void> {
+  const fh = await open(path, 'w');
+  const block = randomBytes(4 * MiB);
+  for (let off = 0; off < FILE_BYTES; off += block.length) {
+    block.writeUInt32LE(off / block.length, 0);
+    await fh.write(block, 0, block.length, off);
+  }
+  await fh.sync();
+  await fh.close();
+}
 
 async function main(): Promise<void> {
   const dir = await diskDir();
@@ -142,14 +288,7 @@ async function main(): Promise<void> {
   };
   try {
     const path = join(dir, 'model.bin');
-    const fh = await open(path, 'w');
-    const block = randomBytes(4 * MiB);
-    for (let off = 0; off < FILE_BYTES; off += block.length) {
-      block.writeUInt32LE(off / block.length, 0);
-      await fh.write(block, 0, block.length, off);
-    }
-    await fh.sync();
-    await fh.close();
+    await writeRandomFile(path);
     console.log(`# ${FILE_BYTES / MiB} MiB file in ${dir}; UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? '4 (default)'}; cells of ${CELL_MS} ms; random 4096-aligned offsets`);
 
     if (only !== 'http') {
@@ -207,4 +346,6 @@ async function main(): Promise<void> {
   console.log(`\n${JSON.stringify({ bench: 'sources', rate: RATE, cdn: { rttMs: RTT_MS, connMBps: CONN_MBPS, linkMBps: LINK_MBPS }, threadpool: process.env.UV_THREADPOOL_SIZE ?? 4, results: compact })}`);
 }
 
-await main();
+if (args.includes('--depth-child')) await depthChild(arg('file')!);
+else if (only === 'depth') await depthMain();
+else await main();

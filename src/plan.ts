@@ -7,7 +7,7 @@
 import { ArgumentError, BudgetError } from './errors.js';
 import type { FlmFile } from './format/reader.js';
 import type { Kernels } from './kernels/types.js';
-import { slotBytes, streamingFixedBytes, type Sparsity } from './flash/streaming.js';
+import { lookaheadEntries, prefetchOverheadBytes, slotBytes, streamingFixedBytes, type Sparsity } from './flash/streaming.js';
 import { MAX_ARENA_BYTES, fmtBytes, parseBytes } from './engine/arena.js';
 import { DEFAULT_BATCH, Transformer, maxColumns, residentSections, type KvDtype } from './engine/transformer.js';
 import { poolBytes } from './kernels/pool.js';
@@ -33,6 +33,12 @@ export interface PlanOptions {
   /** Threads the kernels run on (resolved: planThreads), each with its own arena scratch. Default 1. */
   threads?: number;
   kvDtype?: KvDtype;
+  /**
+   * Read the next layer's neurons while this one computes (hybrid: the next
+   * layer's first records; predictor and window: its lookahead set, which
+   * needs predictors in the file). Default true; false for the ablation.
+   */
+  prefetch?: boolean;
 }
 
 export interface MemoryPlan {
@@ -57,6 +63,8 @@ export interface MemoryPlan {
   /** Scratch of one thread's batched kernels (the pool's workers each get this much). */
   batchScratchBytes: number;
   stagingBytes: number;
+  /** Staging of the next layer's reads (0: no prefetch), besides its pointer table. */
+  prefetchBytes: number;
   /** Cache slots per layer (window), neurons per layer, and the bytes all slots take. */
   capacity: number;
   neurons: number;
@@ -117,11 +125,14 @@ export function planMemory(file: FlmFile, k: Kernels, options: PlanOptions, cont
   if (strategy === 'dense') {
     const need = residentBytes + ffnBytes + workingBytes;
     if (budget !== undefined && need > budget) throw new BudgetError(`the dense strategy keeps the whole model resident: it needs ${fmtBytes(need)}, the budget is ${fmtBytes(budget)}; use a streaming strategy (hybrid, predictor, window)`);
-    return { ...base, arenaBytes: budget ?? need, workingBytes, stagingBytes: 0, capacity: 0, cacheBytes: 0 };
+    return { ...base, arenaBytes: budget ?? need, workingBytes, stagingBytes: 0, prefetchBytes: 0, capacity: 0, cacheBytes: 0 };
   }
 
   workingBytes += streamingFixed;
   const f = h.ffn[0]!;
+  // Prefetch needs something that names the next layer's neurons early: all of them (hybrid), or a predictor.
+  const prefetch = options.prefetch !== false && strategy !== 'naive' && sparsity !== 'gate' && (sparsity === 'off' || h.predictors !== undefined || lookaheadEntries(file) !== undefined);
+  const pfOverhead = prefetchOverheadBytes(file, file.source.alignment ?? 1);
   const align = Math.max(64, file.source.alignment ?? 1);
   // A whole record even in gate mode (whose first use reads whole records to load the gate rows).
   const record = f.parts.length * f.partBytes;
@@ -141,15 +152,34 @@ export function planMemory(file: FlmFile, k: Kernels, options: PlanOptions, cont
     const rest = budget - fixed;
     staging = Math.max(minStaging, Math.min(staging, window === null ? rest : Math.floor(rest / 4)));
   }
+  // The prefetch area (its staging, pointer table and slack) is carved out of staging, so a window cache keeps
+  // the capacity it has without prefetch: a staging's worth without sparsity (the next layer's first records, staging
+  // doubled where the budget allows), else 1/16 of a layer (a few times a sparse layer's reads).
+  let prefetchBytes = 0;
+  if (prefetch) {
+    const room = budget === undefined ? Infinity : budget - fixed - staging;
+    if (sparsity === 'off' && room >= staging + pfOverhead) prefetchBytes = staging;
+    else {
+      const want = sparsity === 'off' ? staging : Math.ceil(largestLayer / 16 / align) * align;
+      const pf = Math.floor(Math.min(want, (staging - pfOverhead) / 2) / align) * align;
+      if (pf >= minStaging && staging - pf - pfOverhead >= minStaging) {
+        prefetchBytes = pf;
+        staging -= pf + pfOverhead;
+      }
+    }
+  }
+  // Its pointer table and alignment slack are working memory.
+  if (prefetchBytes) workingBytes += pfOverhead;
+  const fixedAll = residentBytes + workingBytes;
   let capacity = 0;
   if (window !== null) {
     const perSlot = slotBytes(file, sparsity);
     // Without a budget, a quarter of each layer's neurons: well above a window's working set (PAPER.md: ~2-16%).
-    capacity = budget === undefined ? Math.ceil(a.ffnDim / DEFAULT_CACHE_SHARE) : Math.min(a.ffnDim, Math.floor((budget - fixed - staging) / (perSlot * a.nLayers)));
-    if (capacity < 1) throw new BudgetError(`the budget ${fmtBytes(budget!)} leaves no room for the neuron cache after ${fmtBytes(fixed + staging)} of resident weights, working memory and staging`);
+    capacity = budget === undefined ? Math.ceil(a.ffnDim / DEFAULT_CACHE_SHARE) : Math.min(a.ffnDim, Math.floor((budget - fixedAll - staging - prefetchBytes) / (perSlot * a.nLayers)));
+    if (capacity < 1) throw new BudgetError(`the budget ${fmtBytes(budget!)} leaves no room for the neuron cache after ${fmtBytes(fixedAll + staging + prefetchBytes)} of resident weights, working memory and staging`);
   }
   const cacheBytes = capacity * slotBytes(file, sparsity) * a.nLayers;
-  const arenaBytes = budget ?? fixed + staging + cacheBytes;
-  if (fixed + staging + cacheBytes > arenaBytes) throw new BudgetError(`internal: plan exceeds the budget`);
-  return { ...base, arenaBytes, workingBytes, stagingBytes: staging, capacity, cacheBytes };
+  const arenaBytes = budget ?? fixedAll + staging + prefetchBytes + cacheBytes;
+  if (fixedAll + staging + prefetchBytes + cacheBytes > arenaBytes) throw new BudgetError(`internal: plan exceeds the budget`);
+  return { ...base, arenaBytes, workingBytes, stagingBytes: staging, prefetchBytes, capacity, cacheBytes };
 }

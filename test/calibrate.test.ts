@@ -23,7 +23,10 @@ import { evaluate, klDivergence, logSoftmax } from '../src/calibrate/evaluate.js
 import { addConfusion, confusion, confusionAtBin, metrics, thresholdForRecall } from '../src/calibrate/metrics.js';
 import { sampleWindows, scoringWindows } from '../src/calibrate/text.js';
 import { PredictorTrainer, rng } from '../src/calibrate/train.js';
-import { bitsetBytes } from '../src/calibrate/collect.js';
+import { bitsetBytes, collectActivations, isActive } from '../src/calibrate/collect.js';
+import { forEachLayer } from '../src/calibrate/layerwise.js';
+import { createTokenizer } from '../src/tokenizer/index.js';
+import { FORMAT_VERSION } from '../src/format/layout.js';
 import { brownSplit, brownText } from '../scripts/brown.js';
 import { OPT_DIR, STORIES_BIN, STORIES_TOK, convertToBytes } from './helpers/models.js';
 import { calibrateGates, quantile } from '../src/calibrate/gates.js';
@@ -273,7 +276,7 @@ function calibratedOpt() {
     // Recall target 0.95 plus the CLI's default margin of 0.01 (held-out text must keep 0.95).
     const result = await calibrate(file, [calibText], { tokens: 2048, context: 128, holdout: 0.2, epochs: 1, recall: 0.96 });
     const sink = new MemorySink();
-    await writeWithPredictors(file, result.predictors, sink);
+    await writeWithPredictors(file, result.predictors, sink, { lookahead: result.lookahead });
     return { result, bytes, withPred: sink.bytes() };
   })();
   return calibrated;
@@ -337,6 +340,135 @@ test('eval: window strategy with the calibrated predictors stays close to dense 
   t.is(win.stats.strategy, 'window');
 });
 
+test('layer by layer: the FFN inputs and active sets are bit-identical to a token-by-token dense run (OPT, and a Llama-family gated model)', async (t) => {
+  for (const bytes of [await convertToBytes(OPT_DIR), await convertToBytes(STORIES_BIN, { tokenizer: STORIES_TOK })]) {
+    const file = await openFlm(new MemorySource(bytes));
+    const V = file.header.arch.vocabSize;
+    // Two windows; blocks of 16 leave a ragged tail and a one-token block (the matvec path).
+    const windows = [Array.from({ length: 49 }, (_, i) => (i * 37 + 5) % V), Array.from({ length: 33 }, (_, i) => (i * 11 + 3) % V)];
+    const old = await collectActivations(file, windows);
+    const seen: number[] = [];
+    const info = await forEachLayer(file, windows, { batch: 16, threads: 2 }, (L) => {
+      seen.push(L.layer);
+      const o = old.layers[L.layer]!;
+      t.deepEqual(L.x, o.x, `layer ${L.layer} x`);
+      if (old.gated) {
+        let worst = 0;
+        for (let i = 0; i < L.gate.length; i++) worst = Math.max(worst, Math.abs(L.gate[i]! - o.gate[i]!) / (1e-3 + Math.abs(o.gate[i]!)));
+        t.true(worst < 1e-4, `layer ${L.layer}: |silu(gate·x)| within ${worst} (kernel f32 vs float64 dots)`);
+      } else t.deepEqual(L.active, o.active, `layer ${L.layer} active sets`);
+    });
+    t.deepEqual(seen, Array.from({ length: file.header.arch.nLayers }, (_, l) => l));
+    t.is(info.tokens, 82);
+    t.is(info.gated, old.gated);
+  }
+});
+
+test('lookahead predictors: written for layers 1.., read back, recall measured and far above chance, and they predict layer L from layer L-1 on fresh text', async (t) => {
+  const { result, withPred } = await calibratedOpt();
+  const after = await openFlm(new MemorySource(withPred));
+  const nLayers = after.header.arch.nLayers;
+  const { dModel, ffnDim } = after.header.arch;
+  const ahead = after.header.lookahead!;
+  t.deepEqual(ahead.map((e) => e.layer), Array.from({ length: nLayers - 1 }, (_, i) => i + 1));
+  t.deepEqual(result.lookaheadLayers.map((l) => l.layer), ahead.map((e) => e.layer));
+  const read = (name: string) => {
+    const te = after.tensor(name)!;
+    t.is(te.section, 'predictor');
+    return new Float32Array(withPred.slice(te.offset, te.offset + te.length).buffer);
+  };
+  for (const [i, e] of ahead.entries()) {
+    const p = result.lookahead[i]!;
+    t.is(e.rank, p.rank);
+    t.is(e.threshold, p.threshold);
+    t.is(e.a, `predictor.lookahead.${e.layer}.a`);
+    t.deepEqual(after.tensor(e.a)!.shape, [e.rank, dModel]);
+    t.deepEqual(after.tensor(e.b)!.shape, [ffnDim, e.rank]);
+    t.deepEqual(read(e.a), p.a);
+    t.deepEqual(read(e.b), p.b);
+    t.deepEqual(read(e.bias), p.bias);
+    // Distinct from the layer's own predictor (another input, other parameters).
+    t.notDeepEqual(p.b, result.predictors[e.layer]!.b);
+    const r = result.lookaheadLayers[i]!;
+    const direct = result.layers[e.layer]!;
+    t.log(`layer ${e.layer}: lookahead recall ${r.recall.toFixed(3)} precision ${r.precision.toFixed(3)} predicted ${r.predictedFraction.toFixed(4)} | direct recall ${direct.recall.toFixed(3)} precision ${direct.precision.toFixed(3)}`);
+    // Chance (a random set of the same size) has recall = predicted fraction.
+    t.true(r.recall > 0.85 && r.recall > 3 * r.predictedFraction, `layer ${e.layer}: recall ${r.recall} at ${r.predictedFraction} predicted`);
+    t.is(r.trueFraction, direct.trueFraction, 'the same held-out labels as the direct predictor');
+  }
+
+  // The stored tensors on evaluation text the calibration never saw: x of layer L-1 predicts layer L's true set.
+  const tok = await createTokenizer(after.header.tokenizer);
+  const windows = sampleWindows(tok, [evalText], 512, 128);
+  const xs: Float32Array[] = [];
+  let hit = 0;
+  let truth = 0;
+  let predicted = 0;
+  let cells = 0;
+  await forEachLayer(after, windows, { threads: 1 }, (L) => {
+    xs.push(L.x);
+    const e = ahead.find((x) => x.layer === L.layer);
+    if (!e) return;
+    const [A, B, bias] = [read(e.a), read(e.b), read(e.bias)];
+    const x = xs[L.layer - 1]!;
+    const z = new Float64Array(e.rank);
+    for (let tk = 0; tk < x.length / dModel; tk++) {
+      for (let r = 0; r < e.rank; r++) {
+        let s = 0;
+        for (let c = 0; c < dModel; c++) s += A[r * dModel + c]! * x[tk * dModel + c]!;
+        z[r] = s;
+      }
+      for (let j = 0; j < ffnDim; j++) {
+        let s = bias[j]!;
+        for (let r = 0; r < e.rank; r++) s += B[j * e.rank + r]! * z[r]!;
+        const on = s > e.threshold;
+        const act = isActive(L.active, ffnDim, tk, j);
+        cells++;
+        if (on) predicted++;
+        if (act) truth++;
+        if (on && act) hit++;
+      }
+    }
+  });
+  const recall = hit / truth;
+  t.log(`fresh text: lookahead recall ${recall.toFixed(3)}, predicted ${(predicted / cells).toFixed(4)}, true ${(truth / cells).toFixed(4)}`);
+  t.true(recall > 0.85 && recall > 3 * (predicted / cells));
+});
+
+test('the reader checks lookahead entries strictly; files without them carry no key', async (t) => {
+  const { withPred, bytes } = await calibratedOpt();
+  const file = await openFlm(new MemorySource(withPred));
+  const raw = JSON.parse(JSON.stringify({ ...file.header, tokenizer: undefined })) as Record<string, unknown>;
+  raw.tokenizer = file.header.tokenizer;
+  const size = withPred.byteLength;
+  t.notThrows(() => validateHeader(raw, size));
+  const ahead = file.header.lookahead!;
+  const bad = (lookahead: unknown, message: RegExp) => t.throws(() => validateHeader({ ...raw, lookahead }, size), { instanceOf: FormatError, message });
+  bad([{ ...ahead[0]!, layer: 0 }], /lookahead\[0\]\.layer/);
+  bad([{ ...ahead[0]!, layer: 6 }], /lookahead\[0\]\.layer/);
+  bad([ahead[0]!, { ...ahead[1]!, layer: ahead[0]!.layer }], /lookahead\[1\]\.layer.*twice/);
+  bad([{ ...ahead[0]!, rank: ahead[0]!.rank + 1 }], /tensors.*predictor\.lookahead\.1\.a/);
+  bad([{ ...ahead[0]!, a: 'tok_embeddings' }], /tok_embeddings/);
+  bad([{ ...ahead[0]!, threshold: 'high' }], /lookahead\[0\]\.threshold/);
+  bad({ layer: 1 }, /lookahead/);
+  t.throws(() => validateHeader({ ...raw, predictors: undefined }, size), { instanceOf: FormatError, message: /lookahead/ });
+  // A corrupted lookahead in the file itself: the header hash catches it before validation, so change it through a rewrite
+  const orig = await openFlm(new MemorySource(bytes));
+  const p = { rank: 4, threshold: 0, a: new Float32Array(4 * 256), b: new Float32Array(1024 * 4), bias: new Float32Array(1024) };
+  await t.throwsAsync(writeWithPredictors(orig, Array.from({ length: 6 }, () => p), new MemorySink(), { lookahead: [{ layer: 0, ...p }] }), { message: /lookahead predictor for layer 0/ });
+  await t.throwsAsync(writeWithPredictors(orig, [], new MemorySink(), { lookahead: [{ layer: 1, ...p }] }), { message: /need the per-layer predictors/ });
+  // Without lookahead predictors the header has no key (as files written before it existed), also when rewriting a file that had them.
+  for (const src of [orig, file]) {
+    const sink = new MemorySink();
+    const h = await writeWithPredictors(src, Array.from({ length: 6 }, () => p), sink);
+    t.false('lookahead' in h);
+    const back = await openFlm(new MemorySource(sink.bytes()));
+    t.is(back.header.lookahead, undefined);
+    t.is(back.header.version, FORMAT_VERSION);
+    t.false(back.header.tensors.some((x) => x.name.includes('lookahead')));
+  }
+});
+
 // ---------------------------------------------------------------- CLI
 
 const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
@@ -369,6 +501,18 @@ test.serial('flashlm calibrate writes a model with predictors; Ctrl-C leaves no 
   const file = await openFlm(new MemorySource(new Uint8Array(await import('node:fs').then((fs) => fs.readFileSync(out)))));
   t.is(file.header.predictors?.length, 6);
   t.is(file.header.predictors![0]!.rank, 16);
+  // Lookahead predictors by default: in the file, and next to the direct ones in the table.
+  t.deepEqual(file.header.lookahead?.map((e) => e.layer), [1, 2, 3, 4, 5]);
+  t.regex(ok.stdout, /lookahead recall/);
+  t.regex(ok.stdout, /^0\s+16\s.*\s-\s+-\s+-$/m);
+  const out3 = join(dir, 'opt-nolook.flm');
+  const no = await cli(['calibrate', model, '--text', text, '--tokens', '1024', '--context', '64', '--epochs', '1', '--rank', '16', '--holdout', '0.2', '--no-lookahead', '--threads', '1', '--json', '-o', out3]);
+  t.is(no.code, 0, no.stderr);
+  const j = JSON.parse(no.stdout) as { layers: unknown[]; lookaheadLayers: unknown[] };
+  t.is(j.layers.length, 6);
+  t.deepEqual(j.lookaheadLayers, []);
+  const plain = await openFlm(new MemorySource(new Uint8Array(await import('node:fs').then((fs) => fs.readFileSync(out3)))));
+  t.is(plain.header.lookahead, undefined);
 
   // Interrupted while the dense model runs: no output, no temp file.
   const out2 = join(dir, 'interrupted.flm');

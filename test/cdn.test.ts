@@ -319,15 +319,15 @@ test('link estimates converge on a modelled link (loose bounds)', async (t) => {
     try {
       const buf = new Uint8Array(1 << 20);
       for (let i = 0; i < 3; i++) await s.read(i * 600_000, buf); // one at a time (~130 ms each): round trip and one connection's rate
-      // Bounded by the model on one side (nothing beats it), loosely on the other (a busy machine is slower).
+      // Bounded by the model on one side (nothing beats it); a loaded machine may be any slower, so no bound on that side.
       const one = s.link!.estimate();
-      t.true(one.rttMs >= 25 && one.rttMs < 2000, `rtt ${one.rttMs}`);
-      t.true(one.connMBps > 0.5 && one.connMBps < 12, `conn ${one.connMBps}`);
+      t.true(one.rttMs >= 25 && Number.isFinite(one.rttMs), `rtt ${one.rttMs}`);
+      t.true(one.connMBps > 0 && one.connMBps < 12, `conn ${one.connMBps}`);
       const bufs = Array.from({ length: 8 }, () => new Uint8Array(256 * 1024));
       for (let round = 0; round < 2; round++) await Promise.all(bufs.map((b, i) => s.read(i * 340_000, b))); // 8 at once: the link's rate
       const all = s.link!.estimate();
       // How much 8 requests at once gain over one depends on the machine's load: only the model's bound is firm.
-      t.true(all.linkMBps > 0.5 && all.linkMBps < 36, `link ${all.linkMBps} (one connection ${one.connMBps})`);
+      t.true(all.linkMBps > 0 && all.linkMBps < 36, `link ${all.linkMBps} (one connection ${one.connMBps})`);
       t.true(all.linkMBps >= all.connMBps);
       t.is(all.samples, 3 + 16);
     } finally {
@@ -373,14 +373,15 @@ test('LinkEstimator on a simulated link (its own clock): converges on round trip
 });
 
 test('LinkEstimator: the first sample replaces the prior, later ones move it part way', async (t) => {
-  const e = new LinkEstimator(16, { rttMs: 100, connMBps: 1, linkMBps: 1 });
-  t.is(e.estimate().rttMs, 100);
+  // A prior no loaded machine's 5 ms timer comes near: the first sample must replace it.
+  const e = new LinkEstimator(16, { rttMs: 1e7, connMBps: 1, linkMBps: 1 });
+  t.is(e.estimate().rttMs, 1e7);
   const t0 = e.begin();
   await new Promise((r) => setTimeout(r, 5));
   e.firstByte(t0);
   e.end(t0, 0);
   t.is(t0.peak, 1);
-  t.true(e.rttMs < 100 && e.rttMs >= 4, String(e.rttMs));
+  t.true(e.rttMs < 1e6 && e.rttMs >= 4, String(e.rttMs));
   t.is(e.samples, 1);
   t.is(e.estimate().maxInFlight, 16);
 });

@@ -196,6 +196,11 @@ function referenceSummary(tokens: readonly TokenStats[]) {
     newFractionPerToken: avg((t) => t.neuronsRead) / info.ffnNeurons,
     oracleMsPerToken: avg((t) => t.oracleMs),
     hiddenIoMsPerToken: avg((t) => t.hiddenIoMs),
+    prefetchedNeuronsPerToken: avg((t) => t.prefetchedNeurons),
+    prefetchUseRate: sum((t) => t.prefetchedNeurons) ? sum((t) => t.prefetchUsed) / sum((t) => t.prefetchedNeurons) : null,
+    // Lookahead figures are per layer since open (info has no layers here): unknown.
+    lookaheadRecall: null,
+    lookaheadPrecision: null,
     strategy: info.strategy,
     sparsity: info.sparsity,
     window: info.window,
@@ -217,6 +222,10 @@ function feed(stats: RunStats, n: number, rand: () => number): TokenStats[] {
       if (i % 3) stats.predictor(Math.floor(rand() * 40), Math.floor(rand() * 9), Math.floor(rand() * 4));
       stats.neuronsRead(Math.floor(rand() * 50));
       if (i % 4) stats.oracle(rand() * 0.2, Math.floor(rand() * 50), 50);
+      if (i % 5 === 1) {
+        const read = Math.floor(rand() * 30);
+        stats.prefetch(rand() * 0.1, rand() * 0.05, read, Math.floor(rand() * read));
+      }
     }
     out.push(stats.endToken());
   }

@@ -286,6 +286,126 @@ test('gate_act_q4 and ffn_gated_q4_ptrs (gate mode) against the reference and th
   }
 });
 
+// ---------------------------------------------------------------- batched (prompt) kernels: bit for bit the one-token ones
+
+/** T token rows of `cols` f32 at ldx = (cols + pad) * 4 bytes. */
+function tokenRows(r: () => number, T: number, cols: number, pad: number): { ptr: number; ld: number } {
+  const all = new Float32Array(T * (cols + pad));
+  for (let tk = 0; tk < T; tk++) all.set(normalish(r, cols), tk * (cols + pad));
+  return { ptr: A.putF32(all, 4), ld: (cols + pad) * 4 };
+}
+
+test('matmul_q4 equals matvec_q4 per token, bit for bit (partial groups, 1-3 leftover groups, odd T, bias)', (t) => {
+  const r = rng(21);
+  for (const [rows, cols] of [[1, 1], [3, 31], [9, 33], [13, 129], [17, 300], [37, 260], [64, 768], [20, 2049]] as const) {
+    for (const T of [1, 2, 5, 8]) {
+      A.reset();
+      const m = quantizeQ4(normalish(r, rows * cols, 0.3), rows, cols);
+      const W = A.putBytes(m.bytes, 2), S = A.putBytes(m.scales, 1);
+      const bias = T % 2 ? A.putF32(uniform(r, rows)) : 0;
+      const X = tokenRows(r, T, cols, T % 3);
+      const ldo = (rows + 3) * 4, out = A.out(T * (rows + 3));
+      k.matmul_q4(out, ldo, W, S, X.ptr, X.ld, bias, T, rows, cols, A.alloc(k.batch_scratch_bytes(T, cols)));
+      const one = A.out(rows), i8s = A.alloc(k.matvec_i8_scratch_bytes(cols));
+      for (let tk = 0; tk < T; tk++) {
+        k.matvec_q4(one, W, S, X.ptr + tk * X.ld, bias, rows, cols, i8s);
+        t.is(firstBitMismatch(A.f32(out + tk * ldo, rows), A.f32(one, rows)), null, `${rows}x${cols} T=${T} token ${tk}`);
+      }
+    }
+  }
+});
+
+test('ffn_relu_q4_batch / ffn_swiglu_q4_batch equal the one-token q4 FFNs per token, bit for bit (sparse relu, every gated activation)', (t) => {
+  const r = rng(22);
+  let zeros = 0;
+  for (const [d, n] of [[16, 5], [44, 70], [100, 130], [257, 64], [300, 200]] as const) {
+    for (const gated of [false, true]) {
+      for (const afn of gated ? [0, 1, 2, 3] : [0]) {
+        for (const T of [1, 3, 6]) {
+          A.reset();
+          const P = gated ? 3 : 2;
+          const bias = gated ? null : uniform(r, n, -0.3, 0.1);
+          const R = buildQ4Records(Array.from({ length: P }, () => normalish(r, n * d, 0.2)), bias, d, n, (d + n) % 2 === 0, gated ? 1 : 0, r);
+          const base = A.putBytes(R.bytes);
+          const p = R.partOff.map((o) => base + o);
+          const X = tokenRows(r, T, d, 1);
+          const ldo = (d + 2) * 4, out = A.out(T * (d + 2));
+          const scratch = A.alloc(k.batch_scratch_bytes(T, d)), Hb = A.alloc(T * n * 4);
+          const athr = 0.05;
+          if (gated) k.ffn_swiglu_q4_batch(out, ldo, X.ptr, X.ld, T, d, n, p[0]!, p[1]!, p[2]!, R.stride, Hb, scratch, afn, athr);
+          else k.ffn_relu_q4_batch(out, ldo, X.ptr, X.ld, T, d, n, p[0]!, p[1]!, R.stride, 1, Hb, scratch);
+          const one = A.out(d), H = A.out(n);
+          for (let tk = 0; tk < T; tk++) {
+            const x = X.ptr + tk * X.ld;
+            if (gated) k.ffn_swiglu_q4(one, x, d, n, p[0]!, p[1]!, p[2]!, R.stride, H, afn, athr);
+            else k.ffn_relu_q4(one, x, d, n, p[0]!, p[1]!, R.stride, 1, H);
+            zeros += A.f32(H, n).filter((v) => v === 0).length;
+            const what = `d=${d} n=${n} ${gated ? ACT[afn] : 'relu'} T=${T} token ${tk}`;
+            t.is(firstBitMismatch(A.f32(Hb + tk * n * 4, n), A.f32(H, n)), null, `${what} h`);
+            t.is(firstBitMismatch(A.f32(out + tk * ldo, d), A.f32(one, d)), null, `${what} out`);
+          }
+        }
+      }
+    }
+  }
+  t.true(zeros > 0, 'some activations are 0 (skipped down rows, irregular queues)');
+});
+
+test.serial('batched q4 kernels: 2 threads byte-identical to the single-threaded module', async (t) => {
+  const ARENA = 64 << 20, DATA = 16 << 20, TMAX = 7, CMAX = 1100;
+  const st = await loadKernels(createArena(ARENA), DEFAULT_WASM_URL);
+  const mt = await loadKernels(createArena(ARENA, { shared: true }), DEFAULT_MT_WASM_URL);
+  const limits = { maxPositions: 64, maxNeurons: 2048, batchScratchBytes: mt.batch_scratch_bytes(TMAX, CMAX) };
+  const region = Math.ceil(mt.heap_base() / 64) * 64;
+  t.true(region + poolBytes(mt, 2, limits) < DATA);
+  const pool: KernelPool = await createPool(mt, { threads: 2, region, ...limits, minWork: 0 });
+  try {
+    t.is(pool.threads, 2, pool.fallbackReason ?? '');
+    let cur = DATA;
+    const put = (src: ArrayBufferView) => {
+      const b = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
+      const p = (cur + 15) & ~15;
+      cur = p + b.length + 16;
+      new Uint8Array(st.memory.buffer).set(b, p);
+      new Uint8Array(mt.memory.buffer).set(b, p);
+      return p;
+    };
+    const out = (n: number) => put(new Uint32Array(n).fill(0x7fc0dead));
+    const same = (what: string, outputs: [number, number][], call: (kk: Kernels) => void) => {
+      const init = outputs.map(([p, n]) => new Uint8Array(st.memory.buffer, p, n * 4).slice());
+      call(st);
+      outputs.forEach(([p], i) => new Uint8Array(mt.memory.buffer).set(init[i]!, p));
+      call(pool.kernels);
+      for (const [p, n] of outputs) t.deepEqual(new Uint8Array(mt.memory.buffer, p, n * 4), new Uint8Array(st.memory.buffer, p, n * 4), what);
+    };
+    const r = rng(23);
+    for (const [rows, cols, T] of [[203, 77, 3], [64, 1100, 7]] as const) {
+      cur = DATA;
+      const m = quantizeQ4(normalish(r, rows * cols, 0.3), rows, cols);
+      const W = put(m.bytes), S = put(m.scales), X = put(normalish(r, T * cols)), B = put(uniform(r, rows));
+      const scratch = put(new Uint8Array(st.batch_scratch_bytes(T, cols)));
+      const O = out(T * rows);
+      same(`matmul_q4 ${rows}x${cols} T=${T}`, [[O, T * rows]], (kk) => kk.matmul_q4(O, rows * 4, W, S, X, cols * 4, B, T, rows, cols, scratch));
+    }
+    for (const [d, n, T] of [[100, 300, 5], [257, 200, 2]] as const) {
+      for (const gated of [false, true]) {
+        cur = DATA;
+        const P = gated ? 3 : 2;
+        const R = buildQ4Records(Array.from({ length: P }, () => normalish(r, n * d, 0.2)), gated ? null : uniform(r, n, -0.3, 0.1), d, n, true, gated ? 1 : 0, r);
+        const base = put(R.bytes);
+        const p = R.partOff.map((o) => base + o);
+        const X = put(normalish(r, T * d)), O = out(T * d), H = out(T * n);
+        const scratch = put(new Uint8Array(st.batch_scratch_bytes(T, d)));
+        const what = `d=${d} n=${n} T=${T} ${gated ? 'gated' : 'relu'}`;
+        if (gated) same(`ffn_swiglu_q4_batch ${what}`, [[O, T * d], [H, T * n]], (kk) => kk.ffn_swiglu_q4_batch(O, d * 4, X, d * 4, T, d, n, p[0]!, p[1]!, p[2]!, R.stride, H, scratch, 0, 0));
+        else same(`ffn_relu_q4_batch ${what}`, [[O, T * d], [H, T * n]], (kk) => kk.ffn_relu_q4_batch(O, d * 4, X, d * 4, T, d, n, p[0]!, p[1]!, R.stride, 1, H, scratch));
+      }
+    }
+  } finally {
+    await pool.close();
+  }
+});
+
 // ---------------------------------------------------------------- threads: byte-identical to one thread
 
 test.serial('q4 kernels: 2 threads byte-identical to the single-threaded module', async (t) => {
@@ -480,6 +600,37 @@ test('fixtures end to end: q4 runs, is ordered q8 < q4 FFN + q8 resident < q4 in
       t.is(await gen(bytes, { threads: 2 }), dense, `${name} 2 threads`);
       for (const strategy of ['naive', 'window', 'hybrid'] as const) {
         t.is(await gen(bytes, { threads: 1, strategy, sparsity: 'oracle' }), dense, `${name} ${strategy}`);
+      }
+    }
+  }
+});
+
+test('q4 batched prefill equals token-by-token: the same last-prompt logits bit for bit and greedy ids (both fixtures, q4 and q4 FFN + q8 resident, 1 and 2 threads)', async (t) => {
+  const prose = 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends and her big red ball.';
+  for (const [name, input, tok] of [['stories260K', STORIES_BIN, STORIES_TOK], ['opt-relu-6m', OPT_DIR, undefined]] as const) {
+    for (const resident of [undefined, 'q8'] as const) {
+      const bytes = await convert(input, tok, 'q4', resident);
+      const results: { ids: number[]; logits: Uint32Array; what: string }[] = [];
+      for (const [batchSize, threads] of [[1, 1], [7, 1], [32, 1], [32, 2]] as const) {
+        const model = await openModel(new MemorySource(bytes), { batchSize, threads, contextLength: 128 });
+        try {
+          t.is(model.plan.batch, batchSize);
+          const ids: number[] = [];
+          let logits: Uint32Array | undefined;
+          for await (const s of model.steps(prose, { maxTokens: 8, temperature: 0 })) {
+            // before the first token is fed back: the prompt's last logits
+            logits ??= new Uint32Array((model as unknown as { transformer: { logitsView: Float32Array } }).transformer.logitsView.slice().buffer);
+            if (s.token >= 0) ids.push(s.token);
+          }
+          t.true(model.timings!.promptTokens > 20, `${name}: a prompt longer than the blocks`);
+          results.push({ ids, logits: logits!, what: `batch ${batchSize}, ${threads} thread(s)` });
+        } finally {
+          await model.close();
+        }
+      }
+      for (const r of results.slice(1)) {
+        t.deepEqual(r.ids, results[0]!.ids, `${name} ${resident ?? 'q4'} resident, ${r.what}: greedy ids`);
+        t.deepEqual(r.logits, results[0]!.logits, `${name} ${resident ?? 'q4'} resident, ${r.what}: logits bits`);
       }
     }
   }

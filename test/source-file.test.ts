@@ -1,12 +1,14 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, open, rm, statfs, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SourceError } from '../src/errors.js';
-import { DIRECT_ALIGNMENT, FILE_HINTS, FileSource } from '../src/source/file-node.js';
+import { DIRECT_ALIGNMENT, FILE_HINTS, FileSource, directHints, threadPoolSize } from '../src/source/file-node.js';
+import { convertToBytes, STORIES_BIN, STORIES_TOK } from './helpers/models.js';
 import { rng } from './helpers/synthetic.js';
 
 const A = DIRECT_ALIGNMENT;
@@ -286,4 +288,69 @@ test('direct: where O_DIRECT is unavailable the open fails with a clear SourceEr
   t.regex(e!.message, /does not support direct I\/O/);
   const missing = await t.throwsAsync(FileSource.open(join(dir, 'missing.bin'), { direct: true }), { instanceOf: SourceError });
   t.regex(missing!.message, /cannot open/);
+});
+
+test('direct: reads in flight default to the size of libuv\'s pool (UV_THREADPOOL_SIZE read as libuv reads it), at least 8', async (t) => {
+  t.is(threadPoolSize({}), 4);
+  t.is(threadPoolSize({ UV_THREADPOOL_SIZE: '16' }), 16);
+  t.is(threadPoolSize({ UV_THREADPOOL_SIZE: '0' }), 1);
+  t.is(threadPoolSize({ UV_THREADPOOL_SIZE: 'many' }), 1);
+  t.is(threadPoolSize({ UV_THREADPOOL_SIZE: '5000' }), 1024);
+  t.deepEqual(directHints({ UV_THREADPOOL_SIZE: '32' }), { ...FILE_HINTS, parallel: 32 });
+  // Libuv's default 4 threads: still 8 in flight, the extra ones queued so that a thread never waits for the main one.
+  t.deepEqual(directHints({}), { ...FILE_HINTS, parallel: 8 });
+  const s = await FileSource.open(path, { direct: true });
+  try {
+    t.deepEqual(s.hints, directHints(process.env));
+  } finally {
+    await s.close();
+  }
+  const o = await FileSource.open(path, { direct: true, hints: { parallel: 3, mergeGap: 0 } });
+  try {
+    t.deepEqual(o.hints, { ...directHints(process.env), parallel: 3, mergeGap: 0 });
+  } finally {
+    await o.close();
+  }
+});
+
+const BIN = fileURLToPath(new URL('../bin/flashlm.js', import.meta.url));
+
+/**
+ * Starts the real launcher as a user does (`node bin/flashlm.js ...`) with
+ * exactly `env` beyond PATH, waits for its "serving ... at" line, and
+ * returns its thread count (Linux /proc): libuv starts its whole pool at once,
+ * so two runs of one command differ by exactly the difference of their pools.
+ */
+async function launchedThreads(args: string[], env: Record<string, string> = {}): Promise<number> {
+  const child = spawn(process.execPath, [BIN, ...args], { env: { PATH: process.env.PATH ?? '', NO_COLOR: '1', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  try {
+    let out = '';
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (/serving .* at /.test(out)) resolve();
+      });
+      child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+      child.once('exit', (code) => reject(new Error(`flashlm ${args.join(' ')} exited (${code}) before serving:\n${out}`)));
+    });
+    return readdirSync(`/proc/${child.pid}/task`).length;
+  } finally {
+    child.kill('SIGKILL');
+  }
+}
+
+(process.platform === 'linux' ? test : test.skip)('launcher: bin/flashlm.js sizes libuv\'s pool before Node starts it: its default, else UV_THREADPOOL_SIZE, --io-depth over both', async (t) => {
+  const def = Number(/const DEFAULT_IO_DEPTH = (\d+);/.exec(readFileSync(BIN, 'utf8'))?.[1]);
+  t.true(def > 4, 'the launcher states a default above libuv\'s 4');
+  // `host` takes no model options: the environment decides.
+  const unset = await launchedThreads(['host', dir, '--port', '0']);
+  const five = await launchedThreads(['host', dir, '--port', '0'], { UV_THREADPOOL_SIZE: '5' });
+  t.is(unset - five, def - 5);
+  // `serve` takes --io-depth, which wins over the environment.
+  const model = join(dir, 'stories.flm');
+  await writeFile(model, await convertToBytes(STORIES_BIN, { tokenizer: STORIES_TOK }));
+  const serve = (depth: number) => launchedThreads(['serve', model, '--port', '0', '-t', '1', '--direct', '--io-depth', String(depth)], { UV_THREADPOOL_SIZE: '5' });
+  const seven = await serve(7);
+  const twentyThree = await serve(23);
+  t.is(twentyThree - seven, 16);
 });

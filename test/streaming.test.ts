@@ -6,9 +6,6 @@
  * the FFN per token.
  */
 import test from 'ava';
-import { mkdtempSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { openModel, type OpenOptions, type Strategy } from '../src/node.js';
 import { openCheckpoint } from '../src/convert/index.js';
@@ -18,19 +15,10 @@ import { MemorySink, MemorySource } from '../src/source/memory.js';
 import { BudgetError, IntegrityError, SourceError } from '../src/errors.js';
 import type { Source } from '../src/source/types.js';
 import type { TokenStats } from '../src/flash/stats.js';
-import { startNginx, type Nginx } from './helpers/nginx.js';
+import { servedDir } from './helpers/served-dir.js';
 import { OPT_DIR, STORIES_BIN, STORIES_TOK, convertToBytes, optReference } from './helpers/models.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'flashlm-stream-'));
-chmodSync(dir, 0o755);
-let nginx: Nginx;
-test.before(async () => {
-  nginx = await startNginx({ root: dir });
-});
-test.after.always(async () => {
-  await nginx?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+const { place } = servedDir('flashlm-stream-');
 
 const fixtures = {
   opt: { bytes: (layout: 'bundled' | 'split' = 'bundled') => convertToBytes(OPT_DIR, { layout }), prompt: optReference().ref.prompt, n: 24 },
@@ -45,14 +33,6 @@ async function greedy(input: Parameters<typeof openModel>[0], opts: OpenOptions,
   const mem = model.memory;
   await model.close();
   return { ids, summary, mem };
-}
-
-/** Writes fixture bytes where the file and HTTP sources can read them. */
-function place(name: string, bytes: Uint8Array): { path: string; url: string } {
-  const path = join(dir, name);
-  writeFileSync(path, bytes);
-  chmodSync(path, 0o644);
-  return { path, url: nginx.url('/' + name) };
 }
 
 const STREAMING: Strategy[] = ['naive', 'hybrid', 'predictor', 'window'];

@@ -12,9 +12,10 @@
 import { ArgumentError } from '../errors.js';
 import type { FlmFile } from '../format/reader.js';
 import type { GateSparsity } from '../format/layout.js';
-import type { LayerPredictor } from '../format/rewrite.js';
+import type { LayerPredictor, LookaheadPredictor } from '../format/rewrite.js';
 import { createTokenizer } from '../tokenizer/index.js';
-import { bitsetBytes, collectActivations, type Activations } from './collect.js';
+import { bitsetBytes, type Activations } from './collect.js';
+import { forEachLayer } from './layerwise.js';
 import { quantile } from './gates.js';
 import { confusionAtBin, metrics, thresholdForRecall, type PredictorMetrics } from './metrics.js';
 import { sampleWindows } from './text.js';
@@ -45,9 +46,17 @@ export interface CalibrateOptions {
    * predictor is trained on "over the threshold". Default 0.7.
    */
   gateSparsity?: number;
+  /**
+   * Also train lookahead predictors (Deja Vu's asynchronous lookahead): layer
+   * L's active neurons from layer L-1's FFN input, so layer L's reads can
+   * start before layer L-1's FFN has run. Default true.
+   */
+  lookahead?: boolean;
+  /** Threads for the model and the training products (default: the hardware's). */
+  threads?: number;
   signal?: AbortSignal;
-  /** Progress: phase, units done, units total. */
-  onProgress?: (phase: 'collect' | 'train', done: number, total: number) => void;
+  /** Progress: phase ('layers': the model and training, layer by layer), units done, units total. */
+  onProgress?: (phase: 'collect' | 'train' | 'layers', done: number, total: number) => void;
   wasm?: BufferSource | WebAssembly.Module | URL | string;
 }
 
@@ -68,6 +77,9 @@ export interface LayerReport extends PredictorMetrics {
 export interface CalibrationResult {
   predictors: LayerPredictor[];
   layers: LayerReport[];
+  /** Lookahead predictors of layers 1.. (from layer L-1's FFN input), and their held-out reports (`layer` = the predicted layer L). */
+  lookahead: LookaheadPredictor[];
+  lookaheadLayers: LayerReport[];
   /** Tokens the predictors were fitted on, that tuned the thresholds, and held out for the report. */
   trainTokens: number;
   tuneTokens: number;
@@ -117,39 +129,99 @@ export async function calibrate(file: FlmFile, texts: readonly string[], opts: C
   const held: number[][] = [];
   windows.forEach((w, i) => (i % every === every - 1 ? held : i % every === every - 2 ? tune : train).push(w));
   if (!held.length || !tune.length) throw new ArgumentError(`the calibration text is too short: ${windows.length} windows of ${context} tokens, need at least ${every}`);
-  const t0 = performance.now();
-  const acts = await collectActivations(file, [...train, ...tune, ...held], {
-    signal: opts.signal,
-    wasm: opts.wasm,
-    onProgress: (done, total) => opts.onProgress?.('collect', done, total),
-  });
-  const collectSeconds = (performance.now() - t0) / 1000;
   const trainCount = train.reduce((s, w) => s + w.length, 0);
   const tuneCount = tune.reduce((s, w) => s + w.length, 0);
-  const heldCount = acts.tokens - trainCount - tuneCount;
-  const gate = gated ? gateLabels(acts, trainCount, gateSparsity) : undefined;
-
-  const t1 = performance.now();
-  const predictors: LayerPredictor[] = [];
-  const layers: LayerReport[] = [];
+  const ordered = [...train, ...tune, ...held];
+  const total = ordered.reduce((s, w) => s + w.length, 0);
+  const heldCount = total - trainCount - tuneCount;
+  const lookahead = opts.lookahead ?? true;
   const epochs = opts.epochs ?? 4;
   const batch = opts.batch ?? 256;
   const stepsPerLayer = epochs * Math.ceil(trainCount / batch);
-  for (let l = 0; l < a.nLayers; l++) {
-    const { predictor, report } = await trainLayer(file, acts, l, ranks[l]!, trainCount, tuneCount, {
-      ...opts,
-      epochs,
-      batch,
-      target,
-      gateThresholds: gate?.thresholds,
-      onStep: (s) => opts.onProgress?.('train', l * stepsPerLayer + s, a.nLayers * stepsPerLayer),
+  // Progress units per layer: its tokens through the model, then the training steps (each about a token's worth of work per batch token / 8).
+  const trainUnits = (lookahead ? 2 : 1) * stepsPerLayer * Math.max(1, Math.round(batch / 8));
+  const perLayer = total + trainUnits;
+  const progress = (done: number) => opts.onProgress?.('layers', done, a.nLayers * perLayer);
+  const trainers = new Map<number, PredictorTrainer>();
+  const trainerFor = async (rank: number) => {
+    let t = trainers.get(rank);
+    if (!t) {
+      t = await PredictorTrainer.create(a.dModel, a.ffnDim, rank, total, batch, opts.wasm, opts.threads ?? 0);
+      trainers.set(rank, t);
+    }
+    return t;
+  };
+  const predictors: LayerPredictor[] = [];
+  const layers: LayerReport[] = [];
+  const lookaheads: LookaheadPredictor[] = [];
+  const lookaheadLayers: LayerReport[] = [];
+  const thresholds: number[] = [];
+  let prevX: Float32Array | undefined;
+  let collectMs = 0;
+  let trainMs = 0;
+  let mark = performance.now();
+  try {
+    await forEachLayer(file, ordered, { signal: opts.signal, wasm: opts.wasm, threads: opts.threads, onProgress: (l, done) => progress(l * perLayer + done) }, async (data) => {
+      const l = data.layer;
+      const now = performance.now();
+      collectMs += now - mark;
+      mark = now;
+      let active = data.active;
+      if (gated) {
+        const g = gateLayerLabels(data.gate, total, a.ffnDim, trainCount, gateSparsity);
+        thresholds.push(g.threshold);
+        active = g.active;
+      }
+      const trainer = await trainerFor(ranks[l]!);
+      let steps = 0;
+      const common = { ...opts, epochs, batch, target, gateThreshold: gated ? thresholds[l] : undefined };
+      const onStep = (s: number) => progress(l * perLayer + total + Math.round(((steps + s) / ((lookahead ? 2 : 1) * stepsPerLayer)) * trainUnits));
+      const direct = await trainLayer(trainer, file, data.x, active, l, ranks[l]!, trainCount, tuneCount, { ...common, onStep });
+      predictors.push(direct.predictor);
+      layers.push(direct.report);
+      if (lookahead && prevX) {
+        steps = stepsPerLayer;
+        // Layer L's active sets from layer L-1's FFN inputs, starting from the direct predictor's initialisation.
+        const ahead = await trainLayer(trainer, file, prevX, active, l, ranks[l]!, trainCount, tuneCount, { ...common, onStep, initParams: direct.initParams });
+        lookaheads.push({ layer: l, ...ahead.predictor });
+        lookaheadLayers.push(ahead.report);
+      }
+      prevX = lookahead ? data.x : undefined;
+      trainMs += performance.now() - mark;
+      mark = performance.now();
     });
-    predictors.push(predictor);
-    layers.push(report);
+  } finally {
+    await Promise.all([...trainers.values()].map((t) => t.close()));
   }
-  const result: CalibrationResult = { predictors, layers, trainTokens: trainCount, tuneTokens: tuneCount, heldOutTokens: heldCount, collectSeconds, trainSeconds: (performance.now() - t1) / 1000 };
-  if (gate) result.gate = gate;
+  const result: CalibrationResult = {
+    predictors,
+    layers,
+    lookahead: lookaheads,
+    lookaheadLayers,
+    trainTokens: trainCount,
+    tuneTokens: tuneCount,
+    heldOutTokens: heldCount,
+    collectSeconds: collectMs / 1000,
+    trainSeconds: trainMs / 1000,
+  };
+  if (gated) result.gate = { sparsity: gateSparsity, thresholds };
   return result;
+}
+
+/**
+ * One layer of a gated model: the |silu(gate·x)| threshold under which a share
+ * `sparsity` of the first `trainCount` tokens' neurons lies, and the labels
+ * "over the threshold" as bitsets.
+ */
+export function gateLayerLabels(gate: Float32Array, tokens: number, n: number, trainCount: number, sparsity: number): { threshold: number; active: Uint8Array } {
+  const bs = bitsetBytes(n);
+  const threshold = quantile(gate.subarray(0, trainCount * n), sparsity);
+  const active = new Uint8Array(tokens * bs);
+  for (let t = 0; t < tokens; t++) {
+    const row = t * n;
+    for (let j = 0; j < n; j++) if (gate[row + j]! > threshold) active[t * bs + (j >> 3)]! |= 1 << (j & 7);
+  }
+  return { threshold, active };
 }
 
 /**
@@ -159,18 +231,11 @@ export async function calibrate(file: FlmFile, texts: readonly string[], opts: C
  * dropped afterwards).
  */
 export function gateLabels(acts: Activations, trainCount: number, sparsity: number): GateSparsity {
-  const n = acts.ffnDim;
-  const bs = bitsetBytes(n);
   const thresholds = acts.layers.map((L) => {
-    const threshold = quantile(L.gate.subarray(0, trainCount * n), sparsity);
-    const active = new Uint8Array(acts.tokens * bs);
-    for (let t = 0; t < acts.tokens; t++) {
-      const row = t * n;
-      for (let j = 0; j < n; j++) if (L.gate[row + j]! > threshold) active[t * bs + (j >> 3)]! |= 1 << (j & 7);
-    }
-    L.active = active;
+    const g = gateLayerLabels(L.gate, acts.tokens, acts.ffnDim, trainCount, sparsity);
+    L.active = g.active;
     L.gate = new Float32Array(0);
-    return threshold;
+    return g.threshold;
   });
   return { sparsity, thresholds };
 }
@@ -188,53 +253,61 @@ export function siluInverse(t: number): number {
 }
 
 /**
- * Layer `l`: fits on tokens [0, trainCount) of `acts`, tunes the threshold on
- * the next `tuneCount`, reports on the rest.
+ * One predictor of layer `l`'s active sets `active` from inputs `x` (the
+ * layer's own FFN inputs, or layer l-1's for a lookahead predictor): fits on
+ * tokens [0, trainCount), tunes the threshold on the next `tuneCount`, reports
+ * on the rest. `initParams` (the direct predictor's initialisation) skips the
+ * initialisation from the up rows; the parameters it started from are returned.
  */
 export async function trainLayer(
+  trainer: PredictorTrainer,
   file: FlmFile,
-  acts: Activations,
+  x: Float32Array,
+  active: Uint8Array,
   l: number,
   rank: number,
   trainCount: number,
   tuneCount: number,
-  opts: CalibrateOptions & { target: number; epochs: number; batch: number; onStep?: (step: number) => void; gateThresholds?: readonly number[] },
-): Promise<{ predictor: LayerPredictor; report: LayerReport }> {
-  const { dModel: d, ffnDim: n } = acts;
-  const L = acts.layers[l]!;
-  const trainer = await PredictorTrainer.create(d, n, rank, acts.tokens, opts.batch, opts.wasm);
+  opts: CalibrateOptions & { target: number; epochs: number; batch: number; onStep?: (step: number) => void; gateThreshold?: number; initParams?: Params },
+): Promise<{ predictor: LayerPredictor; report: LayerReport; initParams: Params }> {
+  const { d, n } = trainer;
+  const tokens = x.length / d;
+  if (trainer.rank !== rank) throw new ArgumentError(`trainer of rank ${trainer.rank} for rank ${rank}`);
   // Training tokens shuffled (consecutive tokens are alike), then the held-out ones.
-  const order = new Int32Array(acts.tokens);
-  for (let i = 0; i < acts.tokens; i++) order[i] = i;
+  const order = new Int32Array(tokens);
+  for (let i = 0; i < tokens; i++) order[i] = i;
   const rand = rng((opts.seed ?? 1) * 7919 + l);
   for (let i = trainCount - 1; i > 0; i--) {
     const j = Math.floor(rand() * (i + 1));
     [order[i], order[j]] = [order[j]!, order[i]!];
   }
-  trainer.load(L.x, L.active, order);
+  trainer.load(x, active, order);
   const init = opts.init ?? 'data';
-  if (init === 'random') trainer.initRandom(opts.seed ?? 1);
-  else if (acts.gated) {
+  const arch = file.header.arch;
+  const seed = opts.seed ?? 1;
+  if (opts.initParams) trainer.setParams(opts.initParams.a, opts.initParams.b, opts.initParams.bias);
+  else if (init === 'random') trainer.initRandom(seed);
+  else if (arch.activation === 'swiglu' && !exactZeros(arch)) {
     // Gated: the label is |silu(gate·x)| > t, mostly gate·x > silu⁻¹(t): start from the gate rows' low-rank subspace, biased by -silu⁻¹(t).
-    const t = opts.gateThresholds?.[l] ?? 0;
-    trainer.initFromUp(await readFfnPart(file, l, 'gate'), new Float32Array(n).fill(-siluInverse(t)), init, opts.seed ?? 1);
-  } else if (file.header.arch.activation === 'swiglu') {
+    const t = opts.gateThreshold ?? 0;
+    await trainer.initFromUp(await readFfnPart(file, l, 'gate'), new Float32Array(n).fill(-siluInverse(t)), init, seed, undefined, opts.signal);
+  } else if (arch.activation === 'swiglu') {
     // relu-family gates: active needs gate·x > 0 (fatrelu: > T): the gate rows' subspace, biased by -T
-    const arch = file.header.arch;
     const t = arch.gatedAct === 'fatrelu' ? arch.gatedActThreshold ?? 0 : 0;
-    trainer.initFromUp(await readFfnPart(file, l, 'gate'), new Float32Array(n).fill(-t), init, opts.seed ?? 1);
-  } else trainer.initFromUp(await readFfnPart(file, l, 'up'), await readUpBias(file, l), init, opts.seed ?? 1);
+    await trainer.initFromUp(await readFfnPart(file, l, 'gate'), new Float32Array(n).fill(-t), init, seed, undefined, opts.signal);
+  } else await trainer.initFromUp(await readFfnPart(file, l, 'up'), await readUpBias(file, l), init, seed, undefined, opts.signal);
+  const initParams = opts.initParams ?? trainer.params();
   let positives = 0;
   {
     // positives among the training tokens only
     const bs = Math.ceil(n / 8);
-    for (let t = 0; t < trainCount; t++) for (let b = 0; b < bs; b++) positives += popcount(L.active[t * bs + b]!);
+    for (let t = 0; t < trainCount; t++) for (let b = 0; b < bs; b++) positives += popcount(active[t * bs + b]!);
   }
   const negatives = trainCount * n - positives;
   const posWeight = opts.posWeight ?? Math.sqrt(negatives / Math.max(1, positives));
   const heldStart = trainCount + tuneCount;
   if (init !== 'random') trainer.scaleLogits(trainCount, posWeight);
-  const heldOutLossBefore = trainer.loss(heldStart, acts.tokens, posWeight);
+  const heldOutLossBefore = trainer.loss(heldStart, tokens, posWeight);
   // Model selection on the tuning tokens: keep the epoch (0 = the initialisation)
   // that predicts the fewest neurons at the target recall.
   const tuneScore = () => {
@@ -255,18 +328,21 @@ export async function trainLayer(
     },
   });
   trainer.setParams(best.params.a, best.params.b, best.params.bias);
-  const heldOutLossAfter = trainer.loss(heldStart, acts.tokens, posWeight);
+  const heldOutLossAfter = trainer.loss(heldStart, tokens, posWeight);
   const hTune = trainer.histogram(trainCount, heldStart, HIST.lo, HIST.hi, HIST.bins);
   const { threshold, bin } = thresholdForRecall(hTune, opts.target);
   const hTrain = trainer.histogram(0, trainCount, HIST.lo, HIST.hi, HIST.bins);
-  const hHeld = trainer.histogram(heldStart, acts.tokens, HIST.lo, HIST.hi, HIST.bins);
+  const hHeld = trainer.histogram(heldStart, tokens, HIST.lo, HIST.hi, HIST.bins);
   const m = metrics(confusionAtBin(hHeld, bin));
-  const p = trainer.params();
+  const p = best.params;
   return {
     predictor: { rank, threshold, a: p.a, b: p.b, bias: p.bias },
     report: { layer: l, rank, threshold, ...m, trainRecall: metrics(confusionAtBin(hTrain, bin)).recall, heldOutLossBefore, heldOutLossAfter, posWeight, bestEpoch: best.epoch },
+    initParams,
   };
 }
+
+type Params = { a: Float32Array; b: Float32Array; bias: Float32Array };
 
 function popcount(v: number): number {
   let c = 0;

@@ -9,7 +9,7 @@ import { ArgumentError } from '../errors.js';
 import type { GateSparsity } from '../format/layout.js';
 import type { FlmFile } from '../format/reader.js';
 import { createTokenizer } from '../tokenizer/index.js';
-import { collectActivations } from './collect.js';
+import { forEachLayer } from './layerwise.js';
 import { sampleWindows } from './text.js';
 
 export interface GateCalibrateOptions {
@@ -18,6 +18,8 @@ export interface GateCalibrateOptions {
   tokens?: number;
   holdout?: number;
   context?: number;
+  /** Kernel threads, the main one included (default: every core). */
+  threads?: number;
   signal?: AbortSignal;
   onProgress?: (phase: 'collect', done: number, total: number) => void;
   wasm?: BufferSource | WebAssembly.Module | URL | string;
@@ -65,13 +67,13 @@ export async function calibrateGates(file: FlmFile, texts: readonly string[], op
   windows.forEach((w, i) => (i % every === every - 1 ? held : train).push(w));
   if (!held.length) throw new ArgumentError(`the calibration text is too short: ${windows.length} windows, need at least ${every}`);
   const t0 = performance.now();
-  const acts = await collectActivations(file, [...train, ...held], { signal: opts.signal, wasm: opts.wasm, onProgress: (d, t) => opts.onProgress?.('collect', d, t) });
-  const collectSeconds = (performance.now() - t0) / 1000;
   const n = a.ffnDim;
   const trainTokens = train.reduce((s, w) => s + w.length, 0);
-  const layers: GateLayerReport[] = acts.layers.map((L, layer) => {
-    const threshold = quantile(L.gate.subarray(0, trainTokens * n), sparsity);
-    const heldOut = L.gate.subarray(trainTokens * n);
+  const layers: GateLayerReport[] = [];
+  // Layer by layer (each layer's weights read once); only one layer's gate values are held.
+  const info = await forEachLayer(file, [...train, ...held], { signal: opts.signal, wasm: opts.wasm, threads: opts.threads, onProgress: (l, d, t) => opts.onProgress?.('collect', l * t + d, a.nLayers * t) }, ({ layer, gate }) => {
+    const threshold = quantile(gate.subarray(0, trainTokens * n), sparsity);
+    const heldOut = gate.subarray(trainTokens * n);
     let skipped = 0;
     let mass = 0;
     let skippedMass = 0;
@@ -83,7 +85,9 @@ export async function calibrateGates(file: FlmFile, texts: readonly string[], op
         skippedMass += v;
       }
     }
-    return { layer, threshold, heldOutSparsity: heldOut.length ? skipped / heldOut.length : 0, heldOutSkippedMass: mass ? skippedMass / mass : 0 };
+    layers.push({ layer, threshold, heldOutSparsity: heldOut.length ? skipped / heldOut.length : 0, heldOutSkippedMass: mass ? skippedMass / mass : 0 });
   });
+  const collectSeconds = (performance.now() - t0) / 1000;
+  const acts = { tokens: info.tokens };
   return { gate: { sparsity, thresholds: layers.map((l) => l.threshold) }, layers, trainTokens, heldOutTokens: acts.tokens - trainTokens, collectSeconds };
 }

@@ -7,6 +7,7 @@
  */
 import { AbortedError, ArgumentError } from '../errors.js';
 import { createArena, loadKernels } from '../kernels/load.js';
+import { createPool, planThreads, poolBytes, type KernelPool } from '../kernels/pool.js';
 import type { Kernels } from '../kernels/types.js';
 import { Arena, WASM_PAGE } from '../engine/arena.js';
 import { bitsetBytes } from './collect.js';
@@ -69,11 +70,16 @@ export class PredictorTrainer {
   private readonly dzT: number;
   private readonly scratch: number;
   private readonly hist: number;
+  /** Scratch of the prompt (batched) kernel that does the products (mm). */
+  private readonly mmScratch: number;
   private tokens = 0;
   readonly nParams: number;
+  /** The kernels the products run on: split over the pool's threads when there is one. */
+  private k: Kernels;
+  private pool?: KernelPool;
 
   private constructor(
-    private readonly k: Kernels,
+    private readonly k1: Kernels,
     private readonly arena: Arena,
     readonly d: number,
     readonly n: number,
@@ -81,6 +87,7 @@ export class PredictorTrainer {
     readonly capacity: number,
     readonly batch: number,
   ) {
+    this.k = k1;
     const f32 = (name: string, count: number) => arena.alloc(name, count * 4);
     const r = rank;
     const T = batch;
@@ -102,18 +109,55 @@ export class PredictorTrainer {
     this.dzT = f32('dz T', T * r);
     this.scratch = f32('init scratch', initScratchFloats(d, n, r));
     this.hist = arena.alloc('histograms', 2 * MAX_BINS * 8);
+    this.mmScratch = arena.alloc('product scratch', mmScratchBytes(k1, d, n, rank, batch));
   }
 
-  /** A trainer for up to `capacity` tokens of a layer with model width d and n neurons. */
-  static async create(d: number, n: number, rank: number, capacity: number, batch = 256, wasm?: BufferSource | WebAssembly.Module | URL | string): Promise<PredictorTrainer> {
+  /**
+   * A trainer for up to `capacity` tokens of a layer with model width d and n
+   * neurons. `threads` > 1 (and no `wasm` given) splits the products over
+   * worker threads on a shared arena (call close() when done).
+   */
+  static async create(d: number, n: number, rank: number, capacity: number, batch = 256, wasm?: BufferSource | WebAssembly.Module | URL | string, threads = 1): Promise<PredictorTrainer> {
     if (!Number.isInteger(rank) || rank < 1) throw new ArgumentError('rank must be a positive integer');
+    const tp = wasm === undefined && threads > 1 ? await planThreads(threads) : { threads: 1, shared: false, wasm };
     const T = batch;
+    const probe = await loadKernels(createArena(WASM_PAGE * 2, { shared: tp.shared }), tp.wasm);
     const floats = capacity * d + 4 * (rank * d + n * rank + n) + T * (3 * rank + 2 * n + d + 2 * rank) + rank * n + initScratchFloats(d, n, rank);
-    const bytes = floats * 4 + capacity * n + 2 * MAX_BINS * 8 + 64 * 32 + WASM_PAGE;
-    const probe = await loadKernels(createArena(WASM_PAGE * 2), wasm);
-    const memory = createArena(bytes + probe.heap_base());
-    const k = await loadKernels(memory, wasm);
-    return new PredictorTrainer(k, new Arena(memory, k.heap_base()), d, n, rank, capacity, T);
+    const scratch = mmScratchBytes(probe, d, n, rank, batch);
+    const poolRegion = tp.threads > 1 ? poolBytes(probe, tp.threads, { maxPositions: 1, maxNeurons: 1, batchScratchBytes: scratch }) : 0;
+    const bytes = floats * 4 + capacity * n + 2 * MAX_BINS * 8 + scratch + poolRegion + 64 * 32 + WASM_PAGE;
+    const memory = createArena(bytes + probe.heap_base(), { shared: tp.shared });
+    const k = await loadKernels(memory, tp.wasm);
+    const trainer = new PredictorTrainer(k, new Arena(memory, k.heap_base()), d, n, rank, capacity, T);
+    if (tp.threads > 1) {
+      const pool = await createPool(k, { threads: tp.threads, region: trainer.arena.alloc('threads', poolRegion), maxPositions: 1, maxNeurons: 1, batchScratchBytes: scratch });
+      trainer.pool = pool;
+      trainer.k = pool.kernels;
+    }
+    return trainer;
+  }
+
+  /** Threads the products run on. */
+  get threads(): number {
+    return this.pool?.threads ?? 1;
+  }
+
+  /** Stops the worker threads (idempotent); the trainer keeps working on one thread. */
+  async close(): Promise<void> {
+    this.k = this.k1;
+    await this.pool?.close();
+    this.pool = undefined;
+  }
+
+  /**
+   * C[M,N] = A[M,K] · B[N,K]ᵀ with the prompt kernel (B's rows as the weight
+   * rows, A's rows as the tokens): faster than mm_nt and split over the threads.
+   */
+  private mm(C: number, A: number, B: number, M: number, N: number, K: number): void {
+    for (let i = 0; i < M; i += MM_ROWS) {
+      const m = Math.min(MM_ROWS, M - i);
+      this.k.matmul_f32(C + i * N * 4, N * 4, B, A + i * K * 4, K * 4, 0, m, N, K, this.mmScratch);
+    }
   }
 
   get aPtr(): number {
@@ -187,7 +231,7 @@ export class PredictorTrainer {
    * loaded tokens (top eigenvectors of W·C·Wᵀ, C = E[x xᵀ], by subspace
    * iteration); 'svd' the plain truncated SVD (C = I).
    */
-  initFromUp(w: Float32Array, upBias: Float32Array, method: 'data' | 'svd', seed = 1, iterations = 24): void {
+  async initFromUp(w: Float32Array, upBias: Float32Array, method: 'data' | 'svd', seed = 1, iterations = INIT_ITERATIONS, signal?: AbortSignal): Promise<void> {
     const { k, d, n, rank: r } = this;
     if (r >= Math.min(n, d) + 1) throw new ArgumentError(`rank ${r} exceeds min(ffnDim, dModel) = ${Math.min(n, d)}`);
     let at = this.scratch;
@@ -203,33 +247,31 @@ export class PredictorTrainer {
     const P = scratch(r * d);
     const S = scratch(r * d);
     this.f32(W, n * d).set(w);
-    k.transpose(WT, W, n, d);
     const cv = this.f32(C, d * d);
     if (method === 'svd') {
       cv.fill(0);
       for (let i = 0; i < d; i++) cv[i * d + i] = 1;
     } else {
-      // C = XᵀX / N over (up to) 4096 loaded tokens, through the batch transpose buffer.
-      const N = Math.min(this.tokens, 4096);
-      cv.fill(0);
-      for (let t0 = 0; t0 < N; t0 += this.batch) {
-        const T = Math.min(this.batch, N - t0);
-        k.transpose(this.xT, this.x + t0 * d * 4, T, d);
-        k.mm_nt(C, this.xT, this.xT, d, d, T, 1);
-      }
-      for (let i = 0; i < d * d; i++) cv[i] = cv[i]! / Math.max(1, N);
+      // C = XᵀX / N over (up to) 2048 loaded tokens (at most ffnDim: their transpose borrows Wᵀ's room before Wᵀ is made).
+      const N = Math.max(1, Math.min(this.tokens, 2048, n));
+      k.transpose(WT, this.x, N, d);
+      this.mm(C, WT, WT, d, d, N);
+      for (let i = 0; i < d * d; i++) cv[i] = cv[i]! / N;
     }
+    k.transpose(WT, W, n, d);
     const q = this.f32(QT, r * n);
     const rand = rng(seed);
     for (let i = 0; i < r * n; i++) q[i] = rand() - 0.5;
     orthonormalizeRows(q, r, n);
     for (let it = 0; it < iterations; it++) {
-      k.mm_nt(P, QT, WT, r, d, n, 0); // P = Qᵀ W   [r, d]
-      k.mm_nt(S, P, C, r, d, d, 0); // S = Qᵀ W C  (C symmetric)
-      k.mm_nt(QT, S, W, r, n, d, 0); // Qᵀ ← Qᵀ W C Wᵀ  [r, n]
+      if (signal?.aborted) throw new AbortedError('aborted', { cause: signal.reason });
+      this.mm(P, QT, WT, r, d, n); // P = Qᵀ W   [r, d]
+      this.mm(S, P, C, r, d, d); // S = Qᵀ W C  (C symmetric)
+      this.mm(QT, S, W, r, n, d); // Qᵀ ← Qᵀ W C Wᵀ  [r, n]
       orthonormalizeRows(this.f32(QT, r * n), r, n);
+      await yieldToEventLoop();
     }
-    k.mm_nt(P, QT, WT, r, d, n, 0); // A = Qᵀ W
+    this.mm(P, QT, WT, r, d, n); // A = Qᵀ W
     this.f32(this.aPtr, r * d).set(this.f32(P, r * d));
     k.transpose(this.bPtr, QT, r, n); // B = Q
     this.f32(this.biasPtr, n).set(upBias);
@@ -258,35 +300,39 @@ export class PredictorTrainer {
    * "unsure"; at the right scale training starts from what they already rank well.
    */
   scaleLogits(count: number, posWeight: number): number {
-    const { n, rank: r } = this;
+    const { k, n, rank: r } = this;
     const b = this.f32(this.bPtr, n * r);
     const bias = this.f32(this.biasPtr, n);
-    const b0 = b.slice();
     const bias0 = bias.slice();
-    const set = (alpha: number) => {
-      for (let i = 0; i < b.length; i++) b[i] = b0[i]! * alpha;
-      for (let i = 0; i < n; i++) bias[i] = bias0[i]! * alpha;
-    };
+    const alphas: number[] = [];
+    for (let alpha = 1; alpha <= 4096; alpha *= 2) alphas.push(alpha);
+    const losses = new Float64Array(alphas.length);
+    // Logits scale with B and the bias: one forward pass per batch, then the loss at every scale
+    // on a scaled copy (lgT is free here), with the bias scaled alike (in the bias' own slot).
     const sample = Math.min(count, 2048);
-    let best = 1;
-    let bestLoss = Infinity;
-    for (let alpha = 1; alpha <= 4096; alpha *= 2) {
-      set(alpha);
-      const loss = this.loss(0, sample, posWeight);
-      if (loss < bestLoss) {
-        bestLoss = loss;
-        best = alpha;
-      }
+    for (let s = 0; s < sample; s += this.batch) {
+      const T = Math.min(this.batch, sample - s);
+      this.forward(s, T);
+      alphas.forEach((alpha, i) => {
+        this.mem.copyWithin(this.lgT, this.lg, this.lg + T * n * 4);
+        k.scale(this.lgT, T * n, alpha);
+        for (let j = 0; j < n; j++) bias[j] = bias0[j]! * alpha;
+        losses[i] += k.bce_grad(this.lgT, this.y + s * n, this.biasPtr, T, n, posWeight, 0);
+      });
     }
-    set(best);
-    return best;
+    let best = 0;
+    for (let i = 1; i < alphas.length; i++) if (losses[i]! < losses[best]!) best = i;
+    const alpha = alphas[best]!;
+    for (let i = 0; i < b.length; i++) b[i] = b[i]! * alpha;
+    for (let j = 0; j < n; j++) bias[j] = bias0[j]! * alpha;
+    return alpha;
   }
 
   /** Forward pass: logits (without the bias) of tokens [t0, t0+T) into the logits buffer. */
   private forward(t0: number, T: number): void {
     const { k, d, n, rank: r } = this;
-    k.mm_nt(this.z, this.x + t0 * d * 4, this.aPtr, T, r, d, 0);
-    k.mm_nt(this.lg, this.z, this.bPtr, T, n, r, 0);
+    this.mm(this.z, this.x + t0 * d * 4, this.aPtr, T, r, d);
+    this.mm(this.lg, this.z, this.bPtr, T, n, r);
   }
 
   /** One Adam step on tokens [t0, t0+T); returns the summed loss. */
@@ -300,12 +346,12 @@ export class PredictorTrainer {
     k.colsum(gBias, this.lg, T, n, 0);
     k.transpose(this.lgT, this.lg, T, n); // dLᵀ [n, T]
     k.transpose(this.zT, this.z, T, r); // Zᵀ [r, T]
-    k.mm_nt(gB, this.lgT, this.zT, n, r, T, 0); // dB = dLᵀ Z
+    this.mm(gB, this.lgT, this.zT, n, r, T); // dB = dLᵀ Z
     k.transpose(this.bT, this.bPtr, n, r); // Bᵀ [r, n]
-    k.mm_nt(this.dz, this.lg, this.bT, T, r, n, 0); // dZ = dL B
+    this.mm(this.dz, this.lg, this.bT, T, r, n); // dZ = dL B
     k.transpose(this.dzT, this.dz, T, r); // dZᵀ [r, T]
     k.transpose(this.xT, this.x + t0 * d * 4, T, d); // Xᵀ [d, T]
-    k.mm_nt(gA, this.dzT, this.xT, r, d, T, 0); // dA = dZᵀ X
+    this.mm(gA, this.dzT, this.xT, r, d, T); // dA = dZᵀ X
     const b1 = 0.9;
     const b2 = 0.999;
     k.adam_step(this.p, this.g, this.m, this.v, this.nParams, lr, b1, b2, 1e-8, 1 - Math.pow(b1, t), 1 - Math.pow(b2, t));
@@ -320,6 +366,7 @@ export class PredictorTrainer {
     const perEpoch = Math.ceil(count / T);
     const total = epochs * perEpoch;
     let step = 0;
+    let yielded = performance.now();
     let firstLoss = NaN;
     let lastLoss = NaN;
     for (let e = 0; e < epochs; e++) {
@@ -333,7 +380,11 @@ export class PredictorTrainer {
         sum += loss;
         step++;
         opts.onStep?.(step, total, loss / len);
-        if (step % 16 === 0) await yieldToEventLoop();
+        // Let signals and progress through every 50 ms: a step of a big layer takes a good part of a second.
+        if (performance.now() - yielded > 50) {
+          await yieldToEventLoop();
+          yielded = performance.now();
+        }
       }
       if (e === 0) firstLoss = sum / count;
       lastLoss = sum / count;
@@ -379,6 +430,17 @@ export class PredictorTrainer {
 
 /** Most histogram bins of a threshold sweep. */
 export const MAX_BINS = 8192;
+
+/** Subspace iterations of the 'data' / 'svd' initialisation (each costs 2·rank·ffnDim·dModel multiply-adds). */
+export const INIT_ITERATIONS = 6;
+
+/** Rows of A per call of the prompt kernel in mm (bounds its scratch). */
+const MM_ROWS = 64;
+
+/** Scratch of the prompt kernel for mm's widest product (K up to max(dModel, ffnDim, rank, batch, 2048)). */
+function mmScratchBytes(k: Kernels, d: number, n: number, r: number, batch: number): number {
+  return k.batch_scratch_bytes(MM_ROWS, Math.max(d, n, r, batch, 2048));
+}
 
 /** f32 scratch of initFromUp: W, Wᵀ, C, Qᵀ, P, S. */
 const initScratchFloats = (d: number, n: number, r: number) => 2 * n * d + d * d + r * n + 2 * r * d;

@@ -3,6 +3,16 @@ import type { FfnPart } from '../format/layout.js';
 import type { FlmFile } from '../format/reader.js';
 import { f16BitsToF32, q4Value } from '../kernels/quant.js';
 
+let table: Float32Array | undefined;
+/** Every f16 bit pattern's value (decoding a 6.7B layer's rows by table is ~10x faster than by arithmetic). */
+function f16Table(): Float32Array {
+  if (!table) {
+    table = new Float32Array(65536);
+    for (let i = 0; i < 65536; i++) table[i] = f16BitsToF32(i);
+  }
+  return table;
+}
+
 /** Part `part` of every neuron of `layer` as f32 [ffnDim, dModel] (verified as it is read). */
 export async function readFfnPart(file: FlmFile, layer: number, part: FfnPart): Promise<Float32Array> {
   const f = file.header.ffn[layer]!;
@@ -17,7 +27,10 @@ export async function readFfnPart(file: FlmFile, layer: number, part: FfnPart): 
     const at = f.partOffsets[p]! + i * f.stride;
     const row = out.subarray(i * f.d, (i + 1) * f.d);
     if (f.dtype === 'f32') for (let c = 0; c < f.d; c++) row[c] = dv.getFloat32(at + 4 * c, true);
-    else if (f.dtype === 'f16') for (let c = 0; c < f.d; c++) row[c] = f16BitsToF32(dv.getUint16(at + 2 * c, true));
+    else if (f.dtype === 'f16') {
+      const lut = f16Table();
+      for (let c = 0; c < f.d; c++) row[c] = lut[dv.getUint16(at + 2 * c, true)]!;
+    }
     else if (f.dtype === 'q8') for (let c = 0; c < f.d; c++) row[c] = Math.fround(dv.getInt8(at + c) * dv.getFloat32(at + f.scaleAt + 4 * Math.floor(c / 32), true));
     else if (f.dtype === 'q4') {
       const scales = new Uint16Array(Math.ceil(f.d / 32));

@@ -26,6 +26,10 @@ export interface CalibrateFlags {
   gateSparsity: number;
   /** Gated models: keep the gate rows resident (thresholds only) or train predictors of the thresholded set. */
   gateMode?: 'resident' | 'predicted';
+  /** Train lookahead predictors (default true; --no-lookahead). */
+  lookahead?: boolean;
+  /** Kernel threads, the main one included (default: every core). */
+  threads?: number;
   json?: boolean;
   /** Replace an existing file that is not a .flm. */
   force?: boolean;
@@ -68,6 +72,7 @@ export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Pr
         tokens: flags.tokens,
         holdout: flags.holdout,
         context: flags.context,
+        threads: flags.threads,
         signal: interrupt.signal,
         onProgress: (_p, done, total) => progress('tokens', done, total),
       });
@@ -87,7 +92,8 @@ export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Pr
     }
     if (!bar) {
       const what = gated ? ` of |silu(gate·x)| over the ${(100 * flags.gateSparsity).toFixed(0)}%-sparsity thresholds` : '';
-      process.stderr.write(`calibrating ${modelPath}: running the dense model over ${flags.tokens} tokens, then training ${file.header.arch.nLayers} predictors${what}\n`);
+      const ahead = flags.lookahead !== false ? ' (and lookahead predictors)' : '';
+      process.stderr.write(`calibrating ${modelPath}: ${flags.tokens} tokens through the model layer by layer, training each layer's predictor${ahead}${what} as it goes\n`);
     }
     const result = await calibrate(file, texts, {
       rank: flags.rankPerLayer ?? flags.rank,
@@ -99,13 +105,16 @@ export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Pr
       init: flags.init,
       seed: flags.seed,
       gateSparsity: flags.gateSparsity,
+      lookahead: flags.lookahead !== false,
+      threads: flags.threads,
       signal: interrupt.signal,
-      onProgress: (p, done, total) => progress(p === 'collect' ? 'tokens' : 'training', done, total),
+      onProgress: (p, done, total) => progress(p === 'collect' ? 'tokens' : p === 'train' ? 'training' : 'layers', done, total),
     });
     sink = await FileSink.create(flags.output);
     const labels = result.gate ? `, predicted gates for ${result.gate.sparsity} sparsity` : '';
     const header = await writeWithPredictors(file, result.predictors, sink, {
       signal: interrupt.signal,
+      lookahead: result.lookahead,
       // Gated: the thresholds the labels came from are stored too (recall is measured against them; --sparsity gate stays available).
       gate: result.gate,
       meta: { calibration: `${result.trainTokens} train / ${result.tuneTokens} tune / ${result.heldOutTokens} held-out tokens, recall target ${flags.recall}, init ${flags.init}${labels}` },
@@ -132,7 +141,7 @@ export async function runCalibrate(modelPath: string, flags: CalibrateFlags): Pr
 }
 
 function summary(r: CalibrationResult) {
-  const { predictors: _p, ...rest } = r;
+  const { predictors: _p, lookahead: _l, ...rest } = r;
   return rest;
 }
 
@@ -149,8 +158,11 @@ export function formatGates(g: GateCalibration): string {
 /** The per-layer table: held-out recall, precision, predicted and true active fractions. */
 export function formatCalibration(r: CalibrationResult, target: number): string {
   const pct = (v: number) => `${(100 * v).toFixed(1)}%`;
-  const rows = [['layer', 'rank', 'threshold', 'recall', 'precision', 'predicted', 'true active', 'pred/true', 'loss before→after']];
+  const ahead = new Map(r.lookaheadLayers.map((l) => [l.layer, l]));
+  const withAhead = ahead.size > 0;
+  const rows = [['layer', 'rank', 'threshold', 'recall', 'precision', 'predicted', 'true active', 'pred/true', 'loss before→after', ...(withAhead ? ['lookahead recall', 'precision', 'predicted'] : [])]];
   for (const l of r.layers) {
+    const la = ahead.get(l.layer);
     rows.push([
       String(l.layer),
       String(l.rank),
@@ -161,13 +173,19 @@ export function formatCalibration(r: CalibrationResult, target: number): string 
       pct(l.trueFraction),
       (l.predictedFraction / Math.max(1e-12, l.trueFraction)).toFixed(2),
       `${l.heldOutLossBefore.toFixed(1)}→${l.heldOutLossAfter.toFixed(1)}`,
+      ...(withAhead ? (la ? [pct(la.recall), pct(la.precision), pct(la.predictedFraction)] : ['-', '-', '-']) : []),
     ]);
   }
-  const mean = (f: (l: (typeof r.layers)[number]) => number) => r.layers.reduce((s, l) => s + f(l), 0) / r.layers.length;
-  rows.push(['mean', '', '', pct(mean((l) => l.recall)), pct(mean((l) => l.precision)), pct(mean((l) => l.predictedFraction)), pct(mean((l) => l.trueFraction)), '', '']);
+  const mean = (f: (l: (typeof r.layers)[number]) => number, ls = r.layers) => ls.reduce((s, l) => s + f(l), 0) / ls.length;
+  const la = r.lookaheadLayers;
+  rows.push([
+    'mean', '', '', pct(mean((l) => l.recall)), pct(mean((l) => l.precision)), pct(mean((l) => l.predictedFraction)), pct(mean((l) => l.trueFraction)), '', '',
+    ...(withAhead ? [pct(mean((l) => l.recall, la)), pct(mean((l) => l.precision, la)), pct(mean((l) => l.predictedFraction, la))] : []),
+  ]);
   const w = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
   const lines = rows.map((row) => row.map((v, c) => (c === 0 ? v.padEnd(w[c]!) : v.padStart(w[c]!))).join('  '));
   return (
-    `held-out: ${r.heldOutTokens} tokens (fitted on ${r.trainTokens}, thresholds tuned on ${r.tuneTokens}); recall target ${pct(target)}\n` + lines.join('\n') + '\n'
+    `held-out: ${r.heldOutTokens} tokens (fitted on ${r.trainTokens}, thresholds tuned on ${r.tuneTokens}); recall target ${pct(target)}` +
+    (withAhead ? `; lookahead: layer L's neurons from layer L-1's FFN input` : '') + '\n' + lines.join('\n') + '\n'
   );
 }

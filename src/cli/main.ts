@@ -130,6 +130,8 @@ export function buildCli(): Command {
         .choices(['resident', 'predicted'])
         .default('resident'),
     )
+    .option('--no-lookahead', 'skip the lookahead predictors (layer L\'s neurons from layer L-1\'s FFN input, to start reads a layer early)')
+    .option('-t, --threads <n>', 'kernel threads, the main one included (default: every core)', int('threads', 1))
     .option('--json', 'print the per-layer report as JSON')
     .option('--force', 'replace an existing output file that is not a .flm')
     .action(runCalibrate);

@@ -29,6 +29,10 @@ export interface ModelFlags extends HttpFlags {
   sparsity?: Sparsity;
   window: number;
   direct?: boolean;
+  /** --io-depth: local file reads in flight (the launcher sized libuv's pool from it before Node started it). */
+  ioDepth?: number;
+  /** false with --no-prefetch. */
+  prefetch: boolean;
   measurePredictor?: boolean;
   /** How the oracle knows the true active neurons: a copy of the FFN, or each layer read again (no copy). */
   oracle?: 'copy' | 'paged';
@@ -93,6 +97,8 @@ export function addModelOptions(c: Command): Command {
     .option('--window <k>', 'window strategy: keep neurons used in the last k tokens', int('window', 1), 4)
     .addOption(new Option('--oracle <mode>', 'the oracle (--sparsity oracle, --measure-predictor): a copy of the FFN outside the budget, or each layer read again from the file (no copy); default: copy up to 1 GiB of FFN').choices(['copy', 'paged']))
     .option('--direct', 'read local files with O_DIRECT (bypass the page cache)')
+    .option('--io-depth <n>', 'local files: reads in flight, and libuv threads to run them (default: UV_THREADPOOL_SIZE, else 16)', int('io-depth', 1))
+    .option('--no-prefetch', "don't read the next layer's neurons while this one computes (hybrid; predictor/window with predictors)")
     .option('--chat-template <file>', 'a Jinja chat template (instead of, or for a model without, the one in its tokenizer_config.json)');
 }
 
@@ -107,6 +113,7 @@ export function openOptions(f: ModelFlags): OpenOptions {
     sparsity: f.sparsity,
     window: f.window,
     direct: f.direct,
+    prefetch: f.prefetch,
     measurePredictor: f.measurePredictor,
     oracle: f.oracle,
     chatTemplate: f.chatTemplate === undefined ? undefined : readFileSync(f.chatTemplate, 'utf8'),
@@ -116,6 +123,9 @@ export function openOptions(f: ModelFlags): OpenOptions {
 
 /** Opens the model the flags describe, with a progress bar of the weights being loaded when stderr is a terminal. */
 export async function openModelCli(model: string, f: ModelFlags): Promise<Model> {
+  // The file source takes its reads in flight from UV_THREADPOOL_SIZE (file-node.ts threadPoolSize), which bin/flashlm.js
+  // already set from --io-depth before libuv started its pool; run in-process, the pool keeps its size and the depth still holds.
+  if (f.ioDepth !== undefined) process.env.UV_THREADPOOL_SIZE = String(Math.min(1024, f.ioDepth));
   const bar = progressBar('loading [{bar}] {percentage}% {got} / {size}');
   try {
     return await openModel(model, {

@@ -20,7 +20,8 @@ export function describeModel(model: Model, oracle?: OracleMode): string {
       ? `dense: ${fmtBytes(p.residentBytes + p.ffnBytes)} of weights resident`
       : `${p.strategy}${p.window ? ` (window ${p.window})` : ''}, sparsity ${p.sparsity}: resident ${fmtBytes(p.residentBytes)}, FFN ${fmtBytes(p.ffnBytes)} streamed` +
         (p.window ? `, cache ${fmtBytes(p.cacheBytes)} (${p.capacity}/${p.neurons} neurons per layer)` : '') +
-        `, staging ${fmtBytes(p.stagingBytes)}`;
+        `, staging ${fmtBytes(p.stagingBytes)}` +
+        (p.prefetchBytes ? ` + ${fmtBytes(p.prefetchBytes)} for the next layer's reads` : '');
   const th = model.threading;
   let out = `${residency}; arena ${fmtBytes(p.arenaBytes)}; ${th.threads} thread${th.threads === 1 ? '' : 's'}\n`;
   if (th.fallbackReason) out += `note: running on one thread: ${th.fallbackReason}\n`;
@@ -91,6 +92,8 @@ export function formatStats(s: StatsSummary): string {
     ['arena bytes', fmtBytes(s.arenaBytes)],
     ['predictor recall', pct(s.predictorRecall)],
     ['predictor precision', pct(s.predictorPrecision)],
+    ['prefetched neurons / token (used)', `${s.prefetchedNeuronsPerToken.toFixed(1)} (${pct(s.prefetchUseRate)})`],
+    ['lookahead recall / precision', `${pct(s.lookaheadRecall)} / ${pct(s.lookaheadPrecision)}`],
     ['true active / token (of FFN neurons)', pct(s.activeFractionPerToken)],
     ['neurons read / token (of FFN neurons)', pct(s.newFractionPerToken)],
     ['oracle ms / token (not in total)', s.oracleMsPerToken.toFixed(2)],

@@ -91,17 +91,12 @@ export function runFfnPtrs(k: Kernels, f: FfnEntry, out: number, x: number, ptrs
  * batch_scratch_bytes(T, d) bytes.
  */
 export function runFfnBatch(k: Kernels, f: FfnEntry, out: number, ldo: number, x: number, ldx: number, T: number, n: number, partPtrs: readonly number[], stride: number, h: number, scratch: number, act: ActArgs): void {
-  if (f.dtype === 'q4') {
-    // no batched q4 kernels: token by token
-    for (let t = 0; t < T; t++) runFfnKernel(k, f, out + t * ldo, x + t * ldx, n, partPtrs, stride, h + t * n * 4, act);
-    return;
-  }
   if (f.parts.length === 2) {
     const bias = f.hasBias ? 1 : 0;
-    const run = f.dtype === 'f32' ? k.ffn_relu_f32_batch : f.dtype === 'f16' ? k.ffn_relu_f16_batch : f.dtype === 'q8' ? k.ffn_relu_q8_batch : k.ffn_relu_i8_batch;
+    const run = f.dtype === 'f32' ? k.ffn_relu_f32_batch : f.dtype === 'f16' ? k.ffn_relu_f16_batch : f.dtype === 'q8' ? k.ffn_relu_q8_batch : f.dtype === 'q4' ? k.ffn_relu_q4_batch : k.ffn_relu_i8_batch;
     run(out, ldo, x, ldx, T, f.d, n, partPtrs[0]!, partPtrs[1]!, stride, bias, h, scratch);
   } else {
-    const run = f.dtype === 'f32' ? k.ffn_swiglu_f32_batch : f.dtype === 'f16' ? k.ffn_swiglu_f16_batch : f.dtype === 'q8' ? k.ffn_swiglu_q8_batch : k.ffn_swiglu_i8_batch;
+    const run = f.dtype === 'f32' ? k.ffn_swiglu_f32_batch : f.dtype === 'f16' ? k.ffn_swiglu_f16_batch : f.dtype === 'q8' ? k.ffn_swiglu_q8_batch : f.dtype === 'q4' ? k.ffn_swiglu_q4_batch : k.ffn_swiglu_i8_batch;
     run(out, ldo, x, ldx, T, f.d, n, partPtrs[0]!, partPtrs[1]!, partPtrs[2]!, stride, h, scratch, act.afn, act.athr);
   }
 }

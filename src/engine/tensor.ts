@@ -41,13 +41,9 @@ export function matvec(k: Kernels, out: number, w: Tensor, x: number, bias: numb
 
 /** out[t] = W x[t] (+ bias) for T tokens (rows ldx / ldo bytes apart), each bit-identical to matvec; `scratch` has batch_scratch_bytes(T, W.cols, 0) bytes or more. */
 export function matmul(k: Kernels, out: number, ldo: number, w: Tensor, x: number, ldx: number, bias: number, T: number, scratch: number): void {
-  // q4 has no batched kernel: one matvec per token (scratch holds matvec_i8_scratch_bytes(cols))
-  if (w.dtype === 'q4') {
-    for (let t = 0; t < T; t++) k.matvec_q4(out + t * ldo, w.ptr, w.scales, x + t * ldx, bias, w.rows, w.cols, scratch);
-    return;
-  }
   if (w.dtype === 'f32') k.matmul_f32(out, ldo, w.ptr, x, ldx, bias, T, w.rows, w.cols, scratch);
   else if (w.dtype === 'f16') k.matmul_f16(out, ldo, w.ptr, x, ldx, bias, T, w.rows, w.cols, scratch);
   else if (w.dtype === 'q8') k.matmul_q8(out, ldo, w.ptr, w.scales, x, ldx, bias, T, w.rows, w.cols, scratch);
+  else if (w.dtype === 'q4') k.matmul_q4(out, ldo, w.ptr, w.scales, x, ldx, bias, T, w.rows, w.cols, scratch);
   else k.matmul_i8(out, ldo, w.ptr, w.scales, x, ldx, bias, T, w.rows, w.cols, scratch);
 }

@@ -20,9 +20,19 @@ export interface BatchSink<U> {
   onBatch(use: U, layer: StreamLayer, at: number, len: number, src: number): void;
 }
 
+/** Scheduling between two fetchers on one source: a background one issues reads only while the other has none waiting to go out. */
+export interface ReadPriority {
+  /** May this fetcher issue a read now? */
+  canIssue(): boolean;
+  /** Told when this fetcher has issued every read of its batch (a lower-priority fetcher may go). */
+  drained(): void;
+}
+
 export class RecordFetcher<U> {
   /** Part pointers of the current batch's records (u32 [len][parts]). */
   readonly srcView: Uint32Array;
+  /** Optional scheduling (prefetch.ts): set once, before the first fetch. */
+  priority?: ReadPriority;
   private readonly planner: ReadPlanner;
   private readonly parallel: number;
   /** The whole arena as bytes: reads land in it at staging offsets, without a view per read. */
@@ -68,6 +78,8 @@ export class RecordFetcher<U> {
     alignment: number,
     maxRegions: number,
     private readonly stats: RunStats | undefined,
+    /** A background fetcher (prefetch): its reads count as bytes and requests, their time is accounted by its owner. */
+    private readonly background = false,
   ) {
     const n = file.header.arch.ffnDim;
     this.srcView = new Uint32Array(arena.memory.buffer, src, n * file.header.ffn[0]!.parts.length);
@@ -81,12 +93,26 @@ export class RecordFetcher<U> {
     this.multi = file.source.readRanges && file.source.multiRange ? undefined : false;
   }
 
+  /** True while reads of the current batch wait to be issued (a background fetcher must not go before them). */
+  get issuing(): boolean {
+    return this.resolveBatch !== undefined && this.nextRead < this.planner.requestCount && !this.readFailed;
+  }
+
+  /** Issues what the priority held back (the higher-priority fetcher has drained). */
+  kick(): void {
+    if (this.resolveBatch) this.pump();
+  }
+
   /**
    * Reads the records of `ids[start..end)` into staging, batch by batch (as
    * many as the staging area holds), verifies them and hands each batch to
    * `sink.onBatch(use, ...)` with the part pointers of its records in `src`.
+   * `blocking`: the caller waits on these reads (their time is I/O it did
+   * not hide); false when it computes while they are in flight. `once`:
+   * only the first batch (a prefetch: staging holds its records until used).
+   * Resolves to how many of the ids were read.
    */
-  async fetch(layer: StreamLayer, ids: Int32Array, start: number, end: number, sink: BatchSink<U>, use: U): Promise<void> {
+  async fetch(layer: StreamLayer, ids: Int32Array, start: number, end: number, sink: BatchSink<U>, use: U, blocking = true, once = false): Promise<number> {
     const { f, section, regions } = layer;
     const stats = this.stats;
     stats?.neuronsRead(end - start);
@@ -98,7 +124,8 @@ export class RecordFetcher<U> {
     const costs = this.costs;
     const source = this.file.source;
     if (costs && this.multi !== false) this.multi = costs.multiRange = await source.multiRange!();
-    for (let done = start; done < end; ) {
+    let done = start;
+    while (done < end) {
       if (costs) {
         const link = source.link!;
         costs.rttMs = link.rttMs;
@@ -108,9 +135,14 @@ export class RecordFetcher<U> {
       }
       plan.plan(ids, done, end, regions);
       const t0 = performance.now();
-      await this.readPlanned();
+      if (blocking) stats?.blockStart();
+      try {
+        await this.readPlanned();
+      } finally {
+        if (blocking) stats?.blockEnd();
+      }
       const t1 = performance.now();
-      stats?.io(plan.readBytes, plan.requestCount, t1 - t0, true);
+      stats?.io(plan.readBytes, plan.requestCount, this.background ? 0 : t1 - t0, true);
       if (costs) {
         const link = source.link!;
         stats?.link(link.rttMs, link.connMBps, link.linkMBps);
@@ -135,7 +167,9 @@ export class RecordFetcher<U> {
       stats?.unpack(performance.now() - t1);
       sink.onBatch(use, layer, done - start, plan.count, this.src);
       done += plan.count;
+      if (once) break;
     }
+    return done - start;
   }
 
   /**
@@ -161,7 +195,8 @@ export class RecordFetcher<U> {
   private pump(): void {
     const plan = this.planner;
     const src = this.file.source;
-    while (!this.readFailed && this.inFlight < this.parallel && this.nextRead < plan.requestCount) {
+    const priority = this.priority;
+    while (!this.readFailed && this.inFlight < this.parallel && this.nextRead < plan.requestCount && (!priority || priority.canIssue())) {
       const k = this.nextRead++;
       const i = plan.reqFirst[k]!;
       const to = plan.reqFirst[k + 1]!;
@@ -182,6 +217,7 @@ export class RecordFetcher<U> {
         this.fail(e);
       }
     }
+    if (priority && (this.readFailed || this.nextRead >= plan.requestCount)) priority.drained();
     if (this.inFlight === 0 && (this.readFailed || this.nextRead >= plan.requestCount)) {
       const resolve = this.resolveBatch;
       const reject = this.rejectBatch;

@@ -78,6 +78,37 @@ export class NeuronSelector {
     return this.xView;
   }
 
+  /**
+   * Deja Vu's lookahead: the neurons layer `next` is predicted to need, from
+   * this layer's FFN input x — with its lookahead predictor (trained on that
+   * input), else its direct predictor applied to it (the residual stream
+   * changes little from one layer to the next). Ids ascending into `out`;
+   * returns their count, or -1 when `next` has neither predictor. Uses the
+   * logits buffer (free once select() is done with it).
+   */
+  lookahead(next: StreamLayer, x: number, out: Int32Array): number {
+    const p = next.ahead ?? next.pred;
+    if (!p) return -1;
+    matvec(this.k, this.r.rankBuf, p.a, x, 0, this.r.i8scratch);
+    matvec(this.k, this.r.logits, p.b, this.r.rankBuf, p.bias.ptr, this.r.i8scratch);
+    const lv = this.logitsView;
+    let count = 0;
+    for (let j = 0; j < this.n; j++) if (lv[j]! > p.threshold) out[count++] = j;
+    return count;
+  }
+
+  /** Keeps the ids of `list[0, count)` whose last lookahead logit exceeds its threshold by `margin` (in place, order kept); returns how many. */
+  confident(next: StreamLayer, list: Int32Array, count: number, margin: number): number {
+    const t = (next.ahead ?? next.pred)!.threshold + margin;
+    const lv = this.logitsView;
+    let m = 0;
+    for (let i = 0; i < count; i++) {
+      const j = list[i]!;
+      if (lv[j]! > t) list[m++] = j;
+    }
+    return m;
+  }
+
   /** Fills the active list for a layer's input x; returns its length. */
   select(layer: StreamLayer, x: number): number {
     const av = this.activeView;
@@ -103,6 +134,8 @@ export class NeuronSelector {
     } else if (this.selection === 'oracle') {
       const h = this.oracle!.activations(layer.f.layer, this.xFloats(x));
       for (let j = 0; j < this.n; j++) if (h[j] !== 0) av[count++] = j;
+      // The file's predictor, measured on the way (per layer, next to the lookahead's figures).
+      if (layer.pred && this.stats) this.measureOnOracle(layer, x, h, count);
     } else {
       const p = layer.pred!;
       matvec(this.k, this.r.rankBuf, p.a, x, 0, this.r.i8scratch);
@@ -112,6 +145,26 @@ export class NeuronSelector {
       if (this.oracle && this.stats) this.measurePredictor(layer, x, count);
     }
     return count;
+  }
+
+  /** Oracle selection with a predictor in the file: its confusion counts against the true set h (count nonzero). */
+  private measureOnOracle(layer: StreamLayer, x: number, h: Float32Array, truth: number): void {
+    const t0 = performance.now();
+    const p = layer.pred!;
+    matvec(this.k, this.r.rankBuf, p.a, x, 0, this.r.i8scratch);
+    matvec(this.k, this.r.logits, p.b, this.r.rankBuf, p.bias.ptr, this.r.i8scratch);
+    const lv = this.logitsView;
+    let tp = 0;
+    let predicted = 0;
+    for (let j = 0; j < this.n; j++) {
+      if (lv[j]! > p.threshold) {
+        predicted++;
+        if (h[j] !== 0) tp++;
+      }
+    }
+    this.stats!.predictor(tp, predicted - tp, truth - tp, layer.f.layer);
+    // Measurement, like the oracle: timed apart from the strategy.
+    this.stats!.oracle(performance.now() - t0, -1, 0);
   }
 
   /**
@@ -139,6 +192,6 @@ export class NeuronSelector {
       for (let j = 0; j < this.n; j++) if (h[j] !== 0) truth++;
       for (let i = 0; i < count; i++) if (h[av[i]!] !== 0) tp++;
     }
-    this.stats!.predictor(tp, count - tp, truth - tp);
+    this.stats!.predictor(tp, count - tp, truth - tp, layer.f.layer);
   }
 }

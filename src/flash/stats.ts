@@ -39,8 +39,11 @@ export interface TokenStats {
   linkConnMBps: number;
   linkMBps: number;
   linkKnown: boolean;
-  /** Window mode: ms of compute that ran while the token's reads were in flight (part of ioMs: the I/O it hid). */
+  /** ms of I/O hidden behind compute (part of ioMs): window mode's cached neurons computed while the new ones load, and prefetched reads that landed while the engine computed. */
   hiddenIoMs: number;
+  /** Prefetch: neurons read ahead for a later layer, and how many of them that layer used. */
+  prefetchedNeurons: number;
+  prefetchUsed: number;
 }
 
 export interface StatsSummary {
@@ -69,6 +72,18 @@ export interface StatsSummary {
   oracleMsPerToken: number;
   /** ms per token of I/O hidden behind compute (counted in ioMsPerToken, not in computeMsPerToken). */
   hiddenIoMsPerToken: number;
+  /** Neurons read ahead per token (prefetch), and the share of them the next layer used; null without prefetch. */
+  prefetchedNeuronsPerToken: number;
+  prefetchUseRate: number | null;
+  /** The lookahead predictions (next layer's neurons from this layer's FFN input) against the neurons the next layer selected, over every token since open; null without them. */
+  lookaheadRecall: number | null;
+  lookaheadPrecision: number | null;
+  /**
+   * Per layer, over every token since open (null where unknown): the direct
+   * predictor's recall against the true active set, and the lookahead's
+   * recall and precision against the layer's selected set.
+   */
+  layers?: { predictorRecall: (number | null)[]; lookaheadRecall: (number | null)[]; lookaheadPrecision: (number | null)[] };
   /** The link model (remote sources), averaged over the tokens that had one; absent otherwise. */
   link?: { rttMs: number; connMBps: number; linkMBps: number };
   strategy: string;
@@ -84,6 +99,8 @@ export interface RunStatsInfo {
   ffnBytesTotal: number;
   /** FFN neurons over all layers (nLayers × ffnDim), for the neuron fractions. */
   ffnNeurons?: number;
+  /** Layers, for the per-layer predictor figures. */
+  nLayers?: number;
   strategy: string;
   sparsity: string;
   window: number | null;
@@ -119,7 +136,17 @@ const LINK_CONN = 20;
 const LINK_BW = 21;
 const LINK_KNOWN = 22;
 const HIDDEN_MS = 23;
-const FIELDS = 24;
+const PF_READ = 24;
+const PF_USED = 25;
+const FIELDS = 26;
+// Per-layer counters (since open): direct predictor tp/fp/fn, lookahead tp/predicted/selected.
+const L_TP = 0;
+const L_FP = 1;
+const L_FN = 2;
+const LA_TP = 3;
+const LA_PRED = 4;
+const LA_SEL = 5;
+const LAYER_FIELDS = 6;
 
 function fromSlots(a: Float64Array, at: number): TokenStats {
   return {
@@ -147,6 +174,8 @@ function fromSlots(a: Float64Array, at: number): TokenStats {
     linkMBps: a[at + LINK_BW]!,
     linkKnown: a[at + LINK_KNOWN] === 1,
     hiddenIoMs: a[at + HIDDEN_MS]!,
+    prefetchedNeurons: a[at + PF_READ]!,
+    prefetchUsed: a[at + PF_USED]!,
   };
 }
 
@@ -162,6 +191,12 @@ export class RunStats {
   private closed = 0;
   private ffnBytesThisToken = 0;
   private tokenStart = 0;
+  /** Per-layer counters since open (LAYER_FIELDS each). */
+  private readonly perLayer: Float64Array;
+  /** The blocked clock: ms the engine spent waiting on reads since open, and since when it waits now (nesting depth). */
+  private blockedMs = 0;
+  private blockedSince = 0;
+  private blockDepth = 0;
 
   constructor(
     readonly info: RunStatsInfo,
@@ -171,6 +206,7 @@ export class RunStats {
     if (!Number.isInteger(recent) || recent < 1) throw new RangeError(`recent must be a positive integer, got ${recent}`);
     this.capacity = recent;
     this.ring = new Float64Array(recent * FIELDS);
+    this.perLayer = new Float64Array((info.nLayers ?? 0) * LAYER_FIELDS);
   }
 
   /** Tokens closed since open (all of them count in `summary()`). */
@@ -244,6 +280,43 @@ export class RunStats {
     this.cur[HIDDEN_MS]! += ms;
   }
 
+  /** The engine starts waiting on reads (nests). */
+  blockStart(): void {
+    if (this.blockDepth++ === 0) this.blockedSince = performance.now();
+  }
+
+  blockEnd(): void {
+    if (this.blockDepth > 0 && --this.blockDepth === 0) this.blockedMs += performance.now() - this.blockedSince;
+  }
+
+  /** ms spent waiting on reads since open, as of now: a background read's overlap with waits is the difference of two readings. */
+  blockedClock(): number {
+    return this.blockedMs + (this.blockDepth ? performance.now() - this.blockedSince : 0);
+  }
+
+  /**
+   * A prefetch, when its layer took it: `aheadMs` of reads in flight while
+   * the engine computed (hidden; also I/O), then `waitMs` the layer waited
+   * for the rest to land (I/O not hidden); `neurons` read, `used` by the layer.
+   */
+  prefetch(aheadMs: number, waitMs: number, neurons: number, used: number): void {
+    const c = this.cur;
+    c[HIDDEN_MS]! += aheadMs;
+    c[IO_MS]! += aheadMs + waitMs;
+    c[PF_READ]! += neurons;
+    c[PF_USED]! += used;
+  }
+
+  /** The lookahead prediction for `layer` (made one layer early): hits among the `selected` neurons, of `predicted`. */
+  lookahead(layer: number, hits: number, predicted: number, selected: number): void {
+    const at = layer * LAYER_FIELDS;
+    if (at >= this.perLayer.length) return;
+    const p = this.perLayer;
+    p[at + LA_TP]! += hits;
+    p[at + LA_PRED]! += predicted;
+    p[at + LA_SEL]! += selected;
+  }
+
   unpack(ms: number): void {
     this.cur[UNPACK_MS]! += ms;
   }
@@ -283,12 +356,19 @@ export class RunStats {
     this.cur[READ]! += n;
   }
 
-  predictor(tp: number, fp: number, fn: number): void {
+  /** The direct predictor against the true active set; `layer` < 0: not counted per layer. */
+  predictor(tp: number, fp: number, fn: number, layer = -1): void {
     const c = this.cur;
     c[TP]! += tp;
     c[FP]! += fp;
     c[FN]! += fn;
     c[KNOWN] = 1;
+    const at = layer * LAYER_FIELDS;
+    if (layer < 0 || at >= this.perLayer.length) return;
+    const p = this.perLayer;
+    p[at + L_TP]! += tp;
+    p[at + L_FP]! += fp;
+    p[at + L_FN]! += fn;
   }
 
   /**
@@ -317,6 +397,8 @@ export class RunStats {
         s[READ]! += t.neuronsRead;
         s[ORACLE_MS]! += t.oracleMs;
         s[HIDDEN_MS]! += t.hiddenIoMs;
+        s[PF_READ]! += t.prefetchedNeurons;
+        s[PF_USED]! += t.prefetchUsed;
         if (t.linkKnown) {
           s[LINK_RTT]! += t.linkRttMs;
           s[LINK_CONN]! += t.linkConnMBps;
@@ -344,6 +426,18 @@ export class RunStats {
     const fp = s[FP]!;
     const fn = s[FN]!;
     const { residentBytes, arenaBytes, strategy, sparsity, window, layout, dtype, ffnNeurons } = this.info;
+    const pl = this.perLayer;
+    const nl = pl.length / LAYER_FIELDS;
+    const ratio = (a: number, b: number) => (b ? a / b : null);
+    const perLayer = (f: (at: number) => number | null) => Array.from({ length: nl }, (_, l) => f(l * LAYER_FIELDS));
+    let laTp = 0;
+    let laPred = 0;
+    let laSel = 0;
+    for (let at = 0; at < pl.length; at += LAYER_FIELDS) {
+      laTp += pl[at + LA_TP]!;
+      laPred += pl[at + LA_PRED]!;
+      laSel += pl[at + LA_SEL]!;
+    }
     return {
       tokens: n,
       bytesPerToken: avg(BYTES),
@@ -365,6 +459,19 @@ export class RunStats {
       newFractionPerToken: ffnNeurons ? avg(READ) / ffnNeurons : null,
       oracleMsPerToken: avg(ORACLE_MS),
       hiddenIoMsPerToken: avg(HIDDEN_MS),
+      prefetchedNeuronsPerToken: avg(PF_READ),
+      prefetchUseRate: ratio(s[PF_USED]!, s[PF_READ]!),
+      lookaheadRecall: ratio(laTp, laSel),
+      lookaheadPrecision: ratio(laTp, laPred),
+      ...(nl && (laSel || pl.some((v) => v !== 0))
+        ? {
+            layers: {
+              predictorRecall: perLayer((at) => ratio(pl[at + L_TP]!, pl[at + L_TP]! + pl[at + L_FN]!)),
+              lookaheadRecall: perLayer((at) => ratio(pl[at + LA_TP]!, pl[at + LA_SEL]!)),
+              lookaheadPrecision: perLayer((at) => ratio(pl[at + LA_TP]!, pl[at + LA_PRED]!)),
+            },
+          }
+        : {}),
       ...(s[LINK_KNOWN]! ? { link: { rttMs: s[LINK_RTT]! / s[LINK_KNOWN]!, connMBps: s[LINK_CONN]! / s[LINK_KNOWN]!, linkMBps: s[LINK_BW]! / s[LINK_KNOWN]! } } : {}),
       strategy,
       sparsity,

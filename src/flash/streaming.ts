@@ -18,8 +18,20 @@ import type { RunStats } from './stats.js';
 import type { StreamLayer } from './layer.js';
 import { NeuronSelector, type Sparsity } from './select.js';
 import { RecordFetcher, type BatchSink } from './fetch.js';
+import { Prefetcher } from './prefetch.js';
+import type { PredictorEntry } from '../format/layout.js';
 
 export type { Sparsity } from './select.js';
+
+const noop = (): void => {};
+
+/**
+ * The share of prefetched neurons a layer should use: below it, that layer's
+ * prefetch margin rises by MARGIN_STEP (fewer, surer reads), above it falls.
+ * A wasted read costs disk time the layer's own reads need.
+ */
+const PREFETCH_USE = 0.6;
+const MARGIN_STEP = 0.25;
 
 export interface StreamingConfig {
   selection: Sparsity;
@@ -28,6 +40,8 @@ export interface StreamingConfig {
   /** Cache slots per layer (window mode). */
   capacity: number;
   stagingBytes: number;
+  /** Staging of the next layer's reads (prefetch.ts); 0: no prefetch. */
+  prefetchBytes?: number;
   hints: ReadHints;
   alignment: number;
   /** True activations: required for 'oracle', optional for measuring the predictor. */
@@ -45,6 +59,8 @@ const enum Use {
   Install,
   /** Window, degraded token: run the FFN over the uncached rest from staging. */
   ComputeRest,
+  /** Window: install a batch of a compacted list into the cache's new slots (restIdx maps it to cache_step's new list). */
+  InstallAt,
   /** A prompt block: run each token's FFN over its own neurons among the batch. */
   Block,
 }
@@ -59,13 +75,13 @@ const BLOCK_TOKENS = 32;
  * and staging 0: it adds those itself) and the constructor places it, through
  * this one function.
  */
-export function layoutStreaming(al: Allocator, file: FlmFile, k: Kernels, window: number | null, sparsity: Sparsity, capacity: number, stagingBytes: number, alignment: number) {
+export function layoutStreaming(al: Allocator, file: FlmFile, k: Kernels, window: number | null, sparsity: Sparsity, capacity: number, stagingBytes: number, alignment: number, prefetchBytes = 0) {
   const h = file.header;
   const { ffnDim: n, dModel: d } = h.arch;
   const nParts = h.ffn[0]!.parts.length;
   const gated = sparsity === 'gate';
   const cacheParts = gated ? 2 : nParts;
-  const maxRank = Math.max(0, ...(h.predictors ?? []).map((p) => p.rank));
+  const maxRank = Math.max(0, ...(h.predictors ?? []).map((p) => p.rank), ...(lookaheadEntries(file) ?? []).map((p) => p.rank));
   return {
     active: al.alloc('active neurons', n * 4),
     newList: al.alloc('new neurons', n * 4),
@@ -84,6 +100,9 @@ export function layoutStreaming(al: Allocator, file: FlmFile, k: Kernels, window
     blockPartial: sparsity === 'off' ? al.alloc('block ffn partial', BLOCK_TOKENS * d * 4) : 0,
     // Page-aligned staging: O_DIRECT reads land straight in the arena.
     staging: stagingBytes ? al.alloc('staging', stagingBytes, Math.max(64, alignment)) : 0,
+    // The next layer's reads (prefetch.ts): their own staging and pointer table.
+    pfStaging: prefetchBytes ? al.alloc('prefetch staging', prefetchBytes, Math.max(64, alignment)) : 0,
+    pfSrc: prefetchBytes ? al.alloc('prefetch pointers', n * nParts * 4) : 0,
     layers: h.ffn.map((f) => {
       const recordBytes = cacheParts * f.partBytes;
       return {
@@ -98,6 +117,16 @@ export function layoutStreaming(al: Allocator, file: FlmFile, k: Kernels, window
       };
     }),
   };
+}
+
+/** The file's lookahead predictors (`flashlm calibrate`), if any. */
+export function lookaheadEntries(file: FlmFile): PredictorEntry[] | undefined {
+  return (file.header as { lookahead?: PredictorEntry[] }).lookahead;
+}
+
+/** Arena bytes of a prefetch area of `bytes` besides its staging: the pointer table, and alignment slack. */
+export function prefetchOverheadBytes(file: FlmFile, alignment: number): number {
+  return file.header.arch.ffnDim * file.header.ffn[0]!.parts.length * 4 + 2 * Math.max(64, alignment);
 }
 
 /** Arena bytes the streaming FFN needs besides staging and cache slots (layoutStreaming with neither). */
@@ -176,6 +205,23 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
   private readonly blockPartial: number;
   /** Part pointers of one run of contiguous records (made once). */
   private readonly runParts: number[];
+  /** The next layer's reads, when prefetching (see prefetch.ts). */
+  private readonly pf: Prefetcher | undefined;
+  /** Compacted neuron lists of a window token's reads: what the prefetch did not ask for, what it failed to bring; with their index in cache_step's new list. */
+  private readonly restIds: Int32Array;
+  private readonly restIdx: Int32Array;
+  private readonly leftIds: Int32Array;
+  private readonly leftIdx: Int32Array;
+  /** restIdx or leftIdx: the map of the InstallAt fetch in progress. */
+  private installIdx: Int32Array;
+  /** The last lookahead prediction (layer laTarget, laCount neurons, marked laGen in laStamp), for its recall. */
+  private readonly laList: Int32Array;
+  private readonly laStamp: Uint32Array;
+  private laGen = 0;
+  private laTarget = -1;
+  private laCount = 0;
+  /** Per layer: how far over its threshold a lookahead logit must be to be prefetched, steered towards PREFETCH_USE. */
+  private readonly pfMargin: Float64Array;
 
   constructor(
     file: FlmFile,
@@ -199,7 +245,8 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
       throw new ArgumentError('this .flm has no predictors: run `flashlm calibrate` first, or use --sparsity oracle|off');
     }
     if (cfg.selection === 'oracle' && !cfg.oracle) throw new Error('internal: oracle selection without an oracle');
-    const L = layoutStreaming(arena, file, k, cfg.window, cfg.selection, cfg.capacity, cfg.stagingBytes, cfg.alignment);
+    const prefetchBytes = cfg.selection === 'gate' ? 0 : (cfg.prefetchBytes ?? 0);
+    const L = layoutStreaming(arena, file, k, cfg.window, cfg.selection, cfg.capacity, cfg.stagingBytes, cfg.alignment, prefetchBytes);
     const buf = arena.memory.buffer;
     this.newList = L.newList;
     this.newView = new Int32Array(buf, this.newList, n);
@@ -219,6 +266,15 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
     this.blockSrc = L.src;
     this.blockPartial = L.blockPartial;
     this.runParts = new Array<number>(this.cacheParts).fill(0);
+    this.restIds = new Int32Array(n);
+    this.restIdx = new Int32Array(n);
+    this.leftIds = new Int32Array(n);
+    this.leftIdx = new Int32Array(n);
+    this.installIdx = this.restIdx;
+    this.laList = new Int32Array(n);
+    this.laStamp = new Uint32Array(n);
+    this.pfMargin = new Float64Array(h.arch.nLayers);
+    const ahead = new Map((lookaheadEntries(file) ?? []).map((e) => [e.layer, e]));
 
     const tensors = new Map(h.tensors.map((t) => [t.name, t]));
     const place = (name: string) => placeTensor(file, arena, sectionPtrs, tensors.get(name)!);
@@ -235,21 +291,37 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
       if (this.gated) layer.gate = { ptr: at.gateRows, loaded: false, threshold: h.gate?.thresholds[f.layer] ?? 0 };
       const p = h.predictors?.[f.layer];
       if (p) layer.pred = { a: place(p.a), b: place(p.b), bias: place(p.bias), threshold: p.threshold, rank: p.rank };
+      const la = ahead.get(f.layer);
+      if (la) layer.ahead = { a: place(la.a), b: place(la.b), bias: place(la.bias), threshold: la.threshold, rank: la.rank };
       if (at.cache) {
         const c = at.cache;
         layer.state = c.state;
+        layer.neuronSlot = new Int32Array(buf, c.neuronSlot, n);
         k.cache_init(c.state, cfg.capacity, n, cfg.window!, this.cacheParts, f.partBytes, c.slots, c.slotNeuron, c.neuronSlot, c.mask);
       }
       return layer;
     });
     const maxRegions = Math.max(1, ...this.layers.map((l) => l.regions.length));
     this.fetcher = new RecordFetcher<Use>(file, arena, L.staging, cfg.stagingBytes, L.src, this.cacheParts, cfg.hints, cfg.alignment, maxRegions, cfg.stats);
+    // Prefetch needs something that names the next layer's neurons early: all of them (no sparsity), or a predictor.
+    const canPredict = cfg.selection === 'off' || this.layers.some((l) => l.pred || l.ahead);
+    const recordBytes = this.cacheParts * h.ffn[0]!.partBytes;
+    this.pf = prefetchBytes && canPredict
+      ? new Prefetcher(file, arena, { staging: L.pfStaging, bytes: prefetchBytes, src: L.pfSrc }, this.cacheParts, recordBytes, cfg.hints, cfg.alignment, maxRegions, cfg.stats, this.fetcher, cfg.selection === 'off')
+      : undefined;
   }
 
   /** A fetched batch (fetch.ts): compute it from staging, or install it into the cache. */
   onBatch(use: Use, layer: StreamLayer, at: number, len: number, src: number): void {
     if (use === Use.Compute) this.compute(layer, src, len, this.h + at * 4, this.actList + at * 4);
     else if (use === Use.ComputeRest) this.compute(layer, src, len, 0, this.actList2 + at * 4);
+    else if (use === Use.InstallAt) {
+      const t = performance.now();
+      const idx = this.installIdx;
+      const bytes = this.cacheParts * 4;
+      for (let i = 0; i < len; i++) this.k.cache_install(layer.state, this.firstNew + idx[at + i]!, 1, src + i * bytes);
+      this.cfg.stats?.unpack(performance.now() - t);
+    }
     else if (use === Use.Block) {
       if (this.cfg.selection === 'off') this.computeBlockDense(layer, len);
       else this.computeBlock(layer, this.blockIds, this.blockFrom + at, len, this.fetcher.srcView, this.ptrView, this.ptrs);
@@ -289,12 +361,17 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
     this.curX = x;
     this.curOut = out;
     this.wrote = false;
+    if (this.laTarget === layerIndex) this.lookaheadHits(layerIndex, count);
+    const pf = this.pf;
 
     if (this.cfg.window === null) {
       // No reuse: every selected neuron is read this token, computed from staging (count > 0 writes `out`).
+      if (pf && pf.countRequested(layerIndex, this.selector.activeView, 0, count)) return this.runPrefetched(layer, layerIndex, x, count);
+      this.dropPrefetch(layerIndex);
+      this.startPrefetch(layerIndex, x);
       if (count) {
         const read = this.fetcher.fetch(layer, this.selector.activeView, 0, count, this, Use.Compute);
-        return this.hView ? read.then(() => this.countActive(count)) : read;
+        return this.hView ? read.then(() => this.countActive(count)) : read.then(noop);
       }
       this.finish();
       return;
@@ -311,9 +388,97 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
     this.count = count;
     this.placed = placed;
     this.overflow = overflow;
-    if (placed || overflow) return this.runWindowReads(layer);
+    if (placed || overflow) return this.runWindowReads(layer, layerIndex, x);
+    this.dropPrefetch(layerIndex);
+    this.startPrefetch(layerIndex, x);
     this.compute(layer, this.ptrs, count, this.h, this.actList);
     this.finish();
+  }
+
+  /**
+   * No cache, some selected neurons prefetched: those are computed from the
+   * prefetch's staging (once landed), the rest read as usual; activations
+   * stay in list order for countActive (the rest first, then the prefetched).
+   */
+  private async runPrefetched(layer: StreamLayer, layerIndex: number, x: number, count: number): Promise<void> {
+    const pf = this.pf!;
+    const ok = await pf.take(layerIndex);
+    const av = this.selector.activeView;
+    const pv = this.ptrView;
+    const rest = this.restIds;
+    let m = 0;
+    let r = 0;
+    for (let i = 0; i < count; i++) {
+      const j = av[i]!;
+      if (ok && pf.copyPtrs(j, pv, m)) m++;
+      else rest[r++] = j;
+    }
+    this.compute(layer, this.ptrs, m, this.h + r * 4, this.actList);
+    this.steer(layerIndex, pf.release(m), m);
+    this.startPrefetch(layerIndex, x);
+    if (r) await this.fetcher.fetch(layer, rest, 0, r, this, Use.Compute);
+    if (this.hView) this.countActive(count);
+    this.finish();
+  }
+
+  /**
+   * Starts reading layer l+1's likely neurons (prefetch.ts) from layer l's
+   * FFN input x: all of them without sparsity (in order, as many as the
+   * prefetch staging holds), else the lookahead set less what l+1's cache holds.
+   */
+  private startPrefetch(l: number, x: number): void {
+    const pf = this.pf;
+    if (!pf || pf.busy || l + 1 >= this.layers.length) return;
+    const next = this.layers[l + 1]!;
+    const ids = pf.ids;
+    let c = 0;
+    if (this.cfg.selection === 'off') {
+      c = Math.min(ids.length, pf.maxRecords);
+      for (let i = 0; i < c; i++) ids[i] = i;
+    } else {
+      const la = this.laList;
+      const p = this.selector.lookahead(next, x, la);
+      if (p < 0) return;
+      const gen = ++this.laGen;
+      const stamp = this.laStamp;
+      for (let i = 0; i < p; i++) stamp[la[i]!] = gen;
+      this.laTarget = l + 1;
+      this.laCount = p;
+      const slot = next.neuronSlot;
+      for (let i = 0; i < p; i++) {
+        const j = la[i]!;
+        if (!slot || slot[j]! < 0) ids[c++] = j;
+      }
+      // Only the confident ones: what the cache lacks is where the lookahead's false positives gather.
+      c = Math.min(pf.maxRecords, this.selector.confident(next, ids, c, this.pfMargin[l + 1]!));
+    }
+    if (c) pf.start(l + 1, next, c);
+  }
+
+  /** The layer needs none of what was prefetched for it (a miss for its margin), or it was for another layer: dropped. */
+  private dropPrefetch(layerIndex: number): void {
+    const pf = this.pf;
+    if (!pf) return;
+    if (pf.heldFor(layerIndex)) this.steer(layerIndex, 1, 0);
+    pf.drop();
+  }
+
+  /** After a layer took its prefetch: `used` of `read` records; moves the layer's margin towards PREFETCH_USE. */
+  private steer(layerIndex: number, read: number, used: number): void {
+    if (!read || this.cfg.selection === 'off') return;
+    const m = this.pfMargin;
+    m[layerIndex] = used < PREFETCH_USE * read ? m[layerIndex]! + MARGIN_STEP : Math.max(0, m[layerIndex]! - MARGIN_STEP);
+  }
+
+  /** Recall and precision of the lookahead made for this layer, against the neurons it selected (the active list). */
+  private lookaheadHits(layerIndex: number, count: number): void {
+    const av = this.selector.activeView;
+    const stamp = this.laStamp;
+    const gen = this.laGen;
+    let hits = 0;
+    for (let i = 0; i < count; i++) if (stamp[av[i]!] === gen) hits++;
+    this.cfg.stats?.lookahead(layerIndex, hits, this.laCount, count);
+    this.laTarget = -1;
   }
 
   /**
@@ -322,9 +487,28 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
    * cached ones are computed while they are in flight, then the new ones
    * once installed; what the cache cannot hold streams from staging last.
    */
-  private async runWindowReads(layer: StreamLayer): Promise<void> {
+  private async runWindowReads(layer: StreamLayer, layerIndex: number, x: number): Promise<void> {
     const { count, placed, overflow } = this;
-    const installing = placed ? this.fetcher.fetch(layer, this.newView, 0, placed, this, Use.Install) : undefined;
+    const pf = this.pf;
+    const fresh = this.newView;
+    // Placed neurons the prefetch asked for come from it (below); the others are read now.
+    const want = pf && placed ? pf.countRequested(layerIndex, fresh, 0, placed) : 0;
+    let installing: Promise<number> | undefined;
+    if (want) {
+      let r = 0;
+      for (let i = 0; i < placed; i++) {
+        const j = fresh[i]!;
+        if (pf!.requestedFor(layerIndex, j)) continue;
+        this.restIds[r] = j;
+        this.restIdx[r++] = i;
+      }
+      this.installIdx = this.restIdx;
+      if (r) installing = this.fetcher.fetch(layer, this.restIds, 0, r, this, Use.InstallAt, false);
+    } else {
+      this.dropPrefetch(layerIndex);
+      this.startPrefetch(layerIndex, x);
+      if (placed) installing = this.fetcher.fetch(layer, fresh, 0, placed, this, Use.Install, false);
+    }
     // Split the active list: hits compacted in place, placed new neurons to newPtrs (ptr 0: overflow, not cached).
     const pv = this.ptrView;
     const nv = this.newPtrView;
@@ -332,7 +516,6 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
     const acts = this.gated ? this.selector.actListView : undefined;
     const acts2 = this.actList2View;
     const isNew = this.isNew;
-    const fresh = this.newView;
     for (let i = 0; i < placed; i++) isNew[fresh[i]!] = 1;
     const av = this.selector.activeView;
     let hits = 0;
@@ -350,11 +533,43 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
       }
     }
     for (let i = 0; i < placed; i++) isNew[fresh[i]!] = 0;
+    const stats = this.cfg.stats;
     const t0 = performance.now();
     this.compute(layer, this.ptrs, hits, this.h, this.actList);
+    if (installing) stats?.hidden(performance.now() - t0);
+    let left = 0;
+    if (want) {
+      // The prefetched records go into their slots (those it failed to bring are read after the rest).
+      const ok = await pf!.take(layerIndex);
+      const t1 = performance.now();
+      let used = 0;
+      for (let i = 0; i < placed; i++) {
+        const j = fresh[i]!;
+        if (!pf!.requestedFor(layerIndex, j)) continue;
+        const p = ok ? pf!.ptrOf(j) : 0;
+        if (p) {
+          this.k.cache_install(layer.state, this.firstNew + i, 1, p);
+          used++;
+        } else {
+          this.leftIds[left] = j;
+          this.leftIdx[left++] = i;
+        }
+      }
+      stats?.unpack(performance.now() - t1);
+      this.steer(layerIndex, pf!.release(used), used);
+      this.startPrefetch(layerIndex, x);
+    }
     if (installing) {
-      this.cfg.stats?.hidden(performance.now() - t0);
-      await installing;
+      stats?.blockStart();
+      try {
+        await installing;
+      } finally {
+        stats?.blockEnd();
+      }
+    }
+    if (left) {
+      this.installIdx = this.leftIdx;
+      await this.fetcher.fetch(layer, this.leftIds, 0, left, this, Use.InstallAt);
     }
     this.compute(layer, this.newPtrs, news, 0, this.actList2);
     if (overflow) {
@@ -380,6 +595,9 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
    * not fit is computed from staging), so decoding starts with it cached.
    */
   async runBlock(layerIndex: number, x: number, ldx: number, T: number, out: number, ldo: number, h: number, scratch: number): Promise<void> {
+    // Prompt blocks do not prefetch; a prefetch left over from an interrupted token is dropped.
+    this.pf?.drop();
+    this.laTarget = -1;
     this.blockH = h;
     this.blockScratch = scratch;
     for (let t0 = 0; t0 < T; t0 += BLOCK_TOKENS) {

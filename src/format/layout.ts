@@ -127,6 +127,14 @@ export interface FlmHeader {
   integrity: { algorithm: 'xxh64'; offset: number; length: number; hash: string };
   /** Per-layer predictors, in section 'predictor' (absent until `flashlm calibrate`). */
   predictors?: PredictorEntry[];
+  /**
+   * Lookahead predictors (Deja Vu's asynchronous lookahead), in section
+   * 'predictor': the entry with `layer` L (1 <= L < nLayers, at most one each)
+   * predicts layer L's active neurons from layer L-1's FFN input (the x layer
+   * L-1's own predictor reads), by the same rule as PredictorEntry, so layer
+   * L's reads can start before layer L-1's FFN ends. Absent when not calibrated.
+   */
+  lookahead?: PredictorEntry[];
   /** Gate thresholds of a gated FFN (absent until `flashlm calibrate` on a gated model). */
   gate?: GateSparsity;
   /** Free-form provenance: converter version, source format. */

@@ -401,6 +401,29 @@ export function validateHeader(raw: unknown, fileSize: number, headerEnd = PREAM
     });
     if (predictors.length !== arch.nLayers) fail('predictors', `expected ${arch.nLayers} layers`);
   }
+  let lookahead: PredictorEntry[] | undefined;
+  if (h.lookahead !== undefined) {
+    if (!predictors) fail('lookahead', 'needs the per-layer predictors');
+    const seen = new Set<number>();
+    lookahead = arr(h.lookahead, 'lookahead', 4096).map((v, i) => {
+      const p = `lookahead[${i}]`;
+      const e = obj(v, p);
+      const entry: PredictorEntry = {
+        layer: int(e.layer, `${p}.layer`, 1, arch.nLayers - 1),
+        rank: int(e.rank, `${p}.rank`, 1, 1 << 16),
+        threshold: num(e.threshold, `${p}.threshold`),
+        a: str(e.a, `${p}.a`, 256),
+        b: str(e.b, `${p}.b`, 256),
+        bias: str(e.bias, `${p}.bias`, 256),
+      };
+      if (seen.has(entry.layer)) fail(`${p}.layer`, `layer ${entry.layer} appears twice`);
+      seen.add(entry.layer);
+      need(entry.a, [entry.rank, dModel], 'predictor');
+      need(entry.b, [arch.ffnDim, entry.rank], 'predictor');
+      need(entry.bias, [arch.ffnDim], 'predictor');
+      return entry;
+    });
+  }
 
   let gate: GateSparsity | undefined;
   if (h.gate !== undefined) {
@@ -421,6 +444,7 @@ export function validateHeader(raw: unknown, fileSize: number, headerEnd = PREAM
 
   const header: FlmHeader = { format: 'flashlm', version, arch, tokenizer: validateTokenizer(h.tokenizer), dtype, layout, tensors, sections, ffn, integrity, meta };
   if (predictors) header.predictors = predictors;
+  if (lookahead) header.lookahead = lookahead;
   if (gate) header.gate = gate;
   return header;
 }

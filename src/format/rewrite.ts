@@ -20,9 +20,16 @@ export interface LayerPredictor {
   bias: Float32Array;
 }
 
+/** A lookahead predictor: layer `layer`'s active neurons from layer `layer` - 1's FFN input. */
+export interface LookaheadPredictor extends LayerPredictor {
+  layer: number;
+}
+
 export interface RewriteOptions {
   /** Gate thresholds to store (gated models); the file's own are kept when absent. */
   gate?: GateSparsity;
+  /** Lookahead predictors (layers 1 .. nLayers-1, each at most once; needs the per-layer predictors). None by default. */
+  lookahead?: readonly LookaheadPredictor[];
   meta?: Record<string, string>;
   onProgress?: (done: number, total: number) => void;
   signal?: AbortSignal;
@@ -66,6 +73,20 @@ export async function writeWithPredictors(file: FlmFile, predictors: readonly La
     add(n + 'bias', [ffnDim], p.bias);
     entries.push({ layer, rank: p.rank, threshold: p.threshold, a: n + 'a', b: n + 'b', bias: n + 'bias' });
   });
+  const ahead = opts.lookahead ?? [];
+  if (ahead.length && !predictors.length) throw new ArgumentError('lookahead predictors need the per-layer predictors');
+  const seen = new Set<number>();
+  const lookahead: PredictorEntry[] = [];
+  for (const p of ahead) {
+    if (!Number.isInteger(p.layer) || p.layer < 1 || p.layer >= nLayers || seen.has(p.layer)) throw new ArgumentError(`lookahead predictor for layer ${p.layer}: expected distinct layers in [1, ${nLayers - 1}]`);
+    seen.add(p.layer);
+    if (p.a.length !== p.rank * dModel || p.b.length !== ffnDim * p.rank || p.bias.length !== ffnDim) throw new ArgumentError(`lookahead predictor ${p.layer}: shapes do not match rank ${p.rank}`);
+    const n = `predictor.lookahead.${p.layer}.`;
+    add(n + 'a', [p.rank, dModel], p.a);
+    add(n + 'b', [ffnDim, p.rank], p.b);
+    add(n + 'bias', [ffnDim], p.bias);
+    lookahead.push({ layer: p.layer, rank: p.rank, threshold: p.threshold, a: n + 'a', b: n + 'b', bias: n + 'bias' });
+  }
   const predictorLength = alignUp(at, TENSOR_ALIGN);
 
   const copied = old.sections.filter((s) => s.name !== 'predictor');
@@ -73,6 +94,9 @@ export async function writeWithPredictors(file: FlmFile, predictors: readonly La
   if (entries.length) sizes.splice(1, 0, { name: 'predictor', length: predictorLength, blockBytes: RESIDENT_BLOCK_BYTES, blockCount: Math.ceil(predictorLength / RESIDENT_BLOCK_BYTES) });
   const header: FlmHeader = { ...old, tensors: [], sections: [], predictors: entries, meta: { ...old.meta, ...opts.meta } };
   if (!entries.length) delete header.predictors;
+  // Only files with lookahead predictors carry the key (the others stay byte-identical to before it existed).
+  if (lookahead.length) header.lookahead = lookahead;
+  else delete header.lookahead;
   if (opts.gate) header.gate = opts.gate;
   const { headerLength, fileSize } = placeSections(header, sizes, rel);
 

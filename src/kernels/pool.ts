@@ -378,9 +378,9 @@ function ranges(total: number, parts: number, align: number, threads: number): n
   return out;
 }
 
-/** Dtypes with batched kernels; q4 has none (the engine runs it token by token). */
-const DT_BATCH = { f32: 0, f16: 1, i8: 2, q8: 3 } as const;
-const DT = { ...DT_BATCH, q4: 4 } as const;
+/** Dtype codes of the split kernels (assembly/batch.ts T_*); q4's one-token range kernels live in assembly/q4.ts. */
+const DT_BATCH = { f32: 0, f16: 1, i8: 2, q8: 3, q4: 4 } as const;
+const DT = DT_BATCH;
 /** Output-column split alignment of the FFN down passes: q8 and q4 down scales cover 32 columns. */
 const colAlign = (dt: number) => (dt === DT.q8 || dt === DT.q4 ? 32 : 8);
 type RangeKernel = 'ffn_relu_h' | 'ffn_swiglu_h' | 'ffn_down_cols' | 'gate_act_rows' | 'gated_h' | 'gated_down';
@@ -660,11 +660,14 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
   split.matmul_q8 = (out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch) => {
     if (!matmul(3, out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch)) k.matmul_q8(out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch);
   };
+  split.matmul_q4 = (out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch) => {
+    if (!matmul(4, out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch)) k.matmul_q4(out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch);
+  };
   /** Batched FFN in two phases (activations over neurons into H, then the down pass over columns). */
   const ffnBatch = (dt: number, gated: boolean, out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number, afn = 0, athr = 0): boolean => {
     const p = parts(T * n * d * (gated ? 3 : 2));
-    if (closed || !batched || p < 2 || d < 16 || ((dt === DT.i8 || dt === DT.q8) && d > 32768)) return false;
-    const code = dt | (gated ? 4 : 0) | (hasBias ? 8 : 0);
+    if (closed || !batched || p < 2 || d < 16 || ((dt === DT.i8 || dt === DT.q8 || dt === DT.q4) && d > 32768)) return false;
+    const code = dt | (gated ? 8 : 0) | (hasBias ? 16 : 0);
     const rn = ranges(n, p, 64, threads);
     dispatch(OP.ffn_batch_act, (a, b, t) => {
       a[b] = code; a[b + 1] = x; a[b + 2] = ldx; a[b + 3] = T; a[b + 4] = d; a[b + 5] = n; a[b + 6] = gate; a[b + 7] = up; a[b + 8] = stride;

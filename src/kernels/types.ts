@@ -112,16 +112,20 @@ export interface Kernels {
   matmul_i8(out: number, ldo: number, W: number, scales: number, x: number, ldx: number, bias: number, T: number, rows: number, cols: number, scratch: number): void;
   /** q8 W with group `scales` f32 [rows][ceil(cols / 32)]: matvec_q8 of each token. */
   matmul_q8(out: number, ldo: number, W: number, scales: number, x: number, ldx: number, bias: number, T: number, rows: number, cols: number, scratch: number): void;
+  /** q4 W with f16 group `scales` [rows][ceil(cols / 32)]: matvec_q4 of each token. */
+  matmul_q4(out: number, ldo: number, W: number, scales: number, x: number, ldx: number, bias: number, T: number, rows: number, cols: number, scratch: number): void;
   /** ffn_relu_* for T tokens over resident records; `H` holds T x n f32 (the activations). */
   ffn_relu_f32_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number): void;
   ffn_relu_f16_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number): void;
   ffn_relu_i8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number): void;
   ffn_relu_q8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number): void;
+  ffn_relu_q4_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number): void;
   /** ffn_swiglu_* for T tokens over resident records; `H` holds T x n f32. */
   ffn_swiglu_f32_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number, afn: number, athr: number): void;
   ffn_swiglu_f16_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number, afn: number, athr: number): void;
   ffn_swiglu_i8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number, afn: number, athr: number): void;
   ffn_swiglu_q8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number, afn: number, athr: number): void;
+  ffn_swiglu_q4_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number, afn: number, athr: number): void;
 
   // ---- FFN over scattered records (sparse path: cache slots or staging) ----
   /**

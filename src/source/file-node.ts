@@ -26,10 +26,50 @@ export interface FileSourceOptions {
  * reading 3x fewer bytes (5.8% vs 16% of the FFN), so mergeGap is 16 KiB; throughput
  * plateaus (~1-1.3 GB/s) from 256 KiB-1 MiB reads with 4+ in flight
  * (maxRead 1 MiB, so long ranges still spread over the queue); 8 in flight
- * beat 4 by 20-50% and 16 added little (parallel 8; libuv runs 4 at a time
- * unless UV_THREADPOOL_SIZE is raised).
+ * beat 4 by 20-50% and 16 added little (parallel 8 for buffered reads, whose
+ * hits never reach the disk; direct reads: directHints, as many as libuv's
+ * pool runs at once).
  */
 export const FILE_HINTS: Readonly<ReadHints> = Object.freeze({ mergeGap: 16 * 1024, maxRead: 1024 * 1024, parallel: 8 });
+
+/** libuv's thread-pool bounds (uv_threadpool: MAX_THREADPOOL_SIZE, and the size when UV_THREADPOOL_SIZE is unset). */
+const MAX_POOL = 1024;
+const DEFAULT_POOL = 4;
+
+/**
+ * The size of libuv's thread pool as libuv computes it when the pool starts:
+ * UV_THREADPOOL_SIZE through atoi (0 or not a number: 1; above 1024: 1024),
+ * 4 when unset. Node runs each file read on that pool as one blocking pread
+ * per thread, so this is how many reads can be in flight. The variable
+ * counts only if it is in the environment before the pool's first job, and
+ * loading an ES module entry is one: the flashlm launcher (bin/flashlm.js,
+ * CommonJS) sets it from --io-depth (default 16); a program using flashlm
+ * sets it when starting Node (`UV_THREADPOOL_SIZE=16 node app.mjs`) or in a
+ * CommonJS entry before its first import.
+ */
+export function threadPoolSize(env: Record<string, string | undefined> = process.env): number {
+  const v = env.UV_THREADPOOL_SIZE;
+  if (v === undefined) return DEFAULT_POOL;
+  const n = Number.parseInt(v.trim(), 10);
+  if (!Number.isFinite(n) || n === 0) return 1;
+  return n < 0 || n > MAX_POOL ? MAX_POOL : n;
+}
+
+/**
+ * Default hints of a direct (O_DIRECT) source: FILE_HINTS with `parallel` the
+ * size of libuv's pool, at least FILE_HINTS' 8. Each direct read holds a pool
+ * thread for its whole latency (~0.1-0.4 ms), so the pool caps the device's
+ * queue depth; a few reads queued beyond it keep the threads busy between
+ * completions (pool 4: 8 in flight beat 4 by 20-40%). bench/sources.ts
+ * --only=depth (2.5 GB file; a virtio disk whose 16 KiB random reads top out
+ * at ~0.5 GB/s with fio, 16 in flight): 16 KiB reads plateau at ~0.12 GB/s
+ * with the default pool of 4 and reach ~0.2-0.26 GB/s with 32-64 threads at
+ * 32+ in flight; end to end (window, OPT-1.3B shape) I/O per token fell 30%
+ * from 4 to 16 and no further at 32 or 64, hence the launcher's 16.
+ */
+export function directHints(env: Record<string, string | undefined> = process.env): ReadHints {
+  return { ...FILE_HINTS, parallel: Math.max(FILE_HINTS.parallel, threadPoolSize(env)) };
+}
 
 /** O_DIRECT granularity used for offsets, lengths and buffer addresses. */
 export const DIRECT_ALIGNMENT = 4096;
@@ -71,7 +111,7 @@ export class FileSource implements Source {
   }
 
   static async open(path: string, options: FileSourceOptions = {}): Promise<FileSource> {
-    const hints = mergeHints(FILE_HINTS, options.hints);
+    const hints = mergeHints(options.direct ? directHints() : FILE_HINTS, options.hints);
     if (options.direct) return FileSource.openDirect(path, hints);
     let fh: FileHandle;
     try {

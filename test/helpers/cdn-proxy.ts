@@ -12,10 +12,18 @@ export interface CdnOptions {
    * connection limit; `refused` counts them). Default: no limit.
    */
   maxConnections?: number;
+  /**
+   * Ports to listen on (127.0.0.1), all one CDN: the link and the connection
+   * limit are shared. Each port is an origin of its own (a CDN's other
+   * hostnames, for clients that keep one connection per origin). Default 1.
+   */
+  listeners?: number;
 }
 
 export interface CdnProxy {
   readonly port: number;
+  /** Every port it listens on (`port` first). */
+  readonly ports: number[];
   /** Client connections accepted so far, the most open at once, and those closed at once for the limit. */
   readonly connections: number;
   readonly maxOpen: number;
@@ -78,7 +86,7 @@ export async function cdnProxy(targetPort: number, rttMs: number, connMBps: numb
     client.resume();
   };
 
-  const server: Server = createServer({ pauseOnConnect: true }, (client) => {
+  const accept = (client: Socket) => {
     client.on('error', () => client.destroy());
     if (open >= limit) {
       refused++;
@@ -94,10 +102,17 @@ export async function cdnProxy(targetPort: number, rttMs: number, connMBps: numb
       sockets.delete(client);
     });
     serve(client);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  };
+  const servers: Server[] = [];
+  for (let i = 0; i < Math.max(1, options.listeners ?? 1); i++) {
+    const server = createServer({ pauseOnConnect: true }, accept);
+    servers.push(server);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  }
+  const ports = servers.map((s) => (s.address() as { port: number }).port);
   return {
-    port: (server.address() as { port: number }).port,
+    port: ports[0]!,
+    ports,
     get connections() {
       return accepted;
     },
@@ -110,31 +125,31 @@ export async function cdnProxy(targetPort: number, rttMs: number, connMBps: numb
     get open() {
       return open;
     },
-    close: () =>
-      new Promise<void>((r) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => r());
-      }),
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await Promise.all(servers.map((server) => new Promise<void>((r) => server.close(() => r()))));
+    },
   };
 }
 
 /** The same proxy in a child process (see cdn-proxy-main.ts); close() ends it. */
-export async function cdnProxyProcess(targetPort: number, rttMs: number, connMBps: number, linkMBps: number): Promise<{ port: number; close(): Promise<void> }> {
+export async function cdnProxyProcess(targetPort: number, rttMs: number, connMBps: number, linkMBps: number, listeners = 1): Promise<{ port: number; ports: number[]; close(): Promise<void> }> {
   const { spawn } = await import('node:child_process');
   const main = new URL('./cdn-proxy-main.ts', import.meta.url).pathname;
-  const child = spawn(process.execPath, ['--import=tsx', main, String(targetPort), String(rttMs), String(connMBps), String(linkMBps)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, ['--import=tsx', main, String(targetPort), String(rttMs), String(connMBps), String(linkMBps), String(listeners)], { stdio: ['pipe', 'pipe', 'inherit'] });
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  const port = await new Promise<number>((resolve, reject) => {
+  const ports = await new Promise<number[]>((resolve, reject) => {
     let out = '';
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
-      const m = /port (\d+)/.exec(out);
-      if (m) resolve(Number(m[1]));
+      const m = /ports? ([\d ]+)\n/.exec(out);
+      if (m) resolve(m[1]!.trim().split(' ').map(Number));
     });
     child.once('exit', (code) => reject(new Error(`cdn proxy exited (${code}) before listening`)));
   });
   return {
-    port,
+    port: ports[0]!,
+    ports,
     close: async () => {
       child.stdin!.end();
       const t = setTimeout(() => child.kill('SIGKILL'), 3000);

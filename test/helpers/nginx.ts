@@ -24,6 +24,12 @@ export interface NginxOptions {
   tls?: Cert;
   /** nginx `max_ranges`: 1 answers multi-range requests with the whole file (200); 0 ignores Range. */
   maxRanges?: number;
+  /** Response headers added to every answer (`add_header ... always`), e.g. COOP/COEP for a cross-origin-isolated page. */
+  headers?: Record<string, string>;
+  /** CORS for reads from other origins: Range and If-Range allowed (preflight answered), Content-Range and ETag exposed, Resource Timing open (Timing-Allow-Origin). */
+  cors?: boolean;
+  /** Log every request's protocol, status and Range (accessLog()): what the server saw, e.g. HTTP/2.0. */
+  accessLog?: boolean;
 }
 
 /** A self-signed certificate for 127.0.0.1 made by openssl in a test's temp dir. */
@@ -53,6 +59,8 @@ export interface Nginx {
   url(path: string): string;
   /** The error log so far (for assertion messages). */
   errorLog(): Promise<string>;
+  /** With `accessLog`: one line per request so far, `<protocol> <status> <uri> <range> <method>` (e.g. `HTTP/2.0 206 /m.flm bytes=0-0 GET`; `-` for none). */
+  accessLog(): Promise<string[]>;
   stop(): Promise<void>;
 }
 
@@ -93,6 +101,9 @@ function canConnect(port: number): Promise<boolean> {
   });
 }
 
+const CORS = { 'Access-Control-Allow-Origin': '*', 'Access-Control-Expose-Headers': 'Content-Range, Content-Length, ETag, Last-Modified', 'Timing-Allow-Origin': '*', 'Cross-Origin-Resource-Policy': 'cross-origin' };
+const PREFLIGHT = { 'Access-Control-Allow-Origin': '*', 'Access-Control-Allow-Headers': 'range, if-range', 'Access-Control-Max-Age': '86400' };
+
 /** A path as an nginx string (quoted: paths may hold spaces or semicolons). */
 const q = (path: string) => `"${path.replace(/["\\$]/g, (c) => `\\${c}`)}"`;
 
@@ -107,7 +118,7 @@ pid ${q(join(dir, 'nginx.pid'))};
 error_log ${q(join(dir, 'error.log'))} warn;
 events { worker_connections 512; }
 http {
-  access_log off;
+  ${o.accessLog ? `log_format flashlm '$server_protocol $status $uri $http_range $request_method'; access_log ${q(join(dir, 'access.log'))} flashlm;` : 'access_log off;'}
   client_body_temp_path ${q(join(dir, 'client_body'))};
   proxy_temp_path ${q(join(dir, 'proxy'))};
   fastcgi_temp_path ${q(join(dir, 'fastcgi'))};
@@ -126,6 +137,8 @@ http {
     root ${q(o.root)};
     ${o.limitRate ? `limit_rate ${o.limitRate};` : ''}
     ${o.maxRanges !== undefined ? `max_ranges ${o.maxRanges};` : ''}
+    ${Object.entries({ ...o.headers, ...(o.cors ? CORS : {}) }).map(([k, v]) => `add_header ${k} ${q(v)} always;`).join(' ')}
+    ${o.cors ? `location / { if ($request_method = OPTIONS) { ${Object.entries(PREFLIGHT).map(([k, v]) => `add_header ${k} ${q(v)} always;`).join(' ')} return 204; } }` : ''}
   }
 }
 `;
@@ -165,6 +178,7 @@ export async function startNginx(options: NginxOptions): Promise<Nginx> {
         origin: `${scheme}://127.0.0.1:${port}`,
         url: (path: string) => `${scheme}://127.0.0.1:${port}/${path.replace(/^\//, '')}`,
         errorLog: log,
+        accessLog: async () => (await readFile(join(dir, 'access.log'), 'utf8').catch(() => '')).split('\n').filter(Boolean),
         async stop() {
           if (!exited) {
             child.kill('SIGTERM'); // fast shutdown: does not wait for keep-alive connections
