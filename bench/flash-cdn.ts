@@ -258,30 +258,55 @@ async function main(): Promise<void> {
   }
 }
 
-function printRows(rows: Row[], ffnBytes: number): void {
-  const cols: [string, number, (r: Row) => string][] = [
-    ['strategy', 9, (r) => r.strategy],
-    ['config', 24, (r) => r.config],
-    ['in-flight', 9, (r) => String(r.inFlight)],
-    ['multi', 5, (r) => (r.multiRange ? 'yes' : 'no')],
-    ['ms/token', 9, (r) => r.summary.msPerToken.toFixed(0)],
-    ['p50', 7, (r) => r.msP50.toFixed(0)],
-    ['I/O ms', 7, (r) => r.summary.ioMsPerToken.toFixed(0)],
-    ['read/token', 11, (r) => `${(r.summary.bytesPerToken / MiB).toFixed(1)} MiB`],
-    ['FFN%', 6, (r) => (100 * r.summary.bytesPerToken / ffnBytes).toFixed(1)],
-    ['need%', 6, (r) => (r.neededBytes === null ? '-' : ((100 * r.neededBytes) / ffnBytes).toFixed(2))],
-    ['read/need', 9, (r) => (r.neededBytes ? (r.summary.bytesPerToken / r.neededBytes).toFixed(2) : '-')],
-    ['req/token', 9, (r) => r.summary.requestsPerToken.toFixed(0)],
-    ['mean req', 9, (r) => `${(r.summary.meanRequestBytes / 1024).toFixed(0)} KB`],
-    ['rtt ms', 7, (r) => (r.summary.link ? r.summary.link.rttMs.toFixed(0) : '-')],
-    ['conn MB/s', 9, (r) => (r.summary.link ? r.summary.link.connMBps.toFixed(0) : '-')],
-    ['link MB/s', 9, (r) => (r.summary.link ? r.summary.link.linkMBps.toFixed(0) : '-')],
-    ['=dense', 6, (r) => (r.equalsDense ? 'yes' : 'NO')],
-  ];
+type Col<R> = [string, number, (r: R) => string];
+type Measured = Pick<Row, 'inFlight' | 'multiRange' | 'summary' | 'msP50' | 'neededBytes' | 'equalsDense'>;
+
+/** Prints rows as a fixed-width table: the first two columns left-aligned, the others right-aligned. */
+function printTable<R>(cols: Col<R>[], rows: R[]): void {
   const line = (v: string[]) => v.map((x, i) => (i < 2 ? x.padEnd(cols[i]![1]) : x.padStart(cols[i]![1]))).join(' ');
-  console.log('\n' + line(cols.map((c) => c[0])));
-  console.log('-'.repeat(line(cols.map((c) => c[0])).length));
+  const head = line(cols.map((c) => c[0]));
+  console.log(head);
+  console.log('-'.repeat(head.length));
   for (const r of rows) console.log(line(cols.map((c) => c[2](r))));
+}
+
+/** The columns both tables have: requests in flight, time, and bytes read per token and per needed byte. */
+function measuredCols<R extends Measured>(ffnBytes: number): { head: Col<R>[]; bytes: Col<R>[] } {
+  return {
+    head: [
+      ['in-flight', 9, (r) => String(r.inFlight)],
+      ['multi', 5, (r) => (r.multiRange ? 'yes' : 'no')],
+      ['ms/token', 9, (r) => r.summary.msPerToken.toFixed(0)],
+      ['p50', 7, (r) => r.msP50.toFixed(0)],
+      ['I/O ms', 7, (r) => r.summary.ioMsPerToken.toFixed(0)],
+      ['read/token', 11, (r) => `${(r.summary.bytesPerToken / MiB).toFixed(1)} MiB`],
+      ['FFN%', 6, (r) => ((100 * r.summary.bytesPerToken) / ffnBytes).toFixed(1)],
+    ],
+    bytes: [
+      ['read/need', 9, (r) => (r.neededBytes ? (r.summary.bytesPerToken / r.neededBytes).toFixed(2) : '-')],
+      ['req/token', 9, (r) => r.summary.requestsPerToken.toFixed(0)],
+      ['mean req', 9, (r) => `${(r.summary.meanRequestBytes / 1024).toFixed(0)} KB`],
+    ],
+  };
+}
+
+function printRows(rows: Row[], ffnBytes: number): void {
+  const m = measuredCols<Row>(ffnBytes);
+  console.log('');
+  printTable<Row>(
+    [
+      ['strategy', 9, (r) => r.strategy],
+      ['config', 24, (r) => r.config],
+      ...m.head,
+      ['need%', 6, (r) => (r.neededBytes === null ? '-' : ((100 * r.neededBytes) / ffnBytes).toFixed(2))],
+      ...m.bytes,
+      ['rtt ms', 7, (r) => (r.summary.link ? r.summary.link.rttMs.toFixed(0) : '-')],
+      ['conn MB/s', 9, (r) => (r.summary.link ? r.summary.link.connMBps.toFixed(0) : '-')],
+      ['link MB/s', 9, (r) => (r.summary.link ? r.summary.link.linkMBps.toFixed(0) : '-')],
+      ['=dense', 6, (r) => (r.equalsDense ? 'yes' : 'NO')],
+    ],
+    rows,
+  );
 }
 
 /** Node's fastest HTTP/1.1 "after" row per strategy (the main table). */
@@ -293,31 +318,23 @@ function bestAfter(rows: Row[]): Map<Strategy, Row> {
 
 function printH2Rows(rows: H2Row[], ffnBytes: number, best: Map<Strategy, Row>): void {
   console.log(`\nNode and Chromium over HTTP/2 (TLS, same modelled CDN): requests multiplexed as streams`);
-  const cols: [string, number, (r: H2Row) => string][] = [
-    ['strategy', 9, (r) => r.strategy],
-    ['client', 20, (r) => r.client],
-    ['in-flight', 9, (r) => String(r.inFlight)],
-    ['multi', 5, (r) => (r.multiRange ? 'yes' : 'no')],
-    ['ms/token', 9, (r) => r.summary.msPerToken.toFixed(0)],
-    ['p50', 7, (r) => r.msP50.toFixed(0)],
-    ['I/O ms', 7, (r) => r.summary.ioMsPerToken.toFixed(0)],
-    ['read/token', 11, (r) => `${(r.summary.bytesPerToken / MiB).toFixed(1)} MiB`],
-    ['FFN%', 6, (r) => ((100 * r.summary.bytesPerToken) / ffnBytes).toFixed(1)],
-    ['read/need', 9, (r) => (r.neededBytes ? (r.summary.bytesPerToken / r.neededBytes).toFixed(2) : '-')],
-    ['req/token', 9, (r) => r.summary.requestsPerToken.toFixed(0)],
-    ['mean req', 9, (r) => `${(r.summary.meanRequestBytes / 1024).toFixed(0)} KB`],
-    ['compute', 7, (r) => (r.summary.msPerToken - r.summary.ioMsPerToken).toFixed(0)],
-    ['rtt ms', 7, (r) => (r.summary.link ? r.summary.link.rttMs.toFixed(0) : '-')],
-    ['link MB/s', 9, (r) => (r.summary.link ? r.summary.link.linkMBps.toFixed(0) : '-')],
-    ['on wire', 7, (r) => (r.maxConcurrent === null ? '-' : String(r.maxConcurrent))],
-    ['protocol', 8, (r) => Object.keys(r.protocols).join('+') || '-'],
-    ['threads', 7, (r) => String(r.threads)],
-    ['=dense', 6, (r) => (r.equalsDense ? 'yes' : 'NO')],
-  ];
-  const line = (v: string[]) => v.map((x, i) => (i < 2 ? x.padEnd(cols[i]![1]) : x.padStart(cols[i]![1]))).join(' ');
-  console.log(line(cols.map((c) => c[0])));
-  console.log('-'.repeat(line(cols.map((c) => c[0])).length));
-  for (const r of rows) console.log(line(cols.map((c) => c[2](r))));
+  const m = measuredCols<H2Row>(ffnBytes);
+  printTable<H2Row>(
+    [
+      ['strategy', 9, (r) => r.strategy],
+      ['client', 20, (r) => r.client],
+      ...m.head,
+      ...m.bytes,
+      ['compute', 7, (r) => (r.summary.msPerToken - r.summary.ioMsPerToken).toFixed(0)],
+      ['rtt ms', 7, (r) => (r.summary.link ? r.summary.link.rttMs.toFixed(0) : '-')],
+      ['link MB/s', 9, (r) => (r.summary.link ? r.summary.link.linkMBps.toFixed(0) : '-')],
+      ['on wire', 7, (r) => (r.maxConcurrent === null ? '-' : String(r.maxConcurrent))],
+      ['protocol', 8, (r) => Object.keys(r.protocols).join('+') || '-'],
+      ['threads', 7, (r) => String(r.threads)],
+      ['=dense', 6, (r) => (r.equalsDense ? 'yes' : 'NO')],
+    ],
+    rows,
+  );
   for (const s of ['hybrid', 'window'] as const) {
     const n = rows.find((r) => r.strategy === s && r.client === 'node');
     for (const c of rows.filter((r) => r.strategy === s && r.client.startsWith('chromium'))) {

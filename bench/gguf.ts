@@ -23,9 +23,9 @@
  * their q/k rows permuted: they are refused here). bench/native.ts checks this
  * by greedy decoding stories260K (a trained model) in both engines.
  */
-import { open, rename, rm } from 'node:fs/promises';
 import type { Checkpoint } from '../src/convert/types.js';
 import { ConvertError } from '../src/errors.js';
+import { FileSink } from '../src/source/file-node.js';
 import { encodeF16, f32ToF16Bits } from '../src/kernels/quant.js';
 import { parseLlama2cTokenizer } from '../src/tokenizer/llama2c.js';
 
@@ -318,12 +318,10 @@ export async function writeGguf(ckpt: Checkpoint, path: string, options: { type:
   const header = ggufHeader(ggufMetadata(ckpt, options.type, options.name ?? 'llama'), tensors);
   const last = tensors[tensors.length - 1]!;
   const total = header.length + roundUp(last.offset + last.bytes, ALIGNMENT);
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fh = await open(tmp, 'w');
+  // Through a temporary name, renamed at the end: an error leaves no file.
+  const sink = await FileSink.create(path);
   try {
-    const put = async (b: Uint8Array, at: number) => {
-      for (let done = 0; done < b.length; ) done += (await fh.write(b, done, b.length - done, at + done)).bytesWritten;
-    };
+    const put = (b: Uint8Array, at: number) => sink.write(at, b);
     await put(header, 0);
     for (const t of tensors) {
       const cols = t.dims[0]!;
@@ -339,13 +337,9 @@ export async function writeGguf(ckpt: Checkpoint, path: string, options: { type:
       }
       if (at !== header.length + t.offset + t.bytes) throw new Error(`${t.name}: wrote ${at - header.length - t.offset} bytes, expected ${t.bytes}`);
     }
-    await fh.truncate(total); // zero padding after the last tensor, as llama.cpp's writer leaves it
-    await fh.sync();
-    await fh.close();
-    await rename(tmp, path);
+    await sink.finish(total); // zero padding after the last tensor, as llama.cpp's writer leaves it
   } catch (e) {
-    await fh.close().catch(() => {});
-    await rm(tmp, { force: true });
+    await sink.abort();
     throw e;
   }
   return { tensors, bytes: total };

@@ -10,6 +10,7 @@
 import test from 'ava';
 import { createArena, loadKernels, DEFAULT_MT_WASM_URL, DEFAULT_WASM_URL } from '../src/kernels/load.js';
 import { createPool, poolBytes, type KernelPool } from '../src/kernels/pool.js';
+import { mirror, type Mirror } from './helpers/mirror.js';
 import type { Kernels } from '../src/kernels/types.js';
 import { rng, normalish, buildRecords, dot64, quantErrBound, F32_REL, type Dtype, type FfnLayout } from './helpers/kernel-reference.js';
 
@@ -33,23 +34,17 @@ test.before(async () => {
     region += Math.ceil(bytes / 64) * 64;
   }
   if (region > DATA) throw new Error('pool regions overlap the test data');
+  arenas = mirror(st, mt, DATA);
 });
 
 test.after.always(async () => {
   for (const p of pools.values()) await p.close();
 });
 
-/** Same bytes at the same offsets in both arenas (pointer tables valid in both). */
-let cur = DATA;
-function put(src: ArrayBufferView): number {
-  const b = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
-  const p = (cur + 15) & ~15;
-  cur = p + b.length + 16;
-  new Uint8Array(st.memory.buffer).set(b, p);
-  new Uint8Array(mt.memory.buffer).set(b, p);
-  return p;
-}
-const out = (n: number) => put(new Uint32Array(n).fill(0x7fc0dead));
+/** Same bytes at the same offsets in both arenas (pointer tables valid in both); made once the modules are. */
+let arenas: Mirror;
+const put = (src: ArrayBufferView): number => arenas.put(src);
+const out = (n: number): number => arenas.out(n);
 const f32 = (k: Kernels, p: number, n: number) => new Float32Array(k.memory.buffer, p, n).slice();
 const bitsEqual = (a: Float32Array, b: Float32Array) => a.length === b.length && new Uint32Array(a.buffer).every((v, i) => v === new Uint32Array(b.buffer)[i]);
 
@@ -84,7 +79,7 @@ for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
       let seed = 100 * a.afn + dtype.length;
       const s = sfx(dtype);
       for (const [d, n] of [[29, 70], [136, 203]] as const) {
-        cur = DATA;
+        arenas.reset();
         const r = rng(seed++);
         const L: FfnLayout = { dtype, kind: 'swiglu', d, n, hasBias: false, bundled: d % 2 === 0 };
         const R = buildRecords(L, [0, 1, 2].map(() => normalish(r, n * d, 0.3)), null, r);

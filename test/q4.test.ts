@@ -11,9 +11,10 @@
  * quantization (per 128-column block: |x - x^| <= max|x| / 65534).
  */
 
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { createArena, loadKernels, DEFAULT_MT_WASM_URL, DEFAULT_WASM_URL } from '../src/kernels/load.js';
 import { createPool, poolBytes, type KernelPool } from '../src/kernels/pool.js';
+import { mirror } from './helpers/mirror.js';
 import type { Kernels } from '../src/kernels/types.js';
 import { encodeQ4Row, f16BitsToF32, f32ToF16Bits, q4Groups, q4RowBytes } from '../src/kernels/quant.js';
 import { partGeometry, type FlmHeader } from '../src/format/layout.js';
@@ -351,26 +352,27 @@ test('ffn_relu_q4_batch / ffn_swiglu_q4_batch equal the one-token q4 FFNs per to
   t.true(zeros > 0, 'some activations are 0 (skipped down rows, irregular queues)');
 });
 
-test.serial('batched q4 kernels: 2 threads byte-identical to the single-threaded module', async (t) => {
-  const ARENA = 64 << 20, DATA = 16 << 20, TMAX = 7, CMAX = 1100;
+/** What a two-module test gets: `put` copies bytes into both arenas (after `reset`), `out` reserves an output, `same` runs a call on one thread and on the pool of 2 and compares outputs byte for byte. */
+interface TwoModules {
+  reset(): void;
+  put(src: ArrayBufferView, misalign?: number): number;
+  out(n: number): number;
+  same(what: string, outputs: [number, number][], call: (kk: Kernels) => void): void;
+  st: Kernels;
+}
+
+/** The single-threaded module and the threaded one on a pool of 2, with the same data in both arenas. */
+async function twoModules(t: ExecutionContext, batch: { T: number; cols: number } | undefined, body: (m: TwoModules) => void): Promise<void> {
+  const ARENA = 64 << 20, DATA = 16 << 20;
   const st = await loadKernels(createArena(ARENA), DEFAULT_WASM_URL);
   const mt = await loadKernels(createArena(ARENA, { shared: true }), DEFAULT_MT_WASM_URL);
-  const limits = { maxPositions: 64, maxNeurons: 2048, batchScratchBytes: mt.batch_scratch_bytes(TMAX, CMAX) };
+  const limits = { maxPositions: 64, maxNeurons: 2048, ...(batch ? { batchScratchBytes: mt.batch_scratch_bytes(batch.T, batch.cols) } : {}) };
   const region = Math.ceil(mt.heap_base() / 64) * 64;
   t.true(region + poolBytes(mt, 2, limits) < DATA);
   const pool: KernelPool = await createPool(mt, { threads: 2, region, ...limits, minWork: 0 });
   try {
     t.is(pool.threads, 2, pool.fallbackReason ?? '');
-    let cur = DATA;
-    const put = (src: ArrayBufferView) => {
-      const b = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
-      const p = (cur + 15) & ~15;
-      cur = p + b.length + 16;
-      new Uint8Array(st.memory.buffer).set(b, p);
-      new Uint8Array(mt.memory.buffer).set(b, p);
-      return p;
-    };
-    const out = (n: number) => put(new Uint32Array(n).fill(0x7fc0dead));
+    const { put, out, reset } = mirror(st, mt, DATA);
     const same = (what: string, outputs: [number, number][], call: (kk: Kernels) => void) => {
       const init = outputs.map(([p, n]) => new Uint8Array(st.memory.buffer, p, n * 4).slice());
       call(st);
@@ -378,9 +380,17 @@ test.serial('batched q4 kernels: 2 threads byte-identical to the single-threaded
       call(pool.kernels);
       for (const [p, n] of outputs) t.deepEqual(new Uint8Array(mt.memory.buffer, p, n * 4), new Uint8Array(st.memory.buffer, p, n * 4), what);
     };
+    body({ reset, put, out, same, st });
+  } finally {
+    await pool.close();
+  }
+}
+
+test.serial('batched q4 kernels: 2 threads byte-identical to the single-threaded module', (t) =>
+  twoModules(t, { T: 7, cols: 1100 }, ({ reset, put, out, same, st }) => {
     const r = rng(23);
     for (const [rows, cols, T] of [[203, 77, 3], [64, 1100, 7]] as const) {
-      cur = DATA;
+      reset();
       const m = quantizeQ4(normalish(r, rows * cols, 0.3), rows, cols);
       const W = put(m.bytes), S = put(m.scales), X = put(normalish(r, T * cols)), B = put(uniform(r, rows));
       const scratch = put(new Uint8Array(st.batch_scratch_bytes(T, cols)));
@@ -389,7 +399,7 @@ test.serial('batched q4 kernels: 2 threads byte-identical to the single-threaded
     }
     for (const [d, n, T] of [[100, 300, 5], [257, 200, 2]] as const) {
       for (const gated of [false, true]) {
-        cur = DATA;
+        reset();
         const P = gated ? 3 : 2;
         const R = buildQ4Records(Array.from({ length: P }, () => normalish(r, n * d, 0.2)), gated ? null : uniform(r, n, -0.3, 0.1), d, n, true, gated ? 1 : 0, r);
         const base = put(R.bytes);
@@ -401,43 +411,15 @@ test.serial('batched q4 kernels: 2 threads byte-identical to the single-threaded
         else same(`ffn_relu_q4_batch ${what}`, [[O, T * d], [H, T * n]], (kk) => kk.ffn_relu_q4_batch(O, d * 4, X, d * 4, T, d, n, p[0]!, p[1]!, R.stride, 1, H, scratch));
       }
     }
-  } finally {
-    await pool.close();
-  }
-});
+  }));
 
 // ---------------------------------------------------------------- threads: byte-identical to one thread
 
-test.serial('q4 kernels: 2 threads byte-identical to the single-threaded module', async (t) => {
-  const ARENA = 64 << 20, DATA = 8 << 20;
-  const st = await loadKernels(createArena(ARENA), DEFAULT_WASM_URL);
-  const mt = await loadKernels(createArena(ARENA, { shared: true }), DEFAULT_MT_WASM_URL);
-  const limits = { maxPositions: 64, maxNeurons: 2048 };
-  const region = Math.ceil(mt.heap_base() / 64) * 64;
-  t.true(region + poolBytes(mt, 2, limits) < DATA);
-  const pool: KernelPool = await createPool(mt, { threads: 2, region, ...limits, minWork: 0 });
-  try {
-    t.is(pool.threads, 2, pool.fallbackReason ?? '');
-    let cur = DATA;
-    const put = (src: ArrayBufferView, misalign = 0) => {
-      const b = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
-      const p = ((cur + 15) & ~15) + misalign;
-      cur = p + b.length + 16;
-      new Uint8Array(st.memory.buffer).set(b, p);
-      new Uint8Array(mt.memory.buffer).set(b, p);
-      return p;
-    };
-    const out = (n: number) => put(new Uint32Array(n).fill(0x7fc0dead));
-    const same = (what: string, outputs: [number, number][], call: (kk: Kernels) => void) => {
-      const init = outputs.map(([p, n]) => new Uint8Array(st.memory.buffer, p, n * 4).slice());
-      call(st);
-      outputs.forEach(([p], i) => new Uint8Array(mt.memory.buffer).set(init[i]!, p));
-      call(pool.kernels);
-      for (const [p, n] of outputs) t.deepEqual(new Uint8Array(mt.memory.buffer, p, n * 4), new Uint8Array(st.memory.buffer, p, n * 4), what);
-    };
+test.serial('q4 kernels: 2 threads byte-identical to the single-threaded module', (t) =>
+  twoModules(t, undefined, ({ reset, put, out, same, st }) => {
     const r = rng(8);
     for (const [rows, cols] of [[203, 77], [64, 129], [1000, 300], [24, 40000]] as const) {
-      cur = DATA;
+      reset();
       const m = quantizeQ4(normalish(r, rows * cols, 0.3), rows, cols);
       const W = put(m.bytes), S = put(m.scales), X = put(normalish(r, cols)), B = put(uniform(r, rows));
       const scratch = put(new Uint8Array(st.matvec_i8_scratch_bytes(cols)));
@@ -446,7 +428,7 @@ test.serial('q4 kernels: 2 threads byte-identical to the single-threaded module'
     }
     for (const [d, n] of [[100, 300], [257, 200]] as const) {
       for (const gated of [false, true]) {
-        cur = DATA;
+        reset();
         const P = gated ? 3 : 2;
         const R = buildQ4Records(Array.from({ length: P }, () => normalish(r, n * d, 0.2)), gated ? null : uniform(r, n, -0.3, 0.3), d, n, true, gated ? 1 : 0, r);
         const base = put(R.bytes);
@@ -471,10 +453,7 @@ test.serial('q4 kernels: 2 threads byte-identical to the single-threaded module'
         }
       }
     }
-  } finally {
-    await pool.close();
-  }
-});
+  }));
 
 // ---------------------------------------------------------------- format
 

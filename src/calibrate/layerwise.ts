@@ -19,7 +19,7 @@ import { createPool, planThreads, poolBytes, type KernelPool } from '../kernels/
 import type { Kernels } from '../kernels/types.js';
 import { Arena, WASM_PAGE } from '../engine/arena.js';
 import { exactZeros, gatedActArgs, runFfnBatch, runFfnKernel } from '../engine/ffn.js';
-import { ropeAttentionFactor, ropeFrequencies, ropeVaries } from '../engine/rope.js';
+import { positionQK, ropeAttentionFactor, ropeFrequencies, ropeVaries } from '../engine/rope.js';
 import { matmul, matvec, placeTensor, type Tensor } from '../engine/tensor.js';
 import { maxColumns } from '../engine/transformer.js';
 import { yieldToEventLoop } from '../util/yield.js';
@@ -281,21 +281,7 @@ export async function forEachLayer(
           for (let i = 0; i < len; i++) {
             const qi = q + i * qDim * 4;
             const kRow = kCache + (pos + i) * kvBytes;
-            if (L.qNorm && L.kNorm) {
-              const hb = a.headDim * 4;
-              for (let h = 0; h < a.nHeads; h++) k.rmsnorm(qi + h * hb, qi + h * hb, L.qNorm.ptr, a.headDim, a.normEps);
-              for (let h = 0; h < a.nKvHeads; h++) k.rmsnorm(kRow + h * hb, kRow + h * hb, L.kNorm.ptr, a.headDim, a.normEps);
-            }
-            if (a.positions === 'rope') {
-              const c = cos + i * half * 4, s = sin + i * half * 4;
-              if (a.ropeStyle === 'half') {
-                k.rope_half(qi, a.nHeads, a.headDim, c, s);
-                k.rope_half(kRow, a.nKvHeads, a.headDim, c, s);
-              } else {
-                k.rope_interleaved(qi, a.nHeads, a.headDim, c, s);
-                k.rope_interleaved(kRow, a.nKvHeads, a.headDim, c, s);
-              }
-            }
+            positionQK(k, a, L.qNorm, L.kNorm, qi, kRow, cos + i * half * 4, sin + i * half * 4);
             const seen = pos + i + 1;
             const first = Math.max(0, seen - window);
             k.attention(xb2 + i * ld, qi, kCache + first * kvBytes, vCache + first * kvBytes, a.nHeads, a.nKvHeads, a.headDim, seen - first, scale, att, 0);

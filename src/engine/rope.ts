@@ -8,6 +8,8 @@
  *   longrope (Phi-3) the default divided by per-frequency factors, short or long
  */
 import type { ArchConfig } from '../format/types.js';
+import type { Kernels } from '../kernels/types.js';
+import type { Tensor } from './tensor.js';
 
 const f = Math.fround;
 
@@ -60,4 +62,26 @@ export function ropeVaries(a: ArchConfig): boolean {
 /** The factor Hugging Face multiplies cos and sin by (LongRoPE's attention factor; 1 for the others). */
 export function ropeAttentionFactor(a: ArchConfig): number {
   return a.ropeScaling?.type === 'longrope' ? a.ropeScaling.attentionFactor : 1;
+}
+
+/**
+ * One token's query and key rows before attention: Qwen3's RMSNorm over each
+ * head (when the layer has q/k norms), then RoPE in the model's style with
+ * this position's cos and sin (headDim/2 f32 each). Shared by the engine and
+ * calibrate's layer-by-layer pass, so both compute the same bits.
+ */
+export function positionQK(k: Kernels, a: ArchConfig, qNorm: Tensor | undefined, kNorm: Tensor | undefined, q: number, kRow: number, cos: number, sin: number): void {
+  if (qNorm && kNorm) {
+    const hb = a.headDim * 4;
+    for (let h = 0; h < a.nHeads; h++) k.rmsnorm(q + h * hb, q + h * hb, qNorm.ptr, a.headDim, a.normEps);
+    for (let h = 0; h < a.nKvHeads; h++) k.rmsnorm(kRow + h * hb, kRow + h * hb, kNorm.ptr, a.headDim, a.normEps);
+  }
+  if (a.positions !== 'rope') return;
+  if (a.ropeStyle === 'half') {
+    k.rope_half(q, a.nHeads, a.headDim, cos, sin);
+    k.rope_half(kRow, a.nKvHeads, a.headDim, cos, sin);
+  } else {
+    k.rope_interleaved(q, a.nHeads, a.headDim, cos, sin);
+    k.rope_interleaved(kRow, a.nKvHeads, a.headDim, cos, sin);
+  }
 }

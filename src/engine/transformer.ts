@@ -13,7 +13,7 @@ import type { ArchConfig } from '../format/types.js';
 import type { Kernels } from '../kernels/types.js';
 import { CountingAllocator, type Allocator, type Arena } from './arena.js';
 import type { FfnProvider } from './ffn.js';
-import { ropeAttentionFactor, ropeFrequencies, ropeVaries } from './rope.js';
+import { positionQK, ropeAttentionFactor, ropeFrequencies, ropeVaries } from './rope.js';
 import { matmul, matvec, placeTensor, type Tensor } from './tensor.js';
 
 /** The sections read once at open: everything but the FFN neurons. */
@@ -343,22 +343,7 @@ export class Transformer {
       for (let t = 0; t < T; t++) {
         const q = w.q + t * qDim * 4;
         const kRow = f16 ? w.kRows + t * rowBytes : kBase + (pos + t) * kvBytes;
-        if (L.qNorm && L.kNorm) {
-          // Qwen3: RMSNorm over each head's headDim values, before RoPE.
-          const hb = a.headDim * 4;
-          for (let h = 0; h < a.nHeads; h++) k.rmsnorm(q + h * hb, q + h * hb, L.qNorm.ptr, a.headDim, a.normEps);
-          for (let h = 0; h < a.nKvHeads; h++) k.rmsnorm(kRow + h * hb, kRow + h * hb, L.kNorm.ptr, a.headDim, a.normEps);
-        }
-        if (a.positions === 'rope') {
-          const cos = w.cos + t * ropeBytes, sin = w.sin + t * ropeBytes;
-          if (a.ropeStyle === 'half') {
-            k.rope_half(q, a.nHeads, a.headDim, cos, sin);
-            k.rope_half(kRow, a.nKvHeads, a.headDim, cos, sin);
-          } else {
-            k.rope_interleaved(q, a.nHeads, a.headDim, cos, sin);
-            k.rope_interleaved(kRow, a.nKvHeads, a.headDim, cos, sin);
-          }
-        }
+        positionQK(k, a, L.qNorm, L.kNorm, q, kRow, w.cos + t * ropeBytes, w.sin + t * ropeBytes);
         // Causal: token t sees positions 0 .. pos+t (the block's later rows are not read);
         // with a sliding window only the last L.window of them: the cache from `first` on.
         if (f16) {

@@ -27,8 +27,9 @@ const noop = (): void => {};
 
 /**
  * The share of prefetched neurons a layer should use: below it, that layer's
- * prefetch margin rises by MARGIN_STEP (fewer, surer reads), above it falls.
- * A wasted read costs disk time the layer's own reads need.
+ * prefetch margin (in logit units) rises — by MARGIN_STEP and more the
+ * further below (fewer, surer reads) — above it, falls by MARGIN_STEP. A
+ * wasted read costs disk time the layer's own reads need.
  */
 const PREFETCH_USE = 0.6;
 const MARGIN_STEP = 0.25;
@@ -467,7 +468,9 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
   private steer(layerIndex: number, read: number, used: number): void {
     if (!read || this.cfg.selection === 'off') return;
     const m = this.pfMargin;
-    m[layerIndex] = used < PREFETCH_USE * read ? m[layerIndex]! + MARGIN_STEP : Math.max(0, m[layerIndex]! - MARGIN_STEP);
+    const rate = used / read;
+    // Up faster the further below the target (weak predictors waste disk time), down by a step.
+    m[layerIndex] = rate < PREFETCH_USE ? m[layerIndex]! + MARGIN_STEP * (1 + 8 * (PREFETCH_USE - rate)) : Math.max(0, m[layerIndex]! - MARGIN_STEP);
   }
 
   /** Recall and precision of the lookahead made for this layer, against the neurons it selected (the active list). */

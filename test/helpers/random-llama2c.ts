@@ -6,7 +6,7 @@
  * from a seeded PRNG, norms 1; row 1 of the embedding (BOS, llama2.c's stop
  * token) is 100x smaller so greedy decoding never stops early.
  */
-import { open, rename, rm } from 'node:fs/promises';
+import { FileSink } from '../../src/source/file-node.js';
 import { rng } from '../../src/util/random.js';
 
 export interface Llama2cShape {
@@ -31,14 +31,12 @@ export async function writeRandomLlama2c(path: string, shape: Llama2cShape, seed
   const { dim, hiddenDim: hid, nLayers: L, nHeads, vocabSize: V, seqLen } = shape;
   const kvDim = (dim / nHeads) * shape.nKvHeads;
   const headSize = dim / nHeads;
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fh = await open(tmp, 'w');
+  const sink = await FileSink.create(path);
   try {
     let at = 0;
     const put = async (f: Float32Array) => {
-      const b = new Uint8Array(f.buffer, f.byteOffset, f.byteLength);
-      for (let done = 0; done < b.length; ) done += (await fh.write(b, done, b.length - done, at + done)).bytesWritten;
-      at += b.length;
+      await sink.write(at, new Uint8Array(f.buffer, f.byteOffset, f.byteLength));
+      at += f.byteLength;
     };
     const header = new Int32Array([dim, hid, L, nHeads, shape.nKvHeads, V /* > 0: shared classifier */, seqLen]);
     await put(new Float32Array(header.buffer));
@@ -87,12 +85,9 @@ export async function writeRandomLlama2c(path: string, shape: Llama2cShape, seed
     await tensor(seqLen * half, (i) => Math.cos(angle(i)));
     await tensor(seqLen * half, (i) => Math.sin(angle(i)));
     if (at !== llama2cBytes(shape)) throw new Error(`wrote ${at} bytes, expected ${llama2cBytes(shape)}`);
-    await fh.sync();
-    await fh.close();
-    await rename(tmp, path);
+    await sink.finish(at);
   } catch (e) {
-    await fh.close().catch(() => {});
-    await rm(tmp, { force: true });
+    await sink.abort();
     throw e;
   }
 }
