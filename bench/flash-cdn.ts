@@ -73,9 +73,9 @@ interface Config {
 
 const BEFORE: Config = { name: 'before (fixed 256K gap)', inFlight: 8, options: { connections: 8, linkModel: false, multiRange: false } };
 
-interface Row {
+/** What every row measured: one strategy's run, averaged over its tokens. */
+interface RunRow {
   strategy: Strategy;
-  config: string;
   inFlight: number;
   tokens: number;
   summary: StatsSummary;
@@ -86,23 +86,18 @@ interface Row {
   wallMs: number;
 }
 
+interface Row extends RunRow {
+  config: string;
+}
+
 /** A row of the Node / Chromium comparison over HTTP/2. */
-interface H2Row {
-  strategy: Strategy;
+interface H2Row extends RunRow {
   client: string;
-  inFlight: number;
-  tokens: number;
-  summary: StatsSummary;
-  msP50: number;
-  neededBytes: number | null;
-  multiRange: boolean;
   /** Model requests by protocol (Node: the pool's ALPN; Chromium: Resource Timing). */
   protocols: Record<string, number>;
   /** Chromium: the most requests on the wire at once. */
   maxConcurrent: number | null;
   threads: number;
-  equalsDense: boolean;
-  wallMs: number;
 }
 
 async function makeModel(dir: string): Promise<{ path: string; prompt: string; name: string }> {
@@ -259,7 +254,6 @@ async function main(): Promise<void> {
 }
 
 type Col<R> = [string, number, (r: R) => string];
-type Measured = Pick<Row, 'inFlight' | 'multiRange' | 'summary' | 'msP50' | 'neededBytes' | 'equalsDense'>;
 
 /** Prints rows as a fixed-width table: the first two columns left-aligned, the others right-aligned. */
 function printTable<R>(cols: Col<R>[], rows: R[]): void {
@@ -271,7 +265,7 @@ function printTable<R>(cols: Col<R>[], rows: R[]): void {
 }
 
 /** The columns both tables have: requests in flight, time, and bytes read per token and per needed byte. */
-function measuredCols<R extends Measured>(ffnBytes: number): { head: Col<R>[]; bytes: Col<R>[] } {
+function measuredCols<R extends RunRow>(ffnBytes: number): { head: Col<R>[]; bytes: Col<R>[] } {
   return {
     head: [
       ['in-flight', 9, (r) => String(r.inFlight)],
