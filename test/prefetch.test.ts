@@ -119,6 +119,16 @@ test('without lookahead predictors, the next layer\'s direct predictor on this l
   t.true(on.s.lookaheadRecall! > 0.3, `recall ${on.s.lookaheadRecall}`);
 });
 
+test('a cache too small for the active set (overflow): prefetched neurons it cannot hold are computed from the prefetch, same argmax and logits within rounding', async (t) => {
+  const f = (await files()).ahead!;
+  const opts: OpenOptions = { strategy: 'window', sparsity: 'predictor', memory: '14.2M', direct: true };
+  const off = await score(f.path, { ...opts, prefetch: false });
+  const on = await score(f.path, opts);
+  t.true(on.s.cacheOverflowPerToken! > 10, `overflow ${on.s.cacheOverflowPerToken}`);
+  t.true(logitsDiff(on.logits, off.logits) < 1e-3);
+  t.true(on.s.prefetchUseRate! > 0.3, `use ${on.s.prefetchUseRate}`);
+});
+
 test('the plan reserves a prefetch area only where something can name the next layer\'s neurons', async (t) => {
   const f = await files();
   const plan = async (input: string, opts: OpenOptions) => {

@@ -495,7 +495,7 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
     const pf = this.pf;
     const fresh = this.newView;
     // Placed neurons the prefetch asked for come from it (below); the others are read now.
-    const want = pf && placed ? pf.countRequested(layerIndex, fresh, 0, placed) : 0;
+    const want = pf && placed + overflow ? pf.countRequested(layerIndex, fresh, 0, placed + overflow) : 0;
     let installing: Promise<number> | undefined;
     if (want) {
       let r = 0;
@@ -541,6 +541,7 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
     this.compute(layer, this.ptrs, hits, this.h, this.actList);
     if (installing) stats?.hidden(performance.now() - t0);
     let left = 0;
+    let overflowLeft = overflow;
     if (want) {
       // The prefetched records go into their slots (those it failed to bring are read after the rest).
       const ok = await pf!.take(layerIndex);
@@ -559,6 +560,20 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
         }
       }
       stats?.unpack(performance.now() - t1);
+      // Neurons the cache could not hold (overflow) that the prefetch brought: computed from its staging now
+      // (the hits are done with the pointer list); the rest of the overflow stays in fresh for the reads below.
+      if (overflow && ok) {
+        let m = 0;
+        let r = 0;
+        for (let i = placed; i < placed + overflow; i++) {
+          const j = fresh[i]!;
+          if (pf!.copyPtrs(j, pv, m)) m++;
+          else fresh[placed + r++] = j;
+        }
+        this.compute(layer, this.ptrs, m, 0, this.actList2);
+        used += m;
+        overflowLeft = r;
+      }
       this.steer(layerIndex, pf!.release(used), used);
       this.startPrefetch(layerIndex, x);
     }
@@ -575,13 +590,13 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
       await this.fetcher.fetch(layer, this.leftIds, 0, left, this, Use.InstallAt);
     }
     this.compute(layer, this.newPtrs, news, 0, this.actList2);
-    if (overflow) {
-      // Degraded token: the active set outgrew the cache; stream the rest (fresh[placed, placed + overflow)).
+    if (overflowLeft) {
+      // Degraded token: the active set outgrew the cache; stream the rest (fresh[placed, placed + overflowLeft)).
       if (this.gated) {
         const all = this.selector.logitsView;
-        for (let i = 0; i < overflow; i++) acts2[i] = all[fresh[placed + i]!]!;
+        for (let i = 0; i < overflowLeft; i++) acts2[i] = all[fresh[placed + i]!]!;
       }
-      await this.fetcher.fetch(layer, fresh, placed, placed + overflow, this, Use.ComputeRest);
+      await this.fetcher.fetch(layer, fresh, placed, placed + overflowLeft, this, Use.ComputeRest);
     }
     this.finish();
   }
