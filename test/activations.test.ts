@@ -7,10 +7,10 @@
  *  - ffn_swiglu_*_batch equals the one-token kernel per token, bit for bit;
  *  - the threads build (pool.ts, 1-3 threads) is byte-identical to the single-threaded module.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { createArena, loadKernels, DEFAULT_MT_WASM_URL, DEFAULT_WASM_URL } from '../src/kernels/load.js';
 import { createPool, poolBytes, type KernelPool } from '../src/kernels/pool.js';
-import { mirror, type Mirror } from './helpers/mirror.js';
+import { mirror, sameOnPools, type Mirror } from './helpers/mirror.js';
 import type { Kernels } from '../src/kernels/types.js';
 import { rng, normalish, buildRecords, dot64, quantErrBound, F32_REL, type Dtype, type FfnLayout } from './helpers/kernel-reference.js';
 
@@ -48,17 +48,8 @@ const out = (n: number): number => arenas.out(n);
 const f32 = (k: Kernels, p: number, n: number) => new Float32Array(k.memory.buffer, p, n).slice();
 const bitsEqual = (a: Float32Array, b: Float32Array) => a.length === b.length && new Uint32Array(a.buffer).every((v, i) => v === new Uint32Array(b.buffer)[i]);
 
-type Ctx = import('ava').ExecutionContext;
 /** The single-threaded call, then each pool's: outputs [ptr, f32 count] byte for byte. */
-function check(t: Ctx, what: string, outputs: [number, number][], call: (k: Kernels) => void): void {
-  const init = outputs.map(([p, n]) => new Uint8Array(st.memory.buffer, p, n * 4).slice());
-  call(st);
-  for (const [threads, pool] of pools) {
-    outputs.forEach(([p], i) => new Uint8Array(mt.memory.buffer).set(init[i]!, p));
-    call(pool.kernels);
-    for (const [p, n] of outputs) t.true(bitsEqual(f32(st, p, n), f32(mt, p, n)), `${what}, ${threads} thread(s)`);
-  }
-}
+const check = (t: ExecutionContext, what: string, outputs: [number, number][], call: (k: Kernels) => void): void => sameOnPools(t, arenas, st, pools, what, outputs, call);
 
 const sfx = (d: Dtype) => (d === 'int8' ? 'i8' : d);
 

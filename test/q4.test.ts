@@ -14,7 +14,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { createArena, loadKernels, DEFAULT_MT_WASM_URL, DEFAULT_WASM_URL } from '../src/kernels/load.js';
 import { createPool, poolBytes, type KernelPool } from '../src/kernels/pool.js';
-import { mirror } from './helpers/mirror.js';
+import { mirror, sameOnPools } from './helpers/mirror.js';
 import type { Kernels } from '../src/kernels/types.js';
 import { encodeQ4Row, f16BitsToF32, f32ToF16Bits, q4Groups, q4RowBytes } from '../src/kernels/quant.js';
 import { partGeometry, type FlmHeader } from '../src/format/layout.js';
@@ -26,7 +26,7 @@ import { openCheckpoint } from '../src/convert/index.js';
 import { MemorySink, MemorySource } from '../src/source/memory.js';
 import { openModel } from '../src/model.js';
 import { FormatError } from '../src/errors.js';
-import { Arena, rng, uniform, normalish, firstMismatch, firstBitMismatch, quantErrBound, dot64, downRef, F32_REL, silu64 } from './helpers/kernel-reference.js';
+import { Arena, rng, uniform, normalish, firstMismatch, firstBitMismatch, quantErrBound, dot64, downRef, F32_REL, silu64, deqMatvecRef } from './helpers/kernel-reference.js';
 import { STORIES_BIN, STORIES_TOK, OPT_DIR } from './helpers/models.js';
 import { withHeader } from './helpers/header.js';
 
@@ -62,18 +62,7 @@ function quantizeQ4(w: Float32Array, rows: number, cols: number): Q4Matrix {
 }
 
 /** W x + bias in float64 with per-row tolerances (f32 rounding + x quantization, unless xExact). */
-function matvecRef(m: Q4Matrix, x: Float32Array, bias: Float32Array | null, xExact = false): { want: Float64Array; tol: Float64Array } {
-  const want = new Float64Array(m.rows), tol = new Float64Array(m.rows);
-  const qe = xExact ? null : quantErrBound(x);
-  for (let r = 0; r < m.rows; r++) {
-    const { v, abs } = dot64(m.deq, r * m.cols, x, m.cols);
-    let t = F32_REL * (abs + (bias ? Math.abs(bias[r]!) : 0)) + 1e-30;
-    if (qe) for (let c = 0; c < m.cols; c++) t += Math.abs(m.deq[r * m.cols + c]!) * qe[c]!;
-    want[r] = v + (bias ? bias[r]! : 0);
-    tol[r] = t;
-  }
-  return { want, tol };
-}
+const matvecRef = (m: Q4Matrix, x: Float32Array, bias: Float32Array | null, xExact = false) => deqMatvecRef(m, x, bias, !xExact);
 
 // ---------------------------------------------------------------- encoding and dequantization
 
@@ -372,15 +361,9 @@ async function twoModules(t: ExecutionContext, batch: { T: number; cols: number 
   const pool: KernelPool = await createPool(mt, { threads: 2, region, ...limits, minWork: 0 });
   try {
     t.is(pool.threads, 2, pool.fallbackReason ?? '');
-    const { put, out, reset } = mirror(st, mt, DATA);
-    const same = (what: string, outputs: [number, number][], call: (kk: Kernels) => void) => {
-      const init = outputs.map(([p, n]) => new Uint8Array(st.memory.buffer, p, n * 4).slice());
-      call(st);
-      outputs.forEach(([p], i) => new Uint8Array(mt.memory.buffer).set(init[i]!, p));
-      call(pool.kernels);
-      for (const [p, n] of outputs) t.deepEqual(new Uint8Array(mt.memory.buffer, p, n * 4), new Uint8Array(st.memory.buffer, p, n * 4), what);
-    };
-    body({ reset, put, out, same, st });
+    const m = mirror(st, mt, DATA);
+    const same = (what: string, outputs: [number, number][], call: (kk: Kernels) => void) => sameOnPools(t, m, st, new Map([[2, pool]]), what, outputs, call);
+    body({ reset: m.reset, put: m.put, out: m.out, same, st });
   } finally {
     await pool.close();
   }

@@ -8,12 +8,13 @@
  * split is split. No wall-clock assertions.
  */
 
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { createArena, loadKernels, DEFAULT_MT_WASM_URL, DEFAULT_WASM_URL } from '../src/kernels/load.js';
 import { createPool, planThreads, poolBytes, threadsUnavailableReason, type KernelPool } from '../src/kernels/pool.js';
 import type { Kernels } from '../src/kernels/types.js';
 import { encodeF16 } from '../src/kernels/quant.js';
 import { rng, uniform, normalish, buildRecords, quantizeMatrix, type Dtype, type FfnLayout } from './helpers/kernel-reference.js';
+import { mirror, sameOnPools, type Mirror } from './helpers/mirror.js';
 
 const ARENA = 160 << 20;
 /** Inputs start here in both arenas (above both modules' static data and the pools' regions). */
@@ -38,58 +39,18 @@ test.before(async () => {
     region += Math.ceil(bytes / 64) * 64;
   }
   if (region > DATA) throw new Error('pool regions overlap the test data');
+  M = mirror(st, mt, DATA, ARENA);
 });
 
 test.after.always(async () => {
   for (const p of pools.values()) await p.close();
 });
 
-/** Same bytes at the same offsets in both arenas. */
-class Mirror {
-  cur = DATA;
-  reset(): void { this.cur = DATA; }
-  alloc(bytes: number, misalign = 0): number {
-    const p = ((this.cur + 15) & ~15) + misalign;
-    this.cur = p + bytes + 16;
-    if (this.cur > ARENA) throw new RangeError('test arena exhausted');
-    return p;
-  }
-  put(src: ArrayBufferView, misalign = 0): number {
-    const b = new Uint8Array(src.buffer, src.byteOffset, src.byteLength);
-    const p = this.alloc(b.length, misalign);
-    new Uint8Array(st.memory.buffer).set(b, p);
-    new Uint8Array(mt.memory.buffer).set(b, p);
-    return p;
-  }
-  /** n f32 of NaN sentinel (so unwritten outputs show). */
-  out(n: number, misalign = 0): number {
-    return this.put(new Uint32Array(n).fill(0x7fc0dead), misalign);
-  }
-  /** First byte offset where the two arenas differ in [p, p + bytes), or -1. */
-  diff(p: number, bytes: number): number {
-    const a = new Uint8Array(st.memory.buffer, p, bytes), b = new Uint8Array(mt.memory.buffer, p, bytes);
-    for (let i = 0; i < bytes; i++) if (a[i] !== b[i]) return i;
-    return -1;
-  }
-}
-const M = new Mirror();
-
-type Ctx = import('ava').ExecutionContext;
+/** Same bytes at the same offsets in both arenas; made once the modules are. */
+let M: Mirror;
 
 /** Runs `call` with the single-threaded kernels and with each pool's kernels; outputs [ptr, f32 count] must match byte for byte. */
-function check(t: Ctx, what: string, outputs: [number, number][], call: (k: Kernels) => void): void {
-  // snapshot the outputs' initial bytes (sentinels) so each run starts from the same state
-  const init = outputs.map(([p, n]) => new Uint8Array(st.memory.buffer, p, n * 4).slice());
-  call(st);
-  for (const [threads, pool] of pools) {
-    outputs.forEach(([p], i) => new Uint8Array(mt.memory.buffer).set(init[i]!, p));
-    call(pool.kernels);
-    for (const [p, n] of outputs) {
-      const at = M.diff(p, n * 4);
-      t.is(at, -1, `${what}, ${threads} thread(s): first differing byte ${at} of ${n * 4}`);
-    }
-  }
-}
+const check = (t: ExecutionContext, what: string, outputs: [number, number][], call: (k: Kernels) => void): void => sameOnPools(t, M, st, pools, what, outputs, call);
 
 const sfx = (d: Dtype) => (d === 'int8' ? 'i8' : d);
 
@@ -211,7 +172,7 @@ test.serial('attention split by heads: GQA and MHA, nPos 1..500, out == q, byte-
 
 interface FfnCase { L: FfnLayout; sparse: boolean; xScale?: number; infDown?: boolean }
 
-function ffnCase(t: Ctx, c: FfnCase, seed: number): void {
+function ffnCase(t: ExecutionContext, c: FfnCase, seed: number): void {
   const { L } = c;
   M.reset();
   const r = rng(seed);

@@ -175,8 +175,13 @@ export function quantizeMatrix(w: Float32Array, rows: number, cols: number, dtyp
 
 /** out = W x + bias with per-row tolerances (f32 rounding; plus x quantization for int8). */
 export function matvecRef(m: QMatrix, x: Float32Array, bias?: Float32Array): { want: Float64Array; tol: Float64Array } {
+  return deqMatvecRef(m, x, bias ?? null, m.dtype === 'int8' || m.dtype === 'q8');
+}
+
+/** W x + bias in float64 over dequantized weights, with per-row tolerances: f32 rounding, plus the int16 quantization of x when the kernel quantizes it. */
+export function deqMatvecRef(m: { rows: number; cols: number; deq: Float32Array }, x: Float32Array, bias: Float32Array | null, quantizedX: boolean): { want: Float64Array; tol: Float64Array } {
   const want = new Float64Array(m.rows), tol = new Float64Array(m.rows);
-  const qe = m.dtype === 'int8' || m.dtype === 'q8' ? quantErrBound(x) : null;
+  const qe = quantizedX ? quantErrBound(x) : null;
   for (let r = 0; r < m.rows; r++) {
     const { v, abs } = dot64(m.deq, r * m.cols, x, m.cols);
     let t = F32_REL * (abs + (bias ? Math.abs(bias[r]!) : 0)) + 1e-30;
