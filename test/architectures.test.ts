@@ -15,10 +15,9 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { openCheckpoint } from '../src/convert/index.js';
+import { convertCheckpoint } from './helpers/models.js';
 import { ConvertError, FormatError } from '../src/errors.js';
 import { openFlm, validateHeader } from '../src/format/reader.js';
-import { writeFlm } from '../src/format/writer.js';
-import { MemorySink } from '../src/source/memory.js';
 import { MemorySource, openModel, type Model } from '../src/node.js';
 import { bytesOf, rng, writeSafetensors, type RawTensor } from './helpers/safetensors.js';
 
@@ -325,16 +324,7 @@ async function writeFolder(t: ExecutionContext, cfg: Config, tensors: RawTensor[
   return dir;
 }
 
-async function convert(dir: string): Promise<Uint8Array> {
-  const ckpt = await openCheckpoint(dir);
-  try {
-    const sink = new MemorySink();
-    await writeFlm(ckpt, sink, { dtype: 'f32', layout: 'bundled' });
-    return sink.bytes();
-  } finally {
-    await ckpt.close();
-  }
-}
+const convert = (dir: string): Promise<Uint8Array> => convertCheckpoint(dir);
 
 /** Logits after each token, decoded one token at a time. */
 async function decodeLogits(m: Model, ids: number[]): Promise<Float32Array[]> {

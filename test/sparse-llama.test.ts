@@ -15,8 +15,8 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { openCheckpoint } from '../src/convert/index.js';
+import { convertCheckpoint } from './helpers/models.js';
 import { parseActivation } from '../src/convert/activation.js';
-import { writeFlm } from '../src/format/writer.js';
 import { openFlm, validateHeader } from '../src/format/reader.js';
 import { MemorySink, MemorySource } from '../src/source/memory.js';
 import { openModel, type OpenOptions, type Strategy } from '../src/node.js';
@@ -165,16 +165,7 @@ function referenceLogits(w: Weights, ids: number[], act: ActFn): Float64Array[] 
 
 // ---------------------------------------------------------------- flashlm side
 
-async function convert(dir: string, activation?: string): Promise<Uint8Array> {
-  const ckpt = await openCheckpoint(dir, { activation: activation === undefined ? undefined : parseActivation(activation) });
-  try {
-    const sink = new MemorySink();
-    await writeFlm(ckpt, sink, { dtype: 'f32', layout: 'bundled' });
-    return sink.bytes();
-  } finally {
-    await ckpt.close();
-  }
-}
+const convert = (dir: string, activation?: string): Promise<Uint8Array> => convertCheckpoint(dir, { activation: activation === undefined ? undefined : parseActivation(activation) });
 
 async function logitsOf(bytes: Uint8Array, ids: number[], opts: OpenOptions = {}): Promise<Float32Array[]> {
   const model = await openModel(new MemorySource(bytes), { contextLength: 64, ...opts });

@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openCheckpoint } from '../../src/convert/index.js';
+import { openCheckpoint, type OpenCheckpointOptions } from '../../src/convert/index.js';
 import { writeFlm, type WriteOptions } from '../../src/format/writer.js';
 import { MemorySink } from '../../src/source/memory.js';
 
@@ -46,19 +46,22 @@ export function convertToBytes(input: string, opts: Partial<WriteOptions> & { to
   const key = JSON.stringify([input, opts.dtype, opts.layout, opts.tokenizer]);
   let p = cache.get(key);
   if (!p) {
-    p = (async () => {
-      const ckpt = await openCheckpoint(input, { tokenizer: opts.tokenizer });
-      try {
-        const sink = new MemorySink();
-        await writeFlm(ckpt, sink, { dtype: opts.dtype ?? 'f32', layout: opts.layout ?? 'bundled' });
-        return sink.bytes();
-      } finally {
-        await ckpt.close();
-      }
-    })();
+    p = convertCheckpoint(input, opts);
     cache.set(key, p);
   }
   return p;
+}
+
+/** Converts a checkpoint to .flm bytes (f32, bundled unless `opts` says otherwise), every call afresh. */
+export async function convertCheckpoint(input: string, opts: Partial<WriteOptions> & { tokenizer?: string; activation?: OpenCheckpointOptions['activation'] } = {}): Promise<Uint8Array> {
+  const ckpt = await openCheckpoint(input, { tokenizer: opts.tokenizer, activation: opts.activation });
+  try {
+    const sink = new MemorySink();
+    await writeFlm(ckpt, sink, { dtype: opts.dtype ?? 'f32', layout: opts.layout ?? 'bundled' });
+    return sink.bytes();
+  } finally {
+    await ckpt.close();
+  }
 }
 
 /** The OPT fixture with a chat template (test/fixtures/chat/zephyr.jinja) in its tokenizer_config.json, as .flm bytes. */
