@@ -7,7 +7,7 @@
 import { ArgumentError, BudgetError } from './errors.js';
 import type { FlmFile } from './format/reader.js';
 import type { Kernels } from './kernels/types.js';
-import { lookaheadEntries, prefetchOverheadBytes, slotBytes, streamingFixedBytes, type Sparsity } from './flash/streaming.js';
+import { prefetchOverheadBytes, slotBytes, streamingFixedBytes, type Sparsity } from './flash/streaming.js';
 import { MAX_ARENA_BYTES, fmtBytes, parseBytes } from './engine/arena.js';
 import { DEFAULT_BATCH, Transformer, maxColumns, residentSections, type KvDtype } from './engine/transformer.js';
 import { poolBytes } from './kernels/pool.js';
@@ -130,8 +130,9 @@ export function planMemory(file: FlmFile, k: Kernels, options: PlanOptions, cont
 
   workingBytes += streamingFixed;
   const f = h.ffn[0]!;
-  // Prefetch needs something that names the next layer's neurons early: all of them (hybrid), or a predictor.
-  const prefetch = options.prefetch !== false && strategy !== 'naive' && sparsity !== 'gate' && (sparsity === 'off' || h.predictors !== undefined || lookaheadEntries(file) !== undefined);
+  // Prefetch needs something that names the next layer's neurons early: all of them (hybrid), or a predictor
+  // (lookahead predictors come only with direct ones: the reader refuses them alone).
+  const prefetch = options.prefetch !== false && strategy !== 'naive' && sparsity !== 'gate' && (sparsity === 'off' || h.predictors !== undefined);
   const pfOverhead = prefetchOverheadBytes(file, file.source.alignment ?? 1);
   const align = Math.max(64, file.source.alignment ?? 1);
   // A whole record even in gate mode (whose first use reads whole records to load the gate rows).

@@ -12,7 +12,7 @@ import type { Kernels } from '../kernels/types.js';
 import type { Arena } from '../engine/arena.js';
 import { matvec } from '../engine/tensor.js';
 import { exactZeros, gatedActArgs, type ActArgs } from '../engine/ffn.js';
-import type { StreamLayer } from './layer.js';
+import type { LayerPredictor, StreamLayer } from './layer.js';
 import type { Oracle } from './oracle.js';
 import type { RunStats } from './stats.js';
 
@@ -89,8 +89,7 @@ export class NeuronSelector {
   lookahead(next: StreamLayer, x: number, out: Int32Array): number {
     const p = next.ahead ?? next.pred;
     if (!p) return -1;
-    matvec(this.k, this.r.rankBuf, p.a, x, 0, this.r.i8scratch);
-    matvec(this.k, this.r.logits, p.b, this.r.rankBuf, p.bias.ptr, this.r.i8scratch);
+    this.logitsOf(p, x);
     const lv = this.logitsView;
     let count = 0;
     for (let j = 0; j < this.n; j++) if (lv[j]! > p.threshold) out[count++] = j;
@@ -107,6 +106,12 @@ export class NeuronSelector {
       if (lv[j]! > t) list[m++] = j;
     }
     return m;
+  }
+
+  /** A low-rank predictor's logits B·(A·x) + bias into the logits buffer. */
+  private logitsOf(p: LayerPredictor, x: number): void {
+    matvec(this.k, this.r.rankBuf, p.a, x, 0, this.r.i8scratch);
+    matvec(this.k, this.r.logits, p.b, this.r.rankBuf, p.bias.ptr, this.r.i8scratch);
   }
 
   /** Fills the active list for a layer's input x; returns its length. */
@@ -138,8 +143,7 @@ export class NeuronSelector {
       if (layer.pred && this.stats) this.measureOnOracle(layer, x, h, count);
     } else {
       const p = layer.pred!;
-      matvec(this.k, this.r.rankBuf, p.a, x, 0, this.r.i8scratch);
-      matvec(this.k, this.r.logits, p.b, this.r.rankBuf, p.bias.ptr, this.r.i8scratch);
+      this.logitsOf(p, x);
       const lv = this.logitsView;
       for (let j = 0; j < this.n; j++) if (lv[j]! > p.threshold) av[count++] = j;
       if (this.oracle && this.stats) this.measurePredictor(layer, x, count);
@@ -151,8 +155,7 @@ export class NeuronSelector {
   private measureOnOracle(layer: StreamLayer, x: number, h: Float32Array, truth: number): void {
     const t0 = performance.now();
     const p = layer.pred!;
-    matvec(this.k, this.r.rankBuf, p.a, x, 0, this.r.i8scratch);
-    matvec(this.k, this.r.logits, p.b, this.r.rankBuf, p.bias.ptr, this.r.i8scratch);
+    this.logitsOf(p, x);
     const lv = this.logitsView;
     let tp = 0;
     let predicted = 0;

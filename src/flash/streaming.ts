@@ -19,7 +19,6 @@ import type { StreamLayer } from './layer.js';
 import { NeuronSelector, type Sparsity } from './select.js';
 import { RecordFetcher, type BatchSink } from './fetch.js';
 import { Prefetcher } from './prefetch.js';
-import type { PredictorEntry } from '../format/layout.js';
 
 export type { Sparsity } from './select.js';
 
@@ -82,7 +81,7 @@ export function layoutStreaming(al: Allocator, file: FlmFile, k: Kernels, window
   const nParts = h.ffn[0]!.parts.length;
   const gated = sparsity === 'gate';
   const cacheParts = gated ? 2 : nParts;
-  const maxRank = Math.max(0, ...(h.predictors ?? []).map((p) => p.rank), ...(lookaheadEntries(file) ?? []).map((p) => p.rank));
+  const maxRank = Math.max(0, ...(h.predictors ?? []).map((p) => p.rank), ...(h.lookahead ?? []).map((p) => p.rank));
   return {
     active: al.alloc('active neurons', n * 4),
     newList: al.alloc('new neurons', n * 4),
@@ -118,11 +117,6 @@ export function layoutStreaming(al: Allocator, file: FlmFile, k: Kernels, window
       };
     }),
   };
-}
-
-/** The file's lookahead predictors (`flashlm calibrate`), if any. */
-export function lookaheadEntries(file: FlmFile): PredictorEntry[] | undefined {
-  return (file.header as { lookahead?: PredictorEntry[] }).lookahead;
 }
 
 /** Arena bytes of a prefetch area of `bytes` besides its staging: the pointer table, and alignment slack. */
@@ -275,7 +269,7 @@ export class StreamingFfn implements FfnProvider, BatchSink<Use> {
     this.laList = new Int32Array(n);
     this.laStamp = new Uint32Array(n);
     this.pfMargin = new Float64Array(h.arch.nLayers);
-    const ahead = new Map((lookaheadEntries(file) ?? []).map((e) => [e.layer, e]));
+    const ahead = new Map((h.lookahead ?? []).map((e) => [e.layer, e]));
 
     const tensors = new Map(h.tensors.map((t) => [t.name, t]));
     const place = (name: string) => placeTensor(file, arena, sectionPtrs, tensors.get(name)!);
