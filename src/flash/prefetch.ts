@@ -32,11 +32,11 @@ export class Prefetcher implements BatchSink<0> {
   private readonly index: Int32Array;
   private readonly stamp: Uint32Array;
   private gen = 0;
-  /** Index in the list -> arena address of its part pointers once landed (0: not read). */
-  private readonly landedPtr: Uint32Array;
+  /** The requested ids [0, landedCount) have been read (one batch: a prefix of the list); their part pointers are at src + i * parts * 4. */
+  private landedCount = 0;
+  private readonly src: number;
   /** The layer of the prefetch held or in flight: -1 none, -2 dropped while in flight (busy until it lands). */
   private target = -1;
-  private requested = 0;
   private inFlight: Promise<void> | undefined;
   private failed = false;
   private startedAt = 0;
@@ -74,7 +74,7 @@ export class Prefetcher implements BatchSink<0> {
     this.ids = new Int32Array(n);
     this.index = new Int32Array(n);
     this.stamp = new Uint32Array(n);
-    this.landedPtr = new Uint32Array(n);
+    this.src = r.src;
     // Scattered records may each take an alignment unit of slack; a contiguous run (the next layer's first records) none.
     this.maxRecords = Math.max(1, Math.floor(r.bytes / (recordBytes + (contiguous ? 0 : Math.max(1, alignment)))));
     this.fetcher = new RecordFetcher<0>(file, arena, r.staging, r.bytes, r.src, parts, hints, alignment, maxRegions, stats, true);
@@ -97,19 +97,18 @@ export class Prefetcher implements BatchSink<0> {
       const j = this.ids[i]!;
       this.stamp[j] = gen;
       this.index[j] = i + 1;
-      this.landedPtr[i] = 0;
     }
     this.target = target;
-    this.requested = count;
+    this.landedCount = 0;
     this.failed = false;
     this.startedAt = performance.now();
     this.blockedAtStart = this.stats?.blockedClock() ?? 0;
     this.inFlight = this.fetcher.fetch(layer, this.ids, 0, count, this, 0, false, true).then(this.landed, this.lost);
   }
 
-  onBatch(_use: 0, _layer: StreamLayer, at: number, len: number, src: number): void {
-    // src lists the batch's records from its first (at: 0, one batch), parts pointers each.
-    for (let i = 0; i < len; i++) this.landedPtr[at + i] = src + i * this.parts * 4;
+  onBatch(_use: 0, _layer: StreamLayer, at: number, len: number): void {
+    // One batch (fetch's `once`): the pointer table lists its records from the list's first.
+    this.landedCount = at + len;
   }
 
   /** Whether the prefetch held (or in flight) is for layer `target`. */
@@ -162,14 +161,15 @@ export class Prefetcher implements BatchSink<0> {
   /** Arena address of neuron j's part pointers (u32 [parts]) when it landed for the prefetch held; 0 otherwise. */
   ptrOf(j: number): number {
     if (this.target < 0 || this.stamp[j] !== this.gen) return 0;
-    return this.landedPtr[this.index[j]! - 1]!;
+    const i = this.index[j]! - 1;
+    return i < this.landedCount ? this.src + i * this.parts * 4 : 0;
   }
 
   /** Copies neuron j's part pointers (when it landed for the prefetch held) to dst[at * parts ..]; false when it did not. */
   copyPtrs(j: number, dst: Uint32Array, at: number): boolean {
     if (this.target < 0 || this.stamp[j] !== this.gen) return false;
     const i = this.index[j]! - 1;
-    if (!this.landedPtr[i]) return false;
+    if (i >= this.landedCount) return false;
     const parts = this.parts;
     const src = this.fetcher.srcView;
     for (let p = 0; p < parts; p++) dst[at * parts + p] = src[i * parts + p]!;
@@ -179,8 +179,7 @@ export class Prefetcher implements BatchSink<0> {
   /** The layer is done with the prefetch (`used` of its neurons): its staging is free again. Returns how many were read. */
   release(used: number): number {
     if (this.target === -1) return 0;
-    let read = 0;
-    for (let i = 0; i < this.requested; i++) if (this.landedPtr[i]) read++;
+    const read = this.landedCount;
     this.stats?.prefetch(0, 0, read, used);
     this.target = -1;
     this.gen++;
