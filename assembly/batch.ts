@@ -20,7 +20,7 @@
 // 8, or 32 for q8 and q4), each thread with its own scratch, with the same bits for
 // any split.
 
-import { hsum, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
+import { hsum, f16_bits_lo, f16_bits_hi, F16_SCALE, dot2 } from "./simd";
 import { f32_tail, f32_row1, f16_row_exact, f16_tail, f16_xscale, i8_row, quantize_x, qx_bytes, QB, QG, q8_row1, q8_finish } from "./gemv";
 import { axpy4_f32, axpy1_f32, q8ScaleAt, ffn_relu_i8, ffn_swiglu_i8, ffn_relu_q8, ffn_swiglu_q8 } from "./ffn";
 import { dequant_f16, dequant_i8 } from "./dequant";
@@ -83,11 +83,11 @@ function tile_f32(acc: usize, p0: usize, p1: usize, x0: usize, x1: usize, ncols:
     const w0a = v128.load(p0 + c), w0b = v128.load(p0 + c, 16);
     const w1a = v128.load(p1 + c), w1b = v128.load(p1 + c, 16);
     const xa = v128.load(x0 + c), xb = v128.load(x0 + c, 16);
-    a00 = f32x4.add(a00, f32x4.add(f32x4.mul(w0a, xa), f32x4.mul(w0b, xb)));
-    a10 = f32x4.add(a10, f32x4.add(f32x4.mul(w1a, xa), f32x4.mul(w1b, xb)));
+    a00 = dot2(a00, w0a, xa, w0b, xb);
+    a10 = dot2(a10, w1a, xa, w1b, xb);
     const ya = v128.load(x1 + c), yb = v128.load(x1 + c, 16);
-    a01 = f32x4.add(a01, f32x4.add(f32x4.mul(w0a, ya), f32x4.mul(w0b, yb)));
-    a11 = f32x4.add(a11, f32x4.add(f32x4.mul(w1a, ya), f32x4.mul(w1b, yb)));
+    a01 = dot2(a01, w0a, ya, w0b, yb);
+    a11 = dot2(a11, w1a, ya, w1b, yb);
   }
   v128.store(acc, a00); v128.store(acc, a01, 16); v128.store(acc, a10, 32); v128.store(acc, a11, 48);
 }

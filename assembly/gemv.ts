@@ -10,7 +10,7 @@
 // 8 sequential weight streams are in flight, which is what DRAM bandwidth needs;
 // group accumulators live in ACC between chunks (cheap: 8 loads+stores per chunk).
 
-import { hsum, hsum_i32, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
+import { hsum, hsum_i32, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE, dot2, madd } from "./simd";
 import { XQ, XQ_BYTES, ACC, XK, XK_FLOATS } from "./arena";
 
 // ACC (8 accumulators, f32x4, of the current 8-row block), XK and XQ are this
@@ -32,11 +32,11 @@ function f32_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: us
   const end = x + (ncols << 2);
   for (let q = x; q < end; q += 32) {
     const xa = v128.load(q), xb = v128.load(q, 16);
-    // per row: one add into the accumulator per step (sum of two products first)
-    a0 = f32x4.add(a0, f32x4.add(f32x4.mul(v128.load(p0), xa), f32x4.mul(v128.load(p0, 16), xb)));
-    a1 = f32x4.add(a1, f32x4.add(f32x4.mul(v128.load(p1), xa), f32x4.mul(v128.load(p1, 16), xb)));
-    a2 = f32x4.add(a2, f32x4.add(f32x4.mul(v128.load(p2), xa), f32x4.mul(v128.load(p2, 16), xb)));
-    a3 = f32x4.add(a3, f32x4.add(f32x4.mul(v128.load(p3), xa), f32x4.mul(v128.load(p3, 16), xb)));
+    // per row: one add into the accumulator per step (sum of two products first; simd.ts dot2)
+    a0 = dot2(a0, v128.load(p0), xa, v128.load(p0, 16), xb);
+    a1 = dot2(a1, v128.load(p1), xa, v128.load(p1, 16), xb);
+    a2 = dot2(a2, v128.load(p2), xa, v128.load(p2, 16), xb);
+    a3 = dot2(a3, v128.load(p3), xa, v128.load(p3, 16), xb);
     p0 += 32; p1 += 32; p2 += 32; p3 += 32;
   }
   v128.store(acc, a0); v128.store(acc, a1, 16); v128.store(acc, a2, 32); v128.store(acc, a3, 48);
@@ -49,14 +49,14 @@ function f32_rows8(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, p4: u
   const end = ncols << 2;
   for (let c: usize = 0; c < end; c += 32) {
     const xa = v128.load(x + c), xb = v128.load(x + c, 16);
-    a0 = f32x4.add(a0, f32x4.add(f32x4.mul(v128.load(p0 + c), xa), f32x4.mul(v128.load(p0 + c, 16), xb)));
-    a1 = f32x4.add(a1, f32x4.add(f32x4.mul(v128.load(p1 + c), xa), f32x4.mul(v128.load(p1 + c, 16), xb)));
-    a2 = f32x4.add(a2, f32x4.add(f32x4.mul(v128.load(p2 + c), xa), f32x4.mul(v128.load(p2 + c, 16), xb)));
-    a3 = f32x4.add(a3, f32x4.add(f32x4.mul(v128.load(p3 + c), xa), f32x4.mul(v128.load(p3 + c, 16), xb)));
-    a4 = f32x4.add(a4, f32x4.add(f32x4.mul(v128.load(p4 + c), xa), f32x4.mul(v128.load(p4 + c, 16), xb)));
-    a5 = f32x4.add(a5, f32x4.add(f32x4.mul(v128.load(p5 + c), xa), f32x4.mul(v128.load(p5 + c, 16), xb)));
-    a6 = f32x4.add(a6, f32x4.add(f32x4.mul(v128.load(p6 + c), xa), f32x4.mul(v128.load(p6 + c, 16), xb)));
-    a7 = f32x4.add(a7, f32x4.add(f32x4.mul(v128.load(p7 + c), xa), f32x4.mul(v128.load(p7 + c, 16), xb)));
+    a0 = dot2(a0, v128.load(p0 + c), xa, v128.load(p0 + c, 16), xb);
+    a1 = dot2(a1, v128.load(p1 + c), xa, v128.load(p1 + c, 16), xb);
+    a2 = dot2(a2, v128.load(p2 + c), xa, v128.load(p2 + c, 16), xb);
+    a3 = dot2(a3, v128.load(p3 + c), xa, v128.load(p3 + c, 16), xb);
+    a4 = dot2(a4, v128.load(p4 + c), xa, v128.load(p4 + c, 16), xb);
+    a5 = dot2(a5, v128.load(p5 + c), xa, v128.load(p5 + c, 16), xb);
+    a6 = dot2(a6, v128.load(p6 + c), xa, v128.load(p6 + c, 16), xb);
+    a7 = dot2(a7, v128.load(p7 + c), xa, v128.load(p7 + c, 16), xb);
   }
   v128.store(acc, a0); v128.store(acc, a1, 16); v128.store(acc, a2, 32); v128.store(acc, a3, 48);
   v128.store(acc, a4, 64); v128.store(acc, a5, 80); v128.store(acc, a6, 96); v128.store(acc, a7, 112);
@@ -67,8 +67,8 @@ export function f32_row1(p: usize, x: usize, ncols: usize): v128 {
   let a = f32x4.splat(0), b = f32x4.splat(0);
   const end = x + (ncols << 2);
   for (let q = x; q < end; q += 32) {
-    a = f32x4.add(a, f32x4.mul(v128.load(p), v128.load(q)));
-    b = f32x4.add(b, f32x4.mul(v128.load(p, 16), v128.load(q, 16)));
+    a = madd(v128.load(p), v128.load(q), a);
+    b = madd(v128.load(p, 16), v128.load(q, 16), b);
     p += 32;
   }
   return f32x4.add(a, b);
@@ -190,16 +190,16 @@ function f16_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: us
   for (let q = x; q < end; q += 32) {
     const xa = v128.load(q), xb = v128.load(q, 16);
     let h = v128.load(p0), u = v128.and(i16x8.shr_s(h, 3), M), l = i16x8.shl(h, 13);
-    a0 = f32x4.add(a0, f32x4.add(f32x4.mul(f16_bits_lo(l, u), xa), f32x4.mul(f16_bits_hi(l, u), xb)));
+    a0 = dot2(a0, f16_bits_lo(l, u), xa, f16_bits_hi(l, u), xb);
     det = i16x8.max_u(det, i16x8.shl(h, 1));
     h = v128.load(p1); u = v128.and(i16x8.shr_s(h, 3), M); l = i16x8.shl(h, 13);
-    a1 = f32x4.add(a1, f32x4.add(f32x4.mul(f16_bits_lo(l, u), xa), f32x4.mul(f16_bits_hi(l, u), xb)));
+    a1 = dot2(a1, f16_bits_lo(l, u), xa, f16_bits_hi(l, u), xb);
     det = i16x8.max_u(det, i16x8.shl(h, 1));
     h = v128.load(p2); u = v128.and(i16x8.shr_s(h, 3), M); l = i16x8.shl(h, 13);
-    a2 = f32x4.add(a2, f32x4.add(f32x4.mul(f16_bits_lo(l, u), xa), f32x4.mul(f16_bits_hi(l, u), xb)));
+    a2 = dot2(a2, f16_bits_lo(l, u), xa, f16_bits_hi(l, u), xb);
     det = i16x8.max_u(det, i16x8.shl(h, 1));
     h = v128.load(p3); u = v128.and(i16x8.shr_s(h, 3), M); l = i16x8.shl(h, 13);
-    a3 = f32x4.add(a3, f32x4.add(f32x4.mul(f16_bits_lo(l, u), xa), f32x4.mul(f16_bits_hi(l, u), xb)));
+    a3 = dot2(a3, f16_bits_lo(l, u), xa, f16_bits_hi(l, u), xb);
     det = i16x8.max_u(det, i16x8.shl(h, 1));
     p0 += 16; p1 += 16; p2 += 16; p3 += 16;
   }

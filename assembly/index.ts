@@ -20,6 +20,11 @@ export { ffn_relu_f32_ptrs, ffn_relu_f16_ptrs, ffn_relu_i8_ptrs, ffn_relu_q8_ptr
 export function heap_base(): usize {
   return HEAP_BASE;
 }
+
+/** 1 in the relaxed-SIMD builds (asconfig "relaxed", "mt-relaxed": fused multiply-adds), 0 in the plain SIMD ones. */
+export function simd_relaxed(): i32 {
+  return ASC_FEATURE_RELAXED_SIMD ? 1 : 0;
+}
 export { mm_nt, transpose, bce_grad, colsum, adam_step, logit_histogram } from "./train";
 export { gate_act_f32, gate_act_f16, gate_act_i8, gate_act_q8, ffn_gated_f32_ptrs, ffn_gated_f16_ptrs, ffn_gated_i8_ptrs, ffn_gated_q8_ptrs, gated_i8_max_d } from "./gated";
 export { xxh64, xxh64_slot } from "./xxh64";

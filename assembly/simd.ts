@@ -9,6 +9,35 @@
   return f32x4.extract_lane(s, 0) + f32x4.extract_lane(s, 1);
 }
 
+// ---- multiply-add steps (the relaxed-SIMD build fuses them) ----
+//
+// ASC_FEATURE_RELAXED_SIMD is a compile-time constant: the plain build
+// (asconfig "release", "mt") keeps the separate multiply and add, the relaxed
+// one ("relaxed", "mt-relaxed") uses f32x4.relaxed_madd, which V8 compiles to
+// one FMA where the CPU has it (else mul + add, the same everywhere in the
+// process). Every kernel computing the same dot goes through the same step,
+// so batched, single-row and split results stay bit-identical within a build.
+
+/**
+ * Order-A step of a dot (gemv.ts): acc + (a*x + b*y); relaxed: acc + fma(b, y, a*x).
+ * Measured (bench/kernels.ts, 4096x4096, Zen 4): this form keeps one add on each
+ * accumulator's chain, so the 2x2 prompt tiles run as fast as plain while the
+ * matvecs gain; two chained FMAs, fma(b, y, fma(a, x, acc)), made the tiles ~30%
+ * slower (FMA latency on four accumulators).
+ */
+// @ts-ignore: decorator
+@inline export function dot2(acc: v128, a: v128, x: v128, b: v128, y: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.add(acc, f32x4.relaxed_madd(b, y, f32x4.mul(a, x)));
+  return f32x4.add(acc, f32x4.add(f32x4.mul(a, x), f32x4.mul(b, y)));
+}
+
+/** acc + a*x (fused in the relaxed build). */
+// @ts-ignore: decorator
+@inline export function madd(a: v128, x: v128, acc: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, x, acc);
+  return f32x4.add(acc, f32x4.mul(a, x));
+}
+
 /** Horizontal sum of an i32x4 (wrapping). */
 // @ts-ignore: decorator
 @inline export function hsum_i32(v: v128): i32 {

@@ -4,7 +4,11 @@
  * hidden 2048, vocab 512, seq_len 1024 — about 85M parameters, 340 MB at f32.
  *
  *   npm run bench:decode -- [--dtypes f32,f16,int8,q8,q4] [--threads 1,2]
- *        [--prompt-tokens 186] [--decode-tokens 64] [--rounds 3]
+ *        [--prompt-tokens 186] [--decode-tokens 64] [--rounds 3] [--simd auto|plain|relaxed]
+ *
+ * --simd: the kernels build (default auto: relaxed SIMD where the runtime has
+ * it; on Node 20 bench/relaxed-simd.ts turns on V8's flag for it); each row
+ * says which build ran.
  *
  * The model is a random llama2.c checkpoint (run.c's format, shared
  * classifier), made once from a seeded PRNG (normal * 0.02, norms = 1) with
@@ -26,8 +30,10 @@
  * and reports medians. Prints a table, then one line of JSON.
  *
  * Threads: each row opens the model with `{ threads: n }` and reports what
- * `model.threading` says ran (a fallback to one thread is noted with its reason).
+ * `model.threading` says ran (a fallback to one thread is noted with its reason),
+ * and its prompt and decode speed-ups over the same dtype's one-thread row.
  */
+import { simdOption } from './relaxed-simd.js';
 import os from 'node:os';
 import { FormatError } from '../src/errors.js';
 import type { DType } from '../src/format/types.js';
@@ -61,6 +67,8 @@ interface Row {
   promptTokS: number;
   decodeTokS: number;
   promptOverDecode: number;
+  /** The kernels build that ran (model.simd). */
+  kernels: string;
   rounds: { promptTokS: number; decodeTokS: number }[];
 }
 
@@ -75,12 +83,12 @@ for (const dtype of dtypes) {
     const t0 = performance.now();
     let model: Model;
     try {
-      model = await openModel(flmPath(dtype), { contextLength: CONTEXT, threads: n });
+      model = await openModel(flmPath(dtype), { contextLength: CONTEXT, threads: n, simd: simdOption });
     } catch (e) {
       if (!(e instanceof FormatError)) throw e;
       console.error(`${flmPath(dtype)}: ${e.message}; converting again`); // e.g. written by an older format version
       await convert(dtype);
-      model = await openModel(flmPath(dtype), { contextLength: CONTEXT, threads: n });
+      model = await openModel(flmPath(dtype), { contextLength: CONTEXT, threads: n, simd: simdOption });
     }
     const openS = (performance.now() - t0) / 1000;
     try {
@@ -114,10 +122,11 @@ for (const dtype of dtypes) {
         promptTokS: round2(promptTokS),
         decodeTokS: round2(decodeTokS),
         promptOverDecode: round2(promptTokS / decodeTokS),
+        kernels: model.simd,
         rounds: rs.map((x) => ({ promptTokS: round2(x.promptTokS), decodeTokS: round2(x.decodeTokS) })),
       };
       rows.push(row);
-      console.error(`${dtype} t${threads}: prompt ${row.promptTokS} tok/s, decode ${row.decodeTokS} tok/s`);
+      console.error(`${dtype} t${threads} ${model.simd}: prompt ${row.promptTokS} tok/s, decode ${row.decodeTokS} tok/s`);
     } finally {
       await model.close();
     }
@@ -136,9 +145,15 @@ console.log(
 );
 console.log(`machine: ${cpu}, ${cores} cores, node ${process.version}; load average ${load0[0]!.toFixed(2)} -> ${load1[0]!.toFixed(2)}`);
 const pad = (s: string | number, w: number) => String(s).padStart(w);
-console.log(`${'dtype'.padEnd(5)} ${pad('threads', 7)} ${pad('prompt tok/s', 12)} ${pad('decode tok/s', 12)} ${pad('prompt÷decode', 13)}`);
+// speed-up over the same dtype's one-thread row (issue #8's target: 2 threads >= 1.6x on decode)
+const speedup = (r: Row, key: 'promptTokS' | 'decodeTokS'): number | null => {
+  const one = rows.find((o) => o.dtype === r.dtype && o.threads === 1 && o.kernels === r.kernels);
+  return one ? round2(r[key] / one[key]) : null;
+};
+const times = (v: number | null) => (v === null ? '-' : `${v.toFixed(2)}x`);
+console.log(`${'dtype'.padEnd(5)} ${pad('threads', 7)} ${pad('prompt tok/s', 12)} ${pad('decode tok/s', 12)} ${pad('prompt÷decode', 13)} ${pad('prompt÷1t', 9)} ${pad('decode÷1t', 9)}  kernels`);
 for (const r of rows) {
-  console.log(`${r.dtype.padEnd(5)} ${pad(r.threads, 7)} ${pad(r.promptTokS.toFixed(2), 12)} ${pad(r.decodeTokS.toFixed(2), 12)} ${pad(r.promptOverDecode.toFixed(2), 13)}`);
+  console.log(`${r.dtype.padEnd(5)} ${pad(r.threads, 7)} ${pad(r.promptTokS.toFixed(2), 12)} ${pad(r.decodeTokS.toFixed(2), 12)} ${pad(r.promptOverDecode.toFixed(2), 13)} ${pad(times(speedup(r, 'promptTokS')), 9)} ${pad(times(speedup(r, 'decodeTokS')), 9)}  ${r.kernels}`);
 }
 for (const note of new Set(notes)) console.log(`note: ${note}`);
 // The benchmark itself adds about 1 to the load average (one busy thread); more than that is someone else.
@@ -155,7 +170,7 @@ console.log(
     threadsRequested: threadCounts,
     machine: { node: process.version, cpu, cores, totalMemMiB: Math.round(os.totalmem() / 2 ** 20), loadavg: [round2(load0[0]!), round2(load1[0]!)] },
     wallS: round2(wallS),
-    results: rows,
+    results: rows.map((r) => ({ ...r, promptSpeedup: speedup(r, 'promptTokS'), decodeSpeedup: speedup(r, 'decodeTokS') })),
     notes: [...new Set(notes)],
   }),
 );

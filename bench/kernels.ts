@@ -4,6 +4,13 @@
  *
  *   node --import=tsx bench/kernels.ts [--rows 4096] [--cols 4096] [--reps 15]
  *     [--resident 64] [--batch 32] [--mt-rows 4096] [--mt-cols 11008] [--threads N] [--no-threads]
+ *     [--simd auto|plain|relaxed]
+ *
+ * --simd picks the kernels build (src/kernels/load.ts kernelsUrl; default auto:
+ * the relaxed-SIMD build where the runtime has it: Node 20 needs
+ * --experimental-wasm-relaxed-simd). Where relaxed SIMD is available, a last
+ * table times both builds on the same weights, interleaved: the f32/f16 matvec
+ * from memory and in L2, and the f32/f16 prompt tiles (matmul).
  *
  * Also: each kernel on the first --resident rows only (in L2: its compute-bound
  * rate, in weights/ns, next to its rate from memory), and the batched prompt
@@ -25,7 +32,7 @@
  */
 
 import { availableParallelism } from 'node:os';
-import { createArena, loadKernels, DEFAULT_MT_WASM_URL } from '../src/kernels/load.js';
+import { createArena, loadKernels, kernelsUrl, relaxedSimdSupported, simdBuild, DEFAULT_WASM_URL, RELAXED_WASM_URL, type SimdMode } from '../src/kernels/load.js';
 import { createPool, poolBytes, threadsUnavailableReason, type KernelPool } from '../src/kernels/pool.js';
 import { encodeF16, encodeI8Row, encodeQ4Row, encodeQ8Row, q4Groups, q4RowBytes, q8Groups } from '../src/kernels/quant.js';
 
@@ -34,6 +41,8 @@ function arg(name: string, def: number): number {
   return i >= 0 ? Number(process.argv[i + 1]) : def;
 }
 
+const simdIdx = process.argv.indexOf('--simd');
+const simdMode = (simdIdx >= 0 ? process.argv[simdIdx + 1] : 'auto') as SimdMode;
 const rows = arg('rows', 4096);
 const cols = arg('cols', 4096);
 const reps = arg('reps', 15);
@@ -50,7 +59,7 @@ for (let i = 0; i < cols; i++) x[i] = rand() * 2 - 1;
 const align = (p: number) => (p + 63) & ~63;
 const bytesNeeded = n * (4 + 2 + 2 + 1 + 1 + 1) + rows * 4 * 4 + cols * 16 + (1 << 20) + 40 * (rows + cols) * 4 * 4 + 40 * cols * 64;
 const memory = createArena(bytesNeeded + 65536 * 4);
-const k = await loadKernels(memory);
+const k = await loadKernels(memory, kernelsUrl(false, simdMode));
 const u8 = () => new Uint8Array(memory.buffer);
 
 let cur = align(k.heap_base());
@@ -150,7 +159,7 @@ const by = Object.fromEntries(results.map((r) => [r.name, r]));
 const ratio = (a: string) => +(by[a]!.gbs / by.matvec_f32!.gbs).toFixed(3);
 
 const pad = (s: string | number, w: number) => String(s).padStart(w);
-console.log(`matvec ${rows}x${cols}, median of ${reps} (best in brackets), weights-only GB/s`);
+console.log(`matvec ${rows}x${cols}, median of ${reps} (best in brackets), weights-only GB/s; kernels build: ${simdBuild(k)}`);
 console.log(`${'kernel'.padEnd(12)} ${pad('ms', 16)} ${pad('GFLOP/s', 9)} ${pad('GB/s', 16)}`);
 for (const r of results) {
   console.log(`${r.name.padEnd(12)} ${pad(`${r.ms.toFixed(2)} [${r.bestMs.toFixed(2)}]`, 16)} ${pad(r.gflops.toFixed(2), 9)} ${pad(`${r.gbs.toFixed(2)} [${r.bestGbs.toFixed(2)}]`, 16)}`);
@@ -167,8 +176,9 @@ console.log(`targets: ${Object.entries(targets).map(([k, v]) => `${k} ${v ? 'met
 const residentResults = benchResident();
 const batchResults = benchBatched();
 const threadResults = process.argv.includes('--no-threads') ? null : await benchThreads();
+const relaxedResults = relaxedSimdSupported() ? await benchRelaxed() : null;
 console.log(JSON.stringify({
-  bench: 'kernels', rows, cols, reps, node: process.version,
+  bench: 'kernels', rows, cols, reps, node: process.version, kernels: simdBuild(k),
   results,
   ratios: { f16_f32_gbs: ratio('matvec_f16'), f16ftz_f32_gbs: ratio('matvec_f16_ftz'), i8_f32_gbs: ratio('matvec_i8'), wasm_js_f32: +(by.matvec_f32!.gflops / by.js_f32_loop!.gflops).toFixed(2) },
   f16Subnormals: subnormals,
@@ -176,6 +186,7 @@ console.log(JSON.stringify({
   resident: residentResults,
   batched: batchResults,
   ...(threadResults ? { threads: threadResults } : {}),
+  ...(relaxedResults ? { relaxed: relaxedResults } : {}),
 }));
 
 /**
@@ -271,11 +282,11 @@ async function benchThreads() {
   }
   const nn = mtRows * mtCols;
   const limits = { maxPositions: 1, maxNeurons: 1 };
-  const probe = await loadKernels(createArena(2 * 65536, { shared: true }), DEFAULT_MT_WASM_URL);
+  const probe = await loadKernels(createArena(2 * 65536, { shared: true }), kernelsUrl(true, simdMode));
   const counts = Array.from({ length: maxThreads }, (_, i) => i + 1);
   const poolTotal = counts.reduce((s, t) => s + align(poolBytes(probe, t, limits)), 0);
   const mem = createArena(probe.heap_base() + poolTotal + nn * (4 + 2 + 1) + mtRows * 4 * 4 + mtCols * 16 + (1 << 20), { shared: true });
-  const mk = await loadKernels(mem, DEFAULT_MT_WASM_URL);
+  const mk = await loadKernels(mem, kernelsUrl(true, simdMode));
   let at = align(mk.heap_base());
   const pools: KernelPool[] = [];
   for (const t of counts) {
@@ -347,4 +358,52 @@ async function benchThreads() {
   const two = out.map((o) => o.byThreads.find((r) => r.threads === 2)?.speedup).filter((v): v is number => v !== undefined);
   if (two.length) console.log(`target 2 threads >= 1.7x: ${two.every((v) => v >= 1.7) ? 'met' : 'NOT met'} (${out.map((o, i) => `${o.name} ${two[i]}x`).join(', ')})`);
   return { rows: mtRows, cols: mtCols, results: out };
+}
+
+/**
+ * Plain vs relaxed SIMD: both builds instantiated on this arena (the same
+ * static layout, so they share it; calls never overlap) run the f32/f16
+ * matvec (from memory, and on the first --resident rows in L2) and the f32/f16
+ * prompt tiles (matmul, --batch tokens), interleaved round-robin. Weights-only
+ * GB/s (matmul: weight bytes once per call), medians.
+ */
+async function benchRelaxed() {
+  const kp = await loadKernels(memory, DEFAULT_WASM_URL);
+  const kr = await loadKernels(memory, RELAXED_WASM_URL);
+  if (kp.heap_base() !== kr.heap_base()) throw new Error('the two builds lay out their static area differently');
+  const m = arg('resident', 64), calls = Math.max(1, Math.round(rows / m));
+  const T = arg('batch', 32);
+  const xs = new Float32Array(T * cols);
+  for (let i = 0; i < xs.length; i++) xs[i] = rand() * 2 - 1;
+  const XB = put(xs);
+  const OB = reserve(T * rows * 4);
+  const SB = reserve(kp.batch_scratch_bytes(T, cols));
+  type K = typeof kp;
+  const kinds: { name: string; bytes: number; run: (k: K) => void }[] = [
+    { name: 'matvec_f32', bytes: n * 4, run: (k) => k.matvec_f32(OUT, W32, X, 0, rows, cols) },
+    { name: 'matvec_f16', bytes: n * 2, run: (k) => k.matvec_f16(OUT, W16ftz, X, 0, rows, cols) },
+    { name: `matvec_f32 L2 (${m} rows)`, bytes: m * cols * 4 * calls, run: (k) => { for (let j = 0; j < calls; j++) k.matvec_f32(OUT, W32, X, 0, m, cols); } },
+    { name: `matvec_f16 L2 (${m} rows)`, bytes: m * cols * 2 * calls, run: (k) => { for (let j = 0; j < calls; j++) k.matvec_f16(OUT, W16ftz, X, 0, m, cols); } },
+    { name: `matmul_f32 (T=${T})`, bytes: n * 4, run: (k) => k.matmul_f32(OB, rows * 4, W32, XB, cols * 4, 0, T, rows, cols, SB) },
+    { name: `matmul_f16 (T=${T})`, bytes: n * 2, run: (k) => k.matmul_f16(OB, rows * 4, W16ftz, XB, cols * 4, 0, T, rows, cols, SB) },
+  ];
+  const cells = kinds.flatMap((kd) => [{ kd, k: kp, times: [] as number[] }, { kd, k: kr, times: [] as number[] }]);
+  for (const c of cells) for (let i = 0; i < 3; i++) c.kd.run(c.k);
+  for (let i = 0; i < reps; i++) {
+    for (const c of cells) {
+      const t0 = performance.now();
+      c.kd.run(c.k);
+      c.times.push(performance.now() - t0);
+    }
+  }
+  const out: { name: string; plainGbs: number; relaxedGbs: number; ratio: number }[] = [];
+  console.log(`\nplain vs relaxed SIMD (same weights, interleaved; median weights-only GB/s, matmul: weight bytes once per call)`);
+  console.log(`${'kernel'.padEnd(26)} ${pad('simd', 8)} ${pad('relaxed', 8)} ${pad('ratio', 6)}`);
+  for (const kd of kinds) {
+    const [p, r] = cells.filter((c) => c.kd === kd).map((c) => kd.bytes / median(c.times) / 1e6);
+    const row = { name: kd.name, plainGbs: +p!.toFixed(2), relaxedGbs: +r!.toFixed(2), ratio: +(r! / p!).toFixed(3) };
+    out.push(row);
+    console.log(`${kd.name.padEnd(26)} ${pad(row.plainGbs.toFixed(2), 8)} ${pad(row.relaxedGbs.toFixed(2), 8)} ${pad(row.ratio.toFixed(3), 6)}`);
+  }
+  return out;
 }

@@ -7,6 +7,7 @@
  *
  *   npm run bench:native -- [--dtypes f32,f16,q8,int8] [--threads 1,2]
  *        [--prompt-tokens 186] [--decode-tokens 64] [--check-tokens 128] [--rounds 3]
+ *        [--simd auto|plain|relaxed]   (flashlm's kernels build: bench/relaxed-simd.ts)
  *
  * Pairs: flashlm f32 / GGUF F32, f16 / F16, q8 (one f32 scale per 32 weights) /
  * Q8_0 (one f16 scale per 32), and flashlm's int8 (one scale per row) / Q8_0.
@@ -41,6 +42,8 @@
  * Prints a table with flashlm ÷ native per row and one JSON line, and writes
  * the JSON to bench/results/native.json.
  */
+// first: on Node 20 it turns on relaxed SIMD (flashlm's relaxed-SIMD kernels; --simd plain keeps them off)
+import { simdOption } from './relaxed-simd.js';
 import { spawn } from 'node:child_process';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -257,7 +260,7 @@ const problems: string[] = [];
 // 1. stories260K, greedy from BOS: a trained model, so the GGUF's RoPE pairing, GQA and vocabulary are exercised.
 {
   const STORIES_N = 200;
-  const fm = await openModel(new MemorySource(await convertToBytes(STORIES_BIN, { tokenizer: STORIES_TOK })), { threads: 1 });
+  const fm = await openModel(new MemorySource(await convertToBytes(STORIES_BIN, { tokenizer: STORIES_TOK })), { threads: 1, simd: simdOption });
   const nm = await llama.loadModel({ modelPath: STORIES_GGUF, gpuLayers: 0 });
   const ctx = await nm.createContext({ contextSize: 512, threads: 1 });
   try {
@@ -299,6 +302,7 @@ const greedy = new Map<string, number[]>(); // 'flashlm f32', 'native F32', ... 
 const firstAfterPrompt = new Map<string, number>();
 const teacher = new Map<string, ReturnType<typeof compareTeacher>>(); // 'f32 vs F32' -> flashlm vs native on the prompt
 let promptInfo = { text: '', tokens: 0 };
+let flashKernels = ''; // model.simd: the kernels build flashlm ran
 let decodeIds: number[] = [];
 
 for (const gt of ggufTypes) {
@@ -309,7 +313,8 @@ for (const gt of ggufTypes) {
       const fms: Model[] = [];
       const ctx = await nm.createContext({ contextSize: CONTEXT, threads: n, batchSize: 512 });
       try {
-        for (const d of flashDtypes) fms.push(await openModel(flmPath(d), { contextLength: CONTEXT, threads: n }));
+        for (const d of flashDtypes) fms.push(await openModel(flmPath(d), { contextLength: CONTEXT, threads: n, simd: simdOption }));
+        flashKernels = fms[0]?.simd ?? flashKernels;
         const seq = ctx.getSequence();
         for (const fm of fms) if (fm.threading.threads !== n) notes.push(`flashlm asked for ${n} thread(s), ran ${fm.threading.threads}: ${fm.threading.fallbackReason ?? 'no reason given'}`);
         if (ctx.currentThreads !== n) notes.push(`native asked for ${n} thread(s), reports ${ctx.currentThreads}`);
@@ -432,7 +437,7 @@ console.log(
   `native: ${NAME} (~85M params) in flashlm (dense, .flm) and llama.cpp ${nativeInfo.llamaCpp} (node-llama-cpp ${NLC_VERSION}, CPU, GGUF); ` +
     `prompt ${promptInfo.tokens} tokens, decode ${decodeTokens} tokens after "${DECODE_PROMPT}", interleaved, median of ${rounds} round(s)`,
 );
-console.log(`machine: ${cpu}, ${cores} cores, node ${process.version}; load average ${load0[0]!.toFixed(2)} -> ${load1[0]!.toFixed(2)}`);
+console.log(`machine: ${cpu}, ${cores} cores, node ${process.version}; load average ${load0[0]!.toFixed(2)} -> ${load1[0]!.toFixed(2)}; flashlm kernels: ${flashKernels}`);
 const pad = (s: string | number, w: number) => String(s).padStart(w);
 console.log(`${'flashlm'.padEnd(7)} ${'native'.padEnd(6)} ${pad('thr', 3)} | ${pad('prompt tok/s flashlm', 20)} ${pad('native', 8)} ${pad('ratio', 6)} | ${pad('decode tok/s flashlm', 20)} ${pad('native', 8)} ${pad('ratio', 6)}`);
 for (const r of rows) {
@@ -457,6 +462,7 @@ const result = {
   rounds,
   threadsRequested: threadCounts,
   machine: { node: process.version, cpu, cores, totalMemMiB: Math.round(os.totalmem() / 2 ** 20), loadavg: [round2(load0[0]!), round2(load1[0]!)] },
+  flashlmKernels: flashKernels,
   wallS: round2(wallS),
   checks,
   problems,

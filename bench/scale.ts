@@ -9,7 +9,7 @@
  * strategy that selects with the oracle must give hybrid's tokens.
  *
  *   npm run bench:scale -- [--quick] [--shape opt-6.7b] [--tokens 8] [--share 0.33]
- *                          [--predictor] [--calib-tokens 4096] [--out file.json]
+ *                          [--predictor] [--calib-tokens 4096] [--split] [--out file.json]
  *
  * --quick: the OPT-1.3B shape (about 5 minutes). The model files are made
  * once and kept in bench/.cache. --predictor also trains predictors
@@ -17,6 +17,9 @@
  * them; without it, predictor and window select with the oracle (timed
  * apart: a copy of the FFN outside the budget for --quick, else paged: it
  * reads each layer again).
+ * --split also makes the same weights in the split layout (up and down
+ * records apart: twice the requests) and adds window rows for bundled
+ * against split, both with the oracle and without lookahead prefetch.
  * Prints a table and one JSON line.
  */
 import { closeSync, existsSync, fstatSync, openSync, readSync, constants as fsc, writeFileSync, readFileSync, readdirSync } from 'node:fs';
@@ -36,15 +39,16 @@ const shape = (arg('shape') ?? (quick ? 'opt-1.3b' : 'opt-6.7b')) as ShapeName;
 const tokens = intArg('tokens', quick ? 6 : 8, 1);
 const share = Number(arg('share') ?? 0.33);
 const withPredictor = argv.includes('--predictor');
+const withSplit = argv.includes('--split');
 const PROMPT = 'In the morning she went down to the river, where the boats';
 const MiB = 2 ** 20;
 
-/** The model file, made once: int8 resident (the part that must fit wasm32's arena), f16 FFN. */
-async function modelFile(): Promise<string> {
-  const file = join(CACHE, `synth-${shape}-f16-int8.flm`);
+/** The model file, made once: int8 resident (the part that must fit wasm32's arena), f16 FFN; the same weights either layout. */
+async function modelFile(layout: 'bundled' | 'split' = 'bundled'): Promise<string> {
+  const file = join(CACHE, `synth-${shape}-f16-int8${layout === 'split' ? '-split' : ''}.flm`);
   if (!existsSync(file)) {
     process.stderr.write(`making ${file} (once)\n`);
-    await runSynth({ shape, output: file, dtype: 'f16', residentDtype: 'int8', layout: 'bundled', seed: 1 });
+    await runSynth({ shape, output: file, dtype: 'f16', residentDtype: 'int8', layout, seed: 1 });
   }
   return file;
 }
@@ -114,6 +118,7 @@ const say = (r: Row) => process.stderr.write(`  ${r.name}: ${r.s.msPerToken.toFi
 // With --predictor the oracle rows run on the calibrated copy (same FFN bytes): its lookahead predictors prefetch
 // for them too, and the oracle measures both predictors per layer on the way.
 const pred = withPredictor ? await predictorFile(model) : undefined;
+const split = withSplit ? await modelFile('split') : undefined;
 const oracleFile = pred ?? model;
 // The predictors stay resident: rows on the calibrated copy get their bytes on top of the budget.
 const predictorBytes = pred ? fstatSync(openSync(pred, 'r')).size - size : 0;
@@ -131,8 +136,16 @@ for (const [name, file, strategy, sparsity, prefetch] of [
         ['+window k=4 (trained)', pred, 'window', 'predictor', true],
       ] as const)
     : []),
+  // Bundled against split: oracle selection, no lookahead (the split copy has no predictors).
+  ...(split
+    ? ([
+        ...(pred ? ([['+window k=4 (oracle), bundled, no lookahead', model, 'window', 'oracle', true]] as const) : []),
+        ['+window k=4 (oracle), split', split, 'window', 'oracle', true],
+      ] as const)
+    : []),
 ] as const) {
-  rows.push(await run(file, name, strategy, sparsity, file === pred ? memory + predictorBytes : memory, prefetch));
+  // wasm32 caps the arena at 4 GiB: the predictors' bytes come out of the budget past that.
+  rows.push(await run(file, name, strategy, sparsity, file === pred ? Math.min(memory + predictorBytes, 4 * 2 ** 30) : memory, prefetch));
   say(rows[rows.length - 1]!);
 }
 
@@ -147,8 +160,8 @@ for (const r of rows) {
   console.log(`| ${r.name} | ${f(r.s.bytesPerToken / MiB, 1)} | ${f(r.s.requestsPerToken)} | ${f(r.s.meanRequestBytes / 1024, 1)} KiB | ${f(rate)} (${f((100 * rate) / disk)}%) | ${f(r.s.ioMsPerToken)} | ${f(r.s.hiddenIoMsPerToken)} | ${f(r.s.computeMsPerToken)} | ${f(r.s.msPerToken)} |`);
 }
 const naive = rows[0]!;
-// The last window row: trained predictors with prefetch when --predictor, else the oracle's.
-const window = rows.filter((r) => r.strategy === 'window').at(-1)!;
+// The last bundled window row: trained predictors with prefetch when --predictor, else the oracle's.
+const window = rows.filter((r) => r.strategy === 'window' && !r.name.includes('split') && !r.name.includes('no lookahead')).at(-1)!;
 const measured = rows.find((r) => r.name === '+window k=4 (oracle)')!.s.layers;
 if (measured) {
   // Per layer: the direct predictor's recall against the true active set, the lookahead's against what the layer selected.

@@ -8,7 +8,7 @@ import { AbortedError, ArgumentError } from './errors.js';
 import type { FlmHeader } from './format/layout.js';
 import { openFlm, type FlmFile } from './format/reader.js';
 import type { ArchConfig } from './format/types.js';
-import { createArena, loadKernels } from './kernels/load.js';
+import { createArena, kernelsUrl, loadKernels, simdBuild, type SimdBuild, type SimdMode } from './kernels/load.js';
 import { createPool, planThreads, type KernelPool } from './kernels/pool.js';
 import type { Kernels } from './kernels/types.js';
 import { Arena, WASM_PAGE } from './engine/arena.js';
@@ -80,6 +80,12 @@ export interface OpenOptions extends PlanOptions {
   threads?: number;
   /** The kernel module, for bundlers that move the .wasm (bytes, a compiled Module, or its URL). */
   wasm?: BufferSource | WebAssembly.Module | URL | string;
+  /**
+   * Kernels build when `wasm` is not given: 'auto' (default) the relaxed-SIMD
+   * build (fused multiply-adds) where the runtime has relaxed SIMD, else the
+   * plain SIMD one; 'plain' or 'relaxed' forces one. `model.simd` says which ran.
+   */
+  simd?: SimdMode;
   /** The threads build of the kernels (wasm/flashlm.mt.wasm), when `wasm` is given and threads are wanted. */
   wasmThreads?: BufferSource | WebAssembly.Module | URL | string;
   /**
@@ -184,6 +190,11 @@ export class Model {
     readonly chatTemplate: ChatTemplate | undefined,
   ) {}
 
+  /** The kernels build running: 'relaxed-simd' (fused multiply-adds) or 'simd' (see OpenOptions.simd). */
+  get simd(): SimdBuild {
+    return simdBuild(this.kernels);
+  }
+
   /** How many leading tokens of the KV cache are valid (what the next prompt can reuse). */
   get cachedTokens(): number {
     return this.kvIds.length;
@@ -227,7 +238,8 @@ export class Model {
       // Threads need a shared arena and the threads build; decided before the arena exists.
       const tp = await planThreads(options.threads);
       let fallbackReason = tp.fallbackReason;
-      let wasm = options.wasm ?? tp.wasm;
+      // the build planThreads chose, or its relaxed-SIMD twin where the runtime has it (options.simd)
+      let wasm = options.wasm ?? kernelsUrl(tp.shared, options.simd);
       if (tp.shared && options.wasm !== undefined) {
         if (options.wasmThreads !== undefined) wasm = options.wasmThreads;
         else {
@@ -266,8 +278,9 @@ export class Model {
         window: plan.window,
         layout: file.header.layout,
         dtype: file.header.dtype,
+        kernels: simdBuild(kernels),
       });
-      const oracle = plan.sparsity === 'oracle' || options.measurePredictor ? await Oracle.create(file, options.wasm, { mode: options.oracle, stats }) : undefined;
+      const oracle = plan.sparsity === 'oracle' || options.measurePredictor ? await Oracle.create(file, options.wasm ?? kernelsUrl(false, options.simd), { mode: options.oracle, stats }) : undefined;
       let streaming: StreamingFfn | undefined;
       // Load progress: the weights read at open (the resident part, and the FFN for dense).
       const loadTotal = plan.residentBytes + (strategy === 'dense' ? plan.ffnBytes : 0);
@@ -303,6 +316,9 @@ export class Model {
   /** Runs one position, with the strategy's per-token work and stats around it. */
   private async forward(token: number, pos: number): Promise<number> {
     this.stats.beginToken();
+    const tier = this.file.source.tier;
+    const tierHit = tier?.hitBytes ?? 0;
+    const tierNet = tier?.networkBytes ?? 0;
     if (this.plan.strategy === 'naive') {
       // Nothing stays resident: the attention/embedding weights are read again every token.
       const t0 = performance.now();
@@ -318,6 +334,7 @@ export class Model {
     this.kvIds.length = pos; // entries from pos on are overwritten (or left invalid by an error)
     const logits = await this.transformer.forward(token, pos);
     this.kvIds.push(token);
+    if (tier) this.stats.tier(tier.hitBytes - tierHit, tier.networkBytes - tierNet);
     this.lastTokenStats = this.stats.endToken();
     return logits;
   }

@@ -38,7 +38,7 @@ let tls: Nginx;
 
 test.before(async () => {
   cert = makeCert(dir);
-  [plain, tls] = await Promise.all([startNginx({ root: dir }), startNginx({ root: dir, tls: cert })]);
+  [plain, tls] = await Promise.all([startNginx({ root: dir }), startNginx({ root: dir, tls: cert, accessLog: true })]);
 });
 test.after.always(async () => {
   await plain?.stop();
@@ -303,6 +303,19 @@ test('HTTP/2 over TLS: trusted through the ca option only; h2 negotiated; multi-
     await Promise.all(reads);
   } finally {
     await s.close();
+  }
+  // A few reads at once go out on different connections (a CDN limits each connection's bandwidth), not as streams of one.
+  const spread = await NodeHttpSource.open(tls.url('data.bin'), { ca: cert.pem, connections: 64, h2Streams: 8 });
+  try {
+    await spread.read(0, new Uint8Array(10)); // the first answer switches the source to its HTTP/2 pool
+    const before = (await tls.accessLog()).length;
+    await Promise.all(Array.from({ length: 8 }, (_, i) => spread.read(i * 300_000, new Uint8Array(200_000))));
+    const lines = (await tls.accessLog()).slice(before);
+    const connections = new Set(lines.map((l) => l.split(' ')[5]));
+    t.is(lines.length, 8, lines.join('\n'));
+    t.true(connections.size >= 4, `8 reads over ${connections.size} connection(s)`);
+  } finally {
+    await spread.close();
   }
   const h1 = await NodeHttpSource.open(tls.url('data.bin'), { ca: cert.pem, allowH2: false });
   t.is(h1.protocol, 'http/1.1');

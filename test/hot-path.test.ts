@@ -201,6 +201,7 @@ function referenceSummary(tokens: readonly TokenStats[]) {
     // Lookahead figures are per layer since open (info has no layers here): unknown.
     lookaheadRecall: null,
     lookaheadPrecision: null,
+    tierHitRate: sum((t) => t.tierHitBytes + t.tierNetworkBytes) ? sum((t) => t.tierHitBytes) / sum((t) => t.tierHitBytes + t.tierNetworkBytes) : null,
     strategy: info.strategy,
     sparsity: info.sparsity,
     window: info.window,

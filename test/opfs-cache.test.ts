@@ -248,18 +248,27 @@ test('a source without a validator is not cached', async (t) => {
 
 test('a model generates the same tokens through the cache tier, cold and warm', async (t) => {
   const bytes = await convertToBytes(STORIES_BIN, { tokenizer: STORIES_TOK });
+  const rates: (number | null)[] = [];
   const greedy = async (source: Source) => {
-    const m = await openModel(source, { strategy: 'window', sparsity: 'oracle', contextLength: 64 });
+    // batchSize 1: the prompt runs token by token, so its (cold) reads count in the run stats
+    const m = await openModel(source, { strategy: 'window', sparsity: 'oracle', contextLength: 64, batchSize: 1 });
     const text = await m.complete('Once upon a time', { maxTokens: 24 });
+    rates.push(m.stats.summary().tierHitRate);
     await m.close();
     return text;
   };
   const want = await greedy(new MemorySource(bytes));
   const root = new MemDir();
   const cold = new CountingSource(bytes);
-  t.is(await greedy(await OpfsCachedSource.open(cold, { root })), want);
+  t.is(await greedy(await OpfsCachedSource.open(cold, { root, chunkBytes: 4096 })), want);
   const warm = new CountingSource(bytes);
-  t.is(await greedy(await OpfsCachedSource.open(warm, { root })), want);
+  t.is(await greedy(await OpfsCachedSource.open(warm, { root, chunkBytes: 4096 })), want);
   t.true(cold.reads.length > 0);
   t.deepEqual(warm.reads, []);
+  // Run stats count the tier: no tier -> null; warm -> every byte served by OPFS; a tier far smaller
+  // than the model (64 KiB for 1 MB) evicts, so its tokens fetch from the network too.
+  t.is(rates[0], null);
+  t.is(rates[2], 1);
+  t.is(await greedy(await OpfsCachedSource.open(new CountingSource(bytes), { root: new MemDir(), chunkBytes: 4096, maxBytes: 65536 })), want);
+  t.true(rates[3]! > 0 && rates[3]! < 1, `small tier ${rates[3]}`);
 });

@@ -10,11 +10,19 @@
 
 import test, { type ExecutionContext } from 'ava';
 import { createArena, loadKernels, DEFAULT_MT_WASM_URL, DEFAULT_WASM_URL } from '../src/kernels/load.js';
-import { createPool, planThreads, poolBytes, threadsUnavailableReason, type KernelPool } from '../src/kernels/pool.js';
+import { createPool, inOneJob, jobGroup, planThreads, poolBytes, threadsUnavailableReason, type KernelPool } from '../src/kernels/pool.js';
 import type { Kernels } from '../src/kernels/types.js';
 import { encodeF16 } from '../src/kernels/quant.js';
 import { rng, uniform, normalish, buildRecords, quantizeMatrix, type Dtype, type FfnLayout } from './helpers/kernel-reference.js';
 import { mirror, sameOnPools, type Mirror } from './helpers/mirror.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openModel } from '../src/node.js';
+import { MemorySource } from '../src/source/memory.js';
+import type { Transformer } from '../src/engine/transformer.js';
+import { STORIES_TOK, convertCheckpoint } from './helpers/models.js';
+import { writeRandomLlama2c } from './helpers/random-llama2c.js';
 
 const ARENA = 160 << 20;
 /** Inputs start here in both arenas (above both modules' static data and the pools' regions). */
@@ -34,7 +42,7 @@ test.before(async () => {
   let region = Math.ceil(mt.heap_base() / 64) * 64;
   for (const threads of [1, 2, 3]) {
     const bytes = poolBytes(mt, threads, LIMITS);
-    const pool = await createPool(mt, { threads, region, ...LIMITS, minWork: 0 });
+    const pool = await createPool(mt, { threads, region, ...LIMITS, minWork: 0, adaptive: false });
     pools.set(threads, pool);
     region += Math.ceil(bytes / 64) * 64;
   }
@@ -298,11 +306,13 @@ test.serial('a trap on a worker (out-of-bounds weights) throws on the caller; th
   const pool = pools.get(2)!;
   const rows = 64, cols = 64;
   const end = mt.memory.buffer.byteLength;
-  const W = end - (rows / 2) * cols * 4; // rows [0, 32) in bounds (the caller's share), the worker's rows past the end
+  const W = end - (rows / 2) * cols * 4; // rows [0, 32) in bounds, the rest past the end
   M.reset();
   const X = M.put(new Float32Array(cols).fill(1)), O = M.out(rows);
-  t.throws(() => pool.kernels.matvec_f32(O, W, X, 0, rows, cols), { message: /failed on worker 1/ });
-  t.throws(() => pool.kernels.matvec_f32(O, end - 64, X, 0, rows, cols), { instanceOf: WebAssembly.RuntimeError }, 'a trap on the caller is rethrown after the workers are done');
+  // whichever thread claims a chunk past the end traps: the worker's trap is reported as such, the caller's rethrown
+  t.throws(() => pool.kernels.matvec_f32(O, W, X, 0, rows, cols), { message: /failed on worker 1|out of bounds/ });
+  // every chunk traps: the caller's own trap is rethrown (after the workers are done), or the worker's if it took them all
+  t.throws(() => pool.kernels.matvec_f32(O, end - 64, X, 0, rows, cols), { message: /out of bounds|failed on worker 1/ }, 'a trap on any thread is thrown after the workers are done');
   const W2 = M.put(normalish(rng(3), rows * cols));
   check(t, 'after traps', [[O, rows]], (k) => k.matvec_f32(O, W2, X, 0, rows, cols));
 });
@@ -415,3 +425,104 @@ for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
     }
   });
 }
+
+// ---------------------------------------------------------------- one job for several calls
+
+test.serial('jobGroup: independent calls (matvecs of several dtypes, attention rows) run as ONE job, byte-identical; a group over 64 calls is cut', (t) => {
+  t.is(jobGroup(st), null, 'plain kernels: nothing to collect');
+  t.is(jobGroup(pools.get(1)!.kernels), null, 'a one-thread pool: nothing to collect');
+  M.reset();
+  const r = rng(4242);
+  const rows = 203, cols = 77;
+  const mats = (['f32', 'f16', 'int8', 'q8'] as Dtype[]).map((dtype) => {
+    const m = quantizeMatrix(normalish(r, rows * cols, 0.5), rows, cols, dtype);
+    return { dtype, W: M.put(m.bytes, 0), S: m.scales ? M.put(m.scales) : 0, O: M.out(rows, 8) };
+  });
+  const X = M.put(normalish(r, cols), 4);
+  const SCR = M.alloc(st.matvec_i8_scratch_bytes(cols));
+  // attention rows of a block: token i sees positions 0..i
+  const nHeads = 6, nKv = 3, hd = 16, T = 5;
+  const Q = M.put(normalish(r, T * nHeads * hd));
+  const K = M.put(normalish(r, T * nKv * hd)), V = M.put(normalish(r, T * nKv * hd));
+  const ATT = M.out(T * nHeads * hd), SC = M.alloc(T * 4 + 64);
+  const outs: [number, number][] = [...mats.map((m) => [m.O, rows] as [number, number]), [ATT, T * nHeads * hd]];
+  const calls = (k: Kernels) => {
+    for (const m of mats) {
+      if (m.dtype === 'f32') k.matvec_f32(m.O, m.W, X, 0, rows, cols);
+      else if (m.dtype === 'f16') k.matvec_f16(m.O, m.W, X, 0, rows, cols);
+      else if (m.dtype === 'q8') k.matvec_q8(m.O, m.W, m.S, X, 0, rows, cols, SCR); // the same x and scratch as int8
+      else k.matvec_i8(m.O, m.W, m.S, X, 0, rows, cols, SCR);
+    }
+    for (let i = 0; i < T; i++) k.attention(ATT + i * nHeads * hd * 4, Q + i * nHeads * hd * 4, K, V, nHeads, nKv, hd, i + 1, 0.25, SC, 0);
+  };
+  const jobs = new Map([...pools].map(([n, p]) => [n, p.jobs]));
+  check(t, 'a group of 4 matvecs and 5 attention rows', outs, (k) => inOneJob(k, () => calls(k)));
+  for (const n of [2, 3]) t.is(pools.get(n)!.jobs - jobs.get(n)!, 1, `${n} threads: one hand-off for the group`);
+  check(t, 'the same calls one by one', outs, calls);
+  for (const n of [2, 3]) t.is(pools.get(n)!.jobs - jobs.get(n)!, 1 + 4 + T, `${n} threads: one hand-off per call outside a group`);
+
+  // 70 matvecs (more than a job's 64 segments): two jobs, each output identical
+  M.reset();
+  const W = M.put(normalish(r, rows * cols, 0.5), 0), X2 = M.put(normalish(r, cols * 70), 4);
+  const O = M.out(70 * rows);
+  const before = pools.get(2)!.jobs;
+  check(t, '70 matvecs in one group', [[O, 70 * rows]], (k) => inOneJob(k, () => {
+    for (let i = 0; i < 70; i++) k.matvec_f32(O + i * rows * 4, W, X2 + i * cols * 4, 0, rows, cols);
+  }));
+  t.is(pools.get(2)!.jobs - before, 2);
+  // an error inside a group: the pool stays usable
+  t.throws(() => inOneJob(pools.get(2)!.kernels, () => { throw new Error('boom'); }), { message: 'boom' });
+  check(t, 'after a failed group', [[O, rows]], (k) => k.matvec_f32(O, W, X2, 0, rows, cols));
+});
+
+// ---------------------------------------------------------------- end to end
+
+test.serial('a model (GQA, 2 layers, dim 512) gives the same logits on 1, 2 and 3 threads: prompt blocks and decode, f32/f16/int8/q8 (default split sizes)', async (t) => {
+  t.timeout(180_000);
+  const dir = mkdtempSync(join(tmpdir(), 'flashlm-threads-'));
+  try {
+    const ckpt = join(dir, 'model.bin');
+    // big enough that the default minWork splits q/k/v/o, the FFN, lm_head and (past ~128 positions) attention
+    await writeRandomLlama2c(ckpt, { dim: 512, hiddenDim: 1024, nLayers: 2, nHeads: 8, nKvHeads: 4, vocabSize: 512, seqLen: 256 }, 11);
+    const ids = Array.from({ length: 200 }, (_, i) => 2 + ((i * 37) % 500));
+    for (const dtype of ['f32', 'f16', 'int8', 'q8'] as const) {
+      const bytes = await convertCheckpoint(ckpt, { dtype, tokenizer: STORIES_TOK });
+      const runs = new Map<number, Float32Array[]>();
+      for (const threads of [1, 2, 3]) {
+        const m = await openModel(new MemorySource(bytes), { contextLength: 256, threads, batchSize: 32, kvDtype: dtype === 'f16' ? 'f16' : 'f32' });
+        try {
+          t.is(m.threading.threads, threads);
+          const tr = (m as unknown as { transformer: Transformer }).transformer;
+          const got: Float32Array[] = [];
+          // prompt in blocks of 32 (the last one shorter), then 6 greedy decode steps
+          for (let pos = 0; pos < ids.length; pos += 32) {
+            const T = Math.min(32, ids.length - pos);
+            await tr.forwardBlock(ids, pos, pos, T);
+            got.push(tr.logitsView.slice());
+          }
+          let pos = ids.length;
+          for (let i = 0; i < 6; i++, pos++) {
+            const last = got[got.length - 1]!;
+            let best = 0;
+            for (let j = 1; j < last.length; j++) if (last[j]! > last[best]!) best = j;
+            await tr.forward(best, pos);
+            got.push(tr.logitsView.slice());
+          }
+          const pool = (m as unknown as { pool: KernelPool }).pool;
+          if (threads > 1) t.true(pool.jobs >= 32, `${dtype}, ${threads} threads: the work was split (${pool.jobs} jobs; a busy machine may run later ones on the caller)`);
+          runs.set(threads, got);
+        } finally {
+          await m.close();
+        }
+      }
+      const one = runs.get(1)!;
+      for (const n of [2, 3]) {
+        const other = runs.get(n)!;
+        const same = one.every((l, i) => Buffer.from(l.buffer).equals(Buffer.from(other[i]!.buffer)));
+        t.true(same, `${dtype}: ${n} threads give 1 thread's logits bit for bit`);
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -114,12 +114,13 @@ export class PredictorTrainer {
 
   /**
    * A trainer for up to `capacity` tokens of a layer with model width d and n
-   * neurons. `threads` > 1 (and no `wasm` given) splits the products over
+   * neurons. `threads` other than 1 (0: every core; no `wasm` given) splits the products over
    * worker threads on a shared arena (call close() when done).
    */
   static async create(d: number, n: number, rank: number, capacity: number, batch = 256, wasm?: BufferSource | WebAssembly.Module | URL | string, threads = 1): Promise<PredictorTrainer> {
     if (!Number.isInteger(rank) || rank < 1) throw new ArgumentError('rank must be a positive integer');
-    const tp = wasm === undefined && threads > 1 ? await planThreads(threads) : { threads: 1, shared: false, wasm };
+    // threads 0: every core (planThreads' default), as calibrate passes it.
+    const tp = wasm === undefined && threads !== 1 ? await planThreads(threads) : { threads: 1, shared: false, wasm };
     const T = batch;
     const probe = await loadKernels(createArena(WASM_PAGE * 2, { shared: tp.shared }), tp.wasm);
     const floats = capacity * d + 4 * (rank * d + n * rank + n) + T * (3 * rank + 2 * n + d + 2 * rank) + rank * n + initScratchFloats(d, n, rank);

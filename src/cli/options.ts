@@ -25,6 +25,8 @@ export interface ModelFlags extends HttpFlags {
   batchSize?: number;
   kvDtype?: 'f32' | 'f16';
   threads?: number;
+  /** --simd: the kernels build (auto: relaxed SIMD where the runtime has it). */
+  simd?: 'auto' | 'plain' | 'relaxed';
   strategy: Strategy;
   sparsity?: Sparsity;
   window: number;
@@ -92,6 +94,7 @@ export function addModelOptions(c: Command): Command {
     .option('-b, --batch-size <n>', 'prompt tokens per forward pass (default 32; 1 = token by token, same tokens)', int('batch-size', 1))
     .addOption(new Option('--kv-dtype <t>', 'KV cache element type: f16 halves its memory (for long contexts of big models)').choices(['f32', 'f16']))
     .option('-t, --threads <n>', 'kernel threads, the main one included (default: every core; same output for any count)', int('threads', 1))
+    .addOption(new Option('--simd <build>', 'kernels build: relaxed SIMD (fused multiply-add) where the runtime has it, or either forced').choices(['auto', 'plain', 'relaxed']))
     .addOption(new Option('--strategy <s>', 'what stays resident and what is streamed').choices([...STRATEGIES]).default('dense'))
     .addOption(new Option('--sparsity <s>', 'how predictor/window choose neurons (default: the file\'s predictors or gate thresholds, else oracle)').choices(['predictor', 'oracle', 'off', 'gate']))
     .option('--window <k>', 'window strategy: keep neurons used in the last k tokens', int('window', 1), 4)
@@ -109,6 +112,7 @@ export function openOptions(f: ModelFlags): OpenOptions {
     batchSize: f.batchSize,
     kvDtype: f.kvDtype,
     threads: f.threads,
+    simd: f.simd,
     strategy: f.strategy,
     sparsity: f.sparsity,
     window: f.window,

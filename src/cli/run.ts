@@ -23,7 +23,7 @@ export function describeModel(model: Model, oracle?: OracleMode): string {
         `, staging ${fmtBytes(p.stagingBytes)}` +
         (p.prefetchBytes ? ` + ${fmtBytes(p.prefetchBytes)} for the next layer's reads` : '');
   const th = model.threading;
-  let out = `${residency}; arena ${fmtBytes(p.arenaBytes)}; ${th.threads} thread${th.threads === 1 ? '' : 's'}\n`;
+  let out = `${residency}; arena ${fmtBytes(p.arenaBytes)}; ${th.threads} thread${th.threads === 1 ? '' : 's'}, kernels ${model.simd}\n`;
   if (th.fallbackReason) out += `note: running on one thread: ${th.fallbackReason}\n`;
   if (p.sparsity === 'oracle') {
     const how = oracleModeFor(p.ffnBytes, oracle) === 'paged'
@@ -85,6 +85,7 @@ export function formatStats(s: StatsSummary): string {
     ['compute ms / token', s.computeMsPerToken.toFixed(2)],
     ['total ms / token', s.msPerToken.toFixed(2)],
     ['cache hit rate', pct(s.cacheHitRate)],
+    ...(s.tierHitRate === null ? [] : [['bytes served by the OPFS tier', pct(s.tierHitRate)] as [string, string]]),
     ['cache LRU evictions / token', s.cacheLruEvictionsPerToken === null ? 'n/a' : s.cacheLruEvictionsPerToken.toFixed(1)],
     ['uncached (overflow) neurons / token', s.cacheOverflowPerToken === null ? 'n/a' : s.cacheOverflowPerToken.toFixed(1)],
     ['FFN read / token (of all FFN)', pct(s.ffnFractionPerToken)],

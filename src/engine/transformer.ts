@@ -10,6 +10,7 @@ import { FormatError } from '../errors.js';
 import type { SectionEntry } from '../format/layout.js';
 import type { FlmFile } from '../format/reader.js';
 import type { ArchConfig } from '../format/types.js';
+import { jobGroup, type JobGroup } from '../kernels/pool.js';
 import type { Kernels } from '../kernels/types.js';
 import { CountingAllocator, type Allocator, type Arena } from './arena.js';
 import type { FfnProvider } from './ffn.js';
@@ -116,6 +117,8 @@ export class Transformer {
   /** LongRoPE: the token at each cached position, and whether the cache holds long-factor positions (forwardBlock). */
   private readonly history: Int32Array | undefined;
   private cacheLong = false;
+  /** Threads: collects independent kernel calls (q/k/v, a block's attention rows) into one hand-off (null: one thread). */
+  private readonly job: JobGroup | null;
 
   private constructor(
     readonly file: FlmFile,
@@ -163,6 +166,7 @@ export class Transformer {
     this.finalNormBias = t.get('final_norm.bias');
     this.head = t.get('lm_head') ?? this.embed;
     this.kvDim = a.nKvHeads * a.headDim;
+    this.job = jobGroup(k);
     this.batch = ffn.runBlock ? batch : 1;
     this.w = layoutWorking(arena, a, contextLength, maxColumns(file), this.batch, k, kvDtype);
     this.logits = this.w.logits;
@@ -337,22 +341,36 @@ export class Transformer {
       const kBase = w.kv + 2 * l * layerKv;
       const vBase = kBase + layerKv;
       // K and V rows of the block go straight to their cache positions (f32 cache), or through f32 rows (f16).
-      this.mm(w.q, qDim * 4, L.wq, xin, ld, T, L.bq);
-      this.mm(f16 ? w.kRows : kBase + pos * kvBytes, f16 ? rowBytes : kvBytes, L.wk, xin, ld, T, L.bk);
-      this.mm(f16 ? w.vRows : vBase + pos * kvBytes, f16 ? rowBytes : kvBytes, L.wv, xin, ld, T, L.bv);
+      // q, k and v read only xin: one job on the threads.
+      this.job?.begin();
+      try {
+        this.mm(w.q, qDim * 4, L.wq, xin, ld, T, L.bq);
+        this.mm(f16 ? w.kRows : kBase + pos * kvBytes, f16 ? rowBytes : kvBytes, L.wk, xin, ld, T, L.bk);
+        this.mm(f16 ? w.vRows : vBase + pos * kvBytes, f16 ? rowBytes : kvBytes, L.wv, xin, ld, T, L.bv);
+      } finally {
+        this.job?.end();
+      }
       for (let t = 0; t < T; t++) {
         const q = w.q + t * qDim * 4;
         const kRow = f16 ? w.kRows + t * rowBytes : kBase + (pos + t) * kvBytes;
         positionQK(k, a, L.qNorm, L.kNorm, q, kRow, w.cos + t * ropeBytes, w.sin + t * ropeBytes);
-        // Causal: token t sees positions 0 .. pos+t (the block's later rows are not read);
-        // with a sliding window only the last L.window of them: the cache from `first` on.
         if (f16) {
           k.encode_f16(kBase + (pos + t) * kvBytes, kRow, this.kvDim);
           k.encode_f16(vBase + (pos + t) * kvBytes, w.vRows + t * rowBytes, this.kvDim);
         }
-        const seen = pos + t + 1;
-        const first = Math.max(0, seen - L.window);
-        k.attention(w.xb2 + t * ld, q, kBase + first * kvBytes, vBase + first * kvBytes, a.nHeads, a.nKvHeads, a.headDim, seen - first, scale, w.att, f16 ? 1 : 0);
+      }
+      // Causal: token t sees positions 0 .. pos+t (the block's later rows are not read);
+      // with a sliding window only the last L.window of them: the cache from `first` on.
+      // The block's rows are independent (the cache holds all of them now): one job.
+      this.job?.begin();
+      try {
+        for (let t = 0; t < T; t++) {
+          const seen = pos + t + 1;
+          const first = Math.max(0, seen - L.window);
+          k.attention(w.xb2 + t * ld, w.q + t * qDim * 4, kBase + first * kvBytes, vBase + first * kvBytes, a.nHeads, a.nKvHeads, a.headDim, seen - first, scale, w.att, f16 ? 1 : 0);
+        }
+      } finally {
+        this.job?.end();
       }
       this.mm(w.tmp, ld, L.wo, w.xb2, ld, T, L.bo);
       this.addRows(w.x, w.tmp, T);

@@ -44,6 +44,9 @@ export interface TokenStats {
   /** Prefetch: neurons read ahead for a later layer, and how many of them that layer used. */
   prefetchedNeurons: number;
   prefetchUsed: number;
+  /** A cache tier in front of the source (OPFS): bytes it served this token, and bytes it fetched from the network. */
+  tierHitBytes: number;
+  tierNetworkBytes: number;
 }
 
 export interface StatsSummary {
@@ -78,6 +81,8 @@ export interface StatsSummary {
   /** The lookahead predictions (next layer's neurons from this layer's FFN input) against the neurons the next layer selected, over every token since open; null without them. */
   lookaheadRecall: number | null;
   lookaheadPrecision: number | null;
+  /** A cache tier in front of the source (OPFS): the share of its bytes served locally rather than fetched from the network; null without a tier or reads. */
+  tierHitRate: number | null;
   /**
    * Per layer, over every token since open (null where unknown): the direct
    * predictor's recall against the true active set, and the lookahead's
@@ -91,6 +96,8 @@ export interface StatsSummary {
   window: number | null;
   layout: string;
   dtype: string;
+  /** The kernels build that ran: 'relaxed-simd' (fused multiply-adds) or 'simd' (absent when RunStatsInfo did not say). */
+  kernels?: string;
 }
 
 export interface RunStatsInfo {
@@ -106,6 +113,8 @@ export interface RunStatsInfo {
   window: number | null;
   layout: string;
   dtype: string;
+  /** The kernels build (load.ts simdBuild). */
+  kernels?: string;
 }
 
 /** Recent tokens kept one by one (`RunStats.tokens`) unless the constructor says otherwise. */
@@ -138,7 +147,9 @@ const LINK_KNOWN = 22;
 const HIDDEN_MS = 23;
 const PF_READ = 24;
 const PF_USED = 25;
-const FIELDS = 26;
+const TIER_HIT = 26;
+const TIER_NET = 27;
+const FIELDS = 28;
 // Per-layer counters (since open): direct predictor tp/fp/fn, lookahead tp/predicted/selected.
 const L_TP = 0;
 const L_FP = 1;
@@ -176,6 +187,8 @@ function fromSlots(a: Float64Array, at: number): TokenStats {
     hiddenIoMs: a[at + HIDDEN_MS]!,
     prefetchedNeurons: a[at + PF_READ]!,
     prefetchUsed: a[at + PF_USED]!,
+    tierHitBytes: a[at + TIER_HIT]!,
+    tierNetworkBytes: a[at + TIER_NET]!,
   };
 }
 
@@ -351,6 +364,12 @@ export class RunStats {
     c[LINK_KNOWN] = 1;
   }
 
+  /** Bytes a cache tier served locally and fetched from the network during this token. */
+  tier(hitBytes: number, networkBytes: number): void {
+    this.cur[TIER_HIT]! += hitBytes;
+    this.cur[TIER_NET]! += networkBytes;
+  }
+
   /** Neurons whose records were read from the source. */
   neuronsRead(n: number): void {
     this.cur[READ]! += n;
@@ -399,6 +418,8 @@ export class RunStats {
         s[HIDDEN_MS]! += t.hiddenIoMs;
         s[PF_READ]! += t.prefetchedNeurons;
         s[PF_USED]! += t.prefetchUsed;
+        s[TIER_HIT]! += t.tierHitBytes;
+        s[TIER_NET]! += t.tierNetworkBytes;
         if (t.linkKnown) {
           s[LINK_RTT]! += t.linkRttMs;
           s[LINK_CONN]! += t.linkConnMBps;
@@ -463,6 +484,7 @@ export class RunStats {
       prefetchUseRate: ratio(s[PF_USED]!, s[PF_READ]!),
       lookaheadRecall: ratio(laTp, laSel),
       lookaheadPrecision: ratio(laTp, laPred),
+      tierHitRate: ratio(s[TIER_HIT]!, s[TIER_HIT]! + s[TIER_NET]!),
       ...(nl && (laSel || pl.some((v) => v !== 0))
         ? {
             layers: {
@@ -478,6 +500,7 @@ export class RunStats {
       window,
       layout,
       dtype,
+      ...(this.info.kernels ? { kernels: this.info.kernels } : {}),
     };
   }
 }

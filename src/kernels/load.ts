@@ -1,5 +1,6 @@
 /**
- * Loads the SIMD WebAssembly kernels (wasm/flashlm.wasm) against a host-owned
+ * Loads the SIMD WebAssembly kernels (wasm/flashlm.wasm, or its relaxed-SIMD
+ * build where the runtime has relaxed SIMD: kernelsUrl) against a host-owned
  * arena. Runtime-neutral: no static `node:` import (Node, Deno, browsers and
  * edge runtimes load this module); `node:fs/promises` is imported dynamically
  * only for a `file:` URL that `fetch` cannot read (Node's fetch rejects file:).
@@ -39,6 +40,59 @@ export const DEFAULT_WASM_URL = besideThisModule(() => new URL('../../wasm/flash
  * plus the split kernels src/kernels/pool.ts runs on its workers).
  */
 export const DEFAULT_MT_WASM_URL = besideThisModule(() => new URL('../../wasm/flashlm.mt.wasm', import.meta.url), 'flashlm.mt.wasm');
+
+/**
+ * The relaxed-SIMD builds (asconfig "relaxed", "mt-relaxed": the same kernels
+ * with fused multiply-adds in their inner loops), loaded instead of the two
+ * above where the runtime has relaxed SIMD (Chromium, Deno, Node >= 22).
+ */
+export const RELAXED_WASM_URL = besideThisModule(() => new URL('../../wasm/flashlm.relaxed.wasm', import.meta.url), 'flashlm.relaxed.wasm');
+export const RELAXED_MT_WASM_URL = besideThisModule(() => new URL('../../wasm/flashlm.mt.relaxed.wasm', import.meta.url), 'flashlm.mt.relaxed.wasm');
+
+/** Which kernels build to load: 'auto' (relaxed SIMD where the runtime validates it), or either one forced. */
+export type SimdMode = 'auto' | 'plain' | 'relaxed';
+/** The build a Kernels object runs (its simd_relaxed() export). */
+export type SimdBuild = 'simd' | 'relaxed-simd';
+
+/** A module whose one function returns f32x4.relaxed_madd(splat 0, splat 0, splat 0): validates only with relaxed SIMD. */
+const RELAXED_PROBE = new Uint8Array([
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+  0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b, // types: () -> v128
+  0x03, 0x02, 0x01, 0x00, // one function of type 0
+  0x0a, 0x13, 0x01, 0x11, 0x00, // code: one body of 17 bytes, no locals
+  0x41, 0x00, 0xfd, 0x11, 0x41, 0x00, 0xfd, 0x11, 0x41, 0x00, 0xfd, 0x11, // 3 x i32x4.splat(i32.const 0)
+  0xfd, 0x85, 0x02, 0x0b, // f32x4.relaxed_madd (0xfd 0x105), end
+]);
+let relaxedValid: boolean | undefined;
+
+/** Whether this runtime has relaxed SIMD (checked once, by validating a one-instruction module). */
+export function relaxedSimdSupported(): boolean {
+  if (relaxedValid === undefined) {
+    try {
+      relaxedValid = WebAssembly.validate(RELAXED_PROBE);
+    } catch {
+      relaxedValid = false;
+    }
+  }
+  return relaxedValid;
+}
+
+/**
+ * The default kernels build: the threads build when `shared`, the relaxed-SIMD
+ * one when `simd` is 'relaxed', or 'auto' and the runtime has it.
+ */
+export function kernelsUrl(shared: boolean, simd: SimdMode = 'auto'): URL {
+  if (simd !== 'auto' && simd !== 'plain' && simd !== 'relaxed') throw new ArgumentError(`simd must be 'auto', 'plain' or 'relaxed', got ${String(simd)}`);
+  if (simd === 'relaxed' && !relaxedSimdSupported()) throw new ArgumentError('simd: \'relaxed\' asked for, but this runtime has no relaxed SIMD (Node >= 22, Deno and Chromium have it; Node 20 with --experimental-wasm-relaxed-simd)');
+  const relaxed = simd === 'relaxed' || (simd === 'auto' && relaxedSimdSupported());
+  if (shared) return relaxed ? RELAXED_MT_WASM_URL : DEFAULT_MT_WASM_URL;
+  return relaxed ? RELAXED_WASM_URL : DEFAULT_WASM_URL;
+}
+
+/** Which build `k` runs: 'relaxed-simd' (fused multiply-adds) or 'simd'. */
+export function simdBuild(k: Kernels): SimdBuild {
+  return k.simd_relaxed() ? 'relaxed-simd' : 'simd';
+}
 
 /** Compiled modules by URL, so many models (arenas) share one compilation. */
 const moduleCache = new Map<string, Promise<WebAssembly.Module>>();
@@ -134,14 +188,16 @@ const REQUIRED = KERNEL_NAMES;
 /**
  * Instantiates the kernels on `memory` (the arena; see createArena).
  * `wasm`: the module's bytes, a compiled module, or its URL (string paths are
- * resolved against the default location); defaults to wasm/flashlm.wasm.
+ * resolved against the default location); defaults to kernelsUrl(memory is
+ * shared): wasm/flashlm.wasm, or its relaxed-SIMD or threads build.
  */
 export async function loadKernels(
   memory: WebAssembly.Memory,
   wasm?: BufferSource | WebAssembly.Module | URL | string,
 ): Promise<Kernels> {
   let mod: WebAssembly.Module;
-  if (wasm === undefined || wasm instanceof URL || typeof wasm === 'string') mod = await compileKernels(wasm);
+  if (wasm === undefined) mod = await compileKernels(kernelsUrl(isSharedMemory(memory)));
+  else if (wasm instanceof URL || typeof wasm === 'string') mod = await compileKernels(wasm);
   else if (isModule(wasm)) mod = wasm;
   else if (isBufferSource(wasm)) mod = await WebAssembly.compile(wasm);
   else throw new TypeError('loadKernels: wasm must be bytes, a WebAssembly.Module, a URL or a string');

@@ -96,6 +96,7 @@ export const KERNEL_NAMES = [
   'ffn_gated_q4_ptrs',
   'xxh64',
   'xxh64_slot',
+  'simd_relaxed',
 ] as const;
 
 /** The threads build's extra exports (SplitKernels). */

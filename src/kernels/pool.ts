@@ -12,12 +12,22 @@
  *   - attention: heads (each thread its own scores scratch);
  *   - FFN: (a) activations over neurons at multiples of 64 (the FFN batch) into
  *     hOut or the pool's h buffer, then (b) out's columns at multiples of 8 (q8: 32), each
- *     thread walking the whole h sequence with the same 4-row down queue.
+ *     chunk walking the whole h sequence with the same 4-row down queue (so these
+ *     chunks are wide: at least 256 columns, one per thread at d = 768).
  *
- * Dispatch: a control block in the arena; the caller writes each thread's
- * argument list, bumps a generation counter (Atomics) and runs its own share;
- * workers spin briefly on the counter (jobs are ~10-500 µs), then Atomics.wait;
- * the last one done notifies the caller. The caller blocks (spin, then
+ * Dispatch: a job is a list of split calls (segments), each cut into chunks
+ * (ranges of rows / heads / neurons / columns, ~GRAIN bytes of weights, at least
+ * two per thread). The caller writes the job into a control block in the arena,
+ * bumps a generation counter (Atomics), then every thread — the caller too —
+ * claims chunks one at a time (compare-and-swap on one claim word) until none
+ * are left; the caller then waits only for chunks other threads claimed. Which
+ * thread runs a chunk never changes its arithmetic, and a worker that is slow,
+ * late or descheduled (another process on the core) only loses the chunks it did
+ * not claim, where fixed per-thread shares made every hand-off wait for it.
+ * `inOneJob(k, fn)` runs independent calls (q, k and v of one input; a block's
+ * attention rows) as one job: one hand-off instead of one per call. Workers spin
+ * briefly on the counter (hand-offs come every 10-500 µs), then Atomics.wait;
+ * the last chunk done notifies the caller. The caller blocks (spin, then
  * Atomics.wait) until all are done, so it must be a thread that may block: a
  * browser's main (UI) thread may not, and there the pool falls back to one
  * thread (run the engine in a module worker).
@@ -103,6 +113,12 @@ export interface PoolOptions extends PoolLimits {
    * on the caller alone. Default 65536 (~15 µs of one thread). 0 splits everything (tests).
    */
   minWork?: number;
+  /**
+   * Whether to run split calls on the caller alone for a while when the threads
+   * are slower than it would be alone (a busy machine; default true unless minWork
+   * is 0). Results are the same either way.
+   */
+  adaptive?: boolean;
   /** Milliseconds a worker spins on the control block before sleeping in Atomics.wait (default 0.2). */
   spinMs?: number;
   /** Milliseconds to wait for workers to start (default 30000). */
@@ -120,6 +136,8 @@ export interface KernelPool {
   readonly bytes: number;
   /** Worker threads running now (threads - 1 while open, 0 after close). */
   readonly workers: number;
+  /** Jobs handed to the workers so far (each one or more split calls: see jobGroup). */
+  readonly jobs: number;
   /** Terminates the workers (idempotent); pool.kernels then run on the caller alone. */
   close(): Promise<void>;
 }
@@ -136,20 +154,39 @@ export interface ThreadPlan {
 }
 
 const align64 = (n: number) => Math.ceil(n / 64) * 64;
+/** Weight bytes per chunk of a split call (see seg in createPool). */
+const GRAIN = 1 << 18;
 
 // ---- control block layout (Int32 indices; the region starts 64-byte aligned) ----
-const I_GEN = 0; // job generation, bumped once per job
-const I_DONE = 16; // workers done with the current job (own cache line)
-const I_SLEEP = 32; // workers in Atomics.wait on I_GEN
-const I_QUIT = 33;
-const I_ERR = 34; // first worker error: 1 + worker index
-const I_OP = 35;
+// A job is a list of segments (one split kernel call each) cut into chunks
+// (ranges of its rows / heads / neurons / columns); every thread, the caller
+// included, claims chunks one at a time until none are left, so a worker that
+// is late or descheduled only loses the chunks it did not claim.
+const I_GEN = 0; // job generation, bumped once per job (the workers' wake-up word)
+const I_CLAIM = 16; // (chunks << 16) | next chunk to claim, of the current job (own cache line)
+const I_DONE = 32; // chunks finished (own cache line)
+const I_SLEEP = 48; // workers in Atomics.wait on I_GEN
+const I_QUIT = 49;
+const I_ERR = 50; // first worker error: 1 + worker index
+const I_NSEG = 51; // segments of the current job
 const HEADER_BYTES = 256;
-const SLOT_F64 = 16; // argument slots per thread (f64): A[0..14] a split kernel's arguments, A[15] its run flag
-const SLOT_BYTES = SLOT_F64 * 8;
+/** Segments one job holds (a group of more is run as several jobs). */
+const MAX_SEG = 64;
+// per segment, Int32: op, index of the range's lo and hi arguments, chunk step, range end, first chunk, scratch kind, scratch argument index
+const META_I32 = 8;
+const M_OP = 0, M_LO = 1, M_HI = 2, M_STEP = 3, M_END = 4, M_FIRST = 5, M_SKIND = 6, M_SARG = 7;
+const SLOT_F64 = 16; // argument slots per segment (f64): a split kernel's arguments (up to 15)
+/**
+ * Adaptive mode (createPool): split calls per measured window (~one token of an 85M
+ * model), windows between trials of the other mode (first, most), and the least pause
+ * (ms) between calls that restarts a window (else 8x their mean spacing).
+ */
+const WINDOW = 48, FIRST_PERIOD = 16, MAX_PERIOD = 128, GAP_MS = 20;
+/** Largest chunk count of one job (the claim word keeps it in 15 bits). */
+const MAX_CHUNKS = 32767;
 
-function ctrlBytes(threads: number): number {
-  return align64(HEADER_BYTES + threads * SLOT_BYTES);
+function ctrlBytes(_threads: number): number {
+  return align64(HEADER_BYTES + MAX_SEG * META_I32 * 4 + MAX_SEG * SLOT_F64 * 8);
 }
 
 /** Per-worker arena bytes: the module's thread scratch + attention scores + batched-kernel scratch. */
@@ -255,8 +292,8 @@ export async function planThreads(requested?: number): Promise<ThreadPlan> {
  * script) and as a module Worker (Deno, browsers).
  */
 const WORKER_SOURCE = `
-const I_GEN = ${I_GEN}, I_DONE = ${I_DONE}, I_SLEEP = ${I_SLEEP}, I_QUIT = ${I_QUIT}, I_ERR = ${I_ERR}, I_OP = ${I_OP};
-const HEADER_BYTES = ${HEADER_BYTES}, SLOT_F64 = ${SLOT_F64};
+const I_GEN = ${I_GEN}, I_CLAIM = ${I_CLAIM}, I_DONE = ${I_DONE}, I_SLEEP = ${I_SLEEP}, I_QUIT = ${I_QUIT}, I_ERR = ${I_ERR}, I_NSEG = ${I_NSEG};
+const HEADER_BYTES = ${HEADER_BYTES}, MAX_SEG = ${MAX_SEG}, META_I32 = ${META_I32}, SLOT_F64 = ${SLOT_F64};
 function serve(d, post) {
   let ex;
   try {
@@ -269,9 +306,25 @@ function serve(d, post) {
   }
   const buf = d.memory.buffer;
   const I = new Int32Array(buf, d.ctrl, HEADER_BYTES / 4);
-  const A = new Float64Array(buf, d.ctrl + HEADER_BYTES + d.index * SLOT_F64 * 8, SLOT_F64);
+  const M = new Int32Array(buf, d.ctrl + HEADER_BYTES, MAX_SEG * META_I32);
+  const A = new Float64Array(buf, d.ctrl + HEADER_BYTES + MAX_SEG * META_I32 * 4, MAX_SEG * SLOT_F64);
+  const L = new Float64Array(SLOT_F64);
   const fns = d.ops.map((n) => ex[n]);
-  const workers = d.workers, spinMs = d.spinMs;
+  const scratchOf = [0, d.scores, d.batch];
+  const spinMs = d.spinMs;
+  // chunk c of the current job: find its segment, set the range (and this thread's scratch), call
+  const run = (c) => {
+    const ns = I[I_NSEG];
+    let s = 0;
+    while (s + 1 < ns && M[(s + 1) * META_I32 + ${M_FIRST}] <= c) s++;
+    const m = s * META_I32;
+    for (let i = 0; i < SLOT_F64; i++) L[i] = A[s * SLOT_F64 + i];
+    const lo = (c - M[m + ${M_FIRST}]) * M[m + ${M_STEP}];
+    L[M[m + ${M_LO}]] = lo;
+    L[M[m + ${M_HI}]] = Math.min(M[m + ${M_END}], lo + M[m + ${M_STEP}]);
+    if (M[m + ${M_SKIND}]) L[M[m + ${M_SARG}]] = scratchOf[M[m + ${M_SKIND}]];
+    fns[M[m + ${M_OP}]](L[0], L[1], L[2], L[3], L[4], L[5], L[6], L[7], L[8], L[9], L[10], L[11], L[12], L[13], L[14]);
+  };
   let gen = Atomics.load(I, I_GEN);
   post({ ok: true });
   for (;;) {
@@ -289,13 +342,23 @@ function serve(d, post) {
     }
     gen = g;
     if (Atomics.load(I, I_QUIT)) break;
-    try {
-      const f = fns[I[I_OP]];
-      if (A[15] !== 0) f(A[0], A[1], A[2], A[3], A[4], A[5], A[6], A[7], A[8], A[9], A[10], A[11], A[12], A[13], A[14]);
-    } catch (e) {
-      Atomics.compareExchange(I, I_ERR, 0, d.index);
+    // claim chunks until none is left; the job cannot end before the claimed ones are counted done,
+    // so its arguments stay put while they run (a late worker may even claim a later job's chunks)
+    let mine = 0, total = 0;
+    for (;;) {
+      const w = Atomics.load(I, I_CLAIM);
+      total = w >>> 16;
+      const c = w & 0xffff;
+      if (c >= total) break;
+      if (Atomics.compareExchange(I, I_CLAIM, w, w + 1) !== w) continue;
+      mine++;
+      try {
+        run(c);
+      } catch (e) {
+        Atomics.compareExchange(I, I_ERR, 0, d.index);
+      }
     }
-    if (Atomics.add(I, I_DONE, 1) === workers - 1) Atomics.notify(I, I_DONE);
+    if (mine > 0 && Atomics.add(I, I_DONE, mine) + mine === total) Atomics.notify(I, I_DONE);
   }
 }
 if (typeof process === 'object' && process && process.versions && process.versions.node && typeof Deno === 'undefined') {
@@ -364,20 +427,6 @@ async function spawnWorker(index: number): Promise<WorkerHandle> {
 
 type Split = Kernels & SplitKernels;
 
-/**
- * Ranges [lo, hi) of `total` for `threads` threads, flattened: `parts` non-empty
- * ones cut at multiples of `align` (the last takes the tail), then empty ones.
- */
-function ranges(total: number, parts: number, align: number, threads: number): number[] {
-  const chunk = Math.max(align, Math.ceil(total / parts / align) * align);
-  const out: number[] = [];
-  for (let t = 0; t < threads; t++) {
-    const lo = Math.min(total, t * chunk), hi = Math.min(total, (t + 1) * chunk);
-    out.push(lo, hi);
-  }
-  return out;
-}
-
 /** Dtype codes of the split kernels (assembly/batch.ts T_*); q4's one-token range kernels live in assembly/q4.ts. */
 const DT_BATCH = { f32: 0, f16: 1, i8: 2, q8: 3, q4: 4 } as const;
 const DT = DT_BATCH;
@@ -387,7 +436,7 @@ type RangeKernel = 'ffn_relu_h' | 'ffn_swiglu_h' | 'ffn_down_cols' | 'gate_act_r
 
 /** A pool that runs everything on the caller (threads = 1), with the reason when more were asked for. */
 function singlePool(k: Kernels, reason: string | null): KernelPool {
-  return { kernels: k, threads: 1, fallbackReason: reason, bytes: 0, workers: 0, close: async () => {} };
+  return { kernels: k, threads: 1, fallbackReason: reason, bytes: 0, workers: 0, jobs: 0, close: async () => {} };
 }
 
 /**
@@ -430,11 +479,11 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
 
   new Uint8Array(memory.buffer, ctrl, ctrlBytes(threads)).fill(0);
   const I = new Int32Array(memory.buffer, ctrl, HEADER_BYTES / 4);
-  const A = new Float64Array(memory.buffer, ctrl + HEADER_BYTES, threads * SLOT_F64);
+  const M = new Int32Array(memory.buffer, ctrl + HEADER_BYTES, MAX_SEG * META_I32);
+  const A = new Float64Array(memory.buffer, ctrl + HEADER_BYTES + MAX_SEG * META_I32 * 4, MAX_SEG * SLOT_F64);
   const nWorkers = threads - 1;
   const spinMs = options.spinMs ?? 0.2;
   const minWork = options.minWork ?? 65536;
-
   // ---- start the workers ----
   const handles: WorkerHandle[] = [];
   try {
@@ -449,7 +498,7 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
             else reject(new Error(r?.error ?? 'worker failed to start'));
           });
           w.onError(reject);
-          w.post({ module: mod, memory, ctrl, index: i + 1, workers: nWorkers, scratch: workerScratch(i + 1), spinMs, ops: OPS });
+          w.post({ module: mod, memory, ctrl, index: i + 1, scratch: workerScratch(i + 1), scores: workerScores(i + 1), batch: workerBatch(i + 1), spinMs, ops: OPS });
         });
       })).then(() => true),
       new Promise<false>((resolve) => {
@@ -469,120 +518,220 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
 
   let closed = false;
   let running = false;
+  /** The job being built: segments and chunks so far; `grouping` > 0 while inOneJob collects calls. */
+  let nseg = 0, nchunks = 0, grouping = 0, jobs = 0;
+  const L = new Float64Array(SLOT_F64);
+  const fns = OPS.map((n) => sk[n] as unknown as (...a: number[]) => void);
+
+  /** Chunk c of the current job on the caller (its own scratch is in the arguments). */
+  const runChunk = (c: number) => {
+    let s = 0;
+    while (s + 1 < nseg && M[(s + 1) * META_I32 + M_FIRST]! <= c) s++;
+    const m = s * META_I32;
+    for (let i = 0; i < SLOT_F64; i++) L[i] = A[s * SLOT_F64 + i]!;
+    const lo = (c - M[m + M_FIRST]!) * M[m + M_STEP]!;
+    L[M[m + M_LO]!] = lo;
+    L[M[m + M_HI]!] = Math.min(M[m + M_END]!, lo + M[m + M_STEP]!);
+    fns[M[m + M_OP]!]!(L[0]!, L[1]!, L[2]!, L[3]!, L[4]!, L[5]!, L[6]!, L[7]!, L[8]!, L[9]!, L[10]!, L[11]!, L[12]!, L[13]!, L[14]!);
+  };
 
   /**
-   * Runs op on every thread: `args(t)` fills thread t's argument slot (returns
-   * false when t has nothing to do). The caller runs its own share (t = 0) with
-   * `own` while the workers run theirs.
+   * Runs the job built so far: publishes it (claim word, generation; wakes
+   * sleeping workers), claims chunks like any worker, then waits for the chunks
+   * the workers claimed (spin, then sleep).
    */
-  const dispatch = (op: number, fill: (a: Float64Array, base: number, t: number) => boolean, own: () => void) => {
+  const runJob = () => {
+    if (nseg === 0) return;
     if (running) throw new Error('pool: re-entrant kernel call');
     running = true;
+    jobs++;
+    const total = nchunks;
     try {
-      for (let t = 1; t < threads; t++) A[t * SLOT_F64 + 15] = fill(A, t * SLOT_F64, t) ? 1 : 0;
-      I[I_OP] = op;
+      I[I_NSEG] = nseg;
       Atomics.store(I, I_DONE, 0);
+      Atomics.store(I, I_CLAIM, total << 16);
       Atomics.add(I, I_GEN, 1);
       if (Atomics.load(I, I_SLEEP) > 0) Atomics.notify(I, I_GEN);
       let ownError: unknown = null;
-      try {
-        own();
-      } catch (e) {
-        ownError = e ?? new Error('kernel failed'); // rethrown once the workers are done with this job
+      let mine = 0;
+      for (;;) {
+        const w = Atomics.load(I, I_CLAIM);
+        const c = w & 0xffff;
+        if (c >= total) break;
+        if (Atomics.compareExchange(I, I_CLAIM, w, w + 1) !== w) continue;
+        mine++;
+        try {
+          runChunk(c);
+        } catch (e) {
+          ownError ??= e ?? new Error('kernel failed'); // rethrown once the workers are done with this job
+        }
       }
-      // wait for the workers: spin (jobs are short), then sleep
-      let v: number;
-      const t0 = performance.now();
-      let spins = 0;
-      while ((v = Atomics.load(I, I_DONE)) < nWorkers) {
-        if ((++spins & 127) === 0) {
-          const el = performance.now() - t0;
-          if (el > spinMs) Atomics.wait(I, I_DONE, v, 1000);
-          if (el > 60000) throw new Error('pool: a worker stopped responding');
+      let v = mine > 0 ? Atomics.add(I, I_DONE, mine) + mine : Atomics.load(I, I_DONE);
+      if (v < total) {
+        const t0 = performance.now();
+        let spins = 0;
+        while ((v = Atomics.load(I, I_DONE)) < total) {
+          if ((++spins & 127) === 0) {
+            const el = performance.now() - t0;
+            if (el > spinMs) Atomics.wait(I, I_DONE, v, 1);
+            if (el > 60000) throw new Error('pool: a worker stopped responding');
+          }
         }
       }
       const err = Atomics.exchange(I, I_ERR, 0);
       if (ownError) throw ownError;
-      if (err) throw new Error(`pool: kernel ${OPS[op]} failed on worker ${err}`);
+      if (err) throw new Error(`pool: a kernel failed on worker ${err}`);
     } finally {
+      nseg = 0;
+      nchunks = 0;
       running = false;
     }
   };
 
-  const parts = (work: number) => (minWork <= 0 ? threads : Math.min(threads, Math.floor(work / minWork)));
+  // ---- a busy machine: when another process takes the cores, workers are descheduled (the
+  // caller waits for the chunk one holds) or spin where the caller could run, and the threads
+  // can be slower than the caller alone. So the pool measures: split calls go in windows of
+  // WINDOW calls, and the work done per millisecond of wall time (same call mix either way)
+  // decides whether threads or the caller alone run the next windows; the other mode gets a
+  // trial window every `period` windows (doubling while it keeps losing). On an idle machine
+  // that costs one window in ~100 at the caller-alone speed. Results are the same either way.
+  const adaptive = options.adaptive ?? minWork > 0; // minWork 0 (tests): always split
+  let solo = false, trial = false, period = FIRST_PERIOD, windowsLeft = FIRST_PERIOD;
+  let winKind = -1, winCalls = 0, winWork = 0, winStart = 0, lastCall = 0;
+  /** Work per ms at [2 * kind + mode]: kind 0 one-token calls, 1 batched (prompt) ones; mode 0 threads, 1 alone. */
+  const rate = [0, 0, 0, 0];
+  /** Counts a split call of `work` (kind 1: batched); true when it should run on the caller alone. */
+  const alone = (work: number, kind: number): boolean => {
+    if (!adaptive) return false;
+    const now = performance.now();
+    // a window holds one kind of call, and no pause much longer than its calls are apart
+    // (the caller waited for input or I/O: not the kernels' time)
+    if (kind !== winKind || winCalls === 0 || now - lastCall > Math.max(GAP_MS, (8 * (lastCall - winStart)) / winCalls)) {
+      winKind = kind; winCalls = 0; winWork = 0; winStart = now;
+    }
+    lastCall = now;
+    winWork += work;
+    if (++winCalls >= WINDOW) {
+      const mode = solo ? 1 : 0, i = 2 * kind;
+      rate[i + mode] = winWork / Math.max(1e-3, now - winStart);
+      const other = rate[i + 1 - mode]!;
+      if (trial) {
+        // the trial mode stays only if clearly faster than the other on the same kind of calls;
+        // else back, trying it less often
+        trial = false;
+        if (other > 0 && rate[i + mode]! > 1.1 * other) period = FIRST_PERIOD;
+        else {
+          solo = !solo;
+          if (other > 0) period = Math.min(MAX_PERIOD, 2 * period);
+        }
+        windowsLeft = period;
+      } else if (--windowsLeft <= 0) {
+        solo = !solo;
+        trial = true;
+      }
+      winCalls = 0;
+    }
+    return solo;
+  };
+
+  /** minWork 0 (tests): every call cut as finely as three chunks per thread. */
+  const fine = minWork <= 0;
+
+  /**
+   * Adds a segment to the job: kernel `op` over the range [0, end), its lo / hi
+   * at argument indices lo / hi, cut at multiples of `align` into chunks of
+   * about GRAIN bytes of weights (~15 µs of an f32 matvec from memory; claiming
+   * one costs well under 1 µs), at least two per thread. Down passes
+   * (`down`) are cut into wide column ranges instead (downChunks). minWork 0
+   * (tests) cuts as finely as three per thread. `skind` 1 (attention scores) or
+   * 2 (batch scratch) puts each worker's own scratch at argument `sarg`.
+   * Returns the segment's first argument slot in A (the caller fills the rest).
+   */
+  const seg = (op: number, lo: number, hi: number, end: number, align: number, bytes: number, skind = 0, sarg = 0, down = false): number => {
+    const blocks = Math.ceil(end / align);
+    const want = fine ? 3 * threads : down ? downChunks(end) : Math.max(2 * threads, Math.ceil(bytes / GRAIN));
+    const step = Math.ceil(blocks / Math.max(1, Math.min(blocks, MAX_CHUNKS, want))) * align;
+    const n = Math.ceil(end / step);
+    if (nseg === MAX_SEG || nchunks + n > MAX_CHUNKS) runJob(); // a full group: calls in it are independent
+    const m = nseg * META_I32;
+    M[m + M_OP] = op; M[m + M_LO] = lo; M[m + M_HI] = hi; M[m + M_STEP] = step; M[m + M_END] = end;
+    M[m + M_FIRST] = nchunks; M[m + M_SKIND] = skind; M[m + M_SARG] = sarg;
+    nchunks += n;
+    return nseg++ * SLOT_F64;
+  };
+  /**
+   * Chunks of a down pass over d columns: each chunk walks every neuron's row (its
+   * queue and axpy calls per neuron, short strided reads), which at d = 768 costs
+   * 1.5-2.6x the CPU at 128 columns per chunk than at 384 (f32, int8), so chunks
+   * are at least 256 columns wide and a multiple of the thread count.
+   */
+  const downChunks = (d: number) => threads * Math.max(1, Math.floor(d / (threads * 256)));
+  /** Runs the job now unless inOneJob is collecting calls. */
+  const submit = () => { if (grouping === 0) runJob(); };
+
+  /** Whether a call of `work` multiply-adds is split: big enough, and threads are not slower (alone). */
+  const split2 = (work: number, kind = 0) => (minWork <= 0 || work >= 2 * minWork) && !alone(work, kind);
 
   // ---- split kernels ----
+  const BPW = [4, 2, 1, 1, 0.5625]; // weight bytes by dtype code (chunk sizing only)
   const matvec = (dt: 0 | 1, out: number, W: number, x: number, bias: number, rows: number, cols: number): boolean => {
-    const p = parts(rows * cols);
-    if (closed || p < 2 || rows < 16) return false;
-    const r = ranges(rows, p, 8, threads);
-    const op = dt === 0 ? OP.matvec_f32_rows : OP.matvec_f16_rows;
-    const fn = dt === 0 ? sk.matvec_f32_rows : sk.matvec_f16_rows;
-    dispatch(op, (a, b, t) => {
-      a[b] = out; a[b + 1] = W; a[b + 2] = x; a[b + 3] = bias; a[b + 4] = rows; a[b + 5] = cols; a[b + 6] = r[2 * t]!; a[b + 7] = r[2 * t + 1]!;
-      return r[2 * t]! < r[2 * t + 1]!;
-    }, () => { if (r[0]! < r[1]!) fn(out, W, x, bias, rows, cols, r[0]!, r[1]!); });
+    if (closed || !split2(rows * cols) || rows < 16) return false;
+    const b = seg(dt === 0 ? OP.matvec_f32_rows : OP.matvec_f16_rows, 6, 7, rows, 8, rows * cols * BPW[dt]!);
+    A[b] = out; A[b + 1] = W; A[b + 2] = x; A[b + 3] = bias; A[b + 4] = rows; A[b + 5] = cols;
+    submit();
     return true;
   };
 
   /** A quantized matvec split by rows: x quantized once (`prepare`) into the caller's scratch, read by every thread. */
-  const quantized = (whole: Kernels['matvec_q8'], prepare: SplitKernels['matvec_i8_prepare'], op: number, rowsKernel: SplitKernels['matvec_q8_rows']): Kernels['matvec_q8'] =>
+  const quantized = (whole: Kernels['matvec_q8'], prepare: SplitKernels['matvec_i8_prepare'], op: number, bpw: number): Kernels['matvec_q8'] =>
     (out, W, scales, x, bias, rows, cols, scratch) => {
-      const p = parts(rows * cols);
-      if (closed || p < 2 || rows < 16) { whole(out, W, scales, x, bias, rows, cols, scratch); return; }
+      if (closed || !split2(rows * cols) || rows < 16) { whole(out, W, scales, x, bias, rows, cols, scratch); return; }
       prepare(x, cols, scratch);
-      const r = ranges(rows, p, 8, threads);
-      dispatch(op, (a, b, t) => {
-        a[b] = out; a[b + 1] = W; a[b + 2] = scales; a[b + 3] = bias; a[b + 4] = rows; a[b + 5] = cols; a[b + 6] = scratch; a[b + 7] = r[2 * t]!; a[b + 8] = r[2 * t + 1]!;
-        return r[2 * t]! < r[2 * t + 1]!;
-      }, () => { if (r[0]! < r[1]!) rowsKernel(out, W, scales, bias, rows, cols, scratch, r[0]!, r[1]!); });
+      const b = seg(op, 7, 8, rows, 8, rows * cols * bpw);
+      A[b] = out; A[b + 1] = W; A[b + 2] = scales; A[b + 3] = bias; A[b + 4] = rows; A[b + 5] = cols; A[b + 6] = scratch;
+      submit();
     };
 
   const split: Partial<Kernels> = {
     matvec_f32: (out, W, x, bias, rows, cols) => { if (!matvec(0, out, W, x, bias, rows, cols)) k.matvec_f32(out, W, x, bias, rows, cols); },
     matvec_f16: (out, W, x, bias, rows, cols) => { if (!matvec(1, out, W, x, bias, rows, cols)) k.matvec_f16(out, W, x, bias, rows, cols); },
-    matvec_i8: quantized(k.matvec_i8, sk.matvec_i8_prepare, OP.matvec_i8_rows, sk.matvec_i8_rows),
-    matvec_q8: quantized(k.matvec_q8, sk.matvec_i8_prepare, OP.matvec_q8_rows, sk.matvec_q8_rows), // the same quantized x as int8
-    matvec_q4: quantized(k.matvec_q4, sk.matvec_q4_prepare, OP.matvec_q4_rows, sk.matvec_q4_rows),
+    matvec_i8: quantized(k.matvec_i8, sk.matvec_i8_prepare, OP.matvec_i8_rows, 1),
+    matvec_q8: quantized(k.matvec_q8, sk.matvec_i8_prepare, OP.matvec_q8_rows, 1), // the same quantized x as int8
+    matvec_q4: quantized(k.matvec_q4, sk.matvec_q4_prepare, OP.matvec_q4_rows, 0.5625),
     attention: (out, q, kc, vc, nHeads, nKvHeads, headDim, nPos, scale, scratch, kvF16) => {
-      const p = Math.min(parts(2 * nHeads * nPos * headDim), nHeads);
-      if (closed || p < 2 || nPos > limits.maxPositions) {
+      // ~4 cache bytes read per multiply-add (K then V, f32) and a softmax: counted twice a matvec's
+      const work = 4 * nHeads * nPos * headDim;
+      if (closed || !split2(work) || nHeads < 2 || nPos > limits.maxPositions) {
         k.attention(out, q, kc, vc, nHeads, nKvHeads, headDim, nPos, scale, scratch, kvF16);
         return;
       }
-      const r = ranges(nHeads, p, 1, threads);
-      dispatch(OP.attention_heads, (a, b, t) => {
-        a[b] = out; a[b + 1] = q; a[b + 2] = kc; a[b + 3] = vc; a[b + 4] = nHeads; a[b + 5] = nKvHeads; a[b + 6] = headDim; a[b + 7] = nPos;
-        a[b + 8] = scale; a[b + 9] = workerScores(t); a[b + 10] = r[2 * t]!; a[b + 11] = r[2 * t + 1]!; a[b + 12] = kvF16;
-        return r[2 * t]! < r[2 * t + 1]!;
-      }, () => { if (r[0]! < r[1]!) sk.attention_heads(out, q, kc, vc, nHeads, nKvHeads, headDim, nPos, scale, scratch, r[0]!, r[1]!, kvF16); });
+      const b = seg(OP.attention_heads, 10, 11, nHeads, 1, kvF16 ? work / 2 : work, 1, 9);
+      A[b] = out; A[b + 1] = q; A[b + 2] = kc; A[b + 3] = vc; A[b + 4] = nHeads; A[b + 5] = nKvHeads; A[b + 6] = headDim; A[b + 7] = nPos;
+      A[b + 8] = scale; A[b + 9] = scratch; A[b + 12] = kvF16;
+      submit();
     },
   };
 
-  /** FFN in two phases; returns false (caller runs the whole kernel) when not worth splitting. */
+
+  /** FFN in two jobs (activations over neurons, then the down pass over columns); false (caller runs the whole kernel) when not worth splitting. */
   const ffn = (dt: number, swiglu: boolean, out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, ptrs: number, hasBias: number, hOut: number, afn = 0, athr = 0): boolean => {
     const nParts = swiglu ? 3 : 2;
-    const p = parts(n * d * nParts);
-    if (closed || p < 2 || (!hOut && n > limits.maxNeurons) || d < 16) return false;
+    if (closed || !split2(n * d * nParts) || (!hOut && n > limits.maxNeurons) || d < 16) return false;
+    runJob(); // a collecting inOneJob: the FFN's two jobs follow what was collected
     const h = hOut || hbuf;
-    const rn = ranges(n, p, 64, threads);
+    const bytes = n * d * BPW[dt]!;
     if (swiglu) {
-      dispatch(rk(dt, 'ffn_swiglu_h').op, (a, b, t) => {
-        a[b] = dt; a[b + 1] = x; a[b + 2] = d; a[b + 3] = n; a[b + 4] = gate; a[b + 5] = up; a[b + 6] = stride; a[b + 7] = ptrs; a[b + 8] = h; a[b + 9] = rn[2 * t]!; a[b + 10] = rn[2 * t + 1]!;
-        a[b + 11] = afn; a[b + 12] = athr;
-        return rn[2 * t]! < rn[2 * t + 1]!;
-      }, () => { if (rn[0]! < rn[1]!) rk(dt, 'ffn_swiglu_h').fn(dt, x, d, n, gate, up, stride, ptrs, h, rn[0]!, rn[1]!, afn, athr); });
+      const b = seg(rk(dt, 'ffn_swiglu_h').op, 9, 10, n, 64, 2 * bytes);
+      A[b] = dt; A[b + 1] = x; A[b + 2] = d; A[b + 3] = n; A[b + 4] = gate; A[b + 5] = up; A[b + 6] = stride; A[b + 7] = ptrs; A[b + 8] = h;
+      A[b + 11] = afn; A[b + 12] = athr;
     } else {
-      dispatch(rk(dt, 'ffn_relu_h').op, (a, b, t) => {
-        a[b] = dt; a[b + 1] = x; a[b + 2] = d; a[b + 3] = n; a[b + 4] = up; a[b + 5] = stride; a[b + 6] = ptrs; a[b + 7] = hasBias; a[b + 8] = h; a[b + 9] = rn[2 * t]!; a[b + 10] = rn[2 * t + 1]!;
-        return rn[2 * t]! < rn[2 * t + 1]!;
-      }, () => { if (rn[0]! < rn[1]!) rk(dt, 'ffn_relu_h').fn(dt, x, d, n, up, stride, ptrs, hasBias, h, rn[0]!, rn[1]!); });
+      const b = seg(rk(dt, 'ffn_relu_h').op, 9, 10, n, 64, bytes);
+      A[b] = dt; A[b + 1] = x; A[b + 2] = d; A[b + 3] = n; A[b + 4] = up; A[b + 5] = stride; A[b + 6] = ptrs; A[b + 7] = hasBias; A[b + 8] = h;
     }
-    const rd = ranges(d, p, colAlign(dt), threads);
-    dispatch(rk(dt, 'ffn_down_cols').op, (a, b, t) => {
-      a[b] = dt; a[b + 1] = out; a[b + 2] = d; a[b + 3] = n; a[b + 4] = down; a[b + 5] = stride; a[b + 6] = ptrs; a[b + 7] = nParts; a[b + 8] = h; a[b + 9] = rd[2 * t]!; a[b + 10] = rd[2 * t + 1]!;
-      return rd[2 * t]! < rd[2 * t + 1]!;
-    }, () => { if (rd[0]! < rd[1]!) rk(dt, 'ffn_down_cols').fn(dt, out, d, n, down, stride, ptrs, nParts, h, rd[0]!, rd[1]!); });
+    runJob();
+    const b = seg(rk(dt, 'ffn_down_cols').op, 9, 10, d, colAlign(dt), bytes, 0, 0, true);
+    A[b] = dt; A[b + 1] = out; A[b + 2] = d; A[b + 3] = n; A[b + 4] = down; A[b + 5] = stride; A[b + 6] = ptrs; A[b + 7] = nParts; A[b + 8] = h;
+    runJob();
     return true;
   };
 
@@ -605,47 +754,38 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
     };
     if (typeof k[ga] === 'function' && typeof sk.gate_act_rows === 'function') {
       split[ga] = (out, x, d, nn, gate, stride, afn, athr) => {
-        const p = parts(nn * d);
-        if (closed || p < 2 || nn < 16) { k[ga](out, x, d, nn, gate, stride, afn, athr); return; }
-        const r = ranges(nn, p, 8, threads);
-        dispatch(rk(dt, 'gate_act_rows').op, (a, b, t) => {
-          a[b] = dt; a[b + 1] = out; a[b + 2] = x; a[b + 3] = d; a[b + 4] = nn; a[b + 5] = gate; a[b + 6] = stride; a[b + 7] = r[2 * t]!; a[b + 8] = r[2 * t + 1]!;
-          a[b + 9] = afn; a[b + 10] = athr;
-          return r[2 * t]! < r[2 * t + 1]!;
-        }, () => { if (r[0]! < r[1]!) rk(dt, 'gate_act_rows').fn(dt, out, x, d, nn, gate, stride, r[0]!, r[1]!, afn, athr); });
+        if (closed || !split2(nn * d) || nn < 16) { k[ga](out, x, d, nn, gate, stride, afn, athr); return; }
+        const b = seg(rk(dt, 'gate_act_rows').op, 7, 8, nn, 8, nn * d * BPW[dt]!);
+        A[b] = dt; A[b + 1] = out; A[b + 2] = x; A[b + 3] = d; A[b + 4] = nn; A[b + 5] = gate; A[b + 6] = stride;
+        A[b + 9] = afn; A[b + 10] = athr;
+        submit();
       };
     }
     if (typeof k[gp] === 'function' && typeof sk.gated_h === 'function') {
       split[gp] = (out, x, d, ptrs, nn, act, hOut, afn, athr) => {
-        const p = parts(2 * nn * d);
-        if (closed || p < 2 || (!hOut && nn > limits.maxNeurons) || d < 16) { k[gp](out, x, d, ptrs, nn, act, hOut, afn, athr); return; }
+        if (closed || !split2(2 * nn * d) || (!hOut && nn > limits.maxNeurons) || d < 16) { k[gp](out, x, d, ptrs, nn, act, hOut, afn, athr); return; }
+        runJob();
         const h = hOut || hbuf;
-        const rn = ranges(nn, p, 64, threads);
-        dispatch(rk(dt, 'gated_h').op, (a, b, t) => {
-          a[b] = dt; a[b + 1] = x; a[b + 2] = d; a[b + 3] = ptrs; a[b + 4] = nn; a[b + 5] = act; a[b + 6] = h; a[b + 7] = rn[2 * t]!; a[b + 8] = rn[2 * t + 1]!;
-          a[b + 9] = afn; a[b + 10] = athr;
-          return rn[2 * t]! < rn[2 * t + 1]!;
-        }, () => { if (rn[0]! < rn[1]!) rk(dt, 'gated_h').fn(dt, x, d, ptrs, nn, act, h, rn[0]!, rn[1]!, afn, athr); });
-        const rd = ranges(d, p, colAlign(dt), threads);
-        dispatch(rk(dt, 'gated_down').op, (a, b, t) => {
-          a[b] = dt; a[b + 1] = out; a[b + 2] = d; a[b + 3] = ptrs; a[b + 4] = nn; a[b + 5] = h; a[b + 6] = rd[2 * t]!; a[b + 7] = rd[2 * t + 1]!;
-          return rd[2 * t]! < rd[2 * t + 1]!;
-        }, () => { if (rd[0]! < rd[1]!) rk(dt, 'gated_down').fn(dt, out, d, ptrs, nn, h, rd[0]!, rd[1]!); });
+        const bytes = nn * d * BPW[dt]!;
+        let b = seg(rk(dt, 'gated_h').op, 7, 8, nn, 64, bytes);
+        A[b] = dt; A[b + 1] = x; A[b + 2] = d; A[b + 3] = ptrs; A[b + 4] = nn; A[b + 5] = act; A[b + 6] = h;
+        A[b + 9] = afn; A[b + 10] = athr;
+        runJob();
+        b = seg(rk(dt, 'gated_down').op, 6, 7, d, colAlign(dt), bytes, 0, 0, true);
+        A[b] = dt; A[b + 1] = out; A[b + 2] = d; A[b + 3] = ptrs; A[b + 4] = nn; A[b + 5] = h;
+        runJob();
       };
     }
   }
 
-  // ---- batched (prompt) kernels: each thread prepares x in its own scratch ----
+  // ---- batched (prompt) kernels: each chunk prepares x in its thread's scratch ----
   const batched = limits.batchScratchBytes! > 0;
   const matmul = (dt: number, out: number, ldo: number, W: number, scales: number, x: number, ldx: number, bias: number, T: number, rows: number, cols: number, scratch: number): boolean => {
-    const p = parts(T * rows * cols);
-    if (closed || !batched || p < 2 || rows < 16) return false;
-    const r = ranges(rows, p, 8, threads);
-    dispatch(OP.matmul_rows, (a, b, t) => {
-      a[b] = dt; a[b + 1] = out; a[b + 2] = ldo; a[b + 3] = W; a[b + 4] = scales; a[b + 5] = x; a[b + 6] = ldx; a[b + 7] = bias;
-      a[b + 8] = T; a[b + 9] = rows; a[b + 10] = cols; a[b + 11] = workerBatch(t); a[b + 12] = r[2 * t]!; a[b + 13] = r[2 * t + 1]!;
-      return r[2 * t]! < r[2 * t + 1]!;
-    }, () => { if (r[0]! < r[1]!) sk.matmul_rows(dt, out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch, r[0]!, r[1]!); });
+    if (closed || !batched || !split2(T * rows * cols, 1) || rows < 16) return false;
+    const b = seg(OP.matmul_rows, 12, 13, rows, 8, rows * cols * BPW[dt]!, 2, 11);
+    A[b] = dt; A[b + 1] = out; A[b + 2] = ldo; A[b + 3] = W; A[b + 4] = scales; A[b + 5] = x; A[b + 6] = ldx; A[b + 7] = bias;
+    A[b + 8] = T; A[b + 9] = rows; A[b + 10] = cols; A[b + 11] = scratch;
+    submit();
     return true;
   };
   split.matmul_f32 = (out, ldo, W, x, ldx, bias, T, rows, cols, scratch) => {
@@ -663,23 +803,20 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
   split.matmul_q4 = (out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch) => {
     if (!matmul(4, out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch)) k.matmul_q4(out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch);
   };
-  /** Batched FFN in two phases (activations over neurons into H, then the down pass over columns). */
+  /** Batched FFN in two jobs (activations over neurons into H, then the down pass over columns). */
   const ffnBatch = (dt: number, gated: boolean, out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number, afn = 0, athr = 0): boolean => {
-    const p = parts(T * n * d * (gated ? 3 : 2));
-    if (closed || !batched || p < 2 || d < 16 || ((dt === DT.i8 || dt === DT.q8 || dt === DT.q4) && d > 32768)) return false;
+    if (closed || !batched || !split2(T * n * d * (gated ? 3 : 2), 1) || d < 16 || ((dt === DT.i8 || dt === DT.q8 || dt === DT.q4) && d > 32768)) return false;
+    runJob();
     const code = dt | (gated ? 8 : 0) | (hasBias ? 16 : 0);
-    const rn = ranges(n, p, 64, threads);
-    dispatch(OP.ffn_batch_act, (a, b, t) => {
-      a[b] = code; a[b + 1] = x; a[b + 2] = ldx; a[b + 3] = T; a[b + 4] = d; a[b + 5] = n; a[b + 6] = gate; a[b + 7] = up; a[b + 8] = stride;
-      a[b + 9] = H; a[b + 10] = workerBatch(t); a[b + 11] = rn[2 * t]!; a[b + 12] = rn[2 * t + 1]!; a[b + 13] = afn; a[b + 14] = athr;
-      return rn[2 * t]! < rn[2 * t + 1]!;
-    }, () => { if (rn[0]! < rn[1]!) sk.ffn_batch_act(code, x, ldx, T, d, n, gate, up, stride, H, scratch, rn[0]!, rn[1]!, afn, athr); });
-    const rd = ranges(d, p, colAlign(dt), threads);
-    dispatch(OP.ffn_batch_down, (a, b, t) => {
-      a[b] = dt; a[b + 1] = out; a[b + 2] = ldo; a[b + 3] = T; a[b + 4] = d; a[b + 5] = n; a[b + 6] = down; a[b + 7] = stride;
-      a[b + 8] = H; a[b + 9] = workerBatch(t); a[b + 10] = rd[2 * t]!; a[b + 11] = rd[2 * t + 1]!;
-      return rd[2 * t]! < rd[2 * t + 1]!;
-    }, () => { if (rd[0]! < rd[1]!) sk.ffn_batch_down(dt, out, ldo, T, d, n, down, stride, H, scratch, rd[0]!, rd[1]!); });
+    const bytes = n * d * BPW[dt]!;
+    let b = seg(OP.ffn_batch_act, 11, 12, n, 64, (gated ? 2 : 1) * bytes, 2, 10);
+    A[b] = code; A[b + 1] = x; A[b + 2] = ldx; A[b + 3] = T; A[b + 4] = d; A[b + 5] = n; A[b + 6] = gate; A[b + 7] = up; A[b + 8] = stride;
+    A[b + 9] = H; A[b + 10] = scratch; A[b + 13] = afn; A[b + 14] = athr;
+    runJob();
+    b = seg(OP.ffn_batch_down, 10, 11, d, colAlign(dt), bytes, 2, 9, true);
+    A[b] = dt; A[b + 1] = out; A[b + 2] = ldo; A[b + 3] = T; A[b + 4] = d; A[b + 5] = n; A[b + 6] = down; A[b + 7] = stride;
+    A[b + 8] = H; A[b + 9] = scratch;
+    runJob();
     return true;
   };
   for (const [name, dt] of Object.entries(DT_BATCH)) {
@@ -694,6 +831,12 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
   }
 
   const kernels = Object.assign(Object.create(null) as Record<string, unknown>, k, split) as unknown as Kernels;
+  oneJob.set(kernels, {
+    begin: () => { grouping++; },
+    end: () => {
+      if (grouping > 0 && --grouping === 0) runJob();
+    },
+  });
 
   return {
     kernels,
@@ -701,6 +844,7 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
     fallbackReason: null,
     bytes,
     get workers() { return handles.filter((h) => h.alive).length; },
+    get jobs() { return jobs; },
     close: async () => {
       if (closed) return;
       closed = true;
@@ -710,4 +854,39 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
       await Promise.allSettled(handles.map((h) => h.terminate()));
     },
   };
+}
+
+/** The collector of each pool's kernels (see jobGroup). */
+const oneJob = new WeakMap<object, JobGroup>();
+
+/** Collects split kernel calls into one job: begin(), the calls, end() (in a finally). */
+export interface JobGroup {
+  begin(): void;
+  /** Runs what was collected since begin() (and stops collecting). */
+  end(): void;
+}
+
+/**
+ * The job collector of a pool's kernels `k` (null for other kernels: nothing to
+ * collect). Between begin() and end(), split calls are collected and end() runs
+ * them as ONE job: one hand-off to the workers instead of one per call, and one
+ * wait. The calls must not read each other's outputs (e.g. the q, k and v
+ * projections of one input; note a quantized matvec's scratch is an output: calls
+ * sharing it must share x). Calls that are not split run at once on the caller,
+ * and the FFN kernels (two jobs each) run at once after what was collected.
+ */
+export function jobGroup(k: Kernels): JobGroup | null {
+  return oneJob.get(k) ?? null;
+}
+
+/** Runs fn's calls as one job on a pool's kernels (jobGroup), or just calls fn. */
+export function inOneJob(k: Kernels, fn: () => void): void {
+  const g = oneJob.get(k);
+  if (!g) return fn();
+  g.begin();
+  try {
+    fn();
+  } finally {
+    g.end();
+  }
 }

@@ -276,4 +276,7 @@ export interface Kernels {
   xxh64(ptr: number, len: number, seedLo: number, seedHi: number, out: number): void;
   /** An 8-byte slot in the module's static area (below heap_base), for xxh64's `out`. */
   xxh64_slot(): number;
+
+  /** 1 in the relaxed-SIMD builds (wasm/flashlm.relaxed.wasm, flashlm.mt.relaxed.wasm: fused multiply-adds), 0 in the plain SIMD ones. */
+  simd_relaxed(): number;
 }

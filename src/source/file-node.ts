@@ -1,5 +1,5 @@
 /** Node file source and sink (node:fs); the engine core never imports this module. */
-import { constants as fsConstants } from 'node:fs';
+import { constants as fsConstants, read as fsRead } from 'node:fs';
 import { open, rename, rm, statfs, type FileHandle } from 'node:fs/promises';
 import { SourceError } from '../errors.js';
 import { mergeHints } from './http-common.js';
@@ -172,6 +172,16 @@ export class FileSource implements Source {
     return this.readInto(offset, into, 0, into.byteLength);
   }
 
+  /**
+   * One pread into `into[at, at + length)`: fs.read's callback form on the
+   * handle's fd. FileHandle.read costs more per read: 20 KiB O_DIRECT random
+   * reads, 16 in flight, on the 2-core VM went from 460-570 to 565-680 MB/s
+   * and from 27-30 to 23 µs of CPU per read.
+   */
+  private pread(into: Uint8Array, at: number, length: number, position: number): Promise<number> {
+    return new Promise((resolve, reject) => fsRead(this.fh.fd, into, at, length, position, (e, n) => (e ? reject(e) : resolve(n))));
+  }
+
   /** read() into `into[at, at + length)`: pread fills the caller's buffer at that offset, no view needed. */
   async readInto(offset: number, into: Uint8Array, at: number, length: number): Promise<void> {
     if (!Number.isSafeInteger(offset) || offset < 0) throw new SourceError(`${this.name}: invalid read offset ${offset}`);
@@ -179,7 +189,7 @@ export class FileSource implements Source {
     if (this.bounce) return this.readDirect(offset, at === 0 && length === into.byteLength ? into : into.subarray(at, at + length));
     let done = 0;
     while (done < length) {
-      const { bytesRead } = await this.fh.read(into, at + done, length - done, offset + done);
+      const bytesRead = await this.pread(into, at + done, length - done, offset + done);
       if (bytesRead === 0) {
         throw new SourceError(`${this.name}: unexpected end of file at ${offset + done} (wanted [${offset}, +${length}) of ${this.size})`);
       }
@@ -215,7 +225,7 @@ export class FileSource implements Source {
     while (done < directLen) {
       let bytesRead: number;
       try {
-        ({ bytesRead } = await this.fh.read(into, done, directLen - done, offset + done));
+        bytesRead = await this.pread(into, done, directLen - done, offset + done);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === 'EINVAL' && done === 0) {
           // byteOffset is aligned but the buffer's base is not (a plain ArrayBuffer): bounce, and remember.

@@ -10,7 +10,7 @@
  * bandwidth (20 ms x 200 MB/s = 4 MB, i.e. 64 reads of 64 KB).
  */
 import type { TLSSocket } from 'node:tls';
-import { Pool, buildConnector } from 'undici';
+import { Client, Pool, buildConnector } from 'undici';
 import type { SourceOpener } from '../model.js';
 import { SourceError } from '../errors.js';
 import { HTTP_HINTS, HttpRangeSource, headersFor, isStaleRedirectStatus, type HttpAnswer, type HttpOptions, type HttpTransport } from './http-common.js';
@@ -62,8 +62,51 @@ class UndiciAnswer implements HttpAnswer {
   }
 }
 
+/** What PoolTransport asks of its connections: undici's Pool, or SpreadPool for HTTP/2. */
+interface Requester {
+  request(options: Parameters<Pool['request']>[0]): Promise<Response>;
+  close(): Promise<void>;
+}
+
+/**
+ * HTTP/2 over `n` connections, each request on the one with the fewest open
+ * streams. undici's Pool fills one connection's streams before opening the
+ * next, so a few requests in flight would share one connection, which a
+ * CDN's per-connection bandwidth limit punishes.
+ */
+class SpreadPool implements Requester {
+  private readonly clients: Client[];
+  private readonly open: Int32Array;
+
+  constructor(origin: string, n: number, options: Client.Options) {
+    this.clients = Array.from({ length: n }, () => new Client(origin, options));
+    this.open = new Int32Array(n);
+  }
+
+  async request(options: Parameters<Pool['request']>[0]): Promise<Response> {
+    const open = this.open;
+    let i = 0;
+    for (let j = 1; j < open.length; j++) if (open[j]! < open[i]!) i = j;
+    open[i]!++;
+    let res: Response;
+    try {
+      res = await this.clients[i]!.request(options);
+    } catch (e) {
+      open[i]!--;
+      throw e;
+    }
+    // The stream is open until its body ends or is destroyed.
+    res.body.once('close', () => open[i]!--);
+    return res;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.clients.map((c) => c.close()));
+  }
+}
+
 class PoolTransport implements HttpTransport {
-  private pool: Pool;
+  private pool: Requester;
   /** Where requests go: the URL, or the target it last redirected to. */
   private current: URL;
   /** The server chose HTTP/2 (ALPN) on a connection of the current pool. */
@@ -80,7 +123,7 @@ class PoolTransport implements HttpTransport {
     this.pool = this.newPool(url);
   }
 
-  private newPool(url: URL): Pool {
+  private newPool(url: URL): Requester {
     const { allowH2, h2Streams, ca } = this.tls;
     if (url.protocol !== 'https:') return new Pool(url.origin, { connections: this.connections, pipelining: 1 });
     const base = buildConnector({ allowH2, ...(ca ? { ca: ca as string | Buffer | (string | Buffer)[] } : {}) });
@@ -92,7 +135,9 @@ class PoolTransport implements HttpTransport {
     // HTTP/2: `pipelining` is the streams one connection carries (undici); HTTP/1.1 stays unpipelined.
     const streams = this.h2Pool ? h2Streams : 1;
     // Browser-sized HTTP/2 windows (Chromium: 6 MB per stream, 15 MB per connection): undici's 256/512 KB would stall a stream every round trip.
-    return new Pool(url.origin, { connections: Math.ceil(this.connections / streams), pipelining: streams, allowH2, connect, initialWindowSize: 4 << 20, connectionWindowSize: 16 << 20 });
+    const options = { pipelining: streams, allowH2, connect, initialWindowSize: 4 << 20, connectionWindowSize: 16 << 20 };
+    const n = Math.ceil(this.connections / streams);
+    return this.h2Pool ? new SpreadPool(url.origin, n, options) : new Pool(url.origin, { connections: n, ...options });
   }
 
   /** After the first answer: a server that chose HTTP/2 gets a pool that multiplexes. */

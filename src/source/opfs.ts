@@ -34,7 +34,7 @@
  * in-memory directory.
  */
 import { getHasher } from '../format/hash.js';
-import type { ReadHints, Source } from './types.js';
+import type { ReadHints, Source, TierCounters } from './types.js';
 
 /** The parts of FileSystemSyncAccessHandle used here. */
 export interface SyncHandle {
@@ -167,6 +167,10 @@ export class OpfsCachedSource implements Source {
   readonly counters: OpfsCounters = { hitChunks: 0, hitBytes: 0, missChunks: 0, sharedChunks: 0, networkReads: 0, networkBytes: 0, storedChunks: 0, evictedChunks: 0, evictedModels: 0 };
   /** Notices so far (also passed to onNotice). */
   readonly notices: string[] = [];
+  /** The run stats' view of the counters: bytes served from OPFS against bytes from the network. */
+  get tier(): TierCounters {
+    return this.counters;
+  }
 
   private store: Store | undefined;
   /** chunk -> slot, in least-recently-used-first order. */

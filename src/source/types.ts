@@ -41,7 +41,15 @@ export interface Source {
   multiRange?(): Promise<boolean>;
   /** Optional (remote sources): the link model estimated from completed requests (planner costs, stats). */
   readonly link?: LinkEstimator;
+  /** Optional (cache tiers such as OPFS): cumulative bytes served locally and bytes fetched from the wrapped source (run stats report the hit share per token). */
+  readonly tier?: TierCounters;
   close(): Promise<void>;
+}
+
+/** Cumulative counters of a cache tier (OpfsCounters has them). */
+export interface TierCounters {
+  readonly hitBytes: number;
+  readonly networkBytes: number;
 }
 
 export interface ReadHints {

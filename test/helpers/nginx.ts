@@ -59,7 +59,7 @@ export interface Nginx {
   url(path: string): string;
   /** The error log so far (for assertion messages). */
   errorLog(): Promise<string>;
-  /** With `accessLog`: one line per request so far, `<protocol> <status> <uri> <range> <method>` (e.g. `HTTP/2.0 206 /m.flm bytes=0-0 GET`; `-` for none). */
+  /** With `accessLog`: one line per request so far, `<protocol> <status> <uri> <range> <method> <connection>` (e.g. `HTTP/2.0 206 /m.flm bytes=0-0 GET 3`; `-` for none; connection: nginx's serial number of the connection). */
   accessLog(): Promise<string[]>;
   stop(): Promise<void>;
 }
@@ -118,7 +118,7 @@ pid ${q(join(dir, 'nginx.pid'))};
 error_log ${q(join(dir, 'error.log'))} warn;
 events { worker_connections 512; }
 http {
-  ${o.accessLog ? `log_format flashlm '$server_protocol $status $uri $http_range $request_method'; access_log ${q(join(dir, 'access.log'))} flashlm;` : 'access_log off;'}
+  ${o.accessLog ? `log_format flashlm '$server_protocol $status $uri $http_range $request_method $connection'; access_log ${q(join(dir, 'access.log'))} flashlm;` : 'access_log off;'}
   client_body_temp_path ${q(join(dir, 'client_body'))};
   proxy_temp_path ${q(join(dir, 'proxy'))};
   fastcgi_temp_path ${q(join(dir, 'fastcgi'))};
