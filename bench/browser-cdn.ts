@@ -78,7 +78,7 @@ export async function writeSite(dir: string): Promise<void> {
   await mkdir(join(dir, 'dist', 'bundle'), { recursive: true });
   await mkdir(join(dir, 'wasm'), { recursive: true });
   await build({ entryPoints: [join(ROOT, 'src/browser.ts')], bundle: true, format: 'esm', platform: 'browser', target: 'es2022', outfile: join(dir, 'dist/bundle/flashlm.js'), logLevel: 'warning' });
-  for (const f of ['flashlm.wasm', 'flashlm.mt.wasm']) await copyFile(join(ROOT, 'wasm', f), join(dir, 'wasm', f));
+  for (const f of ['flashlm.wasm', 'flashlm.mt.wasm', 'flashlm.relaxed.wasm', 'flashlm.mt.relaxed.wasm']) await copyFile(join(ROOT, 'wasm', f), join(dir, 'wasm', f));
   await writeFile(join(dir, 'cdn-run.html'), '<!doctype html><meta charset="utf-8"><title>flashlm over a CDN</title><p>flashlm CDN run: the engine runs in cdn-worker.js</p>\n');
   await writeFile(join(dir, 'cdn-worker.js'), WORKER);
 }

@@ -77,7 +77,7 @@ test.serial('run --threads 1 and 2, --batch-size 1 and 8: the same text; stderr 
     const r = await flashlm('run', out, '-p', ref.prompt, '-n', String(ref.n), '--temp', '0', ...extra);
     t.is(r.code, 0, r.stderr);
     t.is(r.stdout, ref.text + '\n', extra.join(' '));
-    t.regex(r.stderr, new RegExp(`; ${extra[1]} threads?\\n`));
+    t.regex(r.stderr, new RegExp(`; ${extra[1]} threads?(, kernels [a-z-]+)?\\n`));
     t.regex(r.stderr, /prompt: \d+ tokens, [\d.]+ tokens\/s; generated: \d+ tokens, [\d.]+ tokens\/s/);
   }
   const bad = await flashlm('run', out, '-t', '0');
