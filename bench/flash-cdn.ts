@@ -19,7 +19,9 @@
  * the ratio Chromium / Node. A browser keeps one HTTP/2 connection per
  * origin, and the modelled CDN paces each connection: Chromium is also run
  * with the same CDN on --shards origins (HttpSource `mirrors`, CORS), as
- * many connections as Node's HTTP/2 pool opens. `--no-chromium` skips it;
+ * many connections as Node's HTTP/2 pool opens, and both clients over a TLS
+ * origin without HTTP/2 (Chromium opens 6 HTTP/1.1 connections per origin
+ * there; Node 64). `--no-chromium` skips it;
  * `--h2-only` runs only it.
  *
  * The model: `--model synth` (default) is an OPT-1.3B-shaped sparse model
@@ -145,6 +147,8 @@ async function main(): Promise<void> {
   let proxy: Awaited<ReturnType<typeof cdnProxyProcess>> | undefined;
   let tlsNginx: Awaited<ReturnType<typeof startNginx>> | undefined;
   let tlsProxy: Awaited<ReturnType<typeof cdnProxyProcess>> | undefined;
+  let h1Nginx: Awaited<ReturnType<typeof startNginx>> | undefined;
+  let h1Proxy: Awaited<ReturnType<typeof cdnProxyProcess>> | undefined;
   let chromium: Chromium | undefined;
   try {
     const m = await makeModel(dir);
@@ -205,24 +209,30 @@ async function main(): Promise<void> {
       tlsProxy = await cdnProxyProcess(tlsNginx.port, RTT, CONN, LINK, SHARDS);
       const mirrors = tlsProxy.ports.slice(1).map((p) => `https://127.0.0.1:${p}/model.flm`);
       const origin = `https://127.0.0.1:${tlsProxy.port}`;
+      // The same over TLS without HTTP/2 (the issue's HTTP/1.1 CDN): a browser opens 6 connections per origin there.
+      h1Nginx = await startNginx({ root: dir, tls: cert, http2: false, headers: { 'Cache-Control': 'no-store' }, cors: true });
+      h1Proxy = await cdnProxyProcess(h1Nginx.port, RTT, CONN, LINK);
+      const h1Url = `https://127.0.0.1:${h1Proxy.port}/model.flm`;
       chromium = await launchChromium(cert);
       const page = await chromium.page(origin);
       for (const strategy of ['hybrid', 'window'] as const) {
         const tokens = strategy === 'hybrid' ? STATIONARY : TOKENS;
         const opts: OpenOptions = { strategy, ...(strategy === 'window' ? { sparsity: 'oracle' as const, window: WINDOW } : {}) };
-        const src = await NodeHttpSource.open(`${origin}/model.flm`, { ca: cert.pem });
-        const multiRange = await src.multiRange();
-        const protocol = src.protocol;
-        const inFlight = src.hints.parallel;
-        const n = await generate(src, opts, m.prompt, tokens);
-        const nodeRow: H2Row = { strategy, client: 'node', inFlight, tokens, summary: n.summary, msP50: n.msP50, neededBytes: strategy === 'hybrid' ? ffnBytes : n.neededBytes, multiRange, protocols: { [protocol]: n.summary.requestsPerToken }, maxConcurrent: null, threads: n.threads, equalsDense: n.ids.every((id, i) => dense.ids[i] === id), wallMs: n.wallMs };
-        h2Rows.push(nodeRow);
-        process.stderr.write(`  ${strategy} node h2: ${n.summary.msPerToken.toFixed(0)} ms/token (${(n.wallMs / 1000).toFixed(1)} s)\n`);
-        for (const shards of SHARDS > 1 ? [1, SHARDS] : [1]) {
-          const client = shards > 1 ? `chromium, ${shards} origins` : 'chromium';
-          const c = await runInChromium(page, { url: `${origin}/model.flm`, prompt: m.prompt, tokens, strategy, cache: 'default', ...(strategy === 'window' ? { sparsity: 'oracle' as const, window: WINDOW } : {}), ...(shards > 1 ? { http: { mirrors: mirrors.slice(0, shards - 1) } } : {}) });
+        for (const [client, url, options] of [['node', `${origin}/model.flm`, {}], ['node, HTTP/1.1', h1Url, { connections: 64 }]] as const) {
+          const src = await NodeHttpSource.open(url, { ca: cert.pem, ...options });
+          const multiRange = await src.multiRange();
+          const protocol = src.protocol;
+          const inFlight = src.hints.parallel;
+          const n = await generate(src, opts, m.prompt, tokens);
+          h2Rows.push({ strategy, client, inFlight, tokens, summary: n.summary, msP50: n.msP50, neededBytes: strategy === 'hybrid' ? ffnBytes : n.neededBytes, multiRange, protocols: { [protocol]: n.summary.requestsPerToken }, maxConcurrent: null, threads: n.threads, equalsDense: n.ids.every((id, i) => dense.ids[i] === id), wallMs: n.wallMs });
+          process.stderr.write(`  ${strategy} ${client}: ${n.summary.msPerToken.toFixed(0)} ms/token (${(n.wallMs / 1000).toFixed(1)} s)\n`);
+        }
+        for (const shards of SHARDS > 1 ? [1, SHARDS, 0] : [1, 0]) {
+          // shards 0: the HTTP/1.1 origin
+          const client = shards === 0 ? 'chromium, HTTP/1.1' : shards > 1 ? `chromium, ${shards} origins` : 'chromium';
+          const c = await runInChromium(page, { url: shards === 0 ? h1Url : `${origin}/model.flm`, prompt: m.prompt, tokens, strategy, cache: 'default', ...(strategy === 'window' ? { sparsity: 'oracle' as const, window: WINDOW } : {}), ...(shards > 1 ? { http: { mirrors: mirrors.slice(0, shards - 1) } } : {}) });
           h2Rows.push({ strategy, client, inFlight: c.inFlight, tokens, summary: c.summary, msP50: c.msP50, neededBytes: strategy === 'hybrid' ? ffnBytes : c.neededBytes, multiRange: c.multiRange, protocols: c.protocols, maxConcurrent: c.maxConcurrent, threads: c.threading.threads, equalsDense: c.ids.every((id, i) => dense.ids[i] === id), wallMs: c.wallMs });
-          process.stderr.write(`  ${strategy} ${client} h2: ${c.summary.msPerToken.toFixed(0)} ms/token (${(c.wallMs / 1000).toFixed(1)} s)\n`);
+          process.stderr.write(`  ${strategy} ${client}: ${c.summary.msPerToken.toFixed(0)} ms/token (${(c.wallMs / 1000).toFixed(1)} s)\n`);
         }
       }
     }
@@ -247,6 +257,8 @@ async function main(): Promise<void> {
     await chromium?.close();
     await tlsProxy?.close();
     await tlsNginx?.stop();
+    await h1Proxy?.close();
+    await h1Nginx?.stop();
     await proxy?.close();
     await nginx?.stop();
     await rm(dir, { recursive: true, force: true });
@@ -311,7 +323,7 @@ function bestAfter(rows: Row[]): Map<Strategy, Row> {
 }
 
 function printH2Rows(rows: H2Row[], ffnBytes: number, best: Map<Strategy, Row>): void {
-  console.log(`\nNode and Chromium over HTTP/2 (TLS, same modelled CDN): requests multiplexed as streams`);
+  console.log(`\nNode and Chromium over TLS, same modelled CDN: HTTP/2 (requests multiplexed as streams), and HTTP/1.1 where the client says so`);
   const m = measuredCols<H2Row>(ffnBytes);
   printTable<H2Row>(
     [
@@ -330,10 +342,12 @@ function printH2Rows(rows: H2Row[], ffnBytes: number, best: Map<Strategy, Row>):
     rows,
   );
   for (const s of ['hybrid', 'window'] as const) {
-    const n = rows.find((r) => r.strategy === s && r.client === 'node');
     for (const c of rows.filter((r) => r.strategy === s && r.client.startsWith('chromium'))) {
+      // against Node on the same protocol
+      const h1Client = c.client.endsWith('HTTP/1.1');
+      const n = rows.find((r) => r.strategy === s && r.client === (h1Client ? 'node, HTTP/1.1' : 'node'));
       const h1 = best.get(s);
-      if (n) console.log(`${c.client} / node, ${s}: ${(c.summary.msPerToken / n.summary.msPerToken).toFixed(2)}x ms/token (node h2 ${n.summary.msPerToken.toFixed(0)} ms), ${(c.summary.bytesPerToken / n.summary.bytesPerToken).toFixed(2)}x bytes/token${h1 ? `; ${(c.summary.msPerToken / h1.summary.msPerToken).toFixed(2)}x node's best HTTP/1.1 row (${h1.summary.msPerToken.toFixed(0)} ms, in-flight ${h1.inFlight})` : ''}`);
+      if (n) console.log(`${c.client} / ${n.client}, ${s}: ${(c.summary.msPerToken / n.summary.msPerToken).toFixed(2)}x ms/token (${n.client} ${n.summary.msPerToken.toFixed(0)} ms), ${(c.summary.bytesPerToken / n.summary.bytesPerToken).toFixed(2)}x bytes/token${h1 ? `; ${(c.summary.msPerToken / h1.summary.msPerToken).toFixed(2)}x node's best HTTP/1.1 row (${h1.summary.msPerToken.toFixed(0)} ms, in-flight ${h1.inFlight})` : ''}`);
     }
   }
 }

@@ -13,7 +13,9 @@
  * - one range per request (multi-range off): more requests on the wire at
  *   once than HTTP/1.1's 6 per origin, over at most 2 connections;
  * - mirrors (the same CDN on 3 more origins, CORS): reads go round the 4
- *   origins, one HTTP/2 connection each, and the tokens still equal dense.
+ *   origins, one HTTP/2 connection each, and the tokens still equal dense;
+ * - an origin without HTTP/2: the source sees http/1.1 and keeps 6 requests
+ *   in flight, the connections a browser opens there.
  */
 import test from 'ava';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -31,6 +33,7 @@ const { ref } = optReference();
 const dir = mkdtempSync(join(tmpdir(), 'flashlm-cdn-browser-'));
 chmodSync(dir, 0o755);
 let nginx: Nginx;
+let h1: Nginx;
 let cdn: CdnProxy;
 let chromium: Chromium;
 let page: Page;
@@ -47,6 +50,7 @@ test.before(async () => {
   await m.close();
   const cert = makeCert(dir);
   nginx = await startNginx({ root: dir, tls: cert, headers: { ...ISOLATION_HEADERS, 'Cache-Control': 'no-store' }, accessLog: true, cors: true });
+  h1 = await startNginx({ root: dir, tls: cert, http2: false, headers: { 'Cache-Control': 'no-store' }, cors: true });
   // 3 ms per request, 50 MB/s per connection, 200 MB/s link; at most 6 connections (a browser on h2 needs one per origin); 4 origins.
   cdn = await cdnProxy(nginx.port, 3, 50, 200, { maxConnections: 6, listeners: 4 });
   origin = `https://127.0.0.1:${cdn.port}`;
@@ -58,6 +62,7 @@ test.after.always(async () => {
   await chromium?.close();
   await cdn?.close();
   await nginx?.stop();
+  await h1?.stop();
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -112,4 +117,13 @@ test.serial('mirrors: reads go round 4 origins of the CDN (CORS), one HTTP/2 con
   // The preflight cache holds (default cache mode; the server says no-store): a few per origin, not one per read.
   t.true(preflights >= mirrors.length && preflights <= 4 * mirrors.length, `${preflights} CORS preflights for ${r.requests} requests`);
   t.log(`${r.requests} requests over ${cdn.maxOpen} connections, at most ${r.maxConcurrent} at once; ${preflights} CORS preflights`);
+});
+
+test.serial('an HTTP/1.1-only origin: the source sees http/1.1 and keeps 6 requests in flight (the connections a browser opens per origin); the tokens equal dense', async (t) => {
+  t.timeout(120_000);
+  const r = await runInChromium(page, { url: h1.url('/opt.flm'), prompt: ref.prompt, tokens: N, strategy: 'window', sparsity: 'oracle', contextLength: 64, cache: 'default' });
+  t.deepEqual(r.ids.slice(0, N), dense.slice(0, N));
+  t.deepEqual(Object.keys(r.protocols), ['http/1.1'], JSON.stringify(r.protocols));
+  t.is(r.inFlight, 6);
+  t.true(r.maxConcurrent <= 6, `at most ${r.maxConcurrent} requests at once`);
 });

@@ -124,6 +124,9 @@ export function displayUrl(url: URL): string {
 /** Requests in flight by default where the probe went over HTTP/2 or 3 (streams, not the 6 connections of HTTP/1.1): Node's pool size. */
 export const MULTIPLEXED_CONNECTIONS = 64;
 
+/** Connections a browser opens per HTTP/1.1 origin (Chromium, Firefox and Safari: 6). */
+export const BROWSER_H1_CONNECTIONS = 6;
+
 /**
  * The protocol a request for `hrefs` went over, as Resource Timing tells it
  * (`nextHopProtocol`: 'h2', 'h3', 'http/1.1'), or undefined where the
@@ -151,8 +154,9 @@ export class HttpSource extends HttpRangeSource {
    * sent as If-Range with every read. Throws SourceError (AbortedError when
    * `signal` fires).
    *
-   * Without `connections` (or `hints.parallel`): 8 requests in flight over
-   * HTTP/1.1, 64 when the probe went over HTTP/2 or 3 (Resource Timing).
+   * Without `connections` (or `hints.parallel`): 64 requests in flight when
+   * the probe went over HTTP/2 or 3, 6 per origin over HTTP/1.1 (Resource
+   * Timing tells which), else 8.
    * `mirrors` share the reads in turn (the probe goes to `url`).
    */
   static async open(url: string | URL, options: HttpSourceOptions = {}): Promise<HttpSource> {
@@ -163,7 +167,12 @@ export class HttpSource extends HttpRangeSource {
     if (!Number.isInteger(parallel) || parallel < 1) throw new SourceError(`connections must be an integer >= 1, got ${parallel}`);
     const args = await HttpRangeSource.connect(displayUrl(u), transport, options, { ...HTTP_HINTS, parallel });
     const protocol = await protocolOf([u.href, transport.target.href]);
-    if ((protocol === 'h2' || protocol === 'h3') && options.connections === undefined && options.hints?.parallel === undefined) args[4] = { ...args[4], parallel: MULTIPLEXED_CONNECTIONS };
+    if (options.connections === undefined && options.hints?.parallel === undefined) {
+      // HTTP/1.1 in a browser: as many requests as it opens connections (6 per origin), so the
+      // planner merges for the requests that really go out together instead of queueing some
+      if (protocol === 'h2' || protocol === 'h3') args[4] = { ...args[4], parallel: MULTIPLEXED_CONNECTIONS };
+      else if (protocol === 'http/1.1') args[4] = { ...args[4], parallel: BROWSER_H1_CONNECTIONS * (1 + (options.mirrors?.length ?? 0)) };
+    }
     const source = new HttpSource(...args);
     source.protocol = protocol;
     return source;

@@ -22,6 +22,8 @@ export interface NginxOptions {
   limitRate?: string;
   /** Serve https with HTTP/2 (ALPN h2, http/1.1 still offered) with this certificate. */
   tls?: Cert;
+  /** With `tls`: offer HTTP/2 (default true); false serves HTTP/1.1 only, as a CDN without HTTP/2 does. */
+  http2?: boolean;
   /** nginx `max_ranges`: 1 answers multi-range requests with the whole file (200); 0 ignores Range. */
   maxRanges?: number;
   /** Response headers added to every answer (`add_header ... always`), e.g. COOP/COEP for a cross-origin-isolated page. */
@@ -132,7 +134,7 @@ http {
   keepalive_timeout 60s;
   keepalive_requests 1000000;
   server {
-    listen 127.0.0.1:${port}${o.tls ? ' ssl http2' : ''};
+    listen 127.0.0.1:${port}${o.tls ? ` ssl${o.http2 === false ? '' : ' http2'}` : ''};
     ${o.tls ? `ssl_certificate ${q(o.tls.certPath)}; ssl_certificate_key ${q(o.tls.keyPath)};` : ''}
     root ${q(o.root)};
     ${o.limitRate ? `limit_rate ${o.limitRate};` : ''}
