@@ -7,7 +7,7 @@
 'use strict';
 
 /** Reads in flight when neither --io-depth nor UV_THREADPOOL_SIZE says (bench/sources.ts --only=depth). */
-const DEFAULT_IO_DEPTH = 16;
+const DEFAULT_IO_DEPTH = 32;
 
 /** The value of --io-depth N / --io-depth=N before any `--`; the CLI itself validates it. */
 function ioDepthArg(argv) {

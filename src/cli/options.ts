@@ -100,7 +100,7 @@ export function addModelOptions(c: Command): Command {
     .option('--window <k>', 'window strategy: keep neurons used in the last k tokens', int('window', 1), 4)
     .addOption(new Option('--oracle <mode>', 'the oracle (--sparsity oracle, --measure-predictor): a copy of the FFN outside the budget, or each layer read again from the file (no copy); default: copy up to 1 GiB of FFN').choices(['copy', 'paged']))
     .option('--direct', 'read local files with O_DIRECT (bypass the page cache)')
-    .option('--io-depth <n>', 'local files: reads in flight, and libuv threads to run them (default: UV_THREADPOOL_SIZE, else 16)', int('io-depth', 1))
+    .option('--io-depth <n>', 'local files: reads in flight, and libuv threads to run them (default: UV_THREADPOOL_SIZE, else 32)', int('io-depth', 1))
     .option('--no-prefetch', "don't read the next layer's neurons while this one computes (hybrid; predictor/window with predictors)")
     .option('--chat-template <file>', 'a Jinja chat template (instead of, or for a model without, the one in its tokenizer_config.json)');
 }
