@@ -35,6 +35,7 @@ self.onmessage = async ({ data: r }) => {
     const src = await HttpSource.open(r.url, { init: { cache: r.cache ?? 'no-store' }, ...(r.connections ? { connections: r.connections } : {}), ...(r.http ?? {}) });
     const multiRange = await src.multiRange();
     const inFlight = src.hints.parallel;
+    const connectionPools = src.connectionPools;
     const model = await openModel(src, { contextLength: r.contextLength, strategy: r.strategy, ...(r.sparsity ? { sparsity: r.sparsity } : {}), ...(r.window ? { window: r.window } : {}), ...(r.threads ? { threads: r.threads } : {}) });
     const ids = [];
     const t0 = performance.now();
@@ -52,11 +53,17 @@ self.onmessage = async ({ data: r }) => {
     await model.close();
     const protocols = {};
     let requests = 0;
+    let failed = 0;
     // The most requests on the wire at once: sent (requestStart, after any queueing in the browser) to last byte.
     const edges = [];
     const names = new Set([r.url, ...(r.http?.mirrors ?? [])]);
     for (const e of performance.getEntriesByType('resource')) {
       if (!names.has(e.name)) continue;
+      // a request that failed (the open's probe of the other credentials mode, refused by CORS) has no protocol
+      if (!e.nextHopProtocol) {
+        failed++;
+        continue;
+      }
       requests++;
       protocols[e.nextHopProtocol] = (protocols[e.nextHopProtocol] ?? 0) + 1;
       if (e.requestStart > 0) edges.push([e.requestStart, 1], [e.responseEnd, -1]);
@@ -65,7 +72,7 @@ self.onmessage = async ({ data: r }) => {
     let live = 0;
     let maxConcurrent = 0;
     for (const [, d] of edges) maxConcurrent = Math.max(maxConcurrent, (live += d));
-    self.postMessage({ ok: true, ids, summary: JSON.parse(JSON.stringify(summary)), neededBytes, msP50: ms[ms.length >> 1] ?? 0, wallMs, multiRange, inFlight, protocols, requests, maxConcurrent, threading, isolated: self.crossOriginIsolated });
+    self.postMessage({ ok: true, ids, summary: JSON.parse(JSON.stringify(summary)), neededBytes, msP50: ms[ms.length >> 1] ?? 0, wallMs, multiRange, inFlight, connectionPools, protocols, requests, failed, maxConcurrent, threading, isolated: self.crossOriginIsolated });
   } catch (e) {
     self.postMessage({ ok: false, error: String(e && e.stack ? e.stack : e) });
   }
@@ -94,9 +101,13 @@ export interface ChromiumRun {
   multiRange: boolean;
   /** The source's requests in flight at most (hints.parallel). */
   inFlight: number;
+  /** HttpSource.connectionPools: the origins' connection pools its reads go round. */
+  connectionPools: number;
   /** Requests for the model by protocol (Resource Timing nextHopProtocol), e.g. { h2: 812 }. */
   protocols: Record<string, number>;
   requests: number;
+  /** Model requests that failed (no protocol): the source's probes of the second credentials pool that CORS refused. */
+  failed: number;
   /** The most requests on the wire at once (Resource Timing requestStart..responseEnd). */
   maxConcurrent: number;
   threading: { threads: number; fallbackReason: string | null };

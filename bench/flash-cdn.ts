@@ -17,11 +17,13 @@
  * (undici, h2 streams over a pool) and for Debian's Chromium (the browser
  * build in a module worker, fetch HttpSource, see bench/browser-cdn.ts), and
  * the ratio Chromium / Node. A browser keeps one HTTP/2 connection per
- * origin, and the modelled CDN paces each connection: Chromium is also run
- * with the same CDN on --shards origins (HttpSource `mirrors`, CORS), as
- * many connections as Node's HTTP/2 pool opens, and both clients over a TLS
- * origin without HTTP/2 (Chromium opens 6 HTTP/1.1 connections per origin
- * there; Node 64). `--no-chromium` skips it;
+ * origin and credentials mode, and the modelled CDN paces each connection:
+ * Chromium runs with the source's two pools (the default) and with one
+ * (`init.credentials` set), with the same CDN on --shards origins
+ * (HttpSource `mirrors`, CORS), as many connections as Node's HTTP/2 pool
+ * opens, and both clients over a TLS origin without HTTP/2 whose CORS
+ * allows credentials (Chromium opens 6 HTTP/1.1 connections per origin and
+ * pool there; Node 64). `--no-chromium` skips it;
  * `--h2-only` runs only it.
  *
  * The model: `--model synth` (default) is an OPT-1.3B-shaped sparse model
@@ -71,6 +73,8 @@ interface Config {
   name: string;
   inFlight: number;
   options: NodeHttpSourceOptions;
+  /** More openModel options (the memory cache tier). */
+  open?: OpenOptions;
 }
 
 const BEFORE: Config = { name: 'before (fixed 256K gap)', inFlight: 8, options: { connections: 8, linkModel: false, multiRange: false } };
@@ -93,8 +97,12 @@ interface Row extends RunRow {
 }
 
 /** A row of the Node / Chromium comparison over HTTP/2. */
-interface H2Row extends RunRow {
+interface TlsRow extends RunRow {
   client: string;
+  /** The Node row this one is compared with (itself for Node's). */
+  versus: string;
+  /** Connection pools per the source (Chromium: 2 per origin that answers both credentials modes alike). */
+  pools: number;
   /** Model requests by protocol (Node: the pool's ALPN; Chromium: Resource Timing). */
   protocols: Record<string, number>;
   /** Chromium: the most requests on the wire at once. */
@@ -142,7 +150,7 @@ async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'flashlm-bench-cdn-'));
   await chmod(dir, 0o755);
   const rows: Row[] = [];
-  const h2Rows: H2Row[] = [];
+  const tlsRows: TlsRow[] = [];
   let nginx: Awaited<ReturnType<typeof startNginx>> | undefined;
   let proxy: Awaited<ReturnType<typeof cdnProxyProcess>> | undefined;
   let tlsNginx: Awaited<ReturnType<typeof startNginx>> | undefined;
@@ -174,12 +182,14 @@ async function main(): Promise<void> {
       ['window', BEFORE],
       ...INFLIGHT.map((n): [Strategy, Config] => ['window', { name: 'after', inFlight: n, options: { connections: n } }]),
       ['window', { name: 'after, no multi-range', inFlight: 64, options: { connections: 64, multiRange: false } }],
+      // the in-memory tier keeps what the window dropped: a neuron active again after k tokens costs no request
+      ['window', { name: 'after, memory cache 1G', inFlight: 64, options: { connections: 64 }, open: { memoryCache: '1G' } }],
     ];
     for (const [strategy, c] of configs) {
       const tokens = strategy === 'hybrid' ? STATIONARY : TOKENS;
       const src = await NodeHttpSource.open(url, c.options);
       const multiRange = await src.multiRange();
-      const opts: OpenOptions = { strategy, ...(strategy === 'window' ? { sparsity: 'oracle' as const, window: WINDOW } : {}) };
+      const opts: OpenOptions = { strategy, ...(strategy === 'window' ? { sparsity: 'oracle' as const, window: WINDOW } : {}), ...c.open };
       const r = await generate(src, opts, m.prompt, tokens);
       const row: Row = {
         strategy,
@@ -209,12 +219,22 @@ async function main(): Promise<void> {
       tlsProxy = await cdnProxyProcess(tlsNginx.port, RTT, CONN, LINK, SHARDS);
       const mirrors = tlsProxy.ports.slice(1).map((p) => `https://127.0.0.1:${p}/model.flm`);
       const origin = `https://127.0.0.1:${tlsProxy.port}`;
-      // The same over TLS without HTTP/2 (the issue's HTTP/1.1 CDN): a browser opens 6 connections per origin there.
-      h1Nginx = await startNginx({ root: dir, tls: cert, http2: false, headers: { 'Cache-Control': 'no-store' }, cors: true });
+      // The same over TLS without HTTP/2 (the issue's HTTP/1.1 CDN): a browser opens 6 connections per origin and
+      // credentials mode there; CORS with credentials lets the source use both pools from the page's other origin.
+      h1Nginx = await startNginx({ root: dir, tls: cert, http2: false, headers: { 'Cache-Control': 'no-store' }, cors: 'credentials' });
       h1Proxy = await cdnProxyProcess(h1Nginx.port, RTT, CONN, LINK);
       const h1Url = `https://127.0.0.1:${h1Proxy.port}/model.flm`;
       chromium = await launchChromium(cert);
       const page = await chromium.page(origin);
+      // credentials set: the source keeps its reads in one connection pool (the browser's default before pools)
+      const onePool = { init: { cache: 'default', credentials: 'same-origin' } };
+      const chromiumRuns: { client: string; versus: string; url: string; http?: Record<string, unknown> }[] = [
+        { client: 'chromium', versus: 'node', url: `${origin}/model.flm` },
+        { client: 'chromium, 1 pool', versus: 'node', url: `${origin}/model.flm`, http: onePool },
+        ...(SHARDS > 1 ? [{ client: `chromium, ${SHARDS} origins`, versus: 'node', url: `${origin}/model.flm`, http: { mirrors: mirrors.slice(0, SHARDS - 1) } }] : []),
+        { client: 'chromium, HTTP/1.1', versus: 'node, HTTP/1.1', url: h1Url },
+        { client: 'chromium, h1, 1 pool', versus: 'node, HTTP/1.1', url: h1Url, http: onePool },
+      ];
       for (const strategy of ['hybrid', 'window'] as const) {
         const tokens = strategy === 'hybrid' ? STATIONARY : TOKENS;
         const opts: OpenOptions = { strategy, ...(strategy === 'window' ? { sparsity: 'oracle' as const, window: WINDOW } : {}) };
@@ -224,21 +244,19 @@ async function main(): Promise<void> {
           const protocol = src.protocol;
           const inFlight = src.hints.parallel;
           const n = await generate(src, opts, m.prompt, tokens);
-          h2Rows.push({ strategy, client, inFlight, tokens, summary: n.summary, msP50: n.msP50, neededBytes: strategy === 'hybrid' ? ffnBytes : n.neededBytes, multiRange, protocols: { [protocol]: n.summary.requestsPerToken }, maxConcurrent: null, threads: n.threads, equalsDense: n.ids.every((id, i) => dense.ids[i] === id), wallMs: n.wallMs });
+          tlsRows.push({ strategy, client, versus: client, pools: 1, inFlight, tokens, summary: n.summary, msP50: n.msP50, neededBytes: strategy === 'hybrid' ? ffnBytes : n.neededBytes, multiRange, protocols: { [protocol]: n.summary.requestsPerToken }, maxConcurrent: null, threads: n.threads, equalsDense: n.ids.every((id, i) => dense.ids[i] === id), wallMs: n.wallMs });
           process.stderr.write(`  ${strategy} ${client}: ${n.summary.msPerToken.toFixed(0)} ms/token (${(n.wallMs / 1000).toFixed(1)} s)\n`);
         }
-        for (const shards of SHARDS > 1 ? [1, SHARDS, 0] : [1, 0]) {
-          // shards 0: the HTTP/1.1 origin
-          const client = shards === 0 ? 'chromium, HTTP/1.1' : shards > 1 ? `chromium, ${shards} origins` : 'chromium';
-          const c = await runInChromium(page, { url: shards === 0 ? h1Url : `${origin}/model.flm`, prompt: m.prompt, tokens, strategy, cache: 'default', ...(strategy === 'window' ? { sparsity: 'oracle' as const, window: WINDOW } : {}), ...(shards > 1 ? { http: { mirrors: mirrors.slice(0, shards - 1) } } : {}) });
-          h2Rows.push({ strategy, client, inFlight: c.inFlight, tokens, summary: c.summary, msP50: c.msP50, neededBytes: strategy === 'hybrid' ? ffnBytes : c.neededBytes, multiRange: c.multiRange, protocols: c.protocols, maxConcurrent: c.maxConcurrent, threads: c.threading.threads, equalsDense: c.ids.every((id, i) => dense.ids[i] === id), wallMs: c.wallMs });
-          process.stderr.write(`  ${strategy} ${client}: ${c.summary.msPerToken.toFixed(0)} ms/token (${(c.wallMs / 1000).toFixed(1)} s)\n`);
+        for (const c of chromiumRuns) {
+          const r = await runInChromium(page, { url: c.url, prompt: m.prompt, tokens, strategy, cache: 'default', ...(strategy === 'window' ? { sparsity: 'oracle' as const, window: WINDOW } : {}), ...(c.http ? { http: c.http } : {}) });
+          tlsRows.push({ strategy, client: c.client, versus: c.versus, pools: r.connectionPools, inFlight: r.inFlight, tokens, summary: r.summary, msP50: r.msP50, neededBytes: strategy === 'hybrid' ? ffnBytes : r.neededBytes, multiRange: r.multiRange, protocols: r.protocols, maxConcurrent: r.maxConcurrent, threads: r.threading.threads, equalsDense: r.ids.every((id, i) => dense.ids[i] === id), wallMs: r.wallMs });
+          process.stderr.write(`  ${strategy} ${c.client}: ${r.summary.msPerToken.toFixed(0)} ms/token (${(r.wallMs / 1000).toFixed(1)} s)\n`);
         }
       }
     }
 
     if (rows.length) printRows(rows, ffnBytes);
-    if (h2Rows.length) printH2Rows(h2Rows, ffnBytes, bestAfter(rows));
+    if (tlsRows.length) printTlsRows(tlsRows, ffnBytes, bestAfter(rows));
     const find = (s: Strategy, name: string, n: number) => rows.find((r) => r.strategy === s && r.config === name && r.inFlight === n);
     const hb = find('hybrid', BEFORE.name, 8);
     const ha = find('hybrid', 'after', 64);
@@ -246,12 +264,12 @@ async function main(): Promise<void> {
     const best = rows.filter((r) => r.strategy === 'window' && r.config === 'after').sort((a, b) => a.summary.msPerToken - b.summary.msPerToken)[0];
     if (hb && wb) console.log(`\nbefore: window ${wb.summary.msPerToken.toFixed(0)} ms/token, hybrid/window ${(hb.summary.msPerToken / wb.summary.msPerToken).toFixed(1)}x, window read/need ${wb.neededBytes ? (wb.summary.bytesPerToken / wb.neededBytes).toFixed(2) : '-'}x`);
     if (ha && best) console.log(`after:  window ${best.summary.msPerToken.toFixed(0)} ms/token (in-flight ${best.inFlight}), hybrid/window ${(ha.summary.msPerToken / best.summary.msPerToken).toFixed(1)}x, window read/need ${best.neededBytes ? (best.summary.bytesPerToken / best.neededBytes).toFixed(2) : '-'}x`);
-    const bad = [...rows, ...h2Rows].filter((r) => !r.equalsDense);
-    console.log(bad.length ? `!! ${bad.length} rows did not generate the dense tokens` : `all ${rows.length + h2Rows.length} rows generated exactly the dense engine's tokens`);
+    const bad = [...rows, ...tlsRows].filter((r) => !r.equalsDense);
+    console.log(bad.length ? `!! ${bad.length} rows did not generate the dense tokens` : `all ${rows.length + tlsRows.length} rows generated exactly the dense engine's tokens`);
     const totalS = (performance.now() - started) / 1000;
     console.log(`# load average at end: ${loadavg().map((x) => x.toFixed(2)).join(' ')}; ${totalS.toFixed(0)} s in all`);
     await mkdir(dirname(OUT), { recursive: true });
-    await writeFile(OUT, JSON.stringify({ bench: 'flash --cdn', date: new Date().toISOString(), command, model: m.name, layers: h.arch.nLayers, ffnBytes, recordBytes, cdn: { rttMs: RTT, connMBps: CONN, linkMBps: LINK }, rows, h2Rows }, null, 1) + '\n');
+    await writeFile(OUT, JSON.stringify({ bench: 'flash --cdn', date: new Date().toISOString(), command, model: m.name, layers: h.arch.nLayers, ffnBytes, recordBytes, cdn: { rttMs: RTT, connMBps: CONN, linkMBps: LINK }, rows, tlsRows }, null, 1) + '\n');
     console.log(`wrote ${relative(process.cwd(), OUT)}`);
   } finally {
     await chromium?.close();
@@ -309,6 +327,7 @@ function printRows(rows: Row[], ffnBytes: number): void {
       ['rtt ms', 7, (r) => (r.summary.link ? r.summary.link.rttMs.toFixed(0) : '-')],
       ['conn MB/s', 9, (r) => (r.summary.link ? r.summary.link.connMBps.toFixed(0) : '-')],
       ['link MB/s', 9, (r) => (r.summary.link ? r.summary.link.linkMBps.toFixed(0) : '-')],
+      ['tier hit%', 9, (r) => (r.summary.tierHitRate === null ? '-' : (100 * r.summary.tierHitRate).toFixed(1))],
       ['=dense', 6, (r) => (r.equalsDense ? 'yes' : 'NO')],
     ],
     rows,
@@ -322,13 +341,14 @@ function bestAfter(rows: Row[]): Map<Strategy, Row> {
   return out;
 }
 
-function printH2Rows(rows: H2Row[], ffnBytes: number, best: Map<Strategy, Row>): void {
+function printTlsRows(rows: TlsRow[], ffnBytes: number, best: Map<Strategy, Row>): void {
   console.log(`\nNode and Chromium over TLS, same modelled CDN: HTTP/2 (requests multiplexed as streams), and HTTP/1.1 where the client says so`);
-  const m = measuredCols<H2Row>(ffnBytes);
-  printTable<H2Row>(
+  const m = measuredCols<TlsRow>(ffnBytes);
+  printTable<TlsRow>(
     [
       ['strategy', 9, (r) => r.strategy],
       ['client', 20, (r) => r.client],
+      ['pools', 5, (r) => String(r.pools)],
       ...m.head,
       ...m.bytes,
       ['compute', 7, (r) => (r.summary.msPerToken - r.summary.ioMsPerToken).toFixed(0)],
@@ -343,9 +363,7 @@ function printH2Rows(rows: H2Row[], ffnBytes: number, best: Map<Strategy, Row>):
   );
   for (const s of ['hybrid', 'window'] as const) {
     for (const c of rows.filter((r) => r.strategy === s && r.client.startsWith('chromium'))) {
-      // against Node on the same protocol
-      const h1Client = c.client.endsWith('HTTP/1.1');
-      const n = rows.find((r) => r.strategy === s && r.client === (h1Client ? 'node, HTTP/1.1' : 'node'));
+      const n = rows.find((r) => r.strategy === s && r.client === c.versus);
       const h1 = best.get(s);
       if (n) console.log(`${c.client} / ${n.client}, ${s}: ${(c.summary.msPerToken / n.summary.msPerToken).toFixed(2)}x ms/token (${n.client} ${n.summary.msPerToken.toFixed(0)} ms), ${(c.summary.bytesPerToken / n.summary.bytesPerToken).toFixed(2)}x bytes/token${h1 ? `; ${(c.summary.msPerToken / h1.summary.msPerToken).toFixed(2)}x node's best HTTP/1.1 row (${h1.summary.msPerToken.toFixed(0)} ms, in-flight ${h1.inFlight})` : ''}`);
     }

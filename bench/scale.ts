@@ -4,7 +4,8 @@
  * f16 FFN) streamed from flash with O_DIRECT under a budget of about a third
  * of the file, strategy by strategy — naive, hybrid, +predictor, +window —
  * with bytes, requests and mean request size per token, the effective read
- * throughput against the disk's own 1 MiB sequential O_DIRECT rate, I/O,
+ * throughput against the disk's own 1 MiB sequential O_DIRECT rate (and its
+ * rate for random record-sized reads, the ceiling of sparse reads), I/O,
  * compute and hidden-I/O ms, ms per token, and naive ÷ window. Every
  * strategy that selects with the oracle must give hybrid's tokens.
  *
@@ -27,7 +28,8 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { arg, argv, intArg } from './args.js';
-import { openModel, type Strategy } from '../src/node.js';
+import { FileSource, openModel, type Strategy } from '../src/node.js';
+import { openFlm } from '../src/format/reader.js';
 import { runSynth } from '../src/cli/synth.js';
 import { runCalibrate } from '../src/cli/calibrate.js';
 import type { StatsSummary } from '../src/flash/stats.js';
@@ -85,6 +87,36 @@ function diskRate(file: string): number {
   }
 }
 
+/**
+ * The disk's rate for reads the size of one neuron record, at random aligned
+ * offsets with `depth` in flight through flashlm's own direct FileSource
+ * (libuv's pool): the ceiling for sparse reads, which cost a read each.
+ */
+async function randomRate(file: string, bytes: number, depth: number, ms = 3000): Promise<{ mbps: number; iops: number }> {
+  const src = await FileSource.open(file, { direct: true });
+  try {
+    const len = Math.ceil(bytes / 4096) * 4096;
+    const mem = new Uint8Array(new WebAssembly.Memory({ initial: Math.ceil((len * depth) / 65536) }).buffer);
+    const slots = Math.floor(src.size / len) - 1;
+    let x = 0x9e3779b9;
+    let reads = 0;
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: depth }, async (_, i) => {
+        while (performance.now() - t0 < ms) {
+          x = (Math.imul(x ^ (x >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
+          await src.readInto!((x % slots) * len, mem, i * len, len);
+          reads++;
+        }
+      }),
+    );
+    const s = (performance.now() - t0) / 1000;
+    return { mbps: (reads * len) / s / 1e6, iops: reads / s };
+  } finally {
+    await src.close();
+  }
+}
+
 interface Row {
   name: string;
   strategy: Strategy;
@@ -111,7 +143,19 @@ const model = await modelFile();
 const size = fstatSync(openSync(model, 'r')).size;
 const memory = Math.floor(size * share);
 const disk = diskRate(model);
-process.stderr.write(`${model}: ${(size / 2 ** 30).toFixed(2)} GiB, budget ${(memory / 2 ** 30).toFixed(2)} GiB (${share} of the file); disk 1 MiB O_DIRECT sequential ${disk.toFixed(0)} MB/s\n`);
+const recordBytes = await (async () => {
+  const src = await FileSource.open(model);
+  try {
+    const f = (await openFlm(src)).header.ffn[0]!;
+    return f.parts.length * f.partBytes;
+  } finally {
+    await src.close();
+  }
+})();
+// The window's reads are records, about one each: at libuv's pool size in flight (the engine's depth), this bounds its read rate.
+const depth = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
+const random = await randomRate(model, recordBytes, depth);
+process.stderr.write(`${model}: ${(size / 2 ** 30).toFixed(2)} GiB, budget ${(memory / 2 ** 30).toFixed(2)} GiB (${share} of the file); disk 1 MiB O_DIRECT sequential ${disk.toFixed(0)} MB/s; random ${recordBytes >> 10} KiB reads, ${depth} in flight: ${random.mbps.toFixed(0)} MB/s (${(random.iops / 1000).toFixed(1)}k reads/s)\n`);
 
 const rows: Row[] = [];
 const say = (r: Row) => process.stderr.write(`  ${r.name}: ${r.s.msPerToken.toFixed(0)} ms/token, ${(r.s.bytesPerToken / MiB).toFixed(1)} MiB/token, hidden ${r.s.hiddenIoMsPerToken.toFixed(0)} of ${r.s.ioMsPerToken.toFixed(0)} I/O ms\n`);
@@ -152,7 +196,7 @@ for (const [name, file, strategy, sparsity, prefetch] of [
 const hybrid = rows.find((r) => r.name === 'hybrid')!;
 const exact = rows.filter((r) => r.selection === 'oracle').every((r) => r.tokens.join() === hybrid.tokens.join());
 const f = (v: number, d = 0) => v.toFixed(d);
-console.log(`\n${shape} (synth, f16 FFN, int8 resident), ${(size / 2 ** 30).toFixed(2)} GiB, --memory ${(memory / 2 ** 30).toFixed(2)} GiB, --direct, ${tokens} tokens; disk ${f(disk)} MB/s (1 MiB O_DIRECT sequential); load ${loadavg()[0]!.toFixed(1)}`);
+console.log(`\n${shape} (synth, f16 FFN, int8 resident), ${(size / 2 ** 30).toFixed(2)} GiB, --memory ${(memory / 2 ** 30).toFixed(2)} GiB, --direct, ${tokens} tokens; disk ${f(disk)} MB/s (1 MiB O_DIRECT sequential), ${f(random.mbps)} MB/s (${f((100 * random.mbps) / disk)}%) for random ${recordBytes >> 10} KiB records ${depth} in flight (${f(random.iops / 1000, 1)}k reads/s); load ${loadavg()[0]!.toFixed(1)}`);
 console.log('| strategy | MiB/token | requests/token | mean request | read MB/s (÷ disk) | I/O ms | hidden ms | compute ms | ms/token |');
 console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
 for (const r of rows) {
@@ -171,8 +215,9 @@ if (measured) {
   measured.predictorRecall.forEach((r, l) => console.log(`| ${l} | ${pc(r)} | ${pc(measured.lookaheadRecall[l])} | ${pc(measured.lookaheadPrecision[l])} |`));
 }
 const ratios = { ioMs: naive.s.ioMsPerToken / window.s.ioMsPerToken, msPerToken: naive.s.msPerToken / window.s.msPerToken };
-console.log(`naive ÷ ${window.name}: I/O ${f(ratios.ioMs, 1)}×, end to end ${f(ratios.msPerToken, 1)}×; window's read rate ${f((100 * window.s.bytesPerToken) / window.s.ioMsPerToken / 1e3 / disk)}% of the disk's; hidden ${f((100 * window.s.hiddenIoMsPerToken) / Math.max(1e-9, window.s.ioMsPerToken))}% of its I/O. Oracle strategies give hybrid's tokens: ${exact}`);
-const json = { shape, fileBytes: size, memory, share, tokens, diskMBps: disk, exact, ratios, rows: rows.map((r) => ({ name: r.name, strategy: r.strategy, selection: r.selection, summary: r.s, wallMs: r.wallMs })) };
+const windowRate = window.s.bytesPerToken / window.s.ioMsPerToken / 1e3;
+console.log(`naive ÷ ${window.name}: I/O ${f(ratios.ioMs, 1)}×, end to end ${f(ratios.msPerToken, 1)}×; window's read rate ${f((100 * windowRate) / disk)}% of the disk's sequential rate, ${f((100 * windowRate) / random.mbps)}% of its random record rate; hidden ${f((100 * window.s.hiddenIoMsPerToken) / Math.max(1e-9, window.s.ioMsPerToken))}% of its I/O. Oracle strategies give hybrid's tokens: ${exact}`);
+const json = { shape, fileBytes: size, memory, share, tokens, diskMBps: disk, random: { recordBytes, depth, ...random }, exact, ratios, rows: rows.map((r) => ({ name: r.name, strategy: r.strategy, selection: r.selection, summary: r.s, wallMs: r.wallMs })) };
 const out = arg('out');
 if (out) writeFileSync(out, JSON.stringify(json, null, 2));
 console.log(JSON.stringify(json));

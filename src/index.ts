@@ -20,7 +20,8 @@ export type { FlmHeader, TensorEntry, SectionEntry, FfnEntry, Layout } from './f
 export { openFlm, FlmFile } from './format/reader.js';
 export { writeFlm, type WriteOptions } from './format/writer.js';
 export { MemorySource, MemorySink } from './source/memory.js';
-export type { Source, Sink, ReadHints } from './source/types.js';
+export { MemoryCachedSource, type MemoryCacheOptions, type MemoryCacheCounters } from './source/memory-cache.js';
+export type { Source, Sink, ReadHints, TierCounters } from './source/types.js';
 export { HttpSource, httpOpener, createHttpOpener, HTTP_HINTS, type HttpSourceOptions, type HttpOptions, type RetryEvent } from './source/http.js';
 export { createTokenizer } from './tokenizer/index.js';
 export type { Tokenizer } from './tokenizer/types.js';

@@ -11,7 +11,7 @@ import type { ArchConfig } from './format/types.js';
 import { createArena, kernelsUrl, loadKernels, simdBuild, type SimdBuild, type SimdMode } from './kernels/load.js';
 import { createPool, planThreads, type KernelPool } from './kernels/pool.js';
 import type { Kernels } from './kernels/types.js';
-import { Arena, WASM_PAGE } from './engine/arena.js';
+import { Arena, WASM_PAGE, parseBytes } from './engine/arena.js';
 import { ResidentFfn } from './engine/ffn.js';
 import { planMemory, type MemoryPlan, type PlanOptions, type Strategy } from './plan.js';
 export { STRATEGIES, type Strategy, type MemoryPlan } from './plan.js';
@@ -25,6 +25,7 @@ import { CHAT_TEMPLATE_HINT, chatTemplateOf, renderChat, type ChatMessage, type 
 export type { ChatMessage, ChatTemplate } from './chat.js';
 import { Transformer, residentSections } from './engine/transformer.js';
 import type { Source } from './source/types.js';
+import { MemoryCachedSource } from './source/memory-cache.js';
 import type { HttpOptions } from './source/http-common.js';
 import { createTokenizer } from './tokenizer/index.js';
 import type { Tokenizer } from './tokenizer/types.js';
@@ -32,6 +33,14 @@ import type { Tokenizer } from './tokenizer/types.js';
 export interface OpenOptions extends PlanOptions {
   /** Arena budget in bytes (or '512M', '2G'). Default: what the strategy needs (window: a cache for a quarter of each layer's neurons). */
   memory?: number | string;
+  /**
+   * An in-memory cache of the bytes read from the source, in bytes (or
+   * '512M', '2G'): JS heap on top of the `memory` budget, not inside the
+   * arena (MemoryCachedSource). For remote sources, which have no OS page
+   * cache: re-read neurons and read-through gaps come from memory instead of
+   * the network. Default: none (0: none). Not for direct (O_DIRECT) files.
+   */
+  memoryCache?: number | string;
   /** Default 'dense'. */
   strategy?: Strategy;
   /** How predictor/window choose neurons. Default: 'predictor' when the file has predictors, else 'oracle'. */
@@ -224,7 +233,15 @@ export class Model {
   }
 
   static async open(input: string | URL | Source, options: OpenOptions = {}): Promise<Model> {
-    const source = await resolveSource(input, options);
+    const cacheBytes = options.memoryCache === undefined ? 0 : typeof options.memoryCache === 'string' ? parseBytes(options.memoryCache) : options.memoryCache;
+    if (!(cacheBytes >= 0) || !Number.isFinite(cacheBytes)) throw new ArgumentError(`memoryCache must be a size >= 0 (bytes, or e.g. 512M, 2G), got ${String(options.memoryCache)}`);
+    let source = await resolveSource(input, options);
+    try {
+      source = MemoryCachedSource.wrap(source, { maxBytes: cacheBytes });
+    } catch (e) {
+      await source.close().catch(() => {});
+      throw e;
+    }
     let pool: KernelPool | undefined;
     try {
       const file = await openFlm(source);

@@ -13,6 +13,7 @@ import { OpfsCachedSource, cacheKey } from '../src/source/opfs.js';
 import { MemorySource } from '../src/source/memory.js';
 import type { Source } from '../src/source/types.js';
 import { openModel } from '../src/index.js';
+import { readAt } from './helpers/read.js';
 import { MemDir, MemStorage } from './helpers/mem-opfs.js';
 import { STORIES_BIN, STORIES_TOK, convertToBytes } from './helpers/models.js';
 
@@ -52,11 +53,6 @@ function randomBytes(n: number, seed = 1): Uint8Array {
 
 const C = 4096;
 
-async function readAt(src: Source, offset: number, len: number): Promise<Uint8Array> {
-  const out = new Uint8Array(len);
-  await src.read(offset, out);
-  return out;
-}
 
 test('a second open serves every chunk already read from OPFS, byte-exact', async (t) => {
   const bytes = randomBytes(10 * C + 123);

@@ -21,6 +21,8 @@ export const float = (name: string, min: number, max: number) => (v: string) => 
 
 export interface ModelFlags extends HttpFlags {
   memory?: string;
+  /** --memory-cache: bytes read from the source kept in memory (outside the arena). */
+  memoryCache?: string;
   context?: number;
   batchSize?: number;
   kvDtype?: 'f32' | 'f16';
@@ -86,10 +88,11 @@ export function addWeightOptions(c: Command, dtype: string, residentExample: str
     .option('--force', 'replace an existing output file that is not a .flm');
 }
 
-/** --memory, --context, --batch-size, --kv-dtype, --threads, --strategy, --sparsity, --window, --direct, --chat-template, and the HTTP flags. */
+/** --memory, --memory-cache, --context, --batch-size, --kv-dtype, --threads, --strategy, --sparsity, --window, --direct, --chat-template, and the HTTP flags. */
 export function addModelOptions(c: Command): Command {
   return addHttpOptions(c)
     .option('--memory <size>', 'arena budget, e.g. 512M, 2G (default: what the strategy needs)')
+    .option('--memory-cache <size>', 'keep bytes read from the source in memory, e.g. 2G, outside the --memory budget: a page cache for URLs (default: none)')
     .option('--context <n>', 'context length in tokens', int('context', 1))
     .option('-b, --batch-size <n>', 'prompt tokens per forward pass (default 32; 1 = token by token, same tokens)', int('batch-size', 1))
     .addOption(new Option('--kv-dtype <t>', 'KV cache element type: f16 halves its memory (for long contexts of big models)').choices(['f32', 'f16']))
@@ -108,6 +111,7 @@ export function addModelOptions(c: Command): Command {
 export function openOptions(f: ModelFlags): OpenOptions {
   return {
     memory: f.memory,
+    memoryCache: f.memoryCache,
     contextLength: f.context,
     batchSize: f.batchSize,
     kvDtype: f.kvDtype,

@@ -85,7 +85,7 @@ export function formatStats(s: StatsSummary): string {
     ['compute ms / token', s.computeMsPerToken.toFixed(2)],
     ['total ms / token', s.msPerToken.toFixed(2)],
     ['cache hit rate', pct(s.cacheHitRate)],
-    ...(s.tierHitRate === null ? [] : [['bytes served by the OPFS tier', pct(s.tierHitRate)] as [string, string]]),
+    ...(s.tierHitRate === null ? [] : [['bytes served by cache tiers (memory, OPFS)', pct(s.tierHitRate)] as [string, string]]),
     ['cache LRU evictions / token', s.cacheLruEvictionsPerToken === null ? 'n/a' : s.cacheLruEvictionsPerToken.toFixed(1)],
     ['uncached (overflow) neurons / token', s.cacheOverflowPerToken === null ? 'n/a' : s.cacheOverflowPerToken.toFixed(1)],
     ['FFN read / token (of all FFN)', pct(s.ffnFractionPerToken)],

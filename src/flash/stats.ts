@@ -44,7 +44,7 @@ export interface TokenStats {
   /** Prefetch: neurons read ahead for a later layer, and how many of them that layer used. */
   prefetchedNeurons: number;
   prefetchUsed: number;
-  /** A cache tier in front of the source (OPFS): bytes it served this token, and bytes it fetched from the network. */
+  /** A cache tier in front of the source (memory, OPFS): bytes it served this token, and bytes it fetched from the network. */
   tierHitBytes: number;
   tierNetworkBytes: number;
 }
@@ -81,7 +81,7 @@ export interface StatsSummary {
   /** The lookahead predictions (next layer's neurons from this layer's FFN input) against the neurons the next layer selected, over every token since open; null without them. */
   lookaheadRecall: number | null;
   lookaheadPrecision: number | null;
-  /** A cache tier in front of the source (OPFS): the share of its bytes served locally rather than fetched from the network; null without a tier or reads. */
+  /** A cache tier in front of the source (memory, OPFS): the share of its bytes served locally rather than fetched from the network; null without a tier or reads. */
   tierHitRate: number | null;
   /**
    * Per layer, over every token since open (null where unknown): the direct

@@ -9,7 +9,7 @@
  */
 import type { SourceOpener } from '../model.js';
 import { SourceError } from '../errors.js';
-import { HTTP_HINTS, HttpRangeSource, headersFor, isStaleRedirectStatus, type HttpAnswer, type HttpOptions, type HttpTransport } from './http-common.js';
+import { HTTP_HINTS, HttpRangeSource, contradicts, headersFor, isStaleRedirectStatus, parseContentRange, validatorOf, type HttpAnswer, type HttpOptions, type HttpTransport } from './http-common.js';
 import type { Source } from './types.js';
 
 export { HTTP_HINTS, parseContentRange, type HttpOptions, type RetryEvent } from './http-common.js';
@@ -17,7 +17,10 @@ export { HTTP_HINTS, parseContentRange, type HttpOptions, type RetryEvent } from
 export interface HttpSourceOptions extends HttpOptions {
   /** The fetch to use (a wrapped or polyfilled one). Default: globalThis.fetch. */
   fetch?: typeof globalThis.fetch;
-  /** Extra RequestInit fields (credentials, mode, cache, ...). */
+  /**
+   * Extra RequestInit fields (credentials, mode, cache, ...). Setting
+   * `credentials` turns off the second connection pool (see `open`).
+   */
   init?: Omit<RequestInit, 'headers' | 'signal' | 'method' | 'body'>;
   /**
    * Other URLs of the same file (a CDN's other hostnames): reads go round
@@ -77,6 +80,13 @@ class FetchTransport implements HttpTransport {
   /** Requests sent so far: the round over the URL and its mirrors. */
   private turn = 0;
 
+  /**
+   * Per target (the URL, then each mirror): the credentials modes its reads
+   * alternate between, each a connection pool of its own in a browser;
+   * empty: the init's own mode only.
+   */
+  pools: RequestCredentials[][] = [];
+
   constructor(
     private readonly url: URL,
     private readonly fetchImpl: typeof globalThis.fetch,
@@ -87,14 +97,20 @@ class FetchTransport implements HttpTransport {
   }
 
   async get(headers: Record<string, string>, signal: AbortSignal): Promise<HttpAnswer> {
-    const k = this.mirrors.length ? this.turn++ % (this.mirrors.length + 1) : 0;
+    const turn = this.turn++;
+    const targets = this.mirrors.length + 1;
+    const k = turn % targets;
+    // Each target's turns alternate over its pools, so every pool of every origin gets its share.
+    const modes = this.pools[k];
+    const init = modes?.length ? { ...this.init, credentials: modes[Math.floor(turn / targets) % modes.length] } : this.init;
     // A mirror is the caller's own choice: its headers go as they are, redirects are fetch's.
-    if (k > 0) return new FetchAnswer(await this.fetchImpl(this.mirrors[k - 1]!.href, { ...this.init, method: 'GET', headers, signal }));
+    if (k > 0) return new FetchAnswer(await this.fetchImpl(this.mirrors[k - 1]!.href, { ...init, method: 'GET', headers, signal }));
     const target = this.current;
-    const res = await this.fetchImpl(target.href, { ...this.init, method: 'GET', headers: headersFor(headers, this.url, target), signal });
+    const res = await this.fetchImpl(target.href, { ...init, method: 'GET', headers: headersFor(headers, this.url, target), signal });
     if (target !== this.url && isStaleRedirectStatus(res.status)) {
       await new FetchAnswer(res).discard();
       this.current = this.url;
+      this.turn--; // the retry takes this turn's place
       return this.get(headers, signal);
     }
     if (res.redirected && /^https?:/i.test(res.url)) this.current = new URL(res.url);
@@ -102,6 +118,52 @@ class FetchTransport implements HttpTransport {
   }
 
   async close(): Promise<void> {}
+
+}
+
+/**
+ * The credentials mode that puts a request to `target` in the other
+ * connection pool from the default ('same-origin'): a browser keys its
+ * connections on whether a request carries credentials (Fetch, "obtain a
+ * connection"). Same origin: 'omit'; cross-origin: 'include', which the
+ * server must allow (Access-Control-Allow-Credentials). Undefined outside
+ * a page or worker (no `location`: Node, Deno, where fetch has no such pools).
+ */
+function otherPoolMode(target: URL): RequestCredentials | undefined {
+  const here = (globalThis as { location?: { origin?: string } }).location?.origin;
+  if (!here || here === 'null') return undefined;
+  return target.origin === here ? 'omit' : 'include';
+}
+
+/** What a server answered a one-byte read with the other credentials mode: its size and validator, or undefined (refused, failed). */
+interface OtherPoolAnswer {
+  mode: RequestCredentials;
+  size: number | undefined;
+  validator: ReturnType<typeof validatorOf>;
+}
+
+/**
+ * Asks `target` for byte 0 with the other credentials mode (sent alongside
+ * the open probe, so it costs no round trip of its own). A cookie-guarded
+ * file refused without cookies, or a CDN whose CORS refuses credentials (a
+ * network error here), keeps its reads in the one pool.
+ */
+async function probeOtherPool(fetchImpl: typeof globalThis.fetch, target: URL, init: RequestInit | undefined): Promise<OtherPoolAnswer | undefined> {
+  const mode = otherPoolMode(target);
+  if (!mode) return undefined;
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), 10_000);
+  try {
+    const res = await fetchImpl(target.href, { ...init, credentials: mode, method: 'GET', headers: { range: 'bytes=0-0', 'accept-encoding': 'identity' }, signal: ctl.signal });
+    const a = new FetchAnswer(res);
+    const answer = res.status === 206 ? { mode, size: parseContentRange(a.header('content-range'))?.size, validator: validatorOf(a) } : undefined;
+    await a.discard();
+    return answer;
+  } catch {
+    return undefined;
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** An http(s) URL, or a SourceError. */
@@ -139,8 +201,9 @@ async function protocolOf(hrefs: string[]): Promise<string | undefined> {
   // The entry comes with the loader's completion message, which may trail the body's end: a few short waits (50 ms at most).
   for (let tries = 0; tries < 10; tries++) {
     for (const href of hrefs) {
-      const e = perf.getEntriesByName(href, 'resource').at(-1) as PerformanceResourceTiming | undefined;
-      if (e) return e.nextHopProtocol || undefined;
+      // the newest entry that has a protocol (a probe of the second pool that CORS refused has none)
+      const e = (perf.getEntriesByName(href, 'resource') as PerformanceResourceTiming[]).filter((x) => x.nextHopProtocol).at(-1);
+      if (e) return e.nextHopProtocol;
     }
     await new Promise((r) => setTimeout(r, tries ? 5 : 0));
   }
@@ -155,9 +218,17 @@ export class HttpSource extends HttpRangeSource {
    * `signal` fires).
    *
    * Without `connections` (or `hints.parallel`): 64 requests in flight when
-   * the probe went over HTTP/2 or 3, 6 per origin over HTTP/1.1 (Resource
-   * Timing tells which), else 8.
+   * the probe went over HTTP/2 or 3, 6 per connection pool over HTTP/1.1
+   * (Resource Timing tells which), else 8.
    * `mirrors` share the reads in turn (the probe goes to `url`).
+   *
+   * Two connection pools per origin, in browsers: a browser keeps apart the
+   * connections of requests with and without credentials (cookies), so reads
+   * alternate between the two modes: 2 HTTP/2 connections per origin instead
+   * of 1, 12 HTTP/1.1 ones instead of 6, where a CDN paces each connection.
+   * Each origin is probed first with the other mode and keeps one pool if it
+   * answers differently (a file behind cookies, a cross-origin CDN that does
+   * not allow credentials). `init.credentials` set: that mode only.
    */
   static async open(url: string | URL, options: HttpSourceOptions = {}): Promise<HttpSource> {
     const u = parseUrl(url);
@@ -165,21 +236,31 @@ export class HttpSource extends HttpRangeSource {
     const transport = new FetchTransport(u, fetchImpl.bind(globalThis), options.init, (options.mirrors ?? []).map(parseUrl));
     const parallel = options.connections ?? HTTP_HINTS.parallel;
     if (!Number.isInteger(parallel) || parallel < 1) throw new SourceError(`connections must be an integer >= 1, got ${parallel}`);
+    const others = options.init?.credentials === undefined ? [u, ...(options.mirrors ?? []).map(parseUrl)].map((t) => probeOtherPool(fetchImpl.bind(globalThis), t, options.init)) : [];
     const args = await HttpRangeSource.connect(displayUrl(u), transport, options, { ...HTTP_HINTS, parallel });
     const protocol = await protocolOf([u.href, transport.target.href]);
+    const opened = args[3];
+    // A pool is added where the other mode saw the same file: same size, a validator that agrees.
+    const alike = (a: OtherPoolAnswer | undefined) => a !== undefined && a.size === opened.size && (a.validator.etag !== undefined || a.validator.lastModified !== undefined) && !contradicts(opened.pin, a.validator);
+    if (!opened.whole && others.length) transport.pools = (await Promise.all(others)).map((a): RequestCredentials[] => (alike(a) ? ['same-origin', a!.mode] : []));
+    const pools = transport.pools.reduce((n, m) => n + Math.max(1, m.length), 0) || 1 + (options.mirrors?.length ?? 0);
     if (options.connections === undefined && options.hints?.parallel === undefined) {
-      // HTTP/1.1 in a browser: as many requests as it opens connections (6 per origin), so the
+      // HTTP/1.1 in a browser: as many requests as it opens connections (6 per pool), so the
       // planner merges for the requests that really go out together instead of queueing some
       if (protocol === 'h2' || protocol === 'h3') args[4] = { ...args[4], parallel: MULTIPLEXED_CONNECTIONS };
-      else if (protocol === 'http/1.1') args[4] = { ...args[4], parallel: BROWSER_H1_CONNECTIONS * (1 + (options.mirrors?.length ?? 0)) };
+      else if (protocol === 'http/1.1') args[4] = { ...args[4], parallel: BROWSER_H1_CONNECTIONS * pools };
     }
     const source = new HttpSource(...args);
     source.protocol = protocol;
+    source.connectionPools = pools;
     return source;
   }
 
   /** The protocol the open probe went over ('h2', 'h3', 'http/1.1'), where the runtime tells it (Resource Timing). */
   protocol: string | undefined;
+
+  /** Connection pools the reads go round: one per origin (the URL and each mirror), two where both credentials modes answer alike (browsers). */
+  connectionPools = 1;
 }
 
 const isHttp = (input: string | URL) => (typeof input === 'string' ? /^https?:\/\//i.test(input) : input.protocol === 'http:' || input.protocol === 'https:');

@@ -34,7 +34,8 @@
  * in-memory directory.
  */
 import { getHasher } from '../format/hash.js';
-import type { ReadHints, Source, TierCounters } from './types.js';
+import type { Source, TierCounters } from './types.js';
+import { WrappingSource } from './wrapping.js';
 
 /** The parts of FileSystemSyncAccessHandle used here. */
 export interface SyncHandle {
@@ -163,7 +164,7 @@ export async function cacheKey(name: string): Promise<string> {
  * A Source that answers from OPFS when it can and from `inner` otherwise,
  * storing what it fetched. See the file comment for the policy.
  */
-export class OpfsCachedSource implements Source {
+export class OpfsCachedSource extends WrappingSource implements Source {
   readonly counters: OpfsCounters = { hitChunks: 0, hitBytes: 0, missChunks: 0, sharedChunks: 0, networkReads: 0, networkBytes: 0, storedChunks: 0, evictedChunks: 0, evictedModels: 0 };
   /** Notices so far (also passed to onNotice). */
   readonly notices: string[] = [];
@@ -185,26 +186,12 @@ export class OpfsCachedSource implements Source {
   private closed = false;
 
   private constructor(
-    readonly inner: Source,
+    inner: Source,
     readonly chunkBytes: number,
     private readonly maxBytes: number,
     private readonly onNotice: ((message: string) => void) | undefined,
-  ) {}
-
-  get name(): string {
-    return this.inner.name;
-  }
-  get size(): number {
-    return this.inner.size;
-  }
-  get identity(): string {
-    return this.inner.identity;
-  }
-  get hints(): ReadHints | undefined {
-    return this.inner.hints;
-  }
-  get alignment(): number | undefined {
-    return this.inner.alignment;
+  ) {
+    super(inner);
   }
 
   /** True while chunks are read from and written to OPFS (false once it degraded to the network only). */

@@ -28,8 +28,13 @@ export interface NginxOptions {
   maxRanges?: number;
   /** Response headers added to every answer (`add_header ... always`), e.g. COOP/COEP for a cross-origin-isolated page. */
   headers?: Record<string, string>;
-  /** CORS for reads from other origins: Range and If-Range allowed (preflight answered), Content-Range and ETag exposed, Resource Timing open (Timing-Allow-Origin). */
-  cors?: boolean;
+  /**
+   * CORS for reads from other origins: Range and If-Range allowed (preflight
+   * answered), Content-Range and ETag exposed, Resource Timing open
+   * (Timing-Allow-Origin). 'credentials': credentialed requests allowed too
+   * (the caller's Origin echoed, Access-Control-Allow-Credentials: true).
+   */
+  cors?: boolean | 'credentials';
   /** Log every request's protocol, status and Range (accessLog()): what the server saw, e.g. HTTP/2.0. */
   accessLog?: boolean;
 }
@@ -106,6 +111,11 @@ function canConnect(port: number): Promise<boolean> {
 const CORS = { 'Access-Control-Allow-Origin': '*', 'Access-Control-Expose-Headers': 'Content-Range, Content-Length, ETag, Last-Modified', 'Timing-Allow-Origin': '*', 'Cross-Origin-Resource-Policy': 'cross-origin' };
 const PREFLIGHT = { 'Access-Control-Allow-Origin': '*', 'Access-Control-Allow-Headers': 'range, if-range', 'Access-Control-Max-Age': '86400' };
 
+/** Credentialed CORS: `*` is not allowed there, so the request's Origin is echoed (an nginx variable, left unquoted). */
+const CREDENTIALED = { 'Access-Control-Allow-Origin': '$http_origin', 'Access-Control-Allow-Credentials': 'true', Vary: 'Origin' };
+const corsHeaders = (o: NginxOptions, base: Record<string, string>) => (o.cors === 'credentials' ? { ...base, ...CREDENTIALED } : base);
+const addHeaders = (h: Record<string, string>) => Object.entries(h).map(([k, v]) => `add_header ${k} ${v === '$http_origin' ? v : q(v)} always;`).join(' ');
+
 /** A path as an nginx string (quoted: paths may hold spaces or semicolons). */
 const q = (path: string) => `"${path.replace(/["\\$]/g, (c) => `\\${c}`)}"`;
 
@@ -139,8 +149,8 @@ http {
     root ${q(o.root)};
     ${o.limitRate ? `limit_rate ${o.limitRate};` : ''}
     ${o.maxRanges !== undefined ? `max_ranges ${o.maxRanges};` : ''}
-    ${Object.entries({ ...o.headers, ...(o.cors ? CORS : {}) }).map(([k, v]) => `add_header ${k} ${q(v)} always;`).join(' ')}
-    ${o.cors ? `location / { if ($request_method = OPTIONS) { ${Object.entries(PREFLIGHT).map(([k, v]) => `add_header ${k} ${q(v)} always;`).join(' ')} return 204; } }` : ''}
+    ${addHeaders({ ...o.headers, ...(o.cors ? corsHeaders(o, CORS) : {}) })}
+    ${o.cors ? `location / { if ($request_method = OPTIONS) { ${addHeaders(corsHeaders(o, PREFLIGHT))} return 204; } }` : ''}
   }
 }
 `;
