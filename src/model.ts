@@ -297,7 +297,9 @@ export class Model {
         dtype: file.header.dtype,
         kernels: simdBuild(kernels),
       });
-      const oracle = plan.sparsity === 'oracle' || options.measurePredictor ? await Oracle.create(file, options.wasm ?? kernelsUrl(false, options.simd), { mode: options.oracle, stats }) : undefined;
+      // The oracle reads past the memory tier: its dense reads would otherwise fill it and count as the strategy's hits.
+      const oracleFile = source instanceof MemoryCachedSource ? file.withSource(source.inner) : file;
+      const oracle = plan.sparsity === 'oracle' || options.measurePredictor ? await Oracle.create(oracleFile, options.wasm ?? kernelsUrl(false, options.simd), { mode: options.oracle, stats }) : undefined;
       let streaming: StreamingFfn | undefined;
       // Load progress: the weights read at open (the resident part, and the FFN for dense).
       const loadTotal = plan.residentBytes + (strategy === 'dense' ? plan.ffnBytes : 0);

@@ -344,6 +344,8 @@ test('a model over HTTP with memoryCache: the dense tokens, and a repeated gener
   t.true(cached.source instanceof MemoryCachedSource);
   for (const run of cached.runs) t.deepEqual(run.ids, dense.runs[0]!.ids);
   const sum = (s: TokenStats[], k: 'tierHitBytes' | 'tierNetworkBytes') => s.reduce((a, x) => a + x[k], 0);
+  // The oracle reads past the tier: the first generation's neurons come from the network.
+  t.true(sum(cached.runs[0]!.stats, 'tierNetworkBytes') > 0, 'the first generation reads from the network');
   const second = cached.runs[1]!.stats;
   t.true(second.length > 0);
   t.true(sum(second, 'tierHitBytes') > 0, 'the second generation is served from memory');

@@ -468,6 +468,11 @@ export class FlmFile {
     this.sectionsByName = new Map(header.sections.map((s) => [s.name, s]));
   }
 
+  /** The same file read through another source (the one a cache tier wraps): same header and block hashes. */
+  withSource(source: Source): FlmFile {
+    return new FlmFile(source, this.header, this.blockHashes, this.hasher);
+  }
+
   tensor(name: string): TensorEntry | undefined {
     return this.tensorsByName.get(name);
   }

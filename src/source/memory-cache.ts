@@ -32,6 +32,8 @@
  *   cached byte is never stale; no other invalidation is done.
  * - Concurrent reads of the same missing bytes both go to `inner` (not
  *   deduplicated in flight); both then store the same bytes.
+ * - The oracle (sparsity 'oracle', measurePredictor) reads the file past this
+ *   tier: its dense reads would fill it and count as the strategy's hits.
  * - Alignment: a source whose reads must be aligned (a file opened with
  *   O_DIRECT, alignment 4096) is refused with a SourceError: direct I/O
  *   bypasses the page cache on purpose, and a local file without it already
