@@ -118,7 +118,6 @@ class FetchTransport implements HttpTransport {
   }
 
   async close(): Promise<void> {}
-
 }
 
 /**
