@@ -357,3 +357,27 @@ test('a model over HTTP with memoryCache: the dense tokens, and a repeated gener
   t.true(plain.runs[0]!.stats.every((s) => s.tierHitBytes === 0 && s.tierNetworkBytes === 0), 'no tier without memoryCache');
   t.is(plain.summary.tierHitRate, null);
 });
+
+test('CLI: --memory-cache puts the tier in front of a URL (stats say so); a bad size is a one-line error', async (t) => {
+  const { execFile } = await import('node:child_process');
+  const { join } = await import('node:path');
+  const run = (args: string[]) =>
+    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
+      execFile(process.execPath, ['bin/flashlm.js', ...args], { cwd: join(import.meta.dirname, '..') }, (e, stdout, stderr) => resolve({ code: e ? Number(e.code ?? 1) : 0, stdout, stderr })),
+    );
+  const { url } = served.place('cli.flm', await convertToBytes(OPT_DIR, { layout: 'bundled' }));
+  const base = ['run', url, '-p', ref.prompt, '-n', '4', '--strategy', 'window', '--sparsity', 'oracle'];
+  const ok = await run([...base, '--memory-cache', '64M', '--stats', 'json']);
+  t.is(ok.code, 0, ok.stderr);
+  t.true(ok.stdout.length > 0);
+  const json = JSON.parse(ok.stderr.trim().split('\n').pop()!) as { tierHitRate: number | null };
+  t.true(json.tierHitRate !== null && json.tierHitRate >= 0 && json.tierHitRate <= 1, JSON.stringify(json.tierHitRate));
+  const table = await run([...base, '--memory-cache', '64M', '--stats', 'table']);
+  t.regex(table.stderr, /bytes served by cache tiers/);
+  const plain = await run([...base, '--stats', 'json']);
+  t.is((JSON.parse(plain.stderr.trim().split('\n').pop()!) as { tierHitRate: number | null }).tierHitRate, null);
+  const bad = await run([...base, '--memory-cache', 'lots']);
+  t.not(bad.code, 0);
+  t.is(bad.stderr.trim().split('\n').length, 1, bad.stderr);
+  t.notRegex(bad.stderr, /\n\s+at /);
+});
