@@ -93,3 +93,23 @@ test('relaxed build: chosen by auto; same greedy tokens as plain, close logits; 
     t.deepEqual(c.twoPrefillSame, [true, true, true], `${c.name}: 2 threads batched prefill = 1 thread token by token`);
   }
 });
+
+test('the CLI turns relaxed SIMD on in its own process (Node 20: the V8 flag): auto runs the relaxed kernels, --simd plain the plain ones', async (t) => {
+  const { convertToBytes, STORIES_BIN, STORIES_TOK } = await import('./helpers/models.js');
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = mkdtempSync(join(tmpdir(), 'flashlm-relaxed-cli-'));
+  try {
+    const file = join(dir, 'stories.flm');
+    writeFileSync(file, await convertToBytes(STORIES_BIN, { tokenizer: STORIES_TOK }));
+    const kernels = async (extra: string[]) => {
+      const { stderr } = await run(process.execPath, ['bin/flashlm.js', 'run', file, '-p', 'Once', '-n', '4', '--stats', 'json', ...extra], { cwd: root, maxBuffer: 1 << 20 });
+      return (JSON.parse(stderr.trim().split('\n').pop()!) as { kernels: string }).kernels;
+    };
+    t.is(await kernels([]), 'relaxed-simd');
+    t.is(await kernels(['--simd', 'plain']), 'simd');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
