@@ -39,7 +39,12 @@ self.onmessage = async ({ data: r }) => {
     const model = await openModel(src, { contextLength: r.contextLength, strategy: r.strategy, ...(r.sparsity ? { sparsity: r.sparsity } : {}), ...(r.window ? { window: r.window } : {}), ...(r.threads ? { threads: r.threads } : {}) });
     const ids = [];
     const t0 = performance.now();
-    for await (const s of model.steps(r.prompt, { maxTokens: r.tokens + 1, temperature: 0 })) if (s.token >= 0) ids.push(s.token);
+    let genStart = Infinity; // after the prompt and the first token: request timings are of the tokens after it
+    for await (const s of model.steps(r.prompt, { maxTokens: r.tokens + 1, temperature: 0 })) {
+      if (s.token < 0) continue;
+      ids.push(s.token);
+      if (ids.length === 1) genStart = performance.now();
+    }
     const wallMs = performance.now() - t0;
     // The prompt's passes warm the window cache: only generated tokens are averaged (as bench/flash-cdn.ts does in Node).
     const all = model.stats.tokens;
@@ -54,6 +59,7 @@ self.onmessage = async ({ data: r }) => {
     const protocols = {};
     let requests = 0;
     let failed = 0;
+    let queueMs = 0, wireMs = 0, timed = 0;
     // The most requests on the wire at once: sent (requestStart, after any queueing in the browser) to last byte.
     const edges = [];
     const names = new Set([r.url, ...(r.http?.mirrors ?? [])]);
@@ -67,12 +73,17 @@ self.onmessage = async ({ data: r }) => {
       requests++;
       protocols[e.nextHopProtocol] = (protocols[e.nextHopProtocol] ?? 0) + 1;
       if (e.requestStart > 0) edges.push([e.requestStart, 1], [e.responseEnd, -1]);
+      if (e.requestStart > 0 && e.startTime >= genStart) {
+        queueMs += e.requestStart - e.startTime;
+        wireMs += e.responseEnd - e.requestStart;
+        timed++;
+      }
     }
     edges.sort((x, y) => x[0] - y[0] || x[1] - y[1]);
     let live = 0;
     let maxConcurrent = 0;
     for (const [, d] of edges) maxConcurrent = Math.max(maxConcurrent, (live += d));
-    self.postMessage({ ok: true, ids, summary: JSON.parse(JSON.stringify(summary)), neededBytes, msP50: ms[ms.length >> 1] ?? 0, wallMs, multiRange, inFlight, connectionPools, protocols, requests, failed, maxConcurrent, threading, isolated: self.crossOriginIsolated });
+    self.postMessage({ ok: true, ids, summary: JSON.parse(JSON.stringify(summary)), neededBytes, msP50: ms[ms.length >> 1] ?? 0, wallMs, multiRange, inFlight, connectionPools, protocols, requests, failed, queueMs: timed ? queueMs / timed : null, wireMs: timed ? wireMs / timed : null, maxConcurrent, threading, isolated: self.crossOriginIsolated });
   } catch (e) {
     self.postMessage({ ok: false, error: String(e && e.stack ? e.stack : e) });
   }
@@ -108,6 +119,9 @@ export interface ChromiumRun {
   requests: number;
   /** Model requests that failed (no protocol): the source's probes of the second credentials pool that CORS refused. */
   failed: number;
+  /** Generated tokens after the first: mean ms a model request waited in the browser before it went out (Resource Timing startTime..requestStart), and was then on the wire (..responseEnd); null without timings. */
+  queueMs: number | null;
+  wireMs: number | null;
   /** The most requests on the wire at once (Resource Timing requestStart..responseEnd). */
   maxConcurrent: number;
   threading: { threads: number; fallbackReason: string | null };

@@ -107,6 +107,9 @@ interface TlsRow extends RunRow {
   protocols: Record<string, number>;
   /** Chromium: the most requests on the wire at once. */
   maxConcurrent: number | null;
+  /** Chromium, generated tokens after the first: mean ms a request waited in the browser, then was on the wire. */
+  queueMs: number | null;
+  wireMs: number | null;
   threads: number;
 }
 
@@ -244,12 +247,12 @@ async function main(): Promise<void> {
           const protocol = src.protocol;
           const inFlight = src.hints.parallel;
           const n = await generate(src, opts, m.prompt, tokens);
-          tlsRows.push({ strategy, client, versus: client, pools: 1, inFlight, tokens, summary: n.summary, msP50: n.msP50, neededBytes: strategy === 'hybrid' ? ffnBytes : n.neededBytes, multiRange, protocols: { [protocol]: n.summary.requestsPerToken }, maxConcurrent: null, threads: n.threads, equalsDense: n.ids.every((id, i) => dense.ids[i] === id), wallMs: n.wallMs });
+          tlsRows.push({ strategy, client, versus: client, pools: 1, inFlight, tokens, summary: n.summary, msP50: n.msP50, neededBytes: strategy === 'hybrid' ? ffnBytes : n.neededBytes, multiRange, protocols: { [protocol]: n.summary.requestsPerToken }, maxConcurrent: null, queueMs: null, wireMs: null, threads: n.threads, equalsDense: n.ids.every((id, i) => dense.ids[i] === id), wallMs: n.wallMs });
           process.stderr.write(`  ${strategy} ${client}: ${n.summary.msPerToken.toFixed(0)} ms/token (${(n.wallMs / 1000).toFixed(1)} s)\n`);
         }
         for (const c of chromiumRuns) {
           const r = await runInChromium(page, { url: c.url, prompt: m.prompt, tokens, strategy, cache: 'default', ...(strategy === 'window' ? { sparsity: 'oracle' as const, window: WINDOW } : {}), ...(c.http ? { http: c.http } : {}) });
-          tlsRows.push({ strategy, client: c.client, versus: c.versus, pools: r.connectionPools, inFlight: r.inFlight, tokens, summary: r.summary, msP50: r.msP50, neededBytes: strategy === 'hybrid' ? ffnBytes : r.neededBytes, multiRange: r.multiRange, protocols: r.protocols, maxConcurrent: r.maxConcurrent, threads: r.threading.threads, equalsDense: r.ids.every((id, i) => dense.ids[i] === id), wallMs: r.wallMs });
+          tlsRows.push({ strategy, client: c.client, versus: c.versus, pools: r.connectionPools, inFlight: r.inFlight, tokens, summary: r.summary, msP50: r.msP50, neededBytes: strategy === 'hybrid' ? ffnBytes : r.neededBytes, multiRange: r.multiRange, protocols: r.protocols, maxConcurrent: r.maxConcurrent, queueMs: r.queueMs, wireMs: r.wireMs, threads: r.threading.threads, equalsDense: r.ids.every((id, i) => dense.ids[i] === id), wallMs: r.wallMs });
           process.stderr.write(`  ${strategy} ${c.client}: ${r.summary.msPerToken.toFixed(0)} ms/token (${(r.wallMs / 1000).toFixed(1)} s)\n`);
         }
       }
@@ -355,6 +358,8 @@ function printTlsRows(rows: TlsRow[], ffnBytes: number, best: Map<Strategy, Row>
       ['rtt ms', 7, (r) => (r.summary.link ? r.summary.link.rttMs.toFixed(0) : '-')],
       ['link MB/s', 9, (r) => (r.summary.link ? r.summary.link.linkMBps.toFixed(0) : '-')],
       ['on wire', 7, (r) => (r.maxConcurrent === null ? '-' : String(r.maxConcurrent))],
+      ['queue ms', 8, (r) => (r.queueMs === null ? '-' : r.queueMs.toFixed(1))],
+      ['wire ms', 7, (r) => (r.wireMs === null ? '-' : r.wireMs.toFixed(1))],
       ['protocol', 8, (r) => Object.keys(r.protocols).join('+') || '-'],
       ['threads', 7, (r) => String(r.threads)],
       ['=dense', 6, (r) => (r.equalsDense ? 'yes' : 'NO')],
