@@ -11,7 +11,7 @@ import type { ArchConfig } from './format/types.js';
 import { createArena, kernelsUrl, loadKernels, simdBuild, type SimdBuild, type SimdMode } from './kernels/load.js';
 import { createPool, planThreads, type KernelPool } from './kernels/pool.js';
 import type { Kernels } from './kernels/types.js';
-import { Arena, WASM_PAGE, parseBytes } from './engine/arena.js';
+import { Arena, WASM_PAGE, sizeOption } from './engine/arena.js';
 import { ResidentFfn } from './engine/ffn.js';
 import { planMemory, type MemoryPlan, type PlanOptions, type Strategy } from './plan.js';
 export { STRATEGIES, type Strategy, type MemoryPlan } from './plan.js';
@@ -233,17 +233,12 @@ export class Model {
   }
 
   static async open(input: string | URL | Source, options: OpenOptions = {}): Promise<Model> {
-    const cacheBytes = options.memoryCache === undefined ? 0 : typeof options.memoryCache === 'string' ? parseBytes(options.memoryCache) : options.memoryCache;
+    const cacheBytes = sizeOption(options.memoryCache) ?? 0;
     if (!(cacheBytes >= 0) || !Number.isFinite(cacheBytes)) throw new ArgumentError(`memoryCache must be a size >= 0 (bytes, or e.g. 512M, 2G), got ${String(options.memoryCache)}`);
     let source = await resolveSource(input, options);
-    try {
-      source = MemoryCachedSource.wrap(source, { maxBytes: cacheBytes });
-    } catch (e) {
-      await source.close().catch(() => {});
-      throw e;
-    }
     let pool: KernelPool | undefined;
     try {
+      source = MemoryCachedSource.wrap(source, { maxBytes: cacheBytes });
       const file = await openFlm(source);
       const a = file.header.arch;
       const contextLength = options.contextLength ?? Math.min(a.maxSeqLen, 2048);

@@ -8,7 +8,7 @@ import { ArgumentError, BudgetError } from './errors.js';
 import type { FlmFile } from './format/reader.js';
 import type { Kernels } from './kernels/types.js';
 import { prefetchOverheadBytes, slotBytes, streamingFixedBytes, type Sparsity } from './flash/streaming.js';
-import { MAX_ARENA_BYTES, fmtBytes, parseBytes } from './engine/arena.js';
+import { MAX_ARENA_BYTES, fmtBytes, sizeOption } from './engine/arena.js';
 import { DEFAULT_BATCH, Transformer, maxColumns, residentSections, type KvDtype } from './engine/transformer.js';
 import { poolBytes } from './kernels/pool.js';
 
@@ -101,7 +101,7 @@ export function planMemory(file: FlmFile, k: Kernels, options: PlanOptions, cont
   const threads = options.threads ?? 1;
   const kvDtype = options.kvDtype ?? 'f32';
   if (kvDtype !== 'f32' && kvDtype !== 'f16') throw new ArgumentError(`kvDtype must be f32 or f16, got ${String(options.kvDtype)}`);
-  const budget = options.memory === undefined ? undefined : typeof options.memory === 'string' ? parseBytes(options.memory) : options.memory;
+  const budget = sizeOption(options.memory);
   if (budget !== undefined && (!(budget > 0) || budget > MAX_ARENA_BYTES)) throw new ArgumentError(`memory budget must be in (0, 4 GiB], got ${fmtBytes(budget)}`);
   /** Activations, KV cache and scratch at a block size. */
   const working = (batch: number) => {

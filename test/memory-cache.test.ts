@@ -15,58 +15,11 @@ import type { Source, TierCounters } from '../src/source/types.js';
 import { ArgumentError, SourceError } from '../src/errors.js';
 import { openModel, MemoryCachedSource as Exported, type OpenOptions } from '../src/node.js';
 import { rng } from '../src/util/random.js';
-import { readAt } from './helpers/read.js';
+import { CountingSource, readAt } from './helpers/counting-source.js';
 import { MemDir } from './helpers/mem-opfs.js';
 import { OPT_DIR, convertToBytes, optReference } from './helpers/models.js';
 import { servedDir } from './helpers/served-dir.js';
 import type { TokenStats } from '../src/flash/stats.js';
-
-/** The inner source: bytes in memory, every read (and readRanges call) recorded. */
-class CountingSource implements Source {
-  reads: [number, number][] = [];
-  rangeCalls: [number, number][][] = [];
-  closed = false;
-  failNext = false;
-  readonly readRanges?: Source['readRanges'];
-  readonly multiRange?: () => Promise<boolean>;
-  constructor(
-    readonly bytes: Uint8Array,
-    opts: { ranges?: boolean; alignment?: number } = {},
-  ) {
-    this.alignment = opts.alignment;
-    if (opts.ranges) {
-      this.multiRange = async () => true;
-      this.readRanges = async (offsets, lengths, ats, from, to, into) => {
-        const call: [number, number][] = [];
-        for (let i = from; i < to; i++) call.push([offsets[i]!, lengths[i]!]);
-        this.rangeCalls.push(call);
-        await new Promise((r) => setTimeout(r, 0));
-        for (let i = 0; i < call.length; i++) into.set(this.bytes.subarray(call[i]![0], call[i]![0] + call[i]![1]), ats[from + i]!);
-      };
-    }
-  }
-  readonly alignment?: number;
-  readonly name = 'https://cdn.example/model.flm';
-  readonly identity = 'http:etag:"v1"';
-  get size() {
-    return this.bytes.byteLength;
-  }
-  async read(offset: number, into: Uint8Array) {
-    this.reads.push([offset, into.byteLength]);
-    await new Promise((r) => setTimeout(r, 0)); // let concurrent reads overlap
-    if (this.failNext) {
-      this.failNext = false;
-      throw new SourceError('network down');
-    }
-    await new MemorySource(this.bytes).read(offset, into);
-  }
-  get readBytes() {
-    return this.reads.reduce((s, r) => s + r[1], 0);
-  }
-  async close() {
-    this.closed = true;
-  }
-}
 
 function randomBytes(n: number, seed = 1): Uint8Array {
   const r = rng(seed);

@@ -13,31 +13,9 @@ import { OpfsCachedSource, cacheKey } from '../src/source/opfs.js';
 import { MemorySource } from '../src/source/memory.js';
 import type { Source } from '../src/source/types.js';
 import { openModel } from '../src/index.js';
-import { readAt } from './helpers/read.js';
+import { CountingSource, readAt } from './helpers/counting-source.js';
 import { MemDir, MemStorage } from './helpers/mem-opfs.js';
 import { STORIES_BIN, STORIES_TOK, convertToBytes } from './helpers/models.js';
-
-/** A network stand-in: bytes in memory, a settable identity, every read counted. */
-class CountingSource implements Source {
-  reads: [number, number][] = [];
-  closed = false;
-  constructor(
-    readonly bytes: Uint8Array,
-    readonly identity = 'http:etag:"v1"',
-    readonly name = 'https://cdn.example/model.flm',
-  ) {}
-  get size() {
-    return this.bytes.byteLength;
-  }
-  async read(offset: number, into: Uint8Array) {
-    this.reads.push([offset, into.byteLength]);
-    await new Promise((r) => setTimeout(r, 0)); // let concurrent reads overlap
-    await new MemorySource(this.bytes).read(offset, into);
-  }
-  async close() {
-    this.closed = true;
-  }
-}
 
 function randomBytes(n: number, seed = 1): Uint8Array {
   const b = new Uint8Array(n);
@@ -139,12 +117,12 @@ test('bounded: the cache never exceeds maxBytes, evicts least recently used chun
 test('a stale copy (ETag changed) is discarded with a notice; the new bytes are served', async (t) => {
   const root = new MemDir();
   const v1 = randomBytes(6 * C, 11);
-  const a = await OpfsCachedSource.open(new CountingSource(v1, 'http:etag:"v1"'), { root, chunkBytes: C });
+  const a = await OpfsCachedSource.open(new CountingSource(v1, { identity: 'http:etag:"v1"' }), { root, chunkBytes: C });
   await readAt(a, 0, 6 * C);
   await a.close();
   const v2 = randomBytes(6 * C, 12);
   const notices: string[] = [];
-  const net = new CountingSource(v2, 'http:etag:"v2"');
+  const net = new CountingSource(v2, { identity: 'http:etag:"v2"' });
   const b = await OpfsCachedSource.open(net, { root, chunkBytes: C, onNotice: (m) => notices.push(m) });
   t.true(b.enabled);
   t.is(b.cachedChunks, 0);
@@ -153,7 +131,7 @@ test('a stale copy (ETag changed) is discarded with a notice; the new bytes are 
   t.is(net.reads.length, 1);
   await b.close();
   // The new version is what is cached now.
-  const c = await OpfsCachedSource.open(new CountingSource(v2, 'http:etag:"v2"'), { root, chunkBytes: C });
+  const c = await OpfsCachedSource.open(new CountingSource(v2, { identity: 'http:etag:"v2"' }), { root, chunkBytes: C });
   t.is(c.cachedChunks, 6);
   await c.close();
 });
@@ -219,12 +197,12 @@ test('room for a new model is made by deleting the least recently used other mod
   const fresh = randomBytes(4 * C, 23);
   const o = { root, chunkBytes: C, maxBytes: 8 * C };
   for (const [name, b] of [['https://cdn/old.flm', old], ['https://cdn/newer.flm', newer]] as const) {
-    const s = await OpfsCachedSource.open(new CountingSource(b, 'http:etag:"1"', name), o);
+    const s = await OpfsCachedSource.open(new CountingSource(b, { identity: 'http:etag:"1"', name }), o);
     await readAt(s, 0, 4 * C);
     await s.close();
     await new Promise((r) => setTimeout(r, 5)); // distinct lastUsed
   }
-  const s = await OpfsCachedSource.open(new CountingSource(fresh, 'http:etag:"1"', 'https://cdn/fresh.flm'), o);
+  const s = await OpfsCachedSource.open(new CountingSource(fresh, { identity: 'http:etag:"1"', name: 'https://cdn/fresh.flm' }), o);
   t.deepEqual(await readAt(s, 0, 4 * C), fresh);
   t.is(s.counters.evictedModels, 1);
   t.is(s.counters.evictedChunks, 0);
@@ -236,7 +214,7 @@ test('room for a new model is made by deleting the least recently used other mod
 });
 
 test('a source without a validator is not cached', async (t) => {
-  const src = await OpfsCachedSource.open(new CountingSource(randomBytes(C), 'http:4096:unvalidated'), { root: new MemDir(), chunkBytes: C });
+  const src = await OpfsCachedSource.open(new CountingSource(randomBytes(C), { identity: 'http:4096:unvalidated' }), { root: new MemDir(), chunkBytes: C });
   t.false(src.enabled);
   t.regex(src.notices[0]!, /no ETag or Last-Modified/);
   await src.close();

@@ -96,3 +96,8 @@ export function parseBytes(s: string): number {
   const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
   return Math.floor(parseFloat(m[1]!) * mult);
 }
+
+/** A size option as given (bytes, or a string parseBytes reads); undefined stays undefined. */
+export function sizeOption(v: number | string | undefined): number | undefined {
+  return typeof v === 'string' ? parseBytes(v) : v;
+}

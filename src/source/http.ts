@@ -232,17 +232,18 @@ export class HttpSource extends HttpRangeSource {
   static async open(url: string | URL, options: HttpSourceOptions = {}): Promise<HttpSource> {
     const u = parseUrl(url);
     const fetchImpl = options.fetch ?? globalThis.fetch;
-    const transport = new FetchTransport(u, fetchImpl.bind(globalThis), options.init, (options.mirrors ?? []).map(parseUrl));
+    const mirrors = (options.mirrors ?? []).map(parseUrl);
+    const transport = new FetchTransport(u, fetchImpl.bind(globalThis), options.init, mirrors);
     const parallel = options.connections ?? HTTP_HINTS.parallel;
     if (!Number.isInteger(parallel) || parallel < 1) throw new SourceError(`connections must be an integer >= 1, got ${parallel}`);
-    const others = options.init?.credentials === undefined ? [u, ...(options.mirrors ?? []).map(parseUrl)].map((t) => probeOtherPool(fetchImpl.bind(globalThis), t, options.init)) : [];
+    const others = options.init?.credentials === undefined ? [u, ...mirrors].map((t) => probeOtherPool(fetchImpl.bind(globalThis), t, options.init)) : [];
     const args = await HttpRangeSource.connect(displayUrl(u), transport, options, { ...HTTP_HINTS, parallel });
     const protocol = await protocolOf([u.href, transport.target.href]);
     const opened = args[3];
     // A pool is added where the other mode saw the same file: same size, a validator that agrees.
     const alike = (a: OtherPoolAnswer | undefined) => a !== undefined && a.size === opened.size && (a.validator.etag !== undefined || a.validator.lastModified !== undefined) && !contradicts(opened.pin, a.validator);
     if (!opened.whole && others.length) transport.pools = (await Promise.all(others)).map((a): RequestCredentials[] => (alike(a) ? ['same-origin', a!.mode] : []));
-    const pools = transport.pools.reduce((n, m) => n + Math.max(1, m.length), 0) || 1 + (options.mirrors?.length ?? 0);
+    const pools = transport.pools.reduce((n, m) => n + Math.max(1, m.length), 0) || 1 + mirrors.length;
     if (options.connections === undefined && options.hints?.parallel === undefined) {
       // HTTP/1.1 in a browser: as many requests as it opens connections (6 per pool), so the
       // planner merges for the requests that really go out together instead of queueing some
