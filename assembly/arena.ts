@@ -1,7 +1,7 @@
 // Layout of the module's own part of the arena (below heap_base()), and the
 // per-instance scratch areas of the kernels.
 //
-// Every mutable scratch area the kernels use (quantized / scaled x, the 8-row
+// Every mutable scratch area the kernels use (quantized / scaled x, the row-group
 // accumulators, the FFN batch and down-queue buffers, the cache histogram, the
 // xxh64 result slot) lives in one "thread scratch" region of SCRATCH_BYTES.
 // Its address is held in per-instance wasm globals (globals are never shared
@@ -19,8 +19,8 @@ export const XQ_BYTES: usize = MAXD_I8 * 2 + (MAXD_I8 / 128) * 4;
 
 /** Columns per chunk of the f16 dots (gemv.ts F16_CHUNK): XK holds one chunk of scaled x. */
 export const XK_FLOATS: usize = 256;
-/** Neurons per FFN batch (ffn.ts NB): HB holds the up and gate dots of a batch. */
-export const FFN_NB: usize = 64;
+/** Neurons per FFN batch (ffn.ts NB; 64, where the threads split, must be a multiple): HB holds the up and gate dots of a batch. */
+export const FFN_NB: usize = 32;
 /** Neurons per batch of the gated FFN's up dots (gated.ts GB). */
 export const GATED_GB: usize = 64;
 
@@ -45,7 +45,7 @@ export const HEAP_BASE: usize = DEFAULT_SCRATCH + SCRATCH_BYTES;
 
 /** int8 FFNs' quantized x (and the f16 kernels' scaled x): XQ_BYTES. */
 export let XQ: usize = DEFAULT_SCRATCH + O_XQ;
-/** gemv.ts: accumulators (8 f32x4) of the current 8-row block. */
+/** gemv.ts: accumulators (8 f32x4) of the current row group. */
 export let ACC: usize = DEFAULT_SCRATCH + O_ACC;
 /** gemv.ts: scaled x of one f16 chunk when cols > MAXD_F16X. */
 export let XK: usize = DEFAULT_SCRATCH + O_XK;

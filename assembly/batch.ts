@@ -189,11 +189,12 @@ function core_f16(out: usize, ldo: usize, W: usize, stride: usize, X: usize, ldx
   let r = r0;
   while (r + 4 <= m && r < r1) {
     const nr: usize = r + 8 <= m ? 8 : 4;
-    let special = false;
-    for (let i: usize = 0; i < nr; i++) special |= decode_f16(dec + i * rowBytes, W + (r + i) * stride, main);
+    let special: u32 = 0; // bit i: row r + i has an inf/NaN weight (it alone takes the exact path, as in dots_f16_p)
+    for (let i: usize = 0; i < nr; i++) if (decode_f16(dec + i * rowBytes, W + (r + i) * stride, main)) special |= 1 << <u32>i;
     for (let i: usize = 0; i < nr; i += 2) {
       const p0 = W + (r + i) * stride, p1 = p0 + stride;
-      if (special) {
+      const e0 = (special >> <u32>i) & 1, e1 = (special >> <u32>(i + 1)) & 1;
+      if (e0 && e1) {
         for (let t: usize = 0; t < T; t++) {
           const x = X + t * ldx, o = out + t * ldo + ((r + i) << 2);
           store<f32>(o, f16_row_exact(p0, x, n));
@@ -214,6 +215,11 @@ function core_f16(out: usize, ldo: usize, W: usize, stride: usize, X: usize, ldx
         if (two) {
           store<f32>(o + ldo, hsum(v128.load(acc, 16)) * post1 + f16_tail(p0, x1, main, n));
           store<f32>(o + ldo, hsum(v128.load(acc, 48)) * post1 + f16_tail(p1, x1, main, n), 4);
+        }
+        if (e0 | e1) { // one row of the pair is special: overwrite its (garbage) fast results
+          const pe = e0 ? p0 : p1, oe = o + (e0 ? 0 : 4);
+          store<f32>(oe, f16_row_exact(pe, x0, n));
+          if (two) store<f32>(oe + ldo, f16_row_exact(pe, x1, n));
         }
       }
     }

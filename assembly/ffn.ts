@@ -5,7 +5,7 @@
 // bias slot. out[d] is overwritten.
 //
 // Neurons go in batches of NB: the up (and gate) dots of a batch use the same
-// 8-row blocked code as matvec (rows = neurons, row stride = record stride),
+// row-grouped code as matvec (rows = neurons, row stride = record stride),
 // then each neuron with h != 0 is queued for the down pass; the down axpys
 // run 4 neurons at a time so out is loaded/stored once per 4 down rows.
 // Skipping h == 0 is what makes ReLU sparsity pay even when every neuron is given.
@@ -14,10 +14,10 @@
 
 import { hsum, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
 import { MAXD_I8, XQ, HB, QP, QA, QS, FFN_NB } from "./arena";
-import { dots_f32_p, dots_f16_p, dots_i8_p, dots_q8_p, q8_dot_f32, f16_prepare, f16_to_f32, quantize_x, QB, QG } from "./gemv";
+import { dots_f32_p, dots2_f32_p, dots_f16_p, dots_i8_p, dots_q8_p, q8_dot_f32, f16_prepare, f16_to_f32, quantize_x, QB, QG } from "./gemv";
 import { glu1 } from "./activation";
 
-const NB: usize = FFN_NB; // neurons per batch (64)
+const NB: usize = FFN_NB; // neurons per batch (32: the split kernels cut at multiples of 64)
 // HB (up / gate dots of the current batch, 2 x NB f32), QP / QA (the down-pass
 // queue) and XQ are this instance's scratch areas (arena.ts).
 
@@ -265,6 +265,20 @@ function dots(t: i32, dst: usize, p: usize, stride: usize, ptrs: usize, pstep: u
   }
 }
 
+/** Gate dots into G and up dots into U for neurons [n0, n0 + m) (records, or the u32 [n][3] table at ptrs). */
+function gate_up_dots(t: i32, G: usize, U: usize, gate: usize, up: usize, stride: usize, ptrs: usize, n0: usize, x: usize, m: usize, d: usize): void {
+  if (t == T_F32) {
+    if (ptrs) dots2_f32_p(G, U, 0, 0, 0, ptrs + ((n0 * 3) << 2), ptrs + ((n0 * 3 + 1) << 2), 12, x, <i32>m, <i32>d);
+    else dots2_f32_p(G, U, gate + n0 * stride, up + n0 * stride, stride, 0, 0, 0, x, <i32>m, <i32>d);
+  } else if (ptrs) {
+    dots(t, G, 0, 0, ptrs + ((n0 * 3) << 2), 12, x, m, d);
+    dots(t, U, 0, 0, ptrs + ((n0 * 3 + 1) << 2), 12, x, m, d);
+  } else {
+    dots(t, G, gate + n0 * stride, stride, 0, 0, x, m, d);
+    dots(t, U, up + n0 * stride, stride, 0, 0, x, m, d);
+  }
+}
+
 // ---------------------------------------------------------------- drivers
 
 /** q8 parts: byte offset of the group scales (after the d values, 4-aligned). */
@@ -326,13 +340,7 @@ function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usiz
   const UB = HB + (NB << 2);
   for (let n0: usize = 0; n0 < n; n0 += NB) {
     const m = min(NB, n - n0);
-    if (ptrs) {
-      dots(t, HB, 0, 0, ptrs + ((n0 * 3) << 2), 12, x, m, d);
-      dots(t, UB, 0, 0, ptrs + ((n0 * 3 + 1) << 2), 12, x, m, d);
-    } else {
-      dots(t, HB, gate + n0 * stride, stride, 0, 0, x, m, d);
-      dots(t, UB, up + n0 * stride, stride, 0, 0, x, m, d);
-    }
+    gate_up_dots(t, HB, UB, gate, up, stride, ptrs, n0, x, m, d);
     for (let k: usize = 0; k < m; k++) {
       const i = n0 + k;
       let g = load<f32>(HB + (k << 2)), u = load<f32>(UB + (k << 2));
@@ -412,7 +420,7 @@ export function ffn_swiglu_q8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n:
 // One FFN call split over threads in two phases (src/kernels/pool.ts), together
 // bit-identical to ffn_relu_* / ffn_swiglu_* (and their _ptrs forms) for any split:
 //  1. ffn_relu_h / ffn_swiglu_h: the activations of neurons [n0, n1) into h
-//     (n0 a multiple of NB = 64, n1 too unless n1 = n), so each batch — and every
+//     (n0 a multiple of 64, so of NB, n1 too unless n1 = n), so each batch — and every
 //     row's dot arithmetic — is the one the whole call makes. h may be hOut.
 //  2. ffn_down_cols: out[j0, j1) from all n activations (j0 a multiple of 8, j1
 //     too unless j1 = d). Every thread walks the same h sequence with the same
@@ -451,13 +459,7 @@ export function ffn_swiglu_h(t: i32, x: usize, d: i32, n: i32, gate: usize, up: 
   const UB = HB + (NB << 2);
   for (let b = <usize>n0; b < e; b += NB) {
     const m = min(NB, e - b);
-    if (ptrs) {
-      dots(t, HB, 0, 0, ptrs + ((b * 3) << 2), 12, x, m, dd);
-      dots(t, UB, 0, 0, ptrs + ((b * 3 + 1) << 2), 12, x, m, dd);
-    } else {
-      dots(t, HB, gate + b * st, st, 0, 0, x, m, dd);
-      dots(t, UB, up + b * st, st, 0, 0, x, m, dd);
-    }
+    gate_up_dots(t, HB, UB, gate, up, st, ptrs, b, x, m, dd);
     for (let k: usize = 0; k < m; k++) {
       const i = b + k;
       let g = load<f32>(HB + (k << 2)), u = load<f32>(UB + (k << 2));

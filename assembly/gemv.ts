@@ -4,16 +4,18 @@
 // So the same code serves row-major matrices (stride = row bytes), FFN neuron
 // records (stride = record stride) and gathered records (pointer tables).
 //
-// Shape (measured on V8/x64): rows go in blocks of 8 = two groups of 4. A group
-// keeps 4 accumulators + 2 x vectors in registers (more rows spill: V8 uses 16
-// xmm and hoists loads). The 8 rows advance chunk by chunk (CHUNK columns), so
-// 8 sequential weight streams are in flight, which is what DRAM bandwidth needs;
-// group accumulators live in ACC between chunks (cheap: 8 loads+stores per chunk).
+// Shape (measured on V8/x64, bench/README "far rows"): rows go four at a time
+// (q8: eight), one from each quarter of the call's rows, so each weight stream
+// reads its own region of memory: from DRAM that is 1.2-2.9x faster than
+// neighbouring rows side by side, whose streams share pages. A group keeps
+// 4 accumulators + 2 x vectors in registers (more rows spill: V8 uses 16 xmm).
+// A row's arithmetic never depends on its group, so any grouping (and any
+// split over threads) gives the same bits.
 
 import { hsum, hsum_i32, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE, dot2, madd } from "./simd";
 import { XQ, XQ_BYTES, ACC, XK, XK_FLOATS } from "./arena";
 
-// ACC (8 accumulators, f32x4, of the current 8-row block), XK and XQ are this
+// ACC (8 accumulators, f32x4, of the current row group), XK and XQ are this
 // instance's scratch areas (arena.ts); each dots call reads their addresses once.
 
 /** Address of row r: W + r*stride, or the u32 at ptrs + r*pstep when a pointer table is given. */
@@ -24,7 +26,6 @@ import { XQ, XQ_BYTES, ACC, XK, XK_FLOATS } from "./arena";
 
 // ---------------------------------------------------------------- f32
 
-const F32_CHUNK: usize = 256; // columns per chunk: 1 KiB of each row
 
 /** acc[0..4] += rows p0..p3 times x over ncols (multiple of 8). */
 function f32_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, ncols: usize): void {
@@ -42,36 +43,15 @@ function f32_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: us
   v128.store(acc, a0); v128.store(acc, a1, 16); v128.store(acc, a2, 32); v128.store(acc, a3, 48);
 }
 
-/** acc[0..8] += rows p0..p7 times x over ncols (multiple of 8); same per-row order as f32_rows4. */
-function f32_rows8(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, p4: usize, p5: usize, p6: usize, p7: usize, x: usize, ncols: usize): void {
-  let a0 = v128.load(acc), a1 = v128.load(acc, 16), a2 = v128.load(acc, 32), a3 = v128.load(acc, 48);
-  let a4 = v128.load(acc, 64), a5 = v128.load(acc, 80), a6 = v128.load(acc, 96), a7 = v128.load(acc, 112);
-  const end = ncols << 2;
-  for (let c: usize = 0; c < end; c += 32) {
-    const xa = v128.load(x + c), xb = v128.load(x + c, 16);
-    a0 = dot2(a0, v128.load(p0 + c), xa, v128.load(p0 + c, 16), xb);
-    a1 = dot2(a1, v128.load(p1 + c), xa, v128.load(p1 + c, 16), xb);
-    a2 = dot2(a2, v128.load(p2 + c), xa, v128.load(p2 + c, 16), xb);
-    a3 = dot2(a3, v128.load(p3 + c), xa, v128.load(p3 + c, 16), xb);
-    a4 = dot2(a4, v128.load(p4 + c), xa, v128.load(p4 + c, 16), xb);
-    a5 = dot2(a5, v128.load(p5 + c), xa, v128.load(p5 + c, 16), xb);
-    a6 = dot2(a6, v128.load(p6 + c), xa, v128.load(p6 + c, 16), xb);
-    a7 = dot2(a7, v128.load(p7 + c), xa, v128.load(p7 + c, 16), xb);
-  }
-  v128.store(acc, a0); v128.store(acc, a1, 16); v128.store(acc, a2, 32); v128.store(acc, a3, 48);
-  v128.store(acc, a4, 64); v128.store(acc, a5, 80); v128.store(acc, a6, 96); v128.store(acc, a7, 112);
-}
-
-/** One row: SIMD partial sums over ncols (multiple of 8). */
+/** One row: SIMD partial sums over ncols (multiple of 8), in f32_rows4's per-row order (so any row grouping gives the same bits). */
 export function f32_row1(p: usize, x: usize, ncols: usize): v128 {
-  let a = f32x4.splat(0), b = f32x4.splat(0);
+  let a = f32x4.splat(0);
   const end = x + (ncols << 2);
   for (let q = x; q < end; q += 32) {
-    a = madd(v128.load(p), v128.load(q), a);
-    b = madd(v128.load(p, 16), v128.load(q, 16), b);
+    a = dot2(a, v128.load(p), v128.load(q), v128.load(p, 16), v128.load(q, 16));
     p += 32;
   }
-  return f32x4.add(a, b);
+  return a;
 }
 
 /** Columns [c, cols) of one f32 row (fewer than 8). */
@@ -96,31 +76,51 @@ export function dots_f32_p(out: usize, W: usize, stride: usize, ptrs: usize, pst
   const n = <usize>cols, m = <usize>rows;
   const main = n & ~7;
   const acc = ACC;
-  let r: usize = 0;
-  for (; r + 8 <= m; r += 8) {
-    const p0 = rowp(W, stride, ptrs, pstep, r), p1 = rowp(W, stride, ptrs, pstep, r + 1);
-    const p2 = rowp(W, stride, ptrs, pstep, r + 2), p3 = rowp(W, stride, ptrs, pstep, r + 3);
-    const p4 = rowp(W, stride, ptrs, pstep, r + 4), p5 = rowp(W, stride, ptrs, pstep, r + 5);
-    const p6 = rowp(W, stride, ptrs, pstep, r + 6), p7 = rowp(W, stride, ptrs, pstep, r + 7);
-    memory.fill(acc, 0, 128);
-    f32_rows8(acc, p0, p1, p2, p3, p4, p5, p6, p7, x, main);
-    for (let i: usize = 0; i < 8; i++) {
-      const p = rowp(W, stride, ptrs, pstep, r + i);
-      store<f32>(out + ((r + i) << 2), hsum(v128.load(acc + (i << 4))) + f32_tail(p, x, main, n));
-    }
-  }
-  for (; r + 4 <= m; r += 4) {
+  // rows [0, m4) four at a time, one from each quarter: four weight streams far apart
+  const m4 = m & ~3, q = m4 >> 2;
+  for (let r: usize = 0; r < q; r++) {
     memory.fill(acc, 0, 64);
-    f32_rows4(acc, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + 1),
-      rowp(W, stride, ptrs, pstep, r + 2), rowp(W, stride, ptrs, pstep, r + 3), x, main);
+    f32_rows4(acc, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + q),
+      rowp(W, stride, ptrs, pstep, r + 2 * q), rowp(W, stride, ptrs, pstep, r + 3 * q), x, main);
     for (let i: usize = 0; i < 4; i++) {
-      const p = rowp(W, stride, ptrs, pstep, r + i);
-      store<f32>(out + ((r + i) << 2), hsum(v128.load(acc + (i << 4))) + f32_tail(p, x, main, n));
+      const ri = r + i * q, p = rowp(W, stride, ptrs, pstep, ri);
+      store<f32>(out + (ri << 2), hsum(v128.load(acc + (i << 4))) + f32_tail(p, x, main, n));
     }
   }
+  let r = m4;
   for (; r < m; r++) {
     const p = rowp(W, stride, ptrs, pstep, r);
     store<f32>(out + (r << 2), hsum(f32_row1(p, x, main)) + f32_tail(p, x, main, n));
+  }
+}
+
+/**
+ * dots_f32_p for two matrices whose rows interleave in memory (an FFN record's
+ * gate and up parts): a group's gate rows, then its up rows, so each weight
+ * stream runs on through the record instead of coming back for the up parts.
+ * Every row's arithmetic is dots_f32_p's.
+ */
+export function dots2_f32_p(outA: usize, outB: usize, WA: usize, WB: usize, stride: usize, ptrsA: usize, ptrsB: usize, pstep: usize, x: usize, rows: i32, cols: i32): void {
+  const n = <usize>cols, m = <usize>rows;
+  const main = n & ~7;
+  const acc = ACC;
+  const m4 = m & ~3, q = m4 >> 2;
+  for (let r: usize = 0; r < q; r++) {
+    for (let k = 0; k < 2; k++) {
+      const W = k ? WB : WA, ptrs = k ? ptrsB : ptrsA, out = k ? outB : outA;
+      memory.fill(acc, 0, 64);
+      f32_rows4(acc, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + q),
+        rowp(W, stride, ptrs, pstep, r + 2 * q), rowp(W, stride, ptrs, pstep, r + 3 * q), x, main);
+      for (let i: usize = 0; i < 4; i++) {
+        const ri = r + i * q, p = rowp(W, stride, ptrs, pstep, ri);
+        store<f32>(out + (ri << 2), hsum(v128.load(acc + (i << 4))) + f32_tail(p, x, main, n));
+      }
+    }
+  }
+  for (let r = m4; r < m; r++) {
+    const pa = rowp(WA, stride, ptrsA, pstep, r), pb = rowp(WB, stride, ptrsB, pstep, r);
+    store<f32>(outA + (r << 2), hsum(f32_row1(pa, x, main)) + f32_tail(pa, x, main, n));
+    store<f32>(outB + (r << 2), hsum(f32_row1(pb, x, main)) + f32_tail(pb, x, main, n));
   }
 }
 
@@ -216,6 +216,13 @@ function f16_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: us
   return (h & 0x7c00) == 0x7c00 ? v : v * F16_SCALE;
 }
 
+/** True if f16 row p has an inf/NaN (exponent 31) among its first `main` halves (a multiple of 8). */
+export function f16_row_special(p: usize, main: usize): bool {
+  let det = i16x8.splat(0);
+  for (let c: usize = 0; c < main; c += 8) det = i16x8.max_u(det, i16x8.shl(v128.load(p + (c << 1)), 1));
+  return v128.any_true(i16x8.ge_u(det, i16x8.splat(<i16>0xf800)));
+}
+
 /** Exact f16 row dot (inf/NaN weights decoded properly); slow path and remainders. */
 export function f16_row_exact(p: usize, x: usize, ncols: usize): f32 {
   let a = f32x4.splat(0), b = f32x4.splat(0);
@@ -252,35 +259,27 @@ export function dots_f16_p(out: usize, W: usize, stride: usize, ptrs: usize, pst
   const post: f32 = F16_SCALE / k; // exact power of two
   const pre = n <= MAXD_F16X; // x * k is in XQ (f16_prepare)
   const acc = ACC, xq = XQ, xkb = XK;
-  let r: usize = 0;
-  // rows in blocks of 8 (two groups of 4), then one block of 4; chunk by chunk
-  while (r + 4 <= m) {
-    const g2 = r + 8 <= m;
-    const p0 = rowp(W, stride, ptrs, pstep, r), p1 = rowp(W, stride, ptrs, pstep, r + 1);
-    const p2 = rowp(W, stride, ptrs, pstep, r + 2), p3 = rowp(W, stride, ptrs, pstep, r + 3);
-    let p4: usize = 0, p5: usize = 0, p6: usize = 0, p7: usize = 0;
-    if (g2) {
-      p4 = rowp(W, stride, ptrs, pstep, r + 4); p5 = rowp(W, stride, ptrs, pstep, r + 5);
-      p6 = rowp(W, stride, ptrs, pstep, r + 6); p7 = rowp(W, stride, ptrs, pstep, r + 7);
-    }
-    memory.fill(acc, 0, 128);
+  // rows [0, m4) four at a time, one from each quarter (far-apart weight streams), chunk by chunk
+  const m4 = m & ~3, q = m4 >> 2;
+  for (let r: usize = 0; r < q; r++) {
+    const p0 = rowp(W, stride, ptrs, pstep, r), p1 = rowp(W, stride, ptrs, pstep, r + q);
+    const p2 = rowp(W, stride, ptrs, pstep, r + 2 * q), p3 = rowp(W, stride, ptrs, pstep, r + 3 * q);
+    memory.fill(acc, 0, 64);
     let special = false;
     for (let c0: usize = 0; c0 < main; c0 += F16_CHUNK) {
       const nc = min(F16_CHUNK, main - c0), o = c0 << 1;
       let xk = xq + (c0 << 2);
       if (!pre) { f16_scale_x(xkb, x + (c0 << 2), nc, k); xk = xkb; }
       special |= f16_rows4(acc, p0 + o, p1 + o, p2 + o, p3 + o, xk, nc);
-      if (g2) special |= f16_rows4(acc + 64, p4 + o, p5 + o, p6 + o, p7 + o, xk, nc);
     }
-    const nr: usize = g2 ? 8 : 4;
-    for (let i: usize = 0; i < nr; i++) {
-      const p = rowp(W, stride, ptrs, pstep, r + i);
-      const s = special ? f16_row_exact(p, x, n) : hsum(v128.load(acc + (i << 4))) * post + f16_tail(p, x, main, n);
-      store<f32>(out + ((r + i) << 2), s);
+    for (let i: usize = 0; i < 4; i++) {
+      const ri = r + i * q, p = rowp(W, stride, ptrs, pstep, ri);
+      // only a row with an inf/NaN weight of its own takes the exact path: any grouping gives the same bits
+      const s = special && f16_row_special(p, main) ? f16_row_exact(p, x, n) : hsum(v128.load(acc + (i << 4))) * post + f16_tail(p, x, main, n);
+      store<f32>(out + (ri << 2), s);
     }
-    r += nr;
   }
-  for (; r < m; r++) {
+  for (let r = m4; r < m; r++) {
     store<f32>(out + (r << 2), f16_row_exact(rowp(W, stride, ptrs, pstep, r), x, n));
   }
 }
@@ -361,41 +360,6 @@ function i8_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, xq: us
   v128.store(acc, f0); v128.store(acc, f1, 16); v128.store(acc, f2, 32); v128.store(acc, f3, 48);
 }
 
-/** @inline accumulator step of i8_rows8: f += convert(a) * s for the row whose f32x4 sits at acc + off. */
-// @ts-ignore: decorator
-@inline function i8_fold(acc: usize, off: usize, a: v128, s: v128): void {
-  v128.store(acc + off, f32x4.add(v128.load(acc + off), f32x4.mul(f32x4.convert_i32x4_s(a), s)));
-}
-
-/**
- * 8 int8 rows over nb full blocks in one pass (8 weight streams in flight,
- * which DRAM bandwidth needs); per row the arithmetic of i8_rows4. The f32
- * accumulators stay in acc (8 x f32x4), folded once per block.
- */
-function i8_rows8(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, p4: usize, p5: usize, p6: usize, p7: usize, xq: usize, xs: usize, nb: usize): void {
-  let q = xq;
-  for (let b: usize = 0; b < nb; b++) {
-    let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
-    let a4 = i32x4.splat(0), a5 = i32x4.splat(0), a6 = i32x4.splat(0), a7 = i32x4.splat(0);
-    for (let c: usize = 0; c < QB; c += 16) {
-      const xa = v128.load(q), xb = v128.load(q, 16);
-      a0 = i32x4.add(a0, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p0 + c), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p0 + c, 8), xb)));
-      a1 = i32x4.add(a1, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p1 + c), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p1 + c, 8), xb)));
-      a2 = i32x4.add(a2, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p2 + c), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p2 + c, 8), xb)));
-      a3 = i32x4.add(a3, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p3 + c), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p3 + c, 8), xb)));
-      a4 = i32x4.add(a4, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p4 + c), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p4 + c, 8), xb)));
-      a5 = i32x4.add(a5, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p5 + c), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p5 + c, 8), xb)));
-      a6 = i32x4.add(a6, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p6 + c), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p6 + c, 8), xb)));
-      a7 = i32x4.add(a7, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p7 + c), xa), i32x4.dot_i16x8_s(v128.load8x8_s(p7 + c, 8), xb)));
-      q += 32;
-    }
-    const s = v128.load32_splat(xs + (b << 2));
-    i8_fold(acc, 0, a0, s); i8_fold(acc, 16, a1, s); i8_fold(acc, 32, a2, s); i8_fold(acc, 48, a3, s);
-    i8_fold(acc, 64, a4, s); i8_fold(acc, 80, a5, s); i8_fold(acc, 96, a6, s); i8_fold(acc, 112, a7, s);
-    p0 += QB; p1 += QB; p2 += QB; p3 += QB; p4 += QB; p5 += QB; p6 += QB; p7 += QB;
-  }
-}
-
 /** One int8 row over columns [c0, c1) of a single block (integer sum, unscaled). */
 function i8_row_part(p: usize, xq: usize, c0: usize, c1: usize): i32 {
   let a = i32x4.splat(0);
@@ -427,29 +391,18 @@ export function dots_i8_p(out: usize, W: usize, stride: usize, ptrs: usize, pste
   const n = <usize>cols, m = <usize>rows;
   const full = n / QB; // full blocks go through the SIMD groups
   const acc = ACC;
-  let r: usize = 0;
-  for (; r + 8 <= m; r += 8) {
-    const p0 = rowp(W, stride, ptrs, pstep, r), p1 = rowp(W, stride, ptrs, pstep, r + 1);
-    const p2 = rowp(W, stride, ptrs, pstep, r + 2), p3 = rowp(W, stride, ptrs, pstep, r + 3);
-    const p4 = rowp(W, stride, ptrs, pstep, r + 4), p5 = rowp(W, stride, ptrs, pstep, r + 5);
-    const p6 = rowp(W, stride, ptrs, pstep, r + 6), p7 = rowp(W, stride, ptrs, pstep, r + 7);
-    memory.fill(acc, 0, 128);
-    i8_rows8(acc, p0, p1, p2, p3, p4, p5, p6, p7, xq, xs, full);
-    for (let i: usize = 0; i < 8; i++) {
-      const p = rowp(W, stride, ptrs, pstep, r + i);
-      store<f32>(out + ((r + i) << 2), hsum(v128.load(acc + (i << 4))) + i8_row(p, xq, xs, full, n));
-    }
-  }
-  for (; r + 4 <= m; r += 4) {
+  // rows [0, m4) four at a time, one from each quarter (far-apart weight streams)
+  const m4 = m & ~3, q = m4 >> 2;
+  for (let r: usize = 0; r < q; r++) {
     memory.fill(acc, 0, 64);
-    i8_rows4(acc, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + 1),
-      rowp(W, stride, ptrs, pstep, r + 2), rowp(W, stride, ptrs, pstep, r + 3), xq, xs, full);
+    i8_rows4(acc, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + q),
+      rowp(W, stride, ptrs, pstep, r + 2 * q), rowp(W, stride, ptrs, pstep, r + 3 * q), xq, xs, full);
     for (let i: usize = 0; i < 4; i++) {
-      const p = rowp(W, stride, ptrs, pstep, r + i);
-      store<f32>(out + ((r + i) << 2), hsum(v128.load(acc + (i << 4))) + i8_row(p, xq, xs, full, n));
+      const ri = r + i * q, p = rowp(W, stride, ptrs, pstep, ri);
+      store<f32>(out + (ri << 2), hsum(v128.load(acc + (i << 4))) + i8_row(p, xq, xs, full, n));
     }
   }
-  for (; r < m; r++) {
+  for (let r = m4; r < m; r++) {
     store<f32>(out + (r << 2), i8_row(rowp(W, stride, ptrs, pstep, r), xq, xs, 0, n));
   }
 }
@@ -459,7 +412,7 @@ export function dots_i8_p(out: usize, W: usize, stride: usize, ptrs: usize, pste
 // A q8 row is `cols` int8 values plus ceil(cols / QG) f32 scales, scale g for
 // columns [QG*g, QG*g + QG). Against x quantized by quantize_x (QB = 128 =
 // 4 groups per x block), per row (the order every q8 kernel keeps, so rows in
-// blocks of 8, single rows, batched tiles and any split give the same bits):
+// groups of 8, single rows, batched tiles and any split give the same bits):
 //   F (f32x4) = 0
 //   for each full group g: A = the i32x4 lanes of the 4 dot_i16x8_s of its 32
 //     columns (exact integers), F += convert(A) * fround(ws_g * xs_{g/4})
@@ -547,21 +500,22 @@ export function dots_q8_p(out: usize, W: usize, stride: usize, S: usize, sstride
   const n = <usize>cols, m = <usize>rows;
   const ng = n / QG;
   const acc = ACC;
-  let r: usize = 0;
-  for (; r + 8 <= m; r += 8) {
-    const p0 = rowp(W, stride, ptrs, pstep, r), p1 = rowp(W, stride, ptrs, pstep, r + 1);
-    const p2 = rowp(W, stride, ptrs, pstep, r + 2), p3 = rowp(W, stride, ptrs, pstep, r + 3);
-    const p4 = rowp(W, stride, ptrs, pstep, r + 4), p5 = rowp(W, stride, ptrs, pstep, r + 5);
-    const p6 = rowp(W, stride, ptrs, pstep, r + 6), p7 = rowp(W, stride, ptrs, pstep, r + 7);
-    q8_rows8(acc, p0, p1, p2, p3, p4, p5, p6, p7,
-      q8sp(S, sstride, ptrs, pstep, r), q8sp(S, sstride, ptrs, pstep, r + 1), q8sp(S, sstride, ptrs, pstep, r + 2), q8sp(S, sstride, ptrs, pstep, r + 3),
-      q8sp(S, sstride, ptrs, pstep, r + 4), q8sp(S, sstride, ptrs, pstep, r + 5), q8sp(S, sstride, ptrs, pstep, r + 6), q8sp(S, sstride, ptrs, pstep, r + 7),
+  // eight rows at a time, one from each eighth (far-apart weight streams); the rest one by one
+  const q = m >> 3;
+  for (let r: usize = 0; r < q; r++) {
+    q8_rows8(acc, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + q),
+      rowp(W, stride, ptrs, pstep, r + 2 * q), rowp(W, stride, ptrs, pstep, r + 3 * q),
+      rowp(W, stride, ptrs, pstep, r + 4 * q), rowp(W, stride, ptrs, pstep, r + 5 * q),
+      rowp(W, stride, ptrs, pstep, r + 6 * q), rowp(W, stride, ptrs, pstep, r + 7 * q),
+      q8sp(S, sstride, ptrs, pstep, r), q8sp(S, sstride, ptrs, pstep, r + q), q8sp(S, sstride, ptrs, pstep, r + 2 * q), q8sp(S, sstride, ptrs, pstep, r + 3 * q),
+      q8sp(S, sstride, ptrs, pstep, r + 4 * q), q8sp(S, sstride, ptrs, pstep, r + 5 * q), q8sp(S, sstride, ptrs, pstep, r + 6 * q), q8sp(S, sstride, ptrs, pstep, r + 7 * q),
       xq, xs, ng);
     for (let i: usize = 0; i < 8; i++) {
-      store<f32>(out + ((r + i) << 2), q8_finish(v128.load(acc + (i << 4)), rowp(W, stride, ptrs, pstep, r + i), q8sp(S, sstride, ptrs, pstep, r + i), xq, xs, n));
+      const ri = r + i * q;
+      store<f32>(out + (ri << 2), q8_finish(v128.load(acc + (i << 4)), rowp(W, stride, ptrs, pstep, ri), q8sp(S, sstride, ptrs, pstep, ri), xq, xs, n));
     }
   }
-  for (; r < m; r++) {
+  for (let r = q << 3; r < m; r++) {
     const p = rowp(W, stride, ptrs, pstep, r), s = q8sp(S, sstride, ptrs, pstep, r);
     store<f32>(out + (r << 2), q8_finish(q8_row1(p, s, xq, xs, ng), p, s, xq, xs, n));
   }

@@ -12,6 +12,9 @@
  * table times both builds on the same weights, interleaved: the f32/f16 matvec
  * from memory and in L2, and the f32/f16 prompt tiles (matmul).
  *
+ * The decode shape: f32/f16/i8/q8 matvec over many distinct --decode-rows x
+ * --decode-cols matrices (default 768 x 768) from memory, as a model's layers.
+ *
  * Also: each kernel on the first --resident rows only (in L2: its compute-bound
  * rate, in weights/ns, next to its rate from memory), and the batched prompt
  * kernels matmul_* (f32, f16, int8, q8, q4) for --batch tokens against as many
@@ -174,6 +177,7 @@ const targets = {
 };
 console.log(`targets: ${Object.entries(targets).map(([k, v]) => `${k} ${v ? 'met' : 'NOT met'}`).join(', ')}`);
 const residentResults = benchResident();
+const decodeShapeResults = await benchDecodeShape();
 const batchResults = benchBatched();
 const threadResults = process.argv.includes('--no-threads') ? null : await benchThreads();
 const relaxedResults = relaxedSimdSupported() ? await benchRelaxed() : null;
@@ -184,6 +188,7 @@ console.log(JSON.stringify({
   f16Subnormals: subnormals,
   targets,
   resident: residentResults,
+  decodeShape: decodeShapeResults,
   batched: batchResults,
   ...(threadResults ? { threads: threadResults } : {}),
   ...(relaxedResults ? { relaxed: relaxedResults } : {}),
@@ -224,6 +229,67 @@ function benchResident() {
     console.log(`${c.name.padEnd(15)} ${pad(residentGw.toFixed(2), 9)} ${pad(streamedGw.toFixed(2), 9)}`);
   }
   return out;
+}
+
+/**
+ * The decode shape from memory: matvec over --decode-rows x --decode-cols
+ * matrices (default 768 x 768, the attention projections of bench:decode's
+ * model), each call on a different one of ~96 MiB of them (per dtype), as a
+ * model's layers follow each other. Small matrices are where the order the
+ * kernels read rows in matters (gemv.ts: rows far apart, not side by side).
+ */
+async function benchDecodeShape() {
+  const dr = arg('decode-rows', 768), dc = arg('decode-cols', 768), dn = dr * dc;
+  const src = w.subarray(0, Math.min(n, dn));
+  const m32 = new Float32Array(dn);
+  for (let i = 0; i < dn; i++) m32[i] = src[i % src.length]!;
+  const m16 = encodeF16(m32), m8 = new Int8Array(dn), s8 = new Float32Array(dr);
+  for (let r = 0; r < dr; r++) s8[r] = encodeI8Row(m32.subarray(r * dc, (r + 1) * dc), m8.subarray(r * dc, (r + 1) * dc));
+  const mq = new Int8Array(dn), sq = new Float32Array(dr * q8Groups(dc));
+  for (let r = 0; r < dr; r++) encodeQ8Row(m32.subarray(r * dc, (r + 1) * dc), mq.subarray(r * dc, (r + 1) * dc), sq.subarray(r * q8Groups(dc), (r + 1) * q8Groups(dc)));
+  const kinds = [
+    { name: 'matvec_f32', parts: [m32] as ArrayBufferView[] },
+    { name: 'matvec_f16', parts: [m16] },
+    { name: 'matvec_i8', parts: [m8, s8] },
+    { name: 'matvec_q8', parts: [mq, sq] },
+  ];
+  const total = 384 * 2 ** 20;
+  const mem = createArena(total + dc * 64 + (4 << 20));
+  const dk = await loadKernels(mem, kernelsUrl(false, simdMode));
+  let at = align(dk.heap_base());
+  const xp = at; new Float32Array(mem.buffer, xp, dc).set(x.subarray(0, Math.min(cols, dc))); at = align(at + dc * 4);
+  const op = at; at = align(at + dr * 4);
+  const sp = at; at = align(at + dk.matvec_i8_scratch_bytes(dc));
+  const out: { name: string; gbs: number; bestGbs: number }[] = [];
+  const runs = kinds.map((kd) => {
+    const bytes = kd.parts.reduce((a, v) => a + align(v.byteLength), 0), count = Math.max(2, Math.floor(total / 4 / bytes));
+    const bases: number[] = [];
+    for (let i = 0; i < count; i++) {
+      bases.push(at);
+      for (const v of kd.parts) { new Uint8Array(mem.buffer).set(new Uint8Array(v.buffer, v.byteOffset, v.byteLength), at); at = align(at + v.byteLength); }
+    }
+    const off = align(kd.parts[0]!.byteLength);
+    const call = kd.name === 'matvec_f32' ? (b: number) => dk.matvec_f32(op, b, xp, 0, dr, dc)
+      : kd.name === 'matvec_f16' ? (b: number) => dk.matvec_f16(op, b, xp, 0, dr, dc)
+      : kd.name === 'matvec_i8' ? (b: number) => dk.matvec_i8(op, b, b + off, xp, 0, dr, dc, sp)
+      : (b: number) => dk.matvec_q8(op, b, b + off, xp, 0, dr, dc, sp);
+    return { name: kd.name, bytes: bytes * count, run: () => { for (const b of bases) call(b); }, times: [] as number[] };
+  });
+  for (const r of runs) r.run();
+  for (let i = 0; i < Math.max(5, reps >> 1); i++) {
+    for (const r of runs) {
+      const t0 = performance.now();
+      r.run();
+      r.times.push(performance.now() - t0);
+    }
+  }
+  console.log(`\ndecode shape from memory: ${dr}x${dc} matrices, each call on the next of ~96 MiB of them, GB/s of weights and scales (median [best])`);
+  for (const r of runs) {
+    const gbs = +(r.bytes / median(r.times) / 1e6).toFixed(2), bestGbs = +(r.bytes / Math.min(...r.times) / 1e6).toFixed(2);
+    out.push({ name: r.name, gbs, bestGbs });
+    console.log(`${r.name.padEnd(12)} ${pad(`${gbs.toFixed(2)} [${bestGbs.toFixed(2)}]`, 16)}`);
+  }
+  return { rows: dr, cols: dc, results: out };
 }
 
 /**

@@ -58,7 +58,7 @@ test('matmul_* equals matvec_* per token, bit for bit (f32, f16, int8, q8; with 
   }
 });
 
-test('matmul_f16: a block with an inf weight takes the exact path, as matvec_f16 does', (t) => {
+test('matmul_f16: a row with an inf weight takes the exact path, as matvec_f16 does', (t) => {
   A.reset();
   const r = rng(77);
   const rows = 21, cols = 40, T = 3;

@@ -8,7 +8,7 @@
  * ones split their work over the threads, everything else runs on the caller.
  * Splits keep each output's arithmetic, so results are BIT-IDENTICAL to the
  * single-threaded kernels for any thread count:
- *   - matvec / gate_act: output rows at multiples of 8 (the dots' 8-row blocks);
+ *   - matvec / gate_act: output rows at multiples of 8 (so the dots' single-row remainder stays the same);
  *   - attention: heads (each thread its own scores scratch);
  *   - FFN: (a) activations over neurons at multiples of 64 (the FFN batch) into
  *     hOut or the pool's h buffer, then (b) out's columns at multiples of 8 (q8: 32), each
