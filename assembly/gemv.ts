@@ -10,7 +10,8 @@
 // neighbouring rows side by side, whose streams share pages. A group keeps
 // 4 accumulators + 2 x vectors in registers (more rows spill: V8 uses 16 xmm).
 // A row's arithmetic never depends on its group, so any grouping (and any
-// split over threads) gives the same bits.
+// split over threads) gives the same bits. (q4.ts keeps neighbouring rows:
+// far rows measured 0.85x end to end in its FFN.)
 
 import { hsum, hsum_i32, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE, dot2, madd } from "./simd";
 import { XQ, XQ_BYTES, ACC, XK, XK_FLOATS } from "./arena";

@@ -69,8 +69,8 @@ export function matvec_q8(out: usize, W: usize, scales: usize, x: usize, bias: u
 //
 // matvec over rows [r0, r1) only, for src/kernels/pool.ts. Bit-identical to the
 // whole call when r0 is a multiple of 8 and r1 is a multiple of 8 or rows: the
-// last rows/cols % 4 (q8, q4: % 8) rows of a call take a single-row path with
-// its own summation order, so such a split keeps every row's arithmetic.
+// last rows % 4 rows of an f16 or int8 call (q4: rows % 8) take a single-row
+// path with its own arithmetic, so such a split keeps every row's arithmetic.
 
 export function matvec_f32_rows(out: usize, W: usize, x: usize, bias: usize, rows: i32, cols: i32, r0: i32, r1: i32): void {
   const o = <usize>r0 << 2;

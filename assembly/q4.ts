@@ -165,21 +165,18 @@ function q4_rows8(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, p4: us
  */
 function dots_q4_p(out: usize, W: usize, stride: usize, S: usize, sstride: usize, ptrs: usize, pstep: usize, xq: usize, xs: usize, rows: usize, cols: usize, acc: usize): void {
   const G = q4groups(cols), nblk = G >> 2;
-  // eight rows at a time, one from each eighth (far-apart weight streams: gemv.ts); the rest one by one
-  const q = rows >> 3;
-  for (let r: usize = 0; r < q; r++) {
-    q4_rows8(acc, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + q), rowp(W, stride, ptrs, pstep, r + 2 * q), rowp(W, stride, ptrs, pstep, r + 3 * q),
-      rowp(W, stride, ptrs, pstep, r + 4 * q), rowp(W, stride, ptrs, pstep, r + 5 * q), rowp(W, stride, ptrs, pstep, r + 6 * q), rowp(W, stride, ptrs, pstep, r + 7 * q),
-      scalep(S, sstride, ptrs, pstep, r), scalep(S, sstride, ptrs, pstep, r + q), scalep(S, sstride, ptrs, pstep, r + 2 * q), scalep(S, sstride, ptrs, pstep, r + 3 * q),
-      scalep(S, sstride, ptrs, pstep, r + 4 * q), scalep(S, sstride, ptrs, pstep, r + 5 * q), scalep(S, sstride, ptrs, pstep, r + 6 * q), scalep(S, sstride, ptrs, pstep, r + 7 * q),
+  let r: usize = 0;
+  for (; r + 8 <= rows; r += 8) {
+    q4_rows8(acc, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + 1), rowp(W, stride, ptrs, pstep, r + 2), rowp(W, stride, ptrs, pstep, r + 3),
+      rowp(W, stride, ptrs, pstep, r + 4), rowp(W, stride, ptrs, pstep, r + 5), rowp(W, stride, ptrs, pstep, r + 6), rowp(W, stride, ptrs, pstep, r + 7),
+      scalep(S, sstride, ptrs, pstep, r), scalep(S, sstride, ptrs, pstep, r + 1), scalep(S, sstride, ptrs, pstep, r + 2), scalep(S, sstride, ptrs, pstep, r + 3),
+      scalep(S, sstride, ptrs, pstep, r + 4), scalep(S, sstride, ptrs, pstep, r + 5), scalep(S, sstride, ptrs, pstep, r + 6), scalep(S, sstride, ptrs, pstep, r + 7),
       xq, xs, nblk);
     for (let i: usize = 0; i < 8; i++) {
-      const ri = r + i * q;
-      const t = nblk << 2 < G ? q4_tail(rowp(W, stride, ptrs, pstep, ri), scalep(S, sstride, ptrs, pstep, ri), xq, xs, nblk, G) : <f32>0;
-      store<f32>(out + (ri << 2), hsum(v128.load(acc + (i << 4))) + t);
+      const t = nblk << 2 < G ? q4_tail(rowp(W, stride, ptrs, pstep, r + i), scalep(S, sstride, ptrs, pstep, r + i), xq, xs, nblk, G) : <f32>0;
+      store<f32>(out + ((r + i) << 2), hsum(v128.load(acc + (i << 4))) + t);
     }
   }
-  let r = q << 3;
   for (; r < rows; r++) store<f32>(out + (r << 2), q4_row(rowp(W, stride, ptrs, pstep, r), scalep(S, sstride, ptrs, pstep, r), xq, xs, G));
 }
 

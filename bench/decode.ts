@@ -5,6 +5,7 @@
  *
  *   npm run bench:decode -- [--dtypes f32,f16,int8,q8,q4] [--threads 1,2]
  *        [--prompt-tokens 186] [--decode-tokens 64] [--rounds 3] [--simd auto|plain|relaxed]
+ *        [--versus DIR]
  *
  * --simd: the kernels build (default auto: relaxed SIMD where the runtime has
  * it; on Node 20 bench/relaxed-simd.ts turns on V8's flag for it); each row
@@ -29,15 +30,25 @@
  *     decode tok/s = (tokens - 1) / time between the first and last yielded token.
  * and reports medians. Prints a table, then one line of JSON.
  *
+ * --versus DIR: another build of the kernels (a wasm/ directory, e.g. of an
+ * older commit: `git worktree add /tmp/old <rev> && (cd /tmp/old && npm install
+ * && npm run build:wasm)`, then `--versus /tmp/old/wasm`). Each row also opens
+ * the model with those kernels, alternates the two round by round (this build,
+ * then that one), and prints this build's speed over that one's: the median of
+ * the per-round ratios, so load that comes and goes hits both alike.
+ *
  * Threads: each row opens the model with `{ threads: n }` and reports what
  * `model.threading` says ran (a fallback to one thread is noted with its reason),
  * and its prompt and decode speed-ups over the same dtype's one-thread row.
  */
 import { simdOption } from './relaxed-simd.js';
+import { readFile } from 'node:fs/promises';
 import os from 'node:os';
+import { join, resolve } from 'node:path';
 import { FormatError } from '../src/errors.js';
 import type { DType } from '../src/format/types.js';
-import { openModel, type Model } from '../src/node.js';
+import { relaxedSimdSupported } from '../src/kernels/load.js';
+import { openModel, type Model, type OpenOptions } from '../src/node.js';
 import { arg, intArg } from './args.js';
 import { CONTEXT, convert, DECODE_PROMPT, flmPath, median, NAME, prepare, promptOf, round2, SEED, SHAPE, sizeOf, timeDecode, timePrompt } from './decode-model.js';
 
@@ -55,6 +66,17 @@ for (const n of threadCounts) if (!Number.isInteger(n) || n < 1) throw new Error
 const promptTokens = intArg('prompt-tokens', 186, 2);
 const decodeTokens = intArg('decode-tokens', 64, 2);
 const rounds = intArg('rounds', 3, 1);
+const versusDir = arg('versus');
+
+/** openModel options for the --versus kernels: that directory's build of the kind this run loads. */
+async function versusKernels(dir: string): Promise<Pick<OpenOptions, 'wasm' | 'wasmThreads'>> {
+  const relaxed = simdOption === 'relaxed' || (simdOption === 'auto' && relaxedSimdSupported());
+  const file = (name: string) => readFile(join(resolve(dir), name)).catch(() => {
+    throw new Error(`--versus: no ${name} in ${dir} (run npm run build:wasm there)`);
+  });
+  return { wasm: await file(relaxed ? 'flashlm.relaxed.wasm' : 'flashlm.wasm'), wasmThreads: await file(relaxed ? 'flashlm.mt.relaxed.wasm' : 'flashlm.mt.wasm') };
+}
+const versusOptions = versusDir === undefined ? undefined : await versusKernels(versusDir);
 
 interface Row {
   dtype: DType;
@@ -70,6 +92,8 @@ interface Row {
   /** The kernels build that ran (model.simd). */
   kernels: string;
   rounds: { promptTokS: number; decodeTokS: number }[];
+  /** --versus: that build's medians, and this build's speed over it (median of per-round ratios). */
+  versus?: { promptTokS: number; decodeTokS: number; promptRatio: number; decodeRatio: number };
 }
 
 const wall0 = performance.now();
@@ -91,16 +115,19 @@ for (const dtype of dtypes) {
       model = await openModel(flmPath(dtype), { contextLength: CONTEXT, threads: n, simd: simdOption });
     }
     const openS = (performance.now() - t0) / 1000;
+    const vmodel = versusOptions && await openModel(flmPath(dtype), { contextLength: CONTEXT, threads: n, simd: simdOption, ...versusOptions });
     try {
       const threads = model.threading.threads;
       if (threads !== n) notes.push(`${dtype}: asked for ${n} thread(s), ran ${threads}: ${model.threading.fallbackReason ?? 'no reason given'}`);
 
       const prompt = promptOf(model, promptTokens);
       // warm-up: one round of each, not counted
-      await timePrompt(model, prompt.text);
-      await timeDecode(model, DECODE_PROMPT, decodeTokens);
+      for (const m of vmodel ? [model, vmodel] : [model]) {
+        await timePrompt(m, prompt.text);
+        await timeDecode(m, DECODE_PROMPT, decodeTokens);
+      }
 
-      const rs: Row['rounds'] = [];
+      const rs: Row['rounds'] = [], vs: Row['rounds'] = [];
       let decoded = 0;
       for (let r = 0; r < rounds; r++) {
         const p = await timePrompt(model, prompt.text);
@@ -108,6 +135,11 @@ for (const dtype of dtypes) {
         decoded = d.tokens;
         if (d.tokens < decodeTokens) notes.push(`${dtype} t${threads}: decode stopped after ${d.tokens} of ${decodeTokens} tokens`);
         rs.push({ promptTokS: prompt.tokens / p, decodeTokS: (d.tokens - 1) / d.seconds });
+        if (vmodel) {
+          const vp = await timePrompt(vmodel, prompt.text);
+          const vd = await timeDecode(vmodel, DECODE_PROMPT, decodeTokens);
+          vs.push({ promptTokS: prompt.tokens / vp, decodeTokS: (vd.tokens - 1) / vd.seconds });
+        }
       }
       const promptTokS = median(rs.map((x) => x.promptTokS));
       const decodeTokS = median(rs.map((x) => x.decodeTokS));
@@ -124,11 +156,20 @@ for (const dtype of dtypes) {
         promptOverDecode: round2(promptTokS / decodeTokS),
         kernels: model.simd,
         rounds: rs.map((x) => ({ promptTokS: round2(x.promptTokS), decodeTokS: round2(x.decodeTokS) })),
+        ...(vmodel ? {
+          versus: {
+            promptTokS: round2(median(vs.map((x) => x.promptTokS))),
+            decodeTokS: round2(median(vs.map((x) => x.decodeTokS))),
+            promptRatio: round2(median(rs.map((x, i) => x.promptTokS / vs[i]!.promptTokS))),
+            decodeRatio: round2(median(rs.map((x, i) => x.decodeTokS / vs[i]!.decodeTokS))),
+          },
+        } : {}),
       };
       rows.push(row);
       console.error(`${dtype} t${threads} ${model.simd}: prompt ${row.promptTokS} tok/s, decode ${row.decodeTokS} tok/s`);
     } finally {
       await model.close();
+      await vmodel?.close();
     }
   }
 }
@@ -151,10 +192,13 @@ const speedup = (r: Row, key: 'promptTokS' | 'decodeTokS'): number | null => {
   return one ? round2(r[key] / one[key]) : null;
 };
 const times = (v: number | null) => (v === null ? '-' : `${v.toFixed(2)}x`);
-console.log(`${'dtype'.padEnd(5)} ${pad('threads', 7)} ${pad('prompt tok/s', 12)} ${pad('decode tok/s', 12)} ${pad('prompt÷decode', 13)} ${pad('prompt÷1t', 9)} ${pad('decode÷1t', 9)}  kernels`);
+const vsHead = versusDir === undefined ? '' : ` | versus: prompt  decode  prompt ÷  decode ÷`;
+console.log(`${'dtype'.padEnd(5)} ${pad('threads', 7)} ${pad('prompt tok/s', 12)} ${pad('decode tok/s', 12)} ${pad('prompt÷decode', 13)} ${pad('prompt÷1t', 9)} ${pad('decode÷1t', 9)}  kernels${vsHead}`);
 for (const r of rows) {
-  console.log(`${r.dtype.padEnd(5)} ${pad(r.threads, 7)} ${pad(r.promptTokS.toFixed(2), 12)} ${pad(r.decodeTokS.toFixed(2), 12)} ${pad(r.promptOverDecode.toFixed(2), 13)} ${pad(times(speedup(r, 'promptTokS')), 9)} ${pad(times(speedup(r, 'decodeTokS')), 9)}  ${r.kernels}`);
+  const v = r.versus ? ` | ${pad(r.versus.promptTokS.toFixed(1), 14)} ${pad(r.versus.decodeTokS.toFixed(1), 7)} ${pad(times(r.versus.promptRatio), 9)} ${pad(times(r.versus.decodeRatio), 9)}` : '';
+  console.log(`${r.dtype.padEnd(5)} ${pad(r.threads, 7)} ${pad(r.promptTokS.toFixed(2), 12)} ${pad(r.decodeTokS.toFixed(2), 12)} ${pad(r.promptOverDecode.toFixed(2), 13)} ${pad(times(speedup(r, 'promptTokS')), 9)} ${pad(times(speedup(r, 'decodeTokS')), 9)}  ${r.kernels}${v}`);
 }
+if (versusDir !== undefined) console.log(`versus: the kernels in ${versusDir}, alternated round by round; ÷ = this build's speed over that one's (median of per-round ratios)`);
 for (const note of new Set(notes)) console.log(`note: ${note}`);
 // The benchmark itself adds about 1 to the load average (one busy thread); more than that is someone else.
 if (load0[0]! > cores / 2 || load1[0]! > cores / 2 + 1) {
@@ -168,6 +212,7 @@ console.log(
     decodeTokens,
     rounds,
     threadsRequested: threadCounts,
+    ...(versusDir === undefined ? {} : { versus: versusDir }),
     machine: { node: process.version, cpu, cores, totalMemMiB: Math.round(os.totalmem() / 2 ** 20), loadavg: [round2(load0[0]!), round2(load1[0]!)] },
     wallS: round2(wallS),
     results: rows.map((r) => ({ ...r, promptSpeedup: speedup(r, 'promptTokS'), decodeSpeedup: speedup(r, 'decodeTokS') })),
