@@ -19,8 +19,8 @@ export const XQ_BYTES: usize = MAXD_I8 * 2 + (MAXD_I8 / 128) * 4;
 
 /** Columns per chunk of the f16 dots (gemv.ts F16_CHUNK): XK holds one chunk of scaled x. */
 export const XK_FLOATS: usize = 256;
-/** Neurons per FFN batch (ffn.ts NB; 64, where the threads split, must be a multiple): HB holds the up and gate dots of a batch. */
-export const FFN_NB: usize = 32;
+/** Neurons per FFN batch (ffn.ts NB; the threads split at its multiples): HB holds the up and gate dots of a batch. */
+export const FFN_NB: usize = 64;
 /** Neurons per batch of the gated FFN's up dots (gated.ts GB). */
 export const GATED_GB: usize = 64;
 

@@ -17,7 +17,7 @@ import { MAXD_I8, XQ, HB, QP, QA, QS, FFN_NB } from "./arena";
 import { dots_f32_p, dots2_f32_p, dots_f16_p, dots_i8_p, dots_q8_p, q8_dot_f32, f16_prepare, f16_to_f32, quantize_x, QB, QG } from "./gemv";
 import { glu1 } from "./activation";
 
-const NB: usize = FFN_NB; // neurons per batch (32: the split kernels cut at multiples of 64)
+const NB: usize = FFN_NB; // neurons per batch (64; f32: batchOf)
 // HB (up / gate dots of the current batch, 2 x NB f32), QP / QA (the down-pass
 // queue) and XQ are this instance's scratch areas (arena.ts).
 
@@ -433,7 +433,7 @@ export function ffn_swiglu_q8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n:
 // One FFN call split over threads in two phases (src/kernels/pool.ts), together
 // bit-identical to ffn_relu_* / ffn_swiglu_* (and their _ptrs forms) for any split:
 //  1. ffn_relu_h / ffn_swiglu_h: the activations of neurons [n0, n1) into h
-//     (n0 a multiple of 64, so of NB, n1 too unless n1 = n), so each batch — and every
+//     (n0 a multiple of NB = 64, n1 too unless n1 = n), so each batch — and every
 //     row's dot arithmetic — is the one the whole call makes. h may be hOut.
 //  2. ffn_down_cols: out[j0, j1) from all n activations (j0 a multiple of 8, j1
 //     too unless j1 = d). Every thread walks the same h sequence with the same

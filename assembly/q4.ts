@@ -467,7 +467,7 @@ function flush(out: usize, d: usize): void {
 // As ffn.ts: part p of neuron i at partPtr_p + i*stride, or listed in a u32
 // table (ptrs); a part is the d values (16 * ceil(d / 32) bytes), the f16
 // group scales at q4ScaleAt(d), then (hasBias) the f32 bias slot, 4-aligned.
-// Neurons in batches of NB (32): the up (and gate) dots of a batch, then the
+// Neurons in batches of NB (64): the up (and gate) dots of a batch, then the
 // down rows of the neurons with h != 0 through the 4-row queue.
 
 const NB: usize = FFN_NB;
