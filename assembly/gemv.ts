@@ -13,7 +13,7 @@
 // split over threads) gives the same bits. (q4.ts keeps neighbouring rows:
 // far rows measured 0.85x end to end in its FFN.)
 
-import { hsum, hsum_i32, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE, dot2, madd } from "./simd";
+import { hsum, hsum_i32, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE, dot2 } from "./simd";
 import { XQ, XQ_BYTES, ACC, XK, XK_FLOATS } from "./arena";
 
 // ACC (8 accumulators, f32x4, of the current row group), XK and XQ are this
@@ -26,7 +26,6 @@ import { XQ, XQ_BYTES, ACC, XK, XK_FLOATS } from "./arena";
 }
 
 // ---------------------------------------------------------------- f32
-
 
 /** acc[0..4] += rows p0..p3 times x over ncols (multiple of 8). */
 function f32_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, ncols: usize): void {
@@ -88,8 +87,7 @@ export function dots_f32_p(out: usize, W: usize, stride: usize, ptrs: usize, pst
       store<f32>(out + (ri << 2), hsum(v128.load(acc + (i << 4))) + f32_tail(p, x, main, n));
     }
   }
-  let r = m4;
-  for (; r < m; r++) {
+  for (let r = m4; r < m; r++) {
     const p = rowp(W, stride, ptrs, pstep, r);
     store<f32>(out + (r << 2), hsum(f32_row1(p, x, main)) + f32_tail(p, x, main, n));
   }
