@@ -276,6 +276,32 @@ function dots(t: i32, dst: usize, p: usize, stride: usize, ptrs: usize, pstep: u
   return t == T_F32 ? 4 : NB;
 }
 
+/** Sum of the touched bytes (touch_parts, ffn_down_cols): the loads have a use (it is never read). */
+let touched: u32 = 0;
+
+/**
+ * Touches a byte per cache line of the first `np` parts (pb bytes each) of
+ * neurons [i0, i1): the next batch, while this one computes. wasm has no
+ * prefetch instruction, and the FFN's record-by-record reads otherwise wait
+ * on DRAM (f32 decode 1.36x; bench/README "far rows"). Returns a sum to keep.
+ * base: part 0 of neuron 0; without ptrs, `span` bytes from there (<= stride) are touched.
+ */
+function touch_parts(base: usize, stride: usize, ptrs: usize, nParts: usize, np: usize, i0: usize, i1: usize, pb: usize, span: usize): u32 {
+  let s: u32 = 0;
+  for (let i = i0; i < i1; i++) {
+    if (ptrs) {
+      for (let p: usize = 0; p < np; p++) {
+        const a = <usize>load<u32>(ptrs + ((i * nParts + p) << 2));
+        for (let q = a; q < a + pb; q += 64) s += load<u8>(q);
+      }
+    } else {
+      const a = base + i * stride; // span bytes of the record (bundled), or of the row of a split layout's first matrix
+      for (let q = a; q < a + span; q += 64) s += load<u8>(q);
+    }
+  }
+  return s;
+}
+
 /** Gate dots into G and up dots into U for neurons [n0, n0 + m) (records, or the u32 [n][3] table at ptrs). */
 function gate_up_dots(t: i32, G: usize, U: usize, gate: usize, up: usize, stride: usize, ptrs: usize, n0: usize, x: usize, m: usize, d: usize): void {
   if (t == T_F32) {
@@ -323,8 +349,11 @@ function ffn_relu(t: i32, out: usize, x: usize, d: usize, n: usize, up: usize, d
   const off = tailOffset(t, d);
   const biasOff = biasOffset(t, d); // int8 parts: scale(s), then bias
   const nb = batchOf(t);
+  const pb = tailOffset(t, d);
+  let sink: u32 = 0;
   for (let n0: usize = 0; n0 < n; n0 += nb) {
     const m = min(nb, n - n0);
+    sink += touch_parts(up, stride, ptrs, 2, 2, n0 + nb, min(n0 + 2 * nb, n), pb, stride);
     if (ptrs) dots(t, HB, 0, 0, ptrs + ((n0 * 2) << 2), 8, x, m, d);
     else dots(t, HB, up + n0 * stride, stride, 0, 0, x, m, d);
     for (let k: usize = 0; k < m; k++) {
@@ -342,6 +371,7 @@ function ffn_relu(t: i32, out: usize, x: usize, d: usize, n: usize, up: usize, d
     }
   }
   flush(t, out, d);
+  touched += sink;
 }
 
 function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usize, up: usize, down: usize, stride: usize, ptrs: usize, hOut: usize, afn: i32, athr: f32): void {
@@ -351,8 +381,11 @@ function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usiz
   const off = tailOffset(t, d);
   const UB = HB + (NB << 2);
   const nb = batchOf(t);
+  const pb = tailOffset(t, d);
+  let sink: u32 = 0;
   for (let n0: usize = 0; n0 < n; n0 += nb) {
     const m = min(nb, n - n0);
+    sink += touch_parts(gate, stride, ptrs, 3, 3, n0 + nb, min(n0 + 2 * nb, n), pb, stride);
     gate_up_dots(t, HB, UB, gate, up, stride, ptrs, n0, x, m, d);
     for (let k: usize = 0; k < m; k++) {
       const i = n0 + k;
@@ -370,6 +403,7 @@ function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usiz
     }
   }
   flush(t, out, d);
+  touched += sink;
 }
 
 export function ffn_relu_f32(out: usize, x: usize, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, hOut: usize): void {
@@ -451,8 +485,11 @@ export function ffn_relu_h(t: i32, x: usize, d: i32, n: i32, up: usize, stride: 
   const off = tailOffset(t, dd);
   const biasOff = biasOffset(t, dd);
   const nb = batchOf(t);
+  const pb = tailOffset(t, dd), span = min(st, biasOff + 4); // the up part only (down: ffn_down_cols)
+  let sink: u32 = 0;
   for (let b = <usize>n0; b < e; b += nb) {
     const m = min(nb, e - b);
+    sink += touch_parts(up, st, ptrs, 2, 1, b + nb, min(b + 2 * nb, e), pb, span);
     if (ptrs) dots(t, HB, 0, 0, ptrs + ((b * 2) << 2), 8, x, m, dd);
     else dots(t, HB, up + b * st, st, 0, 0, x, m, dd);
     for (let k: usize = 0; k < m; k++) {
@@ -464,6 +501,7 @@ export function ffn_relu_h(t: i32, x: usize, d: i32, n: i32, up: usize, stride: 
       store<f32>(h + (i << 2), max<f32>(hv, 0));
     }
   }
+  touched += sink;
 }
 
 export function ffn_swiglu_h(t: i32, x: usize, d: i32, n: i32, gate: usize, up: usize, stride: i32, ptrs: usize, h: usize, n0: i32, n1: i32, afn: i32, athr: f32): void {
@@ -472,8 +510,11 @@ export function ffn_swiglu_h(t: i32, x: usize, d: i32, n: i32, gate: usize, up: 
   const off = tailOffset(t, dd);
   const UB = HB + (NB << 2);
   const nb = batchOf(t);
+  const pb = tailOffset(t, dd), span = min(st, 2 * (biasOffset(t, dd) + 4)); // gate and up parts (down: ffn_down_cols)
+  let sink: u32 = 0;
   for (let b = <usize>n0; b < e; b += nb) {
     const m = min(nb, e - b);
+    sink += touch_parts(gate, st, ptrs, 3, 2, b + nb, min(b + 2 * nb, e), pb, span);
     gate_up_dots(t, HB, UB, gate, up, st, ptrs, b, x, m, dd);
     for (let k: usize = 0; k < m; k++) {
       const i = b + k;
@@ -485,13 +526,11 @@ export function ffn_swiglu_h(t: i32, x: usize, d: i32, n: i32, gate: usize, up: 
       store<f32>(h + (i << 2), glu1(afn, athr, g, u));
     }
   }
+  touched += sink;
 }
 
 /** How far ahead ffn_down_cols touches down rows (measured best of 1-24 at d = 768, q8). */
 const DOWN_AHEAD: usize = 2;
-/** Sum of the touched bytes: the loads have a use (it is never read). */
-let touched: u32 = 0;
-
 /** nParts: 2 (relu: down is part 1) or 3 (swiglu: part 2). */
 export function ffn_down_cols(t: i32, out: usize, d: i32, n: i32, down: usize, stride: i32, ptrs: usize, nParts: i32, h: usize, j0: i32, j1: i32): void {
   const dd = <usize>d, st = <usize>stride, np = <usize>nParts;
