@@ -286,7 +286,7 @@ let touched: u32 = 0;
  * on DRAM (f32 decode 1.36x; bench/README "far rows"). Returns a sum to keep.
  * base: part 0 of neuron 0; without ptrs, `span` bytes from there (<= stride) are touched.
  */
-function touch_parts(base: usize, stride: usize, ptrs: usize, nParts: usize, np: usize, i0: usize, i1: usize, pb: usize, span: usize): u32 {
+export function touch_parts(base: usize, stride: usize, ptrs: usize, nParts: usize, np: usize, i0: usize, i1: usize, pb: usize, span: usize): u32 {
   let s: u32 = 0;
   for (let i = i0; i < i1; i++) {
     if (ptrs) {
@@ -300,6 +300,11 @@ function touch_parts(base: usize, stride: usize, ptrs: usize, nParts: usize, np:
     }
   }
   return s;
+}
+
+/** Keeps a touch_parts sum from another module (q4.ts). */
+export function keep_touched(s: u32): void {
+  touched += s;
 }
 
 /** Gate dots into G and up dots into U for neurons [n0, n0 + m) (records, or the u32 [n][3] table at ptrs). */

@@ -27,6 +27,7 @@ import { hsum, hsum_i32, hsum4_i32, F16_SCALE, f16_upper_exact, f16_bits_lo } fr
 import { quantize_x, QB, f16_to_f32 } from "./gemv";
 import { XQ, ACC, HB, QP, QA, QS, UPS, MAXD_I8, FFN_NB, GATED_GB } from "./arena";
 import { act_gate, act_up, glu1, silu, ACT_SILU } from "./activation";
+import { touch_parts, keep_touched } from "./ffn";
 
 /** Values per group (one f16 scale each). */
 export const Q4G: usize = 32;
@@ -499,8 +500,11 @@ function dots(dst: usize, p: usize, stride: usize, ptrs: usize, pstep: usize, x:
 /** Activations of neurons [n0, n1) (n0 a multiple of NB) into h (relu: up·x + bias). */
 function relu_h(x: usize, d: usize, up: usize, stride: usize, ptrs: usize, hasBias: bool, h: usize, n0: usize, n1: usize, out: usize, down: usize): void {
   const bo = q4BiasAt(d), so = q4ScaleAt(d);
+  let sink: u32 = 0;
   for (let b = n0; b < n1; b += NB) {
     const m = min(NB, n1 - b);
+    // the next batch's records (ffn.ts touch_parts); without out (threads' first phase) the up parts only
+    sink += touch_parts(up, stride, ptrs, 2, out ? 2 : 1, b + NB, min(b + 2 * NB, n1), so, out ? stride : min(stride, bo + 4));
     if (ptrs) dots(HB, 0, 0, ptrs + ((b * 2) << 2), 8, x, m, d);
     else dots(HB, up + b * stride, stride, 0, 0, x, m, d);
     for (let k: usize = 0; k < m; k++) {
@@ -515,14 +519,17 @@ function relu_h(x: usize, d: usize, up: usize, stride: usize, ptrs: usize, hasBi
       }
     }
   }
+  keep_touched(sink);
 }
 
 /** Gated: h = glu1(afn, athr, gate·x, up·x) of neurons [n0, n1); with out, the down rows too. */
 function gated_batch(x: usize, d: usize, gate: usize, up: usize, stride: usize, ptrs: usize, h: usize, n0: usize, n1: usize, afn: i32, athr: f32, out: usize, down: usize): void {
   const so = q4ScaleAt(d);
   const UB = HB + (NB << 2);
+  let sink: u32 = 0;
   for (let b = n0; b < n1; b += NB) {
     const m = min(NB, n1 - b);
+    sink += touch_parts(gate, stride, ptrs, 3, out ? 3 : 2, b + NB, min(b + 2 * NB, n1), so, out ? stride : min(stride, 2 * (q4BiasAt(d) + 4)));
     if (ptrs) {
       dots(HB, 0, 0, ptrs + ((b * 3) << 2), 12, x, m, d);
       dots(UB, 0, 0, ptrs + ((b * 3 + 1) << 2), 12, x, m, d);
@@ -540,6 +547,7 @@ function gated_batch(x: usize, d: usize, gate: usize, up: usize, stride: usize, 
       }
     }
   }
+  keep_touched(sink);
 }
 
 function ffn_relu(out: usize, x: usize, d: usize, n: usize, up: usize, down: usize, stride: usize, ptrs: usize, hasBias: bool, hOut: usize): void {
