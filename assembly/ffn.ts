@@ -269,7 +269,7 @@ function dots(t: i32, dst: usize, p: usize, stride: usize, ptrs: usize, pstep: u
  * Neurons per batch. f32 takes 4 (measured 1.06x of 32 end to end): a batch's
  * gate, up and down parts are read while in cache, each record front to back.
  * A weight stream that skips (the down part, in a pass over gate and up) reads
- * DRAM at half the rate of a stream that runs on (bench/README "far rows").
+ * DRAM at half the rate of a stream that runs on (bench/README "Far rows").
  */
 // @ts-ignore: decorator
 @inline function batchOf(t: i32): usize {
@@ -283,7 +283,7 @@ let touched: u32 = 0;
  * Touches a byte per cache line of the first `np` parts (pb bytes each) of
  * neurons [i0, i1): the next batch, while this one computes. wasm has no
  * prefetch instruction, and the FFN's record-by-record reads otherwise wait
- * on DRAM (f32 decode 1.36x; bench/README "far rows"). Returns a sum to keep.
+ * on DRAM (decode 1.12-1.56x; bench/README "Far rows"). Returns a sum to keep.
  * base: part 0 of neuron 0; without ptrs, `span` bytes from there (<= stride) are touched.
  */
 export function touch_parts(base: usize, stride: usize, ptrs: usize, nParts: usize, np: usize, i0: usize, i1: usize, pb: usize, span: usize): u32 {
