@@ -4,7 +4,7 @@
 // So the same code serves row-major matrices (stride = row bytes), FFN neuron
 // records (stride = record stride) and gathered records (pointer tables).
 //
-// Shape (measured on V8/x64, bench/README "far rows"): rows go four at a time
+// Shape (measured on V8/x64, bench/README "Far rows"): rows go four at a time
 // (q8: eight), one from each quarter of the call's rows, so each weight stream
 // reads its own region of memory: from DRAM that is 1.2-2.9x faster than
 // neighbouring rows side by side, whose streams share pages. A group keeps
