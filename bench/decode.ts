@@ -115,8 +115,9 @@ for (const dtype of dtypes) {
       model = await openModel(flmPath(dtype), { contextLength: CONTEXT, threads: n, simd: simdOption });
     }
     const openS = (performance.now() - t0) / 1000;
-    const vmodel = versusOptions && await openModel(flmPath(dtype), { contextLength: CONTEXT, threads: n, simd: simdOption, ...versusOptions });
+    let vmodel: Model | undefined;
     try {
+      if (versusOptions) vmodel = await openModel(flmPath(dtype), { contextLength: CONTEXT, threads: n, simd: simdOption, ...versusOptions });
       const threads = model.threading.threads;
       if (threads !== n) notes.push(`${dtype}: asked for ${n} thread(s), ran ${threads}: ${model.threading.fallbackReason ?? 'no reason given'}`);
 
