@@ -534,8 +534,8 @@ export function ffn_swiglu_h(t: i32, x: usize, d: i32, n: i32, gate: usize, up: 
   touched += sink;
 }
 
-/** How far ahead ffn_down_cols touches down rows (4 over 2, 2-thread decode of the bench:decode model: f32 1.08x, int8 1.10x, q8 1.09x, f16 0.99x). */
-const DOWN_AHEAD: usize = 4;
+/** How far ahead ffn_down_cols touches down rows (measured best of 1-24 at d = 768, q8). */
+const DOWN_AHEAD: usize = 2;
 /** nParts: 2 (relu: down is part 1) or 3 (swiglu: part 2). */
 export function ffn_down_cols(t: i32, out: usize, d: i32, n: i32, down: usize, stride: i32, ptrs: usize, nParts: i32, h: usize, j0: i32, j1: i32): void {
   const dd = <usize>d, st = <usize>stride, np = <usize>nParts;
