@@ -354,11 +354,10 @@ function ffn_relu(t: i32, out: usize, x: usize, d: usize, n: usize, up: usize, d
   const off = tailOffset(t, d);
   const biasOff = biasOffset(t, d); // int8 parts: scale(s), then bias
   const nb = batchOf(t);
-  const pb = tailOffset(t, d);
   let sink: u32 = 0;
   for (let n0: usize = 0; n0 < n; n0 += nb) {
     const m = min(nb, n - n0);
-    sink += touch_parts(up, stride, ptrs, 2, 2, n0 + nb, min(n0 + 2 * nb, n), pb, stride);
+    sink += touch_parts(up, stride, ptrs, 2, 2, n0 + nb, min(n0 + 2 * nb, n), off, stride);
     if (ptrs) dots(t, HB, 0, 0, ptrs + ((n0 * 2) << 2), 8, x, m, d);
     else dots(t, HB, up + n0 * stride, stride, 0, 0, x, m, d);
     for (let k: usize = 0; k < m; k++) {
@@ -386,11 +385,10 @@ function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usiz
   const off = tailOffset(t, d);
   const UB = HB + (NB << 2);
   const nb = batchOf(t);
-  const pb = tailOffset(t, d);
   let sink: u32 = 0;
   for (let n0: usize = 0; n0 < n; n0 += nb) {
     const m = min(nb, n - n0);
-    sink += touch_parts(gate, stride, ptrs, 3, 3, n0 + nb, min(n0 + 2 * nb, n), pb, stride);
+    sink += touch_parts(gate, stride, ptrs, 3, 3, n0 + nb, min(n0 + 2 * nb, n), off, stride);
     gate_up_dots(t, HB, UB, gate, up, stride, ptrs, n0, x, m, d);
     for (let k: usize = 0; k < m; k++) {
       const i = n0 + k;
@@ -490,11 +488,11 @@ export function ffn_relu_h(t: i32, x: usize, d: i32, n: i32, up: usize, stride: 
   const off = tailOffset(t, dd);
   const biasOff = biasOffset(t, dd);
   const nb = batchOf(t);
-  const pb = tailOffset(t, dd), span = min(st, biasOff + 4); // the up part only (down: ffn_down_cols)
+  const span = min(st, biasOff + 4); // the up part only (down: ffn_down_cols)
   let sink: u32 = 0;
   for (let b = <usize>n0; b < e; b += nb) {
     const m = min(nb, e - b);
-    sink += touch_parts(up, st, ptrs, 2, 1, b + nb, min(b + 2 * nb, e), pb, span);
+    sink += touch_parts(up, st, ptrs, 2, 1, b + nb, min(b + 2 * nb, e), off, span);
     if (ptrs) dots(t, HB, 0, 0, ptrs + ((b * 2) << 2), 8, x, m, dd);
     else dots(t, HB, up + b * st, st, 0, 0, x, m, dd);
     for (let k: usize = 0; k < m; k++) {
@@ -515,11 +513,11 @@ export function ffn_swiglu_h(t: i32, x: usize, d: i32, n: i32, gate: usize, up: 
   const off = tailOffset(t, dd);
   const UB = HB + (NB << 2);
   const nb = batchOf(t);
-  const pb = tailOffset(t, dd), span = min(st, 2 * (biasOffset(t, dd) + 4)); // gate and up parts (down: ffn_down_cols)
+  const span = min(st, 2 * (biasOffset(t, dd) + 4)); // gate and up parts (down: ffn_down_cols)
   let sink: u32 = 0;
   for (let b = <usize>n0; b < e; b += nb) {
     const m = min(nb, e - b);
-    sink += touch_parts(gate, st, ptrs, 3, 2, b + nb, min(b + 2 * nb, e), pb, span);
+    sink += touch_parts(gate, st, ptrs, 3, 2, b + nb, min(b + 2 * nb, e), off, span);
     gate_up_dots(t, HB, UB, gate, up, st, ptrs, b, x, m, dd);
     for (let k: usize = 0; k < m; k++) {
       const i = b + k;

@@ -71,26 +71,33 @@ export function dots_f32(out: usize, W: usize, stride: usize, x: usize, rows: i3
   dots_f32_p(out, W, stride, 0, 0, x, rows, cols);
 }
 
+/** out[r + iq] for i < 4: rows r, r + q, r + 2q, r + 3q (one from each quarter of a call's m4 = 4q rows). */
+// @ts-ignore: decorator
+@inline function f32_group4(out: usize, W: usize, stride: usize, ptrs: usize, pstep: usize, x: usize, r: usize, q: usize, n: usize): void {
+  const main = n & ~7, acc = ACC;
+  memory.fill(acc, 0, 64);
+  f32_rows4(acc, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + q),
+    rowp(W, stride, ptrs, pstep, r + 2 * q), rowp(W, stride, ptrs, pstep, r + 3 * q), x, main);
+  for (let i: usize = 0; i < 4; i++) {
+    const ri = r + i * q, p = rowp(W, stride, ptrs, pstep, ri);
+    store<f32>(out + (ri << 2), hsum(v128.load(acc + (i << 4))) + f32_tail(p, x, main, n));
+  }
+}
+
+/** out[r] alone (a call's rows past m4). */
+// @ts-ignore: decorator
+@inline function f32_single(out: usize, W: usize, stride: usize, ptrs: usize, pstep: usize, x: usize, r: usize, n: usize): void {
+  const p = rowp(W, stride, ptrs, pstep, r), main = n & ~7;
+  store<f32>(out + (r << 2), hsum(f32_row1(p, x, main)) + f32_tail(p, x, main, n));
+}
+
 /** As dots_f32, rows from a pointer table when ptrs != 0 (see rowp). */
 export function dots_f32_p(out: usize, W: usize, stride: usize, ptrs: usize, pstep: usize, x: usize, rows: i32, cols: i32): void {
   const n = <usize>cols, m = <usize>rows;
-  const main = n & ~7;
-  const acc = ACC;
   // rows [0, m4) four at a time, one from each quarter: four weight streams far apart
   const m4 = m & ~3, q = m4 >> 2;
-  for (let r: usize = 0; r < q; r++) {
-    memory.fill(acc, 0, 64);
-    f32_rows4(acc, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + q),
-      rowp(W, stride, ptrs, pstep, r + 2 * q), rowp(W, stride, ptrs, pstep, r + 3 * q), x, main);
-    for (let i: usize = 0; i < 4; i++) {
-      const ri = r + i * q, p = rowp(W, stride, ptrs, pstep, ri);
-      store<f32>(out + (ri << 2), hsum(v128.load(acc + (i << 4))) + f32_tail(p, x, main, n));
-    }
-  }
-  for (let r = m4; r < m; r++) {
-    const p = rowp(W, stride, ptrs, pstep, r);
-    store<f32>(out + (r << 2), hsum(f32_row1(p, x, main)) + f32_tail(p, x, main, n));
-  }
+  for (let r: usize = 0; r < q; r++) f32_group4(out, W, stride, ptrs, pstep, x, r, q, n);
+  for (let r = m4; r < m; r++) f32_single(out, W, stride, ptrs, pstep, x, r, n);
 }
 
 /**
@@ -101,25 +108,14 @@ export function dots_f32_p(out: usize, W: usize, stride: usize, ptrs: usize, pst
  */
 export function dots2_f32_p(outA: usize, outB: usize, WA: usize, WB: usize, stride: usize, ptrsA: usize, ptrsB: usize, pstep: usize, x: usize, rows: i32, cols: i32): void {
   const n = <usize>cols, m = <usize>rows;
-  const main = n & ~7;
-  const acc = ACC;
   const m4 = m & ~3, q = m4 >> 2;
   for (let r: usize = 0; r < q; r++) {
-    for (let k = 0; k < 2; k++) {
-      const W = k ? WB : WA, ptrs = k ? ptrsB : ptrsA, out = k ? outB : outA;
-      memory.fill(acc, 0, 64);
-      f32_rows4(acc, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + q),
-        rowp(W, stride, ptrs, pstep, r + 2 * q), rowp(W, stride, ptrs, pstep, r + 3 * q), x, main);
-      for (let i: usize = 0; i < 4; i++) {
-        const ri = r + i * q, p = rowp(W, stride, ptrs, pstep, ri);
-        store<f32>(out + (ri << 2), hsum(v128.load(acc + (i << 4))) + f32_tail(p, x, main, n));
-      }
-    }
+    f32_group4(outA, WA, stride, ptrsA, pstep, x, r, q, n);
+    f32_group4(outB, WB, stride, ptrsB, pstep, x, r, q, n);
   }
   for (let r = m4; r < m; r++) {
-    const pa = rowp(WA, stride, ptrsA, pstep, r), pb = rowp(WB, stride, ptrsB, pstep, r);
-    store<f32>(outA + (r << 2), hsum(f32_row1(pa, x, main)) + f32_tail(pa, x, main, n));
-    store<f32>(outB + (r << 2), hsum(f32_row1(pb, x, main)) + f32_tail(pb, x, main, n));
+    f32_single(outA, WA, stride, ptrsA, pstep, x, r, n);
+    f32_single(outB, WB, stride, ptrsB, pstep, x, r, n);
   }
 }
 
