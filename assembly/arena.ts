@@ -3,8 +3,8 @@
 //
 // Every mutable scratch area the kernels use (quantized / scaled x, the row-group
 // accumulators, the FFN batch and down-queue buffers, the cache histogram, the
-// xxh64 result slot) lives in one "thread scratch" region of SCRATCH_BYTES.
-// Its address is held in per-instance wasm globals (globals are never shared
+// xxh64 result slot, an FFN range's partial sum) lives in one "thread scratch"
+// region of SCRATCH_BYTES. Its address is held in per-instance wasm globals (globals are never shared
 // between instances), so several instances of the threads build on one shared
 // memory each work in their own region: a worker calls thread_init(ptr) with a
 // host-allocated region of thread_scratch_bytes() bytes. Without thread_init an
@@ -21,6 +21,8 @@ export const XQ_BYTES: usize = MAXD_I8 * 2 + (MAXD_I8 / 128) * 4;
 export const XK_FLOATS: usize = 256;
 /** Neurons per FFN batch (ffn.ts NB; the threads split at its multiples): HB holds the up and gate dots of a batch. */
 export const FFN_NB: usize = 64;
+/** Neuron ranges whose down sums an FFN adds in a fixed order (ffn.ts "neuron ranges"): the threads take ranges. */
+export const FFN_RANGES: usize = 8;
 /** Neurons per batch of the gated FFN's up dots (gated.ts GB). */
 export const GATED_GB: usize = 64;
 
@@ -35,8 +37,9 @@ const O_QS: usize = O_QA + 16; // 4 u32
 const O_UPS: usize = O_QS + 16; // GB f32
 const O_HIST: usize = O_UPS + GATED_GB * 4; // 32 u32
 const O_SLOT: usize = O_HIST + 32 * 4; // 8 bytes
+const O_PT: usize = O_SLOT + 16; // MAXD_I8 f32
 /** Bytes of one instance's scratch region (a multiple of 64). */
-export const SCRATCH_BYTES: usize = (O_SLOT + 16 + 63) & ~(<usize>63);
+export const SCRATCH_BYTES: usize = (O_PT + MAXD_I8 * 4 + 63) & ~(<usize>63);
 
 /** The default region: just above the static data. */
 const DEFAULT_SCRATCH: usize = (__heap_base + 63) & ~(<usize>63);
@@ -62,6 +65,8 @@ export let UPS: usize = DEFAULT_SCRATCH + O_UPS;
 export let HIST: usize = DEFAULT_SCRATCH + O_HIST;
 /** xxh64.ts: xxh64_slot(). */
 export let SLOT: usize = DEFAULT_SCRATCH + O_SLOT;
+/** ffn.ts, q4.ts: one neuron range's partial down sum (d <= MAXD_I8 f32). */
+export let PT: usize = DEFAULT_SCRATCH + O_PT;
 
 function set_scratch(base: usize): void {
   XQ = base + O_XQ;
@@ -74,6 +79,7 @@ function set_scratch(base: usize): void {
   UPS = base + O_UPS;
   HIST = base + O_HIST;
   SLOT = base + O_SLOT;
+  PT = base + O_PT;
 }
 
 /**

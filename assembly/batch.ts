@@ -22,7 +22,7 @@
 
 import { hsum, f16_bits_lo, f16_bits_hi, F16_SCALE, dot2 } from "./simd";
 import { f32_tail, f32_row1, f16_row_exact, f16_tail, f16_xscale, i8_row, quantize_x, qx_bytes, QB, QG, q8_row1, q8_finish } from "./gemv";
-import { axpy4_f32, axpy1_f32, q8ScaleAt, ffn_relu_i8, ffn_swiglu_i8, ffn_relu_q8, ffn_swiglu_q8 } from "./ffn";
+import { axpy4_f32, axpy1_f32, q8ScaleAt, ffn_relu_i8, ffn_swiglu_i8, ffn_relu_q8, ffn_swiglu_q8, ffnRanges, rangeStart, add_partial } from "./ffn";
 import { dequant_f16, dequant_i8 } from "./dequant";
 import { MAXD_I8 } from "./arena";
 import { glu1 } from "./activation";
@@ -45,6 +45,7 @@ const QSTRIDE: usize = 64;
 // PEND T x 3 rows   down rows a token's queue still holds when DD is refilled
 // Q    T x 64 B     per-token down queues
 // RG   T u32        tokens of a batch whose down groups are regular
+// PR   T x cols f32 one neuron range's partial down sums (ffn.ts neuron ranges)
 
 // @ts-ignore: decorator
 @inline function colsR(cols: usize): usize { return (cols + 7) & ~7; }
@@ -68,9 +69,12 @@ const QSTRIDE: usize = 64;
 // @ts-ignore: decorator
 @inline function offRG(T: usize, cols: usize): usize { return offQ(T, cols) + T * QSTRIDE; }
 
+// @ts-ignore: decorator
+@inline function offPR(T: usize, cols: usize): usize { return (offRG(T, cols) + (T << 2) + 15) & ~15; }
+
 /** Scratch bytes for any batched kernel call (or range of one) with up to T tokens and up to `cols` columns (FFN: d). */
 export function batch_scratch_bytes(T: i32, cols: i32): i32 {
-  return <i32>(offRG(<usize>T, <usize>cols) + (<usize>T << 2));
+  return <i32>(offPR(<usize>T, <usize>cols) + <usize>T * (colsR(<usize>cols) << 2));
 }
 
 // ---------------------------------------------------------------- tiles
@@ -628,22 +632,35 @@ export function ffn_batch_act(code: i32, x: usize, ldx: i32, T: i32, d: i32, n: 
 }
 
 /**
- * Phase 2: out[t][j0, j1) = sum over all n neurons of h[t][i] * down_i, with
- * each token's own queue (j0 a multiple of 8, j1 too unless j1 = d).
+ * Phase 2: out[t][j0, j1) = sum over all n neurons of h[t][i] * down_i, as
+ * the one-token kernel adds it: per neuron range (ffn.ts), each token's own
+ * queue (j0 a multiple of 8, j1 too unless j1 = d).
  */
 export function ffn_batch_down(t: i32, out: usize, ldo: i32, T: i32, d: i32, n: i32, down: usize, stride: i32, H: usize, scratch: usize, j0: i32, j1: i32): void {
-  const lo = <usize>ldo, nT = <usize>T, dd = <usize>d, nn = <usize>n, st = <usize>stride, S = scratch;
+  const nT = <usize>T, dd = <usize>d, nn = <usize>n, S = scratch, c0 = <usize>j0, w = <usize>j1 - c0;
+  // the one-token kernel's neuron ranges (ffn.ts): range 0 into out, each later one into PR, then added
+  const R = ffnRanges(dd), PR = S + offPR(nT, dd);
+  down_range(t, out + (c0 << 2), <usize>ldo, nT, dd, nn, down, <usize>stride, H, S, c0, w, 0, rangeStart(nn, R, 1));
+  for (let r: usize = 1; r < R; r++) {
+    const a = rangeStart(nn, R, r), e = rangeStart(nn, R, r + 1);
+    if (a == e) continue;
+    down_range(t, PR, w << 2, nT, dd, nn, down, <usize>stride, H, S, c0, w, a, e);
+    for (let k: usize = 0; k < nT; k++) add_partial(out + k * <usize>ldo + (c0 << 2), PR + k * (w << 2), w);
+  }
+}
+
+/** Neurons [a, e) of the down pass into o[t][0, w) (rows lo bytes apart; columns c0.. of out), every token's queue fresh. */
+function down_range(t: i32, o0: usize, lo: usize, nT: usize, dd: usize, nn: usize, down: usize, st: usize, H: usize, S: usize, c0: usize, w: usize, a: usize, e: usize): void {
   const ldh = nn << 2, Q = S + offQ(nT, dd), RG = S + offRG(nT, dd);
   const DD = S + offDD(nT, dd), PEND = S + offPEND(nT, dd), rowBytes = colsR(dd) << 2;
-  const c0 = <usize>j0, w = <usize>j1 - c0;
   const off = tailOffset(t, dd);
   const so = t == T_Q4 ? off + ((c0 / QG) << 1) : off + ((c0 / QG) << 2); // q8, q4: c0 is a multiple of 32
   for (let k: usize = 0; k < nT; k++) {
-    memory.fill(out + k * lo + (c0 << 2), 0, w << 2);
+    memory.fill(o0 + k * lo, 0, w << 2);
     store<u32>(Q + k * QSTRIDE, 0, 32);
   }
-  for (let b: usize = 0; b < nn; b += NB) {
-    const m = min(NB, nn - b);
+  for (let b: usize = a; b < e; b += NB) {
+    const m = min(NB, e - b);
     // this batch's down rows as f32 (columns c0.. at the row start); f32 rows are used in place
     if (t != T_F32) {
       for (let j: usize = 0; j < m; j++) {
@@ -678,9 +695,9 @@ export function ffn_batch_down(t: i32, out: usize, ldo: i32, T: i32, d: i32, n: 
           for (let e: usize = 0; e < nreg; e++) {
             const k = <usize>load<u32>(RG + (e << 2));
             const hp = H + k * ldh + ((b + g) << 2);
-            if (t == T_Q8) axpy4_f32g(out + k * lo + (c0 << 2), w, p0, p1, p2, p3, r0, r0 + st, r0 + 2 * st, r0 + 3 * st,
+            if (t == T_Q8) axpy4_f32g(o0 + k * lo, w, p0, p1, p2, p3, r0, r0 + st, r0 + 2 * st, r0 + 3 * st,
               load<f32>(hp), load<f32>(hp, 4), load<f32>(hp, 8), load<f32>(hp, 12));
-            else axpy4_f32g4(out + k * lo + (c0 << 2), w, p0, p1, p2, p3, r0, r0 + st, r0 + 2 * st, r0 + 3 * st,
+            else axpy4_f32g4(o0 + k * lo, w, p0, p1, p2, p3, r0, r0 + st, r0 + 2 * st, r0 + 3 * st,
               load<f32>(hp), load<f32>(hp, 4), load<f32>(hp, 8), load<f32>(hp, 12));
           }
           continue;
@@ -695,14 +712,14 @@ export function ffn_batch_down(t: i32, out: usize, ldo: i32, T: i32, d: i32, n: 
           const hp = H + k * ldh + ((b + g) << 2);
           let a0 = load<f32>(hp), a1 = load<f32>(hp, 4), a2 = load<f32>(hp, 8), a3 = load<f32>(hp, 12);
           if (t == T_I8) { a0 *= s0; a1 *= s1; a2 *= s2; a3 *= s3; }
-          axpy4_f32(out + k * lo + (c0 << 2), w, p0, p1, p2, p3, a0, a1, a2, a3);
+          axpy4_f32(o0 + k * lo, w, p0, p1, p2, p3, a0, a1, a2, a3);
         }
       }
     }
     let ri: usize = 0;
     for (let k: usize = 0; k < nT; k++) {
       if (ri < nreg && <usize>load<u32>(RG + (ri << 2)) == k) { ri++; continue; }
-      const o = out + k * lo + (c0 << 2), q = Q + k * QSTRIDE, hb = H + k * ldh + (b << 2);
+      const o = o0 + k * lo, q = Q + k * QSTRIDE, hb = H + k * ldh + (b << 2);
       for (let j: usize = 0; j < m; j++) {
         const h = load<f32>(hb + (j << 2));
         if (h == 0) continue;
@@ -721,7 +738,7 @@ export function ffn_batch_down(t: i32, out: usize, ldo: i32, T: i32, d: i32, n: 
       }
     }
   }
-  for (let k: usize = 0; k < nT; k++) qflush(Q + k * QSTRIDE, t, out + k * lo + (c0 << 2), w);
+  for (let k: usize = 0; k < nT; k++) qflush(Q + k * QSTRIDE, t, o0 + k * lo, w);
 }
 
 function ffn_batch(t: i32, gated: bool, out: usize, ldo: i32, x: usize, ldx: i32, T: i32, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, hasBias: bool, H: usize, S: usize, afn: i32 = 0, athr: f32 = 0): void {

@@ -9,11 +9,12 @@
 // then each neuron with h != 0 is queued for the down pass; the down axpys
 // run 4 neurons at a time so out is loaded/stored once per 4 down rows.
 // Skipping h == 0 is what makes ReLU sparsity pay even when every neuron is given.
+// The neurons are summed in 8 fixed ranges, added in order ("neuron ranges" below).
 // The gated kernels (ffn_swiglu_*: gate, up, down parts) take the activation as their
 // last two parameters (afn, athr: activation.ts glu1): SiLU, ReLU, FATReLU, dReLU.
 
 import { hsum, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
-import { MAXD_I8, XQ, HB, QP, QA, QS, FFN_NB } from "./arena";
+import { MAXD_I8, XQ, HB, QP, QA, QS, PT, FFN_NB, FFN_RANGES } from "./arena";
 import { dots_f32_p, dots2_f32_p, dots_f16_p, dots_i8_p, dots_q8_p, q8_dot_f32, f16_prepare, f16_to_f32, quantize_x, QB, QG } from "./gemv";
 import { glu1 } from "./activation";
 
@@ -276,7 +277,7 @@ function dots(t: i32, dst: usize, p: usize, stride: usize, ptrs: usize, pstep: u
   return t == T_F32 ? 4 : NB;
 }
 
-/** Sum of the touched bytes (touch_parts, ffn_down_cols): the loads have a use (it is never read). */
+/** Sum of the touched bytes (touch_parts): the loads have a use (it is never read). */
 let touched: u32 = 0;
 
 /**
@@ -347,17 +348,20 @@ function gate_up_dots(t: i32, G: usize, U: usize, gate: usize, up: usize, stride
   return ptrs ? <usize>load<u32>(ptrs + ((i * nParts + p) << 2)) : base + i * stride;
 }
 
-function ffn_relu(t: i32, out: usize, x: usize, d: usize, n: usize, up: usize, down: usize, stride: usize, ptrs: usize, hasBias: bool, hOut: usize): void {
+/**
+ * The ReLU FFN of neurons [0, n) into out (x prepared: prepare_x); nt >= n: the
+ * neurons that follow up to the call's end, so the last batch touches the next range's first.
+ */
+function relu_range(t: i32, out: usize, x: usize, d: usize, n: usize, nt: usize, up: usize, down: usize, stride: usize, ptrs: usize, hasBias: bool, hOut: usize): void {
   memory.fill(out, 0, d << 2);
   qn = 0;
-  prepare_x(t, x, d);
   const off = tailOffset(t, d);
   const biasOff = biasOffset(t, d); // int8 parts: scale(s), then bias
   const nb = batchOf(t);
   let sink: u32 = 0;
   for (let n0: usize = 0; n0 < n; n0 += nb) {
     const m = min(nb, n - n0);
-    sink += touch_parts(up, stride, ptrs, 2, 2, n0 + nb, min(n0 + 2 * nb, n), off, stride);
+    sink += touch_parts(up, stride, ptrs, 2, 2, n0 + nb, min(n0 + 2 * nb, nt), off, stride);
     if (ptrs) dots(t, HB, 0, 0, ptrs + ((n0 * 2) << 2), 8, x, m, d);
     else dots(t, HB, up + n0 * stride, stride, 0, 0, x, m, d);
     for (let k: usize = 0; k < m; k++) {
@@ -378,17 +382,17 @@ function ffn_relu(t: i32, out: usize, x: usize, d: usize, n: usize, up: usize, d
   touched += sink;
 }
 
-function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usize, up: usize, down: usize, stride: usize, ptrs: usize, hOut: usize, afn: i32, athr: f32): void {
+/** The gated FFN of neurons [0, n) into out (x prepared: prepare_x); nt as relu_range. */
+function swiglu_range(t: i32, out: usize, x: usize, d: usize, n: usize, nt: usize, gate: usize, up: usize, down: usize, stride: usize, ptrs: usize, hOut: usize, afn: i32, athr: f32): void {
   memory.fill(out, 0, d << 2);
   qn = 0;
-  prepare_x(t, x, d);
   const off = tailOffset(t, d);
   const UB = HB + (NB << 2);
   const nb = batchOf(t);
   let sink: u32 = 0;
   for (let n0: usize = 0; n0 < n; n0 += nb) {
     const m = min(nb, n - n0);
-    sink += touch_parts(gate, stride, ptrs, 3, 3, n0 + nb, min(n0 + 2 * nb, n), off, stride);
+    sink += touch_parts(gate, stride, ptrs, 3, 3, n0 + nb, min(n0 + 2 * nb, nt), off, stride);
     gate_up_dots(t, HB, UB, gate, up, stride, ptrs, n0, x, m, d);
     for (let k: usize = 0; k < m; k++) {
       const i = n0 + k;
@@ -407,6 +411,65 @@ function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usiz
   }
   flush(t, out, d);
   touched += sink;
+}
+
+// ---------------------------------------------------------------- neuron ranges
+//
+// out = (((P_0 + P_1) + P_2) + ...) where P_r is the FFN of the neurons in range
+// r alone (its own down queue). The ranges are fixed by (n, d), never by the
+// thread count, so the threads build can give each range to any thread (records
+// read on end, one hand-off per FFN) and still return the one-thread bits.
+
+/** Down-sum ranges of an FFN over d columns: FFN_RANGES, or 1 when a partial sum would not fit PT (arena.ts). */
+// @ts-ignore: decorator
+@inline export function ffnRanges(d: usize): usize {
+  return d <= MAXD_I8 ? FFN_RANGES : 1;
+}
+
+/** First neuron (or list position) of range r of n, at a multiple of NB (so no batch straddles two). */
+// @ts-ignore: decorator
+@inline export function rangeStart(n: usize, R: usize, r: usize): usize {
+  return min(n, ((r * n) / R + NB - 1) & ~(NB - 1));
+}
+
+/** out += p (d f32): adds a range's partial sum. */
+export function add_partial(out: usize, p: usize, d: usize): void {
+  let j: usize = 0;
+  for (; j + 4 <= d; j += 4) v128.store(out + (j << 2), f32x4.add(v128.load(out + (j << 2)), v128.load(p + (j << 2))));
+  for (; j < d; j++) store<f32>(out + (j << 2), load<f32>(out + (j << 2)) + load<f32>(p + (j << 2)));
+}
+
+/**
+ * Range r of an FFN into dst (x prepared): the neurons' parts from base
+ * pointers (+ first * stride) or from the pointer table (+ first * nParts
+ * entries); hOut, when given, gets their activations at their positions.
+ */
+function ffn_range_into(t: i32, gated: bool, dst: usize, x: usize, d: usize, n: usize, gate: usize, up: usize, down: usize, stride: usize, ptrs: usize, hasBias: bool, hOut: usize, afn: i32, athr: f32, r: usize): void {
+  const R = ffnRanges(d), a = rangeStart(n, R, r), m = rangeStart(n, R, r + 1) - a, np: usize = gated ? 3 : 2;
+  const pt = ptrs ? ptrs + ((a * np) << 2) : 0, h = hOut ? hOut + (a << 2) : 0, o = a * stride;
+  if (gated) swiglu_range(t, dst, x, d, m, n - a, gate + o, up + o, down + o, stride, pt, h, afn, athr);
+  else relu_range(t, dst, x, d, m, n - a, up + o, down + o, stride, pt, hasBias, h);
+}
+
+/** The whole FFN: range 0 into out, each later non-empty range into PT, then added. */
+function ffn_all(t: i32, gated: bool, out: usize, x: usize, d: usize, n: usize, gate: usize, up: usize, down: usize, stride: usize, ptrs: usize, hasBias: bool, hOut: usize, afn: i32, athr: f32): void {
+  prepare_x(t, x, d);
+  ffn_range_into(t, gated, out, x, d, n, gate, up, down, stride, ptrs, hasBias, hOut, afn, athr, 0);
+  const R = ffnRanges(d);
+  for (let r: usize = 1; r < R; r++) {
+    if (rangeStart(n, R, r) == rangeStart(n, R, r + 1)) continue;
+    ffn_range_into(t, gated, PT, x, d, n, gate, up, down, stride, ptrs, hasBias, hOut, afn, athr, r);
+    add_partial(out, PT, d);
+  }
+}
+
+// @ts-ignore: decorator
+@inline function ffn_relu(t: i32, out: usize, x: usize, d: usize, n: usize, up: usize, down: usize, stride: usize, ptrs: usize, hasBias: bool, hOut: usize): void {
+  ffn_all(t, false, out, x, d, n, 0, up, down, stride, ptrs, hasBias, hOut, 0, 0);
+}
+// @ts-ignore: decorator
+@inline function ffn_swiglu(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usize, up: usize, down: usize, stride: usize, ptrs: usize, hOut: usize, afn: i32, athr: f32): void {
+  ffn_all(t, true, out, x, d, n, gate, up, down, stride, ptrs, false, hOut, afn, athr);
 }
 
 export function ffn_relu_f32(out: usize, x: usize, d: i32, n: i32, up: usize, down: usize, stride: i32, hasBias: i32, hOut: usize): void {
@@ -467,101 +530,38 @@ export function ffn_swiglu_q8_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n:
 
 // ---------------------------------------------------------------- split kernels (threads build)
 //
-// One FFN call split over threads in two phases (src/kernels/pool.ts), together
-// bit-identical to ffn_relu_* / ffn_swiglu_* (and their _ptrs forms) for any split:
-//  1. ffn_relu_h / ffn_swiglu_h: the activations of neurons [n0, n1) into h
-//     (n0 a multiple of NB = 64, n1 too unless n1 = n), so each batch — and every
-//     row's dot arithmetic — is the one the whole call makes. h may be hOut.
-//  2. ffn_down_cols: out[j0, j1) from all n activations (j0 a multiple of 8, j1
-//     too unless j1 = d). Every thread walks the same h sequence with the same
-//     4-row queue (same h == 0 skips, same f16 large-coefficient rule) over its
-//     columns only; the axpys' arithmetic for a column does not depend on the
-//     others (their 8-wide SIMD blocks start at multiples of 8), so each out[j]
-//     is exactly the single call's sum.
-// q8 splits out's columns at multiples of 32 (its down scales are per 32 columns).
-// t: 0 = f32, 1 = f16, 2 = int8, 3 = q8. ptrs != 0: the u32 pointer table of the _ptrs
-// forms (up/gate/down arguments ignored).
+// One FFN call (ffn_relu_* / ffn_swiglu_* and their _ptrs forms) split over
+// threads by its neuron ranges (src/kernels/pool.ts): ffn_ranges computes ranges
+// [r0, r1), range 0 into out and range r > 0 into parts + (r - 1) * d f32; then
+// ffn_ranges_sum adds ranges 1.. to out in order. Each range is the one the
+// whole call computes (its own queue, records read on end), so together they
+// are bit-identical to it for any split.
+// kind: the dtype t (0 f32, 1 f16, 2 int8, 3 q8) | 8 gated | 16 bias | afn << 5.
+// ptrs != 0: the u32 pointer table of the _ptrs forms (gate/up/down ignored).
 
-export function ffn_relu_h(t: i32, x: usize, d: i32, n: i32, up: usize, stride: i32, ptrs: usize, hasBias: i32, h: usize, n0: i32, n1: i32): void {
-  const dd = <usize>d, st = <usize>stride, e = <usize>n1;
+export function ffn_ranges(kind: i32, out: usize, parts: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, ptrs: usize, hOut: usize, athr: f32, r0: i32, r1: i32): void {
+  const t = kind & 7, dd = <usize>d, nn = <usize>n, R = ffnRanges(dd);
   prepare_x(t, x, dd);
-  const off = tailOffset(t, dd);
-  const biasOff = biasOffset(t, dd);
-  const nb = batchOf(t);
-  const span = min(st, biasOff + 4); // the up part only (down: ffn_down_cols)
-  let sink: u32 = 0;
-  for (let b = <usize>n0; b < e; b += nb) {
-    const m = min(nb, e - b);
-    sink += touch_parts(up, st, ptrs, 2, 1, b + nb, min(b + 2 * nb, e), off, span);
-    if (ptrs) dots(t, HB, 0, 0, ptrs + ((b * 2) << 2), 8, x, m, dd);
-    else dots(t, HB, up + b * st, st, 0, 0, x, m, dd);
-    for (let k: usize = 0; k < m; k++) {
-      const i = b + k;
-      const u = partAt(up, st, ptrs, 2, 0, i);
-      let hv = load<f32>(HB + (k << 2));
-      if (t == T_I8) hv *= load<f32>(u + off);
-      if (hasBias) hv += load<f32>(u + biasOff);
-      store<f32>(h + (i << 2), max<f32>(hv, 0));
-    }
+  for (let r = <usize>r0; r < <usize>r1; r++) {
+    if (r > 0 && rangeStart(nn, R, r) == rangeStart(nn, R, r + 1)) continue;
+    ffn_range_into(t, (kind & 8) != 0, r == 0 ? out : parts + (r - 1) * (dd << 2), x, dd, nn, gate, up, down, <usize>stride, ptrs, (kind & 16) != 0, hOut, kind >> 5, athr, r);
   }
-  touched += sink;
 }
 
-export function ffn_swiglu_h(t: i32, x: usize, d: i32, n: i32, gate: usize, up: usize, stride: i32, ptrs: usize, h: usize, n0: i32, n1: i32, afn: i32, athr: f32): void {
-  const dd = <usize>d, st = <usize>stride, e = <usize>n1;
-  prepare_x(t, x, dd);
-  const off = tailOffset(t, dd);
-  const UB = HB + (NB << 2);
-  const nb = batchOf(t);
-  const span = min(st, 2 * (biasOffset(t, dd) + 4)); // gate and up parts (down: ffn_down_cols)
-  let sink: u32 = 0;
-  for (let b = <usize>n0; b < e; b += nb) {
-    const m = min(nb, e - b);
-    sink += touch_parts(gate, st, ptrs, 3, 2, b + nb, min(b + 2 * nb, e), off, span);
-    gate_up_dots(t, HB, UB, gate, up, st, ptrs, b, x, m, dd);
-    for (let k: usize = 0; k < m; k++) {
-      const i = b + k;
-      let g = load<f32>(HB + (k << 2)), u = load<f32>(UB + (k << 2));
-      if (t == T_I8) {
-        g *= load<f32>(partAt(gate, st, ptrs, 3, 0, i) + off);
-        u *= load<f32>(partAt(up, st, ptrs, 3, 1, i) + off);
-      }
-      store<f32>(h + (i << 2), glu1(afn, athr, g, u));
-    }
-  }
-  touched += sink;
+/** Neuron ranges of an FFN over d columns (1: nothing to split). */
+export function ffn_range_count(d: i32): i32 {
+  return <i32>ffnRanges(<usize>d);
 }
 
-/** How far ahead ffn_down_cols touches down rows (measured best of 1-24 at d = 768, q8). */
-const DOWN_AHEAD: usize = 2;
-/** nParts: 2 (relu: down is part 1) or 3 (swiglu: part 2). */
-export function ffn_down_cols(t: i32, out: usize, d: i32, n: i32, down: usize, stride: i32, ptrs: usize, nParts: i32, h: usize, j0: i32, j1: i32): void {
-  const dd = <usize>d, st = <usize>stride, np = <usize>nParts;
-  const w = <usize>(j1 - j0);
-  const o = out + (<usize>j0 << 2);
-  memory.fill(o, 0, w << 2);
-  qn = 0;
-  const off = tailOffset(t, dd);
-  const co: usize = t == T_F32 ? <usize>j0 << 2 : t == T_F16 ? <usize>j0 << 1 : <usize>j0;
-  const so: usize = off + ((<usize>j0 / QG) << 2); // q8: j0 is a multiple of 32
-  const m = <usize>n;
-  const wb: usize = t == T_F32 ? w << 2 : t == T_F16 ? w << 1 : w; // bytes of this range in a down row
-  let sink: u32 = 0;
-  for (let i: usize = 0; i < m; i++) {
-    // Touch the down row DOWN_AHEAD neurons on (a byte per cache line): wasm has no prefetch, and this
-    // second pass over the records, a slice of each, otherwise waits on memory (q8, 2 threads: -15% time)
-    const ia = i + DOWN_AHEAD;
-    if (ia < m && load<f32>(h + (ia << 2)) != 0) {
-      const pp = partAt(down, st, ptrs, np, np - 1, ia) + co;
-      for (let c: usize = 0; c < wb; c += 64) sink += load<u8>(pp + c);
-      sink += load<u8>(pp + wb - 1);
-    }
-    const hv = load<f32>(h + (i << 2));
-    if (hv != 0) {
-      const dp = partAt(down, st, ptrs, np, np - 1, i);
-      push(t, o, w, dp + co, dp + so, t == T_I8 ? hv * load<f32>(dp + off) : hv);
-    }
+/** Bytes of ffn_ranges' `parts` for d columns: ranges 1.. of d f32 each. */
+export function ffn_parts_bytes(d: i32): i32 {
+  return <i32>((ffnRanges(<usize>d) - 1) * (<usize>d << 2));
+}
+
+/** Adds ranges 1.. of a split FFN call (ffn_ranges: parts) to out, in order, as the whole call does. */
+export function ffn_ranges_sum(out: usize, parts: usize, d: i32, n: i32): void {
+  const dd = <usize>d, nn = <usize>n, R = ffnRanges(dd);
+  for (let r: usize = 1; r < R; r++) {
+    if (rangeStart(nn, R, r) != rangeStart(nn, R, r + 1)) add_partial(out, parts + (r - 1) * (dd << 2), dd);
   }
-  flush(t, o, w);
-  touched += sink; // keeps the touching loads
 }

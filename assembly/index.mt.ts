@@ -6,7 +6,7 @@
 export * from "./index";
 export { matvec_f32_rows, matvec_f16_rows, matvec_i8_prepare, matvec_i8_rows, matvec_q8_rows } from "./matvec";
 export { attention_heads } from "./attention";
-export { ffn_relu_h, ffn_swiglu_h, ffn_down_cols } from "./ffn";
+export { ffn_ranges, ffn_ranges_sum, ffn_range_count, ffn_parts_bytes } from "./ffn";
 export { gate_act_rows, gated_h, gated_down } from "./gated";
 export { matmul_rows, ffn_batch_act, ffn_batch_down } from "./batch";
-export { matvec_q4_prepare, matvec_q4_rows, q4_ffn_relu_h, q4_ffn_swiglu_h, q4_ffn_down_cols, q4_gate_act_rows, q4_gated_h, q4_gated_down } from "./q4";
+export { matvec_q4_prepare, matvec_q4_rows, q4_ffn_ranges, q4_gate_act_rows, q4_gated_h, q4_gated_down } from "./q4";

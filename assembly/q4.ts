@@ -25,9 +25,9 @@
 
 import { hsum, hsum_i32, hsum4_i32, F16_SCALE, f16_upper_exact, f16_bits_lo } from "./simd";
 import { quantize_x, QB, f16_to_f32 } from "./gemv";
-import { XQ, ACC, HB, QP, QA, QS, UPS, MAXD_I8, FFN_NB, GATED_GB } from "./arena";
+import { XQ, ACC, HB, QP, QA, QS, UPS, PT, MAXD_I8, FFN_NB, GATED_GB } from "./arena";
 import { act_gate, act_up, glu1, silu, ACT_SILU } from "./activation";
-import { touch_parts, keep_touched } from "./ffn";
+import { touch_parts, keep_touched, ffnRanges, rangeStart, add_partial } from "./ffn";
 
 /** Values per group (one f16 scale each). */
 export const Q4G: usize = 32;
@@ -497,14 +497,16 @@ function dots(dst: usize, p: usize, stride: usize, ptrs: usize, pstep: usize, x:
   return ptrs ? <usize>load<u32>(ptrs + ((i * nParts + p) << 2)) : base + i * stride;
 }
 
-/** Activations of neurons [n0, n1) (n0 a multiple of NB) into h (relu: up·x + bias). */
-function relu_h(x: usize, d: usize, up: usize, stride: usize, ptrs: usize, hasBias: bool, h: usize, n0: usize, n1: usize, out: usize, down: usize): void {
+/**
+ * Neurons [n0, n1) (n0 a multiple of NB): relu(up·x + bias) into h (when given),
+ * down rows queued into out; batches touch the next one's records up to neuron nt.
+ */
+function relu_h(x: usize, d: usize, up: usize, stride: usize, ptrs: usize, hasBias: bool, h: usize, n0: usize, n1: usize, nt: usize, out: usize, down: usize): void {
   const bo = q4BiasAt(d), so = q4ScaleAt(d);
   let sink: u32 = 0;
   for (let b = n0; b < n1; b += NB) {
     const m = min(NB, n1 - b);
-    // the next batch's records (ffn.ts touch_parts); without out (threads' first phase) the up parts only
-    sink += touch_parts(up, stride, ptrs, 2, out ? 2 : 1, b + NB, min(b + 2 * NB, n1), so, out ? stride : min(stride, bo + 4));
+    sink += touch_parts(up, stride, ptrs, 2, 2, b + NB, min(b + 2 * NB, nt), so, stride); // the next batch's records (ffn.ts)
     if (ptrs) dots(HB, 0, 0, ptrs + ((b * 2) << 2), 8, x, m, d);
     else dots(HB, up + b * stride, stride, 0, 0, x, m, d);
     for (let k: usize = 0; k < m; k++) {
@@ -513,7 +515,7 @@ function relu_h(x: usize, d: usize, up: usize, stride: usize, ptrs: usize, hasBi
       if (hasBias) hv += load<f32>(partAt(up, stride, ptrs, 2, 0, i) + bo);
       hv = max<f32>(hv, 0); // NaN stays NaN (and is not skipped)
       if (h) store<f32>(h + (i << 2), hv);
-      if (out && hv != 0) {
+      if (hv != 0) {
         const dp = partAt(down, stride, ptrs, 2, 1, i);
         push(out, d, dp, dp + so, hv);
       }
@@ -522,14 +524,14 @@ function relu_h(x: usize, d: usize, up: usize, stride: usize, ptrs: usize, hasBi
   keep_touched(sink);
 }
 
-/** Gated: h = glu1(afn, athr, gate·x, up·x) of neurons [n0, n1); with out, the down rows too. */
-function gated_batch(x: usize, d: usize, gate: usize, up: usize, stride: usize, ptrs: usize, h: usize, n0: usize, n1: usize, afn: i32, athr: f32, out: usize, down: usize): void {
+/** Gated: h = glu1(afn, athr, gate·x, up·x) of neurons [n0, n1) into h (when given), down rows queued into out; nt as relu_h. */
+function gated_batch(x: usize, d: usize, gate: usize, up: usize, stride: usize, ptrs: usize, h: usize, n0: usize, n1: usize, nt: usize, afn: i32, athr: f32, out: usize, down: usize): void {
   const so = q4ScaleAt(d);
   const UB = HB + (NB << 2);
   let sink: u32 = 0;
   for (let b = n0; b < n1; b += NB) {
     const m = min(NB, n1 - b);
-    sink += touch_parts(gate, stride, ptrs, 3, out ? 3 : 2, b + NB, min(b + 2 * NB, n1), so, out ? stride : min(stride, 2 * (q4BiasAt(d) + 4)));
+    sink += touch_parts(gate, stride, ptrs, 3, 3, b + NB, min(b + 2 * NB, nt), so, stride);
     if (ptrs) {
       dots(HB, 0, 0, ptrs + ((b * 3) << 2), 12, x, m, d);
       dots(UB, 0, 0, ptrs + ((b * 3 + 1) << 2), 12, x, m, d);
@@ -541,7 +543,7 @@ function gated_batch(x: usize, d: usize, gate: usize, up: usize, stride: usize, 
       const i = b + k;
       const hv = glu1(afn, athr, load<f32>(HB + (k << 2)), load<f32>(UB + (k << 2)));
       if (h) store<f32>(h + (i << 2), hv);
-      if (out && hv != 0) {
+      if (hv != 0) {
         const dp = partAt(down, stride, ptrs, 3, 2, i);
         push(out, d, dp, dp + so, hv);
       }
@@ -550,20 +552,36 @@ function gated_batch(x: usize, d: usize, gate: usize, up: usize, stride: usize, 
   keep_touched(sink);
 }
 
-function ffn_relu(out: usize, x: usize, d: usize, n: usize, up: usize, down: usize, stride: usize, ptrs: usize, hasBias: bool, hOut: usize): void {
-  memory.fill(out, 0, d << 2);
+/** Range r of an FFN into dst (x prepared; ffn.ts ffn_range_into): neurons [a, b) with their own queue. */
+function range_into(gated: bool, dst: usize, x: usize, d: usize, n: usize, gate: usize, up: usize, down: usize, stride: usize, ptrs: usize, hasBias: bool, hOut: usize, afn: i32, athr: f32, r: usize): void {
+  const R = ffnRanges(d), a = rangeStart(n, R, r), b = rangeStart(n, R, r + 1);
+  memory.fill(dst, 0, d << 2);
   qn = 0;
-  prepare(x, d);
-  relu_h(x, d, up, stride, ptrs, hasBias, hOut, 0, n, out, down);
-  flush(out, d);
+  if (gated) gated_batch(x, d, gate, up, stride, ptrs, hOut, a, b, n, afn, athr, dst, down);
+  else relu_h(x, d, up, stride, ptrs, hasBias, hOut, a, b, n, dst, down);
+  flush(dst, d);
 }
 
-function ffn_gated3(out: usize, x: usize, d: usize, n: usize, gate: usize, up: usize, down: usize, stride: usize, ptrs: usize, hOut: usize, afn: i32, athr: f32): void {
-  memory.fill(out, 0, d << 2);
-  qn = 0;
+/** The whole FFN: range 0 into out, each later non-empty range into PT, then added (ffn.ts ffn_all). */
+function ffn_all(gated: bool, out: usize, x: usize, d: usize, n: usize, gate: usize, up: usize, down: usize, stride: usize, ptrs: usize, hasBias: bool, hOut: usize, afn: i32, athr: f32): void {
   prepare(x, d);
-  gated_batch(x, d, gate, up, stride, ptrs, hOut, 0, n, afn, athr, out, down);
-  flush(out, d);
+  range_into(gated, out, x, d, n, gate, up, down, stride, ptrs, hasBias, hOut, afn, athr, 0);
+  const R = ffnRanges(d);
+  for (let r: usize = 1; r < R; r++) {
+    if (rangeStart(n, R, r) == rangeStart(n, R, r + 1)) continue;
+    range_into(gated, PT, x, d, n, gate, up, down, stride, ptrs, hasBias, hOut, afn, athr, r);
+    add_partial(out, PT, d);
+  }
+}
+
+// @ts-ignore: decorator
+@inline function ffn_relu(out: usize, x: usize, d: usize, n: usize, up: usize, down: usize, stride: usize, ptrs: usize, hasBias: bool, hOut: usize): void {
+  ffn_all(false, out, x, d, n, 0, up, down, stride, ptrs, hasBias, hOut, 0, 0);
+}
+
+// @ts-ignore: decorator
+@inline function ffn_gated3(out: usize, x: usize, d: usize, n: usize, gate: usize, up: usize, down: usize, stride: usize, ptrs: usize, hOut: usize, afn: i32, athr: f32): void {
+  ffn_all(true, out, x, d, n, gate, up, down, stride, ptrs, false, hOut, afn, athr);
 }
 
 /** out[d] = sum_i relu(up_i . x + bias_i) * down_i over q4 records (hOut: 0 or n f32 activations). */
@@ -629,34 +647,18 @@ export function ffn_gated_q4_ptrs(out: usize, x: usize, d: i32, ptrs: usize, n: 
 //
 // Same argument lists as ffn.ts / gated.ts's split kernels (the dtype code t
 // is ignored: always q4), so the pool fills one slot layout for every dtype;
-// together bit-identical to the whole calls for the same splits (neurons at
-// multiples of 64, rows at multiples of 8, down columns at multiples of 32).
+// together bit-identical to the whole calls for any split (FFN neuron ranges,
+// gated neurons at multiples of 64, rows at multiples of 8, down columns at
+// multiples of 32).
 
-export function q4_ffn_relu_h(t: i32, x: usize, d: i32, n: i32, up: usize, stride: i32, ptrs: usize, hasBias: i32, h: usize, n0: i32, n1: i32): void {
-  prepare(x, <usize>d);
-  relu_h(x, <usize>d, up, <usize>stride, ptrs, hasBias != 0, h, <usize>n0, <usize>n1, 0, 0);
-}
-
-export function q4_ffn_swiglu_h(t: i32, x: usize, d: i32, n: i32, gate: usize, up: usize, stride: i32, ptrs: usize, h: usize, n0: i32, n1: i32, afn: i32, athr: f32): void {
-  prepare(x, <usize>d);
-  gated_batch(x, <usize>d, gate, up, <usize>stride, ptrs, h, <usize>n0, <usize>n1, afn, athr, 0, 0);
-}
-
-/** out[j0, j1) from all n activations; nParts 2 (relu) or 3 (gated); j0 a multiple of 32. */
-export function q4_ffn_down_cols(t: i32, out: usize, d: i32, n: i32, down: usize, stride: i32, ptrs: usize, nParts: i32, h: usize, j0: i32, j1: i32): void {
-  const dd = <usize>d, st = <usize>stride, np = <usize>nParts, w = <usize>(j1 - j0);
-  const o = out + (<usize>j0 << 2);
-  memory.fill(o, 0, w << 2);
-  qn = 0;
-  const co = <usize>j0 >> 1, so = q4ScaleAt(dd) + ((<usize>j0 >> 5) << 1);
-  for (let i: usize = 0; i < <usize>n; i++) {
-    const hv = load<f32>(h + (i << 2));
-    if (hv != 0) {
-      const dp = partAt(down, st, ptrs, np, np - 1, i);
-      push(o, w, dp + co, dp + so, hv);
-    }
+/** ffn.ts ffn_ranges for q4 records (kind's dtype bits ignored); ffn_ranges_sum adds the parts. */
+export function q4_ffn_ranges(kind: i32, out: usize, parts: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, down: usize, stride: i32, ptrs: usize, hOut: usize, athr: f32, r0: i32, r1: i32): void {
+  const dd = <usize>d, nn = <usize>n, R = ffnRanges(dd);
+  prepare(x, dd);
+  for (let r = <usize>r0; r < <usize>r1; r++) {
+    if (r > 0 && rangeStart(nn, R, r) == rangeStart(nn, R, r + 1)) continue;
+    range_into((kind & 8) != 0, r == 0 ? out : parts + (r - 1) * (dd << 2), x, dd, nn, gate, up, down, <usize>stride, ptrs, (kind & 16) != 0, hOut, kind >> 5, athr, r);
   }
-  flush(o, w);
 }
 
 export function q4_gate_act_rows(t: i32, out: usize, x: usize, d: i32, n: i32, gate: usize, stride: i32, r0: i32, r1: i32, afn: i32, athr: f32): void {

@@ -32,19 +32,23 @@
  *
  * --versus DIR: another build of the kernels (a wasm/ directory, e.g. of an
  * older commit: `git worktree add /tmp/old <rev> && (cd /tmp/old && npm install
- * && npm run build:wasm)`, then `--versus /tmp/old/wasm`). Each row also opens
- * the model with those kernels, alternates the two round by round (this build,
- * then that one), and prints this build's speed over that one's: the median of
- * the per-round ratios, so load that comes and goes hits both alike.
+ * && npm run build:wasm)`, then `--versus /tmp/old/wasm`), or a whole checkout
+ * (a directory with src/node.ts and a built wasm/: `--versus /tmp/old`), whose
+ * own openModel then runs in this process, for changes to the host too. Each
+ * row also opens the model with that build, alternates the two round by round
+ * (this build, then that one), and prints this build's speed over that one's:
+ * the median of the per-round ratios, so load that comes and goes hits both alike.
  *
  * Threads: each row opens the model with `{ threads: n }` and reports what
  * `model.threading` says ran (a fallback to one thread is noted with its reason),
  * and its prompt and decode speed-ups over the same dtype's one-thread row.
  */
 import { simdOption } from './relaxed-simd.js';
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { FormatError } from '../src/errors.js';
 import type { DType } from '../src/format/types.js';
 import { relaxedSimdSupported } from '../src/kernels/load.js';
@@ -76,7 +80,12 @@ async function versusKernels(dir: string): Promise<Pick<OpenOptions, 'wasm' | 'w
   });
   return { wasm: await file(relaxed ? 'flashlm.relaxed.wasm' : 'flashlm.wasm'), wasmThreads: await file(relaxed ? 'flashlm.mt.relaxed.wasm' : 'flashlm.mt.wasm') };
 }
-const versusOptions = versusDir === undefined ? undefined : await versusKernels(versusDir);
+/** --versus a checkout: its own openModel (its host code and its wasm/). */
+const versusCheckout = versusDir !== undefined && existsSync(join(resolve(versusDir), 'src', 'node.ts'));
+type Open = (path: string, opts: OpenOptions) => Promise<Model>;
+const versusOpen: Open | undefined = versusDir === undefined ? undefined
+  : versusCheckout ? ((await import(pathToFileURL(join(resolve(versusDir), 'src', 'node.ts')).href)) as { openModel: Open }).openModel
+  : ((o) => (path: string, opts: OpenOptions) => openModel(path, { ...opts, ...o }))(await versusKernels(versusDir));
 
 interface Row {
   dtype: DType;
@@ -117,7 +126,7 @@ for (const dtype of dtypes) {
     const openS = (performance.now() - t0) / 1000;
     let vmodel: Model | undefined;
     try {
-      if (versusOptions) vmodel = await openModel(flmPath(dtype), { contextLength: CONTEXT, threads: n, simd: simdOption, ...versusOptions });
+      if (versusOpen) vmodel = await versusOpen(flmPath(dtype), { contextLength: CONTEXT, threads: n, simd: simdOption });
       const threads = model.threading.threads;
       if (threads !== n) notes.push(`${dtype}: asked for ${n} thread(s), ran ${threads}: ${model.threading.fallbackReason ?? 'no reason given'}`);
 
@@ -199,7 +208,7 @@ for (const r of rows) {
   const v = r.versus ? ` | ${pad(r.versus.promptTokS.toFixed(1), 14)} ${pad(r.versus.decodeTokS.toFixed(1), 7)} ${pad(times(r.versus.promptRatio), 9)} ${pad(times(r.versus.decodeRatio), 9)}` : '';
   console.log(`${r.dtype.padEnd(5)} ${pad(r.threads, 7)} ${pad(r.promptTokS.toFixed(2), 12)} ${pad(r.decodeTokS.toFixed(2), 12)} ${pad(r.promptOverDecode.toFixed(2), 13)} ${pad(times(speedup(r, 'promptTokS')), 9)} ${pad(times(speedup(r, 'decodeTokS')), 9)}  ${r.kernels}${v}`);
 }
-if (versusDir !== undefined) console.log(`versus: the kernels in ${versusDir}, alternated round by round; ÷ = this build's speed over that one's (median of per-round ratios)`);
+if (versusDir !== undefined) console.log(`versus: ${versusCheckout ? 'the checkout' : 'the kernels'} in ${versusDir}, alternated round by round; ÷ = this build's speed over that one's (median of per-round ratios)`);
 for (const note of new Set(notes)) console.log(`note: ${note}`);
 // The benchmark itself adds about 1 to the load average (one busy thread); more than that is someone else.
 if (load0[0]! > cores / 2 || load1[0]! > cores / 2 + 1) {

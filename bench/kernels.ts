@@ -4,6 +4,7 @@
  *
  *   node --import=tsx bench/kernels.ts [--rows 4096] [--cols 4096] [--reps 15]
  *     [--resident 64] [--batch 32] [--mt-rows 4096] [--mt-cols 11008] [--threads N] [--no-threads]
+ *     [--only-threads] [--versus-grain BYTES]
  *     [--simd auto|plain|relaxed]
  *
  * --simd picks the kernels build (src/kernels/load.ts kernelsUrl; default auto:
@@ -25,6 +26,9 @@
  * os.availableParallelism()), round-robin like above; prints each thread count's
  * median and its speed-up over one thread (target: 2 threads >= 1.7x), and checks
  * that every thread count's output is byte-identical to one thread's.
+ * --versus-grain BYTES adds, for each thread count above one, a pool that cuts
+ * calls into chunks of that many weight bytes (the pool's `grain`), interleaved
+ * with the default; --only-threads runs this table alone.
  *
  * Each kernel gets its own weight matrix (so none is served from another's
  * cache), is warmed up, then all kernels run round-robin `reps` times (so
@@ -35,7 +39,7 @@
  */
 
 import { availableParallelism } from 'node:os';
-import { createArena, loadKernels, kernelsUrl, relaxedSimdSupported, simdBuild, DEFAULT_WASM_URL, RELAXED_WASM_URL, type SimdMode } from '../src/kernels/load.js';
+import { createArena, loadKernels, kernelsUrl, relaxedSimdSupported, simdBuild, DEFAULT_WASM_URL, RELAXED_WASM_URL, PROBE_ARENA_BYTES, type SimdMode } from '../src/kernels/load.js';
 import { createPool, poolBytes, threadsUnavailableReason, type KernelPool } from '../src/kernels/pool.js';
 import { encodeF16, encodeI8Row, encodeQ4Row, encodeQ8Row, q4Groups, q4RowBytes, q8Groups } from '../src/kernels/quant.js';
 
@@ -60,6 +64,8 @@ const x = new Float32Array(cols);
 for (let i = 0; i < cols; i++) x[i] = rand() * 2 - 1;
 
 const align = (p: number) => (p + 63) & ~63;
+const median = (a: number[]) => { const s = [...a].sort((p, q) => p - q); const m = s.length >> 1; return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2; };
+const pad = (s: string | number, w: number) => String(s).padStart(w);
 const bytesNeeded = n * (4 + 2 + 2 + 1 + 1 + 1) + rows * 4 * 4 + cols * 16 + (1 << 20) + 40 * (rows + cols) * 4 * 4 + 40 * cols * 64;
 const memory = createArena(bytesNeeded + 65536 * 4);
 const k = await loadKernels(memory, kernelsUrl(false, simdMode));
@@ -126,6 +132,12 @@ const cases: Case[] = [
   { name: 'js_f32_loop', bytesPerWeight: 4, run: jsMatvec, times: [] },
 ];
 
+if (process.argv.includes('--only-threads')) {
+  const threads = await benchThreads();
+  console.log(JSON.stringify({ bench: 'kernels', node: process.version, reps, threads }));
+  process.exit(0);
+}
+
 // sanity: the three kernels agree with the JS loop (guards against benchmarking a broken build)
 jsMatvec();
 for (const c of cases.slice(0, 6)) {
@@ -145,7 +157,6 @@ for (let i = 0; i < reps; i++) {
   }
 }
 
-const median = (a: number[]) => { const s = [...a].sort((p, q) => p - q); const m = s.length >> 1; return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2; };
 const flops = 2 * rows * cols;
 const results = cases.map((c) => {
   const ms = median(c.times), best = Math.min(...c.times);
@@ -161,7 +172,6 @@ const results = cases.map((c) => {
 const by = Object.fromEntries(results.map((r) => [r.name, r]));
 const ratio = (a: string) => +(by[a]!.gbs / by.matvec_f32!.gbs).toFixed(3);
 
-const pad = (s: string | number, w: number) => String(s).padStart(w);
 console.log(`matvec ${rows}x${cols}, median of ${reps} (best in brackets), weights-only GB/s; kernels build: ${simdBuild(k)}`);
 console.log(`${'kernel'.padEnd(12)} ${pad('ms', 16)} ${pad('GFLOP/s', 9)} ${pad('GB/s', 16)}`);
 for (const r of results) {
@@ -348,16 +358,18 @@ async function benchThreads() {
   }
   const nn = mtRows * mtCols;
   const limits = { maxPositions: 1, maxNeurons: 1 };
-  const probe = await loadKernels(createArena(2 * 65536, { shared: true }), kernelsUrl(true, simdMode));
-  const counts = Array.from({ length: maxThreads }, (_, i) => i + 1);
-  const poolTotal = counts.reduce((s, t) => s + align(poolBytes(probe, t, limits)), 0);
+  const probe = await loadKernels(createArena(PROBE_ARENA_BYTES, { shared: true }), kernelsUrl(true, simdMode));
+  // --versus-grain N: each thread count > 1 also runs with chunks of N weight bytes (pool option grain), interleaved
+  const versusGrain = arg('versus-grain', 0);
+  const cfgs = Array.from({ length: maxThreads }, (_, i) => i + 1).flatMap((t) => (versusGrain > 0 && t > 1 ? [{ t }, { t, grain: versusGrain }] : [{ t }]));
+  const poolTotal = cfgs.reduce((s, c) => s + align(poolBytes(probe, c.t, limits)), 0);
   const mem = createArena(probe.heap_base() + poolTotal + nn * (4 + 2 + 1) + mtRows * 4 * 4 + mtCols * 16 + (1 << 20), { shared: true });
   const mk = await loadKernels(mem, kernelsUrl(true, simdMode));
   let at = align(mk.heap_base());
   const pools: KernelPool[] = [];
-  for (const t of counts) {
-    pools.push(await createPool(mk, { threads: t, region: at, ...limits }));
-    at = align(at + poolBytes(mk, t, limits));
+  for (const c of cfgs) {
+    pools.push(await createPool(mk, { threads: c.t, region: at, ...limits, ...(c.grain ? { grain: c.grain } : {}) }));
+    at = align(at + poolBytes(mk, c.t, limits));
   }
   const bytesU8 = () => new Uint8Array(mem.buffer);
   const place = (src: ArrayBufferView) => {
@@ -387,7 +399,7 @@ async function benchThreads() {
     { name: 'matvec_f16', bpw: 2, run: (k: typeof mk) => k.matvec_f16(OM, M16, XM, 0, mtRows, mtCols) },
     { name: 'matvec_i8', bpw: 1, run: (k: typeof mk) => k.matvec_i8(OM, M8, S8m, XM, 0, mtRows, mtCols, SCM) },
   ];
-  const cells = kinds.flatMap((kd) => pools.map((p) => ({ kind: kd, pool: p, times: [] as number[] })));
+  const cells = kinds.flatMap((kd) => pools.map((p, i) => ({ kind: kd, pool: p, grain: cfgs[i]!.grain, times: [] as number[] })));
   // identical outputs for every thread count (the pool's contract), then warm-up
   for (const kd of kinds) {
     let ref: Uint8Array | null = null;
@@ -415,13 +427,13 @@ async function benchThreads() {
     const one = median(mine[0]!.times);
     const rowsOut = mine.map((c) => {
       const ms = median(c.times), best = Math.min(...c.times);
-      const r = { threads: c.pool.threads, ms: +ms.toFixed(3), bestMs: +best.toFixed(3), gbs: +((nn * kd.bpw) / ms / 1e6).toFixed(2), speedup: +(one / ms).toFixed(2) };
-      console.log(`${kd.name.padEnd(12)} ${pad(r.threads, 7)} ${pad(`${ms.toFixed(2)} [${best.toFixed(2)}]`, 16)} ${pad(r.gbs.toFixed(2), 8)} ${pad(`${r.speedup.toFixed(2)}x`, 9)}`);
+      const r = { threads: c.pool.threads, ...(c.grain ? { grain: c.grain } : {}), ms: +ms.toFixed(3), bestMs: +best.toFixed(3), gbs: +((nn * kd.bpw) / ms / 1e6).toFixed(2), speedup: +(one / ms).toFixed(2) };
+      console.log(`${kd.name.padEnd(12)} ${pad(r.threads, 7)} ${pad(`${ms.toFixed(2)} [${best.toFixed(2)}]`, 16)} ${pad(r.gbs.toFixed(2), 8)} ${pad(`${r.speedup.toFixed(2)}x`, 9)}${c.grain ? `  (chunks of ${c.grain} bytes)` : ''}`);
       return r;
     });
     return { name: kd.name, rows: mtRows, cols: mtCols, byThreads: rowsOut };
   });
-  const two = out.map((o) => o.byThreads.find((r) => r.threads === 2)?.speedup).filter((v): v is number => v !== undefined);
+  const two = out.map((o) => o.byThreads.find((r) => r.threads === 2 && !('grain' in r))?.speedup).filter((v): v is number => v !== undefined);
   if (two.length) console.log(`target 2 threads >= 1.7x: ${two.every((v) => v >= 1.7) ? 'met' : 'NOT met'} (${out.map((o, i) => `${o.name} ${two[i]}x`).join(', ')})`);
   return { rows: mtRows, cols: mtCols, results: out };
 }

@@ -8,10 +8,10 @@ import { AbortedError, ArgumentError } from './errors.js';
 import type { FlmHeader } from './format/layout.js';
 import { openFlm, type FlmFile } from './format/reader.js';
 import type { ArchConfig } from './format/types.js';
-import { createArena, kernelsUrl, loadKernels, simdBuild, type SimdBuild, type SimdMode } from './kernels/load.js';
+import { createArena, kernelsUrl, loadKernels, simdBuild, type SimdBuild, type SimdMode, PROBE_ARENA_BYTES } from './kernels/load.js';
 import { createPool, planThreads, type KernelPool } from './kernels/pool.js';
 import type { Kernels } from './kernels/types.js';
-import { Arena, WASM_PAGE, sizeOption } from './engine/arena.js';
+import { Arena, sizeOption } from './engine/arena.js';
 import { ResidentFfn } from './engine/ffn.js';
 import { planMemory, type MemoryPlan, type PlanOptions, type Strategy } from './plan.js';
 export { STRATEGIES, type Strategy, type MemoryPlan } from './plan.js';
@@ -261,7 +261,7 @@ export class Model {
         }
       }
       // A probe instance tells the kernels' static size and scratch needs before the arena exists.
-      const probe = await loadKernels(createArena(WASM_PAGE * 2, { shared: tp.shared }), wasm);
+      const probe = await loadKernels(createArena(PROBE_ARENA_BYTES, { shared: tp.shared }), wasm);
       const plan = planMemory(file, probe, { ...options, threads: tp.threads }, contextLength);
       const memory = createArena(plan.arenaBytes, { shared: tp.shared });
       const kernels = await loadKernels(memory, wasm);
@@ -273,6 +273,7 @@ export class Model {
         region: plan.poolBytes ? arena.alloc('threads', plan.poolBytes) : 0,
         maxPositions: contextLength,
         maxNeurons: a.ffnDim,
+        maxDim: a.dModel,
         batchScratchBytes: plan.batchScratchBytes,
       });
       fallbackReason ??= pool.fallbackReason;

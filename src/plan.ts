@@ -106,7 +106,7 @@ export function planMemory(file: FlmFile, k: Kernels, options: PlanOptions, cont
   /** Activations, KV cache and scratch at a block size. */
   const working = (batch: number) => {
     const batchScratchBytes = batch > 1 ? k.batch_scratch_bytes(batch, maxColumns(file)) : 0;
-    const pool = poolBytes(k, threads, { maxPositions: contextLength, maxNeurons: a.ffnDim, batchScratchBytes });
+    const pool = poolBytes(k, threads, { maxPositions: contextLength, maxNeurons: a.ffnDim, maxDim: a.dModel, batchScratchBytes });
     return { batchScratchBytes, pool, bytes: k.heap_base() + Transformer.workingBytes(file, contextLength, batch, k, kvDtype) + pool + SLACK };
   };
   // The streaming FFN's lists, buffers and (gate mode) resident gate rows: arena bytes outside the cache.

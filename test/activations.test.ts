@@ -17,7 +17,7 @@ import { rng, normalish, buildRecords, dot64, quantErrBound, F32_REL, type Dtype
 const ARENA = 64 << 20;
 const DATA = 8 << 20;
 const T_BATCH = 3;
-const LIMITS = { maxPositions: 64, maxNeurons: 1024, batchScratchBytes: 0 };
+const LIMITS = { maxPositions: 64, maxNeurons: 1024, maxDim: 1024, batchScratchBytes: 0 };
 
 let st: Kernels;
 let mt: Kernels;

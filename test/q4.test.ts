@@ -355,7 +355,7 @@ async function twoModules(t: ExecutionContext, batch: { T: number; cols: number 
   const ARENA = 64 << 20, DATA = 16 << 20;
   const st = await loadKernels(createArena(ARENA), DEFAULT_WASM_URL);
   const mt = await loadKernels(createArena(ARENA, { shared: true }), DEFAULT_MT_WASM_URL);
-  const limits = { maxPositions: 64, maxNeurons: 2048, ...(batch ? { batchScratchBytes: mt.batch_scratch_bytes(batch.T, batch.cols) } : {}) };
+  const limits = { maxPositions: 64, maxNeurons: 2048, maxDim: 1024, ...(batch ? { batchScratchBytes: mt.batch_scratch_bytes(batch.T, batch.cols) } : {}) };
   const region = Math.ceil(mt.heap_base() / 64) * 64;
   t.true(region + poolBytes(mt, 2, limits) < DATA);
   const pool: KernelPool = await createPool(mt, { threads: 2, region, ...limits, minWork: 0 });

@@ -28,7 +28,7 @@ const ARENA = 160 << 20;
 /** Inputs start here in both arenas (above both modules' static data and the pools' regions). */
 const DATA = 8 << 20;
 /** batchScratchBytes: batch_scratch_bytes(BT, BCOLS), set once the module is loaded. */
-const LIMITS = { maxPositions: 512, maxNeurons: 2048, batchScratchBytes: 0 };
+const LIMITS = { maxPositions: 512, maxNeurons: 2048, maxDim: 1024, batchScratchBytes: 0 };
 const BT = 7, BCOLS = 1030;
 
 let st: Kernels; // wasm/flashlm.wasm on an unshared arena
@@ -254,7 +254,46 @@ test.serial('ffn f16: activations >= 2^15 (1-row path) and inf in down rows; int
   ffnCase(t, { L: { dtype: 'q8', kind: 'relu', d: 33000, n: 70, hasBias: true, bundled: true }, sparse: false }, 3004);
 });
 
-test.serial('ffn without hOut and n > maxNeurons runs on the caller alone, identical', (t) => {
+/** Random bundled gated records of n neurons over d columns at the start of a reset M: their layout and part pointers. */
+function swigluRecords(dtype: Dtype, d: number, n: number, r: () => number) {
+  M.reset();
+  const L: FfnLayout = { dtype, kind: 'swiglu', d, n, hasBias: false, bundled: true };
+  const R = buildRecords(L, [0, 1, 2].map(() => normalish(r, n * d, 0.3)), null, r);
+  const base = M.put(R.bytes, 0);
+  return { R, p: R.partOff.map((o) => base + o) };
+}
+
+test.serial('an FFN is the fixed-order sum of its 8 neuron ranges (64-aligned), each a call of its own: what lets threads take ranges', (t) => {
+  // range r of n neurons starts at min(n, ceil(floor(r * n / 8) / 64) * 64) (assembly/ffn.ts rangeStart)
+  const start = (n: number, r: number) => Math.min(n, Math.ceil(Math.floor((r * n) / 8) / 64) * 64);
+  let seed = 3200;
+  for (const dtype of ['f32', 'q8'] as Dtype[]) {
+    // n <= 512: every range has at most 64 neurons, so a call on one range is a single range itself
+    for (const [d, n] of [[48, 500], [40, 200]] as const) {
+      const r = rng(seed++);
+      const { R, p } = swigluRecords(dtype, d, n, r);
+      const X = M.put(normalish(r, d)), O = M.out(d), P = M.out(d);
+      const s = sfx(dtype);
+      st[`ffn_swiglu_${s}`](O, X, d, n, p[0]!, p[1]!, p[2]!, R.stride, 0);
+      const whole = new Float32Array(new Uint8Array(st.memory.buffer, O, d * 4).slice().buffer);
+      const sum = new Float32Array(d);
+      let ranges = 0;
+      for (let k = 0; k < 8; k++) {
+        const a = start(n, k), e = start(n, k + 1);
+        if (a === e) continue;
+        ranges++;
+        const o = a * R.stride;
+        st[`ffn_swiglu_${s}`](P, X, d, e - a, p[0]! + o, p[1]! + o, p[2]! + o, R.stride, 0);
+        const part = new Float32Array(new Uint8Array(st.memory.buffer, P, d * 4).slice().buffer);
+        for (let j = 0; j < d; j++) sum[j] = Math.fround(sum[j]! + part[j]!);
+      }
+      t.true(ranges >= 3, `${dtype} d=${d} n=${n}: ${ranges} ranges`);
+      t.deepEqual(new Uint32Array(whole.buffer), new Uint32Array(sum.buffer), `${dtype} d=${d} n=${n}: the whole call is the ranges' sum, in order`);
+    }
+  }
+});
+
+test.serial('ffn without hOut and n > maxNeurons (its ranges need no h buffer), identical', (t) => {
   ffnCase(t, { L: { dtype: 'f32', kind: 'relu', d: 24, n: LIMITS.maxNeurons + 100, hasBias: true, bundled: true }, sparse: true }, 3100);
 });
 
@@ -264,12 +303,8 @@ for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
   test.serial(`gate_act_${sfx(dtype)} and ffn_gated_${sfx(dtype)}_ptrs: byte-identical over 1-3 threads`, (t) => {
     let seed = 4000;
     for (const [d, n] of [[16, 40], [29, 70], [136, 203], [260, 600]] as const) {
-      M.reset();
       const r = rng(seed++);
-      const L: FfnLayout = { dtype, kind: 'swiglu', d, n, hasBias: false, bundled: true };
-      const R = buildRecords(L, [0, 1, 2].map(() => normalish(r, n * d, 0.3)), null, r);
-      const base = M.put(R.bytes, 0);
-      const p = R.partOff.map((o) => base + o);
+      const { R, p } = swigluRecords(dtype, d, n, r);
       const X = M.put(normalish(r, d)), ACT = M.out(n);
       const s = sfx(dtype);
       check(t, `gate_act_${s} d=${d} n=${n}`, [[ACT, n]], (k) => k[`gate_act_${s}`](ACT, X, d, n, p[0]!, R.stride));

@@ -49,3 +49,17 @@ export function four_records(out: usize, W: usize, x: usize, total: usize, rb: u
     for (let o: usize = 0; o < rd; o += rb) rows4(out, W + r * rec + o, q * rec, x, rb);
   }
 }
+
+/** Reads bytes [W, W + n) with 4 far streams and no arithmetic but an OR: the read rate with nothing to compute. */
+export function read_only(out: usize, W: usize, n: usize): void {
+  const q = (n >> 2) & ~(<usize>63);
+  let a = i32x4.splat(0), b = i32x4.splat(0), c = i32x4.splat(0), d = i32x4.splat(0);
+  for (let j: usize = 0; j < q; j += 64) {
+    const p = W + j;
+    a = v128.or(a, v128.or(v128.or(v128.load(p), v128.load(p, 16)), v128.or(v128.load(p, 32), v128.load(p, 48))));
+    b = v128.or(b, v128.or(v128.or(v128.load(p + q), v128.load(p + q, 16)), v128.or(v128.load(p + q, 32), v128.load(p + q, 48))));
+    c = v128.or(c, v128.or(v128.or(v128.load(p + 2 * q), v128.load(p + 2 * q, 16)), v128.or(v128.load(p + 2 * q, 32), v128.load(p + 2 * q, 48))));
+    d = v128.or(d, v128.or(v128.or(v128.load(p + 3 * q), v128.load(p + 3 * q, 16)), v128.or(v128.load(p + 3 * q, 32), v128.load(p + 3 * q, 48))));
+  }
+  v128.store(out, v128.or(v128.or(a, b), v128.or(c, d)));
+}

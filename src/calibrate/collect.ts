@@ -6,9 +6,9 @@
  */
 import { AbortedError } from '../errors.js';
 import type { FlmFile } from '../format/reader.js';
-import { createArena, loadKernels } from '../kernels/load.js';
+import { createArena, loadKernels, PROBE_ARENA_BYTES } from '../kernels/load.js';
 import type { Kernels } from '../kernels/types.js';
-import { Arena, WASM_PAGE } from '../engine/arena.js';
+import { Arena } from '../engine/arena.js';
 import { ResidentFfn, exactZeros, type FfnProvider } from '../engine/ffn.js';
 import { planMemory } from '../plan.js';
 import { Transformer } from '../engine/transformer.js';
@@ -61,7 +61,7 @@ export async function denseWithHook(
   wasm?: BufferSource | WebAssembly.Module | URL | string,
 ): Promise<{ transformer: Transformer; kernels: Kernels; arena: Arena }> {
   const { dModel: d, ffnDim: n } = file.header.arch;
-  const probe = await loadKernels(createArena(WASM_PAGE * 2), wasm);
+  const probe = await loadKernels(createArena(PROBE_ARENA_BYTES), wasm);
   const plan = planMemory(file, probe, { strategy: 'dense' }, contextLength);
   const memory = createArena(plan.arenaBytes + n * 4 + 4096);
   const kernels = await loadKernels(memory, wasm);

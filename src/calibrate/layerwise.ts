@@ -14,7 +14,7 @@
 import { AbortedError, ArgumentError } from '../errors.js';
 import type { FlmFile } from '../format/reader.js';
 import type { SectionEntry, TensorEntry } from '../format/layout.js';
-import { createArena, loadKernels } from '../kernels/load.js';
+import { createArena, loadKernels, PROBE_ARENA_BYTES } from '../kernels/load.js';
 import { createPool, planThreads, poolBytes, type KernelPool } from '../kernels/pool.js';
 import type { Kernels } from '../kernels/types.js';
 import { Arena, WASM_PAGE } from '../engine/arena.js';
@@ -122,9 +122,9 @@ export async function forEachLayer(
 
   // Threads need a shared arena and the threads build, decided before the arena exists.
   const tp = opts.wasm === undefined ? await planThreads(opts.threads) : { threads: 1, shared: false, wasm: opts.wasm };
-  const probe = await loadKernels(createArena(WASM_PAGE * 2, { shared: tp.shared }), tp.wasm);
+  const probe = await loadKernels(createArena(PROBE_ARENA_BYTES, { shared: tp.shared }), tp.wasm);
   const batchScratch = probe.batch_scratch_bytes(T, maxCols);
-  const limits = { maxPositions: context, maxNeurons: n, batchScratchBytes: batchScratch };
+  const limits = { maxPositions: context, maxNeurons: n, maxDim: d, batchScratchBytes: batchScratch };
   const regionBytes = tp.threads > 1 ? poolBytes(probe, tp.threads, limits) : 0;
   const rows = (cols: number) => T * cols * 4 + 64;
   const bytes =

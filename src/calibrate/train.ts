@@ -6,7 +6,7 @@
  * its own. The decision threshold is then tuned for a recall target.
  */
 import { AbortedError, ArgumentError } from '../errors.js';
-import { createArena, loadKernels } from '../kernels/load.js';
+import { createArena, loadKernels, PROBE_ARENA_BYTES } from '../kernels/load.js';
 import { createPool, planThreads, poolBytes, type KernelPool } from '../kernels/pool.js';
 import type { Kernels } from '../kernels/types.js';
 import { Arena, WASM_PAGE } from '../engine/arena.js';
@@ -122,7 +122,7 @@ export class PredictorTrainer {
     // threads 0: every core (planThreads' default), as calibrate passes it.
     const tp = wasm === undefined && threads !== 1 ? await planThreads(threads) : { threads: 1, shared: false, wasm };
     const T = batch;
-    const probe = await loadKernels(createArena(WASM_PAGE * 2, { shared: tp.shared }), tp.wasm);
+    const probe = await loadKernels(createArena(PROBE_ARENA_BYTES, { shared: tp.shared }), tp.wasm);
     const floats = capacity * d + 4 * (rank * d + n * rank + n) + T * (3 * rank + 2 * n + d + 2 * rank) + rank * n + initScratchFloats(d, n, rank);
     const scratch = mmScratchBytes(probe, d, n, rank, batch);
     const poolRegion = tp.threads > 1 ? poolBytes(probe, tp.threads, { maxPositions: 1, maxNeurons: 1, batchScratchBytes: scratch }) : 0;

@@ -12,6 +12,11 @@ import { ArgumentError } from '../errors.js';
 
 /** Bytes per WebAssembly page. */
 export const WASM_PAGE = 65536;
+/**
+ * Arena bytes enough for the kernels' static area alone (~200 KB: heap_base()),
+ * for a module loaded only to ask it sizes (batch_scratch_bytes, poolBytes ...).
+ */
+export const PROBE_ARENA_BYTES = 8 * WASM_PAGE;
 /** Largest wasm32 memory: 65536 pages = 4 GiB. */
 export const MAX_PAGES = 65536;
 

@@ -10,10 +10,13 @@
  * single-threaded kernels for any thread count:
  *   - matvec / gate_act: output rows at multiples of 8 (so the dots' single-row remainder stays the same);
  *   - attention: heads (each thread its own scores scratch);
- *   - FFN: (a) activations over neurons at multiples of 64 (the FFN batch) into
- *     hOut or the pool's h buffer, then (b) out's columns at multiples of 8 (q8: 32), each
- *     chunk walking the whole h sequence with the same 4-row down queue (so these
- *     chunks are wide: at least 256 columns, one per thread at d = 768).
+ *   - FFN: by its neuron ranges (assembly/ffn.ts: the one-thread kernel, too, sums the
+ *     ranges' partial sums in a fixed order), each range's records read on end into the
+ *     pool's parts buffer, then added on the caller in order: one hand-off per FFN;
+ *   - batched FFN and gate mode: (a) activations over neurons at multiples of 64 (the FFN
+ *     batch) into hOut or the pool's h buffer, then (b) out's columns at multiples of 8
+ *     (q8, q4: 32), each chunk walking the whole h sequence with the same down queues (so
+ *     these chunks are wide: at least 256 columns, one per thread at d = 768).
  *
  * Dispatch: a job is a list of split calls (segments), each cut into chunks
  * (ranges of rows / heads / neurons / columns, ~GRAIN bytes of weights, at least
@@ -41,7 +44,7 @@
  *
  * Wiring (see docs in the report / README):
  *   const tp = await planThreads(options.threads);            // before the arena exists
- *   const probe = await loadKernels(createArena(2 * WASM_PAGE, { shared: tp.shared }), tp.wasm);
+ *   const probe = await loadKernels(createArena(PROBE_ARENA_BYTES, { shared: tp.shared }), tp.wasm);
  *   const extra = poolBytes(probe, tp.threads, { maxPositions, maxNeurons }); // add to the plan
  *   const memory = createArena(arenaBytes, { shared: tp.shared });
  *   const k = await loadKernels(memory, tp.wasm);
@@ -61,9 +64,10 @@ export interface SplitKernels {
   matvec_i8_rows(out: number, W: number, scales: number, bias: number, rows: number, cols: number, scratch: number, r0: number, r1: number): void;
   matvec_q8_rows(out: number, W: number, scales: number, bias: number, rows: number, cols: number, scratch: number, r0: number, r1: number): void;
   attention_heads(out: number, q: number, kCache: number, vCache: number, nHeads: number, nKvHeads: number, headDim: number, nPos: number, scale: number, scratch: number, h0: number, h1: number, kvF16: number): void;
-  ffn_relu_h(t: number, x: number, d: number, n: number, up: number, stride: number, ptrs: number, hasBias: number, h: number, n0: number, n1: number): void;
-  ffn_swiglu_h(t: number, x: number, d: number, n: number, gate: number, up: number, stride: number, ptrs: number, h: number, n0: number, n1: number, afn: number, athr: number): void;
-  ffn_down_cols(t: number, out: number, d: number, n: number, down: number, stride: number, ptrs: number, nParts: number, h: number, j0: number, j1: number): void;
+  ffn_ranges(kind: number, out: number, parts: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, ptrs: number, hOut: number, athr: number, r0: number, r1: number): void;
+  ffn_ranges_sum(out: number, parts: number, d: number, n: number): void;
+  ffn_range_count(d: number): number;
+  ffn_parts_bytes(d: number): number;
   gate_act_rows(t: number, out: number, x: number, d: number, n: number, gate: number, stride: number, r0: number, r1: number, afn: number, athr: number): void;
   gated_h(t: number, x: number, d: number, ptrs: number, n: number, act: number, h: number, n0: number, n1: number, afn: number, athr: number): void;
   gated_down(t: number, out: number, d: number, ptrs: number, n: number, h: number, j0: number, j1: number): void;
@@ -73,9 +77,7 @@ export interface SplitKernels {
   // q4 (assembly/q4.ts): matvec_q8's pair, and the FFN / gated range kernels with the same arguments as above (t ignored)
   matvec_q4_prepare(x: number, cols: number, scratch: number): void;
   matvec_q4_rows(out: number, W: number, scales: number, bias: number, rows: number, cols: number, scratch: number, r0: number, r1: number): void;
-  q4_ffn_relu_h(t: number, x: number, d: number, n: number, up: number, stride: number, ptrs: number, hasBias: number, h: number, n0: number, n1: number): void;
-  q4_ffn_swiglu_h(t: number, x: number, d: number, n: number, gate: number, up: number, stride: number, ptrs: number, h: number, n0: number, n1: number, afn: number, athr: number): void;
-  q4_ffn_down_cols(t: number, out: number, d: number, n: number, down: number, stride: number, ptrs: number, nParts: number, h: number, j0: number, j1: number): void;
+  q4_ffn_ranges(kind: number, out: number, parts: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, ptrs: number, hOut: number, athr: number, r0: number, r1: number): void;
   q4_gate_act_rows(t: number, out: number, x: number, d: number, n: number, gate: number, stride: number, r0: number, r1: number, afn: number, athr: number): void;
   q4_gated_h(t: number, x: number, d: number, ptrs: number, n: number, act: number, h: number, n0: number, n1: number, afn: number, athr: number): void;
   q4_gated_down(t: number, out: number, d: number, ptrs: number, n: number, h: number, j0: number, j1: number): void;
@@ -84,9 +86,9 @@ export interface SplitKernels {
 /** Job codes: index into OPS (the worker calls exports by these names). */
 const OPS = [
   'matvec_f32_rows', 'matvec_f16_rows', 'matvec_i8_rows', 'attention_heads',
-  'ffn_relu_h', 'ffn_swiglu_h', 'ffn_down_cols', 'gate_act_rows', 'gated_h', 'gated_down',
+  'ffn_ranges', 'gate_act_rows', 'gated_h', 'gated_down',
   'matmul_rows', 'ffn_batch_act', 'ffn_batch_down', 'matvec_q8_rows',
-  'matvec_q4_rows', 'q4_ffn_relu_h', 'q4_ffn_swiglu_h', 'q4_ffn_down_cols', 'q4_gate_act_rows', 'q4_gated_h', 'q4_gated_down',
+  'matvec_q4_rows', 'q4_ffn_ranges', 'q4_gate_act_rows', 'q4_gated_h', 'q4_gated_down',
 ] as const satisfies readonly (keyof SplitKernels)[];
 const OP = Object.fromEntries(OPS.map((n, i) => [n, i])) as Record<(typeof OPS)[number], number>;
 
@@ -96,6 +98,11 @@ export interface PoolLimits {
   maxPositions: number;
   /** Largest n of an FFN call without hOut (the FFN width): the shared activation buffer. */
   maxNeurons: number;
+  /**
+   * Largest d of an FFN call (the model's width): the one-token FFN's partial sums
+   * (ffn_parts_bytes(maxDim)). 0 (default) runs one-token FFN calls on the caller alone.
+   */
+  maxDim?: number;
   /**
    * Scratch each worker needs for the batched (prompt) kernels: batch_scratch_bytes(T, cols)
    * of the largest call; 0 (default) runs batched kernels on the caller alone.
@@ -119,6 +126,8 @@ export interface PoolOptions extends PoolLimits {
    * is 0). Results are the same either way.
    */
   adaptive?: boolean;
+  /** Bytes of weights per chunk of a split call (default GRAIN, 4 MiB; bench/kernels.ts --versus-grain compares others). */
+  grain?: number;
   /** Milliseconds a worker spins on the control block before sleeping in Atomics.wait (default 0.2). */
   spinMs?: number;
   /** Milliseconds to wait for workers to start (default 30000). */
@@ -154,8 +163,14 @@ export interface ThreadPlan {
 }
 
 const align64 = (n: number) => Math.ceil(n / 64) * 64;
-/** Weight bytes per chunk of a split call (see seg in createPool). */
-const GRAIN = 1 << 18;
+/**
+ * Weight bytes per chunk of a split call (see seg in createPool). Large, because
+ * a chunk is one dots call: its rows are read as 4 far streams (gemv.ts) only if
+ * it has many, and each f16 chunk scales x anew. 4 MiB against 256 KiB, 2 threads
+ * (bench/README "Chunks of a split matvec"): 4096x11008 f16 1.1-1.2x -> 1.8-1.95x
+ * of one thread, int8 1.35-1.47x -> 1.35-1.67x, f32 1.18-1.29x -> 1.32-1.36x.
+ */
+const GRAIN = 1 << 22;
 
 // ---- control block layout (Int32 indices; the region starts 64-byte aligned) ----
 // A job is a list of segments (one split kernel call each) cut into chunks
@@ -195,15 +210,22 @@ export function perThreadBytes(k: Kernels, limits: PoolLimits): number {
   return align64(scratch >>> 0) + align64(Math.max(1, limits.maxPositions) * 4) + align64(limits.batchScratchBytes ?? 0);
 }
 
+/** The one-token FFN's partial sums (ffn_ranges' parts) for FFNs up to limits.maxDim wide. */
+function partsBytes(k: Kernels, limits: PoolLimits): number {
+  const d = Math.max(0, limits.maxDim ?? 0);
+  return d > 0 ? align64(((k as Partial<SplitKernels>).ffn_parts_bytes?.(d) ?? 0) >>> 0) : 0;
+}
+
 /**
  * Arena bytes a pool of `threads` threads needs (0 for one thread): the control
- * block, the shared FFN activation buffer (maxNeurons f32) and, per worker
+ * block, the shared FFN activation buffer (maxNeurons f32), the FFN ranges' partial
+ * sums (the module's ffn_parts_bytes(maxDim)) and, per worker
  * (threads - 1 of them), perThreadBytes(k, limits). The caller's thread keeps the
  * module's default scratch (below heap_base) and the callers' attention scratch.
  */
 export function poolBytes(k: Kernels, threads: number, limits: PoolLimits): number {
   if (!(threads > 1)) return 0;
-  return ctrlBytes(threads) + align64(Math.max(1, limits.maxNeurons) * 4) + (threads - 1) * perThreadBytes(k, limits);
+  return ctrlBytes(threads) + align64(Math.max(1, limits.maxNeurons) * 4) + partsBytes(k, limits) + (threads - 1) * perThreadBytes(k, limits);
 }
 
 // ---------------------------------------------------------------- environment
@@ -432,7 +454,7 @@ const DT_BATCH = { f32: 0, f16: 1, i8: 2, q8: 3, q4: 4 } as const;
 const DT = DT_BATCH;
 /** Output-column split alignment of the FFN down passes: q8 and q4 down scales cover 32 columns. */
 const colAlign = (dt: number) => (dt === DT.q8 || dt === DT.q4 ? 32 : 8);
-type RangeKernel = 'ffn_relu_h' | 'ffn_swiglu_h' | 'ffn_down_cols' | 'gate_act_rows' | 'gated_h' | 'gated_down';
+type RangeKernel = 'ffn_ranges' | 'gate_act_rows' | 'gated_h' | 'gated_down';
 
 /** A pool that runs everything on the caller (threads = 1), with the reason when more were asked for. */
 function singlePool(k: Kernels, reason: string | null): KernelPool {
@@ -461,7 +483,7 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
   const reason = await threadsUnavailableReason();
   if (reason) return singlePool(k, reason);
 
-  const limits: PoolLimits = { maxPositions: Math.max(1, options.maxPositions | 0), maxNeurons: Math.max(1, options.maxNeurons | 0), batchScratchBytes: Math.max(0, options.batchScratchBytes ?? 0) };
+  const limits: PoolLimits = { maxPositions: Math.max(1, options.maxPositions | 0), maxNeurons: Math.max(1, options.maxNeurons | 0), maxDim: Math.max(0, options.maxDim ?? 0), batchScratchBytes: Math.max(0, options.batchScratchBytes ?? 0) };
   const bytes = poolBytes(k, threads, limits);
   const region = options.region >>> 0;
   if (region % 64 !== 0) throw new RangeError(`pool region must be 64-byte aligned, got ${region}`);
@@ -471,7 +493,8 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
   const ctrl = region;
   const hbuf = ctrl + ctrlBytes(threads);
   const perThread = perThreadBytes(k, limits);
-  const scratch0 = align64(hbuf + limits.maxNeurons * 4);
+  const parts = align64(hbuf + limits.maxNeurons * 4);
+  const scratch0 = parts + partsBytes(k, limits);
   const moduleScratch = align64(sk.thread_scratch_bytes() >>> 0);
   const workerScratch = (t: number) => scratch0 + (t - 1) * perThread; // t >= 1
   const workerScores = (t: number) => workerScratch(t) + moduleScratch;
@@ -484,6 +507,8 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
   const nWorkers = threads - 1;
   const spinMs = options.spinMs ?? 0.2;
   const minWork = options.minWork ?? 65536;
+  const grain = options.grain ?? GRAIN;
+  if (!(grain >= 1)) throw new RangeError(`grain must be a positive number of bytes, got ${options.grain}`);
   // ---- start the workers ----
   const handles: WorkerHandle[] = [];
   try {
@@ -640,7 +665,7 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
   /**
    * Adds a segment to the job: kernel `op` over the range [0, end), its lo / hi
    * at argument indices lo / hi, cut at multiples of `align` into chunks of
-   * about GRAIN bytes of weights (~15 µs of an f32 matvec from memory; claiming
+   * about `grain` bytes of weights (default GRAIN: ~130 µs of an f32 matvec from memory; claiming
    * one costs well under 1 µs), at least two per thread. Down passes
    * (`down`) are cut into wide column ranges instead (downChunks). minWork 0
    * (tests) cuts as finely as three per thread. `skind` 1 (attention scores) or
@@ -649,7 +674,7 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
    */
   const seg = (op: number, lo: number, hi: number, end: number, align: number, bytes: number, skind = 0, sarg = 0, down = false): number => {
     const blocks = Math.ceil(end / align);
-    const want = fine ? 3 * threads : down ? downChunks(end) : Math.max(2 * threads, Math.ceil(bytes / GRAIN));
+    const want = fine ? 3 * threads : down ? downChunks(end) : Math.max(2 * threads, Math.ceil(bytes / grain));
     const step = Math.ceil(blocks / Math.max(1, Math.min(blocks, MAX_CHUNKS, want))) * align;
     const n = Math.ceil(end / step);
     if (nseg === MAX_SEG || nchunks + n > MAX_CHUNKS) runJob(); // a full group: calls in it are independent
@@ -713,25 +738,23 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
   };
 
 
-  /** FFN in two jobs (activations over neurons, then the down pass over columns); false (caller runs the whole kernel) when not worth splitting. */
+  /**
+   * FFN by neuron ranges (ffn_ranges): range 0 into out, the others into the parts
+   * buffer, then added on the caller in order; false (the caller runs the whole
+   * kernel) when not worth splitting or wider than limits.maxDim.
+   */
   const ffn = (dt: number, swiglu: boolean, out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, ptrs: number, hasBias: number, hOut: number, afn = 0, athr = 0): boolean => {
     const nParts = swiglu ? 3 : 2;
-    if (closed || !split2(n * d * nParts) || (!hOut && n > limits.maxNeurons) || d < 16) return false;
-    runJob(); // a collecting inOneJob: the FFN's two jobs follow what was collected
-    const h = hOut || hbuf;
-    const bytes = n * d * BPW[dt]!;
-    if (swiglu) {
-      const b = seg(rk(dt, 'ffn_swiglu_h').op, 9, 10, n, 64, 2 * bytes);
-      A[b] = dt; A[b + 1] = x; A[b + 2] = d; A[b + 3] = n; A[b + 4] = gate; A[b + 5] = up; A[b + 6] = stride; A[b + 7] = ptrs; A[b + 8] = h;
-      A[b + 11] = afn; A[b + 12] = athr;
-    } else {
-      const b = seg(rk(dt, 'ffn_relu_h').op, 9, 10, n, 64, bytes);
-      A[b] = dt; A[b + 1] = x; A[b + 2] = d; A[b + 3] = n; A[b + 4] = up; A[b + 5] = stride; A[b + 6] = ptrs; A[b + 7] = hasBias; A[b + 8] = h;
-    }
+    if (closed || !split2(n * d * nParts) || d > limits.maxDim! || d < 16) return false;
+    const ranges = sk.ffn_range_count(d);
+    if (ranges < 2) return false;
+    runJob(); // a collecting inOneJob: the FFN's job follows what was collected
+    const b = seg(rk(dt, 'ffn_ranges').op, 13, 14, ranges, 1, n * d * nParts * BPW[dt]!);
+    A[b] = dt | (swiglu ? 8 : 0) | (hasBias ? 16 : 0) | (afn << 5); A[b + 1] = out; A[b + 2] = parts; A[b + 3] = x;
+    A[b + 4] = d; A[b + 5] = n; A[b + 6] = gate; A[b + 7] = up; A[b + 8] = down; A[b + 9] = stride; A[b + 10] = ptrs;
+    A[b + 11] = hOut; A[b + 12] = athr;
     runJob();
-    const b = seg(rk(dt, 'ffn_down_cols').op, 9, 10, d, colAlign(dt), bytes, 0, 0, true);
-    A[b] = dt; A[b + 1] = out; A[b + 2] = d; A[b + 3] = n; A[b + 4] = down; A[b + 5] = stride; A[b + 6] = ptrs; A[b + 7] = nParts; A[b + 8] = h;
-    runJob();
+    sk.ffn_ranges_sum(out, parts, d, n);
     return true;
   };
 

@@ -6,7 +6,7 @@
  * measures the same on converted real models.
  */
 import type { FlmFile } from '../format/reader.js';
-import { createArena, loadKernels } from '../kernels/load.js';
+import { createArena, loadKernels, PROBE_ARENA_BYTES } from '../kernels/load.js';
 import { Arena } from '../engine/arena.js';
 import { ResidentFfn, type FfnProvider } from '../engine/ffn.js';
 import { Transformer, residentSections } from '../engine/transformer.js';
@@ -36,7 +36,7 @@ export async function measureActivity(file: FlmFile, prompt: readonly number[], 
   const h = file.header;
   const { ffnDim: n, nLayers: L, vocabSize: V } = h.arch;
   const context = prompt.length + generate;
-  const probe = await loadKernels(createArena(1 << 17));
+  const probe = await loadKernels(createArena(PROBE_ARENA_BYTES));
   const resident = residentSections(file).reduce((s, x) => s + x.length, 0);
   const ffn = h.ffn.reduce((s, f) => s + file.section(f.section).length, 0);
   const bytes = probe.heap_base() + resident + ffn + Transformer.workingBytes(file, context, 1, probe) + n * 4 + 4096 * (residentSections(file).length + 2) + (1 << 20);
