@@ -649,8 +649,8 @@ export function ffn_batch_down(t: i32, out: usize, ldo: i32, T: i32, d: i32, n: 
   }
 }
 
-/** Neurons [a, e) of the down pass into o[t][0, w) (rows lo bytes apart; columns c0.. of out), every token's queue fresh. */
-function down_range(t: i32, o0: usize, lo: usize, nT: usize, dd: usize, nn: usize, down: usize, st: usize, H: usize, S: usize, c0: usize, w: usize, a: usize, e: usize): void {
+/** Neurons [a, end) of the down pass into o0[t][0, w) (rows lo bytes apart; columns c0.. of out), every token's queue fresh. */
+function down_range(t: i32, o0: usize, lo: usize, nT: usize, dd: usize, nn: usize, down: usize, st: usize, H: usize, S: usize, c0: usize, w: usize, a: usize, end: usize): void {
   const ldh = nn << 2, Q = S + offQ(nT, dd), RG = S + offRG(nT, dd);
   const DD = S + offDD(nT, dd), PEND = S + offPEND(nT, dd), rowBytes = colsR(dd) << 2;
   const off = tailOffset(t, dd);
@@ -659,8 +659,8 @@ function down_range(t: i32, o0: usize, lo: usize, nT: usize, dd: usize, nn: usiz
     memory.fill(o0 + k * lo, 0, w << 2);
     store<u32>(Q + k * QSTRIDE, 0, 32);
   }
-  for (let b: usize = a; b < e; b += NB) {
-    const m = min(NB, e - b);
+  for (let b: usize = a; b < end; b += NB) {
+    const m = min(NB, end - b);
     // this batch's down rows as f32 (columns c0.. at the row start); f32 rows are used in place
     if (t != T_F32) {
       for (let j: usize = 0; j < m; j++) {

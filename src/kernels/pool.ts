@@ -45,11 +45,11 @@
  * Wiring (see docs in the report / README):
  *   const tp = await planThreads(options.threads);            // before the arena exists
  *   const probe = await loadKernels(createArena(PROBE_ARENA_BYTES, { shared: tp.shared }), tp.wasm);
- *   const extra = poolBytes(probe, tp.threads, { maxPositions, maxNeurons }); // add to the plan
+ *   const extra = poolBytes(probe, tp.threads, { maxPositions, maxNeurons, maxDim }); // add to the plan
  *   const memory = createArena(arenaBytes, { shared: tp.shared });
  *   const k = await loadKernels(memory, tp.wasm);
  *   const region = arena.alloc('threads', extra);
- *   const pool = await createPool(k, { threads: tp.threads, region, maxPositions, maxNeurons });
+ *   const pool = await createPool(k, { threads: tp.threads, region, maxPositions, maxNeurons, maxDim });
  *   ... use pool.kernels instead of k ...; await pool.close() when the model closes.
  */
 
@@ -167,8 +167,8 @@ const align64 = (n: number) => Math.ceil(n / 64) * 64;
  * Weight bytes per chunk of a split call (see seg in createPool). Large, because
  * a chunk is one dots call: its rows are read as 4 far streams (gemv.ts) only if
  * it has many, and each f16 chunk scales x anew. 4 MiB against 256 KiB, 2 threads
- * (bench/README "Chunks of a split matvec"): 4096x11008 f16 1.1-1.2x -> 1.8-1.95x
- * of one thread, int8 1.35-1.47x -> 1.35-1.67x, f32 1.18-1.29x -> 1.32-1.36x.
+ * (bench/README "Chunks of a split matvec"): 4096x11008 f16 1.0-1.2x -> 1.6-1.95x
+ * of one thread, int8 1.35-1.47x -> 1.35-1.73x, f32 about the same (DRAM-bound).
  */
 const GRAIN = 1 << 22;
 
