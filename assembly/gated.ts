@@ -123,8 +123,8 @@ export function gated_i8_max_d(): i32 {
 //
 // src/kernels/pool.ts splits these over threads, bit-identical to the whole calls:
 // gate_act_rows: gate_act over neurons [r0, r1) (r0 a multiple of 8, r1 too unless
-// r1 = n: the dots' single-row remainder stays the same); ffn_gated in two phases as the
-// FFN kernels (ffn.ts): gated_h, the activations act[i]·(up_i·x) of neurons
+// r1 = n: the dots' single-row remainder stays the same); ffn_gated in two phases (as
+// the batched FFN, batch.ts): gated_h, the activations act[i]·(up_i·x) of neurons
 // [n0, n1) (n0 a multiple of GB = 64) into h, then gated_down, columns [j0, j1)
 // of out (multiples of 8) from all of h, one axpy1 per nonzero h as ffn_gated.
 // t: 0 = f32, 1 = f16, 2 = int8, 3 = q8 (its down columns split at multiples of 32).

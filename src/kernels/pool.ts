@@ -896,7 +896,8 @@ export interface JobGroup {
  * wait. The calls must not read each other's outputs (e.g. the q, k and v
  * projections of one input; note a quantized matvec's scratch is an output: calls
  * sharing it must share x). Calls that are not split run at once on the caller,
- * and the FFN kernels (two jobs each) run at once after what was collected.
+ * and the FFN kernels (one job each; batched and gated ones two) run at once after
+ * what was collected.
  */
 export function jobGroup(k: Kernels): JobGroup | null {
   return oneJob.get(k) ?? null;
