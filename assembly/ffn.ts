@@ -282,23 +282,23 @@ function dots(t: i32, dst: usize, p: usize, stride: usize, ptrs: usize, pstep: u
 let touched: u32 = 0;
 
 /**
- * Touches a byte per cache line of the first `np` parts (pb bytes each) of
- * neurons [i0, i1): the next batch, while this one computes. wasm has no
- * prefetch instruction, and the FFN's record-by-record reads otherwise wait
- * on DRAM (decode 1.12-1.56x; bench/README "Far rows"). Returns a sum to keep.
- * base: part 0 of neuron 0; without ptrs, `span` bytes from there (<= stride) are touched.
+ * Touches a byte per cache line of the nParts parts (pb bytes each) of neurons
+ * [i0, i1): the next batch, while this one computes. wasm has no prefetch
+ * instruction, and the FFN's record-by-record reads otherwise wait on DRAM
+ * (decode 1.12-1.56x; bench/README "Far rows"). Returns a sum to keep.
+ * base: part 0 of neuron 0; without ptrs the whole record (stride bytes) is touched.
  */
-export function touch_parts(base: usize, stride: usize, ptrs: usize, nParts: usize, np: usize, i0: usize, i1: usize, pb: usize, span: usize): u32 {
+export function touch_parts(base: usize, stride: usize, ptrs: usize, nParts: usize, i0: usize, i1: usize, pb: usize): u32 {
   let s: u32 = 0;
   for (let i = i0; i < i1; i++) {
     if (ptrs) {
-      for (let p: usize = 0; p < np; p++) {
+      for (let p: usize = 0; p < nParts; p++) {
         const a = <usize>load<u32>(ptrs + ((i * nParts + p) << 2));
         for (let q = a; q < a + pb; q += 64) s += load<u8>(q);
       }
     } else {
-      const a = base + i * stride; // span bytes of the record (bundled), or of the row of a split layout's first matrix
-      for (let q = a; q < a + span; q += 64) s += load<u8>(q);
+      const a = base + i * stride; // the record (bundled), or the row of a split layout's first matrix
+      for (let q = a; q < a + stride; q += 64) s += load<u8>(q);
     }
   }
   return s;
@@ -362,7 +362,7 @@ function relu_range(t: i32, out: usize, x: usize, d: usize, n: usize, nt: usize,
   let sink: u32 = 0;
   for (let n0: usize = 0; n0 < n; n0 += nb) {
     const m = min(nb, n - n0);
-    sink += touch_parts(up, stride, ptrs, 2, 2, n0 + nb, min(n0 + 2 * nb, nt), off, stride);
+    sink += touch_parts(up, stride, ptrs, 2, n0 + nb, min(n0 + 2 * nb, nt), off);
     if (ptrs) dots(t, HB, 0, 0, ptrs + ((n0 * 2) << 2), 8, x, m, d);
     else dots(t, HB, up + n0 * stride, stride, 0, 0, x, m, d);
     for (let k: usize = 0; k < m; k++) {
@@ -393,7 +393,7 @@ function swiglu_range(t: i32, out: usize, x: usize, d: usize, n: usize, nt: usiz
   let sink: u32 = 0;
   for (let n0: usize = 0; n0 < n; n0 += nb) {
     const m = min(nb, n - n0);
-    sink += touch_parts(gate, stride, ptrs, 3, 3, n0 + nb, min(n0 + 2 * nb, nt), off, stride);
+    sink += touch_parts(gate, stride, ptrs, 3, n0 + nb, min(n0 + 2 * nb, nt), off);
     gate_up_dots(t, HB, UB, gate, up, stride, ptrs, n0, x, m, d);
     for (let k: usize = 0; k < m; k++) {
       const i = n0 + k;
@@ -433,6 +433,12 @@ function swiglu_range(t: i32, out: usize, x: usize, d: usize, n: usize, nt: usiz
   return min(n, ((r * n) / R + NB - 1) & ~(NB - 1));
 }
 
+/** Whether range r of n is empty (small n: its 64-aligned start equals the next one's). */
+// @ts-ignore: decorator
+@inline export function rangeEmpty(n: usize, R: usize, r: usize): bool {
+  return rangeStart(n, R, r) == rangeStart(n, R, r + 1);
+}
+
 /** out += p (d f32): adds a range's partial sum. */
 export function add_partial(out: usize, p: usize, d: usize): void {
   let j: usize = 0;
@@ -458,7 +464,7 @@ function ffn_all(t: i32, gated: bool, out: usize, x: usize, d: usize, n: usize, 
   ffn_range_into(t, gated, out, x, d, n, gate, up, down, stride, ptrs, hasBias, hOut, afn, athr, 0);
   const R = ffnRanges(d);
   for (let r: usize = 1; r < R; r++) {
-    if (rangeStart(n, R, r) == rangeStart(n, R, r + 1)) continue;
+    if (rangeEmpty(n, R, r)) continue;
     ffn_range_into(t, gated, PT, x, d, n, gate, up, down, stride, ptrs, hasBias, hOut, afn, athr, r);
     add_partial(out, PT, d);
   }
@@ -544,7 +550,7 @@ export function ffn_ranges(kind: i32, out: usize, parts: usize, x: usize, d: i32
   const t = kind & 7, dd = <usize>d, nn = <usize>n, R = ffnRanges(dd);
   prepare_x(t, x, dd);
   for (let r = <usize>r0; r < <usize>r1; r++) {
-    if (r > 0 && rangeStart(nn, R, r) == rangeStart(nn, R, r + 1)) continue;
+    if (r > 0 && rangeEmpty(nn, R, r)) continue;
     ffn_range_into(t, (kind & 8) != 0, r == 0 ? out : parts + (r - 1) * (dd << 2), x, dd, nn, gate, up, down, <usize>stride, ptrs, (kind & 16) != 0, hOut, kind >> 5, athr, r);
   }
 }
@@ -563,6 +569,6 @@ export function ffn_parts_bytes(d: i32): i32 {
 export function ffn_ranges_sum(out: usize, parts: usize, d: i32, n: i32): void {
   const dd = <usize>d, nn = <usize>n, R = ffnRanges(dd);
   for (let r: usize = 1; r < R; r++) {
-    if (rangeStart(nn, R, r) != rangeStart(nn, R, r + 1)) add_partial(out, parts + (r - 1) * (dd << 2), dd);
+    if (!rangeEmpty(nn, R, r)) add_partial(out, parts + (r - 1) * (dd << 2), dd);
   }
 }

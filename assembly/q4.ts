@@ -27,7 +27,7 @@ import { hsum, hsum_i32, hsum4_i32, F16_SCALE, f16_upper_exact, f16_bits_lo } fr
 import { quantize_x, QB, f16_to_f32 } from "./gemv";
 import { XQ, ACC, HB, QP, QA, QS, UPS, PT, MAXD_I8, FFN_NB, GATED_GB } from "./arena";
 import { act_gate, act_up, glu1, silu, ACT_SILU } from "./activation";
-import { touch_parts, keep_touched, ffnRanges, rangeStart, add_partial } from "./ffn";
+import { touch_parts, keep_touched, ffnRanges, rangeStart, rangeEmpty, add_partial } from "./ffn";
 
 /** Values per group (one f16 scale each). */
 export const Q4G: usize = 32;
@@ -506,7 +506,7 @@ function relu_h(x: usize, d: usize, up: usize, stride: usize, ptrs: usize, hasBi
   let sink: u32 = 0;
   for (let b = n0; b < n1; b += NB) {
     const m = min(NB, n1 - b);
-    sink += touch_parts(up, stride, ptrs, 2, 2, b + NB, min(b + 2 * NB, nt), so, stride); // the next batch's records (ffn.ts)
+    sink += touch_parts(up, stride, ptrs, 2, b + NB, min(b + 2 * NB, nt), so); // the next batch's records (ffn.ts)
     if (ptrs) dots(HB, 0, 0, ptrs + ((b * 2) << 2), 8, x, m, d);
     else dots(HB, up + b * stride, stride, 0, 0, x, m, d);
     for (let k: usize = 0; k < m; k++) {
@@ -531,7 +531,7 @@ function gated_batch(x: usize, d: usize, gate: usize, up: usize, stride: usize, 
   let sink: u32 = 0;
   for (let b = n0; b < n1; b += NB) {
     const m = min(NB, n1 - b);
-    sink += touch_parts(gate, stride, ptrs, 3, 3, b + NB, min(b + 2 * NB, nt), so, stride);
+    sink += touch_parts(gate, stride, ptrs, 3, b + NB, min(b + 2 * NB, nt), so);
     if (ptrs) {
       dots(HB, 0, 0, ptrs + ((b * 3) << 2), 12, x, m, d);
       dots(UB, 0, 0, ptrs + ((b * 3 + 1) << 2), 12, x, m, d);
@@ -568,7 +568,7 @@ function ffn_all(gated: bool, out: usize, x: usize, d: usize, n: usize, gate: us
   range_into(gated, out, x, d, n, gate, up, down, stride, ptrs, hasBias, hOut, afn, athr, 0);
   const R = ffnRanges(d);
   for (let r: usize = 1; r < R; r++) {
-    if (rangeStart(n, R, r) == rangeStart(n, R, r + 1)) continue;
+    if (rangeEmpty(n, R, r)) continue;
     range_into(gated, PT, x, d, n, gate, up, down, stride, ptrs, hasBias, hOut, afn, athr, r);
     add_partial(out, PT, d);
   }
@@ -656,7 +656,7 @@ export function q4_ffn_ranges(kind: i32, out: usize, parts: usize, x: usize, d: 
   const dd = <usize>d, nn = <usize>n, R = ffnRanges(dd);
   prepare(x, dd);
   for (let r = <usize>r0; r < <usize>r1; r++) {
-    if (r > 0 && rangeStart(nn, R, r) == rangeStart(nn, R, r + 1)) continue;
+    if (r > 0 && rangeEmpty(nn, R, r)) continue;
     range_into((kind & 8) != 0, r == 0 ? out : parts + (r - 1) * (dd << 2), x, dd, nn, gate, up, down, <usize>stride, ptrs, (kind & 16) != 0, hOut, kind >> 5, athr, r);
   }
 }
