@@ -80,12 +80,17 @@ async function versusKernels(dir: string): Promise<Pick<OpenOptions, 'wasm' | 'w
   });
   return { wasm: await file(relaxed ? 'flashlm.relaxed.wasm' : 'flashlm.wasm'), wasmThreads: await file(relaxed ? 'flashlm.mt.relaxed.wasm' : 'flashlm.mt.wasm') };
 }
+type Open = (path: string, opts: OpenOptions) => Promise<Model>;
 /** --versus a checkout: its own openModel (its host code and its wasm/). */
 const versusCheckout = versusDir !== undefined && existsSync(join(resolve(versusDir), 'src', 'node.ts'));
-type Open = (path: string, opts: OpenOptions) => Promise<Model>;
-const versusOpen: Open | undefined = versusDir === undefined ? undefined
-  : versusCheckout ? ((await import(pathToFileURL(join(resolve(versusDir), 'src', 'node.ts')).href)) as { openModel: Open }).openModel
-  : ((o) => (path: string, opts: OpenOptions) => openModel(path, { ...opts, ...o }))(await versusKernels(versusDir));
+
+/** How --versus DIR opens a model: the checkout's openModel, or this one's with DIR's kernels. */
+async function versusOpener(dir: string): Promise<Open> {
+  if (versusCheckout) return ((await import(pathToFileURL(join(resolve(dir), 'src', 'node.ts')).href)) as { openModel: Open }).openModel;
+  const kernels = await versusKernels(dir);
+  return (path, opts) => openModel(path, { ...opts, ...kernels });
+}
+const versusOpen = versusDir === undefined ? undefined : await versusOpener(versusDir);
 
 interface Row {
   dtype: DType;
