@@ -31,63 +31,100 @@ import { openModel, HttpSource } from './dist/bundle/flashlm.js';
 performance.setResourceTimingBufferSize(1 << 20);
 self.onmessage = async ({ data: r }) => {
   try {
-    performance.clearResourceTimings();
-    const src = await HttpSource.open(r.url, { init: { cache: r.cache ?? 'no-store' }, ...(r.connections ? { connections: r.connections } : {}), ...(r.http ?? {}) });
-    const multiRange = await src.multiRange();
-    const inFlight = src.hints.parallel;
-    const connectionPools = src.connectionPools;
-    const model = await openModel(src, { contextLength: r.contextLength, strategy: r.strategy, ...(r.sparsity ? { sparsity: r.sparsity } : {}), ...(r.window ? { window: r.window } : {}), ...(r.threads ? { threads: r.threads } : {}) });
-    const ids = [];
-    const t0 = performance.now();
-    let genStart = Infinity; // after the prompt and the first token: request timings are of the tokens after it
-    for await (const s of model.steps(r.prompt, { maxTokens: r.tokens + 1, temperature: 0 })) {
-      if (s.token < 0) continue;
-      ids.push(s.token);
-      if (ids.length === 1) genStart = performance.now();
-    }
-    const wallMs = performance.now() - t0;
-    // The prompt's passes warm the window cache: only generated tokens are averaged (as bench/flash-cdn.ts does in Node).
-    const all = model.stats.tokens;
-    const measured = all.slice(all.length - r.tokens);
-    const summary = model.stats.summary(measured);
-    const f = model.header.ffn[0];
-    const recordBytes = f.parts.length * f.partBytes;
-    const neededBytes = r.strategy === 'window' ? (measured.reduce((a, t) => a + (t.cacheLookups - t.cacheHits), 0) / measured.length) * recordBytes : null;
-    const ms = measured.map((t) => t.ms).sort((a, b) => a - b);
-    const threading = model.threading;
-    await model.close();
-    const protocols = {};
-    let requests = 0;
-    let failed = 0;
-    let queueMs = 0, wireMs = 0, timed = 0;
-    // The most requests on the wire at once: sent (requestStart, after any queueing in the browser) to last byte.
-    const edges = [];
-    const names = new Set([r.url, ...(r.http?.mirrors ?? [])]);
-    for (const e of performance.getEntriesByType('resource')) {
-      if (!names.has(e.name)) continue;
-      // a request that failed (the open's probe of the other credentials mode, refused by CORS) has no protocol
-      if (!e.nextHopProtocol) {
-        failed++;
-        continue;
-      }
-      requests++;
-      protocols[e.nextHopProtocol] = (protocols[e.nextHopProtocol] ?? 0) + 1;
-      if (e.requestStart > 0) edges.push([e.requestStart, 1], [e.responseEnd, -1]);
-      if (e.requestStart > 0 && e.startTime >= genStart) {
-        queueMs += e.requestStart - e.startTime;
-        wireMs += e.responseEnd - e.requestStart;
-        timed++;
-      }
-    }
-    edges.sort((x, y) => x[0] - y[0] || x[1] - y[1]);
-    let live = 0;
-    let maxConcurrent = 0;
-    for (const [, d] of edges) maxConcurrent = Math.max(maxConcurrent, (live += d));
-    self.postMessage({ ok: true, ids, summary: JSON.parse(JSON.stringify(summary)), neededBytes, msP50: ms[ms.length >> 1] ?? 0, wallMs, multiRange, inFlight, connectionPools, protocols, requests, failed, queueMs: timed ? queueMs / timed : null, wireMs: timed ? wireMs / timed : null, maxConcurrent, threading, isolated: self.crossOriginIsolated });
+    self.postMessage(await (r.shapes ? rounds(r) : generate(r)));
   } catch (e) {
     self.postMessage({ ok: false, error: String(e && e.stack ? e.stack : e) });
   }
 };
+
+// The network's part alone (no model): per shape [n, bytes], rounds of n range reads at once, alternating HttpSource.read
+// with plain fetch sent as the source sends it (Range, If-Range, the same cache mode, credentials alternating over its
+// pools, body as one arrayBuffer); ms per round for each.
+async function rounds(r) {
+  const src = await HttpSource.open(r.url, { init: { cache: 'default' } });
+  const etag = await fetch(r.url, { cache: 'default', headers: { range: 'bytes=0-0' } }).then(async (res) => (await res.arrayBuffer(), res.headers.get('etag')));
+  const other = new URL(r.url).origin === self.location.origin ? 'omit' : 'include';
+  let turn = 0;
+  const viaFetch = async (at, into) => {
+    const credentials = src.connectionPools > 1 && turn++ % 2 ? other : 'same-origin';
+    const res = await fetch(r.url, { cache: 'default', credentials, headers: { range: 'bytes=' + at + '-' + (at + into.length - 1), 'if-range': etag } });
+    if (res.status !== 206) throw new Error('fetch answered ' + res.status);
+    into.set(new Uint8Array(await res.arrayBuffer()));
+  };
+  const reads = { source: (at, into) => src.read(at, into), fetch: viaFetch };
+  const ms = { source: [], fetch: [] };
+  for (const [n, bytes] of r.shapes) {
+    const bufs = Array.from({ length: n }, () => new Uint8Array(bytes));
+    const times = { source: [], fetch: [] };
+    for (let k = 0; k < r.rounds; k++) {
+      for (const way of ['source', 'fetch']) {
+        const t0 = performance.now();
+        await Promise.all(bufs.map((b, i) => reads[way](((k * 97 + i * 13) % r.spanMiB) * 1048576, b)));
+        times[way].push(performance.now() - t0);
+        await new Promise((done) => setTimeout(done, 10));
+      }
+    }
+    for (const way of ['source', 'fetch']) ms[way].push(times[way].sort((a, b) => a - b)[times[way].length >> 1]);
+  }
+  await src.close();
+  return { ok: true, ms, connectionPools: src.connectionPools, inFlight: src.hints.parallel };
+}
+
+async function generate(r) {
+  performance.clearResourceTimings();
+  const src = await HttpSource.open(r.url, { init: { cache: r.cache ?? 'no-store' }, ...(r.connections ? { connections: r.connections } : {}), ...(r.http ?? {}) });
+  const multiRange = await src.multiRange();
+  const inFlight = src.hints.parallel;
+  const connectionPools = src.connectionPools;
+  const model = await openModel(src, { contextLength: r.contextLength, strategy: r.strategy, ...(r.sparsity ? { sparsity: r.sparsity } : {}), ...(r.window ? { window: r.window } : {}), ...(r.threads ? { threads: r.threads } : {}) });
+  const ids = [];
+  const t0 = performance.now();
+  let genStart = Infinity; // after the prompt and the first token: request timings are of the tokens after it
+  for await (const s of model.steps(r.prompt, { maxTokens: r.tokens + 1, temperature: 0 })) {
+    if (s.token < 0) continue;
+    ids.push(s.token);
+    if (ids.length === 1) genStart = performance.now();
+  }
+  const wallMs = performance.now() - t0;
+  // The prompt's passes warm the window cache: only generated tokens are averaged (as bench/flash-cdn.ts does in Node).
+  const all = model.stats.tokens;
+  const measured = all.slice(all.length - r.tokens);
+  const summary = model.stats.summary(measured);
+  const f = model.header.ffn[0];
+  const recordBytes = f.parts.length * f.partBytes;
+  const neededBytes = r.strategy === 'window' ? (measured.reduce((a, t) => a + (t.cacheLookups - t.cacheHits), 0) / measured.length) * recordBytes : null;
+  const ms = measured.map((t) => t.ms).sort((a, b) => a - b);
+  const threading = model.threading;
+  await model.close();
+  const protocols = {};
+  let requests = 0;
+  let failed = 0;
+  let queueMs = 0, wireMs = 0, timed = 0;
+  // The most requests on the wire at once: sent (requestStart, after any queueing in the browser) to last byte.
+  const edges = [];
+  const names = new Set([r.url, ...(r.http?.mirrors ?? [])]);
+  for (const e of performance.getEntriesByType('resource')) {
+    if (!names.has(e.name)) continue;
+    // a request that failed (the open's probe of the other credentials mode, refused by CORS) has no protocol
+    if (!e.nextHopProtocol) {
+      failed++;
+      continue;
+    }
+    requests++;
+    protocols[e.nextHopProtocol] = (protocols[e.nextHopProtocol] ?? 0) + 1;
+    if (e.requestStart > 0) edges.push([e.requestStart, 1], [e.responseEnd, -1]);
+    if (e.requestStart > 0 && e.startTime >= genStart) {
+      queueMs += e.requestStart - e.startTime;
+      wireMs += e.responseEnd - e.requestStart;
+      timed++;
+    }
+  }
+  edges.sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+  let live = 0;
+  let maxConcurrent = 0;
+  for (const [, d] of edges) maxConcurrent = Math.max(maxConcurrent, (live += d));
+  return { ok: true, ids, summary: JSON.parse(JSON.stringify(summary)), neededBytes, msP50: ms[ms.length >> 1] ?? 0, wallMs, multiRange, inFlight, connectionPools, protocols, requests, failed, queueMs: timed ? queueMs / timed : null, wireMs: timed ? wireMs / timed : null, maxConcurrent, threading, isolated: self.crossOriginIsolated };
+}
 `;
 
 /** Writes the page, the worker, the bundle (from src/browser.ts) and the kernels into `dir` (served at its root). */
@@ -174,8 +211,25 @@ export async function launchChromium(cert: Cert): Promise<Chromium> {
   };
 }
 
-/** Opens the model in a new module worker of `page`, generates, and returns what it measured (throws the worker's error). */
-export async function runInChromium(page: Page, req: RunRequest): Promise<ChromiumRun> {
+/** Rounds of `n` range reads of `bytes` at once (bench/flash-cdn.ts --floor): what the network costs a client per round, with no model. */
+export interface RoundsRequest {
+  url: string;
+  /** [reads at once, bytes each] per row. */
+  shapes: [number, number][];
+  rounds: number;
+  /** Reads start at whole MiB below this. */
+  spanMiB: number;
+}
+
+/** Median ms per round for each shape: through HttpSource.read, and through plain fetch sent the same way (no flashlm code). */
+export interface RoundsResult {
+  ms: { source: number[]; fetch: number[] };
+  connectionPools: number;
+  inFlight: number;
+}
+
+/** Runs a message in a new module worker of `page` and returns its answer (throws the worker's error). */
+async function inWorker(page: Page, req: object): Promise<Record<string, unknown>> {
   const r = await page.evaluate(
     (req) =>
       new Promise<{ ok: boolean; error?: string } & Record<string, unknown>>((resolve) => {
@@ -188,10 +242,19 @@ export async function runInChromium(page: Page, req: RunRequest): Promise<Chromi
           w.terminate();
           resolve({ ok: false, error: `worker error: ${e.message}` });
         };
-        w.postMessage({ contextLength: 256, ...req });
+        w.postMessage(req);
       }),
     req,
   );
   if (!r.ok) throw new Error(`Chromium run failed: ${r.error}`);
-  return r as unknown as ChromiumRun;
+  return r;
+}
+
+export async function readRoundsInChromium(page: Page, req: RoundsRequest): Promise<RoundsResult> {
+  return (await inWorker(page, req)) as unknown as RoundsResult;
+}
+
+/** Opens the model in a new module worker of `page`, generates, and returns what it measured (throws the worker's error). */
+export async function runInChromium(page: Page, req: RunRequest): Promise<ChromiumRun> {
+  return (await inWorker(page, { contextLength: 256, ...req })) as unknown as ChromiumRun;
 }

@@ -46,7 +46,7 @@ import { NodeHttpSource, type NodeHttpSourceOptions } from '../src/source/http-n
 import type { StatsSummary } from '../src/flash/stats.js';
 import { cdnProxyProcess } from '../test/helpers/cdn-proxy.js';
 import { makeCert, startNginx } from '../test/helpers/nginx.js';
-import { ISOLATION_HEADERS, launchChromium, runInChromium, writeSite, type Chromium } from './browser-cdn.js';
+import { ISOLATION_HEADERS, launchChromium, readRoundsInChromium, runInChromium, writeSite, type Chromium } from './browser-cdn.js';
 import { OPT_DIR, convertToBytes, optReference } from '../test/helpers/models.js';
 import { arg, argv, intArg } from './args.js';
 
@@ -65,6 +65,12 @@ const OUT = arg('out') ?? join(HERE, 'results', 'flash-cdn.json');
 const H2_ONLY = argv.includes('--h2-only');
 const CHROMIUM = !argv.includes('--no-chromium');
 const SHARDS = intArg('shards', 8, 1);
+const FLOOR_ROUNDS = intArg('floor-rounds', 15, 0);
+const FLOOR_SHAPES = (arg('floor-shapes') ?? '1x8192,4x294912,9x131072,12x98304,24x49152').split(',').map((x): [number, number] => {
+  const [n, bytes] = x.split('x').map(Number);
+  if (!Number.isInteger(n) || !Number.isInteger(bytes) || n! < 1 || bytes! < 1) throw new Error(`--floor-shapes: not READSxBYTES: ${x}`);
+  return [n!, bytes!];
+});
 if (H2_ONLY && !CHROMIUM) throw new Error('--h2-only and --no-chromium leave nothing to run');
 if (MODEL !== 'synth' && MODEL !== 'opt') throw new Error('--model must be synth or opt');
 for (const n of INFLIGHT) if (!Number.isInteger(n) || n < 1) throw new Error(`--inflight: not a positive integer: ${n}`);
@@ -154,6 +160,7 @@ async function main(): Promise<void> {
   await chmod(dir, 0o755);
   const rows: Row[] = [];
   const tlsRows: TlsRow[] = [];
+  const floorRows: FloorRow[] = [];
   let nginx: Awaited<ReturnType<typeof startNginx>> | undefined;
   let proxy: Awaited<ReturnType<typeof cdnProxyProcess>> | undefined;
   let tlsNginx: Awaited<ReturnType<typeof startNginx>> | undefined;
@@ -256,10 +263,21 @@ async function main(): Promise<void> {
           process.stderr.write(`  ${strategy} ${c.client}: ${r.summary.msPerToken.toFixed(0)} ms/token (${(r.wallMs / 1000).toFixed(1)} s)\n`);
         }
       }
+      // The network's part alone: one layer's reads as a round of n reads at once, without the model.
+      const spanMiB = Math.max(1, Math.floor(fileBytes / MiB) - 1);
+      for (const [protocol, url, options] of FLOOR_ROUNDS ? ([['h2', `${origin}/model.flm`, {}], ['HTTP/1.1', h1Url, { connections: 64 }]] as const) : []) {
+        const src = await NodeHttpSource.open(url, { ca: cert.pem, ...options });
+        const node = await readRounds((at, into) => src.read(at, into), FLOOR_SHAPES, FLOOR_ROUNDS, spanMiB);
+        await src.close();
+        const c = await readRoundsInChromium(page, { url, shapes: FLOOR_SHAPES, rounds: FLOOR_ROUNDS, spanMiB });
+        FLOOR_SHAPES.forEach(([n, bytes], i) => floorRows.push({ protocol, reads: n, bytes, nodeMs: node[i]!, chromiumMs: c.ms.source[i]!, fetchMs: c.ms.fetch[i]!, chromiumPools: c.connectionPools, chromiumInFlight: c.inFlight }));
+        process.stderr.write(`  rounds of reads over ${protocol}: done\n`);
+      }
     }
 
     if (rows.length) printRows(rows, ffnBytes);
     if (tlsRows.length) printTlsRows(tlsRows, ffnBytes, bestAfter(rows));
+    if (floorRows.length) printFloorRows(floorRows);
     const find = (s: Strategy, name: string, n: number) => rows.find((r) => r.strategy === s && r.config === name && r.inFlight === n);
     const hb = find('hybrid', BEFORE.name, 8);
     const ha = find('hybrid', 'after', 64);
@@ -272,7 +290,7 @@ async function main(): Promise<void> {
     const totalS = (performance.now() - started) / 1000;
     console.log(`# load average at end: ${loadavg().map((x) => x.toFixed(2)).join(' ')}; ${totalS.toFixed(0)} s in all`);
     await mkdir(dirname(OUT), { recursive: true });
-    await writeFile(OUT, JSON.stringify({ bench: 'flash --cdn', date: new Date().toISOString(), command, model: m.name, layers: h.arch.nLayers, ffnBytes, recordBytes, cdn: { rttMs: RTT, connMBps: CONN, linkMBps: LINK }, rows, tlsRows }, null, 1) + '\n');
+    await writeFile(OUT, JSON.stringify({ bench: 'flash --cdn', date: new Date().toISOString(), command, model: m.name, layers: h.arch.nLayers, ffnBytes, recordBytes, cdn: { rttMs: RTT, connMBps: CONN, linkMBps: LINK }, rows, tlsRows, floorRows }, null, 1) + '\n');
     console.log(`wrote ${relative(process.cwd(), OUT)}`);
   } finally {
     await chromium?.close();
@@ -284,6 +302,36 @@ async function main(): Promise<void> {
     await nginx?.stop();
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/** A round of reads without the model (--floor-rounds): Node's and Chromium's median ms for the same reads. */
+interface FloorRow {
+  protocol: string;
+  reads: number;
+  bytes: number;
+  nodeMs: number;
+  /** Chromium through HttpSource.read, and through plain fetch sent the same way. */
+  chromiumMs: number;
+  fetchMs: number;
+  chromiumPools: number;
+  chromiumInFlight: number;
+}
+
+/** Median ms of `rounds` rounds of n reads of `bytes` at once, per shape (10 ms apart, as layers are). */
+async function readRounds(read: (at: number, into: Uint8Array) => Promise<void>, shapes: [number, number][], rounds: number, spanMiB: number): Promise<number[]> {
+  const out: number[] = [];
+  for (const [n, bytes] of shapes) {
+    const bufs = Array.from({ length: n }, () => new Uint8Array(bytes));
+    const times: number[] = [];
+    for (let k = 0; k < rounds; k++) {
+      const t0 = performance.now();
+      await Promise.all(bufs.map((b, i) => read(((k * 97 + i * 13) % spanMiB) * MiB, b)));
+      times.push(performance.now() - t0);
+      await new Promise((done) => setTimeout(done, 10));
+    }
+    out.push(times.sort((a, b) => a - b)[times.length >> 1]!);
+  }
+  return out;
 }
 
 type Col<R> = [string, number, (r: R) => string];
@@ -373,6 +421,22 @@ function printTlsRows(rows: TlsRow[], ffnBytes: number, best: Map<Strategy, Row>
       if (n) console.log(`${c.client} / ${n.client}, ${s}: ${(c.summary.msPerToken / n.summary.msPerToken).toFixed(2)}x ms/token (${n.client} ${n.summary.msPerToken.toFixed(0)} ms), ${(c.summary.bytesPerToken / n.summary.bytesPerToken).toFixed(2)}x bytes/token${h1 ? `; ${(c.summary.msPerToken / h1.summary.msPerToken).toFixed(2)}x node's best HTTP/1.1 row (${h1.summary.msPerToken.toFixed(0)} ms, in-flight ${h1.inFlight})` : ''}`);
     }
   }
+}
+
+function printFloorRows(rows: FloorRow[]): void {
+  console.log(`\nOne round of reads without the model (n range reads at once, median of ${FLOOR_ROUNDS} rounds): what the network costs each client per layer`);
+  printTable<FloorRow>(
+    [
+      ['protocol', 8, (r) => r.protocol],
+      ['reads', 12, (r) => `${r.reads} x ${(r.bytes / 1024).toFixed(0)} KB`],
+      ['node ms', 8, (r) => r.nodeMs.toFixed(1)],
+      ['chromium ms', 11, (r) => r.chromiumMs.toFixed(1)],
+      ['plain fetch ms', 14, (r) => r.fetchMs.toFixed(1)],
+      ['chromium / node', 15, (r) => `${(r.chromiumMs / r.nodeMs).toFixed(2)}x`],
+      ['pools', 5, (r) => String(r.chromiumPools)],
+    ],
+    rows,
+  );
 }
 
 await main();

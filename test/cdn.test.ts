@@ -15,9 +15,9 @@ import { join } from 'node:path';
 import { Byteranges, byterangesBoundary } from '../src/source/http-common.js';
 import { NodeHttpSource } from '../src/source/http-node.js';
 import { HttpSource } from '../src/source/http.js';
-import { LinkEstimator } from '../src/source/link.js';
+import { LinkEstimator, ROUND_SHARES, RoundTuner } from '../src/source/link.js';
 import { MemorySource } from '../src/source/memory.js';
-import { MAX_RANGES_PER_REQUEST, costGap, planReads, type LinkCosts, type RecordRegion } from '../src/flash/planner.js';
+import { MAX_RANGES_PER_REQUEST, costGap, costRequests, planReads, type LinkCosts, type RecordRegion } from '../src/flash/planner.js';
 import { openModel, type OpenOptions } from '../src/node.js';
 import { SourceError } from '../src/errors.js';
 import type { Source } from '../src/source/types.js';
@@ -162,6 +162,16 @@ test('planner: with multi-range, only wanted bytes are read, grouped into ascend
   const staging = new Uint8Array(p.stagingBytes);
   for (const rd of p.reads) staging.set(file.subarray(rd.offset, rd.offset + rd.length), rd.staging);
   for (let j = 0; j < ids.length; j++) same(t, staging.subarray(p.recordAt[j]!, p.recordAt[j]! + 8192), file.subarray(4096 + ids[j]! * 8192, 4096 + (ids[j]! + 1) * 8192), `record ${ids[j]}`);
+  // Never more requests than in flight (a request past them waits a round trip), for any share of the ranges.
+  // (Up to MAX_RANGES_PER_REQUEST records here, so only the shares close requests.)
+  for (const inFlight of [3, 4, 6, 8, 12, 20]) {
+    for (const n of [20, 57, 128]) {
+      const some = ids.slice(0, n);
+      const q = planReads(some, some.length, region, hints, 4096, 256 << 20, link({ inFlight, connMBps: 1, multiRange: true }));
+      t.true(q.requests!.length <= inFlight, `${q.requests!.length} requests for ${some.length} records, ${inFlight} in flight`);
+      t.true(q.requests!.length >= Math.min(inFlight, q.reads.length) - 1, `${q.requests!.length} requests fill ${inFlight} in flight`);
+    }
+  }
   // Without multi-range, the same plan is one request per read.
   const single = planReads(ids, ids.length, region, hints, 1, 256 << 20, link({ inFlight: 64 }));
   t.is(single.requests!.length, single.reads.length);
@@ -397,6 +407,39 @@ test('LinkEstimator: the first sample replaces the prior, later ones move it par
   t.true(e.rttMs < 1e6 && e.rttMs >= 4, String(e.rttMs));
   t.is(e.samples, 1);
   t.is(e.estimate().maxInFlight, 16);
+});
+
+test('RoundTuner on modelled rounds: settles on the request count that ends rounds soonest, for a costly and a cheap client', (t) => {
+  // A round of B KB in R requests takes the round trip, B over what R connections (20 MB/s each) and the link (200 MB/s)
+  // carry, and the client's cost per request, serial: a browser's ~2.5 ms, Node's ~0.1. The link fills at 20 requests;
+  // the best is 5 requests (share 1/4) for the first, 10 (1/2, 4% ahead of 20) for the second.
+  const roundMs = (kb: number, requests: number, perRequest: number) => 20 + (requests - 1) * perRequest + kb / Math.min(requests * 20, 200);
+  const r = rng(3);
+  for (const [perRequest, want] of [[2.5, 2], [0.1, 1]] as const) {
+    const tuner = new RoundTuner();
+    const requestsAt = (i: number) => costRequests({ ...link({ inFlight: 64, multiRange: true }), requestShare: ROUND_SHARES[i] });
+    const picks = new Uint32Array(ROUND_SHARES.length);
+    let spent = 0; // rounds after the first 100: their time without noise, and the best share's for the same bytes
+    let least = 0;
+    for (let round = 0; round < 1100; round++) {
+      const i = tuner.next();
+      const kb = 400 + 800 * r();
+      tuner.done(i, kb * 1024, roundMs(kb, requestsAt(i), perRequest) * (0.85 + 0.3 * r()));
+      if (round < 100) continue;
+      picks[i]!++;
+      spent += roundMs(kb, requestsAt(i), perRequest);
+      least += roundMs(kb, requestsAt(want), perRequest);
+    }
+    // (Near ties, as 20 and 10 requests for the cheap client, may go either way: what counts is the time.)
+    if (perRequest > 1) t.is(tuner.best(), want, `${perRequest} ms a request: share ${ROUND_SHARES[want]} (${requestsAt(want)} requests)`);
+    t.true(spent < 1.03 * least, `rounds took ${(spent / least).toFixed(3)}x the best share's time (picks ${picks.join(' / ')})`);
+    t.true(picks.every((p) => p > 0), 'every share is still tried');
+  }
+  // Shares scale the link-filling count, never past what is in flight, never below one request.
+  t.is(costRequests({ ...link({ inFlight: 64, multiRange: true }), requestShare: 1 }), 20);
+  t.is(costRequests({ ...link({ inFlight: 64, multiRange: true }), requestShare: 0.25 }), 5);
+  t.is(costRequests({ ...link({ inFlight: 12, multiRange: true }), requestShare: 0.5 }), 6);
+  t.is(costRequests({ ...link({ inFlight: 1, multiRange: true }), requestShare: 0.25 }), 1);
 });
 
 // ---------------------------------------------------------------- exactness behind the CDN

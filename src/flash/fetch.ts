@@ -13,6 +13,7 @@ import type { ReadHints } from '../source/types.js';
 import type { Arena } from '../engine/arena.js';
 import type { StreamLayer } from './layer.js';
 import { ReadPlanner, type LinkCosts } from './planner.js';
+import { ROUND_SHARES } from '../source/link.js';
 import type { RunStats } from './stats.js';
 
 /** Receives each batch of verified records fetch() read: `at` is the batch's first index relative to `start`. */
@@ -126,11 +127,16 @@ export class RecordFetcher<U> {
     if (costs && this.multi !== false) this.multi = costs.multiRange = await source.multiRange!();
     let done = start;
     while (done < end) {
+      // The share of the link-filling request count: a round the model waits on tries one and reports its time.
+      let share = -1;
       if (costs) {
         const link = source.link!;
         costs.rttMs = link.rttMs;
         costs.connMBps = link.connMBps;
         costs.linkMBps = link.linkMBps;
+        // (Only multi-range plans group ranges into requests; others send one request per read.)
+        share = !costs.multiRange ? 0 : blocking && !this.background ? link.rounds.next() : link.rounds.best();
+        costs.requestShare = ROUND_SHARES[share];
         plan.setLink(costs);
       }
       plan.plan(ids, done, end, regions);
@@ -145,6 +151,7 @@ export class RecordFetcher<U> {
       stats?.io(plan.readBytes, plan.requestCount, this.background ? 0 : t1 - t0, true);
       if (costs) {
         const link = source.link!;
+        if (blocking && !this.background && costs.multiRange) link.rounds.done(share, plan.readBytes, t1 - t0);
         stats?.link(link.rttMs, link.connMBps, link.linkMBps);
       }
       const ptrs = this.srcView;

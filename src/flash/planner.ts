@@ -62,6 +62,8 @@ export interface LinkCosts {
   inFlight: number;
   /** The source sends several ranges in one request (readRanges). */
   multiRange: boolean;
+  /** The share of the link-filling request count to plan for (link.ts RoundTuner); default 1. */
+  requestShare?: number;
 }
 
 /** Ranges per multi-range request at most: keeps the Range header near 3 KB (servers cap request headers at 4-8 KB). */
@@ -78,10 +80,13 @@ export function costGap(c: LinkCosts): number {
   return Math.max(0, Math.floor((c.rttMs / p) * bytesPerMs));
 }
 
-/** Requests a multi-range plan aims for: enough that their per-request rates fill the link (twice over), at most those in flight. */
+/**
+ * Requests a multi-range plan aims for: enough that their per-request rates fill the link (twice over), at most those
+ * in flight; `requestShare` of that where the client's cost per request makes fewer, larger requests end sooner.
+ */
 export function costRequests(c: LinkCosts): number {
-  const fill = Math.ceil((2 * c.linkMBps) / Math.max(1e-3, c.connMBps));
-  return Math.max(1, Math.min(Math.max(1, c.inFlight), Math.max(4, fill)));
+  const fill = Math.min(Math.max(1, c.inFlight), Math.max(4, Math.ceil((2 * c.linkMBps) / Math.max(1e-3, c.connMBps))));
+  return Math.max(1, Math.round(fill * (c.requestShare ?? 1)));
 }
 
 /** Reads are not split below this to fill the parallel slots: smaller requests cost more than they overlap. */
@@ -126,6 +131,8 @@ export class ReadPlanner {
   private multi = false;
   private groupTarget = 0;
   private groupBytes = 0;
+  /** Range bytes of the plan given to requests so far. */
+  private grouped = 0;
   private groupEnd = 0;
   /** Range bytes of the last measured prefix. */
   private total = 0;
@@ -201,8 +208,9 @@ export class ReadPlanner {
     const align = this.align;
     const share = ceilTo(Math.ceil(this.total / Math.max(1, this.parallel)), align);
     const piece = Math.max(align, Math.min(this.maxRead, Math.max(ceilTo(MIN_SPLIT_READ, align), share)));
-    // Multi-range: ranges are grouped into requests of about an equal share each.
-    this.groupTarget = Math.max(align, Math.min(this.maxRead, share));
+    // Multi-range: ranges are grouped into requests of about an equal share each (cut() sets each one's).
+    this.groupTarget = 0;
+    this.grouped = 0;
     this.groupBytes = 0;
     this.groupEnd = 0;
     this.requestCount = 0;
@@ -285,14 +293,18 @@ export class ReadPlanner {
       this.readLength[i] = len;
       this.readStaging[i] = base + (at - start);
       this.readCount = i + 1;
-      // A new request unless this range joins the multi-range request being filled (ascending, under its share and part cap).
+      // A new request unless this range joins the multi-range request being filled (ascending, short of its share, under
+      // the part cap). Each request's share is what is left over the requests left, and it takes ranges until it holds
+      // it: the last ranges never spill into one request more than the link has in flight (a second round trip).
       const k = this.requestCount;
-      if (!this.multi || k === 0 || this.groupBytes + len > this.groupTarget || i - this.reqFirst[k - 1]! >= MAX_RANGES_PER_REQUEST || at < this.groupEnd) {
+      if (!this.multi || k === 0 || this.groupBytes >= this.groupTarget || i - this.reqFirst[k - 1]! >= MAX_RANGES_PER_REQUEST || at < this.groupEnd) {
         this.reqFirst[k] = i;
         this.requestCount = k + 1;
         this.groupBytes = 0;
+        this.groupTarget = Math.min(this.maxRead, Math.ceil((this.total - this.grouped) / Math.max(1, this.parallel - k)));
       }
       this.groupBytes += len;
+      this.grouped += len;
       this.groupEnd = at + len;
     }
   }

@@ -65,7 +65,86 @@ export interface LinkRequest {
   peak: number;
 }
 
+/** The shares of the link-filling request count a round of reads may use (RoundTuner). */
+export const ROUND_SHARES: readonly number[] = Object.freeze([1, 0.5, 0.25]);
+/**
+ * A share is tried with weight exp(-(its time per byte / the best's - 1) / TEMPERATURE): one 5% slower than the
+ * best about a third as often, one twice as slow almost never (trying it costs a whole slow round), and each at least
+ * EXPLORE_FLOOR of the rounds (a link and a client change while a model runs).
+ */
+const TEMPERATURE = 0.05;
+const EXPLORE_FLOOR = 0.01;
+/** What a round's sample keeps of the share's earlier ones: about the last ten rounds count. */
+const ROUND_DECAY = 0.9;
+
+/**
+ * How many requests a round of reads (a layer's, which the model waits on)
+ * is cut into, learned from the rounds themselves. A client pays per request
+ * what the link model does not see: a browser's fetch goes through its
+ * network process (measured ~2 ms a request on a 2-core machine, against
+ * Node's ~0.2: bench/README, "One round of reads"), so fewer, larger
+ * requests can end a round sooner than as many as fill the link. Each round
+ * takes a share of that count (ROUND_SHARES), drawn at random with the
+ * shares that took the least time per byte so far far likelier (weights
+ * above). A round's bytes do not depend on the share it drew, so time per
+ * byte compares shares fairly. Deterministic (its own random sequence).
+ */
+export class RoundTuner {
+  private readonly ms = new Float64Array(ROUND_SHARES.length);
+  private readonly bytes = new Float64Array(ROUND_SHARES.length);
+  private readonly n = new Uint32Array(ROUND_SHARES.length);
+  private readonly weights = new Float64Array(ROUND_SHARES.length);
+  private seed = 0x2545f491;
+
+  /** The share index for the next round. */
+  next(): number {
+    const k = ROUND_SHARES.length;
+    // Every share has two rounds before any is preferred.
+    for (let i = 0; i < k; i++) if (this.n[i]! < 2) return i;
+    const best = this.best();
+    const bestRate = this.ms[best]! / this.bytes[best]!;
+    const w = this.weights;
+    let sum = 0;
+    for (let i = 0; i < k; i++) sum += w[i] = Math.exp(-(this.ms[i]! / this.bytes[i]! / bestRate - 1) / TEMPERATURE);
+    let u = this.random();
+    for (let i = 0; i < k; i++) {
+      const p = Math.max(EXPLORE_FLOOR, w[i]! / sum);
+      if (u < p) return i;
+      u -= p;
+    }
+    return best;
+  }
+
+  /** The share index with the least time per byte so far (0 before any round). */
+  best(): number {
+    let best = 0;
+    for (let i = 1; i < ROUND_SHARES.length; i++) if (this.n[i]! > 0 && (this.n[best] === 0 || this.ms[i]! / this.bytes[i]! < this.ms[best]! / this.bytes[best]!)) best = i;
+    return best;
+  }
+
+  /** A round at share index `i` read `bytes` in `ms`. */
+  done(i: number, bytes: number, ms: number): void {
+    if (!(bytes > 0 && ms >= 0)) return;
+    this.ms[i] = this.ms[i]! * ROUND_DECAY + ms;
+    this.bytes[i] = this.bytes[i]! * ROUND_DECAY + bytes;
+    this.n[i]!++;
+  }
+
+  /** xorshift32 in [0, 1). */
+  private random(): number {
+    let x = this.seed;
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    this.seed = x >>> 0;
+    return this.seed / 2 ** 32;
+  }
+}
+
 export class LinkEstimator {
+  /** The request count of the rounds the model waits on (fetch.ts): learned per source, as the link is. */
+  readonly rounds = new RoundTuner();
+
   private rtt: number;
   private conn: number;
   private link: number;
