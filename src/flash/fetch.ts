@@ -127,15 +127,19 @@ export class RecordFetcher<U> {
     if (costs && this.multi !== false) this.multi = costs.multiRange = await source.multiRange!();
     let done = start;
     while (done < end) {
-      // The share of the link-filling request count: a round the model waits on tries one and reports its time.
+      // The share of the link-filling request count: a round of the layer's own reads (not a prefetch) tries one and
+      // reports its time; the window's installs count too (the compute beside them is a few ms of a round trip's wait).
       let share = -1;
+      // The round's size before it is planned: its records' bytes (staging may take fewer, gaps and alignment add some).
+      let planned = 0;
+      for (let r = 0; r < regions.length; r++) planned += (end - done) * regions[r]!.bytes;
       if (costs) {
         const link = source.link!;
         costs.rttMs = link.rttMs;
         costs.connMBps = link.connMBps;
         costs.linkMBps = link.linkMBps;
         // (Only multi-range plans group ranges into requests; others send one request per read.)
-        share = !costs.multiRange ? 0 : blocking && !this.background ? link.rounds.next() : link.rounds.best();
+        share = !costs.multiRange ? 0 : this.background ? link.rounds.best(planned) : link.rounds.next(planned);
         costs.requestShare = ROUND_SHARES[share];
         plan.setLink(costs);
       }
@@ -151,8 +155,8 @@ export class RecordFetcher<U> {
       stats?.io(plan.readBytes, plan.requestCount, this.background ? 0 : t1 - t0, true);
       if (costs) {
         const link = source.link!;
-        if (blocking && !this.background && costs.multiRange) link.rounds.done(share, plan.readBytes, t1 - t0);
-        stats?.link(link.rttMs, link.connMBps, link.linkMBps);
+        if (!this.background && costs.multiRange) link.rounds.done(share, planned, plan.readBytes, t1 - t0);
+        stats?.link(link.rttMs, link.connMBps, link.linkMBps, costs.multiRange ? ROUND_SHARES[link.rounds.best(planned)]! : 1);
       }
       const ptrs = this.srcView;
       const recordAt = plan.recordAt;

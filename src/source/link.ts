@@ -77,35 +77,49 @@ const EXPLORE_FLOOR = 0.01;
 /** What a round's sample keeps of the share's earlier ones: about the last ten rounds count. */
 const ROUND_DECAY = 0.9;
 
+/** Rounds are told apart by size: below 256 KiB, then each doubling up to 4 MiB and above (RoundTuner). */
+const ROUND_BUCKETS = 6;
+const SMALLEST_BUCKET = 256 * 1024;
+
+/** The size class of a round of `bytes`. */
+function bucketOf(bytes: number): number {
+  return bytes < SMALLEST_BUCKET ? 0 : Math.min(ROUND_BUCKETS - 1, 1 + Math.floor(Math.log2(bytes / SMALLEST_BUCKET)));
+}
+
 /**
- * How many requests a round of reads (a layer's, which the model waits on)
- * is cut into, learned from the rounds themselves. A client pays per request
- * what the link model does not see: a browser's fetch goes through its
- * network process (measured ~2 ms a request on a 2-core machine, against
- * Node's ~0.2: bench/README, "One round of reads"), so fewer, larger
- * requests can end a round sooner than as many as fill the link. Each round
- * takes a share of that count (ROUND_SHARES), drawn at random with the
- * shares that took the least time per byte so far far likelier (weights
- * above). A round's bytes do not depend on the share it drew, so time per
- * byte compares shares fairly. Deterministic (its own random sequence).
+ * How many requests a round of reads (a layer's) is cut into, learned from
+ * the rounds themselves. A client pays per request what the link model does
+ * not see: a browser's fetch goes through its network process (measured
+ * ~2 ms a request on a 2-core machine, against Node's ~0.2: bench/README,
+ * "One round of reads"), so fewer, larger requests can end a round sooner
+ * than as many as fill the link. Each round takes a share of that count
+ * (ROUND_SHARES), drawn at random with the shares that took the least time
+ * per byte so far far likelier (weights above). The best share depends on
+ * the round's size (the cost per request weighs less against more bytes:
+ * a prompt's rounds are many times a token's), so rounds are compared only
+ * with rounds of their size class; within one, a round's bytes do not depend
+ * on the share it drew, so time per byte compares shares fairly.
+ * Deterministic (its own random sequence); allocates nothing per round.
  */
 export class RoundTuner {
-  private readonly ms = new Float64Array(ROUND_SHARES.length);
-  private readonly bytes = new Float64Array(ROUND_SHARES.length);
-  private readonly n = new Uint32Array(ROUND_SHARES.length);
+  /** Per size class and share (index bucket * shares + share): decayed sums of ms and bytes, and rounds. */
+  private readonly ms = new Float64Array(ROUND_BUCKETS * ROUND_SHARES.length);
+  private readonly bytes = new Float64Array(ROUND_BUCKETS * ROUND_SHARES.length);
+  private readonly n = new Uint32Array(ROUND_BUCKETS * ROUND_SHARES.length);
   private readonly weights = new Float64Array(ROUND_SHARES.length);
   private seed = 0x2545f491;
 
-  /** The share index for the next round. */
-  next(): number {
+  /** The share index for the next round, of about `bytes`. */
+  next(bytes: number): number {
     const k = ROUND_SHARES.length;
-    // Every share has two rounds before any is preferred.
-    for (let i = 0; i < k; i++) if (this.n[i]! < 2) return i;
-    const best = this.best();
-    const bestRate = this.ms[best]! / this.bytes[best]!;
+    const at = bucketOf(bytes) * k;
+    // Every share has two rounds of the class before any is preferred.
+    for (let i = 0; i < k; i++) if (this.n[at + i]! < 2) return i;
+    const best = this.best(bytes);
+    const bestRate = this.ms[at + best]! / this.bytes[at + best]!;
     const w = this.weights;
     let sum = 0;
-    for (let i = 0; i < k; i++) sum += w[i] = Math.exp(-(this.ms[i]! / this.bytes[i]! / bestRate - 1) / TEMPERATURE);
+    for (let i = 0; i < k; i++) sum += w[i] = Math.exp(-(this.ms[at + i]! / this.bytes[at + i]! / bestRate - 1) / TEMPERATURE);
     let u = this.random();
     for (let i = 0; i < k; i++) {
       const p = Math.max(EXPLORE_FLOOR, w[i]! / sum);
@@ -115,19 +129,23 @@ export class RoundTuner {
     return best;
   }
 
-  /** The share index with the least time per byte so far (0 before any round). */
-  best(): number {
+  /** The share index with the least time per byte so far for rounds of about `bytes` (0 before any). */
+  best(bytes: number): number {
+    const at = bucketOf(bytes) * ROUND_SHARES.length;
     let best = 0;
-    for (let i = 1; i < ROUND_SHARES.length; i++) if (this.n[i]! > 0 && (this.n[best] === 0 || this.ms[i]! / this.bytes[i]! < this.ms[best]! / this.bytes[best]!)) best = i;
+    for (let i = 1; i < ROUND_SHARES.length; i++) {
+      if (this.n[at + i]! > 0 && (this.n[at + best] === 0 || this.ms[at + i]! / this.bytes[at + i]! < this.ms[at + best]! / this.bytes[at + best]!)) best = i;
+    }
     return best;
   }
 
-  /** A round at share index `i` read `bytes` in `ms`. */
-  done(i: number, bytes: number, ms: number): void {
+  /** A round of about `planned` bytes (what next() was told) at share index `i` read `bytes` in `ms`. */
+  done(i: number, planned: number, bytes: number, ms: number): void {
     if (!(bytes > 0 && ms >= 0)) return;
-    this.ms[i] = this.ms[i]! * ROUND_DECAY + ms;
-    this.bytes[i] = this.bytes[i]! * ROUND_DECAY + bytes;
-    this.n[i]!++;
+    const j = bucketOf(planned) * ROUND_SHARES.length + i;
+    this.ms[j] = this.ms[j]! * ROUND_DECAY + ms;
+    this.bytes[j] = this.bytes[j]! * ROUND_DECAY + bytes;
+    this.n[j]!++;
   }
 
   /** xorshift32 in [0, 1). */
