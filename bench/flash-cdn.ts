@@ -34,7 +34,8 @@
  *   npm run bench:flash -- --cdn [--model synth|opt] [--layers 4] [--tokens 8]
  *        [--stationary 2] [--inflight 4,8,16,32,64,128] [--rtt 20]
  *        [--conn-mbps 20] [--link-mbps 200] [--window 5] [--out path]
- *        [--no-chromium | --h2-only] [--shards 8]
+ *        [--no-chromium | --h2-only] [--shards 8] [--strategies hybrid,window]
+ *        [--floor-rounds 15] [--floor-shapes 1x8192,4x294912,...]
  */
 import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
@@ -65,6 +66,8 @@ const OUT = arg('out') ?? join(HERE, 'results', 'flash-cdn.json');
 const H2_ONLY = argv.includes('--h2-only');
 const CHROMIUM = !argv.includes('--no-chromium');
 const SHARDS = intArg('shards', 8, 1);
+const STRATEGIES = (arg('strategies') ?? 'hybrid,window').split(',');
+for (const x of STRATEGIES) if (x !== 'hybrid' && x !== 'window') throw new Error(`--strategies: hybrid and/or window, not ${x}`);
 const FLOOR_ROUNDS = intArg('floor-rounds', 15, 0);
 const FLOOR_SHAPES = (arg('floor-shapes') ?? '1x8192,4x294912,9x131072,12x98304,24x49152').split(',').map((x): [number, number] => {
   const [n, bytes] = x.split('x').map(Number);
@@ -195,7 +198,7 @@ async function main(): Promise<void> {
       // the in-memory tier keeps what the window dropped: a neuron active again after k tokens costs no request
       ['window', { name: 'after, memory cache 1G', inFlight: 64, options: { connections: 64 }, open: { memoryCache: '1G' } }],
     ];
-    for (const [strategy, c] of configs) {
+    for (const [strategy, c] of configs.filter(([x]) => STRATEGIES.includes(x))) {
       const tokens = strategy === 'hybrid' ? STATIONARY : TOKENS;
       const src = await NodeHttpSource.open(url, c.options);
       const multiRange = await src.multiRange();
@@ -245,7 +248,7 @@ async function main(): Promise<void> {
         { client: 'chromium, HTTP/1.1', versus: 'node, HTTP/1.1', url: h1Url },
         { client: 'chromium, h1, 1 pool', versus: 'node, HTTP/1.1', url: h1Url, http: onePool },
       ];
-      for (const strategy of ['hybrid', 'window'] as const) {
+      for (const strategy of (['hybrid', 'window'] as const).filter((x) => STRATEGIES.includes(x))) {
         const tokens = strategy === 'hybrid' ? STATIONARY : TOKENS;
         const opts: OpenOptions = { strategy, ...(strategy === 'window' ? { sparsity: 'oracle' as const, window: WINDOW } : {}) };
         for (const [client, url, options] of [['node', `${origin}/model.flm`, {}], ['node, HTTP/1.1', h1Url, { connections: 64 }]] as const) {

@@ -445,6 +445,9 @@ test('RoundTuner on modelled rounds: settles on the request count that ends roun
   }
   t.is(ROUND_SHARES[tuner.best(8000 * 1024)], 0.5);
   t.is(ROUND_SHARES[tuner.best(800 * 1024)], 0.25);
+  // The engine tunes only rounds of small requests: 8 MB over 20 requests (400 KB each) keeps them all; 800 KB is tuned.
+  t.false(RoundTuner.tunes(8000 * 1024, 20));
+  t.true(RoundTuner.tunes(800 * 1024, 20));
   // Shares scale the link-filling count, never past what is in flight, never below one request.
   t.is(costRequests({ ...link({ inFlight: 64, multiRange: true }), requestShare: 1 }), 20);
   t.is(costRequests({ ...link({ inFlight: 64, multiRange: true }), requestShare: 0.25 }), 5);

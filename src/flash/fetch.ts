@@ -12,8 +12,8 @@ import type { FlmFile } from '../format/reader.js';
 import type { ReadHints } from '../source/types.js';
 import type { Arena } from '../engine/arena.js';
 import type { StreamLayer } from './layer.js';
-import { ReadPlanner, type LinkCosts } from './planner.js';
-import { ROUND_SHARES } from '../source/link.js';
+import { ReadPlanner, costRequests, type LinkCosts } from './planner.js';
+import { ROUND_SHARES, RoundTuner } from '../source/link.js';
 import type { RunStats } from './stats.js';
 
 /** Receives each batch of verified records fetch() read: `at` is the batch's first index relative to `start`. */
@@ -130,6 +130,7 @@ export class RecordFetcher<U> {
       // The share of the link-filling request count: a round of the layer's own reads (not a prefetch) tries one and
       // reports its time; the window's installs count too (the compute beside them is a few ms of a round trip's wait).
       let share = -1;
+      let tuned = false;
       // The round's size before it is planned: its records' bytes (staging may take fewer, gaps and alignment add some).
       let planned = 0;
       for (let r = 0; r < regions.length; r++) planned += (end - done) * regions[r]!.bytes;
@@ -139,7 +140,9 @@ export class RecordFetcher<U> {
         costs.connMBps = link.connMBps;
         costs.linkMBps = link.linkMBps;
         // (Only multi-range plans group ranges into requests; others send one request per read.)
-        share = !costs.multiRange ? 0 : this.background ? link.rounds.best(planned) : link.rounds.next(planned);
+        costs.requestShare = 1;
+        tuned = costs.multiRange && RoundTuner.tunes(planned, costRequests(costs));
+        share = !tuned ? 0 : this.background ? link.rounds.best(planned) : link.rounds.next(planned);
         costs.requestShare = ROUND_SHARES[share];
         plan.setLink(costs);
       }
@@ -155,8 +158,8 @@ export class RecordFetcher<U> {
       stats?.io(plan.readBytes, plan.requestCount, this.background ? 0 : t1 - t0, true);
       if (costs) {
         const link = source.link!;
-        if (!this.background && costs.multiRange) link.rounds.done(share, planned, plan.readBytes, t1 - t0);
-        stats?.link(link.rttMs, link.connMBps, link.linkMBps, costs.multiRange ? ROUND_SHARES[link.rounds.best(planned)]! : 1);
+        if (tuned && !this.background) link.rounds.done(share, planned, plan.readBytes, t1 - t0);
+        stats?.link(link.rttMs, link.connMBps, link.linkMBps, tuned ? ROUND_SHARES[link.rounds.best(planned)]! : 1);
       }
       const ptrs = this.srcView;
       const recordAt = plan.recordAt;

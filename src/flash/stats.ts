@@ -38,7 +38,7 @@ export interface TokenStats {
   linkRttMs: number;
   linkConnMBps: number;
   linkMBps: number;
-  /** The share of the link-filling request count the tuner prefers for rounds of reads like the token's last (link.ts RoundTuner; 1 without multi-range). */
+  /** The share of the link-filling request count the tuner prefers for rounds of reads like the token's last (link.ts RoundTuner; 1 without multi-range and for rounds of large requests). */
   linkRequestShare: number;
   linkKnown: boolean;
   /** ms of I/O hidden behind compute (part of ioMs): window mode's cached neurons computed while the new ones load, and prefetched reads that landed while the engine computed. */

@@ -77,6 +77,13 @@ const EXPLORE_FLOOR = 0.01;
 /** What a round's sample keeps of the share's earlier ones: about the last ten rounds count. */
 const ROUND_DECAY = 0.9;
 
+/**
+ * A round whose requests at the full count would each carry this much or more keeps the full count: a request's cost
+ * to the client weighs little against its transfer there (13 ms at 20 MB/s), and trying fewer requests on such a
+ * bandwidth-bound round (hybrid's, a prompt's) costs seconds of a slower read.
+ */
+export const TUNED_REQUEST_BYTES = 256 * 1024;
+
 /** Rounds are told apart by size: below 256 KiB, then each doubling up to 4 MiB and above (RoundTuner). */
 const ROUND_BUCKETS = 6;
 const SMALLEST_BUCKET = 256 * 1024;
@@ -108,6 +115,11 @@ export class RoundTuner {
   private readonly n = new Uint32Array(ROUND_BUCKETS * ROUND_SHARES.length);
   private readonly weights = new Float64Array(ROUND_SHARES.length);
   private seed = 0x2545f491;
+
+  /** Whether rounds of about `bytes` over `fill` requests (the full count) are tuned at all (TUNED_REQUEST_BYTES). */
+  static tunes(bytes: number, fill: number): boolean {
+    return bytes < fill * TUNED_REQUEST_BYTES;
+  }
 
   /** The share index for the next round, of about `bytes`. */
   next(bytes: number): number {
