@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { Byteranges, byterangesBoundary } from '../src/source/http-common.js';
 import { NodeHttpSource } from '../src/source/http-node.js';
 import { HttpSource } from '../src/source/http.js';
-import { LinkEstimator, ROUND_SHARES, RoundTuner } from '../src/source/link.js';
+import { LinkEstimator, ROUND_REQUEST_BYTES, RoundTuner } from '../src/source/link.js';
 import { MemorySource } from '../src/source/memory.js';
 import { MAX_RANGES_PER_REQUEST, costGap, costRequests, planReads, type LinkCosts, type RecordRegion } from '../src/flash/planner.js';
 import { openModel, type OpenOptions } from '../src/node.js';
@@ -409,50 +409,52 @@ test('LinkEstimator: the first sample replaces the prior, later ones move it par
   t.is(e.estimate().maxInFlight, 16);
 });
 
-test('RoundTuner on modelled rounds: settles on the request count that ends rounds soonest, for a costly and a cheap client', (t) => {
+test('RoundTuner on modelled rounds: settles on the request size that ends rounds soonest, for a costly and a cheap client', (t) => {
   // A round of B KB in R requests takes the round trip, B over what R connections (20 MB/s each) and the link (200 MB/s)
-  // carry, and the client's cost per request, serial: a browser's ~2.5 ms, Node's ~0.1. The link fills at 20 requests;
-  // the best is 5 requests (share 1/4) for the first, 10 (1/2, 4% ahead of 20) for the second.
+  // carry, and the client's cost per request, serial: a browser's ~2.5 ms, Node's ~0.1. The link fills at 20 requests.
+  // For 800 KB the best is 4 requests of 256 KiB for the first, 13 of 64 KiB (just ahead of 20) for the second.
   const roundMs = (kb: number, requests: number, perRequest: number) => 20 + (requests - 1) * perRequest + kb / Math.min(requests * 20, 200);
+  const requestsAt = (i: number, kb: number) => costRequests({ ...link({ inFlight: 64, multiRange: true }), requestBytes: ROUND_REQUEST_BYTES[i] }, kb * 1024);
   const r = rng(3);
-  for (const [perRequest, want] of [[2.5, 2], [0.1, 1]] as const) {
+  for (const [perRequest, want] of [[2.5, 3], [0.1, 1]] as const) {
     const tuner = new RoundTuner();
-    const requestsAt = (i: number) => costRequests({ ...link({ inFlight: 64, multiRange: true }), requestShare: ROUND_SHARES[i] });
-    const picks = new Uint32Array(ROUND_SHARES.length);
-    let spent = 0; // rounds after the first 100: their time without noise, and the best share's for the same bytes
+    const picks = new Uint32Array(ROUND_REQUEST_BYTES.length);
+    let spent = 0; // rounds after the first 100: their time without noise, and the best choice's for the same bytes
     let least = 0;
     for (let round = 0; round < 1100; round++) {
       const kb = 400 + 800 * r();
       const i = tuner.next(kb * 1024);
-      tuner.done(i, kb * 1024, kb * 1024, roundMs(kb, requestsAt(i), perRequest) * (0.85 + 0.3 * r()));
+      tuner.done(i, kb * 1024, kb * 1024, roundMs(kb, requestsAt(i, kb), perRequest) * (0.85 + 0.3 * r()));
       if (round < 100) continue;
       picks[i]!++;
-      spent += roundMs(kb, requestsAt(i), perRequest);
-      least += roundMs(kb, requestsAt(want), perRequest);
+      spent += roundMs(kb, requestsAt(i, kb), perRequest);
+      least += Math.min(...ROUND_REQUEST_BYTES.map((_, j) => roundMs(kb, requestsAt(j, kb), perRequest)));
     }
-    // (Near ties, as 20 and 10 requests for the cheap client, may go either way: what counts is the time.)
-    if (perRequest > 1) t.is(tuner.best(800 * 1024), want, `${perRequest} ms a request: share ${ROUND_SHARES[want]} (${requestsAt(want)} requests)`);
-    t.true(spent < 1.03 * least, `rounds took ${(spent / least).toFixed(3)}x the best share's time (picks ${picks.join(' / ')})`);
-    t.true(picks.every((p) => p > 0), 'every share is still tried');
+    // (Near ties, as 20 and 13 requests for the cheap client, may go either way: what counts is the time.)
+    if (perRequest > 1) t.is(tuner.best(800 * 1024), want, `${perRequest} ms a request: at least ${ROUND_REQUEST_BYTES[want]! / 1024} KiB (${requestsAt(want, 800)} requests)`);
+    t.true(spent < 1.04 * least, `rounds took ${(spent / least).toFixed(3)}x the best choice's time (picks ${picks.join(' / ')})`);
+    t.true(picks.every((p) => p > 0), 'every choice is still tried');
   }
-  // The best share depends on the round's size: a prompt's 8 MB rounds keep 10 requests at 2.5 ms a request (the cost
-  // weighs less against more bytes), a token's 800 KB rounds 5; rounds of one size do not sway the other's choice.
+  // Rounds of one size class do not sway another's choice: at 0.5 ms a request, 800 KB rounds keep 7 requests of
+  // 128 KiB, 3 MB rounds 12 of 256 KiB.
   const tuner = new RoundTuner();
   for (let round = 0; round < 900; round++) {
-    const kb = round < 300 || round % 3 === 0 ? 7000 + 2000 * r() : 700 + 200 * r();
+    const kb = round < 300 || round % 3 === 0 ? 2800 + 400 * r() : 700 + 200 * r();
     const i = tuner.next(kb * 1024);
-    tuner.done(i, kb * 1024, kb * 1024, roundMs(kb, costRequests({ ...link({ inFlight: 64, multiRange: true }), requestShare: ROUND_SHARES[i] }), 2.5) * (0.85 + 0.3 * r()));
+    tuner.done(i, kb * 1024, kb * 1024, roundMs(kb, requestsAt(i, kb), 0.5) * (0.85 + 0.3 * r()));
   }
-  t.is(ROUND_SHARES[tuner.best(8000 * 1024)], 0.5);
-  t.is(ROUND_SHARES[tuner.best(800 * 1024)], 0.25);
-  // The engine tunes only rounds of small requests: 8 MB over 20 requests (400 KB each) keeps them all; 800 KB is tuned.
+  t.is(ROUND_REQUEST_BYTES[tuner.best(3000 * 1024)], 256 * 1024);
+  t.is(ROUND_REQUEST_BYTES[tuner.best(800 * 1024)], 128 * 1024);
+  // Only rounds where the choices differ are tuned: 8 MB fills 20 requests of 256 KiB and more; 800 KB does not.
   t.false(RoundTuner.tunes(8000 * 1024, 20));
   t.true(RoundTuner.tunes(800 * 1024, 20));
-  // Shares scale the link-filling count, never past what is in flight, never below one request.
-  t.is(costRequests({ ...link({ inFlight: 64, multiRange: true }), requestShare: 1 }), 20);
-  t.is(costRequests({ ...link({ inFlight: 64, multiRange: true }), requestShare: 0.25 }), 5);
-  t.is(costRequests({ ...link({ inFlight: 12, multiRange: true }), requestShare: 0.5 }), 6);
-  t.is(costRequests({ ...link({ inFlight: 1, multiRange: true }), requestShare: 0.25 }), 1);
+  // Least sizes cut fewer requests than fill the link, never more, never below one.
+  const c = link({ inFlight: 64, multiRange: true });
+  t.is(costRequests(c), 20);
+  t.is(costRequests({ ...c, requestBytes: 256 * 1024 }, 800 * 1024), 4);
+  t.is(costRequests({ ...c, requestBytes: 64 * 1024 }, 8000 * 1024), 20);
+  t.is(costRequests({ ...c, requestBytes: 256 * 1024 }, 1), 1);
+  t.is(costRequests({ ...link({ inFlight: 3, multiRange: true }), requestBytes: 64 * 1024 }, 800 * 1024), 3);
 });
 
 // ---------------------------------------------------------------- exactness behind the CDN
@@ -513,11 +515,11 @@ test('CLI: --http-connections bounds the connections; --stats json reports the l
       execFile(process.execPath, args, { cwd: join(import.meta.dirname, '..') }, (e, stdout, stderr) => (e ? reject(new Error(`${e.message}\n${stderr}`)) : resolve({ stdout, stderr }))),
     );
     t.true(stdout.length > 0);
-    const json = JSON.parse(stderr.trim().split('\n').pop()!) as { link: { rttMs: number; connMBps: number; linkMBps: number; requestShare: number } | null; requestsPerToken: number };
+    const json = JSON.parse(stderr.trim().split('\n').pop()!) as { link: { rttMs: number; connMBps: number; linkMBps: number; requestBytes: number } | null; requestsPerToken: number };
     t.truthy(json.link);
     t.true(json.link!.rttMs > 0 && json.link!.linkMBps >= json.link!.connMBps);
-    // nginx answers multi-range requests: the rounds keep to one of the tuner's shares (an average of them over tokens)
-    t.true(json.link!.requestShare >= Math.min(...ROUND_SHARES) && json.link!.requestShare <= 1, `request share ${json.link!.requestShare}`);
+    // nginx answers multi-range requests: the rounds keep to one of the tuner's request sizes (an average over tokens)
+    t.true(json.link!.requestBytes >= 0 && json.link!.requestBytes <= Math.max(...ROUND_REQUEST_BYTES), `request bytes ${json.link!.requestBytes}`);
     t.is(cdn.refused, 0, 'never more than 3 connections');
     t.true(cdn.maxOpen <= 3);
   } finally {

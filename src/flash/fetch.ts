@@ -13,7 +13,7 @@ import type { ReadHints } from '../source/types.js';
 import type { Arena } from '../engine/arena.js';
 import type { StreamLayer } from './layer.js';
 import { ReadPlanner, costRequests, type LinkCosts } from './planner.js';
-import { ROUND_SHARES, RoundTuner } from '../source/link.js';
+import { ROUND_REQUEST_BYTES, RoundTuner } from '../source/link.js';
 import type { RunStats } from './stats.js';
 
 /** Receives each batch of verified records fetch() read: `at` is the batch's first index relative to `start`. */
@@ -127,9 +127,10 @@ export class RecordFetcher<U> {
     if (costs && this.multi !== false) this.multi = costs.multiRange = await source.multiRange!();
     let done = start;
     while (done < end) {
-      // The share of the link-filling request count: a round of the layer's own reads (not a prefetch) tries one and
-      // reports its time; the window's installs count too (the compute beside them is a few ms of a round trip's wait).
-      let share = -1;
+      // The least request size (fewer requests than fill the link): a round of the layer's own reads (not a prefetch)
+      // tries one and reports its time; the window's installs count too (the compute beside them is a few ms of a round
+      // trip's wait).
+      let choice = -1;
       let tuned = false;
       // The round's size before it is planned: its records' bytes (staging may take fewer, gaps and alignment add some).
       let planned = 0;
@@ -140,10 +141,10 @@ export class RecordFetcher<U> {
         costs.connMBps = link.connMBps;
         costs.linkMBps = link.linkMBps;
         // (Only multi-range plans group ranges into requests; others send one request per read.)
-        costs.requestShare = 1;
+        costs.requestBytes = 0;
         tuned = costs.multiRange && RoundTuner.tunes(planned, costRequests(costs));
-        share = !tuned ? 0 : this.background ? link.rounds.best(planned) : link.rounds.next(planned);
-        costs.requestShare = ROUND_SHARES[share];
+        choice = !tuned ? 0 : this.background ? link.rounds.best(planned) : link.rounds.next(planned);
+        costs.requestBytes = ROUND_REQUEST_BYTES[choice];
         plan.setLink(costs);
       }
       plan.plan(ids, done, end, regions);
@@ -158,8 +159,8 @@ export class RecordFetcher<U> {
       stats?.io(plan.readBytes, plan.requestCount, this.background ? 0 : t1 - t0, true);
       if (costs) {
         const link = source.link!;
-        if (tuned && !this.background) link.rounds.done(share, planned, plan.readBytes, t1 - t0);
-        stats?.link(link.rttMs, link.connMBps, link.linkMBps, tuned ? ROUND_SHARES[link.rounds.best(planned)]! : 1);
+        if (tuned && !this.background) link.rounds.done(choice, planned, plan.readBytes, t1 - t0);
+        stats?.link(link.rttMs, link.connMBps, link.linkMBps, tuned ? ROUND_REQUEST_BYTES[link.rounds.best(planned)]! : 0);
       }
       const ptrs = this.srcView;
       const recordAt = plan.recordAt;

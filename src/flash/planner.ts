@@ -62,8 +62,8 @@ export interface LinkCosts {
   inFlight: number;
   /** The source sends several ranges in one request (readRanges). */
   multiRange: boolean;
-  /** The share of the link-filling request count to plan for (link.ts RoundTuner); default 1. */
-  requestShare?: number;
+  /** The least bytes a request should carry (link.ts RoundTuner): fewer requests than fill the link; 0 (default): that count. */
+  requestBytes?: number;
 }
 
 /** Ranges per multi-range request at most: keeps the Range header near 3 KB (servers cap request headers at 4-8 KB). */
@@ -81,12 +81,13 @@ export function costGap(c: LinkCosts): number {
 }
 
 /**
- * Requests a multi-range plan aims for: enough that their per-request rates fill the link (twice over), at most those
- * in flight; `requestShare` of that where the client's cost per request makes fewer, larger requests end sooner.
+ * Requests a multi-range plan of `bytes` aims for: enough that their per-request rates fill the link (twice over), at
+ * most those in flight; fewer where each would carry less than `requestBytes` (the client's cost per request makes
+ * fewer, larger requests end sooner).
  */
-export function costRequests(c: LinkCosts): number {
+export function costRequests(c: LinkCosts, bytes = Infinity): number {
   const fill = Math.min(Math.max(1, c.inFlight), Math.max(4, Math.ceil((2 * c.linkMBps) / Math.max(1e-3, c.connMBps))));
-  return Math.max(1, Math.round(fill * (c.requestShare ?? 1)));
+  return c.requestBytes ? Math.max(1, Math.min(fill, Math.ceil(bytes / c.requestBytes))) : fill;
 }
 
 /** Reads are not split below this to fill the parallel slots: smaller requests cost more than they overlap. */
@@ -127,6 +128,10 @@ export class ReadPlanner {
   private readonly fixedGap: number;
   private parallel: number;
   private readonly fixedParallel: number;
+  /** Multi-range: the least bytes a request carries (fewer requests than `parallel`); 0: `parallel` requests. */
+  private requestBytes = 0;
+  /** The current plan's requests in flight: `parallel`, or fewer for `requestBytes`. */
+  private roundParallel = 1;
   /** Multi-range grouping: on, bytes per request, and the state of the request being filled. */
   private multi = false;
   private groupTarget = 0;
@@ -173,6 +178,7 @@ export class ReadPlanner {
     this.mergeGap = costGap(c);
     this.multi = c.multiRange;
     this.parallel = c.multiRange ? costRequests(c) : Math.max(1, c.inFlight);
+    this.requestBytes = c.multiRange ? (c.requestBytes ?? 0) : 0;
   }
 
   /** Bytes read through between records in the current plan's pricing (the fixed mergeGap without a link). */
@@ -206,7 +212,8 @@ export class ReadPlanner {
     }
     // A few long ranges would leave connections idle: cut pieces so that about `parallel` reads are in flight.
     const align = this.align;
-    const share = ceilTo(Math.ceil(this.total / Math.max(1, this.parallel)), align);
+    this.roundParallel = this.requestBytes ? Math.max(1, Math.min(this.parallel, Math.ceil(this.total / this.requestBytes))) : this.parallel;
+    const share = ceilTo(Math.ceil(this.total / Math.max(1, this.roundParallel)), align);
     const piece = Math.max(align, Math.min(this.maxRead, Math.max(ceilTo(MIN_SPLIT_READ, align), share)));
     // Multi-range: ranges are grouped into requests of about an equal share each (cut() sets each one's).
     this.groupTarget = 0;
@@ -301,7 +308,7 @@ export class ReadPlanner {
         this.reqFirst[k] = i;
         this.requestCount = k + 1;
         this.groupBytes = 0;
-        this.groupTarget = Math.min(this.maxRead, Math.ceil((this.total - this.grouped) / Math.max(1, this.parallel - k)));
+        this.groupTarget = Math.min(this.maxRead, Math.ceil((this.total - this.grouped) / Math.max(1, this.roundParallel - k)));
       }
       this.groupBytes += len;
       this.grouped += len;

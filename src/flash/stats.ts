@@ -38,8 +38,8 @@ export interface TokenStats {
   linkRttMs: number;
   linkConnMBps: number;
   linkMBps: number;
-  /** The share of the link-filling request count the tuner prefers for rounds of reads like the token's last (link.ts RoundTuner; 1 without multi-range and for rounds of large requests). */
-  linkRequestShare: number;
+  /** The least request size (bytes) the tuner prefers for rounds of reads like the token's last (link.ts RoundTuner); 0: as many requests as fill the link (also without multi-range, and for rounds too large to tune). */
+  linkRequestBytes: number;
   linkKnown: boolean;
   /** ms of I/O hidden behind compute (part of ioMs): window mode's cached neurons computed while the new ones load, and prefetched reads that landed while the engine computed. */
   hiddenIoMs: number;
@@ -92,7 +92,7 @@ export interface StatsSummary {
    */
   layers?: { predictorRecall: (number | null)[]; lookaheadRecall: (number | null)[]; lookaheadPrecision: (number | null)[] };
   /** The link model (remote sources), averaged over the tokens that had one; absent otherwise. */
-  link?: { rttMs: number; connMBps: number; linkMBps: number; requestShare: number };
+  link?: { rttMs: number; connMBps: number; linkMBps: number; requestBytes: number };
   strategy: string;
   sparsity: string;
   window: number | null;
@@ -151,7 +151,7 @@ const PF_READ = 24;
 const PF_USED = 25;
 const TIER_HIT = 26;
 const TIER_NET = 27;
-const LINK_SHARE = 28;
+const LINK_REQUEST = 28;
 const FIELDS = 29;
 // Per-layer counters (since open): direct predictor tp/fp/fn, lookahead tp/predicted/selected.
 const L_TP = 0;
@@ -186,7 +186,7 @@ function fromSlots(a: Float64Array, at: number): TokenStats {
     linkRttMs: a[at + LINK_RTT]!,
     linkConnMBps: a[at + LINK_CONN]!,
     linkMBps: a[at + LINK_BW]!,
-    linkRequestShare: a[at + LINK_SHARE]!,
+    linkRequestBytes: a[at + LINK_REQUEST]!,
     linkKnown: a[at + LINK_KNOWN] === 1,
     hiddenIoMs: a[at + HIDDEN_MS]!,
     prefetchedNeurons: a[at + PF_READ]!,
@@ -360,12 +360,12 @@ export class RunStats {
   }
 
   /** The link model as it stands after a read (the token keeps the last one). */
-  link(rttMs: number, connMBps: number, linkMBps: number, requestShare: number): void {
+  link(rttMs: number, connMBps: number, linkMBps: number, requestBytes: number): void {
     const c = this.cur;
     c[LINK_RTT] = rttMs;
     c[LINK_CONN] = connMBps;
     c[LINK_BW] = linkMBps;
-    c[LINK_SHARE] = requestShare;
+    c[LINK_REQUEST] = requestBytes;
     c[LINK_KNOWN] = 1;
   }
 
@@ -429,7 +429,7 @@ export class RunStats {
           s[LINK_RTT]! += t.linkRttMs;
           s[LINK_CONN]! += t.linkConnMBps;
           s[LINK_BW]! += t.linkMBps;
-          s[LINK_SHARE]! += t.linkRequestShare;
+          s[LINK_REQUEST]! += t.linkRequestBytes;
           s[LINK_KNOWN]! += 1;
         }
         if (t.activeKnown) {
@@ -500,7 +500,7 @@ export class RunStats {
             },
           }
         : {}),
-      ...(s[LINK_KNOWN]! ? { link: { rttMs: s[LINK_RTT]! / s[LINK_KNOWN]!, connMBps: s[LINK_CONN]! / s[LINK_KNOWN]!, linkMBps: s[LINK_BW]! / s[LINK_KNOWN]!, requestShare: s[LINK_SHARE]! / s[LINK_KNOWN]! } } : {}),
+      ...(s[LINK_KNOWN]! ? { link: { rttMs: s[LINK_RTT]! / s[LINK_KNOWN]!, connMBps: s[LINK_CONN]! / s[LINK_KNOWN]!, linkMBps: s[LINK_BW]! / s[LINK_KNOWN]!, requestBytes: s[LINK_REQUEST]! / s[LINK_KNOWN]! } } : {}),
       strategy,
       sparsity,
       window,

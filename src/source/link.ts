@@ -65,24 +65,20 @@ export interface LinkRequest {
   peak: number;
 }
 
-/** The shares of the link-filling request count a round of reads may use (RoundTuner). */
-export const ROUND_SHARES: readonly number[] = Object.freeze([1, 0.5, 0.25]);
 /**
- * A share is tried with weight exp(-(its time per byte / the best's - 1) / TEMPERATURE): one 5% slower than the
+ * The least bytes a request of a round of reads may carry (RoundTuner): 0 cuts the round into as many requests as
+ * fill the link; the others into fewer, larger ones (never more than that count).
+ */
+export const ROUND_REQUEST_BYTES: readonly number[] = Object.freeze([0, 64 * 1024, 128 * 1024, 256 * 1024]);
+/**
+ * A choice is tried with weight exp(-(its time per byte / the best's - 1) / TEMPERATURE): one 5% slower than the
  * best about a third as often, one twice as slow almost never (trying it costs a whole slow round), and each at least
  * EXPLORE_FLOOR of the rounds (a link and a client change while a model runs).
  */
 const TEMPERATURE = 0.05;
 const EXPLORE_FLOOR = 0.01;
-/** What a round's sample keeps of the share's earlier ones: about the last ten rounds count. */
+/** What a round's sample keeps of the choice's earlier ones: about the last ten rounds count. */
 const ROUND_DECAY = 0.9;
-
-/**
- * A round whose requests at the full count would each carry this much or more keeps the full count: a request's cost
- * to the client weighs little against its transfer there (13 ms at 20 MB/s), and trying fewer requests on such a
- * bandwidth-bound round (hybrid's, a prompt's) costs seconds of a slower read.
- */
-export const TUNED_REQUEST_BYTES = 256 * 1024;
 
 /** Rounds are told apart by size: below 256 KiB, then each doubling up to 4 MiB and above (RoundTuner). */
 const ROUND_BUCKETS = 6;
@@ -99,33 +95,35 @@ function bucketOf(bytes: number): number {
  * not see: a browser's fetch goes through its network process (measured
  * ~2 ms a request on a 2-core machine, against Node's ~0.2: bench/README,
  * "One round of reads"), so fewer, larger requests can end a round sooner
- * than as many as fill the link. Each round takes a share of that count
- * (ROUND_SHARES), drawn at random with the shares that took the least time
- * per byte so far far likelier (weights above). The best share depends on
- * the round's size (the cost per request weighs less against more bytes:
- * a prompt's rounds are many times a token's), so rounds are compared only
- * with rounds of their size class; within one, a round's bytes do not depend
- * on the share it drew, so time per byte compares shares fairly.
+ * than as many as fill the link. Each round takes a least request size
+ * (ROUND_REQUEST_BYTES), drawn at random with those that took the least time
+ * per byte so far far likelier (weights above). Rounds are compared only
+ * with rounds of their size class (the cost per request weighs less against
+ * more bytes: a prompt's rounds are many times a token's); within one, a
+ * round's bytes do not depend on the choice it drew, so time per byte
+ * compares choices fairly. A round too large for the choices to differ (it
+ * fills the link with requests of the largest size) is not tuned:
+ * exploring there would cost seconds of a bandwidth-bound read (hybrid's).
  * Deterministic (its own random sequence); allocates nothing per round.
  */
 export class RoundTuner {
-  /** Per size class and share (index bucket * shares + share): decayed sums of ms and bytes, and rounds. */
-  private readonly ms = new Float64Array(ROUND_BUCKETS * ROUND_SHARES.length);
-  private readonly bytes = new Float64Array(ROUND_BUCKETS * ROUND_SHARES.length);
-  private readonly n = new Uint32Array(ROUND_BUCKETS * ROUND_SHARES.length);
-  private readonly weights = new Float64Array(ROUND_SHARES.length);
+  /** Per size class and choice (index bucket * choices + choice): decayed sums of ms and bytes, and rounds. */
+  private readonly ms = new Float64Array(ROUND_BUCKETS * ROUND_REQUEST_BYTES.length);
+  private readonly bytes = new Float64Array(ROUND_BUCKETS * ROUND_REQUEST_BYTES.length);
+  private readonly n = new Uint32Array(ROUND_BUCKETS * ROUND_REQUEST_BYTES.length);
+  private readonly weights = new Float64Array(ROUND_REQUEST_BYTES.length);
   private seed = 0x2545f491;
 
-  /** Whether rounds of about `bytes` over `fill` requests (the full count) are tuned at all (TUNED_REQUEST_BYTES). */
+  /** Whether the choices differ for a round of about `bytes` where `fill` requests fill the link (else it is not tuned). */
   static tunes(bytes: number, fill: number): boolean {
-    return bytes < fill * TUNED_REQUEST_BYTES;
+    return Math.ceil(bytes / ROUND_REQUEST_BYTES[ROUND_REQUEST_BYTES.length - 1]!) < fill;
   }
 
-  /** The share index for the next round, of about `bytes`. */
+  /** The choice (an index of ROUND_REQUEST_BYTES) for the next round, of about `bytes`. */
   next(bytes: number): number {
-    const k = ROUND_SHARES.length;
+    const k = ROUND_REQUEST_BYTES.length;
     const at = bucketOf(bytes) * k;
-    // Every share has two rounds of the class before any is preferred.
+    // Every choice has two rounds of the class before any is preferred.
     for (let i = 0; i < k; i++) if (this.n[at + i]! < 2) return i;
     const best = this.best(bytes);
     const bestRate = this.ms[at + best]! / this.bytes[at + best]!;
@@ -141,20 +139,20 @@ export class RoundTuner {
     return best;
   }
 
-  /** The share index with the least time per byte so far for rounds of about `bytes` (0 before any). */
+  /** The choice with the least time per byte so far for rounds of about `bytes` (0 before any). */
   best(bytes: number): number {
-    const at = bucketOf(bytes) * ROUND_SHARES.length;
+    const at = bucketOf(bytes) * ROUND_REQUEST_BYTES.length;
     let best = 0;
-    for (let i = 1; i < ROUND_SHARES.length; i++) {
+    for (let i = 1; i < ROUND_REQUEST_BYTES.length; i++) {
       if (this.n[at + i]! > 0 && (this.n[at + best] === 0 || this.ms[at + i]! / this.bytes[at + i]! < this.ms[at + best]! / this.bytes[at + best]!)) best = i;
     }
     return best;
   }
 
-  /** A round of about `planned` bytes (what next() was told) at share index `i` read `bytes` in `ms`. */
+  /** A round of about `planned` bytes (what next() was told) at choice `i` read `bytes` in `ms`. */
   done(i: number, planned: number, bytes: number, ms: number): void {
     if (!(bytes > 0 && ms >= 0)) return;
-    const j = bucketOf(planned) * ROUND_SHARES.length + i;
+    const j = bucketOf(planned) * ROUND_REQUEST_BYTES.length + i;
     this.ms[j] = this.ms[j]! * ROUND_DECAY + ms;
     this.bytes[j] = this.bytes[j]! * ROUND_DECAY + bytes;
     this.n[j]!++;
