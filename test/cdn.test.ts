@@ -172,6 +172,14 @@ test('planner: with multi-range, only wanted bytes are read, grouped into ascend
       t.true(q.requests!.length >= Math.min(inFlight, q.reads.length) - 1, `${q.requests!.length} requests fill ${inFlight} in flight`);
     }
   }
+  // A least request size (RoundTuner's choice) cuts fewer, larger requests: 100 records (800 KiB) in 4 of at least
+  // 256 KiB, where the link's full count is 20.
+  const hundred = ids.slice(0, 100);
+  const full = planReads(hundred, 100, region, hints, 1, 256 << 20, link({ inFlight: 64, multiRange: true }));
+  const larger = planReads(hundred, 100, region, hints, 1, 256 << 20, link({ inFlight: 64, multiRange: true, requestBytes: 256 * 1024 }));
+  t.is(full.requests!.length, 20);
+  t.is(larger.readBytes, 100 * 8192);
+  t.is(larger.requests!.length, 4);
   // Without multi-range, the same plan is one request per read.
   const single = planReads(ids, ids.length, region, hints, 1, 256 << 20, link({ inFlight: 64 }));
   t.is(single.requests!.length, single.reads.length);

@@ -132,16 +132,16 @@ export class RecordFetcher<U> {
       // trip's wait).
       let choice = -1;
       let tuned = false;
-      // The round's size before it is planned: its records' bytes (staging may take fewer, gaps and alignment add some).
       let planned = 0;
-      for (let r = 0; r < regions.length; r++) planned += (end - done) * regions[r]!.bytes;
       if (costs) {
         const link = source.link!;
         costs.rttMs = link.rttMs;
         costs.connMBps = link.connMBps;
         costs.linkMBps = link.linkMBps;
-        // (Only multi-range plans group ranges into requests; others send one request per read.)
-        costs.requestBytes = 0;
+        // The round's size before it is planned: its records' bytes (staging may take fewer, gaps and alignment add some).
+        for (let r = 0; r < regions.length; r++) planned += (end - done) * regions[r]!.bytes;
+        // (Only multi-range plans group ranges into requests; others send one request per read. costRequests without
+        // the round's bytes is the full count, whatever the last round's requestBytes.)
         tuned = costs.multiRange && RoundTuner.tunes(planned, costRequests(costs));
         choice = !tuned ? 0 : this.background ? link.rounds.best(planned) : link.rounds.next(planned);
         costs.requestBytes = ROUND_REQUEST_BYTES[choice];

@@ -87,7 +87,12 @@ export function costGap(c: LinkCosts): number {
  */
 export function costRequests(c: LinkCosts, bytes = Infinity): number {
   const fill = Math.min(Math.max(1, c.inFlight), Math.max(4, Math.ceil((2 * c.linkMBps) / Math.max(1e-3, c.connMBps))));
-  return c.requestBytes ? Math.max(1, Math.min(fill, Math.ceil(bytes / c.requestBytes))) : fill;
+  return leastRequests(fill, bytes, c.requestBytes ?? 0);
+}
+
+/** `fill` requests for `bytes`, or fewer where each would carry less than `requestBytes` (0: `fill`). */
+function leastRequests(fill: number, bytes: number, requestBytes: number): number {
+  return requestBytes ? Math.max(1, Math.min(fill, Math.ceil(bytes / requestBytes))) : fill;
 }
 
 /** Reads are not split below this to fill the parallel slots: smaller requests cost more than they overlap. */
@@ -212,7 +217,7 @@ export class ReadPlanner {
     }
     // A few long ranges would leave connections idle: cut pieces so that about `parallel` reads are in flight.
     const align = this.align;
-    this.roundParallel = this.requestBytes ? Math.max(1, Math.min(this.parallel, Math.ceil(this.total / this.requestBytes))) : this.parallel;
+    this.roundParallel = leastRequests(this.parallel, this.total, this.requestBytes);
     const share = ceilTo(Math.ceil(this.total / Math.max(1, this.roundParallel)), align);
     const piece = Math.max(align, Math.min(this.maxRead, Math.max(ceilTo(MIN_SPLIT_READ, align), share)));
     // Multi-range: ranges are grouped into requests of about an equal share each (cut() sets each one's).
