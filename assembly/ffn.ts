@@ -10,8 +10,8 @@
 // run 4 neurons at a time so out is loaded/stored once per 4 down rows.
 // Skipping h == 0 is what makes ReLU sparsity pay even when every neuron is given.
 // The neurons are summed in 8 fixed ranges, added in order ("neuron ranges" below).
-// Records are read front to back and left to the hardware prefetcher: a pass
-// touching the next batch first (q4.ts keeps one) made decode 1.1-1.4x slower.
+// Whether a batch first touches the next batch's records is the host's choice
+// (ffn_touch_set): it pays on some CPUs and costs on others (touch_parts).
 // The gated kernels (ffn_swiglu_*: gate, up, down parts) take the activation as their
 // last two parameters (afn, athr: activation.ts glu1): SiLU, ReLU, FATReLU, dReLU.
 
@@ -269,13 +269,66 @@ function dots(t: i32, dst: usize, p: usize, stride: usize, ptrs: usize, pstep: u
 }
 
 /**
- * Neurons per batch. f32 takes 8, so a batch's gate, up and down parts are
- * read while in cache, each record front to back (4, 8, 16 and 64 measured
- * within noise of each other on the FFN alone, 2026-12-03).
+ * Neurons per batch. f32 takes 8 (decode 1.05-1.11x of 4 on one thread, equal
+ * on two; 16 measured 0.88x of 4, and 4 1.06x of 32; without the touch 4 to 64
+ * measured alike): a batch's gate, up and down parts are read while in cache,
+ * each record front to back.
+ * A weight stream that skips (the down part, in a pass over gate and up) reads
+ * DRAM at half the rate of a stream that runs on (bench/README "Far rows").
  */
 // @ts-ignore: decorator
 @inline function batchOf(t: i32): usize {
   return t == T_F32 ? 8 : NB;
+}
+
+/** Sum of the touched bytes (touch_parts): the loads have a use (it is never read). */
+let touched: u32 = 0;
+
+/** 1 when the f32, f16, int8 and q8 FFNs touch the next batch (ffn_touch_set). In memory, not a global, so every instance on a shared arena sees it. */
+const TOUCH: usize = memory.data<u32>([0]);
+
+/**
+ * Turns the touch of the next batch's records on (1) or off (0) for the f32,
+ * f16, int8 and q8 FFN kernels (q4's always touches). The output bits are the
+ * same either way; only the speed differs, by CPU (bench/README "The touch,
+ * reversed on another host"), so the host times both (src/engine/ffn.ts chooseFfnTouch).
+ */
+export function ffn_touch_set(on: i32): void {
+  store<u32>(TOUCH, on != 0 ? 1 : 0);
+}
+
+/** 1 when the FFN kernels touch the next batch's records (ffn_touch_set). */
+export function ffn_touch(): i32 {
+  return <i32>load<u32>(TOUCH);
+}
+
+/**
+ * Touches a byte per cache line of the nParts parts (pb bytes each) of neurons
+ * [i0, i1): the next batch, before this one computes. wasm has no prefetch
+ * instruction; on a CPU whose prefetchers lose the record-by-record reads this
+ * pays (decode 1.12-1.56x, bench/README "Far rows"), on one whose prefetchers
+ * follow them it is a serial pass that costs (0.70-0.96x). Returns a sum to keep.
+ * base: part 0 of neuron 0; without ptrs the whole record (stride bytes) is touched.
+ */
+export function touch_parts(base: usize, stride: usize, ptrs: usize, nParts: usize, i0: usize, i1: usize, pb: usize): u32 {
+  let s: u32 = 0;
+  for (let i = i0; i < i1; i++) {
+    if (ptrs) {
+      for (let p: usize = 0; p < nParts; p++) {
+        const a = <usize>load<u32>(ptrs + ((i * nParts + p) << 2));
+        for (let q = a; q < a + pb; q += 64) s += load<u8>(q);
+      }
+    } else {
+      const a = base + i * stride; // the record (bundled), or the row of a split layout's first matrix
+      for (let q = a; q < a + stride; q += 64) s += load<u8>(q);
+    }
+  }
+  return s;
+}
+
+/** Keeps a touch_parts sum from another module (q4.ts). */
+export function keep_touched(s: u32): void {
+  touched += s;
 }
 
 /** Gate dots into G and up dots into U for neurons [n0, n0 + m) (records, or the u32 [n][3] table at ptrs). */
@@ -318,15 +371,21 @@ function gate_up_dots(t: i32, G: usize, U: usize, gate: usize, up: usize, stride
   return ptrs ? <usize>load<u32>(ptrs + ((i * nParts + p) << 2)) : base + i * stride;
 }
 
-/** The ReLU FFN of neurons [0, n) into out (x prepared: prepare_x). */
-function relu_range(t: i32, out: usize, x: usize, d: usize, n: usize, up: usize, down: usize, stride: usize, ptrs: usize, hasBias: bool, hOut: usize): void {
+/**
+ * The ReLU FFN of neurons [0, n) into out (x prepared: prepare_x); nt >= n: the
+ * neurons that follow up to the call's end, so the last batch touches the next range's first.
+ */
+function relu_range(t: i32, out: usize, x: usize, d: usize, n: usize, nt: usize, up: usize, down: usize, stride: usize, ptrs: usize, hasBias: bool, hOut: usize): void {
   memory.fill(out, 0, d << 2);
   qn = 0;
   const off = tailOffset(t, d);
   const biasOff = biasOffset(t, d); // int8 parts: scale(s), then bias
   const nb = batchOf(t);
+  const touch = load<u32>(TOUCH) != 0;
+  let sink: u32 = 0;
   for (let n0: usize = 0; n0 < n; n0 += nb) {
     const m = min(nb, n - n0);
+    if (touch) sink += touch_parts(up, stride, ptrs, 2, n0 + nb, min(n0 + 2 * nb, nt), off);
     if (ptrs) dots(t, HB, 0, 0, ptrs + ((n0 * 2) << 2), 8, x, m, d);
     else dots(t, HB, up + n0 * stride, stride, 0, 0, x, m, d);
     for (let k: usize = 0; k < m; k++) {
@@ -344,17 +403,21 @@ function relu_range(t: i32, out: usize, x: usize, d: usize, n: usize, up: usize,
     }
   }
   flush(t, out, d);
+  touched += sink;
 }
 
-/** The gated FFN of neurons [0, n) into out (x prepared: prepare_x). */
-function swiglu_range(t: i32, out: usize, x: usize, d: usize, n: usize, gate: usize, up: usize, down: usize, stride: usize, ptrs: usize, hOut: usize, afn: i32, athr: f32): void {
+/** The gated FFN of neurons [0, n) into out (x prepared: prepare_x); nt as relu_range. */
+function swiglu_range(t: i32, out: usize, x: usize, d: usize, n: usize, nt: usize, gate: usize, up: usize, down: usize, stride: usize, ptrs: usize, hOut: usize, afn: i32, athr: f32): void {
   memory.fill(out, 0, d << 2);
   qn = 0;
   const off = tailOffset(t, d);
   const UB = HB + (NB << 2);
   const nb = batchOf(t);
+  const touch = load<u32>(TOUCH) != 0;
+  let sink: u32 = 0;
   for (let n0: usize = 0; n0 < n; n0 += nb) {
     const m = min(nb, n - n0);
+    if (touch) sink += touch_parts(gate, stride, ptrs, 3, n0 + nb, min(n0 + 2 * nb, nt), off);
     gate_up_dots(t, HB, UB, gate, up, stride, ptrs, n0, x, m, d);
     for (let k: usize = 0; k < m; k++) {
       const i = n0 + k;
@@ -372,6 +435,7 @@ function swiglu_range(t: i32, out: usize, x: usize, d: usize, n: usize, gate: us
     }
   }
   flush(t, out, d);
+  touched += sink;
 }
 
 // ---------------------------------------------------------------- neuron ranges
@@ -414,8 +478,8 @@ export function add_partial(out: usize, p: usize, d: usize): void {
 function ffn_range_into(t: i32, gated: bool, dst: usize, x: usize, d: usize, n: usize, gate: usize, up: usize, down: usize, stride: usize, ptrs: usize, hasBias: bool, hOut: usize, afn: i32, athr: f32, r: usize): void {
   const R = ffnRanges(d), a = rangeStart(n, R, r), m = rangeStart(n, R, r + 1) - a, np: usize = gated ? 3 : 2;
   const pt = ptrs ? ptrs + ((a * np) << 2) : 0, h = hOut ? hOut + (a << 2) : 0, o = a * stride;
-  if (gated) swiglu_range(t, dst, x, d, m, gate + o, up + o, down + o, stride, pt, h, afn, athr);
-  else relu_range(t, dst, x, d, m, up + o, down + o, stride, pt, hasBias, h);
+  if (gated) swiglu_range(t, dst, x, d, m, n - a, gate + o, up + o, down + o, stride, pt, h, afn, athr);
+  else relu_range(t, dst, x, d, m, n - a, up + o, down + o, stride, pt, hasBias, h);
 }
 
 /** The whole FFN: range 0 into out, each later non-empty range into PT, then added. */

@@ -12,7 +12,7 @@ export { rope_interleaved, rope_half } from "./rope";
 export { attention } from "./attention";
 export { softmax, relu, silu, swiglu, add, scale } from "./activation";
 export { argmax, softmax_temp } from "./sample";
-export { ffn_relu_f32, ffn_relu_f16, ffn_relu_i8, ffn_relu_q8, ffn_swiglu_f32, ffn_swiglu_f16, ffn_swiglu_i8, ffn_swiglu_q8 } from "./ffn";
+export { ffn_relu_f32, ffn_relu_f16, ffn_relu_i8, ffn_relu_q8, ffn_swiglu_f32, ffn_swiglu_f16, ffn_swiglu_i8, ffn_swiglu_q8, ffn_touch_set, ffn_touch } from "./ffn";
 export { cache_state_bytes, cache_init, cache_step, cache_install, cache_first_new, cache_overflow, cache_used, cache_hits, cache_misses, cache_evictions, cache_lru_evictions, cache_overflows } from "./cache";
 export { ffn_relu_f32_ptrs, ffn_relu_f16_ptrs, ffn_relu_i8_ptrs, ffn_relu_q8_ptrs, ffn_swiglu_f32_ptrs, ffn_swiglu_f16_ptrs, ffn_swiglu_i8_ptrs, ffn_swiglu_q8_ptrs } from "./ffn";
 

@@ -27,7 +27,7 @@ import { hsum, hsum_i32, hsum4_i32, F16_SCALE, f16_upper_exact, f16_bits_lo } fr
 import { quantize_x, QB, f16_to_f32 } from "./gemv";
 import { XQ, ACC, HB, QP, QA, QS, UPS, PT, MAXD_I8, FFN_NB, GATED_GB } from "./arena";
 import { act_gate, act_up, glu1, silu, ACT_SILU } from "./activation";
-import { ffnRanges, rangeStart, rangeEmpty, add_partial } from "./ffn";
+import { touch_parts, keep_touched, ffnRanges, rangeStart, rangeEmpty, add_partial } from "./ffn";
 
 /** Values per group (one f16 scale each). */
 export const Q4G: usize = 32;
@@ -497,33 +497,6 @@ function dots(dst: usize, p: usize, stride: usize, ptrs: usize, pstep: usize, x:
   return ptrs ? <usize>load<u32>(ptrs + ((i * nParts + p) << 2)) : base + i * stride;
 }
 
-/** Sum of the touched bytes (touch_parts): the loads have a use (it is never read). */
-let touched: u32 = 0;
-
-/**
- * Touches a byte per cache line of the nParts parts (pb bytes each) of neurons
- * [i0, i1): the next batch, while this one computes (wasm has no prefetch
- * instruction). q4's decode is slow enough per byte that this still pays
- * (decode 1.08x one thread, 1.19x two, 2026-12-03); the other dtypes' FFNs
- * measured faster without it (bench/README "Far rows"). Returns a sum to keep.
- * base: part 0 of neuron 0; without ptrs the whole record (stride bytes) is touched.
- */
-function touch_parts(base: usize, stride: usize, ptrs: usize, nParts: usize, i0: usize, i1: usize, pb: usize): u32 {
-  let s: u32 = 0;
-  for (let i = i0; i < i1; i++) {
-    if (ptrs) {
-      for (let p: usize = 0; p < nParts; p++) {
-        const a = <usize>load<u32>(ptrs + ((i * nParts + p) << 2));
-        for (let q = a; q < a + pb; q += 64) s += load<u8>(q);
-      }
-    } else {
-      const a = base + i * stride; // the whole record
-      for (let q = a; q < a + stride; q += 64) s += load<u8>(q);
-    }
-  }
-  return s;
-}
-
 /**
  * Neurons [n0, n1) (n0 a multiple of NB): relu(up·x + bias) into h (when given),
  * down rows queued into out; batches touch the next one's records up to neuron nt.
@@ -533,7 +506,7 @@ function relu_h(x: usize, d: usize, up: usize, stride: usize, ptrs: usize, hasBi
   let sink: u32 = 0;
   for (let b = n0; b < n1; b += NB) {
     const m = min(NB, n1 - b);
-    sink += touch_parts(up, stride, ptrs, 2, b + NB, min(b + 2 * NB, nt), so); // the next batch's records
+    sink += touch_parts(up, stride, ptrs, 2, b + NB, min(b + 2 * NB, nt), so); // the next batch's records (ffn.ts)
     if (ptrs) dots(HB, 0, 0, ptrs + ((b * 2) << 2), 8, x, m, d);
     else dots(HB, up + b * stride, stride, 0, 0, x, m, d);
     for (let k: usize = 0; k < m; k++) {
@@ -548,7 +521,7 @@ function relu_h(x: usize, d: usize, up: usize, stride: usize, ptrs: usize, hasBi
       }
     }
   }
-  touched += sink;
+  keep_touched(sink);
 }
 
 /** Gated: h = glu1(afn, athr, gate·x, up·x) of neurons [n0, n1) into h (when given), down rows queued into out; nt as relu_h. */
@@ -576,7 +549,7 @@ function gated_batch(x: usize, d: usize, gate: usize, up: usize, stride: usize, 
       }
     }
   }
-  touched += sink;
+  keep_touched(sink);
 }
 
 /** Range r of an FFN into dst (x prepared; ffn.ts ffn_range_into): neurons [a, b) with their own queue. */

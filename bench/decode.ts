@@ -105,6 +105,8 @@ interface Row {
   promptOverDecode: number;
   /** The kernels build that ran (model.simd). */
   kernels: string;
+  /** Whether the FFN kernels touched each next batch of records (model.ffnTouch: timed at open). */
+  ffnTouch: boolean;
   rounds: { promptTokS: number; decodeTokS: number }[];
   /** --versus: that build's medians, and this build's speed over it (median of per-round ratios). */
   versus?: { promptTokS: number; decodeTokS: number; promptRatio: number; decodeRatio: number };
@@ -170,6 +172,7 @@ for (const dtype of dtypes) {
         decodeTokS: round2(decodeTokS),
         promptOverDecode: round2(promptTokS / decodeTokS),
         kernels: model.simd,
+        ffnTouch: model.ffnTouch,
         rounds: rs.map((x) => ({ promptTokS: round2(x.promptTokS), decodeTokS: round2(x.decodeTokS) })),
         ...(vmodel ? {
           versus: {
@@ -211,7 +214,7 @@ const vsHead = versusDir === undefined ? '' : ` | versus: prompt  decode  prompt
 console.log(`${'dtype'.padEnd(5)} ${pad('threads', 7)} ${pad('prompt tok/s', 12)} ${pad('decode tok/s', 12)} ${pad('prompt÷decode', 13)} ${pad('prompt÷1t', 9)} ${pad('decode÷1t', 9)}  kernels${vsHead}`);
 for (const r of rows) {
   const v = r.versus ? ` | ${pad(r.versus.promptTokS.toFixed(1), 14)} ${pad(r.versus.decodeTokS.toFixed(1), 7)} ${pad(times(r.versus.promptRatio), 9)} ${pad(times(r.versus.decodeRatio), 9)}` : '';
-  console.log(`${r.dtype.padEnd(5)} ${pad(r.threads, 7)} ${pad(r.promptTokS.toFixed(2), 12)} ${pad(r.decodeTokS.toFixed(2), 12)} ${pad(r.promptOverDecode.toFixed(2), 13)} ${pad(times(speedup(r, 'promptTokS')), 9)} ${pad(times(speedup(r, 'decodeTokS')), 9)}  ${r.kernels}${v}`);
+  console.log(`${r.dtype.padEnd(5)} ${pad(r.threads, 7)} ${pad(r.promptTokS.toFixed(2), 12)} ${pad(r.decodeTokS.toFixed(2), 12)} ${pad(r.promptOverDecode.toFixed(2), 13)} ${pad(times(speedup(r, 'promptTokS')), 9)} ${pad(times(speedup(r, 'decodeTokS')), 9)}  ${r.kernels}${r.ffnTouch ? '+touch' : ''}${v}`);
 }
 if (versusDir !== undefined) console.log(`versus: ${versusCheckout ? 'the checkout' : 'the kernels'} in ${versusDir}, alternated round by round; ÷ = this build's speed over that one's (median of per-round ratios)`);
 for (const note of new Set(notes)) console.log(`note: ${note}`);

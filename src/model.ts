@@ -204,6 +204,11 @@ export class Model {
     return simdBuild(this.kernels);
   }
 
+  /** Whether the FFN kernels touch each next batch of records ahead of use: timed at open for the dense strategy (chooseFfnTouch), else off. */
+  get ffnTouch(): boolean {
+    return this.kernels.ffn_touch() !== 0;
+  }
+
   /** How many leading tokens of the KV cache are valid (what the next prompt can reuse). */
   get cachedTokens(): number {
     return this.kvIds.length;
@@ -297,6 +302,7 @@ export class Model {
       const oracleFile = source instanceof MemoryCachedSource ? file.withSource(source.inner) : file;
       const oracle = plan.sparsity === 'oracle' || options.measurePredictor ? await Oracle.create(oracleFile, options.wasm ?? kernelsUrl(false, options.simd), { mode: options.oracle, stats }) : undefined;
       let streaming: StreamingFfn | undefined;
+      let resident: ResidentFfn | undefined;
       // Load progress: the weights read at open (the resident part, and the FFN for dense).
       const loadTotal = plan.residentBytes + (strategy === 'dense' ? plan.ffnBytes : 0);
       let loaded = 0;
@@ -304,7 +310,7 @@ export class Model {
       const onBytes = onProgress && ((n: number) => onProgress({ loaded: (loaded += n), total: loadTotal }));
       const transformer = await Transformer.load(file, k, arena, contextLength, async (sectionPtrs) =>
         strategy === 'dense'
-          ? ResidentFfn.load(file, k, arena, onBytes)
+          ? (resident = await ResidentFfn.load(file, k, arena, onBytes))
           : (streaming = new StreamingFfn(file, k, arena, sectionPtrs, {
               selection: plan.sparsity,
               window: plan.window,
@@ -320,6 +326,11 @@ export class Model {
         onBytes,
         plan.kvDtype,
       );
+      // Resident weights: time the FFN with and without its record touch on this machine (same bits either way).
+      if (resident) {
+        const r = resident;
+        transformer.withFfnInput((x, out) => r.chooseTouch(x, out));
+      }
       return new Model(file, tokenizer, k, transformer, plan, stats, streaming, pool, threading, chatTemplate);
     } catch (e) {
       await pool?.close().catch(() => {});

@@ -9,6 +9,8 @@ import { openModel, type Model, type OpenOptions } from '../src/node.js';
 import { MemorySource } from '../src/source/memory.js';
 import { AbortedError, ArgumentError, BudgetError } from '../src/errors.js';
 import type { DType } from '../src/format/types.js';
+import { chooseFfnTouch } from '../src/engine/ffn.js';
+import type { Kernels } from '../src/kernels/types.js';
 import { OPT_DIR, STORIES_BIN, STORIES_GOLDEN, STORIES_TOK, convertToBytes, optReference } from './helpers/models.js';
 
 const stories = (dtype: DType = 'f32', layout: 'bundled' | 'split' = 'bundled') => convertToBytes(STORIES_BIN, { tokenizer: STORIES_TOK, dtype, layout });
@@ -281,4 +283,34 @@ test('onProgress reports the weights loaded at open: rising to the resident part
     t.is(seen.at(-1)!.loaded, want, `${strategy}: ends at the total`);
     await model.close();
   }
+});
+
+test('chooseFfnTouch keeps the FFN record touch only where it times faster, and leaves the kernels set that way', (t) => {
+  // A clock that advances by what each run costs: 10 ms a run without the touch, `withTouch` with it (a little jitter).
+  const run = (withTouch: number) => {
+    let clock = 0, on = 0, i = 0;
+    const k = { ffn_touch_set: (v: number) => { on = v; }, ffn_touch: () => on } as unknown as Kernels;
+    const chose = chooseFfnTouch(k, () => { clock += (on ? withTouch : 10) + (i++ % 3) * 0.1; }, 7, () => clock);
+    return { chose, on };
+  };
+  t.deepEqual(run(7), { chose: true, on: 1 }, '30% faster with the touch: on');
+  t.deepEqual(run(14), { chose: false, on: 0 }, 'slower with it: off');
+  t.deepEqual(run(9.8), { chose: false, on: 0 }, 'within 5%: off (no gain worth the loads)');
+});
+
+test('a dense model times its FFN touch at open (same tokens either way); streaming strategies leave it off', async (t) => {
+  const bytes = await opt();
+  const dense = await openModel(new MemorySource(bytes), { strategy: 'dense' });
+  t.is(typeof dense.ffnTouch, 'boolean');
+  const greedy = async (m: Model) => {
+    const ids: number[] = [];
+    for await (const s of m.steps('Hello', { maxTokens: 12, temperature: 0 })) ids.push(s.token);
+    return ids;
+  };
+  const tokens = await greedy(dense);
+  await dense.close();
+  const hybrid = await openModel(new MemorySource(bytes), { strategy: 'hybrid' });
+  t.false(hybrid.ffnTouch);
+  t.deepEqual(await greedy(hybrid), tokens);
+  await hybrid.close();
 });

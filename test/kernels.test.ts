@@ -515,6 +515,43 @@ for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
   });
 }
 
+test('ffn_touch_set: touching the next records changes no output bit (strided and pointer-table FFNs, every dtype)', (t) => {
+  t.is(k.ffn_touch(), 0, 'off by default');
+  let seed = 700;
+  for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
+    for (const kind of ['relu', 'swiglu'] as const) {
+      A.reset();
+      const r = rng(seed++);
+      // 300 neurons: several batches (8 for f32, 64 for the others) in each of the 8 neuron ranges' worth
+      const L: FfnLayout = { dtype, kind, d: 72, n: 300, hasBias: kind === 'relu', bundled: true };
+      const nParts = kind === 'relu' ? 2 : 3;
+      const R = buildRecords(L, Array.from({ length: nParts }, () => normalish(r, L.n * L.d, 0.3)), L.hasBias ? uniform(r, L.n, -0.5, 0.2) : null, r);
+      const base = A.putBytes(R.bytes, 0);
+      const p = R.partOff.map((o) => base + o);
+      const table = new Uint32Array(L.n * nParts);
+      for (let i = 0; i < L.n; i++) for (let q = 0; q < nParts; q++) table[i * nParts + q] = p[q]! + (L.n - 1 - i) * R.stride; // reversed order
+      const P = A.putBytes(table, 0), X = A.putF32(normalish(r, L.d), 1);
+      const sfx = kernelSuffix(dtype);
+      const outs = [0, 1].map((on) => {
+        k.ffn_touch_set(on);
+        t.is(k.ffn_touch(), on);
+        const O = A.out(L.d), Q = A.out(L.d), H = A.out(L.n);
+        if (kind === 'relu') {
+          k[`ffn_relu_${sfx}`](O, X, L.d, L.n, p[0]!, p[1]!, R.stride, 1, H);
+          k[`ffn_relu_${sfx}_ptrs`](Q, X, L.d, P, L.n, 1, 0);
+        } else {
+          k[`ffn_swiglu_${sfx}`](O, X, L.d, L.n, p[0]!, p[1]!, p[2]!, R.stride, H, 0, 0);
+          k[`ffn_swiglu_${sfx}_ptrs`](Q, X, L.d, P, L.n, 0, 0, 0);
+        }
+        return [A.f32(O, L.d).slice(), A.f32(Q, L.d).slice(), A.f32(H, L.n).slice()];
+      });
+      k.ffn_touch_set(0);
+      t.deepEqual(outs[1], outs[0], `${kind} ${dtype}: touch on = touch off`);
+      t.true(outs[0]![0]!.some((v) => v !== 0), `${kind} ${dtype}: a non-trivial output`);
+    }
+  }
+});
+
 for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
   test(`ffn_*_${kernelSuffix(dtype)}_ptrs: gathered neurons in any order (pointer tables)`, (t) => {
     let seed = 300;

@@ -101,6 +101,39 @@ export function runFfnBatch(k: Kernels, f: FfnEntry, out: number, ldo: number, x
   }
 }
 
+/**
+ * Times `run` (some of the model's FFN layers) without and with the FFN
+ * kernels' touch of each next batch of records (Kernels.ffn_touch_set),
+ * alternating, and leaves the touch on only when both its median and its best
+ * time are at least 5% lower (a wrong "on" costs ~15%, a wrong "off" what the touch would gain).
+ * WebAssembly has no prefetch instruction: the touch was worth 1.1-1.5x decode
+ * on one CPU and cost 0.7-0.9x on another (bench/README "The touch, reversed
+ * on another host"), and the output bits are the same either way, so the
+ * machine decides. `now` is the clock (a parameter so tests can give one).
+ */
+export function chooseFfnTouch(k: Kernels, run: () => void, rounds = 7, now: () => number = () => performance.now()): boolean {
+  const time = (on: number): number => {
+    k.ffn_touch_set(on);
+    const t0 = now();
+    run();
+    return now() - t0;
+  };
+  time(0); // warm-up, both ways
+  time(1);
+  const off: number[] = [], on: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    off.push(time(0));
+    on.push(time(1));
+  }
+  const median = (a: number[]) => a.sort((x, y) => x - y)[a.length >> 1]!;
+  const keep = median(on) < 0.95 * median(off) && Math.min(...on) < 0.95 * Math.min(...off);
+  k.ffn_touch_set(keep ? 1 : 0);
+  return keep;
+}
+
+/** FFN bytes a chooseFfnTouch sample runs over (whole layers, at least one): long enough to time, short at open. */
+export const TOUCH_SAMPLE_BYTES = 32 << 20;
+
 /** Every FFN section read once into the arena (the `dense` strategy). */
 export class ResidentFfn implements FfnProvider {
   private constructor(
@@ -120,6 +153,18 @@ export class ResidentFfn implements FfnProvider {
     // Sections are independent: read them concurrently (a file or HTTP source overlaps the reads).
     await Promise.all(sections.map((s, i) => file.readSection(s, arena.u8(bases[i]!, s.length), 0, file.source.hints, onBytes)));
     return new ResidentFfn(k, entries, bases, entries.map((f, l) => f.partOffsets.map((o) => bases[l]! + o)), gatedActArgs(file.header.arch));
+  }
+
+  /** chooseFfnTouch over this model's first layers (TOUCH_SAMPLE_BYTES of them) with input x, output to out. */
+  chooseTouch(x: number, out: number): boolean {
+    let layers = 0;
+    for (let bytes = 0; layers < this.entries.length && (layers === 0 || bytes < TOUCH_SAMPLE_BYTES); layers++) {
+      const f = this.entries[layers]!;
+      bytes += f.neurons * f.parts.length * f.partBytes;
+    }
+    return chooseFfnTouch(this.k, () => {
+      for (let l = 0; l < layers; l++) this.run(l, x, out);
+    });
   }
 
   run(layer: number, x: number, out: number, hOut = 0): void {

@@ -237,6 +237,18 @@ export class Transformer {
   }
 
   /** Runs one token at `pos` (0-based, < contextLength); returns the logits pointer. */
+  /**
+   * Calls f with an FFN input (dModel f32 of a fixed, model-scale pattern, in
+   * the working rows) and an output row: for timing the FFN kernels at open
+   * (chooseFfnTouch). Only between forward passes: it overwrites working rows.
+   */
+  withFfnInput<T>(f: (x: number, out: number) => T): T {
+    const w = this.w, d = this.arch.dModel;
+    const x = new Float32Array(this.k.memory.buffer, w.xb, d);
+    for (let i = 0; i < d; i++) x[i] = Math.sin(i * 0.7) * 0.5; // ~ a normed hidden state: no zeros, no NaN
+    return f(w.xb, w.tmp);
+  }
+
   forward(token: number, pos: number): Promise<number> | number {
     return this.forwardBlock([token], pos, 0, 1);
   }

@@ -32,6 +32,8 @@ export const KERNEL_NAMES = [
   'ffn_swiglu_f16',
   'ffn_swiglu_i8',
   'ffn_swiglu_q8',
+  'ffn_touch_set',
+  'ffn_touch',
   'thread_init',
   'thread_scratch_bytes',
   'thread_scratch',

@@ -93,6 +93,14 @@ export interface Kernels {
   ffn_swiglu_f16(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number, afn: number, athr: number): void;
   ffn_swiglu_i8(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number, afn: number, athr: number): void;
   ffn_swiglu_q8(out: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hOut: number, afn: number, athr: number): void;
+  /**
+   * Whether the f32, f16, int8 and q8 FFN kernels touch each next batch's records
+   * before computing (1) or not (0, the default): the same output bits either
+   * way, a speed that depends on the CPU (src/engine/ffn.ts chooseFfnTouch).
+   * Kept in the arena, so every instance on a shared one follows it.
+   */
+  ffn_touch_set(on: number): void;
+  ffn_touch(): number;
 
   // ---- threads (src/kernels/pool.ts): where this instance keeps its mutable scratch ----
   /** Moves this instance's scratch to `base` (thread_scratch_bytes() bytes, 0 = the default region below heap_base). */
