@@ -236,7 +236,6 @@ export class Transformer {
     for (let t = 0; t < T; t++) this.k.add(x + t * ld, x + t * ld, y + t * ld, this.arch.dModel);
   }
 
-  /** Runs one token at `pos` (0-based, < contextLength); returns the logits pointer. */
   /**
    * Calls f with an FFN input (dModel f32 of a fixed, model-scale pattern, in
    * the working rows) and an output row: for timing the FFN kernels at open
@@ -249,6 +248,7 @@ export class Transformer {
     return f(w.xb, w.tmp);
   }
 
+  /** Runs one token at `pos` (0-based, < contextLength); returns the logits pointer. */
   forward(token: number, pos: number): Promise<number> | number {
     return this.forwardBlock([token], pos, 0, 1);
   }
