@@ -10,6 +10,7 @@ import { MemorySource } from '../src/source/memory.js';
 import { AbortedError, ArgumentError, BudgetError } from '../src/errors.js';
 import type { DType } from '../src/format/types.js';
 import { chooseFfnTouch } from '../src/engine/ffn.js';
+import { Transformer } from '../src/engine/transformer.js';
 import type { Kernels } from '../src/kernels/types.js';
 import { OPT_DIR, STORIES_BIN, STORIES_GOLDEN, STORIES_TOK, convertToBytes, optReference } from './helpers/models.js';
 
@@ -300,8 +301,25 @@ test('chooseFfnTouch keeps the FFN record touch only where it times faster, and 
 
 test('a dense model times its FFN touch at open (same tokens either way); streaming strategies leave it off', async (t) => {
   const bytes = await opt();
-  const dense = await openModel(new MemorySource(bytes), { strategy: 'dense' });
-  t.is(typeof dense.ffnTouch, 'boolean');
+  // Count the timing runs at open: withFfnInput is where Model.open hands the resident FFN its input.
+  const proto = Transformer.prototype;
+  const original = proto.withFfnInput;
+  let timed = 0;
+  proto.withFfnInput = function <T>(this: Transformer, f: (x: number, out: number) => T): T {
+    timed++;
+    return original.call(this, f) as T;
+  };
+  let dense: Model;
+  try {
+    dense = await openModel(new MemorySource(bytes), { strategy: 'dense' });
+    t.is(timed, 1, 'dense: timed once at open');
+    t.is(typeof dense.ffnTouch, 'boolean');
+    const hybrid0 = await openModel(new MemorySource(bytes), { strategy: 'hybrid' });
+    t.is(timed, 1, 'hybrid: not timed');
+    await hybrid0.close();
+  } finally {
+    proto.withFfnInput = original;
+  }
   const greedy = async (m: Model) => {
     const ids: number[] = [];
     for await (const s of m.steps('Hello', { maxTokens: 12, temperature: 0 })) ids.push(s.token);
