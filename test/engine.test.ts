@@ -299,9 +299,9 @@ test('chooseFfnTouch keeps the FFN record touch only where it times faster, and 
   t.deepEqual(run(9.8), { chose: false, on: 0 }, 'within 5%: off (no gain worth the loads)');
 });
 
-test('a dense model times its FFN touch at open (same tokens either way); streaming strategies leave it off', async (t) => {
+test.serial('a dense model times its FFN touch at open (same tokens either way); streaming strategies leave it off', async (t) => {
   const bytes = await opt();
-  // Count the timing runs at open: withFfnInput is where Model.open hands the resident FFN its input.
+  // Count the timing runs at open: withFfnInput is where Model.open hands the resident FFN its input (serial: no other test opens a model meanwhile).
   const proto = Transformer.prototype;
   const original = proto.withFfnInput;
   let timed = 0;
