@@ -387,7 +387,8 @@ function core_q4(out: usize, ldo: usize, W: usize, stride: usize, Sc: usize, sst
 /**
  * out[t][r] = W_r . x_t (+ bias[r]) for rows [r0, r1) of every token, each
  * equal to matvec_* (t: 0 f32, 1 f16, 2 int8 with per-row `scales`, 3 q8
- * with f32 group `scales`, 4 q4 with f16 group `scales`). The
+ * with f32 group `scales`, 4 q4 with f16 group `scales`; int8 with scales 0:
+ * the unscaled sums). The
  * bias (and int8 row scale) are applied as matvec.ts does: one rounding each.
  */
 export function matmul_rows(t: i32, out: usize, ldo: i32, W: usize, scales: usize, x: usize, ldx: i32, bias: usize, T: i32, rows: i32, cols: i32, scratch: usize, r0: i32, r1: i32): void {
@@ -406,12 +407,13 @@ export function matmul_rows(t: i32, out: usize, ldo: i32, W: usize, scales: usiz
     prepare_i8(x, lx, nT, n, scratch);
     core_i8(out, lo, W, n, nT, m, n, scratch, a, b);
   }
-  if (t != T_I8 && !bias) return;
+  const rowScales = t == T_I8 && scales != 0; // int8 without scales: the raw sums (rows.ts)
+  if (!rowScales && !bias) return;
   for (let k: usize = 0; k < nT; k++) {
     const o = out + k * lo;
     for (let r = a; r < b; r++) {
       let v = load<f32>(o + (r << 2));
-      if (t == T_I8) v *= load<f32>(scales + (r << 2));
+      if (rowScales) v *= load<f32>(scales + (r << 2));
       if (bias) v += load<f32>(bias + (r << 2));
       store<f32>(o + (r << 2), v);
     }

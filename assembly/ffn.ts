@@ -221,7 +221,7 @@ function flush(t: i32, out: usize, d: usize): void {
 let f16k: f32 = 0;
 let i8q: bool = false;
 
-function prepare_x(t: i32, x: usize, d: usize): void {
+export function prepare_x(t: i32, x: usize, d: usize): void {
   if (t == T_F16) f16k = f16_prepare(x, d);
   else if (t == T_I8 || t == T_Q8) {
     i8q = d <= MAXD_I8;
@@ -277,7 +277,7 @@ function dots(t: i32, dst: usize, p: usize, stride: usize, ptrs: usize, pstep: u
  * DRAM at half the rate of a stream that runs on (bench/README "Far rows").
  */
 // @ts-ignore: decorator
-@inline function batchOf(t: i32): usize {
+@inline export function batchOf(t: i32): usize {
   return t == T_F32 ? 8 : NB;
 }
 
@@ -332,7 +332,7 @@ export function keep_touched(s: u32): void {
 }
 
 /** Gate dots into G and up dots into U for neurons [n0, n0 + m) (records, or the u32 [n][3] table at ptrs). */
-function gate_up_dots(t: i32, G: usize, U: usize, gate: usize, up: usize, stride: usize, ptrs: usize, n0: usize, x: usize, m: usize, d: usize): void {
+export function gate_up_dots(t: i32, G: usize, U: usize, gate: usize, up: usize, stride: usize, ptrs: usize, n0: usize, x: usize, m: usize, d: usize): void {
   if (t == T_F32) {
     if (ptrs) dots2_f32_p(G, U, 0, 0, 0, ptrs + ((n0 * 3) << 2), ptrs + ((n0 * 3 + 1) << 2), 12, x, <i32>m, <i32>d);
     else dots2_f32_p(G, U, gate + n0 * stride, up + n0 * stride, stride, 0, 0, 0, x, <i32>m, <i32>d);

@@ -10,3 +10,4 @@ export { ffn_ranges, ffn_ranges_sum, ffn_range_count, ffn_parts_bytes } from "./
 export { gate_act_rows, gated_h, gated_down } from "./gated";
 export { matmul_rows, ffn_batch_act, ffn_batch_down } from "./batch";
 export { matvec_q4_prepare, matvec_q4_rows, q4_ffn_ranges, q4_gate_act_rows, q4_gated_h, q4_gated_down } from "./q4";
+export { rows_act, rows_down, rows_batch_down, rows_fold } from "./rows";

@@ -30,4 +30,5 @@ export { gate_act_f32, gate_act_f16, gate_act_i8, gate_act_q8, ffn_gated_f32_ptr
 export { xxh64, xxh64_slot } from "./xxh64";
 export { thread_init, thread_scratch_bytes, thread_scratch } from "./arena";
 export { batch_scratch_bytes, matmul_f32, matmul_f16, matmul_i8, matmul_q8, ffn_relu_f32_batch, ffn_relu_f16_batch, ffn_relu_i8_batch, ffn_relu_q8_batch, ffn_swiglu_f32_batch, ffn_swiglu_f16_batch, ffn_swiglu_i8_batch, ffn_swiglu_q8_batch, matmul_q4, ffn_relu_q4_batch, ffn_swiglu_q4_batch } from "./batch";
+export { ffn_rows, ffn_rows_batch } from "./rows";
 export { matvec_q4, dequant_q4, ffn_relu_q4, ffn_swiglu_q4, ffn_relu_q4_ptrs, ffn_swiglu_q4_ptrs, gate_act_q4, ffn_gated_q4_ptrs } from "./q4";

@@ -7,7 +7,7 @@ import { httpOpener } from './source/http.js';
 
 registerSourceOpener(httpOpener);
 
-export { openModel, Model, registerSourceOpener, resolveSource, STRATEGIES, type Strategy, type MemoryPlan, type OpenOptions, type GenerateOptions, type SourceOpener, type Timings, type FinishReason, type Step } from './model.js';
+export { openModel, Model, registerSourceOpener, resolveSource, STRATEGIES, type Strategy, type MemoryPlan, type DenseLayout, type OpenOptions, type GenerateOptions, type SourceOpener, type Timings, type FinishReason, type Step } from './model.js';
 export { renderChat, chatTemplateOf, type ChatMessage, type ChatTemplate } from './chat.js';
 export { openAiFetch, ApiError, type OpenAiFetchOptions } from './api/openai.js';
 export type { Sparsity } from './flash/streaming.js';

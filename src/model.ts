@@ -14,7 +14,7 @@ import type { Kernels } from './kernels/types.js';
 import { Arena, sizeOption } from './engine/arena.js';
 import { ResidentFfn } from './engine/ffn.js';
 import { planMemory, type MemoryPlan, type PlanOptions, type Strategy } from './plan.js';
-export { STRATEGIES, type Strategy, type MemoryPlan } from './plan.js';
+export { STRATEGIES, type Strategy, type MemoryPlan, type DenseLayout } from './plan.js';
 import { Oracle, type OracleMode } from './flash/oracle.js';
 import { DEFAULT_HINTS } from './flash/planner.js';
 import { RunStats, type TokenStats } from './flash/stats.js';
@@ -310,7 +310,7 @@ export class Model {
       const onBytes = onProgress && ((n: number) => onProgress({ loaded: (loaded += n), total: loadTotal }));
       const transformer = await Transformer.load(file, k, arena, contextLength, async (sectionPtrs) =>
         strategy === 'dense'
-          ? (resident = await ResidentFfn.load(file, k, arena, onBytes))
+          ? (resident = await ResidentFfn.load(file, k, arena, onBytes, { rows: plan.denseLayout === 'rows' }))
           : (streaming = new StreamingFfn(file, k, arena, sectionPtrs, {
               selection: plan.sparsity,
               window: plan.window,

@@ -9,6 +9,7 @@ import type { FlmFile } from './format/reader.js';
 import type { Kernels } from './kernels/types.js';
 import { prefetchOverheadBytes, slotBytes, streamingFixedBytes, type Sparsity } from './flash/streaming.js';
 import { MAX_ARENA_BYTES, fmtBytes, sizeOption } from './engine/arena.js';
+import { hasRowsLayout, residentFfnBytes } from './engine/ffn.js';
 import { DEFAULT_BATCH, Transformer, maxColumns, residentSections, type KvDtype } from './engine/transformer.js';
 import { poolBytes } from './kernels/pool.js';
 
@@ -39,7 +40,16 @@ export interface PlanOptions {
    * needs predictors in the file). Default true; false for the ablation.
    */
   prefetch?: boolean;
+  /**
+   * The dense strategy's FFN layout: 'rows' (default) rearranges SiLU-gated
+   * layers at load so their down pass runs as a matvec (faster; its sums round
+   * differently from the streamed records'), 'records' keeps the file's neuron
+   * records, the bits the streaming strategies give (src/engine/ffn.ts rowsLayout).
+   */
+  denseLayout?: DenseLayout;
 }
+
+export type DenseLayout = 'rows' | 'records';
 
 export interface MemoryPlan {
   strategy: Strategy;
@@ -62,6 +72,8 @@ export interface MemoryPlan {
   poolBytes: number;
   /** Scratch of one thread's batched kernels (the pool's workers each get this much). */
   batchScratchBytes: number;
+  /** dense: the FFN layout its layers load in ('rows' where the file's layers take it: rowsLayout); streaming: null. */
+  denseLayout: DenseLayout | null;
   stagingBytes: number;
   /** Staging of the next layer's reads (0: no prefetch), besides its pointer table. */
   prefetchBytes: number;
@@ -100,6 +112,8 @@ export function planMemory(file: FlmFile, k: Kernels, options: PlanOptions, cont
   if (!Number.isInteger(batch) || batch < 1 || batch > 1024) throw new ArgumentError(`batchSize must be an integer in [1, 1024], got ${String(options.batchSize)}`);
   const threads = options.threads ?? 1;
   const kvDtype = options.kvDtype ?? 'f32';
+  const denseLayout = options.denseLayout ?? 'rows';
+  if (denseLayout !== 'rows' && denseLayout !== 'records') throw new ArgumentError(`denseLayout must be rows or records, got ${String(options.denseLayout)}`);
   if (kvDtype !== 'f32' && kvDtype !== 'f16') throw new ArgumentError(`kvDtype must be f32 or f16, got ${String(options.kvDtype)}`);
   const budget = sizeOption(options.memory);
   if (budget !== undefined && (!(budget > 0) || budget > MAX_ARENA_BYTES)) throw new ArgumentError(`memory budget must be in (0, 4 GiB], got ${fmtBytes(budget)}`);
@@ -120,10 +134,11 @@ export function planMemory(file: FlmFile, k: Kernels, options: PlanOptions, cont
   }
   const { batchScratchBytes, pool } = w;
   let workingBytes = w.bytes;
-  const base = { strategy, sparsity, window, residentBytes, ffnBytes, neurons: a.ffnDim, batch, kvDtype, threads, poolBytes: pool, batchScratchBytes };
+  const rows = strategy === 'dense' && denseLayout === 'rows' && hasRowsLayout(file);
+  const base = { strategy, sparsity, window, residentBytes, ffnBytes, neurons: a.ffnDim, batch, kvDtype, threads, poolBytes: pool, batchScratchBytes, denseLayout: strategy === 'dense' ? (rows ? 'rows' as const : 'records' as const) : null };
 
   if (strategy === 'dense') {
-    const need = residentBytes + ffnBytes + workingBytes;
+    const need = residentBytes + residentFfnBytes(file, { rows }) + workingBytes;
     if (budget !== undefined && need > budget) throw new BudgetError(`the dense strategy keeps the whole model resident: it needs ${fmtBytes(need)}, the budget is ${fmtBytes(budget)}; use a streaming strategy (hybrid, predictor, window)`);
     return { ...base, arenaBytes: budget ?? need, workingBytes, stagingBytes: 0, prefetchBytes: 0, capacity: 0, cacheBytes: 0 };
   }

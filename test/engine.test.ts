@@ -332,3 +332,41 @@ test.serial('a dense model times its FFN touch at open (same tokens either way);
   t.deepEqual(await greedy(hybrid), tokens);
   await hybrid.close();
 });
+
+test('denseLayout: rows (the default for SiLU-gated dense models) stays close to records, which give the streamed bits; OPT (relu) keeps records; bad values are ArgumentErrors', async (t) => {
+  const prose = 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park.';
+  const run = async (bytes: Uint8Array, options: OpenOptions) => {
+    const model = await openModel(new MemorySource(bytes), { contextLength: 128, ...options });
+    const ids: number[] = [];
+    let logits: Float32Array | undefined;
+    for await (const s of model.steps(prose, { maxTokens: 24, temperature: 0 })) {
+      logits ??= lastLogits(model);
+      if (s.token >= 0) ids.push(s.token);
+    }
+    const plan = model.plan;
+    await model.close();
+    return { ids, logits: logits!, plan };
+  };
+  for (const dtype of ['f32', 'f16', 'int8', 'q8'] as DType[]) {
+    const bytes = await stories(dtype);
+    const rows = await run(bytes, {});
+    const records = await run(bytes, { denseLayout: 'records' });
+    const hybrid = await run(bytes, { strategy: 'hybrid' });
+    t.is(rows.plan.denseLayout, 'rows');
+    t.is(records.plan.denseLayout, 'records');
+    t.is(hybrid.plan.denseLayout, null);
+    t.is(rows.plan.arenaBytes - records.plan.arenaBytes, 4 * records.plan.neurons, `${dtype}: the rows layout's activations (ffnDim f32) on top`);
+    t.deepEqual(rows.ids, records.ids, `${dtype}: greedy ids`);
+    let worst = 0, scale = 0;
+    for (let i = 0; i < rows.logits.length; i++) {
+      worst = Math.max(worst, Math.abs(rows.logits[i]! - records.logits[i]!));
+      scale = Math.max(scale, Math.abs(records.logits[i]!));
+    }
+    t.true(worst > 0 && worst < 1e-4 * scale, `${dtype}: logits differ by ${worst} of ${scale} (rounding only)`);
+    t.deepEqual(new Uint32Array(records.logits.buffer), new Uint32Array(hybrid.logits.buffer), `${dtype}: records = the streamed bits`);
+    t.deepEqual(records.ids, hybrid.ids);
+  }
+  const relu = await run(await opt(), {});
+  t.is(relu.plan.denseLayout, 'records', 'ReLU: records, whose down pass skips the zeros');
+  await t.throwsAsync(openModel(new MemorySource(await stories()), { denseLayout: 'columns' as 'rows' }), { instanceOf: ArgumentError, message: /denseLayout must be rows or records/ });
+});

@@ -23,6 +23,8 @@ import { MemorySource } from '../src/source/memory.js';
 import type { Transformer } from '../src/engine/transformer.js';
 import { STORIES_TOK, convertCheckpoint } from './helpers/models.js';
 import { writeRandomLlama2c } from './helpers/random-llama2c.js';
+import { rowsLayout, toRows } from '../src/engine/ffn.js';
+import { entryOf } from './helpers/records.js';
 
 const ARENA = 160 << 20;
 /** Inputs start here in both arenas (above both modules' static data and the pools' regions). */
@@ -289,6 +291,30 @@ test.serial('an FFN is the fixed-order sum of its 8 neuron ranges (64-aligned), 
       }
       t.true(ranges >= 3, `${dtype} d=${d} n=${n}: ${ranges} ranges`);
       t.deepEqual(new Uint32Array(whole.buffer), new Uint32Array(sum.buffer), `${dtype} d=${d} n=${n}: the whole call is the ranges' sum, in order`);
+    }
+  }
+});
+
+test.serial('ffn_rows and ffn_rows_batch (the rows layout): byte-identical over 1-3 threads, f32/f16/int8/q8', (t) => {
+  let seed = 4000;
+  for (const dtype of ['f32', 'f16', 'int8', 'q8'] as Dtype[]) {
+    for (const [d, n] of [[16, 64], [29, 70], [100, 200], [203, 131], [520, 300]] as const) {
+      M.reset();
+      const r = rng(seed++);
+      const L: FfnLayout = { dtype, kind: 'swiglu', d, n, hasBias: false, bundled: seed % 2 === 0 };
+      const R = buildRecords(L, [0, 1, 2].map(() => normalish(r, n * d, 0.3)), null, r);
+      const e = entryOf(L, R);
+      const lay = rowsLayout(e, { afn: 0, athr: 0 }, R.bytes.length)!;
+      const bytes = R.bytes.slice();
+      toRows(e, lay, bytes);
+      const base = M.put(bytes, 0);
+      const tc = { f32: 0, f16: 1, int8: 2, q8: 3 }[dtype];
+      const at = [base, base + R.partBytes, lay.stride, base + lay.down, base + lay.scales] as const;
+      const X = M.put(normalish(r, d), 4), O = M.out(d, 8), H = M.out(n, 12);
+      check(t, `ffn_rows ${dtype} d=${d} n=${n}`, [[O, d], [H, n]], (k) => k.ffn_rows(tc, O, X, d, n, ...at, H, 0, 0));
+      const T = 5, ld = (d + 2) * 4;
+      const XB = M.put(normalish(r, T * (d + 2)), 4), OB = M.out(T * d), HB = M.out(T * n), scratch = M.alloc(LIMITS.batchScratchBytes);
+      check(t, `ffn_rows_batch ${dtype} d=${d} n=${n} T=${T}`, [[OB, T * d], [HB, T * n]], (k) => k.ffn_rows_batch(tc, OB, d * 4, XB, ld, T, d, n, ...at, HB, scratch, 0, 0));
     }
   }
 });

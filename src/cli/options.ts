@@ -1,7 +1,7 @@
 /** Options that `run`, `chat` and `serve` share: loading a model, and sampling. */
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
-import { STRATEGIES, type Strategy } from '../plan.js';
+import { STRATEGIES, type DenseLayout, type Strategy } from '../plan.js';
 import type { Sparsity } from '../flash/streaming.js';
 import { openModel, type GenerateOptions, type Model, type OpenOptions } from '../node.js';
 import { fmtBytes } from '../engine/arena.js';
@@ -30,6 +30,8 @@ export interface ModelFlags extends HttpFlags {
   /** --simd: the kernels build (auto: relaxed SIMD where the runtime has it). */
   simd?: 'auto' | 'plain' | 'relaxed';
   strategy: Strategy;
+  /** --dense-layout: the dense strategy's FFN layout (rows: faster; records: the streamed bits). */
+  denseLayout?: DenseLayout;
   sparsity?: Sparsity;
   window: number;
   direct?: boolean;
@@ -88,7 +90,7 @@ export function addWeightOptions(c: Command, dtype: string, residentExample: str
     .option('--force', 'replace an existing output file that is not a .flm');
 }
 
-/** --memory, --memory-cache, --context, --batch-size, --kv-dtype, --threads, --strategy, --sparsity, --window, --direct, --chat-template, and the HTTP flags. */
+/** --memory, --memory-cache, --context, --batch-size, --kv-dtype, --threads, --strategy, --dense-layout, --sparsity, --window, --direct, --chat-template, and the HTTP flags. */
 export function addModelOptions(c: Command): Command {
   return addHttpOptions(c)
     .option('--memory <size>', 'arena budget, e.g. 512M, 2G (default: what the strategy needs)')
@@ -99,6 +101,7 @@ export function addModelOptions(c: Command): Command {
     .option('-t, --threads <n>', 'kernel threads, the main one included (default: every core; same output for any count)', int('threads', 1))
     .addOption(new Option('--simd <build>', 'kernels build: relaxed SIMD (fused multiply-add) where the runtime has it, or either forced').choices(['auto', 'plain', 'relaxed']))
     .addOption(new Option('--strategy <s>', 'what stays resident and what is streamed').choices([...STRATEGIES]).default('dense'))
+    .addOption(new Option('--dense-layout <l>', "dense: SiLU-gated layers' FFN as rows (default, faster) or as the file's records (the bits the streaming strategies give)").choices(['rows', 'records']))
     .addOption(new Option('--sparsity <s>', 'how predictor/window choose neurons (default: the file\'s predictors or gate thresholds, else oracle)').choices(['predictor', 'oracle', 'off', 'gate']))
     .option('--window <k>', 'window strategy: keep neurons used in the last k tokens', int('window', 1), 4)
     .addOption(new Option('--oracle <mode>', 'the oracle (--sparsity oracle, --measure-predictor): a copy of the FFN outside the budget, or each layer read again from the file (no copy); default: copy up to 1 GiB of FFN').choices(['copy', 'paged']))
@@ -118,6 +121,7 @@ export function openOptions(f: ModelFlags): OpenOptions {
     threads: f.threads,
     simd: f.simd,
     strategy: f.strategy,
+    denseLayout: f.denseLayout,
     sparsity: f.sparsity,
     window: f.window,
     direct: f.direct,

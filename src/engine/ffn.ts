@@ -3,9 +3,9 @@
  * The dense provider keeps every FFN section resident in the arena; the
  * streaming providers (sparse, windowed) implement the same interface.
  */
-import type { FfnEntry, SectionEntry } from '../format/layout.js';
+import { alignUp, type FfnEntry, type SectionEntry } from '../format/layout.js';
 import type { FlmFile } from '../format/reader.js';
-import type { ArchConfig, GatedActivation } from '../format/types.js';
+import type { ArchConfig, DType, GatedActivation } from '../format/types.js';
 import type { Kernels } from '../kernels/types.js';
 import type { Arena } from './arena.js';
 
@@ -134,29 +134,147 @@ export function chooseFfnTouch(k: Kernels, run: () => void, rounds = 7, now: () 
 /** FFN bytes a chooseFfnTouch sample runs over (whole layers, at least one): long enough to time, short at open. */
 export const TOUCH_SAMPLE_BYTES = 32 << 20;
 
+// ---------------------------------------------------------------- the rows layout
+//
+// A resident SiLU-gated layer is rearranged at load (assembly/rows.ts): its
+// gate and up parts stay together as [gate | up] records, its down parts
+// become the down matrix D [d][n] they came from, so the down pass runs as a
+// matvec (a dot per output row) instead of an axpy per neuron, which costs
+// ~2x the dots per byte (bench/README "The rows layout"). The ReLU family
+// keeps its records: there most activations are 0 and the records' down pass
+// skips those neurons, which a matvec over D cannot. The layer's section bytes
+// hold the rearrangement (it never needs more), so the arena plan is unchanged.
+
+/** Kernel dtype codes of the rows layout (assembly/rows.ts T_*). */
+const ROWS_DTYPES: Partial<Record<DType, number>> = { f32: 0, f16: 1, int8: 2, q8: 3 };
+
+/** Where a layer's parts sit in its section's arena bytes in the rows layout (offsets from the section's start). */
+export interface RowsLayout {
+  /** Kernel dtype code (ffn_rows' t). */
+  t: number;
+  /** Bytes from one [gate | up] record to the next (two parts). */
+  stride: number;
+  /** D [d][n] values, then (int8, q8) its f32 column scales [groups][n]. */
+  down: number;
+  scales: number;
+  /** Scale rows: int8 1, q8 ceil(d / 32), else 0. */
+  groups: number;
+}
+
+/** The rows layout of a layer whose section is `sectionBytes` long, or null where it keeps its records. */
+export function rowsLayout(f: FfnEntry, act: ActArgs, sectionBytes: number): RowsLayout | null {
+  const t = ROWS_DTYPES[f.dtype];
+  if (t === undefined || f.parts.length !== 3 || act.afn !== GATED_ACT_CODES.silu) return null;
+  // int8 and q8 quantize the coefficients into the kernels' int16 area, as their FFNs quantize x
+  if ((f.dtype === 'int8' || f.dtype === 'q8') && (f.d > MAX_I8_WIDTH || f.neurons > MAX_I8_WIDTH)) return null;
+  const n = f.neurons, d = f.d, stride = 2 * f.partBytes;
+  const groups = f.dtype === 'int8' ? 1 : f.dtype === 'q8' ? Math.ceil(d / 32) : 0;
+  const down = n * stride;
+  const scales = alignUp(down + d * n * (f.dtype === 'f32' ? 4 : f.dtype === 'f16' ? 2 : 1), 16);
+  return scales + 4 * groups * n <= sectionBytes ? { t, stride, down, scales, groups } : null;
+}
+
+/** Widest d and n the int8 and q8 kernels quantize (assembly/arena.ts MAXD_I8). */
+const MAX_I8_WIDTH = 32768;
+
+/** Rearranges a layer's section bytes (as read, in `region`) into its rows layout, in place. */
+export function toRows(f: FfnEntry, r: RowsLayout, region: Uint8Array): void {
+  const src = region.slice(); // the records as read
+  const n = f.neurons, d = f.d, pb = f.partBytes, st = f.stride;
+  const [gateAt, upAt, downAt] = f.partOffsets as [number, number, number];
+  for (let i = 0; i < n; i++) {
+    region.set(src.subarray(gateAt + i * st, gateAt + i * st + pb), i * r.stride);
+    region.set(src.subarray(upAt + i * st, upAt + i * st + pb), i * r.stride + pb);
+  }
+  // D[j][i] = value j of neuron i's down part, copied as bits (f32 NaN payloads stay)
+  const at = region.byteOffset + r.down;
+  const es = f.dtype === 'f32' ? 4 : f.dtype === 'f16' ? 2 : 1;
+  const from = es === 4 ? new Uint32Array(src.buffer) : es === 2 ? new Uint16Array(src.buffer) : src;
+  const to = es === 4 ? new Uint32Array(region.buffer, at, d * n) : es === 2 ? new Uint16Array(region.buffer, at, d * n) : new Uint8Array(region.buffer, at, d * n);
+  for (let i = 0; i < n; i++) {
+    const p = (downAt + i * st) / es;
+    for (let j = 0, q = i; j < d; j++, q += n) to[q] = from[p + j]!;
+  }
+  if (!r.groups) return;
+  const view = new DataView(src.buffer);
+  const S = new Float32Array(region.buffer, region.byteOffset + r.scales, r.groups * n);
+  for (let g = 0; g < r.groups; g++) {
+    for (let i = 0; i < n; i++) S[g * n + i] = view.getFloat32(downAt + i * st + f.scaleAt + 4 * g, true);
+  }
+}
+
+/** A rows-layout layer's arena addresses (ffn_rows' arguments). */
+interface RowsPtrs {
+  t: number;
+  gate: number;
+  up: number;
+  stride: number;
+  D: number;
+  S: number;
+}
+
+/** Whether any FFN layer of a file takes the rows layout (ResidentFfn.load with rows). */
+export function hasRowsLayout(file: FlmFile): boolean {
+  const act = gatedActArgs(file.header.arch);
+  return file.header.ffn.some((f) => rowsLayout(f, act, file.section(f.section).length) !== null);
+}
+
+/** Arena bytes ResidentFfn.load takes for a file with these options: its FFN sections, and the rows layout's activations. */
+export function residentFfnBytes(file: FlmFile, options: { rows?: boolean } = {}): number {
+  const sections = file.header.ffn.map((f) => file.section(f.section));
+  return sections.reduce((s, x) => s + x.length, 0) + (options.rows && hasRowsLayout(file) ? 4 * file.header.arch.ffnDim : 0);
+}
+
 /** Every FFN section read once into the arena (the `dense` strategy). */
 export class ResidentFfn implements FfnProvider {
   private constructor(
     private readonly k: Kernels,
     private readonly entries: FfnEntry[],
     private readonly bases: number[],
-    /** Arena address of each layer's parts (in the entry's part order), computed once. */
+    /** Arena address of each layer's parts (in the entry's part order), computed once; rows-layout layers: unused. */
     private readonly partPtrs: number[][],
     /** The gated activation (arch.gatedAct) as kernel arguments. */
     readonly act: ActArgs,
+    /** Per layer, its rows layout's addresses, or null where it keeps its records. */
+    private readonly rows: (RowsPtrs | null)[],
+    /** ffn_rows' activations (ffnDim f32) when no hOut is asked for; 0 without rows-layout layers. */
+    private readonly h: number,
   ) {}
 
-  static async load(file: FlmFile, k: Kernels, arena: Arena, onBytes?: (bytes: number) => void): Promise<ResidentFfn> {
+  /**
+   * Reads every FFN section into the arena (residentFfnBytes of it). `rows`:
+   * SiLU-gated layers take the rows layout (rowsLayout), faster, whose down
+   * sums round differently from the records'; without it (the default: the
+   * calibrator and the oracle, which stand in for the streaming strategies)
+   * every layer keeps its records and gives the streamed bits.
+   */
+  static async load(file: FlmFile, k: Kernels, arena: Arena, onBytes?: (bytes: number) => void, options: { rows?: boolean } = {}): Promise<ResidentFfn> {
     const entries = file.header.ffn;
+    const act = gatedActArgs(file.header.arch);
     const sections: SectionEntry[] = entries.map((f) => file.section(f.section));
+    const layouts = entries.map((f, l) => (options.rows ? rowsLayout(f, act, sections[l]!.length) : null));
     const bases = sections.map((s) => arena.alloc(s.name, s.length));
+    const h = layouts.some(Boolean) ? arena.alloc('ffn activations (rows layout)', 4 * file.header.arch.ffnDim) : 0;
     // Sections are independent: read them concurrently (a file or HTTP source overlaps the reads).
-    await Promise.all(sections.map((s, i) => file.readSection(s, arena.u8(bases[i]!, s.length), 0, file.source.hints, onBytes)));
-    return new ResidentFfn(k, entries, bases, entries.map((f, l) => f.partOffsets.map((o) => bases[l]! + o)), gatedActArgs(file.header.arch));
+    await Promise.all(sections.map(async (s, i) => {
+      const region = arena.u8(bases[i]!, s.length);
+      await file.readSection(s, region, 0, file.source.hints, onBytes);
+      if (layouts[i]) toRows(entries[i]!, layouts[i]!, region);
+    }));
+    const rows = layouts.map((r, l): RowsPtrs | null => r && {
+      t: r.t, gate: bases[l]!, up: bases[l]! + entries[l]!.partBytes, stride: r.stride, D: bases[l]! + r.down, S: bases[l]! + r.scales,
+    });
+    return new ResidentFfn(k, entries, bases, entries.map((f, l) => f.partOffsets.map((o) => bases[l]! + o)), act, rows, h);
+  }
+
+  /** Whether layer `layer` runs in the rows layout. */
+  rowsLayout(layer: number): boolean {
+    return this.rows[layer] !== null;
   }
 
   /** chooseFfnTouch over this model's first layers (TOUCH_SAMPLE_BYTES of them) with input x, output to out. */
   chooseTouch(x: number, out: number): boolean {
+    if (this.rows.every(Boolean)) return false; // the rows layout has no record touch
     let layers = 0;
     for (let bytes = 0; layers < this.entries.length && (layers === 0 || bytes < TOUCH_SAMPLE_BYTES); layers++) {
       const f = this.entries[layers]!;
@@ -169,19 +287,25 @@ export class ResidentFfn implements FfnProvider {
 
   run(layer: number, x: number, out: number, hOut = 0): void {
     const f = this.entries[layer]!;
-    runFfnKernel(this.k, f, out, x, f.neurons, this.partPtrs[layer]!, f.stride, hOut, this.act);
+    const r = this.rows[layer];
+    if (r) this.k.ffn_rows(r.t, out, x, f.d, f.neurons, r.gate, r.up, r.stride, r.D, r.S, hOut || this.h, this.act.afn, this.act.athr);
+    else runFfnKernel(this.k, f, out, x, f.neurons, this.partPtrs[layer]!, f.stride, hOut, this.act);
   }
 
+  /** `scratch`: batch_scratch_bytes(T, max(d, n)) for rows-layout layers (maxColumns counts n); h is left scaled (int8). */
   runBlock(layer: number, x: number, ldx: number, T: number, out: number, ldo: number, h: number, scratch: number): void {
     const f = this.entries[layer]!;
-    runFfnBatch(this.k, f, out, ldo, x, ldx, T, f.neurons, this.partPtrs[layer]!, f.stride, h, scratch, this.act);
+    const r = this.rows[layer];
+    if (r) this.k.ffn_rows_batch(r.t, out, ldo, x, ldx, T, f.d, f.neurons, r.gate, r.up, r.stride, r.D, r.S, h, scratch, this.act.afn, this.act.athr);
+    else runFfnBatch(this.k, f, out, ldo, x, ldx, T, f.neurons, this.partPtrs[layer]!, f.stride, h, scratch, this.act);
   }
 
   /** Gated FFNs: out[n] = the gate half of the activation (silu / relu / fatrelu) of gate_j · x, every neuron of `layer`. */
   gateActivations(layer: number, x: number, out: number): void {
     const f = this.entries[layer]!;
-    const gate = this.bases[layer]! + f.partOffsets[f.parts.indexOf('gate')]!;
+    const r = this.rows[layer];
+    const gate = r ? r.gate : this.bases[layer]! + f.partOffsets[f.parts.indexOf('gate')]!;
     const act = f.dtype === 'f32' ? this.k.gate_act_f32 : f.dtype === 'f16' ? this.k.gate_act_f16 : f.dtype === 'q8' ? this.k.gate_act_q8 : f.dtype === 'q4' ? this.k.gate_act_q4 : this.k.gate_act_i8;
-    act(out, x, f.d, f.neurons, gate, f.stride, this.act.afn, this.act.athr);
+    act(out, x, f.d, f.neurons, gate, r ? r.stride : f.stride, this.act.afn, this.act.athr);
   }
 }

@@ -28,7 +28,8 @@ export const DEFAULT_BATCH = 32;
 /** Widest input any kernel call gets: a tensor's columns or the model width. */
 export function maxColumns(file: FlmFile): number {
   const a = file.header.arch;
-  return Math.max(a.dModel, a.embedDim, ...file.header.tensors.map((t) => t.shape[t.shape.length - 1]!));
+  // gated FFNs: the rows layout's down matrix takes ffnDim columns (engine/ffn.ts rowsLayout)
+  return Math.max(a.dModel, a.embedDim, a.activation === 'swiglu' ? a.ffnDim : 0, ...file.header.tensors.map((t) => t.shape[t.shape.length - 1]!));
 }
 
 /**

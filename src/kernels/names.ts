@@ -53,6 +53,8 @@ export const KERNEL_NAMES = [
   'ffn_swiglu_i8_batch',
   'ffn_swiglu_q8_batch',
   'ffn_swiglu_q4_batch',
+  'ffn_rows',
+  'ffn_rows_batch',
   'ffn_relu_f32_ptrs',
   'ffn_relu_f16_ptrs',
   'ffn_relu_i8_ptrs',
@@ -125,4 +127,8 @@ export const SPLIT_KERNEL_NAMES = [
   'q4_gate_act_rows',
   'q4_gated_h',
   'q4_gated_down',
+  'rows_act',
+  'rows_down',
+  'rows_batch_down',
+  'rows_fold',
 ] as const;

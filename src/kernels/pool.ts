@@ -81,6 +81,11 @@ export interface SplitKernels {
   q4_gate_act_rows(t: number, out: number, x: number, d: number, n: number, gate: number, stride: number, r0: number, r1: number, afn: number, athr: number): void;
   q4_gated_h(t: number, x: number, d: number, ptrs: number, n: number, act: number, h: number, n0: number, n1: number, afn: number, athr: number): void;
   q4_gated_down(t: number, out: number, d: number, ptrs: number, n: number, h: number, j0: number, j1: number): void;
+  // the rows layout (assembly/rows.ts): ffn_rows as activations over neurons [n0, n1), then output rows [r0, r1)
+  rows_act(t: number, h: number, x: number, d: number, n: number, gate: number, up: number, stride: number, n0: number, n1: number, afn: number, athr: number): void;
+  rows_down(t: number, out: number, d: number, n: number, D: number, S: number, h: number, r0: number, r1: number): void;
+  rows_batch_down(t: number, out: number, ldo: number, T: number, d: number, n: number, D: number, S: number, H: number, scratch: number, r0: number, r1: number): void;
+  rows_fold(H: number, T: number, n: number, S: number): void;
 }
 
 /** Job codes: index into OPS (the worker calls exports by these names). */
@@ -89,6 +94,7 @@ const OPS = [
   'ffn_ranges', 'gate_act_rows', 'gated_h', 'gated_down',
   'matmul_rows', 'ffn_batch_act', 'ffn_batch_down', 'matvec_q8_rows',
   'matvec_q4_rows', 'q4_ffn_ranges', 'q4_gate_act_rows', 'q4_gated_h', 'q4_gated_down',
+  'rows_act', 'rows_down', 'rows_batch_down',
 ] as const satisfies readonly (keyof SplitKernels)[];
 const OP = Object.fromEntries(OPS.map((n, i) => [n, i])) as Record<(typeof OPS)[number], number>;
 
@@ -852,6 +858,34 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
       if (!ffnBatch(dt, true, out, ldo, x, ldx, T, d, nn, gate, up, down, stride, 0, H, scratch, afn, athr)) k[sw](out, ldo, x, ldx, T, d, nn, gate, up, down, stride, H, scratch, afn, athr);
     };
   }
+
+  // ---- the rows layout (assembly/rows.ts): activations over neurons, then the down matvec over output rows ----
+  const rowsAlign = (t: number) => (t === DT.q8 ? 32 : 8); // q8: a scale group of D's rows
+  split.ffn_rows = (t, out, x, d, n, gate, up, stride, D, S, h, afn, athr) => {
+    if (closed || !split2(3 * n * d) || d < 16) { k.ffn_rows(t, out, x, d, n, gate, up, stride, D, S, h, afn, athr); return; }
+    runJob();
+    const bytes = n * d * BPW[t]!;
+    let b = seg(OP.rows_act, 8, 9, n, 64, 2 * bytes);
+    A[b] = t; A[b + 1] = h; A[b + 2] = x; A[b + 3] = d; A[b + 4] = n; A[b + 5] = gate; A[b + 6] = up; A[b + 7] = stride;
+    A[b + 10] = afn; A[b + 11] = athr;
+    runJob();
+    b = seg(OP.rows_down, 7, 8, d, rowsAlign(t), bytes);
+    A[b] = t; A[b + 1] = out; A[b + 2] = d; A[b + 3] = n; A[b + 4] = D; A[b + 5] = S; A[b + 6] = h;
+    runJob();
+  };
+  split.ffn_rows_batch = (t, out, ldo, x, ldx, T, d, n, gate, up, stride, D, S, H, scratch, afn, athr) => {
+    if (closed || !batched || !split2(3 * T * n * d, 1) || d < 16) { k.ffn_rows_batch(t, out, ldo, x, ldx, T, d, n, gate, up, stride, D, S, H, scratch, afn, athr); return; }
+    runJob();
+    const bytes = n * d * BPW[t]!;
+    let b = seg(OP.ffn_batch_act, 11, 12, n, 64, 2 * bytes, 2, 10);
+    A[b] = t | 8; A[b + 1] = x; A[b + 2] = ldx; A[b + 3] = T; A[b + 4] = d; A[b + 5] = n; A[b + 6] = gate; A[b + 7] = up; A[b + 8] = stride;
+    A[b + 9] = H; A[b + 10] = scratch; A[b + 13] = afn; A[b + 14] = athr;
+    runJob();
+    if (t === DT.i8) sk.rows_fold(H, T, n, S);
+    b = seg(OP.rows_batch_down, 10, 11, d, rowsAlign(t), bytes, 2, 9);
+    A[b] = t; A[b + 1] = out; A[b + 2] = ldo; A[b + 3] = T; A[b + 4] = d; A[b + 5] = n; A[b + 6] = D; A[b + 7] = S; A[b + 8] = H; A[b + 9] = scratch;
+    runJob();
+  };
 
   const kernels = Object.assign(Object.create(null) as Record<string, unknown>, k, split) as unknown as Kernels;
   oneJob.set(kernels, {

@@ -135,6 +135,14 @@ export interface Kernels {
   ffn_swiglu_q8_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number, afn: number, athr: number): void;
   ffn_swiglu_q4_batch(out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, H: number, scratch: number, afn: number, athr: number): void;
 
+  // ---- the gated FFN of a resident model in the rows layout (assembly/rows.ts; src/engine/ffn.ts rowsLayout) ----
+  // [gate | up] records `stride` bytes apart, the down matrix D [d][n] (dtype t: 0 f32, 1 f16, 2 int8,
+  // 3 q8), its column scales S (int8: f32 [n]; q8: f32 [ceil(d / 32)][n]); int8 and q8 need d, n <= 32768.
+  /** out[d] = FFN(x); h (n f32) gets the activations. */
+  ffn_rows(t: number, out: number, x: number, d: number, n: number, gate: number, up: number, stride: number, D: number, S: number, h: number, afn: number, athr: number): void;
+  /** ffn_rows for T tokens (rows ldx / ldo bytes apart), each bit-identical to ffn_rows on it; H: T x n f32 (int8: left scaled), scratch: batch_scratch_bytes(T, max(d, n)). */
+  ffn_rows_batch(t: number, out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, stride: number, D: number, S: number, H: number, scratch: number, afn: number, athr: number): void;
+
   // ---- FFN over scattered records (sparse path: cache slots or staging) ----
   /**
    * As ffn_relu_*, for n neurons whose part pointers are listed: `ptrs` holds
