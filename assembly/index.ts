@@ -6,6 +6,7 @@
 import { HEAP_BASE } from "./arena";
 
 export { matvec_f32, matvec_f16, matvec_i8, matvec_q8, matvec_i8_scratch_bytes } from "./matvec";
+export { f16_finite_set, f16_finite, f16_special } from "./gemv";
 export { dequant_f16, dequant_i8, dequant_q8, encode_f16 } from "./dequant";
 export { layernorm, rmsnorm } from "./norm";
 export { rope_interleaved, rope_half } from "./rope";

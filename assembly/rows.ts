@@ -21,7 +21,8 @@
 import { prepare_x, gate_up_dots, batchOf } from "./ffn";
 import { dots_f32, dots_f16, dots_i8, f16_prepare, quantize_x, QB, QG } from "./gemv";
 import { ffn_batch_act, matmul_rows } from "./batch";
-import { glu1 } from "./activation";
+import { glu1, ACT_SILU } from "./activation";
+import { silu4 } from "./simd";
 import { HB, FFN_NB, PT, XQ } from "./arena";
 
 const T_F32 = 0, T_F16 = 1, T_I8 = 2, T_Q8 = 3;
@@ -44,15 +45,17 @@ export function rows_act(t: i32, h: usize, x: usize, d: i32, n: i32, gate: usize
   for (let b = <usize>n0; b < e; b += nb) {
     const m = min(nb, e - b);
     gate_up_dots(t, HB, UB, gate, up, st, 0, b, x, m, dd);
-    for (let k: usize = 0; k < m; k++) {
-      const i = b + k;
-      let g = load<f32>(HB + (k << 2)), u = load<f32>(UB + (k << 2));
-      if (t == T_I8) {
-        g *= load<f32>(gate + i * st + dd);
-        u *= load<f32>(up + i * st + dd);
+    if (t == T_I8) {
+      for (let k: usize = 0; k < m; k++) {
+        store<f32>(HB + (k << 2), load<f32>(HB + (k << 2)) * load<f32>(gate + (b + k) * st + dd));
+        store<f32>(UB + (k << 2), load<f32>(UB + (k << 2)) * load<f32>(up + (b + k) * st + dd));
       }
-      store<f32>(h + (i << 2), glu1(afn, athr, g, u));
     }
+    const hb = h + (b << 2);
+    let k: usize = 0;
+    // SiLU 4 neurons at a time: silu4's lanes are glu1's silu1, so the same bits
+    if (afn == ACT_SILU) for (; k + 4 <= m; k += 4) v128.store(hb + (k << 2), f32x4.mul(silu4(v128.load(HB + (k << 2))), v128.load(UB + (k << 2))));
+    for (; k < m; k++) store<f32>(hb + (k << 2), glu1(afn, athr, load<f32>(HB + (k << 2)), load<f32>(UB + (k << 2))));
   }
 }
 

@@ -9,7 +9,7 @@ import { openModel, type Model, type OpenOptions } from '../src/node.js';
 import { MemorySource } from '../src/source/memory.js';
 import { AbortedError, ArgumentError, BudgetError } from '../src/errors.js';
 import type { DType } from '../src/format/types.js';
-import { chooseFfnTouch } from '../src/engine/ffn.js';
+import { chooseFfnTouch, type ResidentFfn } from '../src/engine/ffn.js';
 import { Transformer } from '../src/engine/transformer.js';
 import type { Kernels } from '../src/kernels/types.js';
 import { OPT_DIR, STORIES_BIN, STORIES_GOLDEN, STORIES_TOK, convertToBytes, optReference } from './helpers/models.js';
@@ -369,4 +369,42 @@ test('denseLayout: rows (the default for SiLU-gated dense models) stays close to
   const relu = await run(await opt(), {});
   t.is(relu.plan.denseLayout, 'records', 'ReLU: records, whose down pass skips the zeros');
   await t.throwsAsync(openModel(new MemorySource(await stories()), { denseLayout: 'columns' as 'rows' }), { instanceOf: ArgumentError, message: /denseLayout must be rows or records/ });
+});
+
+test('f16Checked: a dense f16 model checks its weights finite at open (then the kernels skip the inf/NaN detection); an inf weight, streaming or f32 leave it off', async (t) => {
+  const open = async (bytes: Uint8Array, options: OpenOptions = {}) => {
+    const model = await openModel(new MemorySource(bytes), { contextLength: 64, ...options });
+    const checked = model.f16Checked;
+    const text = await model.complete('Once upon a time', { maxTokens: 8 });
+    await model.close();
+    return { checked, text };
+  };
+  const f16 = await stories('f16');
+  const dense = await open(f16);
+  t.true(dense.checked);
+  t.is((await open(f16, { denseLayout: 'records' })).checked, true);
+  const hybrid = await open(f16, { strategy: 'hybrid' });
+  t.false(hybrid.checked);
+  t.is(hybrid.text, (await open(f16, { denseLayout: 'records' })).text, 'the same text with and without the check');
+  t.false((await open(await stories('f32'))).checked);
+  // the scans at open find one inf anywhere: the converter refuses non-finite weights, so it is put in the arena
+  for (const denseLayout of ['rows', 'records'] as const) {
+    const model = await openModel(new MemorySource(f16), { contextLength: 64, denseLayout });
+    const tr = (model as unknown as { transformer: Transformer & { ffn: ResidentFfn & Record<string, unknown>; layers: { wq: { ptr: number }; wo: { ptr: number; rows: number; cols: number } }[] } }).transformer;
+    const ffn = tr.ffn;
+    const mem = new DataView(tr.arena.memory.buffer);
+    const at: [string, number, () => boolean][] = [['wq', tr.layers[0]!.wq.ptr + 6, () => tr.f16Finite()], ['wo', tr.layers[1]!.wo.ptr + 2 * (tr.layers[1]!.wo.rows * tr.layers[1]!.wo.cols - 1), () => tr.f16Finite()]];
+    const rows = ffn['rows'] as ({ gate: number; up: number; D: number } | null)[];
+    const parts = ffn['partPtrs'] as number[][];
+    if (denseLayout === 'rows') at.push(['gate', rows[1]!.gate + 10, () => ffn.f16Finite()], ['up', rows[0]!.up + 4, () => ffn.f16Finite()], ['D', rows[2]!.D + 2 * 999, () => ffn.f16Finite()]);
+    else at.push(['down part', parts[3]![2]! + 8, () => ffn.f16Finite()]);
+    for (const [what, ptr, finite] of at) {
+      t.true(finite(), `${denseLayout} ${what}: finite as loaded`);
+      const saved = mem.getUint16(ptr, true);
+      mem.setUint16(ptr, 0xfc00, true);
+      t.false(finite(), `${denseLayout}: an inf in ${what} is found`);
+      mem.setUint16(ptr, saved, true);
+    }
+    await model.close();
+  }
 });

@@ -712,3 +712,48 @@ test('q8 keeps each group of 32 on its own scale (an outlier does not flatten th
   t.is(row.deq[40], 0); // the per-row form loses it
 });
 
+
+test.serial('f16_finite_set: skipping the inf/NaN detection changes no bit for finite weights; f16_special finds every inf/NaN', (t) => {
+  t.is(k.f16_finite(), 0, 'off by default');
+  try {
+    const r = rng(123);
+    // rows off the 4-row groups, cols off the 8-column steps, and beyond the scaled-x area (chunked x)
+    for (const [rows, cols] of [[1, 5], [7, 64], [21, 137], [13, 16645]] as const) {
+      A.reset();
+      const w = normalish(r, rows * cols, 0.5);
+      for (let i = 0; i < 20; i++) w[(i * 71) % w.length] = (r() - 0.5) * 1e-6; // subnormals
+      const m = quantizeMatrix(w, rows, cols, 'f16');
+      const h = new Uint16Array(m.bytes.buffer, m.bytes.byteOffset, rows * cols);
+      h[0] = 0x7bff; // the largest finite halves
+      h[h.length - 1] = 0xfbff;
+      const W = A.putBytes(m.bytes, 2);
+      t.is(k.f16_special(W, 2 * cols, rows, cols), 0, `${rows}x${cols}: all finite`);
+      for (const big of [1, 1e6]) {
+        const x = normalish(r, cols);
+        x[cols >> 1] = big;
+        const X = A.putF32(x, 1), on = A.out(rows), off = A.out(rows);
+        k.f16_finite_set(0);
+        k.matvec_f16(off, W, X, 0, rows, cols);
+        k.f16_finite_set(1);
+        t.is(k.f16_finite(), 1);
+        k.matvec_f16(on, W, X, 0, rows, cols);
+        t.is(firstBitMismatch(A.f32(on, rows), A.f32(off, rows)), null, `${rows}x${cols} |x| up to ${big}`);
+      }
+      // any single inf or NaN, in the 8-column body or the tail, in any row
+      for (const [pos, bits] of [[0, 0x7c00], [rows * cols - 1, 0xfc00], [Math.floor(rows * cols / 2), 0x7e01], [(rows - 1) * cols + 3, 0xfe00]] as const) {
+        const saved = h[pos]!;
+        h[pos] = bits;
+        t.is(k.f16_special(A.putBytes(m.bytes), 2 * cols, rows, cols), 1, `${rows}x${cols}: 0x${bits.toString(16)} at ${pos}`);
+        h[pos] = saved;
+      }
+    }
+    // strided rows: only the cols values of each row are looked at
+    A.reset();
+    const rec = new Uint16Array(4 * 16).fill(0x3c00);
+    for (let i = 0; i < 4; i++) rec[i * 16 + 12] = 0x7c00; // inf in each row's padding
+    t.is(k.f16_special(A.putBytes(rec), 32, 4, 12), 0);
+    t.is(k.f16_special(A.putBytes(rec), 32, 4, 13), 1);
+  } finally {
+    k.f16_finite_set(0);
+  }
+});

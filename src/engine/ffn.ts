@@ -267,6 +267,17 @@ export class ResidentFfn implements FfnProvider {
     return new ResidentFfn(k, entries, bases, entries.map((f, l) => f.partOffsets.map((o) => bases[l]! + o)), act, rows, h);
   }
 
+  /** Whether every f16 value of its layers is finite (Kernels.f16_special over each part, or the rows layout's records and D). */
+  f16Finite(): boolean {
+    const k = this.k;
+    return this.entries.every((f, l) => {
+      if (f.dtype !== 'f16') return true;
+      const r = this.rows[l];
+      if (!r) return this.partPtrs[l]!.every((p) => k.f16_special(p, f.stride, f.neurons, f.d) === 0);
+      return k.f16_special(r.gate, r.stride, f.neurons, f.d) === 0 && k.f16_special(r.up, r.stride, f.neurons, f.d) === 0 && k.f16_special(r.D, 2 * f.neurons, f.d, f.neurons) === 0;
+    });
+  }
+
   /** Whether layer `layer` runs in the rows layout. */
   rowsLayout(layer: number): boolean {
     return this.rows[layer] !== null;

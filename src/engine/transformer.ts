@@ -199,6 +199,15 @@ export class Transformer {
     return new Transformer(file, k, arena, sectionPtrs, contextLength, batch, ffn, kvDtype);
   }
 
+  /** Whether every f16 tensor it computes with holds only finite values (Kernels.f16_special). */
+  f16Finite(): boolean {
+    return this.file.header.tensors.every((e) => {
+      if (e.dtype !== 'f16') return true;
+      const w = placeTensor(this.file, this.arena, this.sectionPtrs, e);
+      return this.k.f16_special(w.ptr, 2 * w.cols, w.rows, w.cols) === 0;
+    });
+  }
+
   /** Arena bytes of the working memory (layoutWorking) at a context length and batch. */
   static workingBytes(file: FlmFile, contextLength: number, batch: number, k: Kernels, kvDtype: KvDtype = 'f32'): number {
     const c = new CountingAllocator();

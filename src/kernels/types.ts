@@ -29,6 +29,15 @@ export interface Kernels {
    */
   matvec_q8(out: number, W: number, scales: number, x: number, bias: number, rows: number, cols: number, scratch: number): void;
   matvec_i8_scratch_bytes(cols: number): number;
+  /**
+   * 1: every f16 weight the kernels will read was checked finite (f16_special),
+   * so the f16 dots skip their per-weight inf/NaN detection (same bits, faster);
+   * a word in the arena, seen by every thread. 0 (the default): detect.
+   */
+  f16_finite_set(on: number): void;
+  f16_finite(): number;
+  /** 1 if any of `rows` rows of `cols` f16 values (row r at p + r * stride bytes) is inf or NaN, else 0. */
+  f16_special(p: number, stride: number, rows: number, cols: number): number;
 
   // ---- dequantization (bit-exact with src/kernels/quant.ts) ----
   dequant_f16(dst: number, src: number, n: number): void;
