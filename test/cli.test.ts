@@ -43,6 +43,18 @@ test.serial('convert + run stories260K: stdout is exactly the generated text', a
   t.is(j.sections.length, 6);
 });
 
+test.serial('run --dense-layout records gives the llama2.c text too; a bad layout is a one-line error (then the usage)', async (t) => {
+  const out = join(dir, 'stories.flm');
+  const r = await flashlm('run', out, '-n', '256', '--temp', '0', '--dense-layout', 'records');
+  t.is(r.code, 0, r.stderr);
+  t.is(r.stdout, STORIES_GOLDEN + '\n');
+  const bad = await flashlm('run', out, '--dense-layout', 'columns');
+  t.not(bad.code, 0);
+  // commander's one-line error, then the usage (main.ts showHelpAfterError), no stack trace
+  t.regex(bad.stderr.split('\n')[0]!, /^error: option '--dense-layout <l>' argument 'columns' is invalid\. Allowed choices are rows, records\.$/);
+  t.notRegex(bad.stderr, /\n\s+at /);
+});
+
 test.serial('convert --dtype int8 writes q8 (one scale per 32 weights), --dtype int8-row the per-row int8; both run', async (t) => {
   for (const [flag, dtype, note] of [['int8', 'q8', /one scale per 32 weights/], ['int8-row', 'int8', /one scale per row/], ['q8', 'q8', /one scale per 32 weights/]] as const) {
     const out = join(dir, `stories-${flag}.flm`);
