@@ -339,7 +339,7 @@ export class Model {
       if (resident) {
         const r = resident;
         // They stay put, so their f16 values are checked once: finite ones need no detection per weight.
-        if (file.header.dtype === 'f16' || file.header.ffn.some((f) => f.dtype === 'f16')) k.f16_finite_set(transformer.f16Finite() && r.f16Finite() ? 1 : 0);
+        if (file.header.tensors.some((e) => e.dtype === 'f16') || file.header.ffn.some((f) => f.dtype === 'f16')) k.f16_finite_set(transformer.f16Finite() && r.f16Finite() ? 1 : 0);
         transformer.withFfnInput((x, out) => r.chooseTouch(x, out));
       }
       return new Model(file, tokenizer, k, transformer, plan, stats, streaming, pool, threading, chatTemplate);

@@ -117,11 +117,13 @@ export function planMemory(file: FlmFile, k: Kernels, options: PlanOptions, cont
   if (kvDtype !== 'f32' && kvDtype !== 'f16') throw new ArgumentError(`kvDtype must be f32 or f16, got ${String(options.kvDtype)}`);
   const budget = sizeOption(options.memory);
   if (budget !== undefined && (!(budget > 0) || budget > MAX_ARENA_BYTES)) throw new ArgumentError(`memory budget must be in (0, 4 GiB], got ${fmtBytes(budget)}`);
+  // dense SiLU-gated models load their FFN in the rows layout (engine/ffn.ts rowsLayout)
+  const rows = strategy === 'dense' && denseLayout === 'rows' && hasRowsLayout(file);
   /** Activations, KV cache and scratch at a block size. */
   const working = (batch: number) => {
-    const batchScratchBytes = batch > 1 ? k.batch_scratch_bytes(batch, maxColumns(file)) : 0;
+    const batchScratchBytes = batch > 1 ? k.batch_scratch_bytes(batch, maxColumns(file, rows)) : 0;
     const pool = poolBytes(k, threads, { maxPositions: contextLength, maxNeurons: a.ffnDim, maxDim: a.dModel, batchScratchBytes });
-    return { batchScratchBytes, pool, bytes: k.heap_base() + Transformer.workingBytes(file, contextLength, batch, k, kvDtype) + pool + SLACK };
+    return { batchScratchBytes, pool, bytes: k.heap_base() + Transformer.workingBytes(file, contextLength, batch, k, kvDtype, rows) + pool + SLACK };
   };
   // The streaming FFN's lists, buffers and (gate mode) resident gate rows: arena bytes outside the cache.
   const streamingFixed = strategy === 'dense' ? 0 : streamingFixedBytes(file, k, window, sparsity);
@@ -134,7 +136,6 @@ export function planMemory(file: FlmFile, k: Kernels, options: PlanOptions, cont
   }
   const { batchScratchBytes, pool } = w;
   let workingBytes = w.bytes;
-  const rows = strategy === 'dense' && denseLayout === 'rows' && hasRowsLayout(file);
   const base = { strategy, sparsity, window, residentBytes, ffnBytes, neurons: a.ffnDim, batch, kvDtype, threads, poolBytes: pool, batchScratchBytes, denseLayout: strategy === 'dense' ? (rows ? 'rows' as const : 'records' as const) : null };
 
   if (strategy === 'dense') {

@@ -20,6 +20,8 @@ export interface FfnProvider {
    * without it get one token at a time.
    */
   runBlock?(layer: number, x: number, ldx: number, T: number, out: number, ldo: number, h: number, scratch: number): Promise<void> | void;
+  /** True when layers run in the rows layout, whose batched down pass takes ffnDim columns (maxColumns). */
+  readonly rowsLayout?: boolean;
 }
 
 /** Kernel codes of the gated activations (assembly/activation.ts ACT_*). */
@@ -143,7 +145,8 @@ export const TOUCH_SAMPLE_BYTES = 32 << 20;
 // ~2x the dots per byte (bench/README "The rows layout"). The ReLU family
 // keeps its records: there most activations are 0 and the records' down pass
 // skips those neurons, which a matvec over D cannot. The layer's section bytes
-// hold the rearrangement (it never needs more), so the arena plan is unchanged.
+// hold the rearrangement (it never needs more): the arena plan grows only by the
+// activations (residentFfnBytes) and the batched down pass's wider scratch (maxColumns).
 
 /** Kernel dtype codes of the rows layout (assembly/rows.ts T_*). */
 const ROWS_DTYPES: Partial<Record<DType, number>> = { f32: 0, f16: 1, int8: 2, q8: 3 };
@@ -239,7 +242,11 @@ export class ResidentFfn implements FfnProvider {
     private readonly rows: (RowsPtrs | null)[],
     /** ffn_rows' activations (ffnDim f32) when no hOut is asked for; 0 without rows-layout layers. */
     private readonly h: number,
-  ) {}
+  ) {
+    this.rowsLayout = rows.some(Boolean);
+  }
+
+  readonly rowsLayout: boolean;
 
   /**
    * Reads every FFN section into the arena (residentFfnBytes of it). `rows`:
@@ -278,11 +285,6 @@ export class ResidentFfn implements FfnProvider {
     });
   }
 
-  /** Whether layer `layer` runs in the rows layout. */
-  rowsLayout(layer: number): boolean {
-    return this.rows[layer] !== null;
-  }
-
   /** chooseFfnTouch over this model's first layers (TOUCH_SAMPLE_BYTES of them) with input x, output to out. */
   chooseTouch(x: number, out: number): boolean {
     if (this.rows.every(Boolean)) return false; // the rows layout has no record touch
@@ -303,7 +305,7 @@ export class ResidentFfn implements FfnProvider {
     else runFfnKernel(this.k, f, out, x, f.neurons, this.partPtrs[layer]!, f.stride, hOut, this.act);
   }
 
-  /** `scratch`: batch_scratch_bytes(T, max(d, n)) for rows-layout layers (maxColumns counts n); h is left scaled (int8). */
+  /** `scratch`: batch_scratch_bytes(T, max(d, n)) for rows-layout layers (maxColumns(file, true)); h is left scaled (int8). */
   runBlock(layer: number, x: number, ldx: number, T: number, out: number, ldo: number, h: number, scratch: number): void {
     const f = this.entries[layer]!;
     const r = this.rows[layer];

@@ -25,11 +25,10 @@ export function residentSections(file: FlmFile): SectionEntry[] {
 /** Prompt tokens per batched forward pass, unless the caller says otherwise. */
 export const DEFAULT_BATCH = 32;
 
-/** Widest input any kernel call gets: a tensor's columns or the model width. */
-export function maxColumns(file: FlmFile): number {
+/** Widest input any kernel call gets: a tensor's columns or the model width, or ffnDim for an FFN in the rows layout (its down matrix: engine/ffn.ts rowsLayout). */
+export function maxColumns(file: FlmFile, rowsFfn = false): number {
   const a = file.header.arch;
-  // gated FFNs: the rows layout's down matrix takes ffnDim columns (engine/ffn.ts rowsLayout)
-  return Math.max(a.dModel, a.embedDim, a.activation === 'swiglu' ? a.ffnDim : 0, ...file.header.tensors.map((t) => t.shape[t.shape.length - 1]!));
+  return Math.max(a.dModel, a.embedDim, rowsFfn ? a.ffnDim : 0, ...file.header.tensors.map((t) => t.shape[t.shape.length - 1]!));
 }
 
 /**
@@ -169,7 +168,7 @@ export class Transformer {
     this.kvDim = a.nKvHeads * a.headDim;
     this.job = jobGroup(k);
     this.batch = ffn.runBlock ? batch : 1;
-    this.w = layoutWorking(arena, a, contextLength, maxColumns(file), this.batch, k, kvDtype);
+    this.w = layoutWorking(arena, a, contextLength, maxColumns(file, ffn.rowsLayout === true), this.batch, k, kvDtype);
     this.logits = this.w.logits;
     this.logitsView = arena.f32(this.logits, a.vocabSize);
     if (a.positions === 'rope') {
@@ -208,10 +207,10 @@ export class Transformer {
     });
   }
 
-  /** Arena bytes of the working memory (layoutWorking) at a context length and batch. */
-  static workingBytes(file: FlmFile, contextLength: number, batch: number, k: Kernels, kvDtype: KvDtype = 'f32'): number {
+  /** Arena bytes of the working memory (layoutWorking) at a context length and batch; rowsFfn: for a ResidentFfn in the rows layout. */
+  static workingBytes(file: FlmFile, contextLength: number, batch: number, k: Kernels, kvDtype: KvDtype = 'f32', rowsFfn = false): number {
     const c = new CountingAllocator();
-    layoutWorking(c, file.header.arch, contextLength, maxColumns(file), batch, k, kvDtype);
+    layoutWorking(c, file.header.arch, contextLength, maxColumns(file, rowsFfn), batch, k, kvDtype);
     return c.bytes;
   }
 
