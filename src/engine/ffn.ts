@@ -189,14 +189,20 @@ export function toRows(f: FfnEntry, r: RowsLayout, region: Uint8Array): void {
     region.set(src.subarray(gateAt + i * st, gateAt + i * st + pb), i * r.stride);
     region.set(src.subarray(upAt + i * st, upAt + i * st + pb), i * r.stride + pb);
   }
-  // D[j][i] = value j of neuron i's down part, copied as bits (f32 NaN payloads stay)
+  // D[j][i] = value j of neuron i's down part, copied as bits (f32 NaN payloads stay), a 32-bit
+  // word at a time: the values of 4 / es neighbouring neurons (f16 2x faster than one by one)
   const at = region.byteOffset + r.down;
   const es = f.dtype === 'f32' ? 4 : f.dtype === 'f16' ? 2 : 1;
   const from = es === 4 ? new Uint32Array(src.buffer) : es === 2 ? new Uint16Array(src.buffer) : src;
-  const to = es === 4 ? new Uint32Array(region.buffer, at, d * n) : es === 2 ? new Uint16Array(region.buffer, at, d * n) : new Uint8Array(region.buffer, at, d * n);
-  for (let i = 0; i < n; i++) {
+  const per = n % (4 / es) === 0 ? 4 / es : 1, step = st / es;
+  const to = per > 1 || es === 4 ? new Uint32Array(region.buffer, at, (d * n) / per) : es === 2 ? new Uint16Array(region.buffer, at, d * n) : new Uint8Array(region.buffer, at, d * n);
+  for (let i = 0; i < n; i += per) {
     const p = (downAt + i * st) / es;
-    for (let j = 0, q = i; j < d; j++, q += n) to[q] = from[p + j]!;
+    for (let j = 0, q = i / per; j < d; j++, q += n / per) {
+      let v = 0;
+      for (let k = per - 1; k >= 0; k--) v = (v << (8 * es)) | from[p + k * step + j]!;
+      to[q] = v;
+    }
   }
   if (!r.groups) return;
   const view = new DataView(src.buffer);
