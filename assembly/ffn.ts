@@ -247,7 +247,7 @@ function i8_dot_f32(p: usize, x: usize, d: usize): f32 {
  * dst[k] = part_k . x for m neurons (no int8 scale applied). Part k is at
  * p + k*stride, or at the u32 ptrs[k * pstep bytes] when ptrs != 0.
  */
-function dots(t: i32, dst: usize, p: usize, stride: usize, ptrs: usize, pstep: usize, x: usize, m: usize, d: usize): void {
+export function dots(t: i32, dst: usize, p: usize, stride: usize, ptrs: usize, pstep: usize, x: usize, m: usize, d: usize): void {
   if (t == T_F32) dots_f32_p(dst, p, stride, ptrs, pstep, x, <i32>m, <i32>d);
   else if (t == T_F16) dots_f16_p(dst, p, stride, ptrs, pstep, x, <i32>m, <i32>d, f16k);
   else if (t == T_Q8) {
