@@ -1,6 +1,8 @@
 /**
  * Dense matvec throughput: matvec_f32 / matvec_f16 / matvec_i8 (WASM SIMD) and a
- * plain JS Float32Array loop, at 4096x4096 by default.
+ * plain JS Float32Array loop, at 4096x4096 by default; matvec_f16_checked is
+ * matvec_f16 told its weights are finite (f16_finite_set, as a dense model's
+ * are once checked at open), which skips the per-weight inf/NaN detection.
  *
  *   node --import=tsx bench/kernels.ts [--rows 4096] [--cols 4096] [--reps 15]
  *     [--resident 64] [--batch 32] [--mt-rows 4096] [--mt-cols 11008] [--threads N] [--no-threads]
@@ -121,10 +123,17 @@ function jsMatvec(): void {
 }
 
 interface Case { name: string; bytesPerWeight: number; run: () => void; times: number[] }
+/** Runs f with the f16 kernels told the weights are finite (a dense model's, checked at open: Kernels.f16_finite_set). */
+const checked = (f: () => void) => {
+  k.f16_finite_set(1);
+  f();
+  k.f16_finite_set(0);
+};
 const cases: Case[] = [
   { name: 'matvec_f32', bytesPerWeight: 4, run: () => k.matvec_f32(OUT, W32, X, 0, rows, cols), times: [] },
   { name: 'matvec_f16', bytesPerWeight: 2, run: () => k.matvec_f16(OUT, W16, X, 0, rows, cols), times: [] },
   { name: 'matvec_f16_ftz', bytesPerWeight: 2, run: () => k.matvec_f16(OUT, W16ftz, X, 0, rows, cols), times: [] },
+  { name: 'matvec_f16_checked', bytesPerWeight: 2, run: () => checked(() => k.matvec_f16(OUT, W16, X, 0, rows, cols)), times: [] },
   { name: 'matvec_i8', bytesPerWeight: 1, run: () => k.matvec_i8(OUT, W8, S8, X, 0, rows, cols, SCRATCH), times: [] },
   // q8 and q4 count their group scales too (the bytes a streamed record carries): 1 + 4/32 and 0.5 + 2/32 per weight
   { name: 'matvec_q8', bytesPerWeight: (q8v.byteLength + q8s.byteLength) / n, run: () => k.matvec_q8(OUT, WQ8, SQ8, X, 0, rows, cols, SCRATCH), times: [] },
@@ -218,6 +227,7 @@ function benchResident() {
     const run = c.name === 'matvec_f32' ? () => k.matvec_f32(OUT, W32, X, 0, m, cols)
       : c.name === 'matvec_f16' ? () => k.matvec_f16(OUT, W16, X, 0, m, cols)
       : c.name === 'matvec_f16_ftz' ? () => k.matvec_f16(OUT, W16ftz, X, 0, m, cols)
+      : c.name === 'matvec_f16_checked' ? () => checked(() => k.matvec_f16(OUT, W16, X, 0, m, cols))
       : c.name === 'matvec_i8' ? () => k.matvec_i8(OUT, W8, S8, X, 0, m, cols, SCRATCH)
       : c.name === 'matvec_q8' ? () => k.matvec_q8(OUT, WQ8, SQ8, X, 0, m, cols, SCRATCH)
       : () => k.matvec_q4(OUT, WQ4, SQ4, X, 0, m, cols, SCRATCH);
