@@ -82,3 +82,9 @@ export const ACT_SILU: i32 = 0, ACT_RELU: i32 = 1, ACT_FATRELU: i32 = 2, ACT_DRE
 @inline export function glu1(afn: i32, athr: f32, g: f32, u: f32): f32 {
   return act_gate(afn, athr, g) * act_up(afn, u);
 }
+
+/** out[i] = glu1(afn, athr, g[i], u[i]) for n values (in place allowed); SiLU through swiglu, whose silu4 lanes are glu1's silu1: the same bits. */
+export function glu(out: usize, g: usize, u: usize, n: usize, afn: i32, athr: f32): void {
+  if (afn == ACT_SILU) { swiglu(out, g, u, <i32>n); return; }
+  for (let i: usize = 0; i < n; i++) store<f32>(out + (i << 2), glu1(afn, athr, load<f32>(g + (i << 2)), load<f32>(u + (i << 2))));
+}

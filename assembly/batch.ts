@@ -20,12 +20,12 @@
 // 8, or 32 for q8 and q4), each thread with its own scratch, with the same bits for
 // any split.
 
-import { hsum, f16_bits_lo, f16_bits_hi, F16_SCALE, dot2, silu4 } from "./simd";
+import { hsum, f16_bits_lo, f16_bits_hi, F16_SCALE, dot2 } from "./simd";
 import { f32_tail, f32_row1, f16_row_exact, f16_tail, f16_xscale, i8_row, quantize_x, qx_bytes, QB, QG, q8_row1, q8_finish } from "./gemv";
 import { axpy4_f32, axpy1_f32, q8ScaleAt, ffn_relu_i8, ffn_swiglu_i8, ffn_relu_q8, ffn_swiglu_q8, ffnRanges, rangeStart, add_partial } from "./ffn";
 import { dequant_f16, dequant_i8 } from "./dequant";
 import { MAXD_I8 } from "./arena";
-import { glu1, ACT_SILU } from "./activation";
+import { glu } from "./activation";
 import { q4_quantize, q4_tile, q4_tile4, q4_tail, q4_row, q4_decode_down, q4_scale, q4groups, q4ScaleAt, q4BiasAt, ffn_relu_q4, ffn_swiglu_q4 } from "./q4";
 
 const T_F32 = 0, T_F16 = 1, T_I8 = 2, T_Q8 = 3, T_Q4 = 4;
@@ -582,7 +582,7 @@ function batch_dots(t: i32, dst: usize, ldh: usize, p: usize, stride: usize, X: 
 }
 
 /** int8 gated batch: the gate dots (rows ldh bytes apart at G) and up dots (NB apart at U) of m neurons times their part scales (at gate / up + i * st + off), as the one-token kernel folds them. */
-function fold_scales(G: usize, ldh: usize, U: usize, T: usize, m: usize, gate: usize, up: usize, st: usize, off: usize): void {
+export function fold_scales(G: usize, ldh: usize, U: usize, T: usize, m: usize, gate: usize, up: usize, st: usize, off: usize): void {
   for (let k: usize = 0; k < T; k++) {
     for (let j: usize = 0; j < m; j++) {
       store<f32>(G + k * ldh + (j << 2), load<f32>(G + k * ldh + (j << 2)) * load<f32>(gate + j * st + off));
@@ -616,13 +616,7 @@ export function ffn_batch_act(code: i32, x: usize, ldx: i32, T: i32, d: i32, n: 
       batch_dots(t, hb, ldh, gate + b * st, st, x, lx, nT, m, dd, S);
       batch_dots(t, ub, NB << 2, up + b * st, st, x, lx, nT, m, dd, S);
       if (t == T_I8) fold_scales(hb, ldh, ub, nT, m, gate + b * st, up + b * st, st, off);
-      for (let k: usize = 0; k < nT; k++) {
-        const hk = hb + k * ldh, uk = ub + k * (NB << 2);
-        let j: usize = 0;
-        // SiLU 4 neurons at a time: silu4's lanes are glu1's silu1, so the same bits
-        if (afn == ACT_SILU) for (; j + 4 <= m; j += 4) v128.store(hk + (j << 2), f32x4.mul(silu4(v128.load(hk + (j << 2))), v128.load(uk + (j << 2))));
-        for (; j < m; j++) store<f32>(hk + (j << 2), glu1(afn, athr, load<f32>(hk + (j << 2)), load<f32>(uk + (j << 2))));
-      }
+      for (let k: usize = 0; k < nT; k++) glu(hb + k * ldh, hb + k * ldh, ub + k * (NB << 2), m, afn, athr);
     } else {
       batch_dots(t, hb, ldh, up + b * st, st, x, lx, nT, m, dd, S);
       for (let k: usize = 0; k < nT; k++) {

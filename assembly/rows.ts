@@ -20,9 +20,8 @@
 
 import { prepare_x, gate_up_dots, batchOf, dots } from "./ffn";
 import { dots_f32, dots_f16, dots_i8, f16_prepare, quantize_x, QB, QG } from "./gemv";
-import { ffn_batch_act, matmul_rows } from "./batch";
-import { glu1, ACT_SILU } from "./activation";
-import { silu4 } from "./simd";
+import { ffn_batch_act, matmul_rows, fold_scales } from "./batch";
+import { glu } from "./activation";
 import { HB, FFN_NB, PT, XQ } from "./arena";
 
 const T_F32 = 0, T_F16 = 1, T_I8 = 2, T_Q8 = 3;
@@ -40,55 +39,40 @@ const T_F32 = 0, T_F16 = 1, T_I8 = 2, T_Q8 = 3;
  */
 export function rows_act(t: i32, h: usize, x: usize, d: i32, n: i32, gate: usize, up: usize, stride: i32, n0: i32, n1: i32, afn: i32, athr: f32): void {
   const dd = <usize>d, st = <usize>stride, e = <usize>n1, nb = batchOf(t);
-  const UB = HB + (FFN_NB << 2);
   prepare_x(t, x, dd);
   for (let b = <usize>n0; b < e; b += nb) {
     const m = min(nb, e - b);
     const hb = h + (b << 2);
+    // gate dots to G, up dots to U
+    let G = HB, U = HB + (FFN_NB << 2);
     if (t != T_F32 && (m & 3) == 0 && up == gate + (st >> 1)) {
       // the batch's gate and up rows in record order, g0 u0 g1 u1 ..., as one 2m-row pass: the
       // weights stream on instead of skipping every other part (twice as fast from memory:
       // bench/README "Far rows"); with m a multiple of 4 every row keeps its 4-row arithmetic
       // (f32's dots2 already reads both rows of a record together)
       dots(t, HB, gate + b * st, st >> 1, 0, 0, x, m << 1, dd);
-      if (t == T_I8) {
-        for (let k: usize = 0; k < m; k++) {
-          store<f32>(HB + (k << 3), load<f32>(HB + (k << 3)) * load<f32>(gate + (b + k) * st + dd));
-          store<f32>(HB + (k << 3), load<f32>(HB + (k << 3), 4) * load<f32>(up + (b + k) * st + dd), 4);
-        }
-      }
-      for (let k: usize = 0; k < m; k += 4) {
-        const v0 = v128.load(HB + (k << 3)), v1 = v128.load(HB + (k << 3), 16);
-        const g = v128.shuffle<f32>(v0, v1, 0, 2, 4, 6), u = v128.shuffle<f32>(v0, v1, 1, 3, 5, 7);
-        if (afn == ACT_SILU) v128.store(hb + (k << 2), f32x4.mul(silu4(g), u));
-        else for (let i = k; i < k + 4; i++) store<f32>(hb + (i << 2), glu1(afn, athr, load<f32>(HB + (i << 3)), load<f32>(HB + (i << 3), 4)));
-      }
-      continue;
-    }
-    gate_up_dots(t, HB, UB, gate, up, st, 0, b, x, m, dd);
-    if (t == T_I8) {
+      G = hb;
+      U = PT;
       for (let k: usize = 0; k < m; k++) {
-        store<f32>(HB + (k << 2), load<f32>(HB + (k << 2)) * load<f32>(gate + (b + k) * st + dd));
-        store<f32>(UB + (k << 2), load<f32>(UB + (k << 2)) * load<f32>(up + (b + k) * st + dd));
+        store<f32>(G + (k << 2), load<f32>(HB + (k << 3)));
+        store<f32>(U + (k << 2), load<f32>(HB + (k << 3), 4));
       }
-    }
-    let k: usize = 0;
-    // SiLU 4 neurons at a time: silu4's lanes are glu1's silu1, so the same bits
-    if (afn == ACT_SILU) for (; k + 4 <= m; k += 4) v128.store(hb + (k << 2), f32x4.mul(silu4(v128.load(HB + (k << 2))), v128.load(UB + (k << 2))));
-    for (; k < m; k++) store<f32>(hb + (k << 2), glu1(afn, athr, load<f32>(HB + (k << 2)), load<f32>(UB + (k << 2))));
+    } else gate_up_dots(t, G, U, gate, up, st, 0, b, x, m, dd);
+    if (t == T_I8) fold_scales(G, 0, U, 1, m, gate + b * st, up + b * st, st, dd);
+    glu(hb, G, U, m, afn, athr);
   }
 }
 
-/** PT[i] = h[i] * s[i] for n values: the coefficients of a column-scaled down matrix. */
-function fold(h: usize, s: usize, n: usize): void {
+/** dst[i] = h[i] * s[i] for n values (in place allowed): the coefficients of a column-scaled down matrix. */
+function fold_into(dst: usize, h: usize, s: usize, n: usize): void {
   let i: usize = 0;
-  for (; i + 4 <= n; i += 4) v128.store(PT + (i << 2), f32x4.mul(v128.load(h + (i << 2)), v128.load(s + (i << 2))));
-  for (; i < n; i++) store<f32>(PT + (i << 2), load<f32>(h + (i << 2)) * load<f32>(s + (i << 2)));
+  for (; i + 4 <= n; i += 4) v128.store(dst + (i << 2), f32x4.mul(v128.load(h + (i << 2)), v128.load(s + (i << 2))));
+  for (; i < n; i++) store<f32>(dst + (i << 2), load<f32>(h + (i << 2)) * load<f32>(s + (i << 2)));
 }
 
 /** out[r] = D_r · c for rows [a, b) of an int8 D, c = h * s (s: n column scales). */
 function i8_rows(out: usize, D: usize, s: usize, h: usize, n: usize, a: usize, b: usize): void {
-  fold(h, s, n);
+  fold_into(PT, h, s, n);
   quantize_x(XQ, xsOf(n), PT, n);
   dots_i8(out + (a << 2), D + a * n, n, XQ, xsOf(n), <i32>(b - a), <i32>n);
 }
@@ -126,12 +110,7 @@ export function rows_batch_down(t: i32, out: usize, ldo: i32, T: i32, d: i32, n:
 /** H[t][i] *= s[i] for T rows of n: int8's column scales folded into a block's activations. */
 export function rows_fold(H: usize, T: i32, n: i32, s: usize): void {
   const nn = <usize>n;
-  for (let k: usize = 0; k < <usize>T; k++) {
-    const hk = H + k * (nn << 2);
-    let i: usize = 0;
-    for (; i + 4 <= nn; i += 4) v128.store(hk + (i << 2), f32x4.mul(v128.load(hk + (i << 2)), v128.load(s + (i << 2))));
-    for (; i < nn; i++) store<f32>(hk + (i << 2), load<f32>(hk + (i << 2)) * load<f32>(s + (i << 2)));
-  }
+  for (let k: usize = 0; k < <usize>T; k++) fold_into(H + k * (nn << 2), H + k * (nn << 2), s, nn);
 }
 
 // ---------------------------------------------------------------- whole calls (both builds)

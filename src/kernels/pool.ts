@@ -833,16 +833,19 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
     if (!matmul(4, out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch)) k.matmul_q4(out, ldo, W, scales, x, ldx, bias, T, rows, cols, scratch);
   };
   /** Batched FFN in two jobs (activations over neurons into H, then the down pass over columns). */
-  const ffnBatch = (dt: number, gated: boolean, out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number, afn = 0, athr = 0): boolean => {
-    if (closed || !batched || !split2(T * n * d * (gated ? 3 : 2), 1) || d < 16 || ((dt === DT.i8 || dt === DT.q8 || dt === DT.q4) && d > 32768)) return false;
-    runJob();
-    const code = dt | (gated ? 8 : 0) | (hasBias ? 16 : 0);
-    const bytes = n * d * BPW[dt]!;
-    let b = seg(OP.ffn_batch_act, 11, 12, n, 64, (gated ? 2 : 1) * bytes, 2, 10);
+  /** Runs ffn_batch_act (phase 1 of a batched FFN: activations into H) split over neurons, `bytes` of weights. */
+  const batchAct = (code: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, stride: number, H: number, scratch: number, afn: number, athr: number, bytes: number) => {
+    const b = seg(OP.ffn_batch_act, 11, 12, n, 64, bytes, 2, 10);
     A[b] = code; A[b + 1] = x; A[b + 2] = ldx; A[b + 3] = T; A[b + 4] = d; A[b + 5] = n; A[b + 6] = gate; A[b + 7] = up; A[b + 8] = stride;
     A[b + 9] = H; A[b + 10] = scratch; A[b + 13] = afn; A[b + 14] = athr;
     runJob();
-    b = seg(OP.ffn_batch_down, 10, 11, d, colAlign(dt), bytes, 2, 9, true);
+  };
+  const ffnBatch = (dt: number, gated: boolean, out: number, ldo: number, x: number, ldx: number, T: number, d: number, n: number, gate: number, up: number, down: number, stride: number, hasBias: number, H: number, scratch: number, afn = 0, athr = 0): boolean => {
+    if (closed || !batched || !split2(T * n * d * (gated ? 3 : 2), 1) || d < 16 || ((dt === DT.i8 || dt === DT.q8 || dt === DT.q4) && d > 32768)) return false;
+    runJob();
+    const bytes = n * d * BPW[dt]!;
+    batchAct(dt | (gated ? 8 : 0) | (hasBias ? 16 : 0), x, ldx, T, d, n, gate, up, stride, H, scratch, afn, athr, (gated ? 2 : 1) * bytes);
+    const b = seg(OP.ffn_batch_down, 10, 11, d, colAlign(dt), bytes, 2, 9, true);
     A[b] = dt; A[b + 1] = out; A[b + 2] = ldo; A[b + 3] = T; A[b + 4] = d; A[b + 5] = n; A[b + 6] = down; A[b + 7] = stride;
     A[b + 8] = H; A[b + 9] = scratch;
     runJob();
@@ -877,12 +880,9 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
     if (closed || !batched || !split2(3 * T * n * d, 1) || d < 16) { k.ffn_rows_batch(t, out, ldo, x, ldx, T, d, n, gate, up, stride, D, S, H, scratch, afn, athr); return; }
     runJob();
     const bytes = n * d * BPW[t]!;
-    let b = seg(OP.ffn_batch_act, 11, 12, n, 64, 2 * bytes, 2, 10);
-    A[b] = t | 8; A[b + 1] = x; A[b + 2] = ldx; A[b + 3] = T; A[b + 4] = d; A[b + 5] = n; A[b + 6] = gate; A[b + 7] = up; A[b + 8] = stride;
-    A[b + 9] = H; A[b + 10] = scratch; A[b + 13] = afn; A[b + 14] = athr;
-    runJob();
+    batchAct(t | 8, x, ldx, T, d, n, gate, up, stride, H, scratch, afn, athr, 2 * bytes);
     if (t === DT.i8) sk.rows_fold(H, T, n, S);
-    b = seg(OP.rows_batch_down, 10, 11, d, rowsAlign(t), bytes, 2, 9);
+    const b = seg(OP.rows_batch_down, 10, 11, d, rowsAlign(t), bytes, 2, 9);
     A[b] = t; A[b + 1] = out; A[b + 2] = ldo; A[b + 3] = T; A[b + 4] = d; A[b + 5] = n; A[b + 6] = D; A[b + 7] = S; A[b + 8] = H; A[b + 9] = scratch;
     runJob();
   };
