@@ -21,7 +21,7 @@
 // any split.
 
 import { hsum, f16_bits_lo, f16_bits_hi, F16_SCALE, dot2 } from "./simd";
-import { f32_tail, f32_row1, f16_row_exact, f16_tail, f16_xscale, i8_row, quantize_x, qx_bytes, QB, QG, q8_row1, q8_finish } from "./gemv";
+import { f32_tail, f32_row1, f16_row_exact, f16_tail, f16_xscale, i8_row, quantize_x, qx_bytes, QB, QG, q8_row1, q8_finish, q8_fold_k } from "./gemv";
 import { axpy4_f32, axpy1_f32, q8ScaleAt, ffn_relu_i8, ffn_swiglu_i8, ffn_relu_q8, ffn_swiglu_q8, ffnRanges, rangeStart, add_partial } from "./ffn";
 import { dequant_f16, dequant_i8 } from "./dequant";
 import { MAXD_I8 } from "./arena";
@@ -295,14 +295,14 @@ function tile_q8(acc: usize, p0: usize, p1: usize, sp0: usize, sp1: usize, q0: u
       a01 = i32x4.add(a01, i32x4.add(i32x4.dot_i16x8_s(w0a, ya), i32x4.dot_i16x8_s(w0b, yb)));
       a11 = i32x4.add(a11, i32x4.add(i32x4.dot_i16x8_s(w1a, ya), i32x4.dot_i16x8_s(w1b, yb)));
     }
-    // q8_fold's arithmetic: F + convert(a) * fround(ws * xs)
+    // q8_fold's arithmetic: F + convert(a) * fround(ws * xs), through the same q8_fold_k
     const so = g << 2, xo = (g >> 2) << 2;
     const X0 = v128.load32_splat(s0 + xo), X1 = v128.load32_splat(s1 + xo);
     const W0 = v128.load32_splat(sp0 + so), W1 = v128.load32_splat(sp1 + so);
-    f00 = f32x4.add(f00, f32x4.mul(f32x4.convert_i32x4_s(a00), f32x4.mul(W0, X0)));
-    f10 = f32x4.add(f10, f32x4.mul(f32x4.convert_i32x4_s(a10), f32x4.mul(W1, X0)));
-    f01 = f32x4.add(f01, f32x4.mul(f32x4.convert_i32x4_s(a01), f32x4.mul(W0, X1)));
-    f11 = f32x4.add(f11, f32x4.mul(f32x4.convert_i32x4_s(a11), f32x4.mul(W1, X1)));
+    f00 = q8_fold_k(f00, a00, f32x4.mul(W0, X0));
+    f10 = q8_fold_k(f10, a10, f32x4.mul(W1, X0));
+    f01 = q8_fold_k(f01, a01, f32x4.mul(W0, X1));
+    f11 = q8_fold_k(f11, a11, f32x4.mul(W1, X1));
   }
   v128.store(acc, f00); v128.store(acc, f01, 16); v128.store(acc, f10, 32); v128.store(acc, f11, 48);
 }

@@ -13,7 +13,7 @@
 // split over threads) gives the same bits. (q4.ts keeps neighbouring rows:
 // far rows measured 0.85x end to end in its FFN.)
 
-import { hsum, hsum_i32, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE, dot2 } from "./simd";
+import { hsum, hsum_i32, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE, dot2, madd } from "./simd";
 import { XQ, XQ_BYTES, ACC, XK, XK_FLOATS } from "./arena";
 
 // ACC (8 accumulators, f32x4, of the current row group), XK and XQ are this
@@ -144,19 +144,38 @@ const F16C: usize = memory.data<u16>([0x8fff, 0x8fff, 0x8fff, 0x8fff, 0x8fff, 0x
   0xf800, 0xf800, 0xf800, 0xf800, 0xf800, 0xf800, 0xf800, 0xf800], 16);
 
 /**
+ * Largest |x_i| (scaled: |x_i * s_i|) of n f32 at x, as its bit pattern: an
+ * integer max of the sign-cleared bits (one pmaxsd a vector; f32x4.max is ~8
+ * instructions in V8), in which NaN patterns sort above inf's 0x7f800000.
+ */
+// @ts-ignore: decorator
+@inline function absmax_bits(x: usize, s: usize, n: usize, scaled: bool): u32 {
+  const A = i32x4.splat(0x7fffffff);
+  let m4 = i32x4.splat(0);
+  let i: usize = 0;
+  for (; i + 4 <= n; i += 4) {
+    const v = scaled ? f32x4.mul(v128.load(x + (i << 2)), v128.load(s + (i << 2))) : v128.load(x + (i << 2));
+    m4 = i32x4.max_s(m4, v128.and(v, A));
+  }
+  m4 = i32x4.max_s(m4, v128.shuffle<i32>(m4, m4, 2, 3, 0, 1));
+  let m = max<i32>(i32x4.extract_lane(m4, 0), i32x4.extract_lane(m4, 1));
+  for (; i < n; i++) {
+    const v = scaled ? load<f32>(x + (i << 2)) * load<f32>(s + (i << 2)) : load<f32>(x + (i << 2));
+    m = max<i32>(m, reinterpret<i32>(v) & 0x7fffffff);
+  }
+  return <u32>m;
+}
+
+/**
  * Scale for x so that |x * 2^k| < 2^127: returns 2^k (k <= 112); post-factor is 2^112 / it.
  * k = 112 (exact products) unless max|x| >= 2^15; then products smaller than
  * 2^-126 * 2^(112-k) lose bits, which is negligible next to the large terms.
  */
 export function f16_xscale(x: usize, n: usize): f32 {
-  let m = f32x4.splat(0);
-  let i: usize = 0;
-  for (; i + 4 <= n; i += 4) m = f32x4.max(m, f32x4.abs(v128.load(x + (i << 2))));
-  let mx: f32 = max<f32>(max<f32>(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max<f32>(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
-  for (; i < n; i++) mx = max<f32>(mx, abs<f32>(load<f32>(x + (i << 2))));
-  // NaN or inf in x: any scale gives NaN/inf outputs, as the reference would
-  if (!(mx >= 32768.0) || mx == Infinity) return F16_SCALE;
-  const e = <i32>((reinterpret<u32>(mx) >> 23) & 0xff) - 127; // mx in [2^e, 2^(e+1)), e >= 15
+  const mb = absmax_bits(x, 0, n, false);
+  // NaN or inf in x (bits >= inf's): any scale gives NaN/inf outputs, as the reference would
+  if (mb < 0x47000000 || mb >= 0x7f800000) return F16_SCALE; // below 32768
+  const e = <i32>(mb >> 23) - 127; // max|x| in [2^e, 2^(e+1)), e >= 15
   return reinterpret<f32>(<u32>(126 - e + 127) << 23); // 2^(126-e): x' < 2^127
 }
 
@@ -345,32 +364,51 @@ export const QB: usize = 128;
   return nb * QB * 2 + nb * 4;
 }
 
+// v + 1.5 * 2^23 rounds v to an integer ties-to-even (f32x4.nearest's rounding) and
+// leaves it in the low mantissa bits, for |v| < 2^22: two instructions where
+// nearest and trunc_sat take ~9 in V8 (trunc_sat's NaN and overflow fix-ups).
+const RMAGIC: f32 = 12582912.0;
+const RMAGIC_BITS: i32 = 0x4b400000;
+
 /** Quantizes x[0..n) into xq (int16, n values; room for nb*QB) and xs (f32 [nb]), as described above. */
 export function quantize_x(xq: usize, xs: usize, x: usize, n: usize): void {
+  quantize(xq, xs, x, 0, n, false);
+}
+
+/** quantize_x of c[i] = fround(x[i] * s[i]), without writing c: a column-scaled matrix's coefficients (rows.ts). */
+export function quantize_x_scaled(xq: usize, xs: usize, x: usize, s: usize, n: usize): void {
+  quantize(xq, xs, x, s, n, true);
+}
+
+// @ts-ignore: decorator
+@inline function quantize(xq: usize, xs: usize, x: usize, s: usize, n: usize, scaled: bool): void {
   const nb = (n + QB - 1) / QB;
+  const R = f32x4.splat(RMAGIC), RB = i32x4.splat(RMAGIC_BITS);
   for (let b: usize = 0; b < nb; b++) {
     const c0 = b * QB;
     const len = min(QB, n - c0);
-    const xb = x + (c0 << 2);
+    const xb = x + (c0 << 2), sb = s + (c0 << 2);
     const qb = xq + (c0 << 1);
-    let m4 = f32x4.splat(0);
-    let i: usize = 0;
-    for (; i + 4 <= len; i += 4) m4 = f32x4.max(m4, f32x4.abs(v128.load(xb + (i << 2))));
-    let m: f32 = max<f32>(max<f32>(f32x4.extract_lane(m4, 0), f32x4.extract_lane(m4, 1)), max<f32>(f32x4.extract_lane(m4, 2), f32x4.extract_lane(m4, 3)));
-    for (; i < len; i++) m = max<f32>(m, abs<f32>(load<f32>(xb + (i << 2))));
+    const mb = absmax_bits(xb, sb, len, scaled);
     let scale: f32 = 0, inv: f32 = 0;
-    if (m != m || m == Infinity) scale = NaN;
-    else if (m >= 7.888609052210118e-31) { scale = m / 32767.0; inv = 32767.0 / m; } // 2^-100
+    if (mb >= 0x7f800000) scale = NaN; // a NaN or inf in the block (its q values are then meaningless)
+    else {
+      const m = reinterpret<f32>(mb);
+      if (m >= 7.888609052210118e-31) { scale = m / 32767.0; inv = 32767.0 / m; } // 2^-100
+    }
     store<f32>(xs + (b << 2), scale);
     const vinv = f32x4.splat(inv);
-    i = 0;
+    let i: usize = 0;
     for (; i + 8 <= len; i += 8) {
-      const lo = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(xb + (i << 2)), vinv)));
-      const hi = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(xb + (i << 2), 16), vinv)));
+      let v0 = v128.load(xb + (i << 2)), v1 = v128.load(xb + (i << 2), 16);
+      if (scaled) { v0 = f32x4.mul(v0, v128.load(sb + (i << 2))); v1 = f32x4.mul(v1, v128.load(sb + (i << 2), 16)); }
+      const lo = i32x4.sub(f32x4.add(f32x4.mul(v0, vinv), R), RB);
+      const hi = i32x4.sub(f32x4.add(f32x4.mul(v1, vinv), R), RB);
       v128.store(qb + (i << 1), i16x8.narrow_i32x4_s(lo, hi));
     }
     for (; i < len; i++) {
-      store<i16>(qb + (i << 1), <i16>i32x4.extract_lane(i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.splat(load<f32>(xb + (i << 2)) * inv))), 0));
+      const v = scaled ? load<f32>(xb + (i << 2)) * load<f32>(sb + (i << 2)) : load<f32>(xb + (i << 2));
+      store<i16>(qb + (i << 1), <i16>(reinterpret<i32>(v * inv + RMAGIC) - RMAGIC_BITS));
     }
   }
 }
@@ -456,6 +494,7 @@ export function dots_i8_p(out: usize, W: usize, stride: usize, ptrs: usize, pste
 //   F (f32x4) = 0
 //   for each full group g: A = the i32x4 lanes of the 4 dot_i16x8_s of its 32
 //     columns (exact integers), F += convert(A) * fround(ws_g * xs_{g/4})
+//     (q8_fold_k: one fused multiply-add in the relaxed build)
 //   result = hsum(F), plus, when cols % QG != 0, f32(partial group's integer
 //     sum) * fround(ws_G * xs_{G/4}) for the last (partial) group G.
 // Scales of row r: at S + r*sstride, or (pointer table) at ptrs[r] + S (see q8sp).
@@ -476,10 +515,16 @@ export const QG: usize = 32;
     i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(p, 16), v128.load(q, 32)), i32x4.dot_i16x8_s(v128.load8x8_s(p, 24), v128.load(q, 48))));
 }
 
-/** F + convert(a) * (ws * xs), ws splat from s. */
+/** F + convert(a) * (ws * xs), ws splat from s (fused in the relaxed build: q8_fold_k). */
 // @ts-ignore: decorator
 @inline export function q8_fold(F: v128, a: v128, s: usize, X: v128): v128 {
-  return f32x4.add(F, f32x4.mul(f32x4.convert_i32x4_s(a), f32x4.mul(v128.load32_splat(s), X)));
+  return q8_fold_k(F, a, f32x4.mul(v128.load32_splat(s), X));
+}
+
+/** F + convert(a) * k: every q8 kernel's fold of a group's integer sums (one multiply-add). */
+// @ts-ignore: decorator
+@inline export function q8_fold_k(F: v128, a: v128, k: v128): v128 {
+  return madd(f32x4.convert_i32x4_s(a), k, F);
 }
 
 /** The F of one row over ng full groups (p: values, s: scales). */

@@ -19,7 +19,7 @@
 // same for a token decoded alone (ffn_rows) and in a prompt block (ffn_rows_batch).
 
 import { prepare_x, gate_up_dots, batchOf, dots } from "./ffn";
-import { dots_f32, dots_f16, dots_i8, f16_prepare, quantize_x, QB, QG } from "./gemv";
+import { dots_f32, dots_f16, dots_i8, f16_prepare, quantize_x_scaled, QB, QG } from "./gemv";
 import { ffn_batch_act, matmul_rows, fold_scales } from "./batch";
 import { glu } from "./activation";
 import { HB, FFN_NB, PT, XQ } from "./arena";
@@ -72,8 +72,7 @@ function fold_into(dst: usize, h: usize, s: usize, n: usize): void {
 
 /** out[r] = D_r · c for rows [a, b) of an int8 D, c = h * s (s: n column scales). */
 function i8_rows(out: usize, D: usize, s: usize, h: usize, n: usize, a: usize, b: usize): void {
-  fold_into(PT, h, s, n);
-  quantize_x(XQ, xsOf(n), PT, n);
+  quantize_x_scaled(XQ, xsOf(n), h, s, n);
   dots_i8(out + (a << 2), D + a * n, n, XQ, xsOf(n), <i32>(b - a), <i32>n);
 }
 

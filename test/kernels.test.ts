@@ -263,6 +263,50 @@ test('matvec_i8: x with outliers and zero blocks stays within the quantization b
   t.deepEqual(A.f32(O2, rows), b);
 });
 
+
+test('matvec_i8 and matvec_q8 quantize x as specified: q = roundTiesToEven(x * fround(32767 / m)) per 128 columns; a NaN or inf makes every output NaN', (t) => {
+  // Identity rows (weight 1 at column j, row scale 1) output fround(q_j * fround(m / 32767)) exactly,
+  // so every quantized value is seen: ties (x.5 at inv = 1), random blocks, a tiny block, a partial one.
+  A.reset();
+  const r = rng(9);
+  const cols = 700, rows = cols; // 5 full blocks and a partial one (60 columns: the scalar tail too)
+  const x = new Float32Array(cols);
+  for (let j = 0; j < 128; j++) x[j] = (j % 2 ? -1 : 1) * (Math.floor(r() * 32766) + 0.5); // block 0: ties
+  x[0] = 32767; // m = 32767: inv = 1, so x.5 sits exactly on a tie
+  for (let j = 128; j < 256; j++) x[j] = (r() - 0.5) * 3;
+  for (let j = 256; j < 384; j++) x[j] = (r() - 0.5) * 1e-31; // below 2^-100: the block quantizes to 0
+  for (let j = 384; j < 512; j++) x[j] = r() - 0.5;
+  for (let j = 512; j < cols; j++) x[j] = (r() - 0.5) * 1e6;
+  const ref = new Float32Array(cols);
+  for (let b = 0; b * 128 < cols; b++) {
+    const blk = x.subarray(b * 128, Math.min(cols, b * 128 + 128));
+    const m = blk.reduce((a, v) => Math.max(a, Math.abs(v)), 0);
+    for (let j = 0; j < blk.length; j++) {
+      if (m < 2 ** -100) continue; // 0
+      const v = Math.fround(blk[j]! * Math.fround(32767 / m));
+      const f = Math.floor(v), q = v - f === 0.5 ? (f % 2 === 0 ? f : f + 1) : Math.round(v);
+      ref[b * 128 + j] = Math.fround(q * Math.fround(m / 32767)) + 0; // + 0: the kernel's zero is +0
+    }
+  }
+  const X = A.putF32(x);
+  const eye = new Int8Array(rows * cols);
+  for (let j = 0; j < rows; j++) eye[j * cols + j] = 1;
+  const W = A.putBytes(new Uint8Array(eye.buffer), 1);
+  const O = A.out(rows);
+  k.matvec_i8(O, W, A.putF32(new Float32Array(rows).fill(1)), X, 0, rows, cols, A.alloc(k.matvec_i8_scratch_bytes(cols)));
+  t.is(firstBitMismatch(A.f32(O, rows), ref), null);
+  const Oq = A.out(rows);
+  const Sq = A.putF32(new Float32Array(rows * Math.ceil(cols / 32)).fill(1));
+  k.matvec_q8(Oq, W, Sq, X, 0, rows, cols, A.alloc(k.matvec_i8_scratch_bytes(cols)));
+  t.is(firstBitMismatch(A.f32(Oq, rows), ref), null);
+  // a NaN or an inf anywhere: its block's scale is NaN, which every row's sum takes
+  for (const bad of [NaN, -Infinity]) {
+    const xb = x.slice();
+    xb[400] = bad;
+    k.matvec_q8(Oq, W, Sq, A.putF32(xb), 0, rows, cols, A.alloc(k.matvec_i8_scratch_bytes(cols)));
+    t.true(A.f32(Oq, rows).every(Number.isNaN), String(bad));
+  }
+});
 test('matvec_f32 propagates NaN and inf from x', (t) => {
   A.reset();
   const rows = 9, cols = 19;
