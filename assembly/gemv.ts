@@ -13,7 +13,7 @@
 // split over threads) gives the same bits. (q4.ts keeps neighbouring rows:
 // far rows measured 0.85x end to end in its FFN.)
 
-import { hsum, hsum_i32, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE, dot2, madd } from "./simd";
+import { hsum, hsum_i32, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE, dot2, madd, RMAGIC, RMAGIC_BITS } from "./simd";
 import { XQ, XQ_BYTES, ACC, XK, XK_FLOATS } from "./arena";
 
 // ACC (8 accumulators, f32x4, of the current row group), XK and XQ are this
@@ -363,12 +363,6 @@ export const QB: usize = 128;
   const nb = (n + QB - 1) / QB;
   return nb * QB * 2 + nb * 4;
 }
-
-// v + 1.5 * 2^23 rounds v to an integer ties-to-even (f32x4.nearest's rounding) and
-// leaves it in the low mantissa bits, for |v| < 2^22: two instructions where
-// nearest and trunc_sat take ~9 in V8 (trunc_sat's NaN and overflow fix-ups).
-const RMAGIC: f32 = 12582912.0;
-const RMAGIC_BITS: i32 = 0x4b400000;
 
 /** Quantizes x[0..n) into xq (int16, n values; room for nb*QB) and xs (f32 [nb]), as described above. */
 export function quantize_x(xq: usize, xs: usize, x: usize, n: usize): void {

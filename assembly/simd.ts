@@ -109,6 +109,17 @@ export const F16_SCALE: f32 = 5.192296858534828e33;
   return v128.shuffle<i16>(lower, upper, 4, 12, 5, 13, 6, 14, 7, 15);
 }
 
+// ---- rounding to integers ----
+
+/**
+ * v + RMAGIC (1.5 * 2^23) rounds v to an integer ties-to-even (f32x4.nearest's
+ * rounding) and leaves it in the low mantissa bits (bits - RMAGIC_BITS), for
+ * |v| < 2^22: two instructions where nearest and trunc_sat take ~9 in V8
+ * (trunc_sat's NaN and overflow fix-ups). A NaN v gives a meaningless integer.
+ */
+export const RMAGIC: f32 = 12582912.0;
+export const RMAGIC_BITS: i32 = 0x4b400000;
+
 // ---- exp ----
 
 /**
@@ -122,7 +133,8 @@ export const F16_SCALE: f32 = 5.192296858534828e33;
   // clamp so n stays in [-150, 129]; outside, the result is 0 or inf anyway.
   // pmax(x, lo) = x < lo ? lo : x and pmin(x, hi) = hi < x ? hi : x keep NaN (and are single instructions)
   x = f32x4.pmin(f32x4.pmax(x, f32x4.splat(-104.0)), f32x4.splat(89.0));
-  const n = f32x4.nearest(f32x4.mul(x, f32x4.splat(1.44269504088896341)));
+  const t = f32x4.add(f32x4.mul(x, f32x4.splat(1.44269504088896341)), f32x4.splat(RMAGIC));
+  const n = f32x4.sub(t, f32x4.splat(RMAGIC)); // nearest(x log2 e), exactly
   // Cody-Waite: ln2 = C1 + C2 with C1 exact in few bits so n*C1 is exact
   let r = f32x4.sub(x, f32x4.mul(n, f32x4.splat(0.693359375)));
   r = f32x4.sub(r, f32x4.mul(n, f32x4.splat(-2.12194440e-4)));
@@ -134,7 +146,7 @@ export const F16_SCALE: f32 = 5.192296858534828e33;
   p = f32x4.add(f32x4.mul(p, r), f32x4.splat(5.0000001201e-1));
   p = f32x4.add(f32x4.mul(f32x4.mul(p, r), r), f32x4.add(r, f32x4.splat(1.0)));
   // 2^n in two normal factors (n in [-150, 129] -> each in [-75, 65])
-  const ni = i32x4.trunc_sat_f32x4_s(n);
+  const ni = i32x4.sub(t, i32x4.splat(RMAGIC_BITS)); // n as an integer (a NaN x gives NaN through p)
   const n1 = i32x4.shr_s(ni, 1);
   const n2 = i32x4.sub(ni, n1);
   const bias = i32x4.splat(127);
