@@ -21,7 +21,7 @@
 // any split.
 
 import { hsum, f16_bits_lo, f16_bits_hi, F16_SCALE, dot2 } from "./simd";
-import { f32_tail, f32_row1, f16_row_exact, f16_tail, f16_xscale, i8_row, quantize_x, qx_bytes, QB, QG, q8_row1, q8_finish, q8_fold_k } from "./gemv";
+import { f32_tail, f32_row1, f16_row_exact, f16_tail, f16_xscale, i8_row, i8_rest, quantize_x, qx_bytes, QB, QG, q8_row1, q8_finish, q8_fold_k } from "./gemv";
 import { axpy4_f32, axpy1_f32, q8ScaleAt, ffn_relu_i8, ffn_swiglu_i8, ffn_relu_q8, ffn_swiglu_q8, ffnRanges, rangeStart, add_partial } from "./ffn";
 import { dequant_f16, dequant_i8 } from "./dequant";
 import { MAXD_I8 } from "./arena";
@@ -257,11 +257,11 @@ function core_i8(out: usize, ldo: usize, W: usize, stride: usize, T: usize, m: u
       const s0 = q0 + nb * QB * 2, s1 = q1 + nb * QB * 2;
       tile_i8(acc, p0, p1, q0, s0, q1, s1, full);
       const o = out + t * ldo + (r << 2);
-      store<f32>(o, hsum(v128.load(acc)) + i8_row(p0, q0, s0, full, n));
-      store<f32>(o, hsum(v128.load(acc, 32)) + i8_row(p1, q0, s0, full, n), 4);
+      store<f32>(o, hsum(v128.load(acc)) + i8_rest(p0, q0, s0, full, n));
+      store<f32>(o, hsum(v128.load(acc, 32)) + i8_rest(p1, q0, s0, full, n), 4);
       if (two) {
-        store<f32>(o + ldo, hsum(v128.load(acc, 16)) + i8_row(p0, q1, s1, full, n));
-        store<f32>(o + ldo, hsum(v128.load(acc, 48)) + i8_row(p1, q1, s1, full, n), 4);
+        store<f32>(o + ldo, hsum(v128.load(acc, 16)) + i8_rest(p0, q1, s1, full, n));
+        store<f32>(o + ldo, hsum(v128.load(acc, 48)) + i8_rest(p1, q1, s1, full, n), 4);
       }
     }
   }

@@ -453,6 +453,12 @@ export function i8_row(p: usize, xq: usize, xs: usize, b0: usize, n: usize): f32
   return s;
 }
 
+/** i8_row over the partial last block after `full` full ones: 0 without a call when n is a multiple of QB. */
+// @ts-ignore: decorator
+@inline export function i8_rest(p: usize, xq: usize, xs: usize, full: usize, n: usize): f32 {
+  return n % QB ? i8_row(p, xq, xs, full, n) : 0;
+}
+
 /** out[r] = sum_b scale_b * (W_r . q) for int8 rows at W + r*stride (row scales not applied). */
 export function dots_i8(out: usize, W: usize, stride: usize, xq: usize, xs: usize, rows: i32, cols: i32): void {
   dots_i8_p(out, W, stride, 0, 0, xq, xs, rows, cols);
@@ -471,7 +477,7 @@ export function dots_i8_p(out: usize, W: usize, stride: usize, ptrs: usize, pste
       rowp(W, stride, ptrs, pstep, r + 2 * q), rowp(W, stride, ptrs, pstep, r + 3 * q), xq, xs, full);
     for (let i: usize = 0; i < 4; i++) {
       const ri = r + i * q, p = rowp(W, stride, ptrs, pstep, ri);
-      store<f32>(out + (ri << 2), hsum(v128.load(acc + (i << 4))) + i8_row(p, xq, xs, full, n));
+      store<f32>(out + (ri << 2), hsum(v128.load(acc + (i << 4))) + i8_rest(p, xq, xs, full, n));
     }
   }
   for (let r = m4; r < m; r++) {
