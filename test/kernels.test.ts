@@ -263,7 +263,6 @@ test('matvec_i8: x with outliers and zero blocks stays within the quantization b
   t.deepEqual(A.f32(O2, rows), b);
 });
 
-
 test('matvec_i8 and matvec_q8 quantize x as specified: q = roundTiesToEven(x * fround(32767 / m)) per 128 columns; a NaN or inf makes every output NaN', (t) => {
   // Identity rows (weight 1 at column j, row scale 1) output fround(q_j * fround(m / 32767)) exactly,
   // so every quantized value is seen: ties (x.5 at inv = 1), random blocks, a tiny block, a partial one.
