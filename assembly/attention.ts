@@ -62,24 +62,30 @@ function weighted_rows_f16(out: usize, V: usize, stride: usize, p: usize, rows: 
  * (max-subtracted), out_h = sum_t p_t V_t[kvh], with kvh = h / (nHeads / nKvHeads).
  * scratch: nPos f32. out may equal q (head h's query is consumed before out_h is written).
  * kvF16: the cache rows are f16 (else f32).
+ * headBytes 0: position-major cache, row t = all kv heads (nKvHeads*headDim values);
+ * else head-major: kv head g's rows at kCache + g*headBytes, headDim values apart,
+ * so a head's positions are one stream (decode at 900 positions: ~1.8x).
  */
-export function attention(out: usize, q: usize, kCache: usize, vCache: usize, nHeads: i32, nKvHeads: i32, headDim: i32, nPos: i32, scale: f32, scratch: usize, kvF16: i32): void {
-  attention_heads(out, q, kCache, vCache, nHeads, nKvHeads, headDim, nPos, scale, scratch, 0, nHeads, kvF16);
+export function attention(out: usize, q: usize, kCache: usize, vCache: usize, nHeads: i32, nKvHeads: i32, headDim: i32, nPos: i32, scale: f32, scratch: usize, kvF16: i32, headBytes: i32): void {
+  attention_heads(out, q, kCache, vCache, nHeads, nKvHeads, headDim, nPos, scale, scratch, 0, nHeads, kvF16, headBytes);
 }
 
 /**
  * attention() for heads [h0, h1) only (the threads build splits heads over
- * threads; each head's arithmetic is independent of the others). The KV row
- * stride stays nKvHeads*headDim; scratch: nPos f32 (one per thread).
+ * threads; each head's arithmetic is independent of the others); scratch:
+ * nPos f32 (one per thread).
  */
-export function attention_heads(out: usize, q: usize, kCache: usize, vCache: usize, nHeads: i32, nKvHeads: i32, headDim: i32, nPos: i32, scale: f32, scratch: usize, h0: i32, h1: i32, kvF16: i32): void {
+export function attention_heads(out: usize, q: usize, kCache: usize, vCache: usize, nHeads: i32, nKvHeads: i32, headDim: i32, nPos: i32, scale: f32, scratch: usize, h0: i32, h1: i32, kvF16: i32, headBytes: i32): void {
   const group = nHeads / nKvHeads;
   const hd = <usize>headDim;
   const eltShift: usize = kvF16 ? 1 : 2;
-  const kvStride = <usize>nKvHeads * hd << eltShift;
+  const hb = <usize>headBytes;
+  // bytes between a head's positions, and from one kv head to the next
+  const kvStride = hb ? hd << eltShift : <usize>nKvHeads * hd << eltShift;
+  const headStep = hb ? hb : hd << eltShift;
   const np = <usize>nPos;
   for (let h = h0; h < h1; h++) {
-    const kvOff = (<usize>(h / group) * hd) << eltShift;
+    const kvOff = <usize>(h / group) * headStep;
     const qh = q + ((<usize>h * hd) << 2);
     const oh = out + ((<usize>h * hd) << 2);
     if (np == 0) { memory.fill(oh, 0, hd << 2); continue; }

@@ -4,8 +4,8 @@
  * hidden 2048, vocab 512, seq_len 1024 — about 85M parameters, 340 MB at f32.
  *
  *   npm run bench:decode -- [--dtypes f32,f16,int8,q8,q4] [--threads 1,2]
- *        [--prompt-tokens 186] [--decode-tokens 64] [--rounds 3] [--simd auto|plain|relaxed]
- *        [--versus DIR]
+ *        [--prompt-tokens 186] [--decode-tokens 64] [--decode-context 0] [--rounds 3]
+ *        [--simd auto|plain|relaxed] [--versus DIR]
  *
  * --simd: the kernels build (default auto: relaxed SIMD where the runtime has
  * it; on Node 20 bench/relaxed-simd.ts turns on V8's flag for it); each row
@@ -28,6 +28,8 @@
  *     prompt tok/s = prompt tokens / time from the call to its first yielded step.
  *   - decode: `model.steps('Once upon a time', { maxTokens: N, temperature: 0 })`;
  *     decode tok/s = (tokens - 1) / time between the first and last yielded token.
+ *     --decode-context C: after the paragraph trimmed to C tokens instead, so each
+ *     token attends over ~C cached positions (a long chat; the prefill is not timed).
  * and reports medians. Prints a table, then one line of JSON.
  *
  * --versus DIR: another build of the kernels (a wasm/ directory, e.g. of an
@@ -69,6 +71,8 @@ const threadCounts = (arg('threads') ?? Array.from({ length: cores }, (_, i) => 
 for (const n of threadCounts) if (!Number.isInteger(n) || n < 1) throw new Error(`--threads: ${n} is not a positive integer`);
 const promptTokens = intArg('prompt-tokens', 186, 2);
 const decodeTokens = intArg('decode-tokens', 64, 2);
+const decodeContext = intArg('decode-context', 0, 0);
+if (decodeContext + decodeTokens > CONTEXT) throw new Error(`--decode-context ${decodeContext} + --decode-tokens ${decodeTokens} exceed the model's context of ${CONTEXT}`);
 const rounds = intArg('rounds', 3, 1);
 const versusDir = arg('versus');
 
@@ -138,23 +142,25 @@ for (const dtype of dtypes) {
       if (threads !== n) notes.push(`${dtype}: asked for ${n} thread(s), ran ${threads}: ${model.threading.fallbackReason ?? 'no reason given'}`);
 
       const prompt = promptOf(model, promptTokens);
+      // a long decode prompt starts as DECODE_PROMPT does, so neither prompt reuses the other's cached positions
+      const decodeText = decodeContext > 0 ? `${DECODE_PROMPT}. ${promptOf(model, Math.max(2, decodeContext - model.tokenizer.encode(`${DECODE_PROMPT}. `).length + 1)).text}` : DECODE_PROMPT;
       // warm-up: one round of each, not counted
       for (const m of vmodel ? [model, vmodel] : [model]) {
         await timePrompt(m, prompt.text);
-        await timeDecode(m, DECODE_PROMPT, decodeTokens);
+        await timeDecode(m, decodeText, decodeTokens);
       }
 
       const rs: Row['rounds'] = [], vs: Row['rounds'] = [];
       let decoded = 0;
       for (let r = 0; r < rounds; r++) {
         const p = await timePrompt(model, prompt.text);
-        const d = await timeDecode(model, DECODE_PROMPT, decodeTokens);
+        const d = await timeDecode(model, decodeText, decodeTokens);
         decoded = d.tokens;
         if (d.tokens < decodeTokens) notes.push(`${dtype} t${threads}: decode stopped after ${d.tokens} of ${decodeTokens} tokens`);
         rs.push({ promptTokS: prompt.tokens / p, decodeTokS: (d.tokens - 1) / d.seconds });
         if (vmodel) {
           const vp = await timePrompt(vmodel, prompt.text);
-          const vd = await timeDecode(vmodel, DECODE_PROMPT, decodeTokens);
+          const vd = await timeDecode(vmodel, decodeText, decodeTokens);
           vs.push({ promptTokS: prompt.tokens / vp, decodeTokS: (vd.tokens - 1) / vd.seconds });
         }
       }
@@ -200,7 +206,7 @@ const cpu = os.cpus()[0]?.model ?? 'unknown';
 const r0 = rows[0];
 console.log(
   `decode: ${NAME} (~85M params, dense), context ${CONTEXT}; prompt ${r0?.promptTokens ?? promptTokens} tokens, ` +
-    `decode ${decodeTokens} tokens after "${DECODE_PROMPT}", median of ${rounds} round(s)`,
+    `decode ${decodeTokens} tokens after ${decodeContext > 0 ? `a ${decodeContext}-token prompt` : `"${DECODE_PROMPT}"`}, median of ${rounds} round(s)`,
 );
 console.log(`machine: ${cpu}, ${cores} cores, node ${process.version}; load average ${load0[0]!.toFixed(2)} -> ${load1[0]!.toFixed(2)}`);
 const pad = (s: string | number, w: number) => String(s).padStart(w);
@@ -228,6 +234,7 @@ console.log(
     model: { ...SHAPE, seed: SEED, name: NAME, contextLength: CONTEXT, strategy: 'dense' },
     promptTokens: r0?.promptTokens ?? promptTokens,
     decodeTokens,
+    decodeContext,
     rounds,
     threadsRequested: threadCounts,
     ...(versusDir === undefined ? {} : { versus: versusDir }),

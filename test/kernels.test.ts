@@ -376,13 +376,40 @@ test('attention with GQA (8/2, 8/4) and MHA (8/8) matches the reference', (t) =>
       const q = normalish(r, nHeads * headDim), kc = normalish(r, nPos * kvDim), vc = normalish(r, nPos * kvDim);
       const scale = 1 / Math.sqrt(headDim);
       const Q = A.putF32(q, 1), K = A.putF32(kc, 2), V = A.putF32(vc, 3), O = A.out(nHeads * headDim), S = A.alloc(nPos * 4, 1);
-      k.attention(O, Q, K, V, nHeads, nKvHeads, headDim, nPos, Math.fround(scale), S, 0);
+      k.attention(O, Q, K, V, nHeads, nKvHeads, headDim, nPos, Math.fround(scale), S, 0, 0);
       const ref = attention64(q, kc, vc, nHeads, nKvHeads, headDim, nPos, Math.fround(scale));
       const mm = firstMismatch(A.f32(O, nHeads * headDim), ref.want, ref.tol);
       t.is(mm, null, `kv=${nKvHeads} hd=${headDim} pos=${nPos}: ${fmt(mm)}`);
       // out == q (in place) gives the same result
-      k.attention(Q, Q, K, V, nHeads, nKvHeads, headDim, nPos, Math.fround(scale), S, 0);
+      k.attention(Q, Q, K, V, nHeads, nKvHeads, headDim, nPos, Math.fround(scale), S, 0, 0);
       t.is(firstMismatch(A.f32(Q, nHeads * headDim), ref.want, ref.tol), null, 'in place');
+    }
+  }
+});
+
+test('attention over a head-major cache (headBytes) equals the position-major one bit for bit: f32 and f16 rows, GQA and MHA', (t) => {
+  const r = rng(32);
+  for (const kvF16 of [0, 1]) {
+    for (const [nHeads, nKvHeads, headDim, nPos] of [[8, 2, 64, 37], [4, 4, 20, 130], [6, 3, 12, 1]] as const) {
+      A.reset();
+      const kvDim = nKvHeads * headDim, elt = kvF16 ? 2 : 4, cap = nPos + 5; // a head's block holds cap rows
+      const q = normalish(r, nHeads * headDim), kc = normalish(r, nPos * kvDim), vc = normalish(r, nPos * kvDim);
+      const enc = (x: Float32Array) => (kvF16 ? new Uint8Array(encodeF16(x).buffer) : new Uint8Array(x.buffer.slice(0)));
+      // position-major rows, and the same values per head: head g's row p at g * cap * headDim + p * headDim
+      const headMajor = (x: Float32Array) => {
+        const h = new Float32Array(nKvHeads * cap * headDim).fill(NaN); // rows past nPos must not be read
+        for (let p = 0; p < nPos; p++) for (let g = 0; g < nKvHeads; g++) h.set(x.subarray(p * kvDim + g * headDim, p * kvDim + (g + 1) * headDim), (g * cap + p) * headDim);
+        return h;
+      };
+      const Q = A.putF32(q), S = A.alloc(nPos * 4);
+      const K = A.putBytes(enc(kc)), V = A.putBytes(enc(vc));
+      const KH = A.putBytes(enc(headMajor(kc))), VH = A.putBytes(enc(headMajor(vc)));
+      const O = A.out(nHeads * headDim), OH = A.out(nHeads * headDim);
+      const scale = Math.fround(1 / Math.sqrt(headDim));
+      k.attention(O, Q, K, V, nHeads, nKvHeads, headDim, nPos, scale, S, kvF16, 0);
+      k.attention(OH, Q, KH, VH, nHeads, nKvHeads, headDim, nPos, scale, S, kvF16, cap * headDim * elt);
+      t.is(firstBitMismatch(A.f32(OH, nHeads * headDim), A.f32(O, nHeads * headDim)), null, `f16=${kvF16} ${nHeads}/${nKvHeads} hd=${headDim} pos=${nPos}`);
+      t.false(A.f32(O, nHeads * headDim).some(Number.isNaN));
     }
   }
 });
@@ -416,10 +443,10 @@ test('attention over an f16 KV cache matches the reference on the f16 values (GQ
       const kc = Float32Array.from(kh, f16BitsToF32), vc = Float32Array.from(vh, f16BitsToF32);
       const scale = Math.fround(1 / Math.sqrt(headDim));
       const Q = A.putF32(q, 1), K = A.putBytes(kh, 2), V = A.putBytes(vh, 3), O = A.out(nHeads * headDim), S = A.alloc(nPos * 4, 1);
-      k.attention(O, Q, K, V, nHeads, nKvHeads, headDim, nPos, scale, S, 1);
+      k.attention(O, Q, K, V, nHeads, nKvHeads, headDim, nPos, scale, S, 1, 0);
       const ref = attention64(q, kc, vc, nHeads, nKvHeads, headDim, nPos, scale);
       t.is(firstMismatch(A.f32(O, nHeads * headDim), ref.want, ref.tol), null, `kv=${nKvHeads} hd=${headDim} pos=${nPos}`);
-      k.attention(Q, Q, K, V, nHeads, nKvHeads, headDim, nPos, scale, S, 1);
+      k.attention(Q, Q, K, V, nHeads, nKvHeads, headDim, nPos, scale, S, 1, 0);
       t.is(firstMismatch(A.f32(Q, nHeads * headDim), ref.want, ref.tol), null, 'in place');
     }
   }
@@ -430,7 +457,7 @@ test('attention is stable with large scores', (t) => {
   const r = rng(2);
   const q = normalish(r, 2 * 16, 30), kc = normalish(r, 11 * 16, 30), vc = normalish(r, 11 * 16);
   const O = A.out(32);
-  k.attention(O, A.putF32(q), A.putF32(kc), A.putF32(vc), 2, 1, 16, 11, 1, A.alloc(44), 0);
+  k.attention(O, A.putF32(q), A.putF32(kc), A.putF32(vc), 2, 1, 16, 11, 1, A.alloc(44), 0, 0);
   const ref = attention64(q, kc, vc, 2, 1, 16, 11, 1);
   t.is(firstMismatch(A.f32(O, 32), ref.want, ref.tol), null);
 });

@@ -163,10 +163,13 @@ test.serial('attention split by heads: GQA and MHA, nPos 1..500, out == q, byte-
       const scale = 1 / Math.sqrt(hd);
       // out == q: check() restores the output region (here: q) before every run
       check(t, `attention ${nHeads}/${nKv} hd=${hd} nPos=${nPos}${alias ? ' out=q' : ''}`, [[O, nHeads * hd]],
-        (k) => k.attention(O, Q, K, V, nHeads, nKv, hd, nPos, scale, SCR, 0));
+        (k) => k.attention(O, Q, K, V, nHeads, nKv, hd, nPos, scale, SCR, 0, 0));
       // the same rows as an f16 cache (the f32 buffers hold twice the halves needed)
       check(t, `attention, f16 cache ${nHeads}/${nKv} hd=${hd} nPos=${nPos}${alias ? ' out=q' : ''}`, [[O, nHeads * hd]],
-        (k) => k.attention(O, Q, K, V, nHeads, nKv, hd, nPos, scale, SCR, 1));
+        (k) => k.attention(O, Q, K, V, nHeads, nKv, hd, nPos, scale, SCR, 1, 0));
+      // the same buffers read head-major (kv head g's rows at g * nPos * hd floats, hd apart)
+      check(t, `attention, head-major ${nHeads}/${nKv} hd=${hd} nPos=${nPos}${alias ? ' out=q' : ''}`, [[O, nHeads * hd]],
+        (k) => k.attention(O, Q, K, V, nHeads, nKv, hd, nPos, scale, SCR, 0, nPos * hd * 4));
     }
   }
   // nPos beyond the pool's maxPositions: runs on the caller alone, still identical
@@ -175,7 +178,7 @@ test.serial('attention split by heads: GQA and MHA, nPos 1..500, out == q, byte-
   const nPos = LIMITS.maxPositions + 3;
   const Q = M.put(normalish(r, 4 * 16)), K = M.put(normalish(r, nPos * 16)), V = M.put(normalish(r, nPos * 16));
   const O = M.out(64), SCR = M.alloc(nPos * 4);
-  check(t, 'attention nPos > maxPositions', [[O, 64]], (k) => k.attention(O, Q, K, V, 4, 1, 16, nPos, 0.25, SCR, 0));
+  check(t, 'attention nPos > maxPositions', [[O, 64]], (k) => k.attention(O, Q, K, V, 4, 1, 16, nPos, 0.25, SCR, 0, 0));
 });
 
 // ---------------------------------------------------------------- FFN
@@ -514,7 +517,7 @@ test.serial('jobGroup: independent calls (matvecs of several dtypes, attention r
       else if (m.dtype === 'q8') k.matvec_q8(m.O, m.W, m.S, X, 0, rows, cols, SCR); // the same x and scratch as int8
       else k.matvec_i8(m.O, m.W, m.S, X, 0, rows, cols, SCR);
     }
-    for (let i = 0; i < T; i++) k.attention(ATT + i * nHeads * hd * 4, Q + i * nHeads * hd * 4, K, V, nHeads, nKv, hd, i + 1, 0.25, SC, 0);
+    for (let i = 0; i < T; i++) k.attention(ATT + i * nHeads * hd * 4, Q + i * nHeads * hd * 4, K, V, nHeads, nKv, hd, i + 1, 0.25, SC, 0, 0);
   };
   const jobs = new Map([...pools].map(([n, p]) => [n, p.jobs]));
   check(t, 'a group of 4 matvecs and 5 attention rows', outs, (k) => inOneJob(k, () => calls(k)));

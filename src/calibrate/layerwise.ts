@@ -284,7 +284,7 @@ export async function forEachLayer(
             positionQK(k, a, L.qNorm, L.kNorm, qi, kRow, cos + i * half * 4, sin + i * half * 4);
             const seen = pos + i + 1;
             const first = Math.max(0, seen - window);
-            k.attention(xb2 + i * ld, qi, kCache + first * kvBytes, vCache + first * kvBytes, a.nHeads, a.nKvHeads, a.headDim, seen - first, scale, att, 0);
+            k.attention(xb2 + i * ld, qi, kCache + first * kvBytes, vCache + first * kvBytes, a.nHeads, a.nKvHeads, a.headDim, seen - first, scale, att, 0, 0);
           }
           mm(tmp, ld, L.wo, xb2, ld, len, L.bo);
           for (let i = 0; i < len; i++) k.add(x + i * lx, x + i * lx, tmp + i * ld, d);

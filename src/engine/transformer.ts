@@ -63,10 +63,14 @@ export function layoutWorking(al: Allocator, a: ArchConfig, contextLength: numbe
     i8scratch: al.alloc('int8 scratch', Math.max(16, k.matvec_i8_scratch_bytes(maxCols))),
     batchScratch: batch > 1 ? al.alloc('batch scratch', k.batch_scratch_bytes(batch, maxCols)) : 0,
     ffnActs: batch > 1 ? rows('ffn activations', a.ffnDim) : 0,
+    /**
+     * Per layer K then V, each head-major: kv head g's contextLength rows of headDim
+     * values, so attention reads a head's positions as one stream (attention's headBytes).
+     */
     kv: al.alloc('kv cache', 2 * a.nLayers * contextLength * kvDim * (f16 ? 2 : 4)),
-    /** f16 cache: the block's K and V rows in f32 (projected, normed, rotated), before they are encoded into the cache. */
-    kRows: f16 ? rows('k rows', kvDim) : 0,
-    vRows: f16 ? rows('v rows', kvDim) : 0,
+    /** The block's K and V rows in f32 (projected, normed, rotated), before they go to their heads' cache rows. */
+    kRows: rows('k rows', kvDim),
+    vRows: rows('v rows', kvDim),
   };
 }
 type Working = ReturnType<typeof layoutWorking>;
@@ -346,10 +350,12 @@ export class Transformer {
     const ld = w.ld;
     const qDim = a.nHeads * a.headDim;
     const f16 = this.kvDtype === 'f16';
-    const kvBytes = this.kvDim * (f16 ? 2 : 4);
+    const elt = f16 ? 2 : 4;
+    const posBytes = a.headDim * elt; // one position of one head in the (head-major) cache
+    const headBytes = this.contextLength * posBytes;
     const rowBytes = this.kvDim * 4;
     const scale = Math.fround(1 / Math.sqrt(a.headDim));
-    const layerKv = this.contextLength * kvBytes;
+    const layerKv = a.nKvHeads * headBytes;
     const ropeBytes = (a.headDim / 2) * 4;
     for (let l = l0; l < a.nLayers; l++) {
       const L = this.layers[l]!;
@@ -361,23 +367,29 @@ export class Transformer {
       }
       const kBase = w.kv + 2 * l * layerKv;
       const vBase = kBase + layerKv;
-      // K and V rows of the block go straight to their cache positions (f32 cache), or through f32 rows (f16).
+      // K and V rows of the block go through f32 rows, then each head's part to that head's cache rows.
       // q, k and v read only xin: one job on the threads.
       this.job?.begin();
       try {
         this.mm(w.q, qDim * 4, L.wq, xin, ld, T, L.bq);
-        this.mm(f16 ? w.kRows : kBase + pos * kvBytes, f16 ? rowBytes : kvBytes, L.wk, xin, ld, T, L.bk);
-        this.mm(f16 ? w.vRows : vBase + pos * kvBytes, f16 ? rowBytes : kvBytes, L.wv, xin, ld, T, L.bv);
+        this.mm(w.kRows, rowBytes, L.wk, xin, ld, T, L.bk);
+        this.mm(w.vRows, rowBytes, L.wv, xin, ld, T, L.bv);
       } finally {
         this.job?.end();
       }
       for (let t = 0; t < T; t++) {
-        const q = w.q + t * qDim * 4;
-        const kRow = f16 ? w.kRows + t * rowBytes : kBase + (pos + t) * kvBytes;
-        positionQK(k, a, L.qNorm, L.kNorm, q, kRow, w.cos + t * ropeBytes, w.sin + t * ropeBytes);
-        if (f16) {
-          k.encode_f16(kBase + (pos + t) * kvBytes, kRow, this.kvDim);
-          k.encode_f16(vBase + (pos + t) * kvBytes, w.vRows + t * rowBytes, this.kvDim);
+        const kRow = w.kRows + t * rowBytes, vRow = w.vRows + t * rowBytes;
+        positionQK(k, a, L.qNorm, L.kNorm, w.q + t * qDim * 4, kRow, w.cos + t * ropeBytes, w.sin + t * ropeBytes);
+        const at = (pos + t) * posBytes;
+        for (let g = 0; g < a.nKvHeads; g++) {
+          const src = g * a.headDim * 4, dst = g * headBytes + at;
+          if (f16) {
+            k.encode_f16(kBase + dst, kRow + src, a.headDim);
+            k.encode_f16(vBase + dst, vRow + src, a.headDim);
+          } else {
+            this.mem.copyWithin(kBase + dst, kRow + src, kRow + src + posBytes);
+            this.mem.copyWithin(vBase + dst, vRow + src, vRow + src + posBytes);
+          }
         }
       }
       // Causal: token t sees positions 0 .. pos+t (the block's later rows are not read);
@@ -388,7 +400,7 @@ export class Transformer {
         for (let t = 0; t < T; t++) {
           const seen = pos + t + 1;
           const first = Math.max(0, seen - L.window);
-          k.attention(w.xb2 + t * ld, w.q + t * qDim * 4, kBase + first * kvBytes, vBase + first * kvBytes, a.nHeads, a.nKvHeads, a.headDim, seen - first, scale, w.att, f16 ? 1 : 0);
+          k.attention(w.xb2 + t * ld, w.q + t * qDim * 4, kBase + first * posBytes, vBase + first * posBytes, a.nHeads, a.nKvHeads, a.headDim, seen - first, scale, w.att, f16 ? 1 : 0, headBytes);
         }
       } finally {
         this.job?.end();

@@ -63,7 +63,7 @@ export interface SplitKernels {
   matvec_i8_prepare(x: number, cols: number, scratch: number): void;
   matvec_i8_rows(out: number, W: number, scales: number, bias: number, rows: number, cols: number, scratch: number, r0: number, r1: number): void;
   matvec_q8_rows(out: number, W: number, scales: number, bias: number, rows: number, cols: number, scratch: number, r0: number, r1: number): void;
-  attention_heads(out: number, q: number, kCache: number, vCache: number, nHeads: number, nKvHeads: number, headDim: number, nPos: number, scale: number, scratch: number, h0: number, h1: number, kvF16: number): void;
+  attention_heads(out: number, q: number, kCache: number, vCache: number, nHeads: number, nKvHeads: number, headDim: number, nPos: number, scale: number, scratch: number, h0: number, h1: number, kvF16: number, headBytes: number): void;
   ffn_ranges(kind: number, out: number, parts: number, x: number, d: number, n: number, gate: number, up: number, down: number, stride: number, ptrs: number, hOut: number, athr: number, r0: number, r1: number): void;
   ffn_ranges_sum(out: number, parts: number, d: number, n: number): void;
   ffn_range_count(d: number): number;
@@ -729,16 +729,16 @@ export async function createPool(k: Kernels, options: PoolOptions): Promise<Kern
     matvec_i8: quantized(k.matvec_i8, sk.matvec_i8_prepare, OP.matvec_i8_rows, 1),
     matvec_q8: quantized(k.matvec_q8, sk.matvec_i8_prepare, OP.matvec_q8_rows, 1), // the same quantized x as int8
     matvec_q4: quantized(k.matvec_q4, sk.matvec_q4_prepare, OP.matvec_q4_rows, 0.5625),
-    attention: (out, q, kc, vc, nHeads, nKvHeads, headDim, nPos, scale, scratch, kvF16) => {
+    attention: (out, q, kc, vc, nHeads, nKvHeads, headDim, nPos, scale, scratch, kvF16, headBytes) => {
       // ~4 cache bytes read per multiply-add (K then V, f32) and a softmax: counted twice a matvec's
       const work = 4 * nHeads * nPos * headDim;
       if (closed || !split2(work) || nHeads < 2 || nPos > limits.maxPositions) {
-        k.attention(out, q, kc, vc, nHeads, nKvHeads, headDim, nPos, scale, scratch, kvF16);
+        k.attention(out, q, kc, vc, nHeads, nKvHeads, headDim, nPos, scale, scratch, kvF16, headBytes);
         return;
       }
       const b = seg(OP.attention_heads, 10, 11, nHeads, 1, kvF16 ? work / 2 : work, 1, 9);
       A[b] = out; A[b + 1] = q; A[b + 2] = kc; A[b + 3] = vc; A[b + 4] = nHeads; A[b + 5] = nKvHeads; A[b + 6] = headDim; A[b + 7] = nPos;
-      A[b + 8] = scale; A[b + 9] = scratch; A[b + 12] = kvF16;
+      A[b + 8] = scale; A[b + 9] = scratch; A[b + 12] = kvF16; A[b + 13] = headBytes;
       submit();
     },
   };

@@ -65,8 +65,10 @@ export interface Kernels {
    * q [nHeads*headDim]; kCache/vCache [nPos][nKvHeads*headDim]; head h uses kv head
    * h / (nHeads/nKvHeads). scores = q.k * scale, softmax, out = sum p*v.
    * `scratch` holds nPos f32. kvF16: 1 when the cache rows are f16 (encode_f16), 0 for f32.
+   * headBytes 0: that position-major layout; else head-major: kv head g's nPos rows of
+   * headDim values at kCache + g*headBytes (vCache likewise), one stream per head.
    */
-  attention(out: number, q: number, kCache: number, vCache: number, nHeads: number, nKvHeads: number, headDim: number, nPos: number, scale: number, scratch: number, kvF16: number): void;
+  attention(out: number, q: number, kCache: number, vCache: number, nHeads: number, nKvHeads: number, headDim: number, nPos: number, scale: number, scratch: number, kvF16: number, headBytes: number): void;
 
   // ---- elementwise ----
   softmax(x: number, n: number): void;
