@@ -28,8 +28,9 @@
  *     prompt tok/s = prompt tokens / time from the call to its first yielded step.
  *   - decode: `model.steps('Once upon a time', { maxTokens: N, temperature: 0 })`;
  *     decode tok/s = (tokens - 1) / time between the first and last yielded token.
- *     --decode-context C: after the paragraph trimmed to C tokens instead, so each
- *     token attends over ~C cached positions (a long chat; the prefill is not timed).
+ *     --decode-context C: after "Once upon a time. " and the paragraph, ~C tokens in
+ *     all, so each token attends over ~C cached positions (a long chat; that prompt's
+ *     prefill is not timed).
  * and reports medians. Prints a table, then one line of JSON.
  *
  * --versus DIR: another build of the kernels (a wasm/ directory, e.g. of an
