@@ -3,10 +3,10 @@
 // cache is 1 GiB instead of 2 within wasm32's 4 GiB), decoded exactly in
 // registers.
 
-import { f16_to_f32, f32_row1, f32_tail } from "./gemv";
+import { dots_f32, f16_to_f32 } from "./gemv";
 import { vmax, expShiftSum } from "./reduce";
 import { axpy4_f32, axpy1_f32 } from "./ffn";
-import { hsum, dot2, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
+import { hsum, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./simd";
 
 /**
  * out[j] = sum_t p[t] * V_t[j] for j < n, rows V_t at V + t*stride (f32).
@@ -31,38 +31,6 @@ function weighted_rows(out: usize, V: usize, stride: usize, p: usize, rows: usiz
     if (n4 < n) axpy4_f32(out + (n4 << 2), n - n4, p0 + (n4 << 2), p1 + (n4 << 2), p2 + (n4 << 2), p3 + (n4 << 2), a0, a1, a2, a3);
   }
   for (; t < rows; t++) axpy1_f32(out, n, V + t * stride, load<f32>(p + (t << 2)));
-}
-
-/**
- * scores[t] = K_t . x for t < rows (rows `stride` apart, n f32 each): dots_f32's
- * per-row arithmetic (dot2 per 8 columns from zero, hsum, + f32_tail) and row
- * order, four rows at a time with their sums in registers: for rows as short
- * as a head's, dots_f32's accumulators in memory cost about as much as the dots.
- */
-function scores_f32(scores: usize, K: usize, stride: usize, x: usize, rows: usize, n: usize): void {
-  const main = n & ~(<usize>7), mb = main << 2;
-  // rows r, r + q, r + 2q, r + 3q together (one from each quarter: four streams far apart, as dots_f32)
-  const q = rows >> 2, qs = q * stride;
-  for (let r: usize = 0; r < q; r++) {
-    const p0 = K + r * stride, p1 = p0 + qs, p2 = p1 + qs, p3 = p2 + qs;
-    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-    for (let o: usize = 0; o < mb; o += 32) {
-      const xa = v128.load(x + o), xb = v128.load(x + o, 16);
-      a0 = dot2(a0, v128.load(p0 + o), xa, v128.load(p0 + o, 16), xb);
-      a1 = dot2(a1, v128.load(p1 + o), xa, v128.load(p1 + o, 16), xb);
-      a2 = dot2(a2, v128.load(p2 + o), xa, v128.load(p2 + o, 16), xb);
-      a3 = dot2(a3, v128.load(p3 + o), xa, v128.load(p3 + o, 16), xb);
-    }
-    const s = scores + (r << 2), sq = q << 2;
-    store<f32>(s, hsum(a0) + f32_tail(p0, x, main, n));
-    store<f32>(s + sq, hsum(a1) + f32_tail(p1, x, main, n));
-    store<f32>(s + 2 * sq, hsum(a2) + f32_tail(p2, x, main, n));
-    store<f32>(s + 3 * sq, hsum(a3) + f32_tail(p3, x, main, n));
-  }
-  for (let t = q << 2; t < rows; t++) {
-    const p = K + t * stride;
-    store<f32>(scores + (t << 2), hsum(f32_row1(p, x, main)) + f32_tail(p, x, main, n));
-  }
 }
 
 /** x . (f16 row p) over n values, the halves decoded exactly (dequant_f16's decode) in registers. */
@@ -134,7 +102,7 @@ export function attention_heads(out: usize, q: usize, kCache: usize, vCache: usi
     if (np == 0) { memory.fill(oh, 0, hd << 2); continue; }
     // scores: rows K_t are nPos "matrix rows" of headDim values, stride one cache row
     if (kvF16) for (let t: usize = 0; t < np; t++) store<f32>(scratch + (t << 2), dot_f16row(kCache + kvOff + t * kvStride, qh, hd));
-    else scores_f32(scratch, kCache + kvOff, kvStride, qh, np, hd);
+    else dots_f32(scratch, kCache + kvOff, kvStride, qh, nPos, headDim);
     const mx = vmax(scratch, np) * scale;
     // scale folded into the exponent argument: exp(s*scale - max*scale); scale > 0 keeps the max
     const sum = expShiftSum(scratch, np, scale, scale >= 0 ? mx : vmin_scaled(scratch, np, scale));

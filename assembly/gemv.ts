@@ -27,23 +27,7 @@ import { XQ, XQ_BYTES, ACC, XK, XK_FLOATS } from "./arena";
 
 // ---------------------------------------------------------------- f32
 
-/** acc[0..4] += rows p0..p3 times x over ncols (multiple of 8). */
-function f32_rows4(acc: usize, p0: usize, p1: usize, p2: usize, p3: usize, x: usize, ncols: usize): void {
-  let a0 = v128.load(acc), a1 = v128.load(acc, 16), a2 = v128.load(acc, 32), a3 = v128.load(acc, 48);
-  const end = x + (ncols << 2);
-  for (let q = x; q < end; q += 32) {
-    const xa = v128.load(q), xb = v128.load(q, 16);
-    // per row: one add into the accumulator per step (sum of two products first; simd.ts dot2)
-    a0 = dot2(a0, v128.load(p0), xa, v128.load(p0, 16), xb);
-    a1 = dot2(a1, v128.load(p1), xa, v128.load(p1, 16), xb);
-    a2 = dot2(a2, v128.load(p2), xa, v128.load(p2, 16), xb);
-    a3 = dot2(a3, v128.load(p3), xa, v128.load(p3, 16), xb);
-    p0 += 32; p1 += 32; p2 += 32; p3 += 32;
-  }
-  v128.store(acc, a0); v128.store(acc, a1, 16); v128.store(acc, a2, 32); v128.store(acc, a3, 48);
-}
-
-/** One row: SIMD partial sums over ncols (multiple of 8), in f32_rows4's per-row order (so any row grouping gives the same bits). */
+/** One row: SIMD partial sums over ncols (multiple of 8), in f32_group4's per-row order (so any row grouping gives the same bits). */
 export function f32_row1(p: usize, x: usize, ncols: usize): v128 {
   let a = f32x4.splat(0);
   const end = x + (ncols << 2);
@@ -71,17 +55,29 @@ export function dots_f32(out: usize, W: usize, stride: usize, x: usize, rows: i3
   dots_f32_p(out, W, stride, 0, 0, x, rows, cols);
 }
 
-/** out[r + iq] for i < 4: rows r, r + q, r + 2q, r + 3q (one from each quarter of a call's m4 = 4q rows). */
+/**
+ * out[r + iq] for i < 4: rows r, r + q, r + 2q, r + 3q (one from each quarter of a
+ * call's m4 = 4q rows). The four sums stay in registers: for rows as short as an
+ * attention head's (64 values) a round trip through memory cost as much as the dots.
+ */
 // @ts-ignore: decorator
 @inline function f32_group4(out: usize, W: usize, stride: usize, ptrs: usize, pstep: usize, x: usize, r: usize, q: usize, n: usize): void {
-  const main = n & ~7, acc = ACC;
-  memory.fill(acc, 0, 64);
-  f32_rows4(acc, rowp(W, stride, ptrs, pstep, r), rowp(W, stride, ptrs, pstep, r + q),
-    rowp(W, stride, ptrs, pstep, r + 2 * q), rowp(W, stride, ptrs, pstep, r + 3 * q), x, main);
-  for (let i: usize = 0; i < 4; i++) {
-    const ri = r + i * q, p = rowp(W, stride, ptrs, pstep, ri);
-    store<f32>(out + (ri << 2), hsum(v128.load(acc + (i << 4))) + f32_tail(p, x, main, n));
+  const main = n & ~7, mb = main << 2;
+  const p0 = rowp(W, stride, ptrs, pstep, r), p1 = rowp(W, stride, ptrs, pstep, r + q);
+  const p2 = rowp(W, stride, ptrs, pstep, r + 2 * q), p3 = rowp(W, stride, ptrs, pstep, r + 3 * q);
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+  for (let o: usize = 0; o < mb; o += 32) {
+    const xa = v128.load(x + o), xb = v128.load(x + o, 16);
+    // per row: one add into the accumulator per step (sum of two products first; simd.ts dot2)
+    a0 = dot2(a0, v128.load(p0 + o), xa, v128.load(p0 + o, 16), xb);
+    a1 = dot2(a1, v128.load(p1 + o), xa, v128.load(p1 + o, 16), xb);
+    a2 = dot2(a2, v128.load(p2 + o), xa, v128.load(p2 + o, 16), xb);
+    a3 = dot2(a3, v128.load(p3 + o), xa, v128.load(p3 + o, 16), xb);
   }
+  store<f32>(out + (r << 2), hsum(a0) + f32_tail(p0, x, main, n));
+  store<f32>(out + ((r + q) << 2), hsum(a1) + f32_tail(p1, x, main, n));
+  store<f32>(out + ((r + 2 * q) << 2), hsum(a2) + f32_tail(p2, x, main, n));
+  store<f32>(out + ((r + 3 * q) << 2), hsum(a3) + f32_tail(p3, x, main, n));
 }
 
 /** out[r] alone (a call's rows past m4). */
