@@ -10,25 +10,14 @@ import { hsum, f16_upper_exact, f16_bits_lo, f16_bits_hi, F16_SCALE } from "./si
 
 /**
  * out[j] = sum_t p[t] * V_t[j] for j < n, rows V_t at V + t*stride (f32).
- * Four rows per pass, so each out vector is loaded and stored once per 4 rows:
- * axpy4_f32's arithmetic, inlined (a head's rows are short: a call per 4 rows
- * cost about as much as its loop).
+ * Four rows per pass, so each out vector is loaded and stored once per 4 rows.
  */
 function weighted_rows(out: usize, V: usize, stride: usize, p: usize, rows: usize, n: usize): void {
   memory.fill(out, 0, n << 2);
-  const n4 = n & ~(<usize>3);
   let t: usize = 0;
   for (; t + 4 <= rows; t += 4) {
-    const p0 = V + t * stride, p1 = p0 + stride, p2 = p1 + stride, p3 = p2 + stride;
-    const a0 = load<f32>(p + (t << 2)), a1 = load<f32>(p + (t << 2), 4), a2 = load<f32>(p + (t << 2), 8), a3 = load<f32>(p + (t << 2), 12);
-    const A0 = f32x4.splat(a0), A1 = f32x4.splat(a1), A2 = f32x4.splat(a2), A3 = f32x4.splat(a3);
-    for (let o: usize = 0; o < n4 << 2; o += 16) {
-      const acc = f32x4.add(
-        f32x4.add(f32x4.mul(v128.load(p0 + o), A0), f32x4.mul(v128.load(p1 + o), A1)),
-        f32x4.add(f32x4.mul(v128.load(p2 + o), A2), f32x4.mul(v128.load(p3 + o), A3)));
-      v128.store(out + o, f32x4.add(v128.load(out + o), acc));
-    }
-    if (n4 < n) axpy4_f32(out + (n4 << 2), n - n4, p0 + (n4 << 2), p1 + (n4 << 2), p2 + (n4 << 2), p3 + (n4 << 2), a0, a1, a2, a3);
+    const v0 = V + t * stride;
+    axpy4_f32(out, n, v0, v0 + stride, v0 + 2 * stride, v0 + 3 * stride, load<f32>(p + (t << 2)), load<f32>(p + (t << 2), 4), load<f32>(p + (t << 2), 8), load<f32>(p + (t << 2), 12));
   }
   for (; t < rows; t++) axpy1_f32(out, n, V + t * stride, load<f32>(p + (t << 2)));
 }
